@@ -1,0 +1,1 @@
+"""wavalign_jax: adaptive hybrid (SFT + text-only GRPO) post-training of spoken dialogue models in JAX."""

@@ -1,0 +1,65 @@
+"""Model configuration shared by both architectures.
+
+`arch` selects the stream layout:
+  * "qwen2":       plain causal LM (the Qwen2.5 trunk, used by converter parity tests).
+  * "interleaved": VITA-Audio, one token stream plus `num_mtp_modules` MCTP modules.
+  * "parallel":    Kimi-Audio, audio + text id streams summed at the input, shared trunk,
+                   text branch (the remaining trunk layers) and audio branch (MIMO layers).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  arch: str
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int              # trunk decoder layers (VITA: without the MCTP layers)
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1e6
+  # interleaved (VITA-Audio): number of MCTP modules, each one extra decoder layer.
+  num_mtp_modules: int = 0
+  # parallel (Kimi-Audio): the audio branch starts from the residual stream after trunk
+  # layer `mimo_from_layer` (0-based) and runs `num_mimo_layers` layers of its own.
+  mimo_from_layer: int = 0
+  num_mimo_layers: int = 0
+  adaptor_input_dim: int = 0   # > 0 enables the continuous-feature adaptor (vq_adaptor)
+  # numerics and memory
+  dtype: str = "float32"        # activation / matmul dtype ("bfloat16" on accelerators)
+  param_dtype: str = "float32"
+  remat: str = "none"           # "none" | "full" | "dots" (rematerialisation policy per layer)
+  scan_layers: bool = True      # nn.scan over identical layers (faster compile, stacked params)
+  logprob_chunk: int = 256      # positions per chunk when computing target log-probs
+  attention_impl: str = "xla"   # "xla" (dot-product); "cudnn" uses jax.nn.dot_product_attention on GPU
+
+  def replace(self, **kw: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  @property
+  def streams(self) -> tuple[str, ...]:
+    """Names of the id streams (keys of batch['inputs'] / ['targets'] / ['types'])."""
+    return ("text", "audio") if self.arch == "parallel" else ("tokens",)
+
+
+def qwen25_7b(**kw: Any) -> dict[str, Any]:
+  """Shape of the Qwen2.5-7B trunk shared by VITA-Audio and Kimi-Audio (DESIGN.md §2)."""
+  shape = dict(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+               num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6)
+  shape.update(kw)
+  return shape
+
+
+def vita_audio_7b(**kw: Any) -> ModelConfig:
+  return ModelConfig(arch="interleaved", **qwen25_7b(vocab_size=168072, num_mtp_modules=10, **kw))
+
+
+def kimi_audio_7b(**kw: Any) -> ModelConfig:
+  return ModelConfig(arch="parallel", **qwen25_7b(vocab_size=168448, mimo_from_layer=21,
+                                                  num_mimo_layers=6, adaptor_input_dim=5120, **kw))
