@@ -1,0 +1,140 @@
+"""Shared pieces of the experiment configs: the default sections and the table of training methods.
+
+`experiments/vita.py` and `experiments/kimi.py` build a ConfigDict from these and pick variants from
+the string after ':' (e.g. `--config=experiments/vita.py:tiny,rl_text`). Every field can then be
+overridden with absl flags (`--config.rl.group_size=8`).
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+# Each training method of the paper is a small patch of config fields.
+#   lambda = 0: SFT only; lambda = 1: RL only; "fixed": constant lambda; "dynamic": the gated EMA.
+METHODS: dict[str, dict[str, object]] = {
+    # The WavAlign recipe: text-token GRPO + SFT anchor, gated dynamic lambda.
+    "hybrid": {"gate.mode": "dynamic", "rl.token_set": "text"},
+    "base": {"train.total_steps": 0},                                     # no training, evaluate only
+    "sft": {"gate.mode": "sft_only"},
+    "rl_text": {"gate.mode": "rl_only", "rl.token_set": "text"},
+    "rl_full": {"gate.mode": "rl_only", "rl.token_set": "all"},
+    "dpo_text": {"objective": "dpo", "dpo.token_set": "text", "optim.learning_rate": 5e-6},
+    "dpo_full": {"objective": "dpo", "dpo.token_set": "all", "optim.learning_rate": 5e-6},
+    # Two stages in one run: SFT for the first half of the steps, then text-token RL.
+    "two_stage": {"gate.mode": "rl_only", "rl.token_set": "text", "train.sft_stage_fraction": 0.5},
+    # Fixed mixes (gating off); fixed_lambda is the RL weight.
+    "fixed_balance": {"gate.mode": "fixed", "gate.fixed_lambda": 0.7},
+    "fixed_boost": {"gate.mode": "fixed", "gate.fixed_lambda": 0.8},
+    "fixed_plus_vanilla": {"gate.mode": "fixed", "gate.fixed_lambda": 0.5},
+    # Ablations of the paper.
+    "ablate_all_fixed_0.5": {"gate.mode": "fixed", "gate.fixed_lambda": 0.5, "rl.token_set": "all"},
+    "ablate_text_fixed_0.5": {"gate.mode": "fixed", "gate.fixed_lambda": 0.5, "rl.token_set": "text"},
+    "ablate_text_fixed_0.3": {"gate.mode": "fixed", "gate.fixed_lambda": 0.3, "rl.token_set": "text"},
+    "ablate_all_dynamic": {"gate.mode": "dynamic", "rl.token_set": "all"},
+    "ablate_text_dynamic_no_ema": {"gate.mode": "dynamic_no_ema", "rl.token_set": "text"},
+}
+
+
+def parse_variant(arg: str | None, known: dict[str, set[str]]) -> dict[str, str]:
+  """Parses 'tiny,rl_text' or 'size=tiny,method=rl_text' into {group: value} using the `known` table."""
+  out: dict[str, str] = {}
+  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+    if "=" in token:
+      group, value = token.split("=", 1)
+    else:
+      groups = [g for g, values in known.items() if token in values]
+      if len(groups) != 1:
+        raise ValueError(f"config variant {token!r} is not one of {sorted(set().union(*known.values()))}")
+      group, value = groups[0], token
+    if group not in known or value not in known[group]:
+      raise ValueError(f"config variant {group}={value!r}: choose one of {sorted(known.get(group, ()))}")
+    out[group] = value
+  return out
+
+
+def apply_method(config: mlc.ConfigDict, method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+  config.method = method
+  for dotted, value in METHODS[method].items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+
+
+def base_config() -> mlc.ConfigDict:
+  """The reference recipe (DESIGN.md §1) with every section; experiments fill in model and data."""
+  c = mlc.ConfigDict()
+  c.method = "hybrid"
+  c.objective = "hybrid"            # "hybrid" | "dpo"
+  c.seed = 0
+  c.init_checkpoint = ""            # converted Orbax checkpoint (python -m wavalign_jax.convert)
+
+  # --- Model -----------------------------------------------------------------------------------
+  c.model = mlc.ConfigDict()        # ModelConfig fields; overwritten by init_checkpoint's model_config.json
+  c.vocab = mlc.ConfigDict()        # special ids; read from the checkpoint's tokenizer for real weights
+
+  # --- Data ------------------------------------------------------------------------------------
+  c.data = mlc.ConfigDict()
+  c.data.train = ""                 # ArrayRecord path(s) built by data_pipeline (glob allowed)
+  c.data.eval = ""
+  c.data.prompts_per_step = 8       # P: prompts per step; the RL batch has P * group_size rows
+  c.data.max_prompt_len = 512
+  c.data.max_response_len = 1024
+  c.data.shuffle_seed = 0
+  c.data.num_epochs = 0             # 0 = repeat forever
+  c.data.worker_count = 0           # Grain worker processes (0 = in-process)
+
+  # --- Rollouts --------------------------------------------------------------------------------
+  c.rollout = mlc.ConfigDict()
+  c.rollout.group_size = 4
+  c.rollout.temperature = 0.7
+  c.rollout.top_p = 0.9
+  c.rollout.top_k = 0
+  c.rollout.max_new_tokens = 1024
+
+  # --- Reward ----------------------------------------------------------------------------------
+  c.reward = mlc.ConfigDict()
+  c.reward.kind = "llm_judge"        # "llm_judge" | "testbed" | "exact_match"
+  c.reward.base_url = "https://api.openai.com/v1"
+  c.reward.model = "gpt-4o"
+  c.reward.api_key_env = "OPENAI_API_KEY"
+  c.reward.max_in_flight = 32
+  c.reward.timeout_s = 60.0
+  c.reward.max_retries = 5
+  c.reward.fallback_score = 2.5
+  c.reward.max_failed_fraction = 0.2   # above this fraction of failed judge calls in one step, stop the run
+  c.reward.exclude_failed = False      # keep failed items out of the gate statistics and the advantages
+  c.reward.cache_dir = ""              # default WORKDIR/judge_cache
+
+  # --- Objective -------------------------------------------------------------------------------
+  c.sft = mlc.ConfigDict(dict(text_weight=1.0, speech_weight=1.0, aggregation="sample_mean"))
+  c.rl = mlc.ConfigDict(dict(
+      token_set="text", beta_text=0.0, beta_speech=0.0, kl_estimator="k3", clip_eps=0.0, clip_eps_high=0.0,
+      aggregation="seq_mean_token_mean", max_len_norm=0, advantage_scale="group", advantage_eps=1e-4,
+      drop_equal_reward_groups=False))
+  c.dpo = mlc.ConfigDict(dict(beta=0.2, token_set="text"))
+  c.gate = mlc.ConfigDict(dict(
+      mode="dynamic", lambda_max=0.8, alpha=0.9, direction_slope=5.0, direction_threshold=3.0, info_norm=4.0,
+      hard_gates=False, fixed_lambda=0.5))
+
+  # --- Optimizer (AdamW, DESIGN.md) ------------------------------------------------------------
+  c.optim = mlc.ConfigDict(dict(
+      learning_rate=1e-6, warmup_steps=20, total_steps=2000, end_learning_rate=0.0, b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.01, clip_norm=1.2))
+
+  # --- Training loop ---------------------------------------------------------------------------
+  c.train = mlc.ConfigDict()
+  c.train.total_steps = 2000
+  c.train.rl_iterations = 1           # optimizer steps per rollout batch (> 1 needs rl.clip_eps > 0)
+  c.train.sft_stage_fraction = 0.0     # two-stage baseline: fraction of steps trained with SFT only
+  c.train.log_every = 1
+  c.train.checkpoint_every = 50
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 0               # 0 = evaluate only before and after training
+  c.train.eval_examples = 64
+
+  # --- Parallelism -----------------------------------------------------------------------------
+  c.mesh = mlc.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
+  return c
