@@ -50,6 +50,7 @@ class InterleavedVocab:
   pad: int
   bos: int
   newline: int             # token appended after <|im_end|> in chat layouts
+  im_start: int | None = None  # <|im_start|>: opens a chat turn (needed to lay out chat prompts)
 
   def audio_id(self, code):
     return np.asarray(code) + self.first_audio_code

@@ -1,0 +1,120 @@
+"""Layouts against hand-written sequences (ids written out by hand from DESIGN.md §2)."""
+import numpy as np
+import pytest
+
+from wavalign_jax.data import layouts as L
+from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
+
+# interleaved: text < 20, boa 21, eoa 22, im_end 23, newline 25, im_start 26, code c -> 30 + c
+IV = InterleavedVocab(vocab_size=64, text_vocab_size=20, first_audio_code=30, num_audio_codes=30,
+                      begin_of_audio=21, end_of_audio=22, eos=23, pad=0, bos=24, newline=25, im_start=26)
+ROLE_IDS = {"system": [10], "user": [11], "assistant": [12]}
+# parallel: text < 40, blank 41, text_eos 42, media_begin 43, media_end 44, msg_end 45, user 46, assistant 47,
+# code c -> 50 + c
+PV = ParallelVocab(vocab_size=80, text_vocab_size=40, audio_offset=50, num_audio_codes=30, text_blank=41,
+                   text_eos=42, media_begin=43, media_end=44, msg_end=45, pad=0, user_msg_start=46,
+                   assistant_msg_start=47)
+T, S, B = 1, 2, 3
+
+
+def _leaves(tree):
+  return [leaf for v in tree.values() for leaf in _leaves(v)] if isinstance(tree, dict) else [tree]
+
+
+def _eq(ex, stream, ids, types):
+  np.testing.assert_array_equal(ex.tokens[stream], ids)
+  np.testing.assert_array_equal(ex.types[stream], types)
+
+
+def test_interleaved_response_text_runs_out_first():
+  ex = L.interleaved_response([1, 2, 3, 4, 5, 6], list(range(10)), IV, ratios=[1, 5, 2, 4])
+  _eq(ex, "tokens",
+      [1, 21, 30, 31, 32, 22, 2, 3, 21, 33, 34, 22, 4, 5, 21, 35, 36, 22, 6, 21, 37, 38, 39, 22, 23, 25],
+      [T, B, S, S, S, B, T, T, B, S, S, B, T, T, B, S, S, B, T, B, S, S, S, B, T, T])
+
+
+def test_interleaved_response_audio_runs_out_first():
+  ex = L.interleaved_response([1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3], IV, ratios=[1, 5, 2, 4])
+  _eq(ex, "tokens",
+      [1, 21, 30, 31, 32, 22, 2, 3, 4, 5, 6, 7, 8, 21, 33, 22, 23, 25],
+      [T, B, S, S, S, B, T, T, T, T, T, T, T, B, S, B, T, T])
+
+
+def test_interleaved_response_no_text_and_split_roundtrip():
+  ex = L.interleaved_response([], [4, 5], IV, ratios=L.BOOST_RATIOS)
+  _eq(ex, "tokens", [21, 34, 35, 22, 23, 25], [B, S, S, B, T, T])
+  text, codes = list(range(1, 15)), list(range(29, 0, -1))
+  ex = L.interleaved_response(text, codes, IV, ratios=L.BALANCE_RATIOS)
+  assert L.interleaved_split(ex.tokens["tokens"], IV) == (text, codes)
+
+
+def test_interleaved_prompt_and_join():
+  turns = [L.Turn.make("system", [5, 6]), L.Turn.make("user", [7], audio=[1, 2])]
+  prompt = L.interleaved_prompt(turns, IV, ROLE_IDS)
+  expected = [26, 10, 25, 5, 6, 23, 25, 26, 11, 25, 7, 21, 31, 32, 22, 23, 25, 26, 12, 25]
+  _eq(prompt, "tokens", expected, [0] * len(expected))
+  ex = L.join(prompt, L.interleaved_response([3], [0], IV))
+  assert ex.prompt_len == len(expected)
+  np.testing.assert_array_equal(ex.tokens["tokens"], expected + [3, 21, 30, 22, 23, 25])
+  np.testing.assert_array_equal(ex.prompt().tokens["tokens"], expected)
+  np.testing.assert_array_equal(ex.response().types["tokens"], [T, B, S, B, T, T])
+
+
+def test_parallel_prompt_and_response():
+  prompt = L.parallel_prompt([L.Turn.make("user", [5, 6], audio=[1, 2, 3])], PV)
+  _eq(prompt, "text", [41, 5, 6, 41, 41, 41, 41, 41, 41, 41], [0] * 10)
+  _eq(prompt, "audio", [46, 41, 41, 43, 51, 52, 53, 44, 45, 47], [0] * 10)
+  resp = L.parallel_response([7, 8], [0, 1, 2], PV, delay=2)
+  _eq(resp, "text", [7, 8, 42, 41, 41, 41], [T] * 6)
+  _eq(resp, "audio", [41, 41, 50, 51, 52, 45], [S] * 6)
+  long_text = L.parallel_response([1, 2, 3, 4, 5, 6], [4], PV, delay=1)
+  _eq(long_text, "text", [1, 2, 3, 4, 5, 6, 42], [T] * 7)
+  _eq(long_text, "audio", [41, 54, 45, 41, 41, 41, 41], [S] * 7)
+  assert L.parallel_split(resp.tokens["text"], resp.tokens["audio"], PV) == ([7, 8], [0, 1, 2])
+  default = L.parallel_response([7], list(range(3)), PV)
+  np.testing.assert_array_equal(default.tokens["audio"][:7], [41] * 6 + [50])
+
+
+def test_to_sequence_batch_and_packing():
+  a = L.Example({"tokens": np.array([10, 11, 12, 13])}, {"tokens": np.array([0, 0, 1, 2])}, 2)
+  b = L.Example({"tokens": np.array([20, 21, 22])}, {"tokens": np.array([0, 3, 1])}, 1)
+  batch = L.to_sequence_batch([a], 6, pad_id=7)
+  np.testing.assert_array_equal(batch["inputs"]["tokens"], [[10, 11, 12, 13, 7, 7]])
+  np.testing.assert_array_equal(batch["targets"]["tokens"], [[11, 12, 13, 7, 7, 7]])
+  np.testing.assert_array_equal(batch["types"]["tokens"], [[0, 1, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 3, 0, 0]])
+  np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 1, 0, 0]])
+  packed = L.packed_sequence_batch([[a, b], [b]], 8)
+  np.testing.assert_array_equal(packed["inputs"]["tokens"], [[10, 11, 12, 13, 20, 21, 22, 0], [20, 21, 22] + [0] * 5])
+  np.testing.assert_array_equal(packed["targets"]["tokens"], [[11, 12, 13, 0, 21, 22, 0, 0], [21, 22] + [0] * 6])
+  np.testing.assert_array_equal(packed["types"]["tokens"], [[0, 1, 2, 0, 3, 1, 0, 0], [3, 1] + [0] * 6])
+  np.testing.assert_array_equal(packed["positions"], [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(packed["segment_ids"], [[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
+  for v in _leaves(packed):
+    assert v.dtype == np.int32
+
+
+def test_parallel_batch_shifts_both_streams():
+  ex = L.join(L.parallel_prompt([L.Turn.make("user", [5])], PV), L.parallel_response([7], [0], PV, delay=1))
+  batch = L.to_sequence_batch([ex], len(ex) + 1)
+  for s in ("text", "audio"):
+    np.testing.assert_array_equal(batch["targets"][s][0, :len(ex) - 1], ex.tokens[s][1:])
+  # the last prompt position (assistant_msg_start) predicts the first response token
+  n = ex.prompt_len
+  assert batch["types"]["text"][0, n - 1] == T and batch["types"]["audio"][0, n - 1] == S
+  assert batch["types"]["text"][0, n - 2] == 0
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: L.interleaved_response([1], [30], IV), "audio code 30"),
+    (lambda: L.interleaved_response([], [], IV), "empty response"),
+    (lambda: L.interleaved_response([25], [1], IV), "text id 25"),
+    (lambda: L.interleaved_response([1], [1], IV, ratios=[1, 2]), "A >= 3"),
+    (lambda: L.interleaved_response([1], [1], IV, ratios=[1, 4, 2]), "pairs"),
+    (lambda: L.parallel_prompt([L.Turn.make("system", [1])], PV), "system"),
+    (lambda: L.interleaved_prompt([L.Turn.make("user", [1])], IV, {"user": [1]}), "assistant"),
+    (lambda: L.to_sequence_batch([L.parallel_response([1], [1], PV)], 3), "exceed the batch length 3"),
+])
+def test_errors(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

@@ -1,0 +1,1 @@
+"""Data: sequence layouts, serialised records, Grain loaders."""
