@@ -109,11 +109,12 @@ def base_config() -> mlc.ConfigDict:
   c.reward.cache_dir = ""              # default WORKDIR/judge_cache
 
   # --- Objective -------------------------------------------------------------------------------
-  c.sft = mlc.ConfigDict(dict(text_weight=1.0, speech_weight=1.0, aggregation="sample_mean"))
+  # Field names mirror objectives.SFTConfig / GRPOConfig / DPOConfig and gating.GateConfig one to one.
+  c.sft = mlc.ConfigDict(dict(text_weight=1.0, speech_weight=1.0, aggregation="sample_mean", token_set="all"))
   c.rl = mlc.ConfigDict(dict(
-      token_set="text", beta_text=0.0, beta_speech=0.0, kl_estimator="k3", clip_eps=0.0, clip_eps_high=0.0,
-      aggregation="seq_mean_token_mean", max_len_norm=0, advantage_scale="group", advantage_eps=1e-4,
-      drop_equal_reward_groups=False))
+      token_set="text", aggregation="seq_mean_token_mean", norm_length=1024, advantage_scale="group",
+      advantage_eps=1e-4, drop_equal_groups=False, kl_estimator="k3", beta_text=0.0, beta_speech=0.0,
+      clip_eps=0.0, clip_eps_high=0.0, num_iterations=1))
   c.dpo = mlc.ConfigDict(dict(beta=0.2, token_set="text"))
   c.gate = mlc.ConfigDict(dict(
       mode="dynamic", lambda_max=0.8, alpha=0.9, direction_slope=5.0, direction_threshold=3.0, info_norm=4.0,
@@ -127,7 +128,6 @@ def base_config() -> mlc.ConfigDict:
   # --- Training loop ---------------------------------------------------------------------------
   c.train = mlc.ConfigDict()
   c.train.total_steps = 2000
-  c.train.rl_iterations = 1           # optimizer steps per rollout batch (> 1 needs rl.clip_eps > 0)
   c.train.sft_stage_fraction = 0.0     # two-stage baseline: fraction of steps trained with SFT only
   c.train.log_every = 1
   c.train.checkpoint_every = 50
@@ -138,3 +138,24 @@ def base_config() -> mlc.ConfigDict:
   # --- Parallelism -----------------------------------------------------------------------------
   c.mesh = mlc.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
   return c
+
+
+def make_tiny(c: mlc.ConfigDict) -> None:
+  """The CPU testbed: a tiny model SFT-trained on the synthetic spoken-QA task, then post-trained."""
+  c.model.update(dict(hidden_size=96, intermediate_size=256, num_layers=3, num_heads=4, num_kv_heads=2,
+                      head_dim=24, dtype="float32", remat="none", logprob_chunk=64))
+  if c.model.arch == "interleaved":
+    c.model.num_mtp_modules = 1
+  else:
+    c.model.update(dict(mimo_from_layer=1, num_mimo_layers=1))
+    c.layout.audio_delay = 2
+  c.data.source = "testbed"
+  c.data.prompts_per_step = 8
+  c.data.max_prompt_len = 64
+  c.data.max_response_len = 48
+  c.rollout.max_new_tokens = 48
+  c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
+                                  base_learning_rate=3e-3, base_batch_size=32))
+  c.reward.kind = "testbed"
+  c.optim.update(dict(learning_rate=1e-4, warmup_steps=5, total_steps=40))
+  c.train.update(dict(total_steps=40, checkpoint_every=10, eval_examples=64))
