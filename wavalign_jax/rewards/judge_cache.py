@@ -1,0 +1,54 @@
+"""On-disk cache of judge replies, keyed by a hash of the full request (prompt, answer, settings).
+
+One small JSON file per key, written to a temp file and renamed into place: the rename is atomic,
+so threads and processes (several trainers, a resumed run, an offline re-score) can share one
+directory without locks, and a crash never leaves a half-written entry. Only the request hash and
+the reply text are stored: never the API key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+
+def cache_key(payload: Mapping[str, Any]) -> str:
+  """sha256 of the canonical JSON of everything that determines the reply."""
+  blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class JudgeCache:
+  """Directory-backed key -> JSON value store, safe for concurrent readers and writers."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    os.makedirs(directory, exist_ok=True)
+
+  def _path(self, key: str) -> str:
+    return os.path.join(self.directory, key[:2], f"{key}.json")
+
+  def get(self, key: str) -> Any | None:
+    path = self._path(key)
+    try:
+      with open(path, encoding="utf-8") as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except json.JSONDecodeError as e:
+      raise ValueError(f"judge cache entry {path} is corrupt ({e}); delete it to re-query") from e
+
+  def put(self, key: str, value: Any) -> None:
+    path = self._path(key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False)
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
