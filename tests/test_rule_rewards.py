@@ -1,0 +1,68 @@
+"""Rule-based rewards: hand-checked cases and their weighted combination."""
+import numpy as np
+import pytest
+
+from wavalign_jax.rewards import base
+from wavalign_jax.rewards import rules
+
+
+def item(text, **prompt):
+  return base.RewardItem(prompt, text)
+
+
+def test_normalize_answer():
+  assert rules.normalize_answer("  The Eiffel-Tower, in PARIS! ") == "eiffeltower in paris"
+  assert rules.normalize_answer("An apple a day") == "apple day"
+
+
+def test_exact_and_normalized_match():
+  items = [item("Paris", answer="Paris"), item("paris.", answer="Paris"),
+           item("It is Paris.", answer="Paris"), item("Lyon", answer=["Paris", "Lyon"]),
+           item("Parisian", answer="Paris")]
+  raw = rules.ExactMatch(normalize=False)(items)
+  norm = rules.ExactMatch()(items)
+  contains = rules.ExactMatch(contains=True)(items)
+  np.testing.assert_array_equal(raw.scores, [1, 0, 0, 1, 0])
+  np.testing.assert_array_equal(norm.scores, [1, 1, 0, 1, 0])
+  np.testing.assert_array_equal(contains.scores, [1, 1, 1, 1, 0])  # whole words only
+  assert not norm.failed.any()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is B.", "B"), ("the answer is (c)", "C"), ("B", "B"), ("(D) Paris", "D"),
+    ("C. Paris", "C"), ("Option A is correct", "A"), ("I would choose option **C**", "C"),
+    ("Answer: D", "D"), ("答案是C", "C"), ("The correct answer is: **A) Paris**", "A"),
+    ("I think the answer is a dog", None), ("A dog is an animal.", None), ("I am not sure", None),
+    ("E", None),
+])
+def test_extract_choice(text, expected):
+  assert rules.extract_choice(text) == expected
+
+
+def test_multiple_choice_reward_and_bad_reference():
+  r = rules.MultipleChoice()([item("The answer is B.", answer="(B)"), item("A", answer="B"),
+                              item("no idea", answer="C")])
+  np.testing.assert_array_equal(r.scores, [1, 0, 0])
+  with pytest.raises(ValueError, match=r"item 0 field 'answer' = 'Z'"):
+    rules.MultipleChoice()([item("A", answer="Z")])
+  with pytest.raises(ValueError, match=r"item 0 has no field 'answer'"):
+    rules.MultipleChoice()([item("A", reference="A")])
+
+
+def test_length_penalty():
+  texts = ["one two three", "w " * 10, "w " * 30]
+  r = rules.LengthPenalty(5, per_word=0.1, max_penalty=1.0)([item(t) for t in texts])
+  np.testing.assert_allclose(r.scores, [0.0, -0.5, -1.0])  # 0 excess; 5 excess; 25 excess capped
+
+
+def test_format_penalty():
+  texts = ["Sure, it is four.", "**Four**", "", "Four<|im_end|>", "- one\n- two", "# Title\nx"]
+  r = rules.FormatPenalty(penalty=0.5)([item(t) for t in texts])
+  np.testing.assert_array_equal(r.scores, [0, -0.5, -0.5, -0.5, -0.5, -0.5])
+
+
+def test_combine_with_weights():
+  items = [item("The answer is B", answer="B"), item("**A**", answer="B")]
+  r = base.combine([(1.0, rules.MultipleChoice()), (0.5, rules.FormatPenalty())], items)
+  np.testing.assert_allclose(r.scores, [1.0, -0.5])  # 1 + 0.5*0 ; 0 + 0.5*(-1)
+  assert not r.failed.any() and set(r.info[0]) == {"multiple_choice", "format_penalty"}

@@ -1,0 +1,149 @@
+"""Rule-based rewards: exact / normalized match, multiple-choice extraction, length and format penalties.
+
+Each class implements `base.RewardFn` (never fails an item: rules are deterministic), so they mix
+with the LLM judge through `base.combine([(w1, judge), (w2, ExactMatch()), ...], items)`. The text
+helpers (`normalize_answer`, `extract_choice`) are shared with the benchmark scorers.
+"""
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, Sequence
+
+import numpy as np
+
+from wavalign_jax.rewards import base
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation + "“”‘’，。！？：；")
+
+
+def normalize_answer(text: str) -> str:
+  """SQuAD-style normalization: lowercase, no punctuation, no articles, single spaces."""
+  text = text.lower().translate(_PUNCT)
+  return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _choice_patterns(letters: str) -> list[re.Pattern]:
+  """Ordered patterns for a choice letter; the letter must be uppercase or parenthesised."""
+  up, low = re.escape(letters.upper()), re.escape(letters.lower())
+  letter = rf"(?:\(([{up}{low}])\)|(?<![A-Za-z])([{up}])(?![A-Za-z0-9'’]))"
+  lead = r"[\s:：]*(?:(?i:option|choice)\s*)?[\*\"'“‘\[]*"
+  phrases = [
+      r"(?i:the (?:correct |right |best |final )?(?:answer|option|choice) (?:is|would be|should be))",
+      r"(?i:(?:correct |final )?answer\s*[:：])",
+      r"(?i:(?:i would|i'd|i will|i'll|i) (?:select|choose|pick|go with|say))",
+      r"答案(?:是|应该是|就是|为|选)?(?:选项)?",
+  ]
+  pats = [re.compile(p + lead + letter) for p in phrases]
+  pats.append(re.compile(rf"{letter}[\*\"'”’\]]*\s+(?i:is (?:the )?(?:correct|right|best))"))
+  pats.append(re.compile(rf"^[\s\*\"'“‘\[]*(?:(?i:option|choice)\s*)?"
+                         rf"(?:\(([{up}{low}])\)|([{up}])(?:[\)\.:：,\*\]]|\s*$))"))
+  return pats
+
+
+_PATTERN_CACHE: dict[str, list[re.Pattern]] = {}
+
+
+def extract_choice(text: str, letters: str = "ABCD") -> str | None:
+  """The chosen option letter (uppercase) in a free-form answer, or None when none is stated."""
+  pats = _PATTERN_CACHE.setdefault(letters, _choice_patterns(letters))
+  for pat in pats:
+    m = pat.search(text.strip())
+    if m:
+      return next(g for g in m.groups() if g).upper()
+  return None
+
+
+def _field(item: base.RewardItem, field: str, index: int, reward: str) -> Any:
+  if field not in item.prompt:
+    raise ValueError(f"{reward}: item {index} has no field {field!r} (fields: {sorted(item.prompt)})")
+  return item.prompt[field]
+
+
+def _ok(scores: Sequence[float]) -> base.RewardResult:
+  return base.RewardResult(np.asarray(scores, np.float32), np.zeros(len(scores), bool),
+                           [{} for _ in scores])
+
+
+class ExactMatch:
+  """1 if the response equals the reference (`prompt[field]`, a string or a list of accepted strings).
+
+  normalize=True compares `normalize_answer` forms; contains=True accepts a response that contains
+  a (normalized) reference as a whole-word span, the usual rule for short factual answers.
+  """
+
+  def __init__(self, field: str = "answer", *, normalize: bool = True, contains: bool = False,
+               name: str = "exact_match"):
+    self.field, self.normalize, self.contains, self.name = field, normalize, contains, name
+
+  def _match(self, text: str, ref: str) -> bool:
+    if self.normalize:
+      text, ref = normalize_answer(text), normalize_answer(ref)
+    else:
+      text, ref = text.strip(), ref.strip()
+    if self.contains:
+      return bool(ref) and f" {ref} " in f" {text} "
+    return text == ref
+
+  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
+    scores = []
+    for i, item in enumerate(items):
+      refs = _field(item, self.field, i, self.name)
+      refs = [refs] if isinstance(refs, str) else list(refs)
+      scores.append(float(any(self._match(item.text, r) for r in refs)))
+    return _ok(scores)
+
+
+class MultipleChoice:
+  """1 if the option letter extracted from the response equals the reference letter ("B" or "(B)")."""
+
+  def __init__(self, field: str = "answer", *, letters: str = "ABCD", name: str = "multiple_choice"):
+    self.field, self.letters, self.name = field, letters, name
+
+  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
+    scores = []
+    for i, item in enumerate(items):
+      ref = str(_field(item, self.field, i, self.name)).strip().strip("()").upper()
+      if len(ref) != 1 or ref not in self.letters:
+        raise ValueError(f"{self.name}: item {i} field {self.field!r} = {ref!r} is not one of {self.letters!r}")
+      scores.append(float(extract_choice(item.text, self.letters) == ref))
+    return _ok(scores)
+
+
+class LengthPenalty:
+  """-min(max_penalty, per_word · (words − max_words)) for responses longer than max_words, else 0.
+
+  Spoken answers should be short; words are whitespace-separated tokens of the text channel.
+  """
+
+  def __init__(self, max_words: int, *, per_word: float = 0.01, max_penalty: float = 1.0,
+               name: str = "length_penalty"):
+    if max_words < 0 or per_word < 0 or max_penalty < 0:
+      raise ValueError("LengthPenalty needs max_words, per_word and max_penalty >= 0")
+    self.max_words, self.per_word, self.max_penalty, self.name = max_words, per_word, max_penalty, name
+
+  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
+    excess = np.array([max(0, len(it.text.split()) - self.max_words) for it in items], np.float32)
+    return _ok(-np.minimum(self.max_penalty, self.per_word * excess))
+
+
+DEFAULT_FORBIDDEN = (r"\*\*", r"^\s*#", r"```", r"^\s*[-*] ", r"<\|[^|]*\|>")  # markup, leaked specials
+
+
+class FormatPenalty:
+  """-penalty when the response is empty (if require_nonempty) or matches any forbidden regex.
+
+  The defaults catch what should not be spoken: Markdown emphasis, headers, code fences, bullet
+  lists, and leaked special tokens such as `<|im_end|>`.
+  """
+
+  def __init__(self, forbidden: Sequence[str] = DEFAULT_FORBIDDEN, *, require_nonempty: bool = True,
+               penalty: float = 1.0, name: str = "format_penalty"):
+    self.forbidden = [re.compile(p, re.MULTILINE) for p in forbidden]
+    self.require_nonempty, self.penalty, self.name = require_nonempty, penalty, name
+
+  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
+    bad = [(self.require_nonempty and not it.text.strip()) or any(p.search(it.text) for p in self.forbidden)
+           for it in items]
+    return _ok([-self.penalty if b else 0.0 for b in bad])
