@@ -1,0 +1,160 @@
+"""Streaming access to Hugging Face safetensors folders (no torch), with consistency checks.
+
+A folder holds `model.safetensors`, or shards `*.safetensors` with or without
+`model.safetensors.index.json`. Only headers are read up front; each tensor is read when asked for,
+so a converter can hold one copy of the model plus one tensor. Anything that suggests two checkpoints
+were mixed up (a tensor in two shards, a shard the index does not list, an index pointing at the wrong
+file, a total size that disagrees) is an error naming the tensors and files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+# safetensors dtype tags -> bytes per element (for sizes computed from headers alone).
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  file: str                 # shard file name (relative to the folder)
+  shape: tuple[int, ...]
+  dtype: str                # safetensors tag, e.g. "F32", "BF16"
+
+  @property
+  def nbytes(self) -> int:
+    return int(np.prod(self.shape, dtype=np.int64)) * _DTYPE_BYTES.get(self.dtype, 4)
+
+
+class CheckpointReader:
+  """Header index of every tensor in a folder; `iter_tensors` reads them one at a time, shard by shard."""
+
+  def __init__(self, hf_dir: str):
+    self.hf_dir = hf_dir
+    self.infos: dict[str, TensorInfo] = _scan(hf_dir)
+
+  def names(self) -> list[str]:
+    return sorted(self.infos)
+
+  def total_bytes(self) -> int:
+    return sum(i.nbytes for i in self.infos.values())
+
+  def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (name, array) shard by shard, each shard opened once, arrays read lazily."""
+    by_file: dict[str, list[str]] = {}
+    for name, info in self.infos.items():
+      by_file.setdefault(info.file, []).append(name)
+    for file in sorted(by_file):
+      with safe_open(os.path.join(self.hf_dir, file), framework="numpy") as f:
+        for name in sorted(by_file[file]):
+          yield name, f.get_tensor(name)
+
+
+def _scan(hf_dir: str) -> dict[str, TensorInfo]:
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"--hf_dir {hf_dir} is not a directory")
+  files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+  if not files:
+    raise FileNotFoundError(f"no *.safetensors file in {hf_dir}")
+  infos: dict[str, TensorInfo] = {}
+  duplicates = []
+  for file in files:
+    with safe_open(os.path.join(hf_dir, file), framework="numpy") as f:
+      for name in f.keys():
+        sl = f.get_slice(name)
+        info = TensorInfo(file, tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
+        if name in infos:
+          duplicates.append(f"{name} (in {infos[name].file} and {file})")
+        infos[name] = info
+  if duplicates:
+    raise ValueError(f"{hf_dir}: tensors stored in more than one shard (mixed checkpoints?): "
+                     + ", ".join(duplicates[:20]) + (f" and {len(duplicates) - 20} more" if len(duplicates) > 20 else ""))
+  index_path = os.path.join(hf_dir, INDEX_FILE)
+  if os.path.exists(index_path):
+    _check_index(index_path, infos, files)
+  return infos
+
+
+def _check_index(index_path: str, infos: dict[str, TensorInfo], files: list[str]) -> None:
+  with open(index_path) as f:
+    index = json.load(f)
+  weight_map = index.get("weight_map")
+  if not isinstance(weight_map, dict):
+    raise ValueError(f"{index_path}: no 'weight_map' object")
+  problems = []
+  for name, file in sorted(weight_map.items()):
+    if name not in infos:
+      problems.append(f"{name}: listed in the index for {file} but stored in no shard")
+    elif infos[name].file != file:
+      problems.append(f"{name}: index says {file}, stored in {infos[name].file}")
+  for name in sorted(set(infos) - set(weight_map)):
+    problems.append(f"{name}: stored in {infos[name].file} but not listed in the index")
+  unlisted = sorted(set(files) - set(weight_map.values()))
+  if unlisted:
+    problems.append(f"shard files not referenced by the index: {unlisted}")
+  total = index.get("metadata", {}).get("total_size")
+  if total is not None and not problems:
+    actual = sum(i.nbytes for i in infos.values())
+    if int(total) != actual:
+      problems.append(f"metadata.total_size {total} != {actual} bytes actually stored")
+  if problems:
+    raise ValueError(f"{index_path} disagrees with the shards (mixed checkpoints?):\n  " + "\n  ".join(problems[:30]))
+
+
+def plan_shards(sizes: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+  """Greedy split of (name, nbytes) in order into shards of at most `max_shard_bytes` (a bigger tensor gets its own)."""
+  shards: list[list[str]] = [[]]
+  used = 0
+  for name, nbytes in sizes:
+    if shards[-1] and used + nbytes > max_shard_bytes:
+      shards.append([])
+      used = 0
+    shards[-1].append(name)
+    used += nbytes
+  return shards
+
+
+def write_checkpoint(out_dir: str, sizes: list[tuple[str, int]], get: Callable[[str], np.ndarray],
+                     max_shard_bytes: int) -> list[str]:
+  """Writes tensors shard by shard (`get(name)` is called once per name, in order) in the HF layout.
+
+  One shard -> `model.safetensors`; several -> `model-0000i-of-0000n.safetensors` + the index json.
+  Returns the written file names.
+  """
+  shards = plan_shards(sizes, max_shard_bytes)
+  n = len(shards)
+  files = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+  weight_map = {}
+  total = 0
+  for file, names in zip(files, shards):
+    tensors = {}
+    for name in names:
+      arr = np.ascontiguousarray(get(name))
+      tensors[name] = arr
+      total += arr.nbytes
+      weight_map[name] = file
+    save_file(tensors, os.path.join(out_dir, file), metadata={"format": "pt"})
+    del tensors
+  if n > 1:
+    with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+  return files
+
+
+def parse_size(text: str) -> int:
+  """'5GB' / '500MB' / '1024' -> bytes (decimal units, as transformers' max_shard_size)."""
+  text = text.strip().upper()
+  for unit, mult in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+    if text.endswith(unit):
+      return int(float(text[:-len(unit)]) * mult)
+  return int(text)
