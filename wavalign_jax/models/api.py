@@ -1,0 +1,161 @@
+"""Functional model API over plain parameter pytrees (see WORKSPACE.md "Model API").
+
+Decoding contract (the sampler builds on exactly this):
+  cache = init_cache(cfg, batch_size, max_len)
+      {"index": int32[] next slot to write, "valid": bool[B, max_len] slots that may be attended,
+       <stack>: {"k","v": cfg.dtype[n_layers, B, max_len, kv_heads, head_dim]}}
+  logits, cache = decode(params, cfg, inputs, positions, cache, valid=None, features=None, feature_mask=None)
+      inputs {stream: int32[B, T]}, positions int32[B, T] (RoPE positions: for a left-padded prompt
+      use cumsum(valid) - 1), valid bool[B, T] (False = padding, never attended; default all True).
+      Writes slots [index, index + T), query slot i sees slot j iff j <= i and valid[j]; returns
+      {stream: float32[B, V]} for the LAST of the T positions and the cache with index += T.
+      The caller keeps index + T <= max_len (dynamic_update_slice would clamp silently).
+  Pure and jit-friendly: T, B and max_len are static, index is a traced scalar.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
+
+Array = jax.Array
+Params = Any
+
+
+def tiny_config(arch: str, **overrides: Any) -> ModelConfig:
+  """A model small enough for CPU unit tests, with every architectural feature switched on."""
+  kw: dict[str, Any] = dict(arch=arch, vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=4, num_kv_heads=2, head_dim=8, logprob_chunk=5)
+  if arch == "interleaved":
+    kw.update(num_mtp_modules=2)
+  if arch == "parallel":
+    kw.update(num_layers=3, mimo_from_layer=0, num_mimo_layers=2, adaptor_input_dim=12)
+  kw.update(overrides)
+  return ModelConfig(**kw)
+
+
+def _init_args(cfg: ModelConfig) -> tuple[tuple, dict]:
+  L = cfg.num_mtp_modules + 2
+  ids = jnp.zeros((1, L), jnp.int32)
+  kwargs = {}
+  if cfg.arch == "parallel" and cfg.adaptor_input_dim > 0:
+    kwargs = dict(features=jnp.zeros((1, L, cfg.adaptor_input_dim), cfg.dtype),
+                  feature_mask=jnp.ones((1, L), bool))
+  inputs = {s: ids for s in cfg.streams}
+  return (inputs, jnp.arange(L)[None], causal_mask(jnp.ones_like(ids))), kwargs
+
+
+def _init_boxed(cfg: ModelConfig, rng: Array) -> Params:
+  args, kwargs = _init_args(cfg)
+  return Transformer(cfg).init(rng, *args, **kwargs, method=Transformer.init_all)["params"]
+
+
+def init_params(cfg: ModelConfig, rng: Array) -> Params:
+  """Random parameters as plain arrays (the logical axes are in `param_logical_axes(cfg)`)."""
+  return nn.unbox(_init_boxed(cfg, rng))
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+  """PartitionSpec of logical axis names for every parameter leaf (map with sharding.LOGICAL_RULES)."""
+  return nn.get_partition_spec(jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0)))
+
+
+def _forward(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
+  hidden, _ = Transformer(cfg).apply(
+      {"params": params}, batch["inputs"], batch["positions"], causal_mask(batch["segment_ids"]),
+      features=batch.get("features"), feature_mask=batch.get("feature_mask"))
+  return hidden
+
+
+def _head_logits(h: Array, kernel: Array, cfg: ModelConfig) -> Array:
+  return jnp.einsum("...d,dv->...v", h.astype(cfg.dtype), kernel.astype(cfg.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def logits(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
+  """Full float32 logits {stream: [B, L, V]} (tests and small shapes only)."""
+  return {s: _head_logits(h, params[HEADS[s]], cfg) for s, h in _forward(params, cfg, batch).items()}
+
+
+def _chunk_stats(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) -> tuple[Array, Array]:
+  lg = _head_logits(h, kernel, cfg)
+  lse = jax.nn.logsumexp(lg, axis=-1)
+  logp = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - lse
+  entropy = lse - jnp.sum(jax.nn.softmax(lg, axis=-1) * lg, axis=-1)
+  return logp, entropy
+
+
+def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) -> tuple[Array, Array]:
+  """log p(target) and entropy, float32 [B, L], `cfg.logprob_chunk` positions at a time.
+
+  Each chunk's logits live only inside a rematerialised scan step, so neither the forward nor the
+  backward pass holds more than [B, chunk, V] float32 logits."""
+  B, L, d = h.shape
+  c = max(1, min(cfg.logprob_chunk, L))
+  n = -(-L // c)
+  pad = n * c - L
+  targets = jnp.clip(targets, 0, kernel.shape[-1] - 1)
+  hs = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, d).swapaxes(0, 1)
+  ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
+  stats = jax.checkpoint(functools.partial(_chunk_stats, cfg=cfg))
+  _, (logp, ent) = jax.lax.scan(lambda _, x: (None, stats(x[0], kernel, x[1])), None, (hs, ts))
+  unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * c)[:, :L]
+  return unchunk(logp), unchunk(ent)
+
+
+def target_logprobs(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]
+                    ) -> dict[str, dict[str, Array]]:
+  """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of batch["targets"] (main head only for VITA)."""
+  out = {}
+  for s, h in _forward(params, cfg, batch).items():
+    logp, ent = chunked_logprobs(h, params[HEADS[s]], batch["targets"][s], cfg)
+    out[s] = {"logp": logp, "entropy": ent}
+  return out
+
+
+def mtp_logits(params: Params, cfg: ModelConfig, tokens: Array, positions: Array) -> list[Array]:
+  """Float32 logits of each VITA MCTP module k: [B, L-1-k, V], row t predicting tokens[t+k+2]."""
+  if cfg.arch != "interleaved":
+    raise ValueError(f"mtp_logits needs arch 'interleaved', got {cfg.arch!r}")
+  hidden = Transformer(cfg).apply({"params": params}, tokens, positions, method=Transformer.mtp_hidden)
+  return [_head_logits(h, params["lm_head"], cfg) for h in hidden]
+
+
+def _stack_sizes(cfg: ModelConfig) -> dict[str, int]:
+  if cfg.arch == "parallel":
+    return {"trunk": cfg.mimo_from_layer + 1, "text_trunk": cfg.num_layers - cfg.mimo_from_layer - 1,
+            "mimo": cfg.num_mimo_layers}
+  return {"trunk": cfg.num_layers}
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any]:
+  """Empty static-shape KV cache (layout in the module docstring)."""
+  cache: dict[str, Any] = {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((batch_size, max_len), bool)}
+  for name, n in _stack_sizes(cfg).items():
+    shape = (n, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    cache[name] = {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+  return cache
+
+
+def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positions: Array,
+           cache: dict[str, Any], valid: Array | None = None, features: Array | None = None,
+           feature_mask: Array | None = None) -> tuple[dict[str, Array], dict[str, Any]]:
+  """Prefill (T = prompt length) or step (T = 1) with the KV cache; see the module docstring."""
+  B, T = positions.shape
+  idx = cache["index"]
+  if valid is None:
+    valid = jnp.ones((B, T), bool)
+  cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid.astype(bool), (0, idx))
+  slots = jnp.arange(cache_valid.shape[1])
+  mask = (slots[None, :] <= idx + jnp.arange(T)[:, None])[None] & cache_valid[:, None, :]
+  stacks = {k: v for k, v in cache.items() if k not in ("index", "valid")}
+  hidden, new = Transformer(cfg).apply({"params": params}, dict(inputs), positions, mask[:, None],
+                                       stacks, idx, features=features, feature_mask=feature_mask)
+  out = {s: _head_logits(h[:, -1], params[HEADS[s]], cfg) for s, h in hidden.items()}
+  return out, {"index": idx + T, "valid": cache_valid, **new}

@@ -1,0 +1,172 @@
+"""Qwen2-style decoder building blocks shared by every architecture.
+
+Pre-RMSNorm decoder layer: GQA attention with rotate-half RoPE (bias on q/k/v only) and a SwiGLU
+MLP. Norm statistics, RoPE angles and softmax run in float32 whatever `cfg.dtype` is, because those
+are where bfloat16 loses the accuracy the converted checkpoints need.
+
+A layer is called as `layer(x, aux, cache) -> (x, new_cache)` so that the same class can be
+`nn.scan`-ned (x is the carry, `aux` is broadcast, the per-layer cache is scanned) or looped.
+`aux` = (positions [B,T], mask [B,1,T,S], cache_index []) where S = T without a cache and the cache
+length with one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wavalign_jax.models.config import ModelConfig
+
+Array = jax.Array
+_INIT = nn.initializers.normal(0.02)
+# Finite "minus infinity": a query with no allowed key (padding) gets uniform, finite weights
+# instead of NaNs that would poison gradients through a 0-weighted loss.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _param(mod: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
+           init=_INIT) -> Array:
+  return mod.param(name, nn.with_logical_partitioning(init, axes), shape,
+                   jnp.dtype(mod.cfg.param_dtype))
+
+
+class RMSNorm(nn.Module):
+  """y = w * x / rms(x), statistics in float32 (HF Qwen2RMSNorm)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    w = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+    return (w.astype(jnp.float32) * x32).astype(self.cfg.dtype)
+
+
+class Dense(nn.Module):
+  """x @ kernel (+ bias) contracting the last `len(in_shape)` dims; kernel [*in_shape, *out_shape]."""
+  cfg: ModelConfig
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, "kernel", self.in_shape + self.out_shape, self.axes)
+    n_in = len(self.in_shape)
+    y = jax.lax.dot_general(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
+                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
+      y = y + bias.astype(self.cfg.dtype)
+    return y
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotate-half RoPE on x [B, T, heads, D] at integer positions [B, T]; angles in float32."""
+  d = x.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+  ang = positions.astype(jnp.float32)[..., None] * inv_freq          # [B, T, D/2]
+  ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(ang).astype(x.dtype), jnp.sin(ang).astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
+  """GQA softmax attention. q [B,T,H,D], k/v [B,S,K,D], mask bool [B,1,T,S] -> [B,T,H,D]."""
+  b, t, h, d = q.shape
+  kv = k.shape[2]
+  q = (q * (d ** -0.5)).reshape(b, t, kv, h // kv, d)                 # query head h uses kv head h // G
+  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  s = jnp.where(mask[:, :, None], s, _MASK_VALUE)                     # mask [B,1,1,T,S]
+  p = jax.nn.softmax(s, axis=-1).astype(dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(b, t, h, d)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, mask: Array, cache: dict | None,
+               cache_index: Array) -> tuple[Array, dict | None]:
+    c = self.cfg
+    e = (c.hidden_size,)
+    q = Dense(c, e, (c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), True, name="q")(x)
+    k = Dense(c, e, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), True, name="k")(x)
+    v = Dense(c, e, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), True, name="v")(x)
+    q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+    if cache is not None:  # write the T new slots, then attend over the whole static cache
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+      cache = {"k": k, "v": v}
+    out = attend(q, k.astype(c.dtype), v.astype(c.dtype), mask, c.dtype)
+    out = Dense(c, (c.num_heads, c.head_dim), e, ("heads", "head_dim", "embed"), name="o")(out)
+    return out, cache
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.cfg
+    e, m = (c.hidden_size,), (c.intermediate_size,)
+    gate = Dense(c, e, m, ("embed", "mlp"), name="gate")(x)
+    up = Dense(c, e, m, ("embed", "mlp"), name="up")(x)
+    h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return Dense(c, m, e, ("mlp", "embed"), name="down")(h)
+
+
+class DecoderLayer(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, aux: tuple[Array, Array, Array],
+               cache: dict | None) -> tuple[Array, dict | None]:
+    positions, mask, cache_index = aux
+    h, cache = Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x),
+                                                positions, mask, cache, cache_index)
+    x = x + h
+    x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    self.sow("intermediates", "residual", x)
+    return x, cache
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projections, redo attention
+}
+
+
+class Stack(nn.Module):
+  """`num_layers` identical decoder layers, scanned (params stacked on a leading "layers" axis) or
+  looped (params `layer_{i}`). The cache, when given, is {"k","v": [num_layers, B, S, K, D]} in both
+  modes, so a cache never depends on `cfg.scan_layers`."""
+  cfg: ModelConfig
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, x: Array, aux: tuple[Array, Array, Array],
+               cache: dict | None = None) -> tuple[Array, dict | None]:
+    c = self.cfg
+    if c.remat not in ("none", *_REMAT_POLICIES):
+      raise ValueError(f"cfg.remat={c.remat!r}; choose 'none', 'full' or 'dots'")
+    layer_cls = DecoderLayer
+    if c.remat != "none":
+      layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      scanned = nn.scan(layer_cls, variable_axes={"params": 0, "intermediates": 0},
+                        split_rngs={"params": True}, in_axes=(nn.broadcast, 0),
+                        length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      return scanned(c, name="layers")(x, aux, cache)
+    new = []
+    for i in range(self.num_layers):
+      layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
+      x, layer_cache = layer_cls(c, name=f"layer_{i}")(x, aux, layer_cache)
+      new.append(layer_cache)
+    return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new))
