@@ -1,0 +1,75 @@
+"""Offline DPO baseline: −log σ(β·Δ) over (chosen, rejected) pairs.
+
+Δ = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)), log-probs summed over the
+text tokens (text-token DPO) or all response tokens (full-token DPO). Reference log-probs are
+precomputed per position and stored in the batch (`ref_logp`), so no reference model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from wavalign_jax import tokens
+from wavalign_jax.objectives import aggregation
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+  beta: float = 0.1
+  token_set: str = "all"   # "all": full-token DPO; "text": text-token DPO
+
+  def __post_init__(self):
+    if self.token_set not in tokens.TOKEN_SETS:
+      raise ValueError(f"DPOConfig.token_set {self.token_set!r}: choose one of {sorted(tokens.TOKEN_SETS)}")
+    if self.beta <= 0:
+      raise ValueError(f"DPOConfig.beta must be > 0, got {self.beta}")
+
+
+def sequence_logp(logp: aggregation.Streams, types: aggregation.Streams, token_set: str) -> jax.Array:
+  """[B] sum of the log-probs of the tokens in `token_set`, over all streams."""
+  aggregation.check_streams("types", types, logp)
+  mask = {k: tokens.token_set_mask(t, token_set).astype(jnp.float32) for k, t in types.items()}
+  return jnp.sum(aggregation.concat_streams(mask) * aggregation.concat_streams(logp).astype(jnp.float32), axis=1)
+
+
+def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, beta: float, pair_weight: jax.Array | None = None,
+             ) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
+  """Loss term (mean over pairs) and metrics from summed sequence log-probs, all [B]."""
+  chosen_reward = beta * (policy_chosen - ref_chosen)
+  rejected_reward = beta * (policy_rejected - ref_rejected)
+  margin = chosen_reward - rejected_reward
+  w = jnp.ones_like(margin) if pair_weight is None else pair_weight.astype(jnp.float32)
+  term = aggregation.LossTerm(jnp.sum(w * -jax.nn.log_sigmoid(margin)), jnp.sum(w))
+  n = jnp.maximum(jnp.sum(w), 1e-8)
+  metrics = {"reward_chosen": jnp.sum(w * chosen_reward) / n,
+             "reward_rejected": jnp.sum(w * rejected_reward) / n,
+             "reward_margin": jnp.sum(w * margin) / n,
+             "reward_accuracy": jnp.sum(w * (margin > 0)) / n}
+  return term, jax.lax.stop_gradient(metrics)
+
+
+def make_dpo_loss(logprob_fn: Callable[[Any, dict], dict], cfg: DPOConfig):
+  """`dpo_loss_fn(params, batch, count=None) -> (loss, metrics)`.
+
+  batch = {"chosen": seq_batch, "rejected": seq_batch}, each with `ref_logp` {stream: [B, L]};
+  both halves must have the same shapes: they go through the model as one batch of 2B.
+  `count` is the step's global pair count when the step is split into micro-batches.
+  """
+  def dpo_loss_fn(params, batch: dict, count: jax.Array | None = None):
+    chosen, rejected = batch["chosen"], batch["rejected"]
+    try:
+      both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), chosen, rejected)
+    except ValueError as e:
+      raise ValueError(f"DPO batch: 'chosen' and 'rejected' must have the same fields and shapes ({e})") from e
+    b = next(iter(chosen["types"].values())).shape[0]
+    out = logprob_fn(params, both)
+    seq = sequence_logp({k: v["logp"] for k, v in out.items()}, both["types"], cfg.token_set)
+    ref = sequence_logp(both["ref_logp"], both["types"], cfg.token_set)
+    term, metrics = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], cfg.beta, batch.get("pair_weight"))
+    loss = aggregation.term_value(term, count)
+    return loss, {"loss": loss, **{f"dpo/{k}": v for k, v in metrics.items()}}
+  return dpo_loss_fn

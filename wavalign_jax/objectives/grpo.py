@@ -1,0 +1,193 @@
+"""Group-relative policy gradient (GRPO) over a chosen token set.
+
+Reference (DESIGN.md §1): group-normalised advantages, per-token loss
+−(exp(logp − stop_grad(logp))·A − β_type·KL), text tokens only, masked mean per sequence then mean
+over sequences, no clipping, β = 0. Options: PPO clipping against the sampler's log-probs
+(several iterations per rollout batch), KL estimators k1/k2/k3 with separate β for text and speech
+tokens, other token sets and aggregations, advantage scaling, dropping equal-reward groups.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from wavalign_jax import tokens
+from wavalign_jax.objectives import aggregation
+from wavalign_jax.objectives.sft import type_weights
+
+GRPO_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+ADVANTAGE_SCALES = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  token_set: str = "text"            # tokens that get the policy gradient ("text" | "speech" | "all")
+  aggregation: str = "seq_mean_token_mean"
+  norm_length: int = 1024            # divisor of "seq_mean_token_sum_norm" (max completion length)
+  advantage_scale: str = "group"     # std used to scale advantages: group | batch | none
+  advantage_eps: float = 1e-4
+  drop_equal_groups: bool = False    # zero the weight of groups whose valid rewards are all equal
+  kl_estimator: str = "k3"
+  beta_text: float = 0.0             # KL weight on text tokens (0: no reference model needed)
+  beta_speech: float = 0.0           # KL weight on speech tokens and audio boundaries
+  clip_eps: float = 0.0              # > 0: PPO clipping against the sampler's log-probs (old_logp)
+  clip_eps_high: float = 0.0         # upper clip range; 0 means clip_eps
+  num_iterations: int = 1            # optimiser steps per rollout batch (> 1 needs clipping)
+
+  def __post_init__(self):
+    aggregation.check_aggregation(self.aggregation, GRPO_AGGREGATIONS)
+    for name, value, allowed in (("token_set", self.token_set, tuple(tokens.TOKEN_SETS)),
+                                 ("advantage_scale", self.advantage_scale, ADVANTAGE_SCALES),
+                                 ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
+      if value not in allowed:
+        raise ValueError(f"GRPOConfig.{name} {value!r}: choose one of {list(allowed)}")
+    if self.clip_eps < 0 or self.clip_eps_high < 0 or self.beta_text < 0 or self.beta_speech < 0:
+      raise ValueError("GRPOConfig: clip_eps, clip_eps_high, beta_text, beta_speech must be >= 0")
+    if self.num_iterations > 1 and self.clip_eps <= 0:
+      raise ValueError("GRPOConfig.num_iterations > 1 needs clip_eps > 0: without clipping the ratio "
+                       "is taken against the current policy and nothing bounds the update")
+
+  @property
+  def clipping(self) -> bool:
+    return self.clip_eps > 0
+
+  @property
+  def uses_kl(self) -> bool:
+    return self.beta_text > 0 or self.beta_speech > 0
+
+
+def _valid(rewards: jax.Array, valid: jax.Array | None) -> jax.Array:
+  return jnp.ones(rewards.shape, bool) if valid is None else valid.astype(bool)
+
+
+def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, scale: str = "group",
+                     eps: float = 1e-4) -> jax.Array:
+  """Advantages [P, G] from rewards [P, G] (P prompts, G rollouts each); invalid items get 0.
+
+  A = (r − mean_group) / (std + eps), population std over the valid items of the group
+  ("group"), over all valid rewards of the batch ("batch"), or no scaling ("none").
+  """
+  if rewards.ndim != 2:
+    raise ValueError(f"rewards must be [prompts, group], got shape {rewards.shape}")
+  if scale not in ADVANTAGE_SCALES:
+    raise ValueError(f"advantage scale {scale!r}: choose one of {list(ADVANTAGE_SCALES)}")
+  r, v = rewards.astype(jnp.float32), _valid(rewards, valid)
+  n = jnp.maximum(jnp.sum(v, axis=1, keepdims=True), 1)
+  mean = jnp.sum(jnp.where(v, r, 0.0), axis=1, keepdims=True) / n
+  centred = jnp.where(v, r - mean, 0.0)
+  if scale == "group":
+    centred = centred / (jnp.sqrt(jnp.sum(centred**2, axis=1, keepdims=True) / n) + eps)
+  elif scale == "batch":
+    n_all = jnp.maximum(jnp.sum(v), 1)
+    batch_mean = jnp.sum(jnp.where(v, r, 0.0)) / n_all
+    centred = centred / (jnp.sqrt(jnp.sum(jnp.where(v, (r - batch_mean)**2, 0.0)) / n_all) + eps)
+  return centred
+
+
+def group_weights(rewards: jax.Array, valid: jax.Array | None = None,
+                  drop_equal_groups: bool = False) -> jax.Array:
+  """Per-rollout weight [P, G]: 0 for invalid items and, optionally, for groups with no signal."""
+  v = _valid(rewards, valid)
+  if drop_equal_groups:
+    hi = jnp.max(jnp.where(v, rewards, -jnp.inf), axis=1, keepdims=True)
+    lo = jnp.min(jnp.where(v, rewards, jnp.inf), axis=1, keepdims=True)
+    v = v & (hi > lo)
+  return v.astype(jnp.float32)
+
+
+def rl_token_weights(types: aggregation.Streams, token_set: str) -> dict[str, jax.Array]:
+  """Mask of the token set; a sequence with no such token falls back to its whole completion."""
+  chosen = {k: tokens.token_set_mask(t, token_set) for k, t in types.items()}
+  has_any = jnp.any(aggregation.concat_streams(chosen), axis=1, keepdims=True)
+  return {k: jnp.where(has_any, chosen[k], types[k] != tokens.TokenType.NONE).astype(jnp.float32)
+          for k in types}
+
+
+def grpo_count(types: aggregation.Streams, cfg: GRPOConfig, seq_weight: jax.Array | None = None) -> jax.Array:
+  """The GRPO denominator of a batch, without a forward pass."""
+  return aggregation.aggregate_count(rl_token_weights(types, cfg.token_set), cfg.aggregation, seq_weight)
+
+
+def kl_divergence(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
+  """Per-token estimate of KL(π‖π_ref) from samples of π: k1 = log π/π_ref, k2 = ½(log π/π_ref)²,
+  k3 = π_ref/π − log(π_ref/π) − 1."""
+  d = ref_logp - logp
+  if estimator == "k1":
+    return -d
+  if estimator == "k2":
+    return 0.5 * d**2
+  if estimator == "k3":
+    return jnp.exp(d) - d - 1.0
+  raise ValueError(f"KL estimator {estimator!r}: choose one of {list(KL_ESTIMATORS)}")
+
+
+def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages: jax.Array, cfg: GRPOConfig,
+              *, old_logp: aggregation.Streams | None = None, ref_logp: aggregation.Streams | None = None,
+              seq_weight: jax.Array | None = None, entropy: aggregation.Streams | None = None,
+              ) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
+  """GRPO loss term and metrics for completions `logp` {stream: [B, L]} with `advantages` [B].
+
+  `old_logp` (the sampler's log-probs) is required with clipping, `ref_logp` with β > 0;
+  `seq_weight` [B] scales sequences (0 drops one); `entropy` {stream: [B, L]} feeds metrics only.
+  """
+  aggregation.check_streams("types", types, logp)
+  if advantages.shape != (next(iter(logp.values())).shape[0],):
+    raise ValueError(f"advantages shape {advantages.shape} does not match batch size")
+  if cfg.clipping and old_logp is None:
+    raise ValueError("GRPO with clip_eps > 0 needs the sampler's log-probs: rl batch field 'old_logp'")
+  if cfg.uses_kl and ref_logp is None:
+    raise ValueError("GRPO with beta_text/beta_speech > 0 needs reference log-probs: rl batch field 'ref_logp'")
+  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("entropy", entropy)):
+    if x is not None:
+      aggregation.check_streams(name, x, logp)
+
+  weights = rl_token_weights(types, cfg.token_set)
+  adv = advantages.astype(jnp.float32)[:, None]
+  eps_lo, eps_hi = cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps
+  per_token, ratios, kls = {}, {}, {}
+  for k in logp:
+    lp = logp[k].astype(jnp.float32)
+    old = old_logp[k].astype(jnp.float32) if cfg.clipping else jax.lax.stop_gradient(lp)
+    ratio = jnp.exp(lp - old)
+    objective = ratio * adv
+    if cfg.clipping:
+      objective = jnp.minimum(objective, jnp.clip(ratio, 1.0 - eps_lo, 1.0 + eps_hi) * adv)
+    if ref_logp is not None:
+      kls[k] = kl_divergence(lp, ref_logp[k].astype(jnp.float32), cfg.kl_estimator)
+    if cfg.uses_kl:
+      objective = objective - type_weights(types[k], cfg.beta_text, cfg.beta_speech) * kls[k]
+    per_token[k], ratios[k] = -objective, ratio
+
+  term = aggregation.aggregate(per_token, weights, cfg.aggregation, seq_weight=seq_weight,
+                               norm_length=cfg.norm_length)
+  metrics = _metrics(types, weights, adv, ratios, kls, entropy, eps_lo, eps_hi, cfg)
+  return term, jax.lax.stop_gradient(metrics)
+
+
+def _metrics(types, weights, adv, ratios, kls, entropy, eps_lo, eps_hi, cfg) -> dict[str, jax.Array]:
+  mean = aggregation.masked_mean
+  text = {k: tokens.token_set_mask(t, "text").astype(jnp.float32) for k, t in types.items()}
+  speech = {k: tokens.token_set_mask(t, "speech").astype(jnp.float32) for k, t in types.items()}
+  in_set = {k: tokens.token_set_mask(t, cfg.token_set) for k, t in types.items()}
+  fallback = ~jnp.any(aggregation.concat_streams(in_set), axis=1) & jnp.any(
+      aggregation.concat_streams(types) != tokens.TokenType.NONE, axis=1)
+  out = {
+      "num_text_tokens": jnp.sum(aggregation.concat_streams(text)),
+      "num_speech_tokens": jnp.sum(aggregation.concat_streams(speech)),
+      "num_rl_tokens": jnp.sum(aggregation.concat_streams(weights)),
+      "num_fallback_seqs": jnp.sum(fallback),
+      "ratio_mean": mean(ratios, weights),
+  }
+  if cfg.clipping:
+    low = {k: ((ratios[k] < 1.0 - eps_lo) & (adv < 0)).astype(jnp.float32) for k in ratios}
+    high = {k: ((ratios[k] > 1.0 + eps_hi) & (adv > 0)).astype(jnp.float32) for k in ratios}
+    out["clip_frac_low"], out["clip_frac_high"] = mean(low, weights), mean(high, weights)
+    out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
+  if kls:
+    out["kl"] = mean(kls, weights)
+  if entropy is not None:
+    out["entropy_text"], out["entropy_speech"] = mean(entropy, text), mean(entropy, speech)
+  return out
