@@ -1,0 +1,1 @@
+"""Synthetic spoken-QA testbed: unit-TTS, seeded tasks, rule judge, IQ/EQ metrics, dataset writer."""
