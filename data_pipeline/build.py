@@ -1,0 +1,252 @@
+r"""Dialogue JSONL -> ArrayRecord shards of laid-out, typed examples.
+
+  python -m data_pipeline.build --input=train.jsonl --output_dir=data/sft --tokenizer=ckpt/tokenizer.json \
+      --arch=interleaved --kind=sft --ratios=1,10,4,10 --num_shards=8
+
+Input records (WavAlign schema): `messages` (system/user turns; "<|audio|>" in a content string
+marks where the next entry of `audios` goes, otherwise the audios follow the last user turn's
+text), `audios` (question audio), `question_text`, `sft_target_text`, `sft_target_audio`;
+dpo adds `rejected_text`, `rejected_audio`; optional `answer`/`reference`, `style`, `id`.
+Audio fields are inline code lists or paths (relative to the JSONL file) to pre-computed
+GLM-4-Voice code files (.npy / .json / .txt).
+
+Layout, token types and loss masks are computed once here; every error names file and line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import tokenizers
+
+from data_pipeline import vocab as vocab_lib
+from wavalign_jax.data import layouts
+from wavalign_jax.data.records import KINDS, encode_record
+
+AUDIO_PLACEHOLDER = "<|audio|>"
+RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
+SHARD_PATTERN = "{name}-{index:05d}-of-{count:05d}.array_record"
+INFO_FILE = "dataset_info.json"
+
+
+def load_codes(value: Any, base_dir: str, field: str) -> list[int]:
+  """Audio codes from an inline list or a code file; raw audio is refused with a how-to."""
+  if isinstance(value, list):
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+      raise ValueError(f"field {field!r}: inline audio must be a list of integer code ids")
+    return value
+  if not isinstance(value, str):
+    raise ValueError(f"field {field!r}: expected a list of code ids or a path, got {type(value).__name__}")
+  path = value if os.path.isabs(value) else os.path.join(base_dir, value)
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix in RAW_AUDIO_SUFFIXES:
+    raise ValueError(
+        f"field {field!r}: {value} is raw audio, but this project consumes discrete code ids. Tokenize it outside "
+        "this project with the GLM-4-Voice speech tokenizer (THUDM/glm-4-voice-tokenizer: 16 kHz input, 12.5 Hz, "
+        "16384 codes; PyTorch) and point the field at a .npy/.json/.txt file of code ids or inline the list")
+  if not os.path.exists(path):
+    raise ValueError(f"field {field!r}: audio code file {path} does not exist")
+  if suffix == ".npy":
+    arr = np.load(path)
+  elif suffix == ".json":
+    with open(path) as f:
+      arr = np.asarray(json.load(f))
+  elif suffix == ".txt":
+    with open(path) as f:
+      arr = np.asarray(f.read().replace(",", " ").split(), dtype=np.int64)
+  else:
+    raise ValueError(f"field {field!r}: unsupported code file {path}; use .npy, .json or .txt")
+  arr = np.squeeze(arr)
+  if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"field {field!r}: {path} must hold a 1-D list of integer codes, got {arr.dtype}{arr.shape}")
+  return arr.tolist()
+
+
+def _field(record: dict, name: str, kind: type | tuple[type, ...]) -> Any:
+  if name not in record:
+    raise ValueError(f"missing field {name!r}")
+  if not isinstance(record[name], kind):
+    raise ValueError(f"field {name!r} must be {getattr(kind, '__name__', kind)}, got {type(record[name]).__name__}")
+  return record[name]
+
+
+@dataclasses.dataclass
+class Builder:
+  """Turns one JSON record into an encoded record (bytes) for one architecture and dataset kind."""
+  tokenizer_path: str
+  arch: str = "interleaved"
+  kind: str = "sft"
+  ratios: Sequence[int] = layouts.BOOST_RATIOS
+  audio_delay: int = 6
+  audio_offset: int = 152064        # parallel only (kimia_token_offset)
+  num_audio_codes: int = 16384      # parallel only
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"--kind={self.kind!r}; expected one of {sorted(KINDS)}")
+    self.tok = tokenizers.Tokenizer.from_file(self.tokenizer_path)
+    if self.arch == "interleaved":
+      self.vocab = vocab_lib.interleaved_vocab(self.tok, self.tokenizer_path)
+      self.role_ids = vocab_lib.role_ids(self.tok)
+    elif self.arch == "parallel":
+      self.vocab = vocab_lib.parallel_vocab(self.tok, self.tokenizer_path, self.audio_offset, self.num_audio_codes)
+    else:
+      raise ValueError(f"--arch={self.arch!r}; expected 'interleaved' or 'parallel'")
+
+  @property
+  def streams(self) -> tuple[str, ...]:
+    return layouts.INTERLEAVED_STREAMS if self.arch == "interleaved" else layouts.PARALLEL_STREAMS
+
+  def _turns(self, record: dict, base_dir: str) -> list[layouts.Turn]:
+    messages = _field(record, "messages", list)
+    audios = [load_codes(a, base_dir, f"audios[{i}]") for i, a in enumerate(record.get("audios") or [])]
+    turns, used = [], 0
+    for k, m in enumerate(messages):
+      if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        raise ValueError(f"messages[{k}] must be an object with string 'role' and 'content'")
+      pieces = []
+      for j, part in enumerate(m["content"].split(AUDIO_PLACEHOLDER)):
+        if j:
+          if used >= len(audios):
+            raise ValueError(f"messages[{k}]: more {AUDIO_PLACEHOLDER} placeholders than entries in 'audios'")
+          pieces.append(("audio", tuple(audios[used])))
+          used += 1
+        if part:
+          pieces.append(("text", tuple(vocab_lib.encode(self.tok, part))))
+      turns.append(layouts.Turn(m["role"], tuple(pieces)))
+    if used == 0 and audios:  # no placeholders: the question audio follows the last user turn's text
+      users = [k for k, t in enumerate(turns) if t.role == "user"]
+      if not users:
+        raise ValueError("'audios' given but 'messages' has no user turn to attach them to")
+      t = turns[users[-1]]
+      turns[users[-1]] = layouts.Turn(t.role, t.pieces + tuple(("audio", tuple(a)) for a in audios))
+    elif used != len(audios):
+      raise ValueError(f"{used} {AUDIO_PLACEHOLDER} placeholders but {len(audios)} entries in 'audios'")
+    return turns
+
+  def _prompt(self, turns: list[layouts.Turn]) -> layouts.Example:
+    if self.arch == "interleaved":
+      return layouts.interleaved_prompt(turns, self.vocab, self.role_ids)
+    system = tuple(p for t in turns if t.role == "system" for p in t.pieces)
+    rest = [t for t in turns if t.role != "system"]
+    first_user = next((k for k, t in enumerate(rest) if t.role == "user"), None)
+    if system and first_user is None:
+      raise ValueError("a system turn needs a user turn to merge into (parallel template)")
+    if system:
+      rest[first_user] = layouts.Turn("user", system + rest[first_user].pieces)
+    return layouts.parallel_prompt(rest, self.vocab)
+
+  def _response(self, text: str, audio: Any, base_dir: str, field: str) -> layouts.Example:
+    codes = load_codes(audio, base_dir, field)
+    ids = vocab_lib.encode(self.tok, text)
+    if self.arch == "interleaved":
+      return layouts.interleaved_response(ids, codes, self.vocab, self.ratios)
+    return layouts.parallel_response(ids, codes, self.vocab, self.audio_delay)
+
+  def examples(self, record: dict, base_dir: str) -> tuple[dict[str, layouts.Example], dict[str, Any]]:
+    """Laid-out examples and reward metadata of one record (raises ValueError naming the field)."""
+    if not isinstance(record, dict):
+      raise ValueError(f"record must be a JSON object, got {type(record).__name__}")
+    prompt = self._prompt(self._turns(record, base_dir))
+    target_text = _field(record, "sft_target_text", str)
+    chosen = layouts.join(prompt, self._response(target_text, _field(record, "sft_target_audio", (list, str)),
+                                                 base_dir, "sft_target_audio"))
+    meta = {"reference_text": target_text, "style": record.get("style"), "id": record.get("id"),
+            "answer": record.get("answer", record.get("reference", target_text)),
+            "question_text": _field(record, "question_text", str) if self.kind == "rl"
+                             else record.get("question_text")}
+    if self.kind == "dpo":
+      rejected = layouts.join(prompt, self._response(
+          _field(record, "rejected_text", str), _field(record, "rejected_audio", (list, str)), base_dir,
+          "rejected_audio"))
+      return {"chosen": chosen, "rejected": rejected}, meta
+    return {"example": chosen}, meta
+
+  def encode_line(self, line: str, path: str, line_no: int) -> tuple[bytes, int]:
+    """(encoded record, longest example length) of one JSONL line; errors name `path:line_no`."""
+    try:
+      record = json.loads(line)
+      examples, meta = self.examples(record, os.path.dirname(os.path.abspath(path)))
+    except (ValueError, json.JSONDecodeError) as e:
+      raise ValueError(f"{path}:{line_no}: {e}") from e
+    meta.update(source=path, line=line_no)
+    return encode_record(self.kind, examples, meta), max(len(ex) for ex in examples.values())
+
+
+def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
+  for path in paths:
+    with open(path) as f:
+      for line_no, line in enumerate(f, 1):
+        if line.strip():
+          yield path, line_no, line
+
+
+def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: int = 1,
+          max_length: int = 0, name: str = "data") -> dict[str, Any]:
+  """Writes `num_shards` ArrayRecord shards (record j goes to shard j % num_shards) and dataset_info.json.
+
+  Records longer than `max_length` (> 0) are skipped and counted in the info file.
+  """
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  os.makedirs(output_dir, exist_ok=True)
+  paths = [os.path.join(output_dir, SHARD_PATTERN.format(name=name, index=i, count=num_shards))
+           for i in range(num_shards)]
+  writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]
+  written = too_long = 0
+  try:
+    for path, line_no, line in iter_lines(inputs):
+      data, n = builder.encode_line(line, path, line_no)
+      if max_length and n > max_length:
+        too_long += 1
+        continue
+      writers[written % num_shards].write(data)
+      written += 1
+  finally:
+    for w in writers:
+      w.close()
+  info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
+          "num_records": written, "skipped_too_long": too_long, "max_length": max_length,
+          "shards": [os.path.basename(p) for p in paths], "pad_id": builder.vocab.pad,
+          "ratios": list(builder.ratios), "audio_delay": builder.audio_delay,
+          "vocab": dataclasses.asdict(builder.vocab), "tokenizer": os.path.abspath(builder.tokenizer_path),
+          "inputs": [os.path.abspath(p) for p in inputs]}
+  with open(os.path.join(output_dir, INFO_FILE), "w") as f:
+    json.dump(info, f, indent=1)
+  return info
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import flags, logging
+  del argv
+  f = flags.FLAGS
+  builder = Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
+                    audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
+  info = build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name)
+  logging.info("wrote %d records (%d skipped as longer than %d) to %s", info["num_records"],
+               info["skipped_too_long"], info["max_length"], f.output_dir)
+
+
+def define_flags() -> None:
+  from absl import flags
+  flags.DEFINE_list("input", None, "JSONL files (WavAlign schema).", required=True)
+  flags.DEFINE_string("output_dir", None, "Directory for the shards and dataset_info.json.", required=True)
+  flags.DEFINE_string("tokenizer", None, "The checkpoint's tokenizer.json.", required=True)
+  flags.DEFINE_enum("arch", "interleaved", ["interleaved", "parallel"], "Layout (VITA-Audio / Kimi-Audio).")
+  flags.DEFINE_enum("kind", "sft", sorted(KINDS), "Dataset kind.")
+  flags.DEFINE_list("ratios", [str(r) for r in layouts.BOOST_RATIOS], "Interleaved ratio list T1,A1,T2,A2,...")
+  flags.DEFINE_integer("audio_delay", 6, "Parallel: blanks before the response audio.")
+  flags.DEFINE_integer("audio_offset", 152064, "Parallel: id of audio code 0 (kimia_token_offset).")
+  flags.DEFINE_integer("num_audio_codes", 16384, "Parallel: number of audio codes.")
+  flags.DEFINE_integer("num_shards", 1, "Number of ArrayRecord shards.")
+  flags.DEFINE_integer("max_length", 0, "Skip (and count) records longer than this; 0 = keep all.")
+  flags.DEFINE_string("name", "data", "Shard file name prefix.")
+
+
+if __name__ == "__main__":
+  from absl import app
+  define_flags()
+  app.run(main)

@@ -1,0 +1,152 @@
+"""JSONL -> ArrayRecord -> records round trip, chat templates from a tiny tokenizer, malformed records."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tokenizers
+from tokenizers import models, pre_tokenizers
+
+from data_pipeline import build as B
+from data_pipeline import inspect as I
+from wavalign_jax.data import layouts as L
+from wavalign_jax.data.loader import RecordSource, resolve_paths
+
+WORDS = ["[UNK]", "\n", "system", "user", "assistant", "you", "are", "helpful", "what", "is", "two", "plus",
+         "four", "it", "no"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|audio|>",
+            "<|im_msg_end|>", "<|im_media_begin|>", "<|im_media_end|>", "<|im_kimia_text_blank|>",
+            "<|im_kimia_text_eos|>", "<|im_kimia_user_msg_start|>", "<|im_kimia_assistant_msg_start|>"]
+NUM_CODES = 8
+FIRST_CODE = len(WORDS) + len(SPECIALS)  # 28; parallel audio offset used below: 40
+
+
+def make_tokenizer(path):
+  """Word-level tokenizer: words split on spaces, newline kept as a token; Qwen-like specials then audio codes."""
+  tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(" +"), "removed"), pre_tokenizers.Split("\n", "isolated")])
+  tok.add_special_tokens(SPECIALS)
+  tok.add_special_tokens([f"<|audio_{i}|>" for i in range(NUM_CODES)])
+  tok.save(str(path))
+  return str(path)
+
+
+def ids(*words):
+  return [WORDS.index(w) for w in words]
+
+
+def sp(name):
+  return len(WORDS) + SPECIALS.index(name)
+
+
+RECORD = {"messages": [{"role": "system", "content": "you are helpful"},
+                       {"role": "user", "content": "<|audio|>"}],
+          "audios": [[1, 2]], "question_text": "what is two plus two", "sft_target_text": "it is four",
+          "sft_target_audio": [3, 4, 5, 6, 7], "answer": "four", "style": "calm"}
+
+
+def write_jsonl(path, records):
+  with open(path, "w") as f:
+    for r in records:
+      f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+  return str(path)
+
+
+def build_dataset(tmp_path, records, arch="interleaved", kind="sft", num_shards=2, **kw):
+  tok = make_tokenizer(tmp_path / "tokenizer.json")
+  builder = B.Builder(tok, arch=arch, kind=kind, ratios=(1, 4), audio_delay=1, audio_offset=40,
+                      num_audio_codes=NUM_CODES)
+  out = str(tmp_path / f"{arch}_{kind}")
+  info = B.build(builder, [write_jsonl(tmp_path / "in.jsonl", records)], out, num_shards=num_shards, **kw)
+  return out, info, builder
+
+
+def test_interleaved_sft_roundtrip(tmp_path):
+  records = [dict(RECORD, sft_target_text=" ".join(["four"] * n)) for n in range(1, 6)]
+  out, info, builder = build_dataset(tmp_path, records)
+  assert info["num_records"] == 5 and info["pad_id"] == sp("<|endoftext|>")
+  paths, _ = resolve_paths(out)
+  source = RecordSource(paths)
+  assert len(source) == 5
+  rec = source[0]
+  assert rec.meta["line"] == 1 and rec.meta["answer"] == "four"
+  ex = rec.examples["example"]
+  s, e, n = sp("<|im_start|>"), sp("<|im_end|>"), WORDS.index("\n")
+  boa, eoa = sp("<|begin_of_audio|>"), sp("<|end_of_audio|>")
+  prompt = ([s, *ids("system"), n, *ids("you", "are", "helpful"), e, n,
+             s, *ids("user"), n, boa, FIRST_CODE + 1, FIRST_CODE + 2, eoa, e, n, s, *ids("assistant"), n])
+  # ratios (1, 4): 1 text token + 2 codes per chunk; the text runs out after the first chunk
+  response = [*ids("four"), boa, *[FIRST_CODE + c for c in (3, 4, 5, 6, 7)], eoa, e, n]
+  np.testing.assert_array_equal(ex.tokens["tokens"], prompt + response)
+  assert ex.prompt_len == len(prompt)
+  np.testing.assert_array_equal(ex.types["tokens"], [0] * len(prompt) + [1, 3, 2, 2, 2, 2, 2, 3, 1, 1])
+  # round-robin shards read back in shard order: lines 1, 3, 5 then 2, 4
+  assert [source[i].meta["line"] for i in range(5)] == [1, 3, 5, 2, 4]
+  assert source.where(4).endswith("data-00001-of-00002.array_record[1]")
+  # the second code path: the same layout called directly
+  direct = L.join(L.interleaved_prompt([L.Turn.make("system", ids("you", "are", "helpful")),
+                                        L.Turn.make("user", audio=[1, 2])], builder.vocab,
+                                       {"system": ids("system"), "user": ids("user"), "assistant": ids("assistant")}),
+                  L.interleaved_response(ids(*["four"] * 5), [3, 4, 5, 6, 7], builder.vocab, (1, 4)))
+  np.testing.assert_array_equal(source[2].examples["example"].tokens["tokens"], direct.tokens["tokens"])
+
+
+def test_parallel_rl_and_dpo(tmp_path):
+  out, info, builder = build_dataset(tmp_path, [RECORD], arch="parallel", kind="rl", num_shards=1)
+  ex = RecordSource(resolve_paths(out)[0])[0].examples["example"]
+  blank, um, am, me = (sp(t) for t in ("<|im_kimia_text_blank|>", "<|im_kimia_user_msg_start|>",
+                                       "<|im_kimia_assistant_msg_start|>", "<|im_msg_end|>"))
+  mb, mend, eos = sp("<|im_media_begin|>"), sp("<|im_media_end|>"), sp("<|im_kimia_text_eos|>")
+  # system text merged into the user turn, then the question audio
+  text = [blank, *ids("you", "are", "helpful"), blank, blank, blank, blank, blank, blank]
+  audio = [um, blank, blank, blank, mb, 41, 42, mend, me, am]
+  np.testing.assert_array_equal(ex.tokens["text"][:10], text)
+  np.testing.assert_array_equal(ex.tokens["audio"][:10], audio)
+  np.testing.assert_array_equal(ex.tokens["text"][10:], [*ids("it", "is", "four"), eos, blank, blank, blank])
+  np.testing.assert_array_equal(ex.tokens["audio"][10:], [blank, 43, 44, 45, 46, 47, me])
+  dpo = dict(RECORD, rejected_text="no", rejected_audio=[0])
+  out, _, _ = build_dataset(tmp_path, [dpo], arch="parallel", kind="dpo", num_shards=1)
+  rec = RecordSource(resolve_paths(out)[0])[0]
+  np.testing.assert_array_equal(rec.examples["rejected"].response().tokens["text"], [*ids("no"), eos, blank])
+  np.testing.assert_array_equal(rec.examples["rejected"].response().tokens["audio"], [blank, 40, me])
+
+
+def test_code_files_and_max_length(tmp_path):
+  np.save(tmp_path / "q.npy", np.array([[1, 2]]))
+  (tmp_path / "a.txt").write_text("3 4\n5")
+  (tmp_path / "a.json").write_text("[6, 7]")
+  recs = [dict(RECORD, audios=["q.npy"], sft_target_audio="a.txt"), dict(RECORD, sft_target_audio="a.json"),
+          dict(RECORD, sft_target_audio=list(range(8)) * 10)]
+  out, info, _ = build_dataset(tmp_path, recs, num_shards=1, max_length=60)
+  assert info["num_records"] == 2 and info["skipped_too_long"] == 1
+  src = RecordSource(resolve_paths(out)[0])
+  assert L.interleaved_split(src[0].examples["example"].response().tokens["tokens"], _vocab(tmp_path)) == (
+      ids("it", "is", "four"), [3, 4, 5])
+  assert L.interleaved_split(src[1].examples["example"].response().tokens["tokens"], _vocab(tmp_path))[1] == [6, 7]
+  report = I.report(out, decode_examples=1)
+  assert "records: 2" in report and "<|begin_of_audio|>" in report
+
+
+def _vocab(tmp_path):
+  return B.Builder(str(tmp_path / "tokenizer.json"), num_audio_codes=NUM_CODES).vocab
+
+
+@pytest.mark.parametrize("record, kind, match", [
+    ({k: v for k, v in RECORD.items() if k != "sft_target_text"}, "sft", "missing field 'sft_target_text'"),
+    (dict(RECORD, sft_target_audio=[3, 99]), "sft", "audio code 99 outside"),
+    (dict(RECORD, sft_target_text="", sft_target_audio=[]), "sft", "empty response"),
+    (dict(RECORD, sft_target_audio="x.wav"), "sft", "GLM-4-Voice"),
+    (dict(RECORD, sft_target_audio="missing.npy"), "sft", "does not exist"),
+    (dict(RECORD, sft_target_text=3), "sft", "'sft_target_text' must be str"),
+    (dict(RECORD, sft_target_audio=[1.5]), "sft", "integer code ids"),
+    (dict(RECORD, messages=[{"role": "user"}]), "sft", r"messages\[0\]"),
+    (dict(RECORD, audios=[]), "sft", "more <|audio|> placeholders"),
+    ({k: v for k, v in RECORD.items() if k != "question_text"}, "rl", "missing field 'question_text'"),
+    (RECORD, "dpo", "missing field 'rejected_text'"),
+    ("{not json", "sft", "Expecting property name"),
+])
+def test_malformed_records_name_file_and_line(tmp_path, record, kind, match):
+  with pytest.raises(ValueError, match=match) as e:
+    build_dataset(tmp_path, [dict(RECORD, rejected_text="no", rejected_audio=[0]), record], kind=kind)
+  assert "in.jsonl:2:" in str(e.value)

@@ -1,0 +1,209 @@
+"""Grain loaders over ArrayRecord shards written by `data_pipeline.build`.
+
+source -> this host's slice -> seeded shuffle (reshuffled every epoch) -> repeat -> decode
+-> [sft packing (first fit, segment ids)] -> batch (global batch / host count) padded to the
+smallest length bucket that fits -> optional worker processes.
+
+The iterator is a Grain `DatasetIterator`: `get_state` / `set_state` (JSON bytes, one per host)
+resume with exactly the next example, across epochs too. Host h of n reads records h, h+n, ...
+of the file order (after dropping the last len % n records so every host sees as many).
+With several hosts and no packing, use a single bucket so that every host's batch has the
+same shape (packed batches always have the largest bucket's length).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from typing import Any, Sequence
+
+import grain
+import grain.experimental as grain_exp
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
+
+from wavalign_jax.data import layouts
+from wavalign_jax.data.records import Record, decode_record
+
+INFO_FILE = "dataset_info.json"
+
+
+class RecordSource:
+  """Random access to decoded `Record`s across shards; errors name shard file and index."""
+
+  def __init__(self, paths: Sequence[str]):
+    if not paths:
+      raise ValueError("RecordSource needs at least one ArrayRecord file")
+    self._paths = list(paths)
+    sizes = []
+    for p in self._paths:
+      if not os.path.exists(p):
+        raise ValueError(f"ArrayRecord shard {p} does not exist")
+      reader = ArrayRecordReader(p)
+      sizes.append(reader.num_records())
+      reader.close()
+    self._starts = np.cumsum([0] + sizes).tolist()
+    self._source = grain.sources.ArrayRecordDataSource(self._paths)
+
+  def __len__(self) -> int:
+    return self._starts[-1]
+
+  def where(self, index: int) -> str:
+    shard = bisect.bisect_right(self._starts, index) - 1
+    return f"{self._paths[shard]}[{index - self._starts[shard]}]"
+
+  def __getitem__(self, index: int) -> Record:
+    return decode_record(self._source[index], self.where(index))
+
+
+def resolve_paths(path: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+  """Shard paths and dataset info from a dataset directory (with dataset_info.json) or explicit files."""
+  if isinstance(path, str) and os.path.isdir(path):
+    info_path = os.path.join(path, INFO_FILE)
+    if not os.path.exists(info_path):
+      raise ValueError(f"{path} has no {INFO_FILE}; build it with `python -m data_pipeline.build`")
+    with open(info_path) as f:
+      info = json.load(f)
+    return [os.path.join(path, s) for s in info["shards"]], info
+  return ([path] if isinstance(path, str) else list(path)), {}
+
+
+def _bucket(n: int, buckets: Sequence[int], where: str) -> int:
+  i = bisect.bisect_left(buckets, n)
+  if i == len(buckets):
+    raise ValueError(f"{where}: {n} tokens exceed the largest length bucket {buckets[-1]}")
+  return buckets[i]
+
+
+def _where(record: Record) -> str:
+  return f"record from {record.meta.get('source')}:{record.meta.get('line')}"
+
+
+class _Collate:
+  """Batch of records -> padded sequence batches of the record kind (picklable for worker processes)."""
+
+  def __init__(self, buckets: Sequence[int], pad_id: int):
+    self.buckets, self.pad_id = tuple(buckets), pad_id
+
+  def _length(self, records: Sequence[Record], examples: Sequence[layouts.Example]) -> int:
+    longest = max(range(len(examples)), key=lambda i: len(examples[i]))
+    return _bucket(len(examples[longest]), self.buckets, _where(records[longest % len(records)]))
+
+  def __call__(self, records: Sequence[Record]) -> dict[str, Any]:
+    kind = records[0].kind
+    if any(r.kind != kind for r in records):
+      raise ValueError(f"mixed record kinds in one batch: {sorted({r.kind for r in records})}")
+    meta = [r.meta for r in records]
+    if kind == "sft":
+      examples = [r.examples["example"] for r in records]
+      return layouts.to_sequence_batch(examples, self._length(records, examples), self.pad_id)
+    if kind == "rl":
+      full = [r.examples["example"] for r in records]
+      prompts = [ex.prompt() for ex in full]
+      return {"prompt": layouts.to_sequence_batch(prompts, self._length(records, prompts), self.pad_id),
+              "prompt_lengths": np.asarray([len(p) for p in prompts], np.int32),
+              "reference": layouts.to_sequence_batch(full, self._length(records, full), self.pad_id),
+              "meta": meta}
+    pairs = [r.examples["chosen"] for r in records] + [r.examples["rejected"] for r in records]
+    length = self._length(records, pairs)
+    return {"chosen": layouts.to_sequence_batch(pairs[:len(records)], length, self.pad_id),
+            "rejected": layouts.to_sequence_batch(pairs[len(records):], length, self.pad_id),
+            "meta": meta}
+
+
+class _Flatten:
+  """SFT record -> flat per-example features, targets shifted within the example (for the packer)."""
+
+  def __init__(self, max_length: int, pad_id: int):
+    self.max_length, self.pad_id = max_length, pad_id
+
+  def __call__(self, record: Record) -> dict[str, np.ndarray]:
+    if record.kind != "sft":
+      raise ValueError(f"{_where(record)}: packing needs sft records, got {record.kind!r}")
+    ex = record.examples["example"]
+    _bucket(len(ex), (self.max_length,), _where(record))
+    out = {}
+    for s in ex.streams:
+      out[f"inputs.{s}"] = ex.tokens[s]
+      out[f"targets.{s}"] = np.append(ex.tokens[s][1:], np.int32(self.pad_id)).astype(np.int32)
+      out[f"types.{s}"] = np.append(ex.types[s][1:], np.int32(0)).astype(np.int32)
+    return out
+
+
+def _unflatten(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+  """Packed rows (Grain's `<feature>_segment_ids` / `_positions`) -> the sequence batch dict."""
+  batch: dict[str, Any] = {"inputs": {}, "targets": {}, "types": {}}
+  first = None
+  for key in rows[0]:
+    if key.endswith(("_segment_ids", "_positions")):
+      continue
+    group, stream = key.split(".", 1)
+    batch[group][stream] = np.stack([r[key] for r in rows]).astype(np.int32)
+    first = first or key
+  batch["segment_ids"] = np.stack([r[f"{first}_segment_ids"] for r in rows]).astype(np.int32)
+  batch["positions"] = np.stack([r[f"{first}_positions"] for r in rows]).astype(np.int32)
+  return batch
+
+
+def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: Sequence[int],
+                 seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                 process_index: int | None = None, process_count: int | None = None,
+                 packing: bool = False, worker_count: int = 0, pad_id: int | None = None) -> grain.IterDataset:
+  """The per-host Grain dataset of batches; see the module docstring for the stages.
+
+  process_index / process_count default to jax.process_index() / jax.process_count(); pass them
+  to simulate hosts. `num_epochs=None` repeats forever. With a finite number of epochs the last
+  incomplete batch is dropped.
+  """
+  if process_index is None or process_count is None:
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} hosts")
+  buckets = sorted(int(b) for b in buckets)
+  if not buckets:
+    raise ValueError("need at least one length bucket")
+  paths, info = resolve_paths(path)
+  pad_id = info.get("pad_id", 0) if pad_id is None else pad_id
+  per_host = global_batch_size // process_count
+  source = RecordSource(paths)
+  usable = len(source) - len(source) % process_count
+  if usable < per_host * process_count:
+    raise ValueError(f"{paths}: {len(source)} records cannot fill one global batch of {global_batch_size}")
+
+  ds = grain.MapDataset.source(source)[:usable][process_index::process_count]
+  if shuffle:
+    ds = ds.shuffle(seed)
+  ds = ds.repeat(num_epochs).to_iter_dataset()
+  if packing:
+    ds = ds.map(_Flatten(buckets[-1], pad_id))
+    first = source[0]
+    if first.kind != "sft":
+      raise ValueError(f"{paths}: packing needs sft records, got {first.kind!r}")
+    keys = [f"{g}.{s}" for g in ("inputs", "targets", "types") for s in first.examples["example"].streams]
+    ds = grain_exp.FirstFitPackIterDataset(
+        ds, length_struct={k: buckets[-1] for k in keys}, num_packing_bins=per_host, shuffle_bins=False,
+        padding_struct={k: (0 if k.startswith("types") else pad_id) for k in keys})
+    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_unflatten)
+  else:
+    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_Collate(buckets, pad_id))
+  if worker_count > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ds
+
+
+def make_loader(path: str | Sequence[str], **kwargs: Any) -> grain.DatasetIterator:
+  """Iterator over this host's batches (kwargs of `make_dataset`)."""
+  return iter(make_dataset(path, **kwargs))
+
+
+def get_state(it: grain.DatasetIterator) -> bytes:
+  """Serialised position of the iterator (save one per host next to the train-state checkpoint)."""
+  return json.dumps(it.get_state()).encode()
+
+
+def set_state(it: grain.DatasetIterator, state: bytes) -> None:
+  """Moves a fresh iterator (same make_loader arguments) to a saved position."""
+  it.set_state(json.loads(state.decode()))
