@@ -1,0 +1,1 @@
+"""Benchmark scorers (VoiceBench, OpenAudioBench, VStyle) over saved responses, and the report writer."""

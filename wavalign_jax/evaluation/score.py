@@ -1,0 +1,82 @@
+r"""Score a saved responses JSONL offline and write the report.
+
+  python -m wavalign_jax.evaluation.score --benchmark=voicebench \
+    --responses=out/voicebench.jsonl --report=out/voicebench.md \
+    --judge_base_url=https://api.openai.com/v1 --judge_api_key_env=OPENAI_API_KEY \
+    --judge_cache_dir=out/judge_cache
+
+The judge model and sampling follow each benchmark's protocol unless --judge_model is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from absl import app
+from absl import flags
+
+from wavalign_jax.evaluation import common
+from wavalign_jax.evaluation import openaudiobench
+from wavalign_jax.evaluation import report
+from wavalign_jax.evaluation import voicebench
+from wavalign_jax.evaluation import vstyle
+from wavalign_jax.rewards import llm_judge
+
+BENCHMARKS = ("voicebench", "openaudiobench", "vstyle")
+_JUDGED = {"voicebench": set(voicebench.OPEN_SUBSETS) | {"sd-qa"}, "openaudiobench": set(openaudiobench.SUBSETS),
+           "vstyle": set(vstyle.CATEGORIES)}
+_PROTOCOL = {"voicebench": voicebench.JUDGE, "openaudiobench": {}, "vstyle": vstyle.JUDGE}
+
+_BENCHMARK = flags.DEFINE_enum("benchmark", None, BENCHMARKS, "Which benchmark's rules to apply.")
+_RESPONSES = flags.DEFINE_string("responses", None, "Responses JSONL (id, subset, fields, text, audio_codes).")
+_REPORT = flags.DEFINE_string("report", None, "Markdown report to write.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random guesses for unparsed multiple-choice answers.")
+_BASE_URL = flags.DEFINE_string("judge_base_url", "https://api.openai.com/v1", "OpenAI-compatible judge server.")
+_KEY_ENV = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY", "Env variable holding the judge API key.")
+_MODEL = flags.DEFINE_string("judge_model", None, "Override the protocol's judge model.")
+_CACHE = flags.DEFINE_string("judge_cache_dir", None, "Directory caching judge replies.")
+_IN_FLIGHT = flags.DEFINE_integer("judge_max_in_flight", 16, "Concurrent judge requests.")
+_DEC_CMD = flags.DEFINE_string("decoder_command", "", "Command turning codes (JSON on stdin) into a 24 kHz WAV.")
+_DEC_URL = flags.DEFINE_string("decoder_url", "", "HTTP endpoint turning codes into a 24 kHz WAV.")
+
+
+def score_file(benchmark: str, responses: str, report_path: str, *, judge: llm_judge.JudgeSettings | None,
+               judge_model: str | None = None, decoder: llm_judge.AudioDecoder | None = None,
+               seed: int = 0) -> list[str]:
+  """Score one responses file with `benchmark`'s rules; writes the report and returns its summary lines.
+
+  `judge` names the server; its model and sampling are replaced by the benchmark protocol's (the
+  model by `judge_model` when given). No client is built when no subset needs a judge.
+  """
+  records = common.load_responses(responses)
+  client = None
+  if judge is not None and any(r["subset"] in _JUDGED[benchmark] for r in records):
+    protocol = dict(_PROTOCOL[benchmark])
+    if judge_model:
+      protocol["model"] = judge_model
+    client = llm_judge.ChatClient(dataclasses.replace(judge, **protocol))
+  if benchmark == "voicebench":
+    result = voicebench.score(records, client, seed)
+  elif benchmark == "openaudiobench":
+    result = openaudiobench.score(records, client)
+  else:
+    result = vstyle.score(records, client, decoder)
+  return report.write_report([result], report_path)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  judge = llm_judge.JudgeSettings(base_url=_BASE_URL.value, api_key_env=_KEY_ENV.value,
+                                  cache_dir=_CACHE.value, max_in_flight=_IN_FLIGHT.value)
+  decoder = None
+  if _DEC_CMD.value or _DEC_URL.value:
+    decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=_DEC_CMD.value, url=_DEC_URL.value))
+  for line in score_file(_BENCHMARK.value, _RESPONSES.value, _REPORT.value, judge=judge, judge_model=_MODEL.value,
+                         decoder=decoder,
+                         seed=_SEED.value):
+    print(line)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["benchmark", "responses", "report"])
+  app.run(main)
