@@ -75,7 +75,6 @@ def aggregate(values: Streams, weights: Streams, mode: str, *, seq_weight: jax.A
   `weights` are per-token (masks times per-type weights); `seq_weight` [B] scales whole
   sequences (0 drops one, e.g. a failed judge call) in the numerator and the denominator.
   """
-  check_aggregation(mode)
   check_streams("weights", weights, values)
   count = aggregate_count(weights, mode, seq_weight)
   sw = _seq_weight(weights, seq_weight)

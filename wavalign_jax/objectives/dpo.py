@@ -56,7 +56,8 @@ def make_dpo_loss(logprob_fn: Callable[[Any, dict], dict], cfg: DPOConfig):
   """`dpo_loss_fn(params, batch, count=None) -> (loss, metrics)`.
 
   batch = {"chosen": seq_batch, "rejected": seq_batch}, each with `ref_logp` {stream: [B, L]};
-  both halves must have the same shapes: they go through the model as one batch of 2B.
+  both halves must have the same shapes: they go through the model as one batch of 2B. An
+  optional `pair_weight` [B] scales pairs (0 drops one).
   `count` is the step's global pair count when the step is split into micro-batches.
   """
   def dpo_loss_fn(params, batch: dict, count: jax.Array | None = None):

@@ -55,6 +55,11 @@ class GRPOConfig:
     return self.clip_eps > 0
 
   @property
+  def clip_range(self) -> tuple[float, float]:
+    """(low, high) bounds of the clipped ratio."""
+    return 1.0 - self.clip_eps, 1.0 + (self.clip_eps_high or self.clip_eps)
+
+  @property
   def uses_kl(self) -> bool:
     return self.beta_text > 0 or self.beta_speech > 0
 
@@ -146,7 +151,6 @@ def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages:
 
   weights = rl_token_weights(types, cfg.token_set)
   adv = advantages.astype(jnp.float32)[:, None]
-  eps_lo, eps_hi = cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps
   per_token, ratios, kls = {}, {}, {}
   for k in logp:
     lp = logp[k].astype(jnp.float32)
@@ -154,7 +158,7 @@ def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages:
     ratio = jnp.exp(lp - old)
     objective = ratio * adv
     if cfg.clipping:
-      objective = jnp.minimum(objective, jnp.clip(ratio, 1.0 - eps_lo, 1.0 + eps_hi) * adv)
+      objective = jnp.minimum(objective, jnp.clip(ratio, *cfg.clip_range) * adv)
     if ref_logp is not None:
       kls[k] = kl_divergence(lp, ref_logp[k].astype(jnp.float32), cfg.kl_estimator)
     if cfg.uses_kl:
@@ -163,11 +167,12 @@ def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages:
 
   term = aggregation.aggregate(per_token, weights, cfg.aggregation, seq_weight=seq_weight,
                                norm_length=cfg.norm_length)
-  metrics = _metrics(types, weights, adv, ratios, kls, entropy, eps_lo, eps_hi, cfg)
+  metrics = _metrics(types, weights, adv, ratios, kls, entropy, cfg)
   return term, jax.lax.stop_gradient(metrics)
 
 
-def _metrics(types, weights, adv, ratios, kls, entropy, eps_lo, eps_hi, cfg) -> dict[str, jax.Array]:
+def _metrics(types, weights, adv, ratios, kls, entropy, cfg: GRPOConfig) -> dict[str, jax.Array]:
+  """Token counts, mean ratio, clip fractions, KL and entropy by type (means over the RL tokens)."""
   mean = aggregation.masked_mean
   text = {k: tokens.token_set_mask(t, "text").astype(jnp.float32) for k, t in types.items()}
   speech = {k: tokens.token_set_mask(t, "speech").astype(jnp.float32) for k, t in types.items()}
@@ -182,8 +187,9 @@ def _metrics(types, weights, adv, ratios, kls, entropy, eps_lo, eps_hi, cfg) -> 
       "ratio_mean": mean(ratios, weights),
   }
   if cfg.clipping:
-    low = {k: ((ratios[k] < 1.0 - eps_lo) & (adv < 0)).astype(jnp.float32) for k in ratios}
-    high = {k: ((ratios[k] > 1.0 + eps_hi) & (adv > 0)).astype(jnp.float32) for k in ratios}
+    lo, hi = cfg.clip_range
+    low = {k: ((ratios[k] < lo) & (adv < 0)).astype(jnp.float32) for k in ratios}
+    high = {k: ((ratios[k] > hi) & (adv > 0)).astype(jnp.float32) for k in ratios}
     out["clip_frac_low"], out["clip_frac_high"] = mean(low, weights), mean(high, weights)
     out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
   if kls:
