@@ -148,12 +148,14 @@ def _unflatten(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
 def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: Sequence[int],
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int | None = None, process_count: int | None = None,
-                 packing: bool = False, worker_count: int = 0, pad_id: int | None = None) -> grain.IterDataset:
+                 packing: bool = False, worker_count: int = 0, pad_id: int | None = None,
+                 read_threads: int = 16, read_prefetch: int = 256) -> grain.IterDataset:
   """The per-host Grain dataset of batches; see the module docstring for the stages.
 
   process_index / process_count default to jax.process_index() / jax.process_count(); pass them
   to simulate hosts. `num_epochs=None` repeats forever. With a finite number of epochs the last
-  incomplete batch is dropped.
+  incomplete batch is dropped. read_threads / read_prefetch: records read and decoded ahead per
+  process (also what a restored iterator re-reads before its first batch).
   """
   if process_index is None or process_count is None:
     import jax
@@ -176,7 +178,8 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
   ds = grain.MapDataset.source(source)[:usable][process_index::process_count]
   if shuffle:
     ds = ds.shuffle(seed)
-  ds = ds.repeat(num_epochs).to_iter_dataset()
+  ds = ds.repeat(num_epochs).to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_prefetch))
   if packing:
     ds = ds.map(_Flatten(buckets[-1], pad_id))
     first = source[0]
