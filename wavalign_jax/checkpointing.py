@@ -2,7 +2,8 @@
 
 Layout of a run's work directory (see WORKSPACE.md):
   WORKDIR/checkpoints/<step>/state   the TrainState pytree (sharded arrays, restored straight onto the mesh)
-  WORKDIR/checkpoints/<step>/data    the data iterator state (JSON) so a resumed run sees exactly the next example
+  WORKDIR/checkpoints/<step>/data    the Grain iterator state (one file per process) so a resumed run sees
+                                     exactly the next example
 A converted / exported model (no optimizer state) is written by `save_params` as DIR/params + DIR/model_config.json.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -34,19 +36,26 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: dict[str, Any] | None = None, *, force: bool = False) -> bool:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(data_state or {}))
-    return self._manager.save(step, args=args, force=force)
+  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    """Saves `state` and, if given, the Grain iterator's position (every process writes its own)."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding)."""
+  def restore(self, abstract_state: Any, data_iterator: Any = None, step: int | None = None) -> Any:
+    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding).
+
+    A given `data_iterator` (built with the same arguments as the saved one) is moved in place to
+    the saved position.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self._manager.directory}")
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out.state, dict(out.data or {})
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items)).state
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -88,3 +97,23 @@ def load_params(directory: str, abstract_params: Any) -> Any:
 
 def tree_size_bytes(tree: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def load_host_params(path: str, key: str | None = None) -> Any:
+  """Restores the pytree saved at `path` (or only its `key` subtree, e.g. a TrainState's "params") as host
+  numpy arrays, shapes and dtypes from the checkpoint's own metadata (export, verification, inspection)."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    tree = ckptr.metadata(path).item_metadata.tree
+    if key is not None:
+      if not isinstance(tree, dict) or key not in tree:
+        raise KeyError(f"{path}: no {key!r} field (has {sorted(tree) if isinstance(tree, dict) else type(tree)})")
+      tree = tree[key]
+    item = jax.tree.map(lambda m: np.zeros((), m.dtype), tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    if key is None:
+      return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(item={key: item}, restore_args={key: restore_args},
+                                                           partial_restore=True))[key]

@@ -1,0 +1,201 @@
+"""Hugging Face checkpoint -> Orbax parameters checkpoint (what `--config.init_checkpoint=DIR` reads).
+
+  python -m wavalign_jax.convert --arch={qwen2,vita_audio,kimi_audio} --hf_dir=DIR --out=DIR \
+      [--dtype=float32|bfloat16] [--verify=FIXTURE_DIR [--atol=X]] [--no_scan_layers] [--overwrite]
+
+Streams tensor by tensor (safetensors headers first, then one tensor at a time into preallocated
+leaves), so peak host memory is about one copy of the model in the target dtype. Every source tensor
+must be used exactly once and every target leaf filled exactly once with the expected shape; any
+other situation is an error naming the tensors, raised before anything is written. Output is written
+to a temp dir next to --out and renamed at the end (after --verify passed), so an error never leaves a
+partial checkpoint behind. DIR/hf/ keeps config.json, tokenizer and code files for `export`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from wavalign_jax import checkpointing
+from wavalign_jax.conversion import hf_mapping, safetensors_io, verify as verify_lib
+from wavalign_jax.models.config import ModelConfig
+
+ARCHS = {"qwen2": "qwen2", "vita_audio": "interleaved", "kimi_audio": "parallel"}  # --arch -> ModelConfig.arch
+HF_FILES_DIR = "hf"          # DIR/hf: the source folder's non-weight files (config, tokenizer, remote code)
+MAX_COPIED_FILE_BYTES = 100 * 2**20
+_FLOAT_TAGS = ("F32", "BF16", "F16", "F64")
+
+
+def model_config(arch: str, hf_config: dict[str, Any], dtype: str, scan_layers: bool = True) -> ModelConfig:
+  """ModelConfig from config.json, checked against --arch (a mismatch usually means the wrong folder)."""
+  if arch not in ARCHS:
+    raise ValueError(f"--arch={arch!r}; choose one of {sorted(ARCHS)}")
+  cfg = hf_mapping.config_from_hf(hf_config, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
+  if cfg.arch != ARCHS[arch]:
+    raise ValueError(f"--arch={arch} but config.json (architectures={hf_config.get('architectures')}) describes a "
+                     f"{cfg.arch!r} model")
+  return cfg
+
+
+def _check_headers(reader: safetensors_io.CheckpointReader, cfg: ModelConfig,
+                   shapes: dict[tuple[str, ...], tuple[int, ...]]) -> None:
+  """Every problem visible from the headers alone, all reported at once, before any data is read."""
+  expected = hf_mapping.hf_names(cfg)
+  infos = reader.infos
+  problems = []
+  unknown = sorted(set(infos) - set(expected))
+  if unknown:
+    problems.append(f"unknown tensors (not part of a {cfg.arch!r} model with this config.json): {unknown}")
+  missing = sorted(set(expected) - set(infos))
+  if missing:
+    problems.append(f"missing tensors: {missing}")
+  wrong = []
+  for name in sorted(set(expected) & set(infos)):
+    slot = hf_mapping.hf_slot(name, cfg)
+    target = shapes[slot.path][1:] if slot.index is not None else shapes[slot.path]
+    if infos[name].shape != slot.hf_shape or int(np.prod(slot.hf_shape)) != int(np.prod(target)):
+      wrong.append(f"{name} {list(infos[name].shape)} (config.json implies {list(slot.hf_shape)}, "
+                   f"in {infos[name].file})")
+    if infos[name].dtype not in _FLOAT_TAGS:
+      wrong.append(f"{name} has dtype {infos[name].dtype}, expected a float type")
+  if wrong:
+    problems.append("shape/dtype mismatch: " + "; ".join(wrong))
+  by_file: dict[str, set[str]] = {}
+  for info in infos.values():
+    by_file.setdefault(info.file, set()).add(info.dtype)
+  if len(by_file) > 1 and all(len(d) == 1 for d in by_file.values()) and len(set.union(*by_file.values())) > 1:
+    problems.append(f"shards store different dtypes ({ {f: sorted(d)[0] for f, d in by_file.items()} }): "
+                    "shards of two checkpoints mixed up?")
+  if problems:
+    raise ValueError(f"{reader.hf_dir} does not match its config.json:\n  " + "\n  ".join(problems))
+
+
+def convert_tensors(reader: safetensors_io.CheckpointReader, cfg: ModelConfig) -> dict[str, Any]:
+  """Nested numpy params in cfg.param_dtype, filled one HF tensor at a time."""
+  shapes = hf_mapping.param_shapes(cfg)
+  _check_headers(reader, cfg, shapes)
+  dtype = np.dtype(jnp.dtype(cfg.param_dtype))
+  flat = {path: np.empty(shape, dtype) for path, shape in shapes.items()}  # pages are touched as they fill
+  filled = {path: np.zeros(shape[0] if shape else 1, np.int32) for path, shape in shapes.items()}
+  for name, tensor in reader.iter_tensors():
+    slot = hf_mapping.hf_slot(name, cfg)
+    leaf = flat[slot.path]
+    if slot.index is None:
+      leaf[...] = hf_mapping.to_flax(slot, tensor, leaf.shape)
+      filled[slot.path] += 1
+    else:
+      leaf[slot.index] = hf_mapping.to_flax(slot, tensor, leaf.shape[1:])
+      filled[slot.path][slot.index] += 1
+    del tensor
+  bad = sorted("/".join(p) for p, f in filled.items() if not np.all(f == 1))
+  if bad:
+    raise ValueError(f"{reader.hf_dir}: parameters not filled exactly once (mapping/model mismatch): {bad}")
+  params: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return params
+
+
+def _copy_hf_files(hf_dir: str, dst: str) -> list[str]:
+  """Copies the folder's small non-weight files (config, tokenizer, generation config, remote code)."""
+  os.makedirs(dst)
+  copied = []
+  for name in sorted(os.listdir(hf_dir)):
+    src = os.path.join(hf_dir, name)
+    if (os.path.isfile(src) and not name.endswith(".safetensors") and name != safetensors_io.INDEX_FILE
+        and os.path.getsize(src) <= MAX_COPIED_FILE_BYTES):
+      shutil.copyfile(src, os.path.join(dst, name))
+      copied.append(name)
+  return copied
+
+
+def convert(arch: str, hf_dir: str, out: str, dtype: str = "float32", *, verify_dir: str | None = None,
+            atol: float | None = None, scan_layers: bool = True, overwrite: bool = False
+            ) -> tuple[ModelConfig, dict[str, float]]:
+  """Converts `hf_dir` into `out`; returns the ModelConfig and the --verify max diffs ({} without it).
+
+  Raises ValueError when the checkpoint is inconsistent or verification exceeds `atol`; `out` is then untouched.
+  """
+  if dtype not in verify_lib.DEFAULT_ATOL:
+    raise ValueError(f"--dtype={dtype!r}; choose one of {sorted(verify_lib.DEFAULT_ATOL)}")
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{config_path} not found")
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  cfg = model_config(arch, hf_config, dtype, scan_layers)
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"--out {out} exists (pass --overwrite to replace it)")
+  reader = safetensors_io.CheckpointReader(hf_dir)
+  params = convert_tensors(reader, cfg)
+  out = os.path.abspath(out)
+  tmp = f"{out}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  diffs: dict[str, float] = {}
+  try:
+    checkpointing.save_params(tmp, params, cfg, extra={
+        "arch": arch, "hf_config": hf_config, "source": os.path.abspath(hf_dir), "source_dtypes": sorted(
+            {i.dtype for i in reader.infos.values()})})
+    del params
+    _copy_hf_files(hf_dir, os.path.join(tmp, HF_FILES_DIR))
+    if verify_dir is not None:
+      diffs = verify_checkpoint(tmp, verify_dir, atol)
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return cfg, diffs
+
+
+def verify_checkpoint(ckpt_dir: str, verify_dir: str, atol: float | None = None) -> dict[str, float]:
+  """Restores `ckpt_dir` from disk, runs it on `verify_dir`, prints max |diff| per output, raises above atol."""
+  cfg, _ = checkpointing.load_model_config(ckpt_dir)
+  atol = verify_lib.DEFAULT_ATOL[cfg.param_dtype] if atol is None else atol
+  params = checkpointing.load_host_params(os.path.join(ckpt_dir, "params"))
+  diffs = verify_lib.verify(params, cfg, verify_dir)
+  for name, d in diffs.items():
+    print(f"verify {name:<24} max|diff| {d:.3e} {'OK' if d <= atol else 'FAIL'} (atol {atol:g})")
+  failed = {k: d for k, d in diffs.items() if not d <= atol}
+  if failed:
+    raise ValueError(f"--verify={verify_dir}: outputs above atol {atol:g}: {failed}")
+  return diffs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m wavalign_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
+  parser.add_argument("--hf_dir", required=True, help="folder with config.json and *.safetensors")
+  parser.add_argument("--out", required=True, help="output folder (Orbax params + model_config.json + hf/)")
+  parser.add_argument("--dtype", default="float32", choices=sorted(verify_lib.DEFAULT_ATOL),
+                      help="parameter (and compute) dtype of the converted model")
+  parser.add_argument("--verify", default=None, help="folder with inputs.npz / expected.npz to check against")
+  parser.add_argument("--atol", type=float, default=None,
+                      help=f"max |diff| for --verify (default per dtype: {verify_lib.DEFAULT_ATOL})")
+  parser.add_argument("--no_scan_layers", action="store_true",
+                      help="unstacked layer params (layer_{i}); must match the experiment's model.scan_layers")
+  parser.add_argument("--overwrite", action="store_true")
+  a = parser.parse_args(argv)
+  try:
+    cfg, _ = convert(a.arch, a.hf_dir, a.out, a.dtype, verify_dir=a.verify, atol=a.atol,
+                     scan_layers=not a.no_scan_layers, overwrite=a.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {a.out}: {a.arch} ({cfg.arch}), {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+        f"vocab {cfg.vocab_size}, params {cfg.param_dtype}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

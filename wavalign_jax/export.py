@@ -1,0 +1,178 @@
+"""Orbax checkpoint -> Hugging Face safetensors + config.json, servable with the upstream code.
+
+  python -m wavalign_jax.export --arch={qwen2,vita_audio,kimi_audio} --checkpoint=DIR --out=DIR \
+      [--base=CONVERTED_DIR] [--step=N] [--dtype=source|float32|bfloat16] [--max_shard_size=5GB] [--overwrite]
+
+--checkpoint is either a converted / parameters checkpoint (DIR/params + DIR/model_config.json) or a
+training checkpoint: a step folder WORKDIR/checkpoints/<step> (TrainState saved by
+`checkpointing.Checkpointer`, params under its `params` field), WORKDIR/checkpoints or WORKDIR itself
+(latest step unless --step). A training checkpoint has no model config of its own: --base names the
+converted checkpoint the run started from (`--config.init_checkpoint`), whose config.json, tokenizer
+and code files are copied along. Tensors keep their original names and layouts; float32 export of a
+float32 conversion reproduces the source tensors bit for bit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wavalign_jax import checkpointing
+from wavalign_jax.conversion import hf_mapping, safetensors_io
+from wavalign_jax.convert import ARCHS, HF_FILES_DIR
+from wavalign_jax.models.config import ModelConfig
+
+_STRUCTURE = ("arch", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+              "head_dim", "rms_norm_eps", "rope_theta", "num_mtp_modules", "mimo_from_layer", "num_mimo_layers",
+              "adaptor_input_dim")
+
+
+def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, str | None]:
+  """-> (orbax item folder holding the params, key of the params inside it or None)."""
+  if os.path.isdir(os.path.join(path, "params")) and os.path.exists(os.path.join(path, "model_config.json")):
+    return os.path.join(path, "params"), None
+  if os.path.isdir(os.path.join(path, "state")):
+    return os.path.join(path, "state"), "params"
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))) \
+      if os.path.isdir(path) else []
+  if not steps:
+    raise FileNotFoundError(f"{path}: neither a converted checkpoint (params/ + model_config.json) nor a training "
+                            "checkpoint (<step>/state)")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"{path}: no step {step} (have {steps})")
+  return os.path.join(path, str(steps[-1] if step is None else step), "state"), "params"
+
+
+def hf_config_for(cfg: ModelConfig, stored: dict[str, Any] | None, torch_dtype: str) -> dict[str, Any]:
+  """config.json: the stored original (upstream-only keys kept) with the structural keys re-derived from cfg."""
+  if stored is None and cfg.arch == "parallel":
+    raise ValueError("a Kimi-Audio export needs the original config.json (kimia_token_offset, media ids, ...): "
+                     "pass --base=<the converted checkpoint the run started from>")
+  out = dict(stored or {})
+  out.update(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_attention_heads=cfg.num_heads,
+             num_key_value_heads=cfg.num_kv_heads, vocab_size=cfg.vocab_size, rms_norm_eps=cfg.rms_norm_eps,
+             rope_theta=cfg.rope_theta, num_hidden_layers=cfg.num_layers, tie_word_embeddings=False,
+             hidden_act="silu", torch_dtype=torch_dtype)
+  if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
+    out["head_dim"] = cfg.head_dim
+  if cfg.arch == "qwen2":
+    out.setdefault("architectures", ["Qwen2ForCausalLM"])
+    out.setdefault("model_type", "qwen2")
+  elif cfg.arch == "interleaved":
+    out.setdefault("architectures", ["Qwen2MTPForCausalLM"])
+    out.setdefault("model_type", "qwen2_mtp")
+    out.update(num_hidden_layers=cfg.num_layers + cfg.num_mtp_modules, num_nextn_predict_layers=cfg.num_mtp_modules)
+  else:
+    out.update(kimia_mimo_layers=cfg.num_mimo_layers, kimia_mimo_transformer_from_layer_index=cfg.mimo_from_layer,
+               use_whisper_feature=cfg.adaptor_input_dim > 0)
+    if cfg.adaptor_input_dim > 0:
+      out["kimia_adaptor_input_dim"] = cfg.adaptor_input_dim
+  back = hf_mapping.config_from_hf(out)
+  diff = [k for k in _STRUCTURE if getattr(back, k) != getattr(cfg, k)]
+  if diff:
+    raise ValueError(f"config.json would describe another model than the checkpoint (fields {diff})")
+  return out
+
+
+def _check_tree(params: Any, cfg: ModelConfig, where: str) -> None:
+  flat = {tuple(k.key for k in p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  want = hf_mapping.param_shapes(cfg)
+  problems = [f"{'/'.join(p)} missing" for p in sorted(set(want) - set(flat))]
+  problems += [f"{'/'.join(p)} unexpected" for p in sorted(set(flat) - set(want))]
+  problems += [f"{'/'.join(p)} shape {list(flat[p])} != {list(want[p])}" for p in sorted(set(want) & set(flat))
+               if tuple(flat[p]) != tuple(want[p])]
+  if problems:
+    raise ValueError(f"{where}: params do not match the model config: " + "; ".join(problems[:20]))
+
+
+def export(arch: str, checkpoint: str, out: str, *, base: str | None = None, step: int | None = None,
+           dtype: str = "source", max_shard_bytes: int = 5 * 10**9, overwrite: bool = False) -> list[str]:
+  """Writes `out` (safetensors shards [+ index], config.json, tokenizer/code files); returns the weight files."""
+  item, key = resolve_checkpoint(checkpoint, step)
+  if base is None:
+    if key is not None:
+      raise ValueError(f"{checkpoint} is a training checkpoint: pass --base=<the converted checkpoint the run started "
+                       "from (its --config.init_checkpoint)>")
+    base = checkpoint
+  cfg, meta = checkpointing.load_model_config(base)
+  if ARCHS.get(arch) != cfg.arch:
+    raise ValueError(f"--arch={arch} but {base} holds a {cfg.arch!r} model")
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"--out {out} exists (pass --overwrite to replace it)")
+  params = checkpointing.load_host_params(item, key)
+  trunk = params.get("trunk", {}) if isinstance(params, dict) else {}
+  cfg = cfg.replace(scan_layers="layers" in trunk)  # the run may have changed model.scan_layers
+  _check_tree(params, cfg, item)
+  stored = meta.get("hf_config")
+  if dtype == "source":
+    dtype = (stored or {}).get("torch_dtype") or cfg.param_dtype
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"export dtype {dtype!r}: choose float32 or bfloat16")
+  np_dtype = np.dtype(jnp.dtype(dtype))
+  hf_config = hf_config_for(cfg, stored, dtype)
+
+  slots = {name: hf_mapping.hf_slot(name, cfg) for name in hf_mapping.hf_names(cfg)}
+
+  def get(name: str) -> np.ndarray:
+    leaf = params
+    for k in slots[name].path:
+      leaf = leaf[k]
+    leaf = np.asarray(leaf if slots[name].index is None else leaf[slots[name].index])
+    return hf_mapping.to_hf(slots[name], leaf).astype(np_dtype)
+
+  sizes = [(n, int(np.prod(s.hf_shape)) * np_dtype.itemsize) for n, s in sorted(slots.items())]
+  out = os.path.abspath(out)
+  tmp = f"{out}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    os.makedirs(tmp)
+    extra_dir = os.path.join(base, HF_FILES_DIR)
+    if os.path.isdir(extra_dir):
+      for name in sorted(os.listdir(extra_dir)):
+        if name != "config.json" and os.path.isfile(os.path.join(extra_dir, name)):
+          shutil.copyfile(os.path.join(extra_dir, name), os.path.join(tmp, name))
+    files = safetensors_io.write_checkpoint(tmp, sizes, get, max_shard_bytes)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m wavalign_jax.export", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
+  parser.add_argument("--checkpoint", required=True, help="converted checkpoint, WORKDIR, or WORKDIR/checkpoints/<step>")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--base", default=None, help="converted checkpoint a training run started from")
+  parser.add_argument("--step", type=int, default=None, help="training step (default: latest)")
+  parser.add_argument("--dtype", default="source", choices=["source", "float32", "bfloat16"],
+                      help="tensor dtype; 'source' = torch_dtype of the original config.json")
+  parser.add_argument("--max_shard_size", default="5GB", help="shard above this size (with an index.json)")
+  parser.add_argument("--overwrite", action="store_true")
+  a = parser.parse_args(argv)
+  try:
+    files = export(a.arch, a.checkpoint, a.out, base=a.base, step=a.step, dtype=a.dtype,
+                   max_shard_bytes=safetensors_io.parse_size(a.max_shard_size), overwrite=a.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {a.out}: {len(files)} safetensors file(s) + config.json")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
