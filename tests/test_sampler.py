@@ -169,3 +169,256 @@ def test_bad_ratios_raise():
     constraints.InterleavedConstraint(IV, (1, 4, 3))
   with pytest.raises(ValueError, match="A >= 3"):
     constraints.InterleavedConstraint(IV, (1, 2))
+
+
+# ----------------------------------------------------------------------------- sampler on tiny models
+
+from wavalign_jax import models, rollout  # noqa: E402
+
+# Constraint vocabularies inside the tiny models' 96 ids, with few text ids and codes so that
+# random rollouts end often; ids the constraint never allows stay unused.
+TIV = InterleavedVocab(vocab_size=96, text_vocab_size=4, first_audio_code=48, num_audio_codes=4, begin_of_audio=40,
+                       end_of_audio=41, eos=42, pad=43, bos=44, newline=45, im_start=46)
+TPV = ParallelVocab(vocab_size=96, text_vocab_size=4, audio_offset=48, num_audio_codes=4, text_blank=40,
+                    text_eos=41, media_begin=42, media_end=43, msg_end=44, pad=45, user_msg_start=46,
+                    assistant_msg_start=47)
+GREEDY = rollout.StreamSampling(0.0, 1.0, 0)
+
+
+def _prompts(streams, lengths, seed, feature_dim=0):
+  rs = np.random.RandomState(seed)
+  exs = [layouts.Example({s: rs.randint(0, 96, n).astype(np.int32) for s in streams},
+                         {s: np.zeros(n, np.int32) for s in streams}, n) for n in lengths]
+  prompts = rollout.left_pad_prompts(exs, pad_id=0)
+  if feature_dim:
+    prompts["features"] = rs.randn(*prompts["valid"].shape, feature_dim).astype(np.float32)
+    prompts["feature_mask"] = prompts["valid"] & (rs.rand(*prompts["valid"].shape) < 0.5)
+  return prompts
+
+
+def _greedy_reference(params, cfg, prompts, n, con, pad):
+  """Greedy decoding by full uncached forwards over right-padded sequences (no KV cache)."""
+  valid = prompts["valid"]
+  P, Lp = valid.shape
+  L = Lp + n
+  lens = valid.sum(1)
+  seqs = {s: np.full((P, L), pad, np.int32) for s in cfg.streams}
+  feats, fmask = None, None
+  for b in range(P):
+    for s in cfg.streams:
+      seqs[s][b, :lens[b]] = prompts["inputs"][s][b][valid[b]]
+  if "features" in prompts:
+    feats = np.zeros((P, L, prompts["features"].shape[-1]), np.float32)
+    fmask = np.zeros((P, L), bool)
+    for b in range(P):
+      feats[b, :lens[b]], fmask[b, :lens[b]] = prompts["features"][b][valid[b]], prompts["feature_mask"][b][valid[b]]
+
+  @jax.jit
+  def fwd(ids, seg):
+    batch = {"inputs": ids, "segment_ids": seg, "positions": jnp.where(seg > 0, jnp.arange(L)[None], 0)}
+    if feats is not None:
+      batch.update(features=feats, feature_mask=fmask)
+    return models.logits(params, cfg, batch)
+
+  state, done = (con.init(P) if con else None), np.zeros(P, bool)
+  allowed_fn, update_fn = (jax.jit(con.allowed), jax.jit(con.update)) if con else (None, None)
+  cur = lens.copy()
+  logps = {s: np.zeros((P, n), np.float32) for s in cfg.streams}
+  for i in range(n):
+    lg = fwd(seqs, (np.arange(L)[None] < cur[:, None]).astype(np.int32))
+    allowed = allowed_fn(state) if con else None
+    tok = {}
+    for s in cfg.streams:
+      last = np.asarray(lg[s])[np.arange(P), cur - 1]
+      masked = np.where(np.asarray(allowed[s]), last, -np.inf) if con else last
+      tok[s] = masked.argmax(-1).astype(np.int32)
+      logps[s][:, i] = np.asarray(jax.nn.log_softmax(last))[np.arange(P), tok[s]]
+    for b in np.flatnonzero(~done):
+      for s in cfg.streams:
+        seqs[s][b, cur[b]] = tok[s][b]
+      cur[b] += 1
+    if con:
+      state, _, stop = update_fn(state, tok)
+      done |= np.asarray(stop)
+  return seqs, logps, cur - lens, lens
+
+
+def _assert_matches_reference(r, ref, G, streams):
+  seqs, logps, ref_len, lens = ref
+  for row in range(r.lengths.shape[0]):
+    b, n = row // G, int(ref_len[row // G])
+    assert int(r.lengths[row]) == n and int(np.asarray(r.mask[row]).sum()) == n
+    for s in streams:
+      np.testing.assert_array_equal(np.asarray(r.tokens[s][row, :n]), seqs[s][b, lens[b]:lens[b] + n])
+      np.testing.assert_allclose(np.asarray(r.logp[s][row, :n]), logps[s][b, :n], atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def vita():
+  cfg = models.tiny_config("interleaved")
+  return cfg, models.init_params(cfg, jax.random.key(0)), _prompts(cfg.streams, (5, 3), seed=0)
+
+
+@pytest.fixture(scope="module")
+def kimi():
+  cfg = models.tiny_config("parallel")
+  return cfg, models.init_params(cfg, jax.random.key(1)), _prompts(cfg.streams, (4, 6), 1, cfg.adaptor_input_dim)
+
+
+def test_interleaved_greedy_matches_uncached_forward(vita):
+  cfg, params, prompts = vita
+  con = constraints.InterleavedConstraint(TIV, RATIOS)
+  sc = rollout.SamplingConfig(max_new_tokens=10, group_size=2, sampling=GREEDY, constraint=con)
+  r = rollout.sample(params, cfg, prompts, jax.random.key(3), sc)
+  _assert_matches_reference(r, _greedy_reference(params, cfg, prompts, 10, con, TIV.pad), 2, cfg.streams)
+
+
+def test_parallel_greedy_unconstrained_matches_uncached_forward(kimi):
+  """No constraint, continuous features in the prompt: the cached decode equals full forwards."""
+  cfg, params, prompts = kimi
+  sc = rollout.SamplingConfig(max_new_tokens=6, group_size=2, sampling=GREEDY, pad_id=0)
+  r = rollout.sample(params, cfg, prompts, jax.random.key(0), sc)
+  _assert_matches_reference(r, _greedy_reference(params, cfg, prompts, 6, None, 0), 2, cfg.streams)
+  assert np.asarray(r.truncated).all()
+  assert (np.asarray(r.types["text"]) == T).all() and (np.asarray(r.types["audio"]) == N).all()
+
+
+
+def _rl_batch_reference(prompts, r, pad):
+  """The same batch through the data pipeline: layouts.join(prompt, response) -> to_sequence_batch."""
+  G = r.mask.shape[0] // prompts["valid"].shape[0]
+  streams = tuple(r.tokens)
+  exs = []
+  for row in range(r.mask.shape[0]):
+    b, n = row // G, int(r.lengths[row])
+    v = prompts["valid"][b]
+    p = layouts.Example({s: prompts["inputs"][s][b][v] for s in streams}, {s: np.zeros(v.sum(), np.int32)
+                                                                              for s in streams}, int(v.sum()))
+    resp = layouts.Example({s: np.asarray(r.tokens[s][row, :n]) for s in streams},
+                           {s: np.asarray(r.types[s][row, :n]) for s in streams})
+    exs.append(layouts.join(p, resp))
+  return layouts.to_sequence_batch(exs, prompts["valid"].shape[1] + r.mask.shape[1], pad)
+
+
+def _check_rl_batch_and_logp(params, cfg, prompts, r, pad):
+  batch = rollout.rl_batch(prompts, r, pad)
+  want = _rl_batch_reference(prompts, r, pad)
+  for k in ("inputs", "targets", "types"):
+    for s in cfg.streams:
+      np.testing.assert_array_equal(np.asarray(batch[k][s]), want[k][s], err_msg=f"{k}/{s}")
+  for k in ("positions", "segment_ids"):
+    np.testing.assert_array_equal(np.asarray(batch[k]), want[k], err_msg=k)
+  # sampler log-probs == the model's log-softmax at the sampled tokens (full forward of the RL batch)
+  lp = models.target_logprobs(params, cfg, batch)
+  for s in cfg.streams:
+    m = np.asarray(batch["types"][s]) > 0
+    assert m.sum() == int(np.asarray(r.lengths).sum())
+    np.testing.assert_allclose(np.asarray(lp[s]["logp"])[m], np.asarray(batch["old_logp"][s])[m], atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(batch["old_logp"][s])[~m], 0.0)
+  return batch
+
+
+def test_interleaved_rollouts_follow_schedule(vita):
+  cfg, params, prompts = vita
+  con = constraints.InterleavedConstraint(TIV, RATIOS)
+  sc = rollout.SamplingConfig(max_new_tokens=16, group_size=4, sampling=rollout.StreamSampling(1.0, 0.95, 0),
+                              constraint=con)
+  r = rollout.sample(params, cfg, prompts, jax.random.key(5), sc)
+  toks, types = np.asarray(r.tokens["tokens"]), np.asarray(r.types["tokens"])
+  np.testing.assert_array_equal(np.asarray(r.group_ids), [0, 0, 0, 0, 1, 1, 1, 1])
+  for b in range(8):
+    n = int(r.lengths[b])
+    np.testing.assert_array_equal(types[b, :n], _parse_interleaved(toks[b, :n].tolist(), RATIOS, TIV))
+    assert bool(r.truncated[b]) == (toks[b, n - 1] != TIV.eos)
+    assert bool(r.truncated[b]) == (n == 16)
+    assert (toks[b, n:] == TIV.pad).all() and (types[b, n:] == 0).all()
+    text, codes = rollout.response_contents(r, con)[b]
+    assert len(text) == int(((types[b, :n] == T) & (toks[b, :n] < TIV.text_vocab_size)).sum())
+    assert codes == (toks[b, :n][types[b, :n] == N] - TIV.first_audio_code).tolist()
+  assert 0 < np.asarray(r.truncated).sum() < 8      # some rows finish, some are cut
+  _check_rl_batch_and_logp(params, cfg, prompts, r, TIV.pad)
+  # same key -> same rollouts; another key -> other rollouts
+  again = rollout.sample(params, cfg, prompts, jax.random.key(5), sc)
+  other = rollout.sample(params, cfg, prompts, jax.random.key(6), sc)
+  np.testing.assert_array_equal(np.asarray(again.tokens["tokens"]), toks)
+  assert (np.asarray(other.tokens["tokens"]) != toks).any()
+  # rows of one group differ (independent samples of the same prompt)
+  assert len({tuple(toks[b]) for b in range(4)}) > 1
+
+
+def test_parallel_rollouts_follow_delay_blank_stop(kimi):
+  cfg, params, prompts = kimi
+  delay = 2
+  con = constraints.ParallelConstraint(TPV, delay)
+  sc = rollout.kimi_upstream_sampling(max_new_tokens=10, group_size=3, constraint=con)
+  r = rollout.sample(params, cfg, prompts, jax.random.key(7), sc)
+  t, a = np.asarray(r.tokens["text"]), np.asarray(r.tokens["audio"])
+  for b in range(6):
+    n = int(r.lengths[b])
+    assert (a[b, :delay] == TPV.text_blank).all()
+    stopped = a[b, n - 1] in (TPV.msg_end, TPV.media_end)
+    assert stopped != bool(r.truncated[b])
+    assert TPV.is_audio(a[b, delay:n - 1 if stopped else n]).all()
+    eos = np.flatnonzero(t[b, :n] == TPV.text_eos)
+    end = eos[0] if len(eos) else n
+    assert (t[b, :end] < TPV.text_vocab_size).all() and (t[b, end + 1:n] == TPV.text_blank).all()
+    assert (t[b, n:] == TPV.pad).all() and (a[b, n:] == TPV.pad).all()
+    text, codes = rollout.response_contents(r, con)[b]
+    assert text == t[b, :end].tolist() and codes == (a[b, delay:n - stopped] - TPV.audio_offset).tolist()
+  # text is greedy (kimi upstream), so all rows of a group share it while the text stream runs
+  for g in range(2):
+    n = int(np.asarray(r.lengths[3 * g:3 * g + 3]).min())
+    assert (t[3 * g:3 * g + 3, :n] == t[3 * g, :n]).all()
+  assert np.asarray(r.truncated).sum() < 6
+  _check_rl_batch_and_logp(params, cfg, prompts, r, TPV.pad)
+
+
+# ----------------------------------------------------------------------------- sample_token
+
+
+def test_sample_token_top_k_1_is_greedy_and_mask_binds():
+  logits = jax.random.normal(jax.random.key(0), (64, 30)) * 3
+  allowed = jax.random.uniform(jax.random.key(1), (64, 30)) < 0.3
+  allowed = allowed.at[:, 0].set(True)
+  greedy, lp = rollout.sample_token(logits, allowed, GREEDY, jax.random.key(2))
+  top1, _ = rollout.sample_token(logits, allowed, rollout.StreamSampling(1.3, 0.8, 1), jax.random.key(3))
+  want = np.where(np.asarray(allowed), np.asarray(logits), -np.inf).argmax(-1)
+  np.testing.assert_array_equal(np.asarray(greedy), want)
+  np.testing.assert_array_equal(np.asarray(top1), want)
+  ref = np.asarray(jax.nn.log_softmax(logits))[np.arange(64), want]   # untempered, unmasked
+  np.testing.assert_allclose(np.asarray(lp), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sp,support,probs", [
+    (rollout.StreamSampling(1.0, 0.7, 0), [0, 1], [0.5 / 0.8, 0.3 / 0.8]),        # nucleus keeps 0.5 + 0.3
+    (rollout.StreamSampling(1.0, 1.0, 3), [0, 1, 2], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]),
+    (rollout.StreamSampling(1.0, 0.9, 3), [0, 1, 2], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]),  # 0.8 < 0.9
+    (rollout.StreamSampling(0.5, 1.0, 0), [0, 1, 2, 3], np.array([0.5, 0.3, 0.15, 0.05]) ** 2 / 0.3575),
+])
+def test_sample_token_distribution(sp, support, probs):
+  n = 20000
+  logits = jnp.log(jnp.tile(jnp.asarray([[0.05, 0.5, 0.15, 0.3]]), (n, 1)))[:, jnp.asarray([1, 3, 2, 0])]
+  ids, _ = rollout.sample_token(logits, None, sp, jax.random.key(11))
+  freq = np.bincount(np.asarray(ids), minlength=4) / n
+  assert set(np.flatnonzero(freq)) == set(support)
+  np.testing.assert_allclose(freq[support], probs, atol=0.015)
+
+
+def test_sample_token_rng():
+  logits = jnp.zeros((16, 50))
+  sp = rollout.StreamSampling()
+  a, _ = rollout.sample_token(logits, None, sp, jax.random.key(0))
+  b, _ = rollout.sample_token(logits, None, sp, jax.random.key(0))
+  c, _ = rollout.sample_token(logits, None, sp, jax.random.key(1))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (np.asarray(a) != np.asarray(c)).any()
+
+
+def test_sample_rejects_bad_prompts(vita):
+  cfg, params, prompts = vita
+  right = dict(prompts, valid=prompts["valid"][:, ::-1].copy())
+  with pytest.raises(ValueError, match="left-padded"):
+    rollout.sample(params, cfg, right, jax.random.key(0), rollout.SamplingConfig(max_new_tokens=2))
+  with pytest.raises(ValueError, match="does not fit arch"):
+    rollout.sample(params, cfg, prompts, jax.random.key(0),
+                   rollout.SamplingConfig(constraint=constraints.ParallelConstraint(TPV)))

@@ -1,0 +1,245 @@
+"""Group rollouts with a static KV cache: one prefill, then single-token steps in a `lax.while_loop`.
+
+`sample` repeats each of the P left-padded prompts G times (rows p*G .. p*G+G-1 are prompt p's
+group), prefills the cache with the whole prompt and decodes until every row has stopped or
+`max_new_tokens` steps ran. The cache is allocated inside the compiled program and carried by the
+loop, so XLA updates it in place (what donating a cache argument would buy, without a second copy).
+
+Sampling per stream: constraint mask -> temperature -> top-k -> top-p -> categorical; temperature 0
+is greedy. The returned `logp` of a sampled token is its log-probability under the model's own
+distribution (temperature 1, no top-k/top-p, no constraint mask): exactly what `target_logprobs`
+recomputes from the same parameters, so it serves as pi_old in GRPO / PPO ratios.
+
+A row's response ends with its stop token (<|im_end|> / msg_end / media_end), which is part of
+the completion; rows that hit `max_new_tokens` first are marked truncated. Positions after the
+stop hold the constraint vocabulary's pad id, TokenType.NONE and log-prob 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wavalign_jax import models
+from wavalign_jax.data import layouts
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout.constraints import Constraint, InterleavedConstraint, ParallelConstraint
+from wavalign_jax.tokens import TokenType
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSampling:
+  temperature: float = 0.7   # 0 = greedy
+  top_p: float = 0.9         # 1 = off
+  top_k: int = 0             # 0 = off
+
+  def __post_init__(self):
+    if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+      raise ValueError(f"bad sampling parameters {self}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Static (hashable) rollout settings; defaults are the WavAlign reference (DESIGN.md §1)."""
+  max_new_tokens: int = 1024
+  group_size: int = 4
+  sampling: StreamSampling = StreamSampling()
+  per_stream: tuple[tuple[str, StreamSampling], ...] = ()   # overrides, e.g. (("audio", ...),)
+  constraint: Constraint | None = None   # None: free decoding, no stop token (plain LMs, tests)
+  pad_id: int = 0                        # filler after the stop when there is no constraint
+
+  def for_stream(self, stream: str) -> StreamSampling:
+    return dict(self.per_stream).get(stream, self.sampling)
+
+  @property
+  def pad(self) -> int:
+    return self.pad_id if self.constraint is None else self.constraint.vocab.pad
+
+
+def kimi_upstream_sampling(**kw: Any) -> SamplingConfig:
+  """Kimi-Audio's own decoding: audio temperature 0.8 / top-k 10, text greedy."""
+  return SamplingConfig(per_stream=(("audio", StreamSampling(0.8, 1.0, 10)),
+                                    ("text", StreamSampling(0.0, 1.0, 0))), **kw)
+
+
+class Rollouts(NamedTuple):
+  tokens: dict[str, Any]   # {stream: int32[B, N]}
+  logp: dict[str, Any]     # {stream: float32[B, N]} untempered, unmasked model log-prob of each token
+  types: dict[str, Any]    # {stream: int32[B, N]} TokenType; NONE after the stop
+  mask: Any                # bool[B, N] completion positions (up to and including the stop token)
+  lengths: Any             # int32[B]
+  truncated: Any           # bool[B] reached max_new_tokens without a stop token
+  group_ids: Any           # int32[B] prompt index of each row
+
+
+def _top_p_threshold(sorted_desc, top_p: float):
+  """Smallest logit kept by nucleus sampling, from logits sorted in descending order [B, K]."""
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p       # the top token is always kept
+  return jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+
+
+def sample_token(logits, allowed, sp: StreamSampling, key):
+  """One id per row from logits [B, V] under mask `allowed` (or None); returns (ids, model logp)."""
+  model_logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  x = logits.astype(jnp.float32)
+  if allowed is not None:
+    x = jnp.where(allowed, x, -jnp.inf)
+  if sp.temperature == 0:
+    ids = jnp.argmax(x, axis=-1)
+  elif sp.top_k > 0:
+    vals, idx = jax.lax.top_k(x / sp.temperature, min(sp.top_k, x.shape[-1]))
+    if sp.top_p < 1:
+      vals = jnp.where(vals >= _top_p_threshold(vals, sp.top_p), vals, -jnp.inf)
+    pick = jax.random.categorical(key, vals, axis=-1)
+    ids = jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
+  else:
+    x = x / sp.temperature
+    if sp.top_p < 1:
+      x = jnp.where(x >= _top_p_threshold(-jnp.sort(-x, axis=-1), sp.top_p), x, -jnp.inf)
+    ids = jax.random.categorical(key, x, axis=-1)
+  ids = ids.astype(jnp.int32)
+  return ids, jnp.take_along_axis(model_logp, ids[:, None], axis=-1)[:, 0]
+
+
+def _free_types(streams: Sequence[str], batch: int) -> dict[str, Any]:
+  """Types without a constraint: the audio stream is speech, everything else text."""
+  return {s: jnp.full((batch,), int(TokenType.SPEECH if s == "audio" else TokenType.TEXT), jnp.int32)
+          for s in streams}
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
+def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
+  streams = model_cfg.streams
+  G, N = cfg.group_size, cfg.max_new_tokens
+  rep = lambda a: jnp.repeat(a, G, axis=0)
+  valid = rep(prompts["valid"].astype(bool))
+  B, Lp = valid.shape
+  prompt_len = valid.sum(axis=1).astype(jnp.int32)
+  cache = models.init_cache(model_cfg, B, Lp + N)
+  logits, cache = models.decode(
+      params, model_cfg, {s: rep(prompts["inputs"][s]) for s in streams},
+      jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32), cache, valid=valid,
+      features=None if "features" not in prompts else rep(prompts["features"]),
+      feature_mask=None if "feature_mask" not in prompts else rep(prompts["feature_mask"]))
+  con = cfg.constraint
+  init = dict(
+      i=jnp.zeros((), jnp.int32), logits=logits, cache=cache,
+      state=con.init(B) if con is not None else (),
+      done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
+      tokens={s: jnp.full((B, N), cfg.pad, jnp.int32) for s in streams},
+      logp={s: jnp.zeros((B, N), jnp.float32) for s in streams},
+      types={s: jnp.zeros((B, N), jnp.int32) for s in streams})
+
+  def cond(c):
+    return (c["i"] < N) & ~jnp.all(c["done"])
+
+  def body(c):
+    i, active = c["i"], ~c["done"]
+    allowed = con.allowed(c["state"]) if con is not None else {s: None for s in streams}
+    keys = jax.random.split(jax.random.fold_in(rng, i), len(streams))
+    toks, logp = {}, {}
+    for s, key in zip(streams, keys):
+      toks[s], logp[s] = sample_token(c["logits"][s], allowed[s], cfg.for_stream(s), key)
+    if con is not None:
+      state, types, stop = con.update(c["state"], toks)
+    else:
+      state, types, stop = (), _free_types(streams, B), jnp.zeros((B,), bool)
+    toks = {s: jnp.where(active, t, cfg.pad) for s, t in toks.items()}
+    put = lambda buf, col: {s: buf[s].at[:, i].set(col[s]) for s in streams}
+    new = dict(
+        i=i + 1, state=state, done=c["done"] | stop, lengths=c["lengths"] + active,
+        tokens=put(c["tokens"], toks),
+        logp=put(c["logp"], {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
+        types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}))
+    new["logits"], new["cache"] = models.decode(
+        params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + i)[:, None], c["cache"])
+    return new
+
+  out = jax.lax.while_loop(cond, body, init)
+  return Rollouts(tokens=out["tokens"], logp=out["logp"], types=out["types"],
+                  mask=jnp.arange(N)[None, :] < out["lengths"][:, None], lengths=out["lengths"],
+                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G)
+
+
+def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
+  """G rollouts per prompt. `prompts`: {"inputs": {stream: int32[P, Lp]}, "valid": bool[P, Lp]} left-padded
+  (see `left_pad_prompts`), optional "features" [P, Lp, D] / "feature_mask" [P, Lp] (parallel)."""
+  missing = set(model_cfg.streams) - set(prompts.get("inputs", {}))
+  if missing or "valid" not in prompts:
+    raise ValueError(f"prompts need 'valid' and inputs for streams {model_cfg.streams}; missing {sorted(missing)}")
+  valid = prompts["valid"]
+  if not isinstance(valid, jax.core.Tracer) and not np.asarray(valid)[:, -1].all():
+    raise ValueError("prompts must be left-padded: the last position of every prompt row must be valid")
+  con = sampling_cfg.constraint
+  expected = {InterleavedConstraint: ("tokens",), ParallelConstraint: ("text", "audio")}.get(type(con))
+  if expected is not None and expected != model_cfg.streams:
+    raise ValueError(f"{type(con).__name__} does not fit arch {model_cfg.arch!r} (streams {model_cfg.streams})")
+  return _sample(params, model_cfg, prompts, rng, sampling_cfg)
+
+
+def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: int | None = None) -> dict:
+  """numpy prompt batch for `sample` from laid-out prompts (`Example.prompt()`), left-padded to `length`."""
+  if not examples:
+    raise ValueError("left_pad_prompts needs at least one prompt")
+  length = max(len(e) for e in examples) if length is None else length
+  streams = examples[0].streams
+  inputs = {s: np.full((len(examples), length), pad_id, np.int32) for s in streams}
+  valid = np.zeros((len(examples), length), bool)
+  for b, e in enumerate(examples):
+    if len(e) > length or len(e) == 0 or e.streams != streams:
+      raise ValueError(f"prompt {b}: length {len(e)} (must be 1..{length}), streams {e.streams} (want {streams})")
+    for s in streams:
+      inputs[s][b, length - len(e):] = e.tokens[s]
+    valid[b, length - len(e):] = True
+  return {"inputs": inputs, "valid": valid}
+
+
+def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[str, Any]:
+  """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, right-padded to Lp + N.
+
+  Targets carry the completion's types and `old_logp` (the sampler's log-probs); prompt targets
+  and everything after the stop token are TokenType.NONE. Advantages are added by the caller.
+  """
+  B, N = rollouts.mask.shape
+  G = B // prompts["valid"].shape[0]
+  rep = lambda a: jnp.repeat(jnp.asarray(a), G, axis=0)
+  pvalid = rep(prompts["valid"]).astype(bool)
+  Lp = pvalid.shape[1]
+  L = Lp + N
+  shift = Lp - pvalid.sum(axis=1)                                 # left padding of each row
+  idx = (jnp.arange(L)[None, :] + shift[:, None]) % L             # roll the padding to the end
+  roll = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
+  valid = roll(jnp.concatenate([pvalid, rollouts.mask], axis=1))
+  nxt = lambda a, fill: jnp.concatenate([a[:, 1:], jnp.full_like(a[:, :1], fill)], axis=1)
+  inputs, targets, types, old_logp = {}, {}, {}, {}
+  for s, toks in rollouts.tokens.items():
+    inputs[s] = jnp.where(valid, roll(jnp.concatenate([rep(prompts["inputs"][s]), toks], axis=1)), pad_id)
+    targets[s] = nxt(inputs[s], pad_id)
+    types[s] = nxt(roll(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), rollouts.types[s]], axis=1)), 0)
+    old_logp[s] = nxt(roll(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1)), 0.0)
+  batch = dict(inputs=inputs, targets=targets, types=types, old_logp=old_logp,
+               positions=jnp.where(valid, jnp.arange(L)[None, :], 0).astype(jnp.int32),
+               segment_ids=valid.astype(jnp.int32), group_ids=rollouts.group_ids)
+  if "features" in prompts:
+    f = rep(prompts["features"])
+    batch["features"] = roll(jnp.concatenate([f, jnp.zeros((B, N) + f.shape[2:], f.dtype)], axis=1))
+    batch["feature_mask"] = roll(jnp.concatenate([rep(prompts["feature_mask"]).astype(bool),
+                                                  jnp.zeros((B, N), bool)], axis=1)) & valid
+  return batch
+
+
+def response_contents(rollouts: Rollouts, constraint: Constraint) -> list[tuple[list[int], list[int]]]:
+  """(text ids, 0-based audio codes) of every row's completion, for rewards and metrics."""
+  mask = np.asarray(rollouts.mask)
+  toks = {s: np.asarray(t) for s, t in rollouts.tokens.items()}
+  if isinstance(constraint, InterleavedConstraint):
+    return [layouts.interleaved_split(toks["tokens"][b][mask[b]], constraint.vocab) for b in range(len(mask))]
+  if isinstance(constraint, ParallelConstraint):
+    return [layouts.parallel_split(toks["text"][b][mask[b]], toks["audio"][b][mask[b]], constraint.vocab)
+            for b in range(len(mask))]
+  raise ValueError(f"response_contents needs an interleaved or parallel constraint, got {constraint!r}")
