@@ -23,6 +23,11 @@ from wavalign_jax.models.config import ModelConfig
 DEFAULT_ATOL = {"float32": 1e-4, "bfloat16": 1e-1}
 
 
+# Jitted once per config (eager Flax dispatch is many times slower than one compile, even at fixture size).
+_logits = jax.jit(models.logits, static_argnums=1)
+_mtp_logits = jax.jit(models.mtp_logits, static_argnums=1)
+
+
 def _load_npz(path: str) -> dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found (a --verify folder holds inputs.npz and expected.npz)")
@@ -59,21 +64,21 @@ def model_outputs(params: Any, cfg: ModelConfig, inputs: dict[str, np.ndarray], 
   batch: dict[str, Any] = {"positions": positions, "segment_ids": segments}
   out: dict[str, Any] = {}
   if cfg.arch == "qwen2":
-    out["logits"] = models.logits(params, cfg, {**batch, "inputs": {"tokens": ids}})["tokens"]
+    out["logits"] = _logits(params, cfg, {**batch, "inputs": {"tokens": ids}})["tokens"]
   elif cfg.arch == "interleaved":
-    out["main_logits"] = models.logits(params, cfg, {**batch, "inputs": {"tokens": ids}})["tokens"]
-    for k, lg in enumerate(models.mtp_logits(params, cfg, ids, positions)):
+    out["main_logits"] = _logits(params, cfg, {**batch, "inputs": {"tokens": ids}})["tokens"]
+    for k, lg in enumerate(_mtp_logits(params, cfg, ids, positions)):
       out[f"mtp_logits_{k}"] = lg
   elif cfg.arch == "parallel":
     _need(inputs, ("text_input_ids",), where)
     streams = {"audio": ids, "text": jnp.asarray(inputs["text_input_ids"], jnp.int32)}
-    plain = models.logits(params, cfg, {**batch, "inputs": streams})
+    plain = _logits(params, cfg, {**batch, "inputs": streams})
     out["text_logits_nofeat"], out["audio_logits_nofeat"] = plain["text"], plain["audio"]
     if "whisper_input_feature" in inputs:
       _need(inputs, ("is_continuous_mask",), where)
       mask = np.asarray(inputs["is_continuous_mask"]).astype(bool)
       feats = _scatter_features(np.asarray(inputs["whisper_input_feature"]), mask)
-      lg = models.logits(params, cfg, {**batch, "inputs": streams, "features": jnp.asarray(feats, cfg.dtype),
+      lg = _logits(params, cfg, {**batch, "inputs": streams, "features": jnp.asarray(feats, cfg.dtype),
                                        "feature_mask": jnp.asarray(mask)})
       out["text_logits"], out["audio_logits"] = lg["text"], lg["audio"]
     else:
