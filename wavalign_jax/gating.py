@@ -58,10 +58,10 @@ def _static_lambda(cfg: GateConfig) -> float | None:
 
 def init_gate_state(cfg: GateConfig) -> GateState:
   lam = _static_lambda(cfg)
-  zero = jnp.zeros((), jnp.float32)
+  zero = lambda: jnp.zeros((), jnp.float32)   # one buffer per leaf: the train state is donated
   return GateState(lam=jnp.asarray(0.0 if lam is None else lam, jnp.float32),
-                   initialized=jnp.asarray(lam is not None), lambda_raw=zero, gate_direction=zero,
-                   gate_info=zero, reward_mean=zero, reward_max=zero, reward_var=zero)
+                   initialized=jnp.asarray(lam is not None), lambda_raw=zero(), gate_direction=zero(),
+                   gate_info=zero(), reward_mean=zero(), reward_max=zero(), reward_var=zero())
 
 
 def update_gate(state: GateState, rewards: jax.Array, valid: jax.Array | None,

@@ -1,0 +1,144 @@
+"""Resolves a config into the concrete pieces of a run: model config, vocabulary, data, sampler, reward.
+
+Two sources of data and weights:
+  * `data.source = "testbed"`: the built-in synthetic spoken-QA task, generated into WORKDIR/testbed,
+    with a tiny base model SFT-trained once into WORKDIR/base_model (unless init_checkpoint is set).
+  * `data.source = "arrayrecord"`: datasets built by `python -m data_pipeline.build` and a converted
+    checkpoint (`python -m wavalign_jax.convert`); the vocabulary comes from the dataset's info file,
+    which was built with the checkpoint's tokenizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import ml_collections as mlc
+import tokenizers
+
+from wavalign_jax import checkpointing
+from wavalign_jax.data import loader
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelConstraint
+from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
+
+# ModelConfig fields a config may override on top of a converted checkpoint's model_config.json.
+RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "logprob_chunk", "attention_impl")
+
+
+@dataclasses.dataclass
+class RunSetup:
+  model_cfg: ModelConfig
+  vocab: InterleavedVocab | ParallelVocab
+  constraint: InterleavedConstraint | ParallelConstraint
+  sampling: sampler_lib.SamplingConfig
+  tokenizer: tokenizers.Tokenizer
+  train_data: str
+  eval_data: str | None
+  buckets: tuple[int, ...]
+  init_checkpoint: str
+  eval_batch_size: int = 16
+  evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], dict[str, float]] | None = None
+
+  def decode_text(self, text_ids: Sequence[int]) -> str:
+    """The text channel of a response as a string (special tokens dropped)."""
+    return " ".join(self.tokenizer.decode([int(i) for i in text_ids], skip_special_tokens=True).split())
+
+
+def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | ParallelVocab:
+  cls = InterleavedVocab if arch == "interleaved" else ParallelVocab
+  return cls(**info["vocab"])
+
+
+def _constraint(config: mlc.ConfigDict, vocab) -> InterleavedConstraint | ParallelConstraint:
+  if config.model.arch == "interleaved":
+    return InterleavedConstraint(vocab, tuple(config.layout.ratios))
+  return ParallelConstraint(vocab, int(config.layout.audio_delay))
+
+
+def sampling_config(config: mlc.ConfigDict, constraint) -> sampler_lib.SamplingConfig:
+  r = config.rollout
+  per_stream = []
+  if config.model.arch == "parallel":
+    per_stream = [("text", sampler_lib.StreamSampling(r.get("text_temperature", r.temperature),
+                                                      r.get("text_top_p", r.top_p), r.get("text_top_k", r.top_k))),
+                  ("audio", sampler_lib.StreamSampling(r.get("audio_temperature", r.temperature),
+                                                       r.get("audio_top_p", r.top_p), r.get("audio_top_k", r.top_k)))]
+  return sampler_lib.SamplingConfig(
+      max_new_tokens=r.max_new_tokens, group_size=r.group_size,
+      sampling=sampler_lib.StreamSampling(r.temperature, r.top_p, r.top_k), per_stream=tuple(per_stream),
+      constraint=constraint)
+
+
+def setup_run(config: mlc.ConfigDict, workdir: str) -> RunSetup:
+  buckets = (config.data.max_prompt_len, config.data.max_prompt_len + config.data.max_response_len)
+  if config.data.source == "testbed":
+    return _setup_testbed(config, workdir, buckets)
+  if config.data.source != "arrayrecord":
+    raise ValueError(f"--config.data.source={config.data.source!r}: choose 'testbed' or 'arrayrecord'")
+  if not config.init_checkpoint:
+    raise ValueError(
+        "this config trains released weights and needs a converted checkpoint: convert the Hugging Face "
+        "weights with `python -m wavalign_jax.convert --arch=... --hf_dir=HF_DIR --out=DIR` and pass "
+        "--config.init_checkpoint=DIR (or use the ':tiny' variant to run the built-in testbed)")
+  if not config.data.train:
+    raise ValueError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
+                     "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
+  model_cfg, _ = checkpointing.load_model_config(config.init_checkpoint)
+  model_cfg = model_cfg.replace(**{k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model})
+  if model_cfg.arch != config.model.arch:
+    raise ValueError(f"{config.init_checkpoint} holds a {model_cfg.arch!r} model but the config is for "
+                     f"{config.model.arch!r}")
+  _, info = loader.resolve_paths(config.data.train)
+  if info.get("arch") != model_cfg.arch:
+    raise ValueError(f"{config.data.train} was built for arch {info.get('arch')!r}, the model is {model_cfg.arch!r}")
+  vocab = _vocab_from_info(info, model_cfg.arch)
+  if vocab.vocab_size > model_cfg.vocab_size:
+    raise ValueError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
+                     f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
+  constraint = _constraint(config, vocab)
+  return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=constraint,
+                  sampling=sampling_config(config, constraint),
+                  tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
+                  eval_data=config.data.eval or None, buckets=buckets, init_checkpoint=config.init_checkpoint)
+
+
+def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...]) -> RunSetup:
+  from wavalign_jax.testbed import base_model, metrics, prepare
+
+  arch = config.model.arch
+  data = prepare.prepare(os.path.join(workdir, "testbed"), arch, seed=config.testbed.seed,
+                         ratios=tuple(config.layout.get("ratios", (1, 10, 4, 10))),
+                         audio_delay=int(config.layout.get("audio_delay", 6)))
+  model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": data.vocab.vocab_size})
+  init_checkpoint = config.init_checkpoint
+  if not init_checkpoint:
+    init_checkpoint = os.path.join(workdir, "base_model")
+    base_model.ensure_base_model(config, model_cfg, data.datasets["sft_train"], buckets, init_checkpoint)
+  constraint = _constraint(config, data.vocab)
+  train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
+  return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=constraint,
+                  sampling=sampling_config(config, constraint),
+                  tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
+                  eval_data=data.datasets["rl_eval"], buckets=buckets, init_checkpoint=init_checkpoint,
+                  evaluator=metrics.summary)
+
+
+def make_reward_fn(config: mlc.ConfigDict, setup: RunSetup, workdir: str):
+  kind = config.reward.kind
+  if kind == "testbed":
+    from wavalign_jax.testbed.judge import RuleJudge
+    return RuleJudge()
+  if kind == "exact_match":
+    from wavalign_jax.rewards.rules import ExactMatch
+    return ExactMatch("answer")
+  if kind == "llm_judge":
+    from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
+    r = config.reward
+    settings = JudgeSettings(base_url=r.base_url, model=r.model, api_key_env=r.api_key_env,
+                             timeout_s=r.timeout_s, max_retries=r.max_retries, max_in_flight=r.max_in_flight,
+                             cache_dir=r.cache_dir or os.path.join(workdir, "judge_cache"))
+    return LLMJudge(settings, fallback_score=r.fallback_score)
+  raise ValueError(f"--config.reward.kind={kind!r}: choose 'llm_judge', 'testbed' or 'exact_match'")
+

@@ -1,0 +1,109 @@
+"""The jitted training steps: gate update, advantages, hybrid (or DPO) loss, AdamW update.
+
+One step is one pure function `(state, batch) -> (state, metrics)`, jitted over the mesh with the
+state donated. The gate update and the advantages happen inside the step, from the rewards in the
+batch, so the whole training signal of a step is one XLA program.
+
+Batches (host numpy, WORKSPACE.md contracts):
+  hybrid: {"sft": seq_batch [P, L], "rl": rl_seq_batch [P*G, L'], "rewards": f32[P, G], "reward_valid": bool[P, G]}
+          either part may be absent when its weight is structurally 0 (SFT-only / RL-only methods).
+  dpo:    {"chosen": seq_batch, "rejected": seq_batch} with `ref_logp` in each half.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from wavalign_jax import gating
+from wavalign_jax.objectives import grpo
+from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
+from wavalign_jax.objectives.hybrid import HybridConfig, make_hybrid_loss
+from wavalign_jax.train_state import TrainState
+
+LogprobFn = Callable[[Any, dict], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  objective: str = "hybrid"          # "hybrid" | "dpo"
+  hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
+  gate: gating.GateConfig = dataclasses.field(default_factory=gating.GateConfig)
+  dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+
+
+def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
+                     schedule: optax.Schedule | None, metrics: dict) -> tuple[TrainState, dict]:
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+  if schedule is not None:
+    metrics["lr"] = schedule(state.step)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       rng=jax.random.fold_in(state.rng, state.step)), metrics
+
+
+def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
+                     schedule: optax.Schedule | None = None, *, update_gate: bool = True):
+  """`step(state, batch) -> (state, metrics)` for the hybrid objective.
+
+  `update_gate=False` reuses the state's λ (later PPO iterations on the same rollout batch).
+  """
+  loss_fn = make_hybrid_loss(logprob_fn, cfg.hybrid)
+  rl_cfg = cfg.hybrid.rl
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    gate, metrics = state.gate, {}
+    loss_batch = {k: batch[k] for k in ("sft", "rl") if k in batch}
+    if "rl" in batch:
+      rewards, valid = batch["rewards"], batch.get("reward_valid")
+      if update_gate:
+        gate, metrics = gating.update_gate(state.gate, rewards, valid, cfg.gate)
+      advantages = grpo.group_advantages(rewards, valid, rl_cfg.advantage_scale, rl_cfg.advantage_eps)
+      weights = grpo.group_weights(rewards, valid, rl_cfg.drop_equal_groups)
+      loss_batch["rl"] = dict(batch["rl"], advantages=advantages.reshape(-1), seq_weight=weights.reshape(-1))
+    lam = gate.lam if "rl" in batch else jnp.zeros((), jnp.float32)
+    (_, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, loss_batch, lam)
+    new_state, metrics = _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics})
+    return new_state.replace(gate=gate), metrics
+
+  return step
+
+
+def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
+                  schedule: optax.Schedule | None = None):
+  loss_fn = make_dpo_loss(logprob_fn, cfg.dpo)
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    return _apply_gradients(state, grads, optimizer, schedule, metrics)
+
+  return step
+
+
+def batch_sharding(batch: Any, mesh: Mesh) -> Any:
+  """Leading (example) axis over ("data", "fsdp"); per-prompt reward arrays [P, G] likewise."""
+  data_axes = ("data", "fsdp")
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def spec(x):
+    if x.ndim == 0 or x.shape[0] % n:
+      return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec(data_axes))
+  return jax.tree.map(spec, batch)
+
+
+def device_put_batch(batch: Any, mesh: Mesh) -> Any:
+  """Host numpy batch (this process's rows) -> global arrays sharded over the data axes."""
+  shardings = batch_sharding(batch, mesh)
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
+
+
+def jit_step(step: Callable, state_sharding: Any, mesh: Mesh) -> Callable:
+  """jit with the state donated and kept in its sharding; batch shardings follow the inputs."""
+  return jax.jit(step, in_shardings=(state_sharding, None), out_shardings=(state_sharding, None),
+                 donate_argnums=(0,))

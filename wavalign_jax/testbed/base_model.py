@@ -1,0 +1,49 @@
+"""The testbed's base model: a tiny random model SFT-trained on the synthetic task, cached on disk.
+
+Post-training needs a policy that already speaks the layout and answers some questions: this plays
+the role of the released VITA-Audio / Kimi-Audio checkpoints. It is trained briefly on purpose, so
+that it stays imperfect and the hybrid has room to improve IQ.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import jax
+import ml_collections as mlc
+
+from wavalign_jax import checkpointing, gating, models, optim, steps, train_state
+from wavalign_jax.data import loader
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives.hybrid import HybridConfig
+from wavalign_jax.objectives.sft import SFTConfig
+
+
+def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: str, buckets: tuple[int, ...],
+                      out_dir: str) -> None:
+  """Trains and saves the base model into `out_dir` unless it is already there."""
+  if os.path.exists(os.path.join(out_dir, "model_config.json")):
+    return
+  tb = config.testbed
+  optim_cfg = optim.OptimConfig(learning_rate=tb.base_learning_rate, warmup_steps=min(20, tb.base_sft_steps // 10),
+                                total_steps=tb.base_sft_steps, weight_decay=0.0, clip_norm=1.0)
+  optimizer = optim.make_optimizer(optim_cfg)
+  cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(**config.sft)), gate=gating.GateConfig(mode="sft_only"))
+  step = jax.jit(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, model_cfg, b), optimizer, cfg),
+                 donate_argnums=(0,))
+  rng = jax.random.PRNGKey(tb.seed)
+  state = train_state.create(models.init_params(model_cfg, rng), optimizer, gating.init_gate_state(cfg.gate), rng)
+  it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)
+  print(f"testbed: SFT-training the base model for {tb.base_sft_steps} steps -> {out_dir}", flush=True)
+  start = time.time()
+  for i in range(tb.base_sft_steps):
+    state, metrics = step(state, {"sft": next(it)})
+    if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps:
+      print(f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
+            f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True)
+  tmp = out_dir + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  checkpointing.save_params(tmp, jax.device_get(state.params), model_cfg,
+                            extra={"source": "testbed base SFT", "steps": tb.base_sft_steps})
+  os.replace(tmp, out_dir)

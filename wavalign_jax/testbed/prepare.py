@@ -1,0 +1,57 @@
+"""Materialises the testbed for a run: JSONL + tokenizer, then ArrayRecord datasets for one architecture.
+
+The testbed goes through the same data pipeline as real data (data_pipeline.build -> ArrayRecord ->
+Grain), so the main job on the testbed exercises every stage a real run uses. Outputs are cached in
+WORKDIR/testbed and rebuilt only when missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from data_pipeline import build as build_lib
+from wavalign_jax.testbed import generate, unit_tts
+from wavalign_jax.testbed import vocab as testbed_vocab
+
+# dataset name -> (record kind, JSONL split)
+DATASETS = {"sft_train": ("sft", "train"), "rl_train": ("rl", "train"), "rl_eval": ("rl", "eval"),
+            "dpo_train": ("dpo", "dpo")}
+
+
+@dataclasses.dataclass(frozen=True)
+class TestbedData:
+  root: str
+  tokenizer: str
+  datasets: dict[str, str]          # name -> dataset directory (with dataset_info.json)
+  vocab: Any                        # InterleavedVocab | ParallelVocab
+
+
+def prepare(root: str, arch: str, *, seed: int = 0, ratios=(1, 10, 4, 10), audio_delay: int = 6) -> TestbedData:
+  """Generates (once) the testbed under `root` and builds its datasets for `arch`."""
+  jsonl_dir = os.path.join(root, "jsonl")
+  marker = os.path.join(jsonl_dir, "testbed.json")
+  if not os.path.exists(marker):
+    generate.generate(jsonl_dir, seed=seed)
+  tokenizer = os.path.join(jsonl_dir, "tokenizer.json")
+  vocab = (testbed_vocab.interleaved_vocab() if arch == "interleaved" else testbed_vocab.parallel_vocab())
+  builder_kw = dict(arch=arch, ratios=tuple(ratios), audio_delay=audio_delay)
+  if arch == "parallel":
+    builder_kw.update(audio_offset=vocab.audio_offset, num_audio_codes=unit_tts.NUM_AUDIO_CODES)
+  datasets = {}
+  for name, (kind, split) in DATASETS.items():
+    out = os.path.join(root, arch, name)
+    info_path = os.path.join(out, build_lib.INFO_FILE)
+    wanted = {"kind": kind, "ratios": list(ratios), "audio_delay": audio_delay}
+    if not (os.path.exists(info_path) and _matches(info_path, wanted)):
+      builder = build_lib.Builder(tokenizer, kind=kind, **builder_kw)
+      build_lib.build(builder, [os.path.join(jsonl_dir, f"{split}.jsonl")], out, name=name)
+    datasets[name] = out
+  return TestbedData(root=root, tokenizer=tokenizer, datasets=datasets, vocab=vocab)
+
+
+def _matches(info_path: str, wanted: dict[str, Any]) -> bool:
+  with open(info_path) as f:
+    info = json.load(f)
+  return all(info.get(k) == v for k, v in wanted.items())

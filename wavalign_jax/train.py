@@ -1,0 +1,227 @@
+r"""The training entry point: rollouts -> rewards -> gate -> hybrid step, with Orbax checkpoints.
+
+  python -m wavalign_jax.train --config=experiments/vita.py:tiny --workdir=/tmp/vita_tiny
+  python -m wavalign_jax.train --config=experiments/kimi.py --config.init_checkpoint=DIR \
+      --config.data.train=DIR --workdir=DIR
+
+One step (hybrid objective):
+  1. next batch of P prompts with their reference responses (Grain over ArrayRecord);
+  2. G rollouts per prompt from the jitted KV-cache sampler (skipped when the RL weight is 0);
+  3. rewards for the P*G responses (judge / rule), failures counted and optionally excluded;
+  4. one jitted step: gate update (lambda), group advantages, (1-lambda) SFT + lambda GRPO, AdamW.
+The train state (params, optimizer, gate, RNG) and the data iterator are checkpointed together, so a
+killed run resumes with the same lambda, step, optimizer state and the next example.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
+from wavalign_jax.data import loader
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives.dpo import DPOConfig
+from wavalign_jax.objectives.grpo import GRPOConfig
+from wavalign_jax.objectives.hybrid import HybridConfig
+from wavalign_jax.objectives.sft import SFTConfig
+from wavalign_jax.rewards.base import RewardItem
+from wavalign_jax.rewards.llm_judge import FailureMonitor
+from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
+
+
+# ----------------------------------------------------------------------------- rollouts and rewards
+
+
+def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
+  """Right-padded prompt rows (the loader's layout) -> the left-padded layout the sampler needs."""
+  inputs = prompt_batch["inputs"]
+  L = next(iter(inputs.values())).shape[1]
+  shift = L - np.asarray(lengths)
+  idx = (np.arange(L)[None, :] - shift[:, None]) % L
+  out = {"inputs": {s: np.take_along_axis(np.asarray(v), idx, axis=1) for s, v in inputs.items()},
+         "valid": np.arange(L)[None, :] >= shift[:, None]}
+  return out
+
+
+def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, sampling: sampler_lib.SamplingConfig,
+                      reward_fn, monitor: FailureMonitor | None, step: int, exclude_failed: bool):
+  """Samples G responses per prompt and scores them: (rl_batch, rewards [P, G], valid [P, G], metrics, texts)."""
+  prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
+  rollouts = jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, rng, sampling))
+  contents = sampler_lib.response_contents(rollouts, setup.constraint)
+  G = sampling.group_size
+  items = [RewardItem(prompt=raw["meta"][i // G], text=setup.decode_text(text_ids), audio_codes=tuple(codes))
+           for i, (text_ids, codes) in enumerate(contents)]
+  result = reward_fn(items)
+  metrics = monitor.update(result, step) if monitor is not None else {}
+  P = len(raw["meta"])
+  rewards = result.scores.reshape(P, G)
+  valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
+  lengths = np.asarray(rollouts.lengths)
+  metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)))
+  batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
+  batch.pop("group_ids")
+  return batch, rewards, valid, metrics, [it.text for it in items]
+
+
+def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int) -> dict[str, float]:
+  """Greedy responses on the eval split scored with the setup's evaluator (testbed: IQ / EQ)."""
+  if setup.eval_data is None or setup.evaluator is None:
+    return {}
+  it = loader.make_loader(setup.eval_data, global_batch_size=setup.eval_batch_size, buckets=setup.buckets,
+                          shuffle=False, num_epochs=1)
+  greedy = dataclasses.replace(setup.sampling, group_size=1, sampling=sampler_lib.StreamSampling(0.0, 1.0, 0),
+                               per_stream=())
+  items = []
+  for raw in it:
+    prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
+    rollouts = jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy))
+    for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, setup.constraint)):
+      items.append((meta, setup.decode_text(text_ids), codes))
+    if len(items) >= num_examples:
+      break
+  return setup.evaluator(items[:num_examples])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def step_config(config: mlc.ConfigDict) -> steps.StepConfig:
+  return steps.StepConfig(
+      objective=config.objective,
+      hybrid=HybridConfig(sft=SFTConfig(**config.sft), rl=GRPOConfig(**config.rl)),
+      gate=gating.GateConfig(**config.gate), dpo=DPOConfig(**config.dpo))
+
+
+def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any:
+  if setup.init_checkpoint:
+    abstract = jax.eval_shape(lambda: models.init_params(setup.model_cfg, rng))
+    logging.info("loading parameters from %s", setup.init_checkpoint)
+    return checkpointing.load_params(setup.init_checkpoint,
+                                     train_state.abstract_with_shardings(abstract, param_sharding))
+  return jax.jit(lambda r: models.init_params(setup.model_cfg, r), out_shardings=param_sharding)(rng)
+
+
+def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) the job of `config` in `workdir`; returns the last metrics and the evaluations."""
+  os.makedirs(workdir, exist_ok=True)
+  setup = setup_run(config, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+  cfg = step_config(config)
+  optim_cfg = optim.OptimConfig(**config.optim)
+  optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
+  logprob_fn = lambda p, b: models.target_logprobs(p, setup.model_cfg, b)
+  param_sharding = train_state.param_shardings(models.param_logical_axes(setup.model_cfg), mesh)
+
+  rng = jax.random.PRNGKey(config.seed)
+  create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
+  abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
+  state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                                    save_every=config.train.checkpoint_every)
+  train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
+                                buckets=setup.buckets, seed=config.data.shuffle_seed,
+                                num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
+
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(train_state.abstract_with_shardings(abstract, state_sharding), train_it)
+    ref_params = _initial_params(setup, param_sharding, rng) if cfg.objective == "dpo" else None
+    logging.info("resumed from step %d (lambda %.4f)", int(state.step), float(state.gate.lam))
+    print(f"resumed from checkpoint step {int(state.step)}, lambda={float(state.gate.lam):.4f}", flush=True)
+  else:
+    params = _initial_params(setup, param_sharding, rng)
+    ref_params = params if cfg.objective == "dpo" else None
+    state = jax.jit(create, out_shardings=state_sharding)(params)
+
+  writer = _writer(workdir)
+  total = config.train.total_steps
+  results: dict[str, Any] = {}
+  if int(state.step) == 0:
+    results["eval_before"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
+    if results["eval_before"]:
+      writer.write(0, results["eval_before"], prefix="eval_before")
+
+  make = steps.make_dpo_step if cfg.objective == "dpo" else steps.make_hybrid_step
+  step_fn = steps.jit_step(make(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
+  ref_logprobs = jax.jit(logprob_fn)
+  reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
+  monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
+  sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
+  metrics: dict[str, Any] = {}
+  while int(state.step) < total:
+    step = int(state.step)
+    t0 = time.time()
+    raw = next(train_it)
+    extra: dict[str, float] = {}
+    if cfg.objective == "dpo":
+      batch = {}
+      for half in ("chosen", "rejected"):
+        b = steps.device_put_batch(raw[half], mesh)
+        batch[half] = dict(b, ref_logp={k: v["logp"] for k, v in ref_logprobs(ref_params, b).items()})
+    else:
+      in_sft_stage = step < sft_stage_steps
+      batch = {}
+      if in_sft_stage or cfg.gate.mode != "rl_only":
+        batch["sft"] = raw["reference"]
+      if not in_sft_stage and cfg.gate.mode != "sft_only":
+        rng_step = jax.random.fold_in(state.rng, 0)
+        batch["rl"], batch["rewards"], batch["reward_valid"], extra, _ = rollout_and_score(
+            state.params, setup, raw, rng_step, setup.sampling, reward_fn, monitor, step,
+            config.reward.exclude_failed)
+      batch = steps.device_put_batch(batch, mesh)
+    state, metrics = step_fn(state, batch)
+    metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
+    if (step + 1) % config.train.log_every == 0 or step + 1 == total:
+      writer.write(step + 1, metrics, total_steps=total)
+    ckpt.save(step + 1, state, train_it, force=step + 1 == total)
+    if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total:
+      writer.write(step + 1, evaluate(state.params, setup, config.train.eval_examples, config.seed), prefix="eval")
+  ckpt.wait()
+
+  results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
+  if results["eval_after"]:
+    writer.write(total, results["eval_after"], prefix="eval_after")
+  if results.get("eval_before") and jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  writer.close()
+  ckpt.close()
+  results["metrics"] = metrics
+  results["state"] = state
+  return results
+
+
+def _writer(workdir: str):
+  from wavalign_jax.metric_writer import MetricWriter
+  return MetricWriter(workdir)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/vita.py:tiny.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, logs.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
