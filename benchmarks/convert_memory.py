@@ -4,7 +4,7 @@ Measures a fixture (tests/fixtures/<name>) and a synthetic Qwen2-shaped checkpoi
 `--params` parameters that it writes itself (bfloat16, 2 GB shards with an index, like the releases),
 each conversion in a fresh subprocess so `ru_maxrss` is that conversion's peak alone.
 
-  python benchmarks/convert_memory.py [--params=1e9] [--dtype=bfloat16] [--keep]
+  python -m benchmarks.convert_memory [--params=1e9] [--dtype=bfloat16] [--keep]
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def synthetic_qwen2(out_dir: str, n_params: float, seed: int = 0) -> int:
                    p + "self_attn.o_proj.weight": (d, heads * hd), p + "mlp.gate_proj.weight": (mlp, d),
                    p + "mlp.up_proj.weight": (mlp, d), p + "mlp.down_proj.weight": (d, mlp)})
   rng = np.random.default_rng(seed)
-  get = lambda name: rng.standard_normal(shapes[name], np.float32).astype(ml_dtypes.bfloat16) * 0.02
+  get = lambda name: (rng.standard_normal(shapes[name], np.float32) * 0.02).astype(ml_dtypes.bfloat16)
   sizes = [(n, int(np.prod(s)) * 2) for n, s in shapes.items()]
   safetensors_io.write_checkpoint(out_dir, sizes, get, max_shard_bytes=2 * 10**9)
   with open(os.path.join(out_dir, "config.json"), "w") as f:

@@ -70,8 +70,10 @@ def save_params(directory: str, params: Any, model_cfg: ModelConfig, extra: dict
   """Writes a parameters-only checkpoint (what converters produce and `config.init_checkpoint` reads)."""
   path = epath.Path(directory)
   path.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path / "params", params, force=True)
+  # Uncompressed: zstd buffers cost one more transient copy of the model in host memory (measured by
+  # benchmarks/convert_memory.py), and weights barely compress. Restores like a StandardCheckpointer one.
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False)) as ckptr:
+    ckptr.save(path / "params", args=ocp.args.PyTreeSave(params), force=True)
   meta = {"model": dataclasses.asdict(model_cfg), **(extra or {})}
   (path / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 

@@ -50,14 +50,13 @@ class CheckpointReader:
     return sum(i.nbytes for i in self.infos.values())
 
   def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (name, array) shard by shard, each shard opened once, arrays read lazily."""
-    by_file: dict[str, list[str]] = {}
-    for name, info in self.infos.items():
-      by_file.setdefault(info.file, []).append(name)
-    for file in sorted(by_file):
-      with safe_open(os.path.join(self.hf_dir, file), framework="numpy") as f:
-        for name in sorted(by_file[file]):
-          yield name, f.get_tensor(name)
+    """Yields (name, array) in file order, one tensor read at a time.
+
+    The shard is re-opened (its header re-parsed) per tensor so that its memory map, whose pages count
+    towards the process RSS, never covers more than the tensor being read."""
+    for name in sorted(self.infos, key=lambda n: (self.infos[n].file, n)):
+      with safe_open(os.path.join(self.hf_dir, self.infos[name].file), framework="numpy") as f:
+        yield name, f.get_tensor(name)
 
 
 def _scan(hf_dir: str) -> dict[str, TensorInfo]:
