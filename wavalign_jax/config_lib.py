@@ -120,9 +120,9 @@ def base_config() -> mlc.ConfigDict:
       mode="dynamic", lambda_max=0.8, alpha=0.9, direction_slope=5.0, direction_threshold=3.0, info_norm=4.0,
       hard_gates=False, fixed_lambda=0.5))
 
-  # --- Optimizer (AdamW, DESIGN.md) ------------------------------------------------------------
+  # --- Optimizer (AdamW, DESIGN.md); the cosine decays over train.total_steps --------------------
   c.optim = mlc.ConfigDict(dict(
-      learning_rate=1e-6, warmup_steps=20, total_steps=2000, end_learning_rate=0.0, b1=0.9, b2=0.95, eps=1e-8,
+      learning_rate=1e-6, warmup_steps=20, end_learning_rate=0.0, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.01, clip_norm=1.2))
 
   # --- Training loop ---------------------------------------------------------------------------
@@ -157,5 +157,5 @@ def make_tiny(c: mlc.ConfigDict) -> None:
   c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
                                   base_learning_rate=3e-3, base_batch_size=32))
   c.reward.kind = "testbed"
-  c.optim.update(dict(learning_rate=1e-4, warmup_steps=5, total_steps=40))
+  c.optim.update(dict(learning_rate=1e-4, warmup_steps=5))
   c.train.update(dict(total_steps=40, checkpoint_every=10, eval_examples=64))

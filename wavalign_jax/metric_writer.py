@@ -14,7 +14,7 @@ import numpy as np
 
 # Keys shown on the one-line progress report, in this order (others go to the files only).
 PROGRESS_KEYS = ("loss", "lambda", "lambda_raw", "gate_direction", "gate_info", "reward_mean", "reward_max",
-                 "reward_var", "sft_loss", "grpo_loss", "judge_failed", "grad_norm", "lr")
+                 "reward_var", "sft_loss", "rl_loss", "reward/failed", "grad_norm", "lr")
 
 
 class MetricWriter:
@@ -43,7 +43,8 @@ class MetricWriter:
         self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
       self._tb.flush()
     if echo:
-      shown = " ".join(f"{k}={scalars[k]:.4g}" for k in PROGRESS_KEYS if k in scalars)
+      keys = [k for k in PROGRESS_KEYS if k in scalars] if prefix == "train" else sorted(scalars)
+      shown = " ".join(f"{k}={scalars[k]:.4g}" for k in keys)
       total = f"/{total_steps}" if total_steps else ""
       print(f"[{prefix} {int(step)}{total} {time.time() - self._start:6.0f}s] {shown}", flush=True)
     return scalars

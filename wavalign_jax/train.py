@@ -122,7 +122,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
   cfg = step_config(config)
-  optim_cfg = optim.OptimConfig(**config.optim)
+  optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
   logprob_fn = lambda p, b: models.target_logprobs(p, setup.model_cfg, b)
   param_sharding = train_state.param_shardings(models.param_logical_axes(setup.model_cfg), mesh)
