@@ -3,6 +3,8 @@
 Constraint machines are checked by random walks (uniformly random allowed tokens) parsed by an
 independent pure-Python grammar, and against the data pipeline's layouts (wavalign_jax.data.layouts).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,15 +112,21 @@ def test_interleaved_grammar_rejects_bad_sequences():
     assert not _machine_accepts(constraints.InterleavedConstraint(IV, RATIOS), {"tokens": seq})[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(con):
+  return jax.jit(con.allowed), jax.jit(con.update)
+
+
 def _machine_accepts(con, streams):
   """Step the machine along given token streams: (every token allowed, types, stop flags)."""
+  allowed_fn, update_fn = _jitted(con)
   state = con.init(1)
   ok, types, stops = True, [], []
   for j in range(len(next(iter(streams.values())))):
-    allowed = con.allowed(state)
-    tok = {s: jnp.asarray([streams[s][j]], jnp.int32) for s in streams}
+    allowed = allowed_fn(state)
+    tok = {s: np.asarray([streams[s][j]], np.int32) for s in streams}
     ok &= all(bool(allowed[s][0, streams[s][j]]) for s in streams)
-    state, ty, stop = con.update(state, tok)
+    state, ty, stop = update_fn(state, tok)
     types.append({s: int(ty[s][0]) for s in ty})
     stops.append(bool(stop[0]))
   return ok, types, stops
@@ -221,7 +229,7 @@ def _greedy_reference(params, cfg, prompts, n, con, pad):
     return models.logits(params, cfg, batch)
 
   state, done = (con.init(P) if con else None), np.zeros(P, bool)
-  allowed_fn, update_fn = (jax.jit(con.allowed), jax.jit(con.update)) if con else (None, None)
+  allowed_fn, update_fn = _jitted(con) if con else (None, None)
   cur = lens.copy()
   logps = {s: np.zeros((P, n), np.float32) for s in cfg.streams}
   for i in range(n):
@@ -253,16 +261,23 @@ def _assert_matches_reference(r, ref, G, streams):
       np.testing.assert_allclose(np.asarray(r.logp[s][row, :n]), logps[s][b, :n], atol=2e-5)
 
 
+def _init(cfg, seed):
+  """Random N(0, 0.2) parameters of the model's shapes (no Flax init compile: keeps the test fast)."""
+  shapes = jax.eval_shape(models.init_params, cfg, jax.random.key(0))
+  rs = np.random.RandomState(seed)
+  return jax.tree.map(lambda x: jnp.asarray(rs.normal(0, 0.2, x.shape), x.dtype), shapes)
+
+
 @pytest.fixture(scope="module")
 def vita():
   cfg = models.tiny_config("interleaved")
-  return cfg, models.init_params(cfg, jax.random.key(0)), _prompts(cfg.streams, (5, 3), seed=0)
+  return cfg, _init(cfg, 0), _prompts(cfg.streams, (5, 3), seed=0)
 
 
 @pytest.fixture(scope="module")
 def kimi():
   cfg = models.tiny_config("parallel")
-  return cfg, models.init_params(cfg, jax.random.key(1)), _prompts(cfg.streams, (4, 6), 1, cfg.adaptor_input_dim)
+  return cfg, _init(cfg, 1), _prompts(cfg.streams, (4, 6), 1, cfg.adaptor_input_dim)
 
 
 def test_interleaved_greedy_matches_uncached_forward(vita):
@@ -326,13 +341,14 @@ def test_interleaved_rollouts_follow_schedule(vita):
   r = rollout.sample(params, cfg, prompts, jax.random.key(5), sc)
   toks, types = np.asarray(r.tokens["tokens"]), np.asarray(r.types["tokens"])
   np.testing.assert_array_equal(np.asarray(r.group_ids), [0, 0, 0, 0, 1, 1, 1, 1])
+  contents = rollout.response_contents(r, con)
   for b in range(8):
     n = int(r.lengths[b])
     np.testing.assert_array_equal(types[b, :n], _parse_interleaved(toks[b, :n].tolist(), RATIOS, TIV))
     assert bool(r.truncated[b]) == (toks[b, n - 1] != TIV.eos)
     assert bool(r.truncated[b]) == (n == 16)
     assert (toks[b, n:] == TIV.pad).all() and (types[b, n:] == 0).all()
-    text, codes = rollout.response_contents(r, con)[b]
+    text, codes = contents[b]
     assert len(text) == int(((types[b, :n] == T) & (toks[b, :n] < TIV.text_vocab_size)).sum())
     assert codes == (toks[b, :n][types[b, :n] == N] - TIV.first_audio_code).tolist()
   assert 0 < np.asarray(r.truncated).sum() < 8      # some rows finish, some are cut
@@ -353,6 +369,7 @@ def test_parallel_rollouts_follow_delay_blank_stop(kimi):
   sc = rollout.kimi_upstream_sampling(max_new_tokens=10, group_size=3, constraint=con)
   r = rollout.sample(params, cfg, prompts, jax.random.key(7), sc)
   t, a = np.asarray(r.tokens["text"]), np.asarray(r.tokens["audio"])
+  contents = rollout.response_contents(r, con)
   for b in range(6):
     n = int(r.lengths[b])
     assert (a[b, :delay] == TPV.text_blank).all()
@@ -363,7 +380,7 @@ def test_parallel_rollouts_follow_delay_blank_stop(kimi):
     end = eos[0] if len(eos) else n
     assert (t[b, :end] < TPV.text_vocab_size).all() and (t[b, end + 1:n] == TPV.text_blank).all()
     assert (t[b, n:] == TPV.pad).all() and (a[b, n:] == TPV.pad).all()
-    text, codes = rollout.response_contents(r, con)[b]
+    text, codes = contents[b]
     assert text == t[b, :end].tolist() and codes == (a[b, delay:n - stopped] - TPV.audio_offset).tolist()
   # text is greedy (kimi upstream), so all rows of a group share it while the text stream runs
   for g in range(2):

@@ -199,6 +199,7 @@ def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: i
   return {"inputs": inputs, "valid": valid}
 
 
+@functools.partial(jax.jit, static_argnames=("pad_id",))
 def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[str, Any]:
   """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, right-padded to Lp + N.
 
