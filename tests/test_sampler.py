@@ -439,3 +439,18 @@ def test_sample_rejects_bad_prompts(vita):
   with pytest.raises(ValueError, match="does not fit arch"):
     rollout.sample(params, cfg, prompts, jax.random.key(0),
                    rollout.SamplingConfig(constraint=constraints.ParallelConstraint(TPV)))
+
+
+def test_sampling_config_from_experiment_configs():
+  from experiments import kimi, vita
+  kc = kimi.get_config("tiny")
+  sc = rollout.sampling_config(kc.rollout, kc.layout, TPV)
+  assert sc.group_size == kc.rollout.group_size and sc.max_new_tokens == kc.rollout.max_new_tokens
+  assert sc.for_stream("audio") == rollout.StreamSampling(kc.rollout.audio_temperature, kc.rollout.top_p,
+                                                          kc.rollout.audio_top_k)
+  assert sc.for_stream("text").temperature == kc.rollout.text_temperature
+  assert sc.constraint == constraints.ParallelConstraint(TPV, kc.layout.audio_delay)
+  vc = vita.get_config()
+  sc = rollout.sampling_config(vc.rollout, vc.layout, TIV)
+  assert sc.for_stream("tokens") == rollout.StreamSampling(0.7, 0.9, 0) and sc.group_size == 4
+  assert sc.constraint.ratios == tuple(vc.layout.ratios) and sc.max_new_tokens == 1024

@@ -2,8 +2,9 @@
 from wavalign_jax.rollout.constraints import (Constraint, InterleavedConstraint, InterleavedState,
                                               ParallelConstraint, ParallelState)
 from wavalign_jax.rollout.sampler import (Rollouts, SamplingConfig, StreamSampling, kimi_upstream_sampling,
-                                          left_pad_prompts, response_contents, rl_batch, sample, sample_token)
+                                          left_pad_prompts, response_contents, rl_batch, sample, sample_token,
+                                          sampling_config)
 
 __all__ = ["Constraint", "InterleavedConstraint", "InterleavedState", "ParallelConstraint", "ParallelState",
            "Rollouts", "SamplingConfig", "StreamSampling", "kimi_upstream_sampling", "left_pad_prompts",
-           "response_contents", "rl_batch", "sample", "sample_token"]
+           "response_contents", "rl_batch", "sample", "sample_token", "sampling_config"]

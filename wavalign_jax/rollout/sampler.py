@@ -66,6 +66,25 @@ def kimi_upstream_sampling(**kw: Any) -> SamplingConfig:
                                     ("text", StreamSampling(0.0, 1.0, 0))), **kw)
 
 
+def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any) -> SamplingConfig:
+  """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
+  top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
+  the global ones) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
+  fields = ("temperature", "top_p", "top_k")
+  base = StreamSampling(**{f: rollout_cfg[f] for f in fields})
+  per_stream = tuple(
+      (s, StreamSampling(**{f: rollout_cfg.get(f"{s}_{f}", rollout_cfg[f]) for f in fields}))
+      for s in ("text", "audio") if any(f"{s}_{f}" in rollout_cfg for f in fields))
+  if layout_cfg["kind"] == "interleaved":
+    constraint = InterleavedConstraint(vocab, tuple(layout_cfg["ratios"]))
+  elif layout_cfg["kind"] == "parallel":
+    constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]))
+  else:
+    raise ValueError(f"layout.kind={layout_cfg['kind']!r}: expected 'interleaved' or 'parallel'")
+  return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
+                        sampling=base, per_stream=per_stream, constraint=constraint)
+
+
 class Rollouts(NamedTuple):
   tokens: dict[str, Any]   # {stream: int32[B, N]}
   logp: dict[str, Any]     # {stream: float32[B, N]} untempered, unmasked model log-prob of each token
