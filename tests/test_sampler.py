@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wavalign_jax import models, rollout
 from wavalign_jax.data import layouts
 from wavalign_jax.rollout import constraints
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
@@ -180,8 +181,6 @@ def test_bad_ratios_raise():
 
 
 # ----------------------------------------------------------------------------- sampler on tiny models
-
-from wavalign_jax import models, rollout  # noqa: E402
 
 # Constraint vocabularies inside the tiny models' 96 ids, with few text ids and codes so that
 # random rollouts end often; ids the constraint never allows stay unused.
