@@ -1,0 +1,229 @@
+"""Model invariants on tiny random configs: chunked log-probs, scan/remat, KV cache, packing,
+bfloat16, parameter axes and the HF mapping's error handling."""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from wavalign_jax import models, sharding
+from wavalign_jax.conversion import config_from_hf, hf_to_params, params_to_hf
+
+pytestmark = pytest.mark.usefixtures("highest_precision")
+B, L = 2, 9
+
+
+def _batch(cfg, key, segment_ids=None, positions=None):
+  ks = jax.random.split(key, 4)
+  ids = {s: jax.random.randint(k, (B, L), 0, cfg.vocab_size) for s, k in zip(cfg.streams, ks)}
+  batch = dict(inputs=ids, targets={s: jnp.roll(v, -1, axis=1) for s, v in ids.items()},
+               positions=jnp.broadcast_to(jnp.arange(L), (B, L)) if positions is None else positions,
+               segment_ids=jnp.ones((B, L), jnp.int32) if segment_ids is None else segment_ids)
+  if cfg.arch == "parallel":
+    batch["features"] = jax.random.normal(ks[3], (B, L, cfg.adaptor_input_dim))
+    batch["feature_mask"] = jnp.zeros((B, L), bool).at[:, 2:5].set(True)
+  return batch
+
+
+_logits = jax.jit(models.logits, static_argnums=1)
+
+
+def _params(cfg, seed=0):
+  """Random params of the right tree/shapes, drawn with numpy (compiling the Flax init costs ~10 s
+  on a loaded CPU). Norm scales ~ U(0.6, 1.4) so that a missing norm weight would show."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(models.init_params, cfg, jax.random.key(0))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: jnp.asarray(rng.uniform(0.6, 1.4, s.shape) if path[-1].key == "scale"
+                                  else rng.normal(0, 0.3, s.shape), jnp.float32), shapes)
+
+
+def _maxdiff(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _maxabs(a):
+  return max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(a))
+
+
+def _reference_logprobs(params, cfg, batch):
+  """Second code path: log_softmax of the materialised full logits."""
+  out = {}
+  for s, lg in models.logits(params, cfg, batch).items():
+    lp = jax.nn.log_softmax(lg)
+    out[s] = {"logp": jnp.take_along_axis(lp, batch["targets"][s][..., None], -1)[..., 0],
+              "entropy": -jnp.sum(jnp.exp(lp) * lp, -1)}
+  return out
+
+
+def test_chunked_logprobs_match_full_logits_and_grads():
+  cfg = models.tiny_config("parallel", logprob_chunk=4)   # 4 does not divide L = 9
+  params = _params(cfg)
+  batch = _batch(cfg, jax.random.key(1))
+  w = jax.random.normal(jax.random.key(2), (2, B, L))
+
+  def weighted(fn, p):
+    out = fn(p, cfg, batch)
+    return sum(jnp.sum(o["logp"] * w[0] + o["entropy"] * w[1]) for o in out.values()), out
+
+  grad = lambda fn: jax.jit(jax.value_and_grad(functools.partial(weighted, fn), has_aux=True))(params)
+  (_, got), g_got = grad(models.target_logprobs)
+  (_, want), g_want = grad(_reference_logprobs)
+  assert got["text"]["logp"].shape == (B, L) and got["audio"]["entropy"].dtype == jnp.float32
+  assert _maxdiff(got, want) < 1e-5
+  assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)   # float32 noise on gradients of order 10
+  assert float(jnp.abs(g_got["trunk"]["layers"]["attn"]["q"]["kernel"]).max()) > 1e-3  # gradients flow
+  one_chunk = jax.jit(models.target_logprobs, static_argnums=1)(params, cfg.replace(logprob_chunk=64), batch)
+  assert _maxdiff(one_chunk, want) < 1e-5                # chunk larger than L
+
+
+def test_scan_unrolled_and_remat_agree():
+  base = models.tiny_config("interleaved")
+  params = _params(base)
+  hf = params_to_hf(params, base)
+  batch = _batch(base, jax.random.key(1))
+  loss = lambda p, cfg: jnp.sum(models.target_logprobs(p, cfg, batch)["tokens"]["logp"])
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  ref_loss, ref_grad = value_and_grad(params, base)
+  ref_grad = params_to_hf(ref_grad, base)
+  # looped layers (params converted to per-layer leaves through the HF mapping): forward only
+  unrolled = base.replace(scan_layers=False)
+  got = jax.jit(loss, static_argnums=1)(hf_to_params(hf, unrolled), unrolled)
+  assert abs(float(got - ref_loss)) < 1e-4 * abs(float(ref_loss))
+  for remat in ("full", "dots"):  # rematerialisation only changes the backward pass
+    cfg = base.replace(remat=remat)
+    val, grad = value_and_grad(params, cfg)
+    assert abs(float(val - ref_loss)) < 1e-4 * abs(float(ref_loss)), remat
+    grad = params_to_hf(grad, cfg)
+    assert _maxdiff(grad, ref_grad) < 1e-5 * _maxabs(ref_grad), remat
+
+
+@pytest.mark.parametrize("arch", ["interleaved", "parallel"])
+def test_decode_with_cache_matches_uncached_forward(arch):
+  cfg = models.tiny_config(arch)
+  params = _params(cfg)
+  prompt, steps = 5, 3
+  total = prompt + steps
+  # row 0: full 5-token prompt; row 1: 3-token prompt left-padded by 2
+  valid = jnp.ones((B, total), bool).at[1, :2].set(False)
+  positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+  ids = {s: jax.random.randint(jax.random.key(i + 3), (B, total), 0, cfg.vocab_size)
+         for i, s in enumerate(cfg.streams)}
+  batch = dict(inputs=ids, positions=positions, segment_ids=valid.astype(jnp.int32))
+  feats = {}
+  if arch == "parallel":  # continuous features inside the prompt
+    feats = dict(features=jax.random.normal(jax.random.key(9), (B, total, cfg.adaptor_input_dim)),
+                 feature_mask=jnp.zeros((B, total), bool).at[:, 2:4].set(True))
+    batch.update(feats)
+  want = _logits(params, cfg, batch)
+
+  decode = jax.jit(models.decode, static_argnums=1)
+  cache = models.init_cache(cfg, B, total + 2)
+  sl = lambda a, lo, hi: a[:, lo:hi]
+  f = {k: sl(v, 0, prompt) for k, v in feats.items()}
+  got, cache = decode(params, cfg, {s: sl(v, 0, prompt) for s, v in ids.items()}, sl(positions, 0, prompt),
+                      cache, sl(valid, 0, prompt), **f)
+  for s in cfg.streams:
+    np.testing.assert_allclose(got[s], want[s][:, prompt - 1], atol=1e-5)
+  for t in range(prompt, total):
+    f = {k: sl(v, t, t + 1) for k, v in feats.items()}
+    got, cache = decode(params, cfg, {s: sl(v, t, t + 1) for s, v in ids.items()}, sl(positions, t, t + 1),
+                        cache, **f)
+    for s in cfg.streams:
+      np.testing.assert_allclose(got[s], want[s][:, t], atol=1e-5)
+  assert int(cache["index"]) == total
+
+
+def test_packed_rows_equal_separate_forwards():
+  cfg = models.tiny_config("interleaved")
+  params = _params(cfg)
+  n1, n2 = 5, 3   # row = segment 1 (5 tokens), segment 2 (3 tokens), one padding slot
+  seg = jnp.array([[1] * n1 + [2] * n2 + [0]] * B)
+  pos = jnp.array([list(range(n1)) + list(range(n2)) + [0]] * B)
+  packed = _batch(cfg, jax.random.key(1), segment_ids=seg, positions=pos)
+  got = _logits(params, cfg, packed)["tokens"]
+  ids = packed["inputs"]["tokens"]
+  for lo, hi in [(0, n1), (n1, n1 + n2)]:
+    alone = dict(inputs={"tokens": ids[:, lo:hi]}, positions=pos[:, lo:hi],
+                 segment_ids=jnp.ones((B, hi - lo), jnp.int32))
+    np.testing.assert_allclose(got[:, lo:hi], _logits(params, cfg, alone)["tokens"], atol=1e-5)
+  assert bool(jnp.all(jnp.isfinite(got)))  # the padding query attends nothing, yet stays finite
+
+
+BF16_TOL = 0.06   # max |logit diff|, bfloat16 compute vs float32 (fixture logits: |max| ~2.4; measured ~0.03)
+
+
+@pytest.mark.parametrize("name", ["vita_audio_mtp", "kimi_audio"])
+def test_bfloat16_compute_close_to_float32(name):
+  folder = FIXTURES / name
+  cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+  from safetensors.numpy import load_file
+  params = hf_to_params(load_file(str(folder / "model.safetensors")), cfg)
+  batch = _batch(cfg, jax.random.key(1))
+  f32 = _logits(params, cfg, batch)
+  bf16 = _logits(params, cfg.replace(dtype="bfloat16"), batch)
+  for s in cfg.streams:
+    assert bf16[s].dtype == jnp.float32
+    diff = float(jnp.abs(bf16[s] - f32[s]).max())
+    assert 1e-3 < diff < BF16_TOL, diff   # > 1e-3: the bfloat16 path really ran
+
+
+def test_param_logical_axes_cover_every_leaf():
+  names = {n for n, _ in sharding.LOGICAL_RULES}
+  for arch in ("interleaved", "parallel"):
+    cfg = models.tiny_config(arch)
+    params = jax.eval_shape(models.init_params, cfg, jax.random.key(0))
+    axes = models.param_logical_axes(cfg)
+    leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    assert jax.tree.structure(params) == jax.tree.structure(axes, is_leaf=lambda x: isinstance(
+        x, jax.sharding.PartitionSpec))
+    for spec, leaf in zip(leaves, jax.tree.leaves(params)):
+      assert len(spec) == leaf.ndim and set(spec) - {None} <= names, (spec, leaf.shape)
+    assert axes["trunk"]["layers"]["attn"]["q"]["kernel"] == jax.sharding.PartitionSpec(
+        "layers", "embed", "heads", "head_dim")
+
+
+def _kimi():
+  from safetensors.numpy import load_file
+  folder = FIXTURES / "kimi_audio"
+  hf_cfg = json.loads((folder / "config.json").read_text())
+  return hf_cfg, load_file(str(folder / "model.safetensors"))
+
+
+def test_hf_round_trip_is_bit_exact():
+  hf_cfg, tensors = _kimi()
+  for scan in (True, False):
+    cfg = config_from_hf(hf_cfg, scan_layers=scan)
+    back = params_to_hf(hf_to_params(tensors, cfg), cfg)
+    assert sorted(back) == sorted(tensors)
+    for k, v in tensors.items():
+      assert back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes(), k
+
+
+def test_hf_to_params_errors_name_the_tensors():
+  hf_cfg, tensors = _kimi()
+  cfg = config_from_hf(hf_cfg)
+  with pytest.raises(ValueError, match=r"unknown tensors.*model\.layers\.7\.mlp\.up_proj\.weight"):
+    hf_to_params({**tensors, "model.layers.7.mlp.up_proj.weight": tensors["model.layers.0.mlp.up_proj.weight"]}, cfg)
+  with pytest.raises(ValueError, match=r"missing tensors.*model\.mimo_norm\.weight"):
+    hf_to_params({k: v for k, v in tensors.items() if k != "model.mimo_norm.weight"}, cfg)
+  bad = dict(tensors)
+  bad["model.layers.2.self_attn.k_proj.weight"] = bad["model.layers.2.self_attn.k_proj.weight"].T
+  with pytest.raises(ValueError, match=r"shape mismatch.*model\.layers\.2\.self_attn\.k_proj\.weight: "
+                                       r"shape \(64, 32\), expected \(32, 64\)"):
+    hf_to_params(bad, cfg)
+
+
+def test_config_from_hf_dispatch():
+  hf_cfg, _ = _kimi()
+  assert hf_cfg["model_type"] == "qwen2"          # Kimi must not be taken for plain qwen2
+  cfg = config_from_hf(hf_cfg)
+  assert (cfg.arch, cfg.num_layers, cfg.mimo_from_layer, cfg.num_mimo_layers) == ("parallel", 4, 1, 2)
+  vita = json.loads((FIXTURES / "vita_audio_mtp" / "config.json").read_text())
+  assert (config_from_hf(vita).num_layers, config_from_hf(vita).num_mtp_modules) == (2, 2)
+  with pytest.raises(ValueError, match="cannot tell the architecture"):
+    config_from_hf({k: v for k, v in vita.items() if k != "num_nextn_predict_layers"}
+                   | {"architectures": ["LlamaForCausalLM"]})
