@@ -171,6 +171,19 @@ def test_bfloat16_compute_close_to_float32(name):
     assert 1e-3 < diff < BF16_TOL, diff   # > 1e-3: the bfloat16 path really ran
 
 
+def test_fused_attention_wiring_matches_einsum_attention():
+  """The cuDNN path shares everything but the kernel with jax.nn's XLA implementation (CPU-testable)."""
+  from wavalign_jax.models import layers
+  ks = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(ks[0], (2, 5, 4, 8))
+  k, v = jax.random.normal(ks[1], (2, 7, 2, 8)), jax.random.normal(ks[2], (2, 7, 2, 8))
+  mask = (jnp.arange(7)[None, :] <= jnp.arange(5)[:, None] + 2)[None, None] & jnp.array(
+      [[True] * 7, [False] * 2 + [True] * 5])[:, None, None, :]
+  want = layers.attend(q, k, v, mask, jnp.float32)
+  got = layers.fused_attend(q, k, v, mask, jnp.float32, implementation="xla")
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_param_logical_axes_cover_every_leaf():
   names = {n for n, _ in sharding.LOGICAL_RULES}
   for arch in ("interleaved", "parallel"):

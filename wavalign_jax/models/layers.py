@@ -86,6 +86,15 @@ def attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
   return jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(b, t, h, d)
 
 
+def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implementation: str = "cudnn") -> Array:
+  """Same contract as `attend` through jax.nn.dot_product_attention (cuDNN flash attention on GPU).
+  Rows with no allowed key (padding queries) are implementation-defined; their outputs are unused."""
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
+
+
+ATTENTION = {"xla": attend, "cudnn": fused_attend}
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
@@ -103,7 +112,9 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       cache = {"k": k, "v": v}
-    out = attend(q, k.astype(c.dtype), v.astype(c.dtype), mask, c.dtype)
+    if c.attention_impl not in ATTENTION:
+      raise ValueError(f"cfg.attention_impl={c.attention_impl!r}; choose one of {sorted(ATTENTION)}")
+    out = ATTENTION[c.attention_impl](q, k.astype(c.dtype), v.astype(c.dtype), mask, c.dtype)
     out = Dense(c, (c.num_heads, c.head_dim), e, ("heads", "head_dim", "embed"), name="o")(out)
     return out, cache
 
