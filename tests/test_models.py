@@ -60,7 +60,7 @@ def _reference_logprobs(params, cfg, batch):
 
 
 def test_chunked_logprobs_match_full_logits_and_grads():
-  cfg = models.tiny_config("parallel", logprob_chunk=4)   # 4 does not divide L = 9
+  cfg = models.tiny_config("parallel", logprob_chunk=4, num_layers=2, num_mimo_layers=1)  # 4 does not divide L = 9
   params = _params(cfg)
   batch = _batch(cfg, jax.random.key(1))
   w = jax.random.normal(jax.random.key(2), (2, B, L))
