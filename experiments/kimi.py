@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.rollout.text_top_p = 0.9
   c.rollout.audio_temperature = 0.8
   c.rollout.audio_top_k = 10
+  c.rollout.audio_top_p = 1.0
 
   # --- Objective: Kimi upstream SFT is text CE + audio CE, each a mean over its own stream ---
   c.sft.aggregation = "stream_mean"

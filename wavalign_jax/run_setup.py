@@ -51,26 +51,6 @@ def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | Para
   return cls(**info["vocab"])
 
 
-def _constraint(config: mlc.ConfigDict, vocab) -> InterleavedConstraint | ParallelConstraint:
-  if config.model.arch == "interleaved":
-    return InterleavedConstraint(vocab, tuple(config.layout.ratios))
-  return ParallelConstraint(vocab, int(config.layout.audio_delay))
-
-
-def sampling_config(config: mlc.ConfigDict, constraint) -> sampler_lib.SamplingConfig:
-  r = config.rollout
-  per_stream = []
-  if config.model.arch == "parallel":
-    per_stream = [("text", sampler_lib.StreamSampling(r.get("text_temperature", r.temperature),
-                                                      r.get("text_top_p", r.top_p), r.get("text_top_k", r.top_k))),
-                  ("audio", sampler_lib.StreamSampling(r.get("audio_temperature", r.temperature),
-                                                       r.get("audio_top_p", r.top_p), r.get("audio_top_k", r.top_k)))]
-  return sampler_lib.SamplingConfig(
-      max_new_tokens=r.max_new_tokens, group_size=r.group_size,
-      sampling=sampler_lib.StreamSampling(r.temperature, r.top_p, r.top_k), per_stream=tuple(per_stream),
-      constraint=constraint)
-
-
 def setup_run(config: mlc.ConfigDict, workdir: str) -> RunSetup:
   buckets = (config.data.max_prompt_len, config.data.max_prompt_len + config.data.max_response_len)
   if config.data.source == "testbed":
@@ -97,9 +77,8 @@ def setup_run(config: mlc.ConfigDict, workdir: str) -> RunSetup:
   if vocab.vocab_size > model_cfg.vocab_size:
     raise ValueError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                      f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
-  constraint = _constraint(config, vocab)
-  return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=constraint,
-                  sampling=sampling_config(config, constraint),
+  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
+  return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
                   eval_data=config.data.eval or None, buckets=buckets, init_checkpoint=config.init_checkpoint)
 
@@ -116,10 +95,9 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
   if not init_checkpoint:
     init_checkpoint = os.path.join(workdir, "base_model")
     base_model.ensure_base_model(config, model_cfg, data.datasets["sft_train"], buckets, init_checkpoint)
-  constraint = _constraint(config, data.vocab)
+  sampling = sampler_lib.sampling_config(config.rollout, config.layout, data.vocab)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
-  return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=constraint,
-                  sampling=sampling_config(config, constraint),
+  return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
                   eval_data=data.datasets["rl_eval"], buckets=buckets, init_checkpoint=init_checkpoint,
                   evaluator=metrics.summary)

@@ -40,7 +40,7 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
                      schedule: optax.Schedule | None, metrics: dict) -> tuple[TrainState, dict]:
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
   if schedule is not None:
     metrics["lr"] = schedule(state.step)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,

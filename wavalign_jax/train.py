@@ -154,6 +154,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     results["eval_before"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
     if results["eval_before"]:
       writer.write(0, results["eval_before"], prefix="eval_before")
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_before.json"), "w") as f:
+          json.dump(results["eval_before"], f, indent=2)
 
   make = steps.make_dpo_step if cfg.objective == "dpo" else steps.make_hybrid_step
   step_fn = steps.jit_step(make(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
@@ -162,7 +165,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
   metrics: dict[str, Any] = {}
-  while int(state.step) < total:
+  stop_at = min(total, config.train.stop_at_step or total)
+  while int(state.step) < stop_at:
     step = int(state.step)
     t0 = time.time()
     raw = next(train_it)
@@ -187,22 +191,31 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
     if (step + 1) % config.train.log_every == 0 or step + 1 == total:
       writer.write(step + 1, metrics, total_steps=total)
-    ckpt.save(step + 1, state, train_it, force=step + 1 == total)
+    ckpt.save(step + 1, state, train_it, force=step + 1 == stop_at)
     if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total:
       writer.write(step + 1, evaluate(state.params, setup, config.train.eval_examples, config.seed), prefix="eval")
-  ckpt.wait()
-
-  results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
-  if results["eval_after"]:
-    writer.write(total, results["eval_after"], prefix="eval_after")
-  if results.get("eval_before") and jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  writer.close()
   ckpt.close()
-  results["metrics"] = metrics
-  results["state"] = state
-  return results
+  if stop_at < total:
+    print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
+  else:
+    results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
+    if results["eval_after"]:
+      writer.write(total, results["eval_after"], prefix="eval_after")
+      _write_eval_summary(workdir, results["eval_after"])
+  writer.close()
+  return {**results, "metrics": metrics, "state": state}
+
+
+def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
+  """WORKDIR/eval_summary.json: the evaluation before training (kept from the first run) and after."""
+  if jax.process_index() != 0:
+    return
+  before_path = os.path.join(workdir, "eval_before.json")
+  before = json.load(open(before_path)) if os.path.exists(before_path) else {}
+  with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
+    json.dump({"before": before, "after": after}, f, indent=2)
+  print("evaluation before -> after: " + ", ".join(
+      f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())), flush=True)
 
 
 def _writer(workdir: str):

@@ -26,8 +26,9 @@ _INIT = nn.initializers.normal(0.02)
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def _param(mod: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
-           init=_INIT) -> Array:
+def logical_param(mod: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
+                  init=_INIT) -> Array:
+  """A `cfg.param_dtype` parameter whose axes carry logical names (sharding.LOGICAL_RULES)."""
   return mod.param(name, nn.with_logical_partitioning(init, axes), shape,
                    jnp.dtype(mod.cfg.param_dtype))
 
@@ -38,7 +39,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    w = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
+    w = logical_param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
     return (w.astype(jnp.float32) * x32).astype(self.cfg.dtype)
@@ -54,12 +55,12 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = _param(self, "kernel", self.in_shape + self.out_shape, self.axes)
+    kernel = logical_param(self, "kernel", self.in_shape + self.out_shape, self.axes)
     n_in = len(self.in_shape)
     y = jax.lax.dot_general(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
                             ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
     if self.use_bias:
-      bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
+      bias = logical_param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
       y = y + bias.astype(self.cfg.dtype)
     return y
 

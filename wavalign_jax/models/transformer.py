@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.models.layers import Dense, DecoderLayer, RMSNorm, Stack, _param
+from wavalign_jax.models.layers import Dense, DecoderLayer, RMSNorm, Stack, logical_param
 
 Array = jax.Array
 
@@ -48,8 +48,8 @@ class Adaptor(nn.Module):
     d = (c.hidden_size,)
     x = Dense(c, (c.adaptor_input_dim,), d, ("adaptor_in", "embed"), True, name="in")(f)
     x = Dense(c, d, d, (None, "embed"), True, name="out")(jax.nn.silu(x))
-    scale = _param(self, "scale", d, ("norm",), nn.initializers.ones)
-    bias = _param(self, "bias", d, ("norm",), nn.initializers.zeros)
+    scale = logical_param(self, "scale", d, ("norm",), nn.initializers.ones)
+    bias = logical_param(self, "bias", d, ("norm",), nn.initializers.zeros)
     x = x.astype(jnp.float32)
     mu = jnp.mean(x, -1, keepdims=True)
     var = jnp.mean(jnp.square(x - mu), -1, keepdims=True)
@@ -77,9 +77,9 @@ class Transformer(nn.Module):
     if c.arch not in ARCHS:
       raise ValueError(f"cfg.arch={c.arch!r}; choose one of {ARCHS}")
     V, d = c.vocab_size, c.hidden_size
-    self.embedding = _param(self, "embedding", (V, d), ("vocab", "embed"))
+    self.embedding = logical_param(self, "embedding", (V, d), ("vocab", "embed"))
     self.final_norm = RMSNorm(c)
-    self.lm_head = _param(self, "lm_head", (d, V), ("embed", "vocab"))
+    self.lm_head = logical_param(self, "lm_head", (d, V), ("embed", "vocab"))
     if c.arch == "parallel":
       if not 0 <= c.mimo_from_layer < c.num_layers - 1 or c.num_mimo_layers < 1:
         raise ValueError(f"parallel needs 0 <= mimo_from_layer < num_layers - 1 and num_mimo_layers >= 1, "
@@ -88,7 +88,7 @@ class Transformer(nn.Module):
       self.text_trunk = Stack(c, c.num_layers - c.mimo_from_layer - 1)
       self.mimo = Stack(c, c.num_mimo_layers)
       self.mimo_norm = RMSNorm(c)
-      self.audio_head = _param(self, "audio_head", (d, V), ("embed", "vocab"))
+      self.audio_head = logical_param(self, "audio_head", (d, V), ("embed", "vocab"))
       if c.adaptor_input_dim > 0:
         self.adaptor = Adaptor(c)
     else:

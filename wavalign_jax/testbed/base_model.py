@@ -33,7 +33,8 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   step = jax.jit(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, model_cfg, b), optimizer, cfg),
                  donate_argnums=(0,))
   rng = jax.random.PRNGKey(tb.seed)
-  state = train_state.create(models.init_params(model_cfg, rng), optimizer, gating.init_gate_state(cfg.gate), rng)
+  params = jax.jit(models.init_params, static_argnums=0)(model_cfg, rng)
+  state = train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
   it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)
   print(f"testbed: SFT-training the base model for {tb.base_sft_steps} steps -> {out_dir}", flush=True)
   start = time.time()
