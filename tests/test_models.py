@@ -240,3 +240,22 @@ def test_config_from_hf_dispatch():
   with pytest.raises(ValueError, match="cannot tell the architecture"):
     config_from_hf({k: v for k, v in vita.items() if k != "num_nextn_predict_layers"}
                    | {"architectures": ["LlamaForCausalLM"]})
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices, see conftest.py")
+def test_sharded_forward_matches_single_device():
+  """Params sharded by param_logical_axes + LOGICAL_RULES on a (2, 2, 2) mesh, activation
+  constraints active: same log-probs as one device."""
+  import flax.linen as nn
+  cfg = models.tiny_config("parallel")
+  params = _params(cfg)
+  batch = jax.tree.map(lambda a: jnp.concatenate([a, a[::-1]]), _batch(cfg, jax.random.key(1)))   # B = 4: divisible by data x fsdp
+  f = jax.jit(models.target_logprobs, static_argnums=1)
+  want = f(params, cfg, batch)
+  mesh = sharding.make_mesh((2, 2, 2))
+  shardings = nn.logical_to_mesh_sharding(models.param_logical_axes(cfg), mesh, sharding.LOGICAL_RULES)
+  sharded = jax.device_put(params, shardings)
+  assert sharded["lm_head"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    got = f(sharded, cfg, batch)
+  assert _maxdiff(got, want) < 1e-5
