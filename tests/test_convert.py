@@ -212,7 +212,7 @@ def test_export_training_checkpoint(converted, tmp_path, capsys):
   params["lm_head"] = params["lm_head"] + 1.0  # "post-trained"
   state = train_state.create(params, optax.adamw(1e-3), gate={"lam": jnp.zeros(())}, rng=jax.random.PRNGKey(0))
   workdir = tmp_path / "work"
-  ckptr = checkpointing.Checkpointer(str(workdir / "checkpoints"), save_every=1, async_save=False)
+  ckptr = checkpointing.Checkpointer(str(workdir / "checkpoints"), async_save=False)
   ckptr.save(7, state)
   ckptr.close()
   out = tmp_path / "exported"

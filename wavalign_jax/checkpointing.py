@@ -23,10 +23,10 @@ from wavalign_jax.models.config import ModelConfig
 
 
 class Checkpointer:
-  """Saves every `save_every` steps, keeps the newest `keep`, restores the latest."""
+  """Keeps the newest `keep` checkpoints and restores the latest; the caller decides when to save."""
 
-  def __init__(self, directory: str, *, keep: int = 3, save_every: int = 100, async_save: bool = True):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
                                            enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                           item_names=("state", "data"))
@@ -37,12 +37,12 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, data_iterator: Any = None) -> bool:
     """Saves `state` and, if given, the Grain iterator's position (every process writes its own)."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state: Any, data_iterator: Any = None, step: int | None = None) -> Any:
     """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding).

@@ -131,8 +131,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
   abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                                    save_every=config.train.checkpoint_every)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
   train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
                                 buckets=setup.buckets, seed=config.data.shuffle_seed,
                                 num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
@@ -162,6 +161,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   step_fn = steps.jit_step(make(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
   ref_logprobs = jax.jit(logprob_fn)
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
+  if reward_fn is not None and cfg.gate.mode != "sft_only" and jax.process_count() > 1:
+    raise RuntimeError(
+        "rollouts on several hosts are not supported yet (each host would have to sample its own prompts on a "
+        "global mesh); run RL / hybrid methods on one host (up to 8 GPUs or one TPU host), or SFT / DPO on pods")
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
   metrics: dict[str, Any] = {}
@@ -191,7 +194,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
     if (step + 1) % config.train.log_every == 0 or step + 1 == total:
       writer.write(step + 1, metrics, total_steps=total)
-    ckpt.save(step + 1, state, train_it, force=step + 1 == stop_at)
+    if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop_at:
+      ckpt.save(step + 1, state, train_it)
     if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total:
       writer.write(step + 1, evaluate(state.params, setup, config.train.eval_examples, config.seed), prefix="eval")
   ckpt.close()
@@ -226,6 +230,8 @@ def _writer(workdir: str):
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/vita.py:tiny.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, logs.")
+_DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first (multi-host "
+                                 "TPU pods / GPU clusters; coordinator and process ids come from the environment).")
 
 
 def main(argv: list[str]) -> None:
@@ -233,6 +239,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   train(_CONFIG.value, _WORKDIR.value)
 
 
