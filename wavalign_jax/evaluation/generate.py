@@ -1,0 +1,139 @@
+"""Benchmark generation: prompt JSONL -> laid-out prompts -> batched sampler -> responses JSONL.
+
+Prompt records follow the WavAlign schema (`messages`, `audios` as inline code lists or code-file
+paths relative to the JSONL) plus the benchmark's own fields (`id`, `subset`, `prompt`,
+`reference`, ...). The responses JSONL keeps every benchmark field, drops the prompt fields and
+adds `text` (decoded text channel) and `audio_codes` (0-based): the schema `evaluation/score.py`
+reads, so scoring can be redone without the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import tokenizers
+
+from data_pipeline import build as build_lib
+from wavalign_jax.data import layouts
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import sampler as sampler_lib
+
+PROMPT_FIELDS = ("messages", "audios")   # consumed by the prompt layout, not copied to the responses
+OUTPUT_FIELDS = ("text", "audio_codes")
+
+
+def load_prompts(path: str, default_subset: str | None = None) -> list[dict[str, Any]]:
+  """Records of a prompt JSONL file or of every `*.jsonl` in a directory (sorted by name).
+
+  Each record needs `id` and `subset` (`default_subset` fills a missing one) and must not carry the
+  output fields. `_where` (file:line) and `_base_dir` (for relative code-file paths) are added.
+  """
+  if os.path.isdir(path):
+    files = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+    if not files:
+      raise FileNotFoundError(f"--data {path}: directory holds no *.jsonl file")
+  elif os.path.isfile(path):
+    files = [path]
+  else:
+    raise FileNotFoundError(f"--data {path}: no such file or directory")
+  records = []
+  for file in files:
+    with open(file, encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        where = f"{file}:{lineno}"
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+          raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        if default_subset is not None:
+          rec.setdefault("subset", default_subset)
+        for name in ("id", "subset", "messages"):
+          if name not in rec:
+            raise ValueError(f"{where}: missing field {name!r}")
+        clash = [k for k in OUTPUT_FIELDS if k in rec]
+        if clash:
+          raise ValueError(f"{where}: fields {clash} are written by the generator; rename them in the benchmark data")
+        rec.update(_where=where, _base_dir=os.path.dirname(os.path.abspath(file)))
+        records.append(rec)
+  return records
+
+
+def layout_prompts(records: Sequence[dict[str, Any]], builder: build_lib.Builder) -> list[layouts.Example]:
+  """The model-ready prompt of each record (system/user turns + question audio + assistant header),
+  laid out by data_pipeline's Builder exactly as its training records are."""
+  out = []
+  for rec in records:
+    try:
+      out.append(builder._prompt(builder._turns(rec, rec["_base_dir"])))  # pylint: disable=protected-access
+    except ValueError as e:
+      raise ValueError(f"{rec['_where']}: {e}") from None
+  return out
+
+
+def eval_sampling(sampling: sampler_lib.SamplingConfig, *, temperature: float = 0.0, top_p: float = 1.0,
+                  max_new_tokens: int | None = None) -> sampler_lib.SamplingConfig:
+  """One response per prompt with the same sampling on every stream (greedy by default)."""
+  return dataclasses.replace(sampling, group_size=1, sampling=sampler_lib.StreamSampling(temperature, top_p, 0),
+                             per_stream=(), max_new_tokens=max_new_tokens or sampling.max_new_tokens)
+
+
+def respond(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig, prompts: dict[str, Any],
+            rng: jax.Array) -> list[tuple[list[int], list[int]]]:
+  """(text ids, 0-based audio codes) of one sampled response per row of a left-padded prompt batch."""
+  rollouts = jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
+  return sampler_lib.response_contents(rollouts, sampling.constraint)
+
+
+def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig,
+             prompts: Sequence[layouts.Example], *, batch_size: int, pad_id: int,
+             rng: jax.Array) -> list[tuple[list[int], list[int]]]:
+  """Responses to all `prompts`, `batch_size` at a time.
+
+  Every batch has the same shape (prompts left-padded to the longest one, the last batch filled up
+  with copies of its last prompt and the copies dropped), so the sampler compiles once.
+  """
+  if not prompts:
+    raise ValueError("no prompts to generate from")
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size}: must be >= 1")
+  length = max(len(p) for p in prompts)
+  out: list[tuple[list[int], list[int]]] = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = list(prompts[start:start + batch_size])
+    n = len(chunk)
+    chunk += [chunk[-1]] * (batch_size - n)
+    batch = sampler_lib.left_pad_prompts(chunk, pad_id, length)
+    out += respond(params, model_cfg, sampling, batch, jax.random.fold_in(rng, start))[:n]
+  return out
+
+
+def decode_text(tokenizer: tokenizers.Tokenizer, text_ids: Sequence[int]) -> str:
+  """The text channel as a string; special tokens dropped, whitespace inside kept (IFEval checks it)."""
+  return tokenizer.decode([int(i) for i in text_ids], skip_special_tokens=True).strip()
+
+
+def response_records(records: Sequence[dict[str, Any]], texts: Sequence[str],
+                     codes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+  """Benchmark fields of each record (prompt and private fields dropped) plus `text` and `audio_codes`."""
+  if not len(records) == len(texts) == len(codes):
+    raise ValueError(f"{len(records)} records, {len(texts)} texts, {len(codes)} code lists")
+  return [{**{k: v for k, v in r.items() if k not in PROMPT_FIELDS and not k.startswith("_")},
+           "text": t, "audio_codes": [int(c) for c in c_]} for r, t, c_ in zip(records, texts, codes)]
+
+
+def write_responses(path: str, responses: Sequence[dict[str, Any]]) -> None:
+  """Writes the responses JSONL atomically (a killed run leaves no half file for --skip_generation)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in responses:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
