@@ -14,7 +14,6 @@ killed run resumes with the same lambda, step, optimizer state and the next exam
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -29,6 +28,7 @@ from ml_collections import config_flags
 
 from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
 from wavalign_jax.data import loader
+from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives.dpo import DPOConfig
 from wavalign_jax.objectives.grpo import GRPOConfig
@@ -81,13 +81,12 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int) -> dict
     return {}
   it = loader.make_loader(setup.eval_data, global_batch_size=setup.eval_batch_size, buckets=setup.buckets,
                           shuffle=False, num_epochs=1)
-  greedy = dataclasses.replace(setup.sampling, group_size=1, sampling=sampler_lib.StreamSampling(0.0, 1.0, 0),
-                               per_stream=())
+  greedy = eval_generate.eval_sampling(setup.sampling)
   items = []
   for raw in it:
     prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
-    rollouts = jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy))
-    for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, setup.constraint)):
+    contents = eval_generate.respond(params, setup.model_cfg, greedy, prompts, jax.random.PRNGKey(seed))
+    for meta, (text_ids, codes) in zip(raw["meta"], contents):
       items.append((meta, setup.decode_text(text_ids), codes))
     if len(items) >= num_examples:
       break
