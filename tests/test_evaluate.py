@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from data_pipeline import build as build_lib
-from experiments import vita
+from experiments import kimi, vita
 from tests.fake_judge_server import FakeJudgeServer, chat_reply
 from wavalign_jax import checkpointing, gating, models, train, train_state
 from wavalign_jax import evaluate as evaluate_lib
@@ -118,6 +118,24 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   assert evaluate_lib.run(None, checkpoint="", suite="testbed", workdir=out, skip_generation=True) == lines
 
 
+def test_testbed_suite_parallel_converted_checkpoint(tmp_path):
+  """Kimi-Audio layout: a converted-format checkpoint inside a testbed run (its base_model)."""
+  config = kimi.get_config("tiny")
+  config.rollout.max_new_tokens = MAX_NEW
+  run_dir, out = tmp_path / "run", str(tmp_path / "eval")
+  cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": testbed_vocab.parallel_vocab().vocab_size})
+  checkpointing.save_params(str(run_dir / "base_model"), _init(cfg, 0), cfg)
+  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.generate", f"--out={run_dir / 'testbed' / 'jsonl'}"],
+                 check=True, capture_output=True)
+  lines = evaluate_lib.run(config, checkpoint=str(run_dir / "base_model"), suite="testbed", workdir=out,
+                           batch_size=4, max_examples=4)
+  saved = common.load_responses(os.path.join(out, "responses-testbed.jsonl"))
+  assert len(saved) == 4 and any(r["audio_codes"] for r in saved)
+  assert all(len(r["audio_codes"]) <= MAX_NEW - config.layout.audio_delay for r in saved)
+  direct = metrics.summary([(r, r["text"], r["audio_codes"]) for r in saved])
+  assert lines[1] == f"testbed/eq: {100 * direct['eq']:.2f} (%, n=4, judge failures=0)"
+
+
 def _converted_checkpoint(path: str, config) -> None:
   cfg = _model_cfg(config)
   checkpointing.save_params(path, _init(cfg, 2), cfg, extra={"arch": "vita_audio"})
@@ -156,10 +174,10 @@ def test_voicebench_generation_and_scoring(tmp_path):
       assert set(r) == {"id", "subset", "prompt", "text", "audio_codes", "_where"} | ({"reference"} & set(src))
     # The judge saw each open-subset prompt with the saved text channel as the response.
     assert len(server.requests) == 2
-    for req, r in zip(server.requests, saved[:2]):
-      content = req["messages"][-1]["content"]
-      assert f"[Instruction]: {r['prompt']}" in content and f"[Response]: {r['text']}\n" in content
-      assert req["model"] == "gpt-4o-mini" and req["n"] == 3
+    contents = sorted(req["messages"][-1]["content"] for req in server.requests)   # requests run concurrently
+    for content, r in zip(contents, saved[:2]):   # c1 "what is 1 ..." sorts before c2 "what is 2 ..."
+      assert f"[Instruction]: {r['prompt']}\n" in content and f"[Response]: {r['text']}\n" in content
+    assert all(req["model"] == "gpt-4o-mini" and req["n"] == 3 for req in server.requests)
 
     rows = _report_rows(os.path.join(out, "report-voicebench.md"))
     assert rows["commoneval"][:4] == ["4.00", "1-5", "80.00", "2"]
