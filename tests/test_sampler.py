@@ -445,7 +445,7 @@ def test_sampling_config_from_experiment_configs():
   kc = kimi.get_config("tiny")
   sc = rollout.sampling_config(kc.rollout, kc.layout, TPV)
   assert sc.group_size == kc.rollout.group_size and sc.max_new_tokens == kc.rollout.max_new_tokens
-  assert sc.for_stream("audio") == rollout.StreamSampling(kc.rollout.audio_temperature, kc.rollout.top_p,
+  assert sc.for_stream("audio") == rollout.StreamSampling(kc.rollout.audio_temperature, kc.rollout.audio_top_p,
                                                           kc.rollout.audio_top_k)
   assert sc.for_stream("text").temperature == kc.rollout.text_temperature
   assert sc.constraint == constraints.ParallelConstraint(TPV, kc.layout.audio_delay)

@@ -197,6 +197,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_new_tokens", 0, "Response length cap (0 = config.rollout.max_new_tokens).")
   flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N records (0 = all).")
   flags.DEFINE_bool("skip_generation", False, "Re-score WORKDIR/responses-<suite>.jsonl without the model.")
+  score.define_judge_flags()
 
 
 def main(argv: Sequence[str]) -> None:
@@ -205,12 +206,7 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if not f.suite or not f.workdir or (not f.skip_generation and (f.config is None or not f.checkpoint)):
     raise app.UsageError("--suite and --workdir are required, and --config and --checkpoint unless --skip_generation")
-  judge = llm_judge.JudgeSettings(base_url=f.judge_base_url, api_key_env=f.judge_api_key_env,
-                                  cache_dir=f.judge_cache_dir or os.path.join(f.workdir, "judge_cache"),
-                                  max_in_flight=f.judge_max_in_flight)
-  decoder = None
-  if f.decoder_command or f.decoder_url:
-    decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=f.decoder_command, url=f.decoder_url))
+  judge, decoder = score.judge_from_flags(os.path.join(f.workdir, "judge_cache"))
   run(f.config, checkpoint=f.checkpoint, suite=f.suite, workdir=f.workdir, data=f.data, batch_size=f.batch_size,
       temperature=f.temperature, top_p=f.top_p, max_new_tokens=f.max_new_tokens, max_examples=f.max_examples,
       skip_generation=f.skip_generation, judge=judge, judge_model=f.judge_model, decoder=decoder, seed=f.seed)

@@ -27,17 +27,6 @@ _JUDGED = {"voicebench": set(voicebench.OPEN_SUBSETS) | {"sd-qa"}, "openaudioben
            "vstyle": set(vstyle.CATEGORIES)}
 _PROTOCOL = {"voicebench": voicebench.JUDGE, "openaudiobench": {}, "vstyle": vstyle.JUDGE}
 
-_BENCHMARK = flags.DEFINE_enum("benchmark", None, BENCHMARKS, "Which benchmark's rules to apply.")
-_RESPONSES = flags.DEFINE_string("responses", None, "Responses JSONL (id, subset, fields, text, audio_codes).")
-_REPORT = flags.DEFINE_string("report", None, "Markdown report to write.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random guesses for unparsed multiple-choice answers.")
-_BASE_URL = flags.DEFINE_string("judge_base_url", "https://api.openai.com/v1", "OpenAI-compatible judge server.")
-_KEY_ENV = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY", "Env variable holding the judge API key.")
-_MODEL = flags.DEFINE_string("judge_model", None, "Override the protocol's judge model.")
-_CACHE = flags.DEFINE_string("judge_cache_dir", None, "Directory caching judge replies.")
-_IN_FLIGHT = flags.DEFINE_integer("judge_max_in_flight", 16, "Concurrent judge requests.")
-_DEC_CMD = flags.DEFINE_string("decoder_command", "", "Command turning codes (JSON on stdin) into a 24 kHz WAV.")
-_DEC_URL = flags.DEFINE_string("decoder_url", "", "HTTP endpoint turning codes into a 24 kHz WAV.")
 
 
 def score_file(benchmark: str, responses: str, report_path: str, *, judge: llm_judge.JudgeSettings | None,
@@ -64,19 +53,47 @@ def score_file(benchmark: str, responses: str, report_path: str, *, judge: llm_j
   return report.write_report([result], report_path)
 
 
+def define_judge_flags() -> None:
+  """Judge / decoder flags, shared with `python -m wavalign_jax.evaluate` (defined on demand, not at import)."""
+  flags.DEFINE_integer("seed", 0, "Seed of the random guesses for unparsed multiple-choice answers.")
+  flags.DEFINE_string("judge_base_url", "https://api.openai.com/v1", "OpenAI-compatible judge server.")
+  flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY", "Env variable holding the judge API key.")
+  flags.DEFINE_string("judge_model", None, "Override the protocol's judge model.")
+  flags.DEFINE_string("judge_cache_dir", None, "Directory caching judge replies.")
+  flags.DEFINE_integer("judge_max_in_flight", 16, "Concurrent judge requests.")
+  flags.DEFINE_string("decoder_command", "", "Command turning codes (JSON on stdin) into a 24 kHz WAV.")
+  flags.DEFINE_string("decoder_url", "", "HTTP endpoint turning codes into a 24 kHz WAV.")
+
+
+def judge_from_flags(default_cache_dir: str | None = None):
+  """(JudgeSettings, AudioDecoder | None) from the flags of `define_judge_flags`."""
+  f = flags.FLAGS
+  judge = llm_judge.JudgeSettings(base_url=f.judge_base_url, api_key_env=f.judge_api_key_env,
+                                  cache_dir=f.judge_cache_dir or default_cache_dir,
+                                  max_in_flight=f.judge_max_in_flight)
+  decoder = None
+  if f.decoder_command or f.decoder_url:
+    decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=f.decoder_command, url=f.decoder_url))
+  return judge, decoder
+
+
+def define_flags() -> None:
+  flags.DEFINE_enum("benchmark", None, BENCHMARKS, "Which benchmark's rules to apply.")
+  flags.DEFINE_string("responses", None, "Responses JSONL (id, subset, fields, text, audio_codes).")
+  flags.DEFINE_string("report", None, "Markdown report to write.")
+  define_judge_flags()
+  flags.mark_flags_as_required(["benchmark", "responses", "report"])
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
-  judge = llm_judge.JudgeSettings(base_url=_BASE_URL.value, api_key_env=_KEY_ENV.value,
-                                  cache_dir=_CACHE.value, max_in_flight=_IN_FLIGHT.value)
-  decoder = None
-  if _DEC_CMD.value or _DEC_URL.value:
-    decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=_DEC_CMD.value, url=_DEC_URL.value))
-  for line in score_file(_BENCHMARK.value, _RESPONSES.value, _REPORT.value, judge=judge, judge_model=_MODEL.value,
-                         decoder=decoder,
-                         seed=_SEED.value):
+  f = flags.FLAGS
+  judge, decoder = judge_from_flags()
+  for line in score_file(f.benchmark, f.responses, f.report, judge=judge, judge_model=f.judge_model,
+                         decoder=decoder, seed=f.seed):
     print(line)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["benchmark", "responses", "report"])
+  define_flags()
   app.run(main)

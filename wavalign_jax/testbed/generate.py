@@ -64,21 +64,22 @@ def generate(out_dir: str, seed: int = 0, noise_rate: float = 0.1, eval_style_pr
   return paths
 
 
-_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the fact table, splits and noise.")
-_NOISE = flags.DEFINE_float("noise_rate", 0.1, "Fraction of question-audio codes replaced.")
-_EVAL_STYLE = flags.DEFINE_float("eval_style_prob", 0.3,
-                                 "Probability that one style of a question goes to eval.")
-_HELDOUT = flags.DEFINE_float("heldout_question_prob", 0.1,
-                              "Probability that an arithmetic question is held out entirely.")
+def define_flags() -> None:
+  flags.DEFINE_string("out", None, "Output directory.", required=True)
+  flags.DEFINE_integer("seed", 0, "Seed of the fact table, splits and noise.")
+  flags.DEFINE_float("noise_rate", 0.1, "Fraction of question-audio codes replaced.")
+  flags.DEFINE_float("eval_style_prob", 0.3, "Probability that one style of a question goes to eval.")
+  flags.DEFINE_float("heldout_question_prob", 0.1, "Probability that an arithmetic question is held out entirely.")
 
 
 def main(argv: list[str]) -> None:
   del argv
-  paths = generate(_OUT.value, _SEED.value, _NOISE.value, _EVAL_STYLE.value, _HELDOUT.value)
+  f = flags.FLAGS
+  paths = generate(f.out, f.seed, f.noise_rate, f.eval_style_prob, f.heldout_question_prob)
   for name, path in paths.items():
     print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
