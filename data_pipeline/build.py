@@ -139,6 +139,10 @@ class Builder:
       rest[first_user] = layouts.Turn("user", system + rest[first_user].pieces)
     return layouts.parallel_prompt(rest, self.vocab)
 
+  def prompt(self, record: dict, base_dir: str) -> layouts.Example:
+    """The laid-out prompt (system/user turns, question audio, assistant header) of one record."""
+    return self._prompt(self._turns(record, base_dir))
+
   def _response(self, text: str, audio: Any, base_dir: str, field: str) -> layouts.Example:
     codes = load_codes(audio, base_dir, field)
     ids = vocab_lib.encode(self.tok, text)
@@ -150,7 +154,7 @@ class Builder:
     """Laid-out examples and reward metadata of one record (raises ValueError naming the field)."""
     if not isinstance(record, dict):
       raise ValueError(f"record must be a JSON object, got {type(record).__name__}")
-    prompt = self._prompt(self._turns(record, base_dir))
+    prompt = self.prompt(record, base_dir)
     target_text = _field(record, "sft_target_text", str)
     chosen = layouts.join(prompt, self._response(target_text, _field(record, "sft_target_audio", (list, str)),
                                                  base_dir, "sft_target_audio"))

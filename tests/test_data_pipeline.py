@@ -1,6 +1,5 @@
 """JSONL -> ArrayRecord -> records round trip, chat templates from a tiny tokenizer, malformed records."""
 import json
-import os
 
 import numpy as np
 import pytest

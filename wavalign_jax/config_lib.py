@@ -143,8 +143,8 @@ def base_config() -> mlc.ConfigDict:
 
 def make_tiny(c: mlc.ConfigDict) -> None:
   """The CPU testbed: a tiny model SFT-trained on the synthetic spoken-QA task, then post-trained."""
-  c.model.update(dict(hidden_size=96, intermediate_size=256, num_layers=3, num_heads=4, num_kv_heads=2,
-                      head_dim=24, dtype="float32", remat="none", logprob_chunk=64))
+  c.model.update(dict(hidden_size=128, intermediate_size=256, num_layers=3, num_heads=4, num_kv_heads=2,
+                      head_dim=32, dtype="float32", remat="none", logprob_chunk=72))
   if c.model.arch == "interleaved":
     c.model.num_mtp_modules = 1
   else:
@@ -152,9 +152,9 @@ def make_tiny(c: mlc.ConfigDict) -> None:
     c.layout.audio_delay = 2
   c.data.source = "testbed"
   c.data.prompts_per_step = 8
-  c.data.max_prompt_len = 64
-  c.data.max_response_len = 48
-  c.rollout.max_new_tokens = 48
+  c.data.max_prompt_len = 40          # the testbed's prompts are <= 35 tokens, responses <= 26
+  c.data.max_response_len = 32
+  c.rollout.max_new_tokens = 32
   c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
                                   base_learning_rate=3e-3, base_batch_size=32))
   c.reward.kind = "testbed"

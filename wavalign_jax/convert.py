@@ -19,7 +19,6 @@ import shutil
 import sys
 from typing import Any, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from wavalign_jax import checkpointing
@@ -80,29 +79,7 @@ def convert_tensors(reader: safetensors_io.CheckpointReader, cfg: ModelConfig) -
   """Nested numpy params in cfg.param_dtype, filled one HF tensor at a time."""
   shapes = hf_mapping.param_shapes(cfg)
   _check_headers(reader, cfg, shapes)
-  dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-  flat = {path: np.empty(shape, dtype) for path, shape in shapes.items()}  # pages are touched as they fill
-  filled = {path: np.zeros(shape[0] if shape else 1, np.int32) for path, shape in shapes.items()}
-  for name, tensor in reader.iter_tensors():
-    slot = hf_mapping.hf_slot(name, cfg)
-    leaf = flat[slot.path]
-    if slot.index is None:
-      leaf[...] = hf_mapping.to_flax(slot, tensor, leaf.shape)
-      filled[slot.path] += 1
-    else:
-      leaf[slot.index] = hf_mapping.to_flax(slot, tensor, leaf.shape[1:])
-      filled[slot.path][slot.index] += 1
-    del tensor
-  bad = sorted("/".join(p) for p, f in filled.items() if not np.all(f == 1))
-  if bad:
-    raise ValueError(f"{reader.hf_dir}: parameters not filled exactly once (mapping/model mismatch): {bad}")
-  params: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return params
+  return hf_mapping.fill_params(reader.iter_tensors(), cfg, where=reader.hf_dir)
 
 
 def _copy_hf_files(hf_dir: str, dst: str) -> list[str]:

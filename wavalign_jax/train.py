@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 from absl import app, flags, logging
@@ -29,7 +28,6 @@ from ml_collections import config_flags
 from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
-from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives.dpo import DPOConfig
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -203,21 +203,32 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict[st
              ([f"shape mismatch: {wrong}"] if wrong else [])
   if problems:
     raise ValueError("HF checkpoint does not match the config: " + "; ".join(problems))
+  return fill_params(tensors.items(), cfg)
+
+
+def fill_params(tensors: Iterable[tuple[str, np.ndarray]], cfg: ModelConfig, where: str = "HF checkpoint"
+                ) -> dict[str, Any]:
+  """Nested params (numpy, cfg.param_dtype) filled one (name, tensor) at a time: a stream needs one model copy.
+
+  Names must already be checked against `hf_names(cfg)`; every leaf (slice) must be filled exactly once.
+  """
+  shapes = param_shapes(cfg)
   dtype = np.dtype(jnp.dtype(cfg.param_dtype))
-  flat = {p: np.zeros(s, dtype) for p, s in shapes.items()}
-  filled = {p: np.zeros(s[0] if s else 1, int) for p, s in shapes.items()}
-  for name, tensor in tensors.items():
+  flat = {path: np.empty(shape, dtype) for path, shape in shapes.items()}  # pages are touched as they fill
+  filled = {path: np.zeros(shape[0] if shape else 1, np.int32) for path, shape in shapes.items()}
+  for name, tensor in tensors:
     slot = hf_slot(name, cfg)
-    value = to_flax(slot, np.asarray(tensor), _slice_shape(slot, shapes[slot.path])).astype(dtype)
+    leaf = flat[slot.path]
     if slot.index is None:
-      flat[slot.path][...] = value
-      filled[slot.path][...] += 1
+      leaf[...] = to_flax(slot, np.asarray(tensor), leaf.shape)
+      filled[slot.path] += 1
     else:
-      flat[slot.path][slot.index] = value
+      leaf[slot.index] = to_flax(slot, np.asarray(tensor), leaf.shape[1:])
       filled[slot.path][slot.index] += 1
+    del tensor
   bad = sorted("/".join(p) for p, f in filled.items() if not np.all(f == 1))
   if bad:
-    raise ValueError(f"mapping table inconsistent with the model: leaves not filled exactly once: {bad}")
+    raise ValueError(f"{where}: parameters not filled exactly once (mapping/model mismatch): {bad}")
   params: dict[str, Any] = {}
   for path, value in flat.items():
     node = params

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from wavalign_jax.rewards import llm_judge
 
@@ -38,9 +38,8 @@ class BenchmarkScore:
   aggregate_name: str = "overall"
 
 
-def load_responses(path: str) -> list[dict[str, Any]]:
-  """Parse and validate a responses JSONL; errors name the file, line and field."""
-  records = []
+def iter_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(where, record) of every non-empty line of a JSONL file; errors name the file and line."""
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -52,15 +51,22 @@ def load_responses(path: str) -> list[dict[str, Any]]:
         raise ValueError(f"{where}: not valid JSON ({e})") from None
       if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-      for field, kind in (("id", (str, int)), ("subset", str), ("text", str), ("audio_codes", list)):
-        if field not in rec:
-          raise ValueError(f"{where}: missing field {field!r}")
-        if not isinstance(rec[field], kind):
-          raise ValueError(f"{where}: field {field!r} has type {type(rec[field]).__name__}")
-      if not all(isinstance(c, int) and c >= 0 for c in rec["audio_codes"]):
-        raise ValueError(f"{where}: field 'audio_codes' must hold non-negative integers")
-      rec["_where"] = where
-      records.append(rec)
+      yield where, rec
+
+
+def load_responses(path: str) -> list[dict[str, Any]]:
+  """Parse and validate a responses JSONL; errors name the file, line and field."""
+  records = []
+  for where, rec in iter_jsonl(path):
+    for field, kind in (("id", (str, int)), ("subset", str), ("text", str), ("audio_codes", list)):
+      if field not in rec:
+        raise ValueError(f"{where}: missing field {field!r}")
+      if not isinstance(rec[field], kind):
+        raise ValueError(f"{where}: field {field!r} has type {type(rec[field]).__name__}")
+    if not all(isinstance(c, int) and c >= 0 for c in rec["audio_codes"]):
+      raise ValueError(f"{where}: field 'audio_codes' must hold non-negative integers")
+    rec["_where"] = where
+    records.append(rec)
   return records
 
 

@@ -19,6 +19,7 @@ import tokenizers
 
 from data_pipeline import build as build_lib
 from wavalign_jax.data import layouts
+from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -42,27 +43,17 @@ def load_prompts(path: str, default_subset: str | None = None) -> list[dict[str,
     raise FileNotFoundError(f"--data {path}: no such file or directory")
   records = []
   for file in files:
-    with open(file, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        where = f"{file}:{lineno}"
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(rec, dict):
-          raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        if default_subset is not None:
-          rec.setdefault("subset", default_subset)
-        for name in ("id", "subset", "messages"):
-          if name not in rec:
-            raise ValueError(f"{where}: missing field {name!r}")
-        clash = [k for k in OUTPUT_FIELDS if k in rec]
-        if clash:
-          raise ValueError(f"{where}: fields {clash} are written by the generator; rename them in the benchmark data")
-        rec.update(_where=where, _base_dir=os.path.dirname(os.path.abspath(file)))
-        records.append(rec)
+    for where, rec in common.iter_jsonl(file):
+      if default_subset is not None:
+        rec.setdefault("subset", default_subset)
+      for name in ("id", "subset", "messages"):
+        if name not in rec:
+          raise ValueError(f"{where}: missing field {name!r}")
+      clash = [k for k in OUTPUT_FIELDS if k in rec]
+      if clash:
+        raise ValueError(f"{where}: fields {clash} are written by the generator; rename them in the benchmark data")
+      rec.update(_where=where, _base_dir=os.path.dirname(os.path.abspath(file)))
+      records.append(rec)
   return records
 
 
@@ -72,7 +63,7 @@ def layout_prompts(records: Sequence[dict[str, Any]], builder: build_lib.Builder
   out = []
   for rec in records:
     try:
-      out.append(builder._prompt(builder._turns(rec, rec["_base_dir"])))  # pylint: disable=protected-access
+      out.append(builder.prompt(rec, rec["_base_dir"]))
     except ValueError as e:
       raise ValueError(f"{rec['_where']}: {e}") from None
   return out
