@@ -1,16 +1,19 @@
 """HF <-> Orbax conversion: upstream-logit parity on every fixture, bit-exact export round trip, every
-error case, bf16 vs f32, --verify failure, restore straight onto an 8-device mesh, training-checkpoint export."""
+error case, bf16 vs f32, --verify failure, restore straight onto an 8-device mesh, training-checkpoint export,
+no host copy of the model while writing."""
 import glob
 import json
 import os
 import pathlib
 import shutil
+import tracemalloc
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -184,6 +187,33 @@ def test_verify_fails_on_corrupted_expected(tmp_path, capsys):
   assert not out.exists() and not glob.glob(f"{out}.tmp-*")
   assert convert.main(["--arch=qwen2", f"--hf_dir={FIXTURES / 'qwen2'}", f"--out={out}",
                        f"--verify={FIXTURES / 'qwen2'}"]) == 0
+
+
+def test_save_params_writes_leaves_without_copying(tmp_path):
+  """Orbax's default NumpyHandler deep-copies every leaf before writing (peak = 2 models while converting);
+  save_params writes in place. numpy buffers are tracemalloc-visible, so any host copy shows up in the peak."""
+  cfg = convert.model_config("qwen2", json.loads((FIXTURES / "qwen2" / "config.json").read_text()), "bfloat16")
+  rng = np.random.default_rng(0)
+  params = {"a": {"w": rng.standard_normal((512, 2048), np.float32)},
+            "b": rng.standard_normal((1024, 1024), np.float32).astype(ml_dtypes.bfloat16),
+            "c": np.arange(7, dtype=np.float32)}
+  size = checkpointing.tree_size_bytes(params)
+  global_handler = ocp.type_handlers.get_type_handler(np.ndarray)
+  tracemalloc.start()
+  try:
+    checkpointing.save_params(str(tmp_path / "ckpt"), params, cfg)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 0.1 * size, (peak, size)
+  # Only this save skips the copy: async training-state saves keep Orbax's guard.
+  assert ocp.type_handlers.get_type_handler(np.ndarray) is global_handler
+  restored = checkpointing.load_host_params(str(tmp_path / "ckpt" / "params"))
+  assert jax.tree.structure(restored) == jax.tree.structure(params)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+  assert checkpointing.load_model_config(str(tmp_path / "ckpt"))[0] == cfg
 
 
 def test_restore_onto_mesh_shards_each_leaf(converted):
