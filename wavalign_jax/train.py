@@ -47,18 +47,17 @@ def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
   L = next(iter(inputs.values())).shape[1]
   shift = L - np.asarray(lengths)
   idx = (np.arange(L)[None, :] - shift[:, None]) % L
-  out = {"inputs": {s: np.take_along_axis(np.asarray(v), idx, axis=1) for s, v in inputs.items()},
-         "valid": np.arange(L)[None, :] >= shift[:, None]}
-  return out
+  return {"inputs": {s: np.take_along_axis(np.asarray(v), idx, axis=1) for s, v in inputs.items()},
+          "valid": np.arange(L)[None, :] >= shift[:, None]}
 
 
-def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, sampling: sampler_lib.SamplingConfig,
-                      reward_fn, monitor: FailureMonitor | None, step: int, exclude_failed: bool):
-  """Samples G responses per prompt and scores them: (rl_batch, rewards [P, G], valid [P, G], metrics, texts)."""
+def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, reward_fn,
+                      monitor: FailureMonitor | None, step: int, exclude_failed: bool):
+  """Samples G responses per prompt and scores them: (rl_batch, rewards [P, G], valid [P, G], metrics)."""
   prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
-  rollouts = jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, rng, sampling))
+  rollouts = jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, rng, setup.sampling))
   contents = sampler_lib.response_contents(rollouts, setup.constraint)
-  G = sampling.group_size
+  G = setup.sampling.group_size
   items = [RewardItem(prompt=raw["meta"][i // G], text=setup.decode_text(text_ids), audio_codes=tuple(codes))
            for i, (text_ids, codes) in enumerate(contents)]
   result = reward_fn(items)
@@ -70,7 +69,7 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, s
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)))
   batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
   batch.pop("group_ids")
-  return batch, rewards, valid, metrics, [it.text for it in items]
+  return batch, rewards, valid, metrics
 
 
 def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int) -> dict[str, float]:
@@ -183,9 +182,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         batch["sft"] = raw["reference"]
       if not in_sft_stage and cfg.gate.mode != "sft_only":
         rng_step = jax.random.fold_in(state.rng, 0)
-        batch["rl"], batch["rewards"], batch["reward_valid"], extra, _ = rollout_and_score(
-            state.params, setup, raw, rng_step, setup.sampling, reward_fn, monitor, step,
-            config.reward.exclude_failed)
+        batch["rl"], batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
+            state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed)
       batch = steps.device_put_batch(batch, mesh)
     state, metrics = step_fn(state, batch)
     metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
