@@ -46,8 +46,8 @@ def synthetic_qwen2(out_dir: str, n_params: float, seed: int = 0) -> int:
                    p + "mlp.up_proj.weight": (mlp, d), p + "mlp.down_proj.weight": (d, mlp)})
   rng = np.random.default_rng(seed)
   get = lambda name: (rng.standard_normal(shapes[name], np.float32) * 0.02).astype(ml_dtypes.bfloat16)
-  sizes = [(n, int(np.prod(s)) * 2) for n, s in shapes.items()]
-  safetensors_io.write_checkpoint(out_dir, sizes, get, max_shard_bytes=2 * 10**9)
+  specs = [(n, s, ml_dtypes.bfloat16) for n, s in shapes.items()]
+  safetensors_io.write_checkpoint(out_dir, specs, get, max_shard_bytes=2 * 10**9)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(cfg, f, indent=2)
   return sum(int(np.prod(s)) for s in shapes.values())

@@ -127,9 +127,9 @@ def export(arch: str, checkpoint: str, out: str, *, base: str | None = None, ste
     for k in slots[name].path:
       leaf = leaf[k]
     leaf = np.asarray(leaf if slots[name].index is None else leaf[slots[name].index])
-    return hf_mapping.to_hf(slots[name], leaf).astype(np_dtype)
+    return hf_mapping.to_hf(slots[name], leaf)  # a view: the writer casts and lays it out, one tensor at a time
 
-  sizes = [(n, int(np.prod(s.hf_shape)) * np_dtype.itemsize) for n, s in sorted(slots.items())]
+  specs = [(n, s.hf_shape, np_dtype) for n, s in sorted(slots.items())]
   out = os.path.abspath(out)
   tmp = f"{out}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -140,7 +140,7 @@ def export(arch: str, checkpoint: str, out: str, *, base: str | None = None, ste
       for name in sorted(os.listdir(extra_dir)):
         if name != "config.json" and os.path.isfile(os.path.join(extra_dir, name)):
           shutil.copyfile(os.path.join(extra_dir, name), os.path.join(tmp, name))
-    files = safetensors_io.write_checkpoint(tmp, sizes, get, max_shard_bytes)
+    files = safetensors_io.write_checkpoint(tmp, specs, get, max_shard_bytes)
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
     if os.path.exists(out):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -23,6 +24,10 @@ SINGLE_FILE = "model.safetensors"
 # safetensors dtype tags -> bytes per element (for sizes computed from headers alone).
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# numpy / ml_dtypes dtype names -> safetensors tags (for writing).
+_DTYPE_TAGS = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+               "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+               "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,31 +128,58 @@ def plan_shards(sizes: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[
   return shards
 
 
-def write_checkpoint(out_dir: str, sizes: list[tuple[str, int]], get: Callable[[str], np.ndarray],
-                     max_shard_bytes: int) -> list[str]:
-  """Writes tensors shard by shard (`get(name)` is called once per name, in order) in the HF layout.
+def write_checkpoint(out_dir: str, specs: Sequence[tuple[str, Sequence[int], DTypeLike]],
+                     get: Callable[[str], np.ndarray], max_shard_bytes: int) -> list[str]:
+  """Writes (name, shape, dtype) tensors in the HF layout; `get(name)` is called once per name, in order.
 
   One shard -> `model.safetensors`; several -> `model-0000i-of-0000n.safetensors` + the index json.
+  Headers come from `specs`, so each tensor is written as soon as `get` returns it and then dropped:
+  host memory holds one tensor, not a shard (a 5 GB shard is the whole of a 1-2B model).
   Returns the written file names.
   """
-  shards = plan_shards(sizes, max_shard_bytes)
+  specs = [(name, tuple(int(d) for d in shape), np.dtype(dtype)) for name, shape, dtype in specs]
+  shards = plan_shards([(name, _nbytes(shape, dtype)) for name, shape, dtype in specs], max_shard_bytes)
+  by_name = {name: (shape, dtype) for name, shape, dtype in specs}
   n = len(shards)
   files = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-  weight_map = {}
-  total = 0
   for file, names in zip(files, shards):
-    tensors = {}
-    for name in names:
-      arr = np.ascontiguousarray(get(name))
-      tensors[name] = arr
-      total += arr.nbytes
-      weight_map[name] = file
-    save_file(tensors, os.path.join(out_dir, file), metadata={"format": "pt"})
-    del tensors
+    _write_file(os.path.join(out_dir, file), [(name, *by_name[name]) for name in names], get)
   if n > 1:
+    weight_map = {name: file for file, names in zip(files, shards) for name in names}
+    total = sum(_nbytes(shape, dtype) for _, shape, dtype in specs)
     with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
   return files
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+  return math.prod(shape) * dtype.itemsize
+
+
+def _write_file(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]], get: Callable[[str], np.ndarray]
+                ) -> None:
+  """One safetensors file (format as safetensors' own writer: compact JSON header space-padded to 8 bytes)."""
+  header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+  offset = 0
+  for name, shape, dtype in specs:
+    if dtype.name not in _DTYPE_TAGS:
+      raise ValueError(f"{path}: {name}: dtype {dtype} has no safetensors tag")
+    header[name] = {"dtype": _DTYPE_TAGS[dtype.name], "shape": list(shape),
+                    "data_offsets": [offset, offset + _nbytes(shape, dtype)]}
+    offset += _nbytes(shape, dtype)
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)
+  with open(path, "wb") as f:
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for name, shape, dtype in specs:
+      arr = get(name)
+      if tuple(np.shape(arr)) != shape:
+        raise ValueError(f"{path}: {name}: got shape {list(np.shape(arr))}, header says {list(shape)}")
+      # Casts (and lays out C-contiguous, little-endian) only when needed: one tensor's worth at most.
+      arr = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<"))
+      f.write(arr.reshape(-1).view(np.uint8).data)
+      del arr
 
 
 def parse_size(text: str) -> int:
