@@ -8,6 +8,7 @@ import pytest
 from wavalign_jax import gating, models, optim, sharding, steps, train_state
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig, make_hybrid_loss
+from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.tokens import TokenType
 
 P, G, L = 8, 2, 12
@@ -36,8 +37,7 @@ def _hybrid_batch(cfg, seed=0):
   return {"sft": sft, "rl": rl, "rewards": rewards, "reward_valid": np.ones((P, G), bool)}
 
 
-def _run_on_mesh(cfg, mesh, batch, num_steps=2):
-  step_cfg = steps.StepConfig()
+def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.StepConfig()):
   opt_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
   optimizer = optim.make_optimizer(opt_cfg)
   rng = jax.random.PRNGKey(0)
@@ -46,7 +46,8 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2):
                                       rng)
   state, state_sharding = train_state.init_sharded(create, param_sharding, optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg,
-                                               optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
+                                               optim.learning_rate_schedule(opt_cfg), microbatches=microbatches),
+                        state_sharding, mesh)
   losses = []
   for _ in range(num_steps):
     state, metrics = step(state, steps.device_put_batch(batch, mesh))
@@ -117,3 +118,20 @@ def test_interleaved_rl_ignores_speech_positions():
   s1 = loss_fn(params, {"sft": rl}, 0.0)[0]
   s2 = loss_fn(params, {"sft": rl2}, 0.0)[0]
   assert abs(float(s1) - float(s2)) > 1e-4
+
+
+def test_gradient_accumulation_matches_one_batch():
+  """4 micro-batches (strided rows, global counts) give the loss and update of the whole batch."""
+  cfg = models.tiny_config("parallel")
+  batch = _hybrid_batch(cfg, seed=5)
+  one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  # "token_mean" SFT makes per-sample weights unequal across micro-batches: a plain average of
+  # micro-batch losses would be wrong, only global counts give the same answer.
+  step_cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(aggregation="token_mean")))
+  whole, losses1 = _run_on_mesh(cfg, one, batch, num_steps=1, step_cfg=step_cfg)
+  micro, losses4 = _run_on_mesh(cfg, one, batch, num_steps=1, microbatches=4, step_cfg=step_cfg)
+  np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+               micro.params, whole.params)
+  with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
+    steps.accumulate_gradients(lambda *a: (0.0, {}), {}, {"sft": {"x": np.zeros((8, 2))}}, 0.0, {}, 3)

@@ -129,6 +129,7 @@ def base_config() -> mlc.ConfigDict:
   c.train = mlc.ConfigDict()
   c.train.total_steps = 2000
   c.train.stop_at_step = 0             # > 0: exit cleanly (checkpointed) at this step; rerun to continue
+  c.train.microbatches = 1             # gradient accumulation: the step's batch in this many sequential pieces
   c.train.sft_stage_fraction = 0.0     # two-stage baseline: fraction of steps trained with SFT only
   c.train.log_every = 1
   c.train.checkpoint_every = 50

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from wavalign_jax import gating
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
-from wavalign_jax.objectives.hybrid import HybridConfig, make_hybrid_loss
+from wavalign_jax.objectives.hybrid import HybridConfig, hybrid_counts, make_hybrid_loss
 from wavalign_jax.train_state import TrainState
 
 LogprobFn = Callable[[Any, dict], dict]
@@ -47,11 +47,48 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
                        rng=jax.random.fold_in(state.rng, state.step)), metrics
 
 
+# Metrics that are sums over micro-batches (loss shares computed with the step's global counts, token
+# counts); every other metric is a per-micro-batch mean and is averaged.
+_SUMMED = ("loss", "sft_loss", "rl_loss", "sft_count", "rl_count")
+
+
+def _micro_split(tree: Any, k: int) -> Any:
+  """[N, ...] -> [k, N/k, ...] with micro-batch i taking rows i, i+k, ... (every data shard contributes)."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches")
+    return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, tree)
+
+
+def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, lam: jax.Array, counts: dict,
+                         microbatches: int) -> tuple[Any, dict]:
+  """Gradients and metrics of `loss_fn` over the whole batch, computed in `microbatches` sequential pieces.
+
+  Each piece's loss is its share of the step loss (global `counts`), so the summed gradients equal
+  those of one big batch while activations only ever exist for one piece.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches == 1:
+    (_, metrics), grads = grad_fn(params, batch, lam, counts)
+    return grads, metrics
+
+  def body(acc, micro):
+    (_, m), g = grad_fn(params, micro, lam, counts)
+    return jax.tree.map(jnp.add, acc, g), m
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, per_micro = jax.lax.scan(body, zeros, _micro_split(batch, microbatches))
+  metrics = {k: jnp.sum(v, 0) if k in _SUMMED or "/num_" in k else jnp.mean(v, 0) for k, v in per_micro.items()}
+  return grads, metrics
+
+
 def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
-                     schedule: optax.Schedule | None = None, *, update_gate: bool = True):
+                     schedule: optax.Schedule | None = None, *, update_gate: bool = True, microbatches: int = 1):
   """`step(state, batch) -> (state, metrics)` for the hybrid objective.
 
   `update_gate=False` reuses the state's λ (later PPO iterations on the same rollout batch).
+  `microbatches > 1` accumulates gradients over that many pieces of the batch (same result, less memory).
   """
   loss_fn = make_hybrid_loss(logprob_fn, cfg.hybrid)
   rl_cfg = cfg.hybrid.rl
@@ -67,7 +104,8 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
       weights = grpo.group_weights(rewards, valid, rl_cfg.drop_equal_groups)
       loss_batch["rl"] = dict(batch["rl"], advantages=advantages.reshape(-1), seq_weight=weights.reshape(-1))
     lam = gate.lam if "rl" in batch else jnp.zeros((), jnp.float32)
-    (_, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, loss_batch, lam)
+    counts = hybrid_counts(loss_batch, cfg.hybrid)
+    grads, loss_metrics = accumulate_gradients(loss_fn, state.params, loss_batch, lam, counts, microbatches)
     new_state, metrics = _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics})
     return new_state.replace(gate=gate), metrics
 

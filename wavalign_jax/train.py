@@ -153,8 +153,16 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "eval_before.json"), "w") as f:
           json.dump(results["eval_before"], f, indent=2)
 
-  make = steps.make_dpo_step if cfg.objective == "dpo" else steps.make_hybrid_step
-  step_fn = steps.jit_step(make(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
+  if cfg.objective == "dpo":
+    step_fn = steps.jit_step(steps.make_dpo_step(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
+  else:
+    step_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule,
+                                                    microbatches=config.train.microbatches), state_sharding, mesh)
+  # PPO-style reuse of a rollout batch: later iterations keep the lambda of the first (rl.num_iterations).
+  reuse_fn = None
+  if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
+    reuse_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule, update_gate=False,
+                                                     microbatches=config.train.microbatches), state_sharding, mesh)
   ref_logprobs = jax.jit(logprob_fn)
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
   if reward_fn is not None and cfg.gate.mode != "sft_only" and jax.process_count() > 1:
@@ -186,13 +194,18 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed)
       batch = steps.device_put_batch(batch, mesh)
     state, metrics = step_fn(state, batch)
+    if reuse_fn is not None and "rl" in batch:
+      for _ in range(min(cfg.hybrid.rl.num_iterations, stop_at - step) - 1):
+        state, metrics = reuse_fn(state, batch)
     metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
-    if (step + 1) % config.train.log_every == 0 or step + 1 == total:
-      writer.write(step + 1, metrics, total_steps=total)
-    if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop_at:
-      ckpt.save(step + 1, state, train_it)
-    if config.train.eval_every and (step + 1) % config.train.eval_every == 0 and step + 1 < total:
-      writer.write(step + 1, evaluate(state.params, setup, config.train.eval_examples, config.seed), prefix="eval")
+    now = int(state.step)
+    crossed = lambda every: every and now // every > step // every
+    if crossed(config.train.log_every) or now == total:
+      writer.write(now, metrics, total_steps=total)
+    if crossed(config.train.checkpoint_every) or now == stop_at:
+      ckpt.save(now, state, train_it)
+    if crossed(config.train.eval_every) and now < total:
+      writer.write(now, evaluate(state.params, setup, config.train.eval_examples, config.seed), prefix="eval")
   ckpt.close()
   if stop_at < total:
     print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
