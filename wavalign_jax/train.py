@@ -196,7 +196,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     state, metrics = step_fn(state, batch)
     if reuse_fn is not None and "rl" in batch:
       for _ in range(min(cfg.hybrid.rl.num_iterations, stop_at - step) - 1):
-        state, metrics = reuse_fn(state, batch)
+        state, later = reuse_fn(state, batch)
+        metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
     metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
     now = int(state.step)
     crossed = lambda every: every and now // every > step // every
