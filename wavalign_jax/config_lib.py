@@ -138,7 +138,9 @@ def base_config() -> mlc.ConfigDict:
   c.train.eval_examples = 64
 
   # --- Parallelism -----------------------------------------------------------------------------
-  c.mesh = mlc.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
+  # FSDP over every device by default (a 7B model with AdamW state does not fit replicated);
+  # e.g. (2, -1, 1) adds data parallelism across 2 groups, (1, -1, 4) tensor parallelism.
+  c.mesh = mlc.ConfigDict(dict(shape=(1, -1, 1), axes=("data", "fsdp", "tensor")))
   return c
 
 
