@@ -23,6 +23,8 @@ import jax
 import ml_collections as mlc
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
@@ -51,11 +53,38 @@ def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
           "valid": np.arange(L)[None, :] >= shift[:, None]}
 
 
+def sample_rows(params: Any, setup: RunSetup, prompts: dict, rng: jax.Array, sampling: sampler_lib.SamplingConfig,
+                mesh: Mesh | None = None, *, shared: bool = False) -> sampler_lib.Rollouts:
+  """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
+  batch on every host).
+
+  On several hosts the sampler runs once on the global batch (the hosts' rows in process order, or the
+  shared batch) placed on `mesh` over the data axes, and every host gets all rows back and keeps its own.
+  A row's random numbers depend on its global position only, so the rollouts of a state are those of one
+  host sampling the same global batch.
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, rng, sampling))
+  if mesh is None:
+    raise ValueError("sampling on several hosts needs the mesh")
+  sampler_lib.validate_prompts(setup.model_cfg, prompts, sampling)
+  full = prompts if shared else multihost_utils.process_allgather(prompts, tiled=True)
+  on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape),
+                         full, steps.batch_sharding(full, mesh))
+  rollouts = multihost_utils.process_allgather(
+      sampler_lib.sample(params, setup.model_cfg, on_mesh, rng, sampling), tiled=True)
+  if shared:
+    return rollouts
+  n = len(prompts["valid"]) * sampling.group_size
+  return jax.tree.map(lambda x: x[jax.process_index() * n:(jax.process_index() + 1) * n], rollouts)
+
+
 def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, reward_fn,
-                      monitor: FailureMonitor | None, step: int, exclude_failed: bool):
-  """Samples G responses per prompt and scores them: (rl_batch, rewards [P, G], valid [P, G], metrics)."""
+                      monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None):
+  """Samples G responses per prompt of this host's batch `raw` and scores them:
+  (rl_batch, rewards [P, G], valid [P, G], metrics), all on this host's rows."""
   prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
-  rollouts = jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, rng, setup.sampling))
+  rollouts = sample_rows(params, setup, prompts, rng, setup.sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, setup.constraint)
   G = setup.sampling.group_size
   items = [RewardItem(prompt=raw["meta"][i // G], text=setup.decode_text(text_ids), audio_codes=tuple(codes))
@@ -72,18 +101,22 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   return batch, rewards, valid, metrics
 
 
-def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int) -> dict[str, float]:
-  """Greedy responses on the eval split scored with the setup's evaluator (testbed: IQ / EQ)."""
+def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int, mesh: Mesh | None = None) -> dict[str, float]:
+  """Greedy responses on the eval split scored with the setup's evaluator (testbed: IQ / EQ).
+
+  Every host reads the whole eval split and gets every response back, so all hosts compute the metrics
+  of one host.
+  """
   if setup.eval_data is None or setup.evaluator is None:
     return {}
   it = loader.make_loader(setup.eval_data, global_batch_size=setup.eval_batch_size, buckets=setup.buckets,
-                          shuffle=False, num_epochs=1)
+                          shuffle=False, num_epochs=1, process_index=0, process_count=1)
   greedy = eval_generate.eval_sampling(setup.sampling)
   items = []
   for raw in it:
     prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
-    contents = eval_generate.respond(params, setup.model_cfg, greedy, prompts, jax.random.PRNGKey(seed))
-    for meta, (text_ids, codes) in zip(raw["meta"], contents):
+    rollouts = sample_rows(params, setup, prompts, jax.random.PRNGKey(seed), greedy, mesh, shared=True)
+    for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, greedy.constraint)):
       items.append((meta, setup.decode_text(text_ids), codes))
     if len(items) >= num_examples:
       break
@@ -117,6 +150,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+  per_host, shards = config.data.prompts_per_step // jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"]
+  if jax.process_count() > 1 and per_host % shards:
+    # steps.batch_sharding replicates a host batch whose rows do not divide the data shards: right only
+    # when every host holds every row, while here each host holds its own rows.
+    raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
+                     f"{jax.process_count()} hosts needs a multiple of the {shards} data shards (mesh data x fsdp)")
   cfg = step_config(config)
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
@@ -146,7 +185,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   total = config.train.total_steps
   results: dict[str, Any] = {}
   if int(state.step) == 0:
-    results["eval_before"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
+    results["eval_before"] = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
     if results["eval_before"]:
       writer.write(0, results["eval_before"], prefix="eval_before")
       if jax.process_index() == 0:
@@ -165,10 +204,6 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                                                      microbatches=config.train.microbatches), state_sharding, mesh)
   ref_logprobs = jax.jit(logprob_fn)
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
-  if reward_fn is not None and cfg.gate.mode != "sft_only" and jax.process_count() > 1:
-    raise RuntimeError(
-        "rollouts on several hosts are not supported yet (each host would have to sample its own prompts on a "
-        "global mesh); run RL / hybrid methods on one host (up to 8 GPUs or one TPU host), or SFT / DPO on pods")
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
   metrics: dict[str, Any] = {}
@@ -191,7 +226,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       if not in_sft_stage and cfg.gate.mode != "sft_only":
         rng_step = jax.random.fold_in(state.rng, 0)
         batch["rl"], batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
-            state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed)
+            state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh)
       batch = steps.device_put_batch(batch, mesh)
     state, metrics = step_fn(state, batch)
     if reuse_fn is not None and "rl" in batch:
@@ -206,12 +241,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     if crossed(config.train.checkpoint_every) or now == stop_at:
       ckpt.save(now, state, train_it)
     if crossed(config.train.eval_every) and now < total:
-      writer.write(now, evaluate(state.params, setup, config.train.eval_examples, config.seed), prefix="eval")
+      writer.write(now, evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh), prefix="eval")
   ckpt.close()
   if stop_at < total:
     print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
   else:
-    results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed)
+    results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
     if results["eval_after"]:
       writer.write(total, results["eval_after"], prefix="eval_after")
       _write_eval_summary(workdir, results["eval_after"])

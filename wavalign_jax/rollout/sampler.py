@@ -185,19 +185,28 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
                   truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G)
 
 
-def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
-  """G rollouts per prompt. `prompts`: {"inputs": {stream: int32[P, Lp]}, "valid": bool[P, Lp]} left-padded
-  (see `left_pad_prompts`), optional "features" [P, Lp, D] / "feature_mask" [P, Lp] (parallel)."""
+def validate_prompts(model_cfg: ModelConfig, prompts: dict[str, Any], sampling_cfg: SamplingConfig) -> None:
+  """Host-side checks of a prompt batch for `sample`. The left-padding check reads `valid` only where
+  this process holds all of it: callers with arrays spread over several processes check their numpy
+  rows first (train.sample_rows)."""
   missing = set(model_cfg.streams) - set(prompts.get("inputs", {}))
   if missing or "valid" not in prompts:
     raise ValueError(f"prompts need 'valid' and inputs for streams {model_cfg.streams}; missing {sorted(missing)}")
   valid = prompts["valid"]
-  if not isinstance(valid, jax.core.Tracer) and not np.asarray(valid)[:, -1].all():
+  local = not isinstance(valid, jax.core.Tracer) and (not isinstance(valid, jax.Array) or valid.is_fully_addressable)
+  if local and not np.asarray(valid)[:, -1].all():
     raise ValueError("prompts must be left-padded: the last position of every prompt row must be valid")
   con = sampling_cfg.constraint
   expected = {InterleavedConstraint: ("tokens",), ParallelConstraint: ("text", "audio")}.get(type(con))
   if expected is not None and expected != model_cfg.streams:
     raise ValueError(f"{type(con).__name__} does not fit arch {model_cfg.arch!r} (streams {model_cfg.streams})")
+
+
+def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
+  """G rollouts per prompt. `prompts`: {"inputs": {stream: int32[P, Lp]}, "valid": bool[P, Lp]} left-padded
+  (see `left_pad_prompts`), optional "features" [P, Lp, D] / "feature_mask" [P, Lp] (parallel); numpy, or
+  global arrays on the mesh (several hosts). Row r's random numbers do not depend on the sharding."""
+  validate_prompts(model_cfg, prompts, sampling_cfg)
   return _sample(params, model_cfg, prompts, rng, sampling_cfg)
 
 

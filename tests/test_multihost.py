@@ -1,0 +1,150 @@
+"""Hybrid training on two JAX processes (4 CPU devices each, gloo collectives) equals one process on 8 devices.
+
+The one-process reference reads the same global batches (its rl_train loader concatenates the slices of
+hosts 0 and 1), so rollouts, rewards, lambda, losses, params and the evaluations must agree; each host
+must have scored exactly its own rows of the global batch. This file is also the worker script:
+`python tests/test_multihost.py PROCESS_ID PORT WORKDIR BASE_MODEL OUT.npz`.
+"""
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from test_train_loop import _tiny_config  # noqa: E402
+
+from wavalign_jax import train  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 2
+
+
+def _config(base_model):
+  c = _tiny_config("interleaved", base_model)
+  c.train.update(dict(total_steps=STEPS, checkpoint_every=STEPS, eval_examples=4))
+  c.data.prompts_per_step = 16   # each host's 8 rows over the 8 data shards (train.train refuses fewer)
+  # No warmup: the first step (varied rewards) moves the params. eps = 1 keeps AdamW linear in the
+  # gradient: with 1e-8, gradients near 0 update by +-lr depending on their rounding (the two runs reduce
+  # in different orders), and those params change the second step's rollouts.
+  c.optim.update(dict(warmup_steps=0, eps=1.0, learning_rate=1e-2))
+  return c
+
+
+def _record_rollouts(calls: list) -> None:
+  """Wraps train.rollout_and_score to keep each step's prompts (meta ids), RL tokens and rewards."""
+  inner = train.rollout_and_score
+
+  def wrapped(params, setup, raw, *args, **kw):
+    out = inner(params, setup, raw, *args, **kw)
+    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out[0]["inputs"]["tokens"],
+                      rewards=out[1]))
+    return out
+  train.rollout_and_score = wrapped
+
+
+def _flat_params(state) -> list[np.ndarray]:
+  from jax.experimental import multihost_utils
+  return [np.asarray(x) for x in jax.tree.leaves(multihost_utils.process_allgather(state.params, tiled=True))]
+
+
+def _worker(process_id: int, port: int, workdir: str, base_model: str, out: str) -> None:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
+  calls: list = []
+  _record_rollouts(calls)
+  result = train.train(_config(base_model), workdir)
+  np.savez(out, lam=float(result["state"].gate.lam), eval_after=json.dumps(result["eval_after"]),
+           eval_before=json.dumps(result["eval_before"]), num_params=len(_flat_params(result["state"])),
+           **{f"param_{i}": p for i, p in enumerate(_flat_params(result["state"]))},
+           **{f"{k}_{s}": c[k] for s, c in enumerate(calls) for k in c})
+
+
+def _two_host_loader(make_loader):
+  """The rl_train loader of one process yielding the global batch two hosts would read together."""
+  import grain.experimental as grain_exp
+  from wavalign_jax.data import loader
+
+  def concat(pair):
+    a, b = pair
+    return {k: a[k] + b[k] if k == "meta" else jax.tree.map(lambda x, y: np.concatenate([x, y]), a[k], b[k])
+            for k in a}
+
+  def make(path, **kw):
+    if not str(path).endswith("rl_train"):
+      return make_loader(path, **kw)
+    hosts = [loader.make_dataset(path, **kw, process_index=i, process_count=2) for i in range(2)]
+    return iter(grain_exp.ZipIterDataset(hosts).map(concat))
+  return make
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _train_lines(workdir) -> list[dict]:
+  return [l for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if l["split"] == "train"]
+
+
+def test_two_processes_match_one(tmp_path, monkeypatch):
+  ref_dir, mh_dir = tmp_path / "one", tmp_path / "two"
+  monkeypatch.setattr(train.loader, "make_loader", _two_host_loader(train.loader.make_loader))
+  ref_calls: list = []
+  monkeypatch.setattr(train, "rollout_and_score", train.rollout_and_score)
+  _record_rollouts(ref_calls)
+  ref = train.train(_config(None), str(ref_dir))
+  base_model = str(ref_dir / "base_model")
+
+  shutil.copytree(ref_dir / "testbed", mh_dir / "testbed")   # same data; no two processes generating it
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO))
+  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(mh_dir), base_model,
+                             str(tmp_path / f"host{i}.npz")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"host {i} failed:\n{logs[i][-4000:]}"
+  hosts = [dict(np.load(tmp_path / f"host{i}.npz")) for i in range(2)]
+
+  # Each host sampled and scored exactly its own half of every global batch, as one process did.
+  assert len(ref_calls) == STEPS
+  for s, call in enumerate(ref_calls):
+    P, n = len(call["ids"]), len(call["ids"]) // 2
+    G = len(call["tokens"]) // P
+    for h, host in enumerate(hosts):
+      np.testing.assert_array_equal(host[f"ids_{s}"], call["ids"][h * n:(h + 1) * n])
+      np.testing.assert_array_equal(host[f"tokens_{s}"], call["tokens"][h * n * G:(h + 1) * n * G])
+      np.testing.assert_allclose(host[f"rewards_{s}"], call["rewards"][h * n:(h + 1) * n], rtol=0, atol=1e-6)
+
+  assert np.ptp(ref_calls[0]["rewards"]) > 0, "constant rewards would not exercise the RL half of the loss"
+
+  # Same lambda and params on both hosts and in the one-process run; same logged losses and evaluations.
+  ref_params = [np.asarray(x) for x in jax.tree.leaves(ref["state"].params)]
+  for host in hosts:
+    assert float(host["lam"]) == float(ref["state"].gate.lam)
+    assert int(host["num_params"]) == len(ref_params)
+    for i, p in enumerate(ref_params):
+      np.testing.assert_allclose(host[f"param_{i}"], p, rtol=1e-5, atol=1e-6)
+    assert json.loads(str(host["eval_before"])) == ref["eval_before"]
+    assert json.loads(str(host["eval_after"])) == ref["eval_after"]
+  for i in range(len(ref_params)):
+    np.testing.assert_array_equal(hosts[0][f"param_{i}"], hosts[1][f"param_{i}"])
+  ref_lines, mh_lines = _train_lines(ref_dir), _train_lines(mh_dir)
+  assert [l["step"] for l in mh_lines] == [l["step"] for l in ref_lines] == list(range(1, STEPS + 1))
+  for a, b in zip(ref_lines, mh_lines):
+    for key in ("loss", "sft_loss", "rl_loss", "lambda", "reward_mean", "grad_norm"):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  assert sorted(int(s) for s in os.listdir(mh_dir / "checkpoints") if s.isdigit()) == [STEPS]
+
+
+if __name__ == "__main__":
+  _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
