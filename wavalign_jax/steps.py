@@ -123,15 +123,24 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
   return step
 
 
-def batch_sharding(batch: Any, mesh: Mesh) -> Any:
-  """Leading (example) axis over ("data", "fsdp"); per-prompt reward arrays [P, G] likewise."""
+def batch_sharding(batch: Any, mesh: Mesh, *, process_local: bool = True) -> Any:
+  """Leading (example) axis over ("data", "fsdp"); per-prompt reward arrays [P, G] likewise.
+
+  `process_local`: the arrays hold this process's rows, so the global batch has process_count times
+  as many. An axis that does not divide the data shards is replicated, which is only right when every
+  process holds the same rows; on several processes that is an error.
+  """
   data_axes = ("data", "fsdp")
   n = mesh.shape["data"] * mesh.shape["fsdp"]
+  hosts = jax.process_count() if process_local else 1
 
   def spec(x):
-    if x.ndim == 0 or x.shape[0] % n:
-      return NamedSharding(mesh, PartitionSpec())
-    return NamedSharding(mesh, PartitionSpec(data_axes))
+    if x.ndim and (x.shape[0] * hosts) % n == 0:
+      return NamedSharding(mesh, PartitionSpec(data_axes))
+    if x.ndim and hosts > 1:
+      raise ValueError(f"a global batch of {x.shape[0] * hosts} rows ({x.shape[0]} per process) does not divide "
+                       f"over the {n} data shards (mesh data x fsdp)")
+    return NamedSharding(mesh, PartitionSpec())
   return jax.tree.map(spec, batch)
 
 

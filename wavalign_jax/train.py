@@ -70,7 +70,7 @@ def sample_rows(params: Any, setup: RunSetup, prompts: dict, rng: jax.Array, sam
   sampler_lib.validate_prompts(setup.model_cfg, prompts, sampling)
   full = prompts if shared else multihost_utils.process_allgather(prompts, tiled=True)
   on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape),
-                         full, steps.batch_sharding(full, mesh))
+                         full, steps.batch_sharding(full, mesh, process_local=False))
   rollouts = multihost_utils.process_allgather(
       sampler_lib.sample(params, setup.model_cfg, on_mesh, rng, sampling), tiled=True)
   if shared:
@@ -152,8 +152,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
   per_host, shards = config.data.prompts_per_step // jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"]
   if jax.process_count() > 1 and per_host % shards:
-    # steps.batch_sharding replicates a host batch whose rows do not divide the data shards: right only
-    # when every host holds every row, while here each host holds its own rows.
+    # Each host holds its own rows, so they must split evenly over the data shards (steps.batch_sharding).
     raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
                      f"{jax.process_count()} hosts needs a multiple of the {shards} data shards (mesh data x fsdp)")
   cfg = step_config(config)
