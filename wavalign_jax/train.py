@@ -165,9 +165,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
   abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
-  # Orbax finishes async saves with collectives from a background thread; CPU multi-process collectives (gloo)
-  # are not thread-ordered, so there the main thread saves synchronously.
-  async_save = not (jax.process_count() > 1 and jax.default_backend() == "cpu")
+  # Async saves write from a background thread while the loop goes on with a donated state. On CPU the host
+  # copy Orbax writes from can alias a device buffer, and multi-process CPU collectives (gloo) are not ordered
+  # across threads, so CPU runs (tests, the testbed) save synchronously; accelerators save asynchronously.
+  async_save = jax.default_backend() != "cpu"
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                                     async_save=async_save)
   train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
