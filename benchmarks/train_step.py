@@ -20,7 +20,7 @@ from wavalign_jax import gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import vocab as testbed_vocab
-from wavalign_jax.tokens import TokenType
+from wavalign_jax.tokens import TokenType, text_id_mask
 
 _CONFIGS = flags.DEFINE_list("configs", ["vita", "kimi"], "Experiment files (experiments/<name>.py:tiny).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the compiling one.")
@@ -82,7 +82,8 @@ def bench(name: str, repeats: int) -> None:
   step_first, step_time = timed(train_call, repeats)
 
   sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
-  prompt_ids = {s: rng.integers(0, vocab.text_vocab_size, (P, Lp)).astype(np.int32) for s in cfg.streams}
+  text_ids = np.flatnonzero(text_id_mask(vocab))
+  prompt_ids = {s: rng.choice(text_ids, (P, Lp)).astype(np.int32) for s in cfg.streams}
   prompts = {"inputs": prompt_ids, "valid": np.ones((P, Lp), bool)}
   lengths = []
 

@@ -12,7 +12,7 @@ import tokenizers
 
 from wavalign_jax.data.layouts import Example
 from wavalign_jax.data.loader import RecordSource, resolve_paths
-from wavalign_jax.tokens import TokenType
+from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType, text_id_mask
 
 EDGES = (0, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -25,13 +25,13 @@ def _histogram(values: Sequence[int]) -> str:
   return f"min {min(values)} mean {np.mean(values):.1f} max {max(values)} | {cells}"
 
 
-def _decode(ids: np.ndarray, tok: tokenizers.Tokenizer | None, text_vocab_size: int) -> str:
+def _decode(ids: np.ndarray, tok: tokenizers.Tokenizer | None, is_text: np.ndarray) -> str:
   """Text runs decoded with the tokenizer; specials and audio ids shown as tokens / `<code ids>`."""
   if tok is None:
     return " ".join(map(str, ids.tolist()))
   parts, run = [], []
   for i in ids.tolist():
-    if i < text_vocab_size:
+    if 0 <= i < len(is_text) and is_text[i]:
       run.append(i)
       continue
     if run:
@@ -43,11 +43,11 @@ def _decode(ids: np.ndarray, tok: tokenizers.Tokenizer | None, text_vocab_size: 
   return " ".join(parts)
 
 
-def _describe(name: str, ex: Example, tok, text_vocab_size: int) -> list[str]:
+def _describe(name: str, ex: Example, tok, is_text: np.ndarray) -> list[str]:
   lines = [f"  [{name}] {len(ex)} positions, prompt {ex.prompt_len}"]
   for s in ex.streams:
-    lines.append(f"    {s} prompt  : {_decode(ex.tokens[s][:ex.prompt_len], tok, text_vocab_size)}")
-    lines.append(f"    {s} response: {_decode(ex.tokens[s][ex.prompt_len:], tok, text_vocab_size)}")
+    lines.append(f"    {s} prompt  : {_decode(ex.tokens[s][:ex.prompt_len], tok, is_text)}")
+    lines.append(f"    {s} response: {_decode(ex.tokens[s][ex.prompt_len:], tok, is_text)}")
   return lines
 
 
@@ -56,7 +56,10 @@ def report(path: str, decode_examples: int = 1, tokenizer: str | None = None) ->
   source = RecordSource(paths)
   tok_path = tokenizer or info.get("tokenizer")
   tok = tokenizers.Tokenizer.from_file(tok_path) if tok_path else None
-  text_vocab_size = info.get("vocab", {}).get("text_vocab_size", 0)
+  is_text = np.zeros((0,), bool)
+  if info.get("vocab"):
+    vocab_cls = InterleavedVocab if info["arch"] == "interleaved" else ParallelVocab
+    is_text = text_id_mask(vocab_cls(**info["vocab"]))
   kinds = collections.Counter()
   lengths = collections.defaultdict(list)
   for i in range(len(source)):
@@ -80,7 +83,7 @@ def report(path: str, decode_examples: int = 1, tokenizer: str | None = None) ->
     rec = source[i]
     lines.append(f"example {i} ({source.where(i)}), meta {rec.meta}")
     for name, ex in rec.examples.items():
-      lines.extend(_describe(name, ex, tok, text_vocab_size))
+      lines.extend(_describe(name, ex, tok, is_text))
   return "\n".join(lines)
 
 

@@ -19,10 +19,9 @@ def _id(tok: tokenizers.Tokenizer, token: str, path: str) -> int:
   return i
 
 
-def text_vocab_size(tok: tokenizers.Tokenizer) -> int:
-  """Ids below the first special added token are plain text (Qwen: 151643)."""
-  specials = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
-  return min(specials) if specials else tok.get_vocab_size(with_added_tokens=True)
+def special_ids(tok: tokenizers.Tokenizer, audio: range = range(0)) -> tuple[int, ...]:
+  """The tokenizer's added tokens (chat markers, blanks, ...) except audio codes: never text, wherever they sit."""
+  return tuple(sorted(i for i in tok.get_added_tokens_decoder() if i not in audio))
 
 
 def encode(tok: tokenizers.Tokenizer, text: str) -> list[int]:
@@ -38,8 +37,9 @@ def interleaved_vocab(tok: tokenizers.Tokenizer, path: str) -> InterleavedVocab:
   if len(newline) != 1:
     raise ValueError(f"{path}: '\\n' must encode to one token, got {newline}")
   eot = _id(tok, "<|endoftext|>", path)
+  size = tok.get_vocab_size(with_added_tokens=True)
   return InterleavedVocab(
-      vocab_size=tok.get_vocab_size(with_added_tokens=True), text_vocab_size=text_vocab_size(tok),
+      vocab_size=size, tokenizer_size=size, special_ids=special_ids(tok, range(first, first + n)),
       first_audio_code=first, num_audio_codes=n, begin_of_audio=_id(tok, "<|begin_of_audio|>", path),
       end_of_audio=_id(tok, "<|end_of_audio|>", path), eos=_id(tok, "<|im_end|>", path), pad=eot, bos=eot,
       newline=newline[0], im_start=_id(tok, "<|im_start|>", path))
@@ -56,7 +56,8 @@ def parallel_vocab(tok: tokenizers.Tokenizer, path: str, audio_offset: int = 152
   pad = tok.token_to_id("<|endoftext|>")
   return ParallelVocab(
       vocab_size=max(tok.get_vocab_size(with_added_tokens=True), audio_offset + num_audio_codes),
-      text_vocab_size=text_vocab_size(tok), audio_offset=audio_offset, num_audio_codes=num_audio_codes,
+      tokenizer_size=min(tok.get_vocab_size(with_added_tokens=True), audio_offset),
+      special_ids=special_ids(tok, range(audio_offset, audio_offset + num_audio_codes)), audio_offset=audio_offset, num_audio_codes=num_audio_codes,
       text_blank=blank, text_eos=_id(tok, "<|im_kimia_text_eos|>", path),
       media_begin=_id(tok, "<|im_media_begin|>", path), media_end=_id(tok, "<|im_media_end|>", path),
       msg_end=_id(tok, "<|im_msg_end|>", path), pad=blank if pad is None else pad,

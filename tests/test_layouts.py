@@ -6,12 +6,12 @@ from wavalign_jax.data import layouts as L
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
 # interleaved: text < 20, boa 21, eoa 22, im_end 23, newline 25, im_start 26, code c -> 30 + c
-IV = InterleavedVocab(vocab_size=64, text_vocab_size=20, first_audio_code=30, num_audio_codes=30,
+IV = InterleavedVocab(vocab_size=64, tokenizer_size=20, special_ids=(), first_audio_code=30, num_audio_codes=30,
                       begin_of_audio=21, end_of_audio=22, eos=23, pad=0, bos=24, newline=25, im_start=26)
 ROLE_IDS = {"system": [10], "user": [11], "assistant": [12]}
 # parallel: text < 40, blank 41, text_eos 42, media_begin 43, media_end 44, msg_end 45, user 46, assistant 47,
 # code c -> 50 + c
-PV = ParallelVocab(vocab_size=80, text_vocab_size=40, audio_offset=50, num_audio_codes=30, text_blank=41,
+PV = ParallelVocab(vocab_size=80, tokenizer_size=40, special_ids=(), audio_offset=50, num_audio_codes=30, text_blank=41,
                    text_eos=42, media_begin=43, media_end=44, msg_end=45, pad=0, user_msg_start=46,
                    assistant_msg_start=47)
 T, S, B = 1, 2, 3
@@ -108,7 +108,8 @@ def test_parallel_batch_shifts_both_streams():
 @pytest.mark.parametrize("call, match", [
     (lambda: L.interleaved_response([1], [30], IV), "audio code 30"),
     (lambda: L.interleaved_response([], [], IV), "empty response"),
-    (lambda: L.interleaved_response([25], [1], IV), "text id 25"),
+    (lambda: L.interleaved_response([25], [1], IV), "id 25 is not a text token"),
+    (lambda: L.interleaved_response([21], [1], IV), r"id 21 is not a text token \(a special token\)"),
     (lambda: L.interleaved_response([1], [1], IV, ratios=[1, 2]), "A >= 3"),
     (lambda: L.interleaved_response([1], [1], IV, ratios=[1, 4, 2]), "pairs"),
     (lambda: L.parallel_prompt([L.Turn.make("system", [1])], PV), "system"),

@@ -15,9 +15,9 @@ from wavalign_jax.data import layouts
 from wavalign_jax.rollout import constraints
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
 
-IV = InterleavedVocab(vocab_size=48, text_vocab_size=20, first_audio_code=28, num_audio_codes=16,
+IV = InterleavedVocab(vocab_size=48, tokenizer_size=20, special_ids=(), first_audio_code=28, num_audio_codes=16,
                       begin_of_audio=20, end_of_audio=21, eos=22, pad=23, bos=24, newline=25, im_start=26)
-PV = ParallelVocab(vocab_size=48, text_vocab_size=20, audio_offset=30, num_audio_codes=16, text_blank=20,
+PV = ParallelVocab(vocab_size=48, tokenizer_size=20, special_ids=(), audio_offset=30, num_audio_codes=16, text_blank=20,
                    text_eos=21, media_begin=22, media_end=23, msg_end=24, pad=25, user_msg_start=26,
                    assistant_msg_start=27)
 RATIOS = (1, 4, 3, 5)   # chunks: 1 text + 2 codes, then 3 text + 3 codes (repeats)
@@ -52,7 +52,7 @@ def _parse_interleaved(seq, ratios, v):
       assert i == len(seq) - 1, f"tokens after <|im_end|> at {i}"
       return types + [T]
     t = 0
-    while at(i) is not None and at(i) < v.text_vocab_size:
+    while at(i) is not None and v.is_text(at(i)):
       t, i = t + 1, i + 1
       types.append(T)
     assert t <= t_max, f"chunk {k}: {t} text ids > {t_max}"
@@ -158,7 +158,7 @@ def test_parallel_random_walk_follows_rules():
       assert a[n - 1] in (PV.msg_end, PV.media_end) and n > delay
     eos = np.flatnonzero(t == PV.text_eos)
     stop_text = eos[0] if len(eos) else n
-    assert (t[:stop_text] < PV.text_vocab_size).all() and (t[stop_text + 1:] == PV.text_blank).all()
+    assert PV.is_text(t[:stop_text]).all() and (t[stop_text + 1:] == PV.text_blank).all()
     assert (types["text"][b, :n] == T).all() and (types["audio"][b, :n] == N).all()
   assert stops.any(axis=1).sum() > 10
 
@@ -184,9 +184,9 @@ def test_bad_ratios_raise():
 
 # Constraint vocabularies inside the tiny models' 96 ids, with few text ids and codes so that
 # random rollouts end often; ids the constraint never allows stay unused.
-TIV = InterleavedVocab(vocab_size=96, text_vocab_size=4, first_audio_code=48, num_audio_codes=4, begin_of_audio=40,
+TIV = InterleavedVocab(vocab_size=96, tokenizer_size=4, special_ids=(), first_audio_code=48, num_audio_codes=4, begin_of_audio=40,
                        end_of_audio=41, eos=42, pad=43, bos=44, newline=45, im_start=46)
-TPV = ParallelVocab(vocab_size=96, text_vocab_size=4, audio_offset=48, num_audio_codes=4, text_blank=40,
+TPV = ParallelVocab(vocab_size=96, tokenizer_size=4, special_ids=(), audio_offset=48, num_audio_codes=4, text_blank=40,
                     text_eos=41, media_begin=42, media_end=43, msg_end=44, pad=45, user_msg_start=46,
                     assistant_msg_start=47)
 GREEDY = rollout.StreamSampling(0.0, 1.0, 0)
@@ -348,7 +348,7 @@ def test_interleaved_rollouts_follow_schedule(vita):
     assert bool(r.truncated[b]) == (n == 16)
     assert (toks[b, n:] == TIV.pad).all() and (types[b, n:] == 0).all()
     text, codes = contents[b]
-    assert len(text) == int(((types[b, :n] == T) & (toks[b, :n] < TIV.text_vocab_size)).sum())
+    assert len(text) == int(((types[b, :n] == T) & TIV.is_text(toks[b, :n])).sum())
     assert codes == (toks[b, :n][types[b, :n] == N] - TIV.first_audio_code).tolist()
   assert 0 < np.asarray(r.truncated).sum() < 8      # some rows finish, some are cut
   _check_rl_batch_and_logp(params, cfg, prompts, r, TIV.pad)
@@ -377,7 +377,7 @@ def test_parallel_rollouts_follow_delay_blank_stop(kimi):
     assert TPV.is_audio(a[b, delay:n - 1 if stopped else n]).all()
     eos = np.flatnonzero(t[b, :n] == TPV.text_eos)
     end = eos[0] if len(eos) else n
-    assert (t[b, :end] < TPV.text_vocab_size).all() and (t[b, end + 1:n] == TPV.text_blank).all()
+    assert TPV.is_text(t[b, :end]).all() and (t[b, end + 1:n] == TPV.text_blank).all()
     assert (t[b, n:] == TPV.pad).all() and (a[b, n:] == TPV.pad).all()
     text, codes = contents[b]
     assert text == t[b, :end].tolist() and codes == (a[b, delay:n - stopped] - TPV.audio_offset).tolist()

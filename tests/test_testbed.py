@@ -238,7 +238,7 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
   iv, pv = vocab.interleaved_vocab(), vocab.parallel_vocab()
   words = tasks.lexicon()
   ids = tok.encode(" ".join(words), add_special_tokens=False).ids
-  assert len(ids) == len(words) and all(0 < i < iv.text_vocab_size for i in ids)
+  assert len(ids) == len(words) and iv.is_text(ids).all() and pv.is_text(ids).all()
   assert tok.decode(ids) == " ".join(words)
   assert tok.encode("zebra", add_special_tokens=False).ids == [tok.token_to_id(vocab.UNK)]
   # The chat template's pieces come out as the vocab dataclasses' ids.
@@ -251,8 +251,8 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
   last = unit_tts.NUM_AUDIO_CODES - 1
   assert tok.id_to_token(pv.audio_offset + last) == vocab.audio_token(last)
   assert tok.get_vocab_size() == iv.vocab_size == pv.vocab_size == pv.audio_offset + unit_tts.NUM_AUDIO_CODES
-  assert iv.first_audio_code == pv.audio_offset and iv.text_vocab_size == pv.text_vocab_size
-  assert tok.token_to_id("<|endoftext|>") == iv.text_vocab_size   # first special ends the text block
+  assert iv.first_audio_code == pv.audio_offset and iv.special_ids == pv.special_ids
+  assert not iv.is_text([tok.token_to_id(n) for n in (*vocab.VITA_SPECIALS.values(), *vocab.KIMI_SPECIALS.values())]).any()
   resp = [iv.eos, *ids[:2], iv.begin_of_audio, int(iv.audio_id(3))]
   assert vocab.decode_text(tok, resp) == " ".join(words[:2])
   # The checkpoint tokenizer reader resolves the same ids from the written files.

@@ -32,7 +32,9 @@ def test_interleaved_vocab_reads_ids(tmp_path):
   ids = _write(tmp_path, 40, VITA_SPECIALS, audio_codes=12)
   v = tok_lib.vocab_for("vita_audio", str(tmp_path), {"vocab_size": 64, "speech_token_offset": 46})
   # 40 base tokens, 6 specials -> specials 40..45, codes 46..57 (hand-computed).
-  assert (v.text_vocab_size, v.first_audio_code, v.num_audio_codes) == (40, 46, 12)
+  assert (v.tokenizer_size, v.first_audio_code, v.num_audio_codes) == (58, 46, 12)
+  assert v.special_ids == tuple(range(40, 46))
+  assert list(v.is_text(np.array([0, 39, 40, 45, 46, 58, 63]))) == [True, True, False, False, False, False, False]
   assert (v.bos, v.pad, v.im_start, v.eos, v.begin_of_audio, v.end_of_audio) == (40, 40, 41, 42, 43, 44)
   assert ids["<|begin_of_audio|>"] == 43 and v.newline == 39 and v.vocab_size == 64
   assert list(v.is_audio(np.array([45, 46, 57, 58]))) == [False, True, True, False]
@@ -91,7 +93,8 @@ def test_parallel_vocab_reads_ids(tmp_path):
   v = tok_lib.vocab_for("kimi_audio", str(tmp_path), _kimi_config())
   assert (v.msg_end, v.media_begin, v.media_end, v.text_blank, v.text_eos) == (52, 53, 55, 56, 57)
   assert (v.user_msg_start, v.assistant_msg_start, v.pad) == (58, 59, 60)
-  assert (v.text_vocab_size, v.audio_offset, v.num_audio_codes) == (50, 64, 32)
+  assert (v.tokenizer_size, v.audio_offset, v.num_audio_codes) == (61, 64, 32)
+  assert v.special_ids == tuple(range(50, 61)) and v.is_text(np.arange(50)).all() and not v.is_text(np.arange(50, 96)).any()
 
 
 def test_parallel_vocab_errors(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any
 
 import tokenizers
 
-from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
+from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, text_id_mask
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -102,6 +102,14 @@ def _special_by_config(directory: str, hf_config: dict[str, Any], ids: dict[str,
   return int(value) if isinstance(value, int) else None
 
 
+def _tokenizer_size(directory: str, ids: dict[str, int]) -> int:
+  """Number of ids the tokenizer defines: from tokenizer.json when there is one, else one past the last added
+  token (Kimi-Audio's tiktoken model ends with its specials)."""
+  if os.path.exists(os.path.join(directory, TOKENIZER_FILE)):
+    return load_tokenizer(directory).get_vocab_size(with_added_tokens=True)
+  return max(ids.values()) + 1
+
+
 def interleaved_vocab(directory: str, hf_config: dict[str, Any]) -> InterleavedVocab:
   """VITA-Audio vocabulary from `directory`/tokenizer.json and the model's config.json dict."""
   ids = special_token_ids(directory)
@@ -123,8 +131,10 @@ def interleaved_vocab(directory: str, hf_config: dict[str, Any]) -> InterleavedV
   if len(newline) != 1:
     raise ValueError(f"{directory}: '\\n' encodes to {newline}, expected one token")
   pad = _special_by_config(directory, hf_config, ids, "pad_token")
+  audio = range(first, first + len(codes))
   vocab = InterleavedVocab(
-      vocab_size=vocab_size, text_vocab_size=min(ids.values()), first_audio_code=first,
+      vocab_size=vocab_size, tokenizer_size=_tokenizer_size(directory, ids),
+      special_ids=tuple(sorted(i for i in ids.values() if i not in audio)), first_audio_code=first,
       num_audio_codes=len(codes), begin_of_audio=named["begin_of_audio"], end_of_audio=named["end_of_audio"],
       eos=named["eos"], pad=named["bos"] if pad is None else pad, bos=named["bos"], newline=newline[0],
       im_start=named["im_start"])
@@ -146,16 +156,18 @@ def parallel_vocab(directory: str, hf_config: dict[str, Any]) -> ParallelVocab:
   for key in ("vocab_size", "kimia_token_offset"):
     if key not in hf_config:
       raise ValueError(f"config.json has no {key!r}: not a Kimi-Audio config")
-  text_vocab = min(ids.values())
-  if "num_base_tokens" in hf_config and int(hf_config["num_base_tokens"]) != text_vocab:
-    raise ValueError(f"config.json num_base_tokens {hf_config['num_base_tokens']} != first special id "
-                     f"{text_vocab} of the tokenizer in {directory}")
   pad = _special_by_config(directory, hf_config, ids, "pad_token")
   if pad is None:
     raise ValueError(f"{directory}: no pad token (tokenizer_config.json pad_token or config.json pad_token_id)")
   vocab_size, offset = int(hf_config["vocab_size"]), int(hf_config["kimia_token_offset"])
-  vocab = ParallelVocab(vocab_size=vocab_size, text_vocab_size=text_vocab, audio_offset=offset,
+  specials = tuple(sorted(i for i in ids.values() if not offset <= i < vocab_size))
+  vocab = ParallelVocab(vocab_size=vocab_size, tokenizer_size=min(_tokenizer_size(directory, ids), offset),
+                        special_ids=specials, audio_offset=offset,
                         num_audio_codes=vocab_size - offset, pad=pad, **named)
+  num_text = int(text_id_mask(vocab).sum())
+  if "num_base_tokens" in hf_config and int(hf_config["num_base_tokens"]) != num_text:
+    raise ValueError(f"config.json num_base_tokens {hf_config['num_base_tokens']} != the {num_text} text tokens "
+                     f"(non-special ids below {vocab.tokenizer_size}) of the tokenizer in {directory}")
   if vocab_size == RELEASED_KIMI["vocab_size"]:
     for field, want in RELEASED_KIMI.items():
       _check(field, getattr(vocab, field), want, f"{directory} (released Kimi-Audio vocabulary, DESIGN.md §2)")

@@ -107,11 +107,13 @@ def _check_codes(codes: Sequence[int], num_audio_codes: int, what: str) -> list[
   return codes
 
 
-def _check_text(ids: Sequence[int], text_vocab_size: int, what: str) -> list[int]:
+def _check_text(ids: Sequence[int], vocab: InterleavedVocab | ParallelVocab, what: str) -> list[int]:
   ids = [int(i) for i in ids]
-  bad = [i for i in ids if not 0 <= i < text_vocab_size]
+  bad = [i for i, ok in zip(ids, vocab.is_text(np.asarray(ids, np.int64))) if not ok]
   if bad:
-    raise ValueError(f"{what}: text id {bad[0]} outside [0, {text_vocab_size})")
+    kind = ("an audio code" if vocab.is_audio(bad[0]) else "a special token" if bad[0] in vocab.special_ids
+            else f"not a token of the tokenizer (size {vocab.tokenizer_size})")
+    raise ValueError(f"{what}: id {bad[0]} is not a text token ({kind}); {len(bad)} such ids")
   return ids
 
 
@@ -156,7 +158,7 @@ def interleaved_prompt(turns: Sequence[Turn], vocab: InterleavedVocab,
     ids += header(turn.role)
     for kind, piece in turn.pieces:
       if kind == "text":
-        ids += _check_text(piece, vocab.text_vocab_size, f"turn {k} text")
+        ids += _check_text(piece, vocab, f"turn {k} text")
       elif kind == "audio":
         codes = _check_codes(piece, vocab.num_audio_codes, f"turn {k} audio")
         ids += [vocab.begin_of_audio, *vocab.audio_id(codes).tolist(), vocab.end_of_audio]
@@ -175,7 +177,7 @@ def interleaved_response(text: Sequence[int], codes: Sequence[int], vocab: Inter
   text fits in its T or the remaining audio fits in its A - 2; the final chunk takes all of both.
   Types: TEXT for text ids and the two end tokens, SPEECH for codes, BOUNDARY for the markers.
   """
-  text = _check_text(text, vocab.text_vocab_size, "response text")
+  text = _check_text(text, vocab, "response text")
   codes = _check_codes(codes, vocab.num_audio_codes, "response audio")
   _check_nonempty(text, codes)
   pairs = _ratio_pairs(ratios)
@@ -240,7 +242,7 @@ def parallel_prompt(turns: Sequence[Turn], vocab: ParallelVocab) -> Example:
     put([blank], [starts[turn.role]])
     for kind, piece in turn.pieces:
       if kind == "text":
-        ids = _check_text(piece, vocab.text_vocab_size, f"turn {k} text")
+        ids = _check_text(piece, vocab, f"turn {k} text")
         put(ids, [blank] * len(ids))
       elif kind == "audio":
         codes = _check_codes(piece, vocab.num_audio_codes, f"turn {k} audio")
@@ -260,7 +262,7 @@ def parallel_response(text: Sequence[int], codes: Sequence[int], vocab: Parallel
   The shorter stream is filled with blanks to the length of the longer one. Every response
   position is TEXT in the text stream and SPEECH in the audio stream.
   """
-  text = _check_text(text, vocab.text_vocab_size, "response text")
+  text = _check_text(text, vocab, "response text")
   codes = _check_codes(codes, vocab.num_audio_codes, "response audio")
   _check_nonempty(text, codes)
   if delay < 0:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
+from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType, text_id_mask
 
 # interleaved phases
 TEXT_PHASE, AUDIO_PHASE, END_PHASE = 0, 1, 2
@@ -39,6 +39,11 @@ TEXT_PHASE, AUDIO_PHASE, END_PHASE = 0, 1, 2
 
 def _ids(vocab_size: int):
   return jnp.arange(vocab_size, dtype=jnp.int32)[None, :]
+
+
+def _text_ids(vocab) -> jnp.ndarray:
+  """bool[1, V]: ordinary text ids (the tokenizer's own classes, tokens.text_id_mask)."""
+  return jnp.asarray(text_id_mask(vocab))[None, :]
 
 
 class InterleavedState(NamedTuple):
@@ -78,7 +83,7 @@ class InterleavedConstraint:
     ids = _ids(v.vocab_size)
     t_max, codes = self._budgets(state.chunk)
     phase, n = state.phase[:, None], state.count[:, None]
-    is_text = ids < v.text_vocab_size
+    is_text = _text_ids(v)
     is_code = (ids >= v.first_audio_code) & (ids < v.first_audio_code + v.num_audio_codes)
     text_ok = (is_text & (n < t_max[:, None])) | (ids == v.begin_of_audio) | (
         (ids == v.eos) & (n == 0) & (state.chunk[:, None] > 0))
@@ -131,7 +136,7 @@ class ParallelConstraint:
     is_code = (ids >= v.audio_offset) & (ids < v.audio_offset + v.num_audio_codes)
     audio = jnp.where(state.step[:, None] < self.delay, blank,
                       is_code | (ids == v.msg_end) | (ids == v.media_end))
-    text = jnp.where(state.text_done[:, None], blank, (ids < v.text_vocab_size) | (ids == v.text_eos))
+    text = jnp.where(state.text_done[:, None], blank, _text_ids(v) | (ids == v.text_eos))
     return {"text": text, "audio": audio}
 
   def update(self, state: ParallelState, tokens: dict[str, Any]):

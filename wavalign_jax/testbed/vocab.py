@@ -79,12 +79,18 @@ def _ids(num_audio_codes: int) -> dict[str, int]:
   return {n: i for i, n in enumerate(token_names(num_audio_codes))}
 
 
+def _special_ids(num_audio_codes: int) -> tuple[int, ...]:
+  ids = _ids(num_audio_codes)
+  return tuple(ids[n] for n in (*VITA_SPECIALS.values(), *KIMI_SPECIALS.values()))
+
+
 def interleaved_vocab(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> tokens.InterleavedVocab:
   ids = _ids(num_audio_codes)
   first = ids[audio_token(0)]
   named = {f: ids[n] for f, n in VITA_SPECIALS.items() if f != "audio_placeholder"}
   return tokens.InterleavedVocab(
-      vocab_size=first + num_audio_codes, text_vocab_size=len(text_tokens()), first_audio_code=first,
+      vocab_size=first + num_audio_codes, tokenizer_size=first + num_audio_codes,
+      special_ids=_special_ids(num_audio_codes), first_audio_code=first,
       num_audio_codes=num_audio_codes, pad=named["bos"], newline=ids[NEWLINE], **named)
 
 
@@ -93,7 +99,8 @@ def parallel_vocab(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> tokens.Pa
   first = ids[audio_token(0)]
   named = {f: ids[n] for f, n in KIMI_SPECIALS.items() if not f.startswith("speech_")}
   return tokens.ParallelVocab(
-      vocab_size=first + num_audio_codes, text_vocab_size=len(text_tokens()), audio_offset=first,
+      vocab_size=first + num_audio_codes, tokenizer_size=first, special_ids=_special_ids(num_audio_codes),
+      audio_offset=first,
       num_audio_codes=num_audio_codes, pad=ids[VITA_SPECIALS["bos"]], **named)
 
 
@@ -101,7 +108,7 @@ def hf_config_fields(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> dict[st
   """The config.json keys checkpoint readers cross-check against the tokenizer (see tokenizer.py)."""
   v = parallel_vocab(num_audio_codes)
   return {"vocab_size": v.vocab_size, "speech_token_offset": v.audio_offset,
-          "kimia_token_offset": v.audio_offset, "num_base_tokens": v.text_vocab_size,
+          "kimia_token_offset": v.audio_offset, "num_base_tokens": len(text_tokens()),
           "kimia_media_begin": v.media_begin, "kimia_media_end": v.media_end, "pad_token_id": v.pad}
 
 
