@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -102,7 +103,11 @@ class Builder:
 
   def _turns(self, record: dict, base_dir: str) -> list[layouts.Turn]:
     messages = _field(record, "messages", list)
-    audios = [load_codes(a, base_dir, f"audios[{i}]") for i, a in enumerate(record.get("audios") or [])]
+    raw_audios = record.get("audios") or []
+    if not isinstance(raw_audios, list):
+      raise ValueError(f"field 'audios' must be a list of code lists or code-file paths, got "
+                       f"{type(raw_audios).__name__} {str(raw_audios)[:40]!r}")
+    audios = [load_codes(a, base_dir, f"audios[{i}]") for i, a in enumerate(raw_audios)]
     turns, used = [], 0
     for k, m in enumerate(messages):
       if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
@@ -189,38 +194,62 @@ def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
 
 
 def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: int = 1,
-          max_length: int = 0, name: str = "data") -> dict[str, Any]:
+          max_length: int = 0, name: str = "data", overwrite: bool = False) -> dict[str, Any]:
   """Writes `num_shards` ArrayRecord shards (record j goes to shard j % num_shards) and dataset_info.json.
 
-  Records longer than `max_length` (> 0) are skipped and counted in the info file.
+  Records longer than `max_length` (> 0) are skipped and counted in the info file. The dataset is written
+  into a temporary sibling folder and renamed into place only once every record is in: a failed build
+  leaves no partial dataset and an existing one untouched. An existing dataset is replaced only with
+  `overwrite`.
   """
   from array_record.python.array_record_module import ArrayRecordWriter
 
-  os.makedirs(output_dir, exist_ok=True)
-  paths = [os.path.join(output_dir, SHARD_PATTERN.format(name=name, index=i, count=num_shards))
-           for i in range(num_shards)]
-  writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]
-  written = too_long = 0
+  output_dir = os.path.abspath(output_dir)
+  if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
+    raise FileExistsError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it "
+                          "(the old dataset is kept until the new one is complete)")
+  tmp_dir = f"{output_dir}.building-{os.getpid()}"
+  shutil.rmtree(tmp_dir, ignore_errors=True)
+  os.makedirs(tmp_dir)
   try:
-    for path, line_no, line in iter_lines(inputs):
-      data, n = builder.encode_line(line, path, line_no)
-      if max_length and n > max_length:
-        too_long += 1
-        continue
-      writers[written % num_shards].write(data)
-      written += 1
-  finally:
-    for w in writers:
-      w.close()
-  info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
-          "num_records": written, "skipped_too_long": too_long, "max_length": max_length,
-          "shards": [os.path.basename(p) for p in paths], "pad_id": builder.vocab.pad,
-          "ratios": list(builder.ratios), "audio_delay": builder.audio_delay,
-          "vocab": dataclasses.asdict(builder.vocab), "tokenizer": os.path.abspath(builder.tokenizer_path),
-          "inputs": [os.path.abspath(p) for p in inputs]}
-  with open(os.path.join(output_dir, INFO_FILE), "w") as f:
-    json.dump(info, f, indent=1)
+    names = [SHARD_PATTERN.format(name=name, index=i, count=num_shards) for i in range(num_shards)]
+    writers = [ArrayRecordWriter(os.path.join(tmp_dir, n), "group_size:1") for n in names]
+    written = too_long = 0
+    try:
+      for path, line_no, line in iter_lines(inputs):
+        data, n = builder.encode_line(line, path, line_no)
+        if max_length and n > max_length:
+          too_long += 1
+          continue
+        writers[written % num_shards].write(data)
+        written += 1
+    finally:
+      for w in writers:
+        w.close()
+    info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
+            "num_records": written, "skipped_too_long": too_long, "max_length": max_length,
+            "shards": names, "pad_id": builder.vocab.pad,
+            "ratios": list(builder.ratios), "audio_delay": builder.audio_delay,
+            "vocab": dataclasses.asdict(builder.vocab), "tokenizer": os.path.abspath(builder.tokenizer_path),
+            "inputs": [os.path.abspath(p) for p in inputs]}
+    with open(os.path.join(tmp_dir, INFO_FILE), "w") as f:
+      json.dump(info, f, indent=1)
+    _replace_dir(tmp_dir, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    raise
   return info
+
+
+def _replace_dir(new: str, target: str) -> None:
+  """Moves `new` to `target`; an existing `target` is moved aside first and deleted only afterwards."""
+  old = None
+  if os.path.exists(target):
+    old = f"{target}.old-{os.getpid()}"
+    os.replace(target, old)
+  os.replace(new, target)
+  if old is not None:
+    shutil.rmtree(old)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -229,7 +258,7 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   builder = Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
                     audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
-  info = build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name)
+  info = build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name, overwrite=f.overwrite)
   logging.info("wrote %d records (%d skipped as longer than %d) to %s", info["num_records"],
                info["skipped_too_long"], info["max_length"], f.output_dir)
 
@@ -248,6 +277,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_shards", 1, "Number of ArrayRecord shards.")
   flags.DEFINE_integer("max_length", 0, "Skip (and count) records longer than this; 0 = keep all.")
   flags.DEFINE_string("name", "data", "Shard file name prefix.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --output_dir (only once the new one is "
+                    "complete).")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """JSONL -> ArrayRecord -> records round trip, chat templates from a tiny tokenizer, malformed records."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from tokenizers import models, pre_tokenizers
 from data_pipeline import build as B
 from data_pipeline import inspect as I
 from wavalign_jax.data import layouts as L
+from wavalign_jax.data import loader
 from wavalign_jax.data.loader import RecordSource, resolve_paths
 
 WORDS = ["[UNK]", "\n", "system", "user", "assistant", "you", "are", "helpful", "what", "is", "two", "plus",
@@ -141,6 +143,8 @@ def _vocab(tmp_path):
     (dict(RECORD, sft_target_audio=[1.5]), "sft", "integer code ids"),
     (dict(RECORD, messages=[{"role": "user"}]), "sft", r"messages\[0\]"),
     (dict(RECORD, audios=[]), "sft", "more <|audio|> placeholders"),
+    (dict(RECORD, audios="not a list"), "sft", "field 'audios' must be a list of code lists or code-file paths, got str"),
+    (dict(RECORD, audios=[7]), "sft", r"audios\[0\].*expected a list of code ids or a path, got int"),
     ({k: v for k, v in RECORD.items() if k != "question_text"}, "rl", "missing field 'question_text'"),
     (RECORD, "dpo", "missing field 'rejected_text'"),
     ("{not json", "sft", "Expecting property name"),
@@ -149,3 +153,67 @@ def test_malformed_records_name_file_and_line(tmp_path, record, kind, match):
   with pytest.raises(ValueError, match=match) as e:
     build_dataset(tmp_path, [dict(RECORD, rejected_text="no", rejected_audio=[0]), record], kind=kind)
   assert "in.jsonl:2:" in str(e.value)
+
+
+def test_failed_rebuild_leaves_the_old_dataset_and_no_partial_one(tmp_path):
+  out, info, _ = build_dataset(tmp_path, [RECORD] * 6, num_shards=3)
+  before = sorted(os.listdir(out))
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    build_dataset(tmp_path, [RECORD] * 2, num_shards=1)
+  bad = [RECORD] * 4 + [dict(RECORD, sft_target_audio="missing.npy")]
+  with pytest.raises(ValueError, match="in.jsonl:5:"):
+    build_dataset(tmp_path, bad, num_shards=1, overwrite=True)
+  assert sorted(os.listdir(out)) == before
+  assert sorted(os.listdir(tmp_path)) == sorted(["in.jsonl", "tokenizer.json", os.path.basename(out)])
+  assert len(RecordSource(resolve_paths(out)[0])) == 6
+  # --overwrite with good input replaces it whole.
+  out, info, _ = build_dataset(tmp_path, [RECORD] * 2, num_shards=1, overwrite=True)
+  assert info["num_records"] == 2 and sorted(os.listdir(out)) == ["data-00000-of-00001.array_record", B.INFO_FILE]
+
+
+def test_loader_refuses_a_dataset_whose_shards_disagree_with_its_info(tmp_path):
+  out, _, builder = build_dataset(tmp_path, [RECORD] * 6, num_shards=3)
+  # A shard from another build (1 record) in place of one of this build's (2 records).
+  other = str(tmp_path / "other")
+  B.build(builder, [write_jsonl(tmp_path / "one.jsonl", [RECORD])], other)
+  os.replace(os.path.join(other, "data-00000-of-00001.array_record"),
+             os.path.join(out, "data-00001-of-00003.array_record"))
+  with pytest.raises(ValueError, match="shards hold 5 records but dataset_info.json says 6"):
+    loader.make_loader(out, global_batch_size=1, buckets=(256,))
+
+
+SPECIALS_FIRST = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|audio|>"]
+
+
+@pytest.mark.parametrize("arch", ["interleaved", "parallel"])
+def test_specials_first_tokenizer(tmp_path, arch):
+  """A tokenizer trained from scratch has its specials at ids 0..k: text is told apart by token class."""
+  specials = SPECIALS_FIRST if arch == "interleaved" else SPECIALS
+  vocab = {t: i for i, t in enumerate(specials)}
+  vocab.update({w: len(specials) + i for i, w in enumerate(WORDS)})
+  tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(" +"), "removed"), pre_tokenizers.Split("\n", "isolated")])
+  tok.add_special_tokens(specials)
+  tok.add_special_tokens([f"<|audio_{i}|>" for i in range(NUM_CODES)])
+  path = str(tmp_path / "tokenizer.json")
+  tok.save(path)
+  builder = B.Builder(path, arch=arch, kind="rl", ratios=(1, 4), audio_delay=1, audio_offset=40,
+                      num_audio_codes=NUM_CODES)
+  assert builder.vocab.special_ids[:len(specials)] == tuple(range(len(specials)))
+  out = str(tmp_path / "ds")
+  info = B.build(builder, [write_jsonl(tmp_path / "in.jsonl", [RECORD] * 3)], out)
+  assert info["num_records"] == 3
+  ex = RecordSource(resolve_paths(out)[0])[0].examples["example"].response()
+  text_stream = "tokens" if arch == "interleaved" else "text"
+  four = len(specials) + WORDS.index("four")
+  assert four in ex.tokens[text_stream].tolist()
+  # The sampler's constraint allows exactly the word ids as text.
+  from wavalign_jax.rollout import sampler as sampler_lib
+  layout = {"kind": arch, "ratios": (1, 4)} if arch == "interleaved" else {"kind": arch, "audio_delay": 1}
+  rollout_cfg = dict(group_size=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8)
+  constraint = sampler_lib.sampling_config(rollout_cfg, layout, builder.vocab).constraint
+  allowed = np.asarray(constraint.allowed(constraint.init(1))[text_stream][0])
+  word_ids = set(range(len(specials), len(specials) + len(WORDS)))
+  assert {int(i) for i in np.flatnonzero(allowed)} - {builder.vocab.begin_of_audio if arch == "interleaved"
+                                                       else builder.vocab.text_eos} == word_ids

@@ -171,6 +171,10 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
   pad_id = info.get("pad_id", 0) if pad_id is None else pad_id
   per_host = global_batch_size // process_count
   source = RecordSource(paths)
+  if info and len(source) != info["num_records"]:
+    raise ValueError(f"{path}: its shards hold {len(source)} records but {INFO_FILE} says {info['num_records']}; "
+                     "the dataset is damaged or was only partly replaced: rebuild it with "
+                     "`python -m data_pipeline.build ... --overwrite`")
   usable = len(source) - len(source) % process_count
   if usable < per_host * process_count:
     raise ValueError(f"{paths}: {len(source)} records cannot fill one global batch of {global_batch_size}")

@@ -46,7 +46,7 @@ def prepare(root: str, arch: str, *, seed: int = 0, ratios=(1, 10, 4, 10), audio
     wanted = {"kind": kind, "ratios": list(ratios), "audio_delay": audio_delay}
     if not (os.path.exists(info_path) and _matches(info_path, wanted)):
       builder = build_lib.Builder(tokenizer, kind=kind, **builder_kw)
-      build_lib.build(builder, [os.path.join(jsonl_dir, f"{split}.jsonl")], out, name=name)
+      build_lib.build(builder, [os.path.join(jsonl_dir, f"{split}.jsonl")], out, name=name, overwrite=True)
     datasets[name] = out
   return TestbedData(root=root, tokenizer=tokenizer, datasets=datasets, vocab=vocab)
 
