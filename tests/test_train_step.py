@@ -182,3 +182,25 @@ def test_gradient_accumulation_matches_one_batch():
                micro.params, whole.params)
   with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
     steps.accumulate_gradients(lambda *a: (0.0, {}), {}, {"sft": {"x": np.zeros((8, 2))}}, 0.0, {}, 3)
+
+
+def test_non_finite_step_changes_nothing_and_is_counted():
+  """A NaN reward makes the loss NaN: params, optimizer moments and gate stay, skipped_steps counts it."""
+  cfg = models.tiny_config("interleaved")
+  batch = _hybrid_batch(cfg)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  state, _ = _run_on_mesh(cfg, mesh, batch, num_steps=1)
+  before = jax.device_get(state)
+  opt_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
+  optimizer = optim.make_optimizer(opt_cfg)
+  step = jax.jit(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, steps.StepConfig()))
+  bad = dict(batch, rewards=np.where(np.arange(P * G).reshape(P, G) == 3, np.nan, batch["rewards"]).astype(np.float32))
+  after, metrics = step(state, bad)
+  assert bool(metrics["skipped"]) and not np.isfinite(float(metrics["loss"]))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get((after.params, after.opt_state, after.gate)),
+               (before.params, before.opt_state, before.gate))
+  assert int(after.skipped_steps) == 1 and int(after.step) == int(before.step) + 1
+  # The next finite step applies as usual and does not count.
+  after, metrics = step(after, batch)
+  assert not bool(metrics["skipped"]) and int(after.skipped_steps) == 1
+  assert float(optax.tree.norm(jax.tree.map(jnp.subtract, after.params, before.params))) > 0

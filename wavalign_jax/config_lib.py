@@ -130,6 +130,7 @@ def base_config() -> mlc.ConfigDict:
   c.train.total_steps = 2000
   c.train.stop_at_step = 0             # > 0: exit cleanly (checkpointed) at this step; rerun to continue
   c.train.microbatches = 1             # gradient accumulation: the step's batch in this many sequential pieces
+  c.train.max_consecutive_skips = 5    # stop after this many non-finite steps in a row (each is skipped); 0 = never
   c.train.sft_stage_fraction = 0.0     # two-stage baseline: fraction of steps trained with SFT only
   c.train.log_every = 1
   c.train.checkpoint_every = 50
@@ -159,7 +160,7 @@ def make_tiny(c: mlc.ConfigDict) -> None:
   c.data.max_response_len = 32
   c.rollout.max_new_tokens = 32
   c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
-                                  base_learning_rate=3e-3, base_batch_size=32))
+                                  base_learning_rate=3e-3, base_batch_size=32, base_checkpoint_every=100))
   c.reward.kind = "testbed"
   c.optim.update(dict(learning_rate=1e-4, warmup_steps=5))
   c.train.update(dict(total_steps=40, checkpoint_every=10, eval_examples=64))

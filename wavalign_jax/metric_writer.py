@@ -1,6 +1,8 @@
 """Metrics sinks: a progress line on stdout, WORKDIR/metrics.jsonl, and TensorBoard event files.
 
-Only process 0 writes files; every value is converted to a Python float once, here.
+Only process 0 writes files; every value is converted to a Python float once, here. A resumed run
+passes the step it restored: rows logged after that step by the interrupted run are dropped from
+metrics.jsonl and purged from TensorBoard, so every step appears once.
 """
 from __future__ import annotations
 
@@ -19,17 +21,22 @@ PROGRESS_KEYS = ("loss", "lambda", "lambda_raw", "gate_direction", "gate_info", 
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
+    """`resume_step`: the step the run (re)starts from; rows of later steps already on disk are dropped
+    (0 for a new run: an earlier attempt that never checkpointed leaves only what step 0 rewrites)."""
     self._is_main = jax.process_index() == 0
     self._start = time.time()
     self._jsonl = None
     self._tb = None
     if self._is_main:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      _truncate_jsonl(path, resume_step)
+      self._jsonl = open(path, "a")
       if tensorboard:
         from tensorboardX import SummaryWriter  # imported lazily: optional at inference time
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step
+                                 else 0)
 
   def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train", total_steps: int | None = None,
             echo: bool = True) -> dict[str, float]:
@@ -54,3 +61,18 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _truncate_jsonl(path: str, resume_step: int) -> None:
+  """Keeps the rows of steps 1..resume_step (step-0 rows only if the run resumes past step 0); atomic."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  keep = [line for line in rows if 0 < resume_step and json.loads(line)["step"] <= resume_step]
+  if len(keep) == len(rows):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)

@@ -19,6 +19,7 @@ import tokenizers
 from wavalign_jax import checkpointing
 from wavalign_jax.data import loader
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.preemption import PreemptionGuard
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelConstraint
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
@@ -51,10 +52,11 @@ def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | Para
   return cls(**info["vocab"])
 
 
-def setup_run(config: mlc.ConfigDict, workdir: str) -> RunSetup:
+def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | None = None) -> RunSetup:
+  """`guard` lets the testbed's base-model SFT stop on SIGTERM with a checkpoint (raises Preempted)."""
   buckets = (config.data.max_prompt_len, config.data.max_prompt_len + config.data.max_response_len)
   if config.data.source == "testbed":
-    return _setup_testbed(config, workdir, buckets)
+    return _setup_testbed(config, workdir, buckets, guard)
   if config.data.source != "arrayrecord":
     raise ValueError(f"--config.data.source={config.data.source!r}: choose 'testbed' or 'arrayrecord'")
   if not config.init_checkpoint:
@@ -83,7 +85,8 @@ def setup_run(config: mlc.ConfigDict, workdir: str) -> RunSetup:
                   eval_data=config.data.eval or None, buckets=buckets, init_checkpoint=config.init_checkpoint)
 
 
-def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...]) -> RunSetup:
+def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],
+                   guard: PreemptionGuard | None) -> RunSetup:
   from wavalign_jax.testbed import base_model, metrics, prepare
 
   arch = config.model.arch
@@ -94,7 +97,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
   init_checkpoint = config.init_checkpoint
   if not init_checkpoint:
     init_checkpoint = os.path.join(workdir, "base_model")
-    base_model.ensure_base_model(config, model_cfg, data.datasets["sft_train"], buckets, init_checkpoint)
+    base_model.ensure_base_model(config, model_cfg, data.datasets["sft_train"], buckets, init_checkpoint, guard)
   sampling = sampler_lib.sampling_config(config.rollout, config.layout, data.vocab)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
   return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=sampling.constraint, sampling=sampling,

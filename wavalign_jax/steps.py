@@ -37,14 +37,25 @@ class StepConfig:
 
 
 def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
-                     schedule: optax.Schedule | None, metrics: dict) -> tuple[TrainState, dict]:
+                     schedule: optax.Schedule | None, metrics: dict, gate: Any = None) -> tuple[TrainState, dict]:
+  """AdamW update and the new gate, unless the loss or a gradient is not finite.
+
+  A non-finite step changes nothing but the step counter, the RNG and `skipped_steps` (params, optimizer
+  moments and gate stay as they were); the loop stops after `train.max_consecutive_skips` in a row.
+  """
+  gate = state.gate if gate is None else gate
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  params, opt_state, gate = keep((params, opt_state, gate), (state.params, state.opt_state, state.gate))
+  metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params), skipped=~finite)
   if schedule is not None:
     metrics["lr"] = schedule(state.step)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       rng=jax.random.fold_in(state.rng, state.step)), metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, gate=gate,
+                       rng=jax.random.fold_in(state.rng, state.step),
+                       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32)), metrics
 
 
 # Metrics that are sums over micro-batches (loss shares computed with the step's global counts, token
@@ -106,8 +117,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
     lam = gate.lam if "rl" in batch else jnp.zeros((), jnp.float32)
     counts = hybrid_counts(loss_batch, cfg.hybrid)
     grads, loss_metrics = accumulate_gradients(loss_fn, state.params, loss_batch, lam, counts, microbatches)
-    new_state, metrics = _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics})
-    return new_state.replace(gate=gate), metrics
+    return _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics}, gate)
 
   return step
 

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
+from wavalign_jax import checkpointing, gating, models, optim, preemption, sharding, steps, train_state
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.objectives.dpo import DPOConfig
@@ -143,9 +143,21 @@ def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any
 
 
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the job of `config` in `workdir`; returns the last metrics and the evaluations."""
+  """Runs (or resumes) the job of `config` in `workdir`; returns the last metrics and the evaluations.
+
+  SIGTERM / SIGINT end the run after the current step with a checkpoint (then `{"preempted": step}`).
+  """
+  with preemption.PreemptionGuard() as guard:
+    try:
+      return _train(config, workdir, guard)
+    except preemption.Preempted as e:
+      print(e, flush=True)
+      return {"preempted": e.step}
+
+
+def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
-  setup = setup_run(config, workdir)
+  setup = setup_run(config, workdir, guard)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -175,7 +187,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                                 buckets=setup.buckets, seed=config.data.shuffle_seed,
                                 num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
 
-  if ckpt.latest_step() is not None:
+  resumed = ckpt.latest_step() is not None
+  if resumed:
     state = ckpt.restore(train_state.abstract_with_shardings(abstract, state_sharding), train_it)
     ref_params = _initial_params(setup, param_sharding, rng) if cfg.objective == "dpo" else None
     logging.info("resumed from step %d (lambda %.4f)", int(state.step), float(state.gate.lam))
@@ -185,7 +198,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ref_params = params if cfg.objective == "dpo" else None
     state = jax.jit(create, out_shardings=state_sharding)(params)
 
-  writer = _writer(workdir)
+  writer = _writer(workdir, int(state.step))
   total = config.train.total_steps
   results: dict[str, Any] = {}
   if int(state.step) == 0:
@@ -212,6 +225,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
   metrics: dict[str, Any] = {}
   stop_at = min(total, config.train.stop_at_step or total)
+  consecutive_skips = 0
   while int(state.step) < stop_at:
     step = int(state.step)
     t0 = time.time()
@@ -237,18 +251,43 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       for _ in range(min(cfg.hybrid.rl.num_iterations, stop_at - step) - 1):
         state, later = reuse_fn(state, batch)
         metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
-    metrics = {**jax.device_get(metrics), **extra, "step_time": time.time() - t0}
+    metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
+               "step_time": time.time() - t0}
     now = int(state.step)
     crossed = lambda every: every and now // every > step // every
     if crossed(config.train.log_every) or now == total:
       writer.write(now, metrics, total_steps=total)
-    if crossed(config.train.checkpoint_every) or now == stop_at:
+    consecutive_skips = consecutive_skips + 1 if metrics.get("skipped") else 0
+    if consecutive_skips:
+      print(f"step {now}: loss or gradients not finite, update skipped ({consecutive_skips} in a row, "
+            f"{int(state.skipped_steps)} in all)", flush=True)
+    if consecutive_skips >= config.train.max_consecutive_skips > 0:
+      ckpt.close()
+      writer.close()
+      raise FloatingPointError(
+          f"{consecutive_skips} consecutive steps ({now - consecutive_skips + 1}..{now}) had a non-finite loss or "
+          f"gradient; nothing was applied in them. Last checkpoint: step {ckpt.latest_step()}. Look at the "
+          "metrics of those steps (rewards, losses) and lower optim.learning_rate or check the data "
+          "(train.max_consecutive_skips sets the limit)")
+    saved = crossed(config.train.checkpoint_every) or now == stop_at
+    if saved:
       ckpt.save(now, state, train_it)
+    if guard.should_stop():
+      if not saved:
+        ckpt.save(now, state, train_it)
+      ckpt.close()
+      writer.close()
+      raise preemption.Preempted(now, guard.signum, "training")
     if crossed(config.train.eval_every) and now < total:
       writer.write(now, evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh), prefix="eval")
   ckpt.close()
+  summary_path = os.path.join(workdir, "eval_summary.json")
   if stop_at < total:
     print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
+  elif resumed and metrics == {} and os.path.exists(summary_path):
+    with open(summary_path) as f:
+      results["eval_after"] = json.load(f)["after"]
+    print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
     results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
     if results["eval_after"]:
@@ -270,9 +309,9 @@ def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
       f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())), flush=True)
 
 
-def _writer(workdir: str):
+def _writer(workdir: str, resume_step: int):
   from wavalign_jax.metric_writer import MetricWriter
-  return MetricWriter(workdir)
+  return MetricWriter(workdir, resume_step=resume_step)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/vita.py:tiny.",

@@ -2,7 +2,9 @@
 
 Post-training needs a policy that already speaks the layout and answers some questions: this plays
 the role of the released VITA-Audio / Kimi-Audio checkpoints. It is trained briefly on purpose, so
-that it stays imperfect and the hybrid has room to improve IQ.
+that it stays imperfect and the hybrid has room to improve IQ. The SFT checkpoints every
+`testbed.base_checkpoint_every` steps (and on SIGTERM) into `<out_dir>.sft_checkpoints`, so a killed
+run resumes it; that folder is removed once the base model is saved.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from wavalign_jax.data import loader
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
 from wavalign_jax.objectives.sft import SFTConfig
+from wavalign_jax.preemption import Preempted, PreemptionGuard
 
 
 def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: str, buckets: tuple[int, ...],
-                      out_dir: str) -> None:
-  """Trains and saves the base model into `out_dir` unless it is already there."""
+                      out_dir: str, guard: PreemptionGuard | None = None) -> None:
+  """Trains and saves the base model into `out_dir` unless it is already there (resuming a stopped SFT)."""
   if os.path.exists(os.path.join(out_dir, "model_config.json")):
     return
   tb = config.testbed
@@ -36,15 +39,30 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   params = jax.jit(models.init_params, static_argnums=0)(model_cfg, rng)
   state = train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
   it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)
+  ckpt_dir = out_dir + ".sft_checkpoints"
+  ckpt = checkpointing.Checkpointer(ckpt_dir, keep=1, async_save=False)
+  if ckpt.latest_step() is not None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+    state = ckpt.restore(abstract, it)
+    print(f"testbed: resuming the base-model SFT at step {int(state.step)}", flush=True)
   print(f"testbed: SFT-training the base model for {tb.base_sft_steps} steps -> {out_dir}", flush=True)
   start = time.time()
-  for i in range(tb.base_sft_steps):
+  for i in range(int(state.step), tb.base_sft_steps):
     state, metrics = step(state, {"sft": next(it)})
     if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps:
       print(f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
             f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True)
+    stop = guard is not None and guard.should_stop()
+    if stop or (tb.base_checkpoint_every and (i + 1) % tb.base_checkpoint_every == 0):
+      ckpt.save(i + 1, state, it)
+    if stop:
+      ckpt.close()
+      raise Preempted(i + 1, guard.signum, "the testbed's base-model SFT")
+  ckpt.close()
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   checkpointing.save_params(tmp, jax.device_get(state.params), model_cfg,
                             extra={"source": "testbed base SFT", "steps": tb.base_sft_steps})
   os.replace(tmp, out_dir)
+  shutil.rmtree(ckpt_dir, ignore_errors=True)
