@@ -153,6 +153,19 @@ def test_failed_calls_are_not_cached(tmp_path):
   assert a.failed[0] and not b.failed[0] and b.scores[0] == 4.0
 
 
+def test_replies_without_a_score_are_not_cached(tmp_path):
+  """A well-formed reply with no <score> tag fails the item and is asked again next time."""
+  cache = str(tmp_path / "cache")
+  replies = [chat_reply("I cannot rate this."), chat_reply("<score>3</score>")]
+  with FakeJudgeServer(lambda b, i: replies[min(i, 1)]) as server:
+    a = llm_judge.LLMJudge(settings(server, cache_dir=cache))(items("ans-3"))
+    b = llm_judge.LLMJudge(settings(server, cache_dir=cache))(items("ans-3"))
+    c = llm_judge.LLMJudge(settings(server, cache_dir=cache))(items("ans-3"))
+  assert a.failed[0] and "no <score></score> tag" in a.info[0]["reason"]
+  assert not b.failed[0] and b.scores[0] == 3.0 and c.scores[0] == 3.0
+  assert len(server.requests) == 2   # the scored reply came from the cache the third time
+
+
 def test_api_key_never_logged_or_saved(tmp_path, caplog):
   cache = tmp_path / "cache"
   caplog.set_level(logging.DEBUG)

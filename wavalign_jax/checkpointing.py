@@ -121,15 +121,22 @@ def load_host_params(path: str, key: str | None = None) -> Any:
   path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found")
-  with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.metadata(path).item_metadata.tree
-    if key is not None:
-      if not isinstance(tree, dict) or key not in tree:
-        raise KeyError(f"{path}: no {key!r} field (has {sorted(tree) if isinstance(tree, dict) else type(tree)})")
-      tree = tree[key]
-    item = jax.tree.map(lambda m: np.zeros((), m.dtype), tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    if key is None:
-      return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
-    return ckptr.restore(path, args=ocp.args.PyTreeRestore(item={key: item}, restore_args={key: restore_args},
-                                                           partial_restore=True))[key]
+  # The handler reads only the item's own metadata: a training checkpoint's "state" item keeps the step-level
+  # _CHECKPOINT_METADATA one folder up, which a Checkpointer would look for (and warn about) here.
+  handler = ocp.PyTreeCheckpointHandler()
+  tree = handler.metadata(path).tree
+  if key is not None:
+    if not isinstance(tree, dict) or key not in tree:
+      raise KeyError(f"{path}: no {key!r} field (has {sorted(tree) if isinstance(tree, dict) else type(tree)})")
+    tree = tree[key]
+  item = jax.tree.map(lambda m: np.zeros((), m.dtype), tree)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  if key is None:
+    args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
+  else:
+    args = ocp.args.PyTreeRestore(item={key: item}, restore_args={key: restore_args}, partial_restore=True)
+  try:
+    restored = handler.restore(path, args=args)
+  finally:
+    handler.close()
+  return restored if key is None else restored[key]

@@ -6,6 +6,11 @@ overridden with absl flags (`--config.rl.group_size=8`).
 """
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import os
+import sys
+
 import ml_collections as mlc
 
 # Each training method of the paper is a small patch of config fields.
@@ -164,3 +169,74 @@ def make_tiny(c: mlc.ConfigDict) -> None:
   c.reward.kind = "testbed"
   c.optim.update(dict(learning_rate=1e-4, warmup_steps=5))
   c.train.update(dict(total_steps=40, checkpoint_every=10, eval_examples=64))
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _field_paths(node: mlc.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for key, value in node.items():
+    path = f"{prefix}{key}"
+    out += _field_paths(value, path + ".") if isinstance(value, mlc.ConfigDict) else [path]
+  return out
+
+
+def nearest_fields(config: mlc.ConfigDict, dotted: str, n: int = 3) -> list[str]:
+  """Valid field paths closest to a misspelled `dotted` one (whole path first, then by the last name)."""
+  paths = _field_paths(config)
+  leaf = dotted.rsplit(".", 1)[-1]
+  by_leaf = difflib.get_close_matches(leaf, sorted({p.rsplit(".", 1)[-1] for p in paths}), n=n, cutoff=0.6)
+  found = [p for p in paths if p.rsplit(".", 1)[-1] in by_leaf]
+  found += difflib.get_close_matches(dotted, paths, n=n, cutoff=0.6)
+  return list(dict.fromkeys(found))[:n]
+
+
+def _has_field(config: mlc.ConfigDict, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, mlc.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def load_config_file(spec: str) -> mlc.ConfigDict:
+  """`path.py[:variant]` -> its get_config(variant), as `--config=` loads it."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+  if module_spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"--config={spec}: no config file {path}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None) if arg else module.get_config()
+
+
+def unknown_overrides(argv: list[str], flag: str = "config") -> list[str]:
+  """Messages for the `--config.a.b=...` arguments of `argv` that name no field of the config."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  if spec is None:
+    return []
+  config = load_config_file(spec)
+  messages = []
+  for arg in argv:
+    if arg.startswith(f"--{flag}."):
+      dotted = arg[len(flag) + 3:].split("=", 1)[0]
+      if not _has_field(config, dotted):
+        near = nearest_fields(config, dotted)
+        hint = f"; did you mean {', '.join('--' + flag + '.' + p for p in near)}?" if near else ""
+        messages.append(f"{arg.split('=', 1)[0]}: {spec} has no field {dotted!r}{hint}")
+  return messages
+
+
+def flags_parser(argv: list[str]) -> list[str]:
+  """absl flags parser for entry points with a config flag: a misspelled field gets a short message naming
+  the flag and the nearest valid fields instead of a traceback; `--print_config` is handled by the caller."""
+  from absl import flags
+  messages = unknown_overrides(argv[1:])
+  if messages:
+    sys.exit("error: " + "\n       ".join(messages) + "\n(`--print_config` lists every field)")
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --helpfull to see the flags.")

@@ -27,10 +27,11 @@ import jax
 import ml_collections as mlc
 import tokenizers
 from absl import app, flags
+from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from data_pipeline import build as build_lib
-from wavalign_jax import checkpointing, models, sharding, train_state
+from wavalign_jax import checkpointing, config_lib, log_setup, models, sharding, train_state
 from wavalign_jax.evaluation import generate, score, testbed
 from wavalign_jax.export import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
@@ -49,6 +50,7 @@ class EvalModel:
   builder: build_lib.Builder       # lays out prompts with the model's tokenizer
   tokenizer: tokenizers.Tokenizer
   model_dir: str                   # where the model config (and tokenizer) came from
+  mesh: Mesh                       # the params' mesh (config.mesh); sampling runs on it
   testbed_eval: str | None = None  # the testbed eval split (JSONL) for testbed configs
 
 
@@ -98,7 +100,7 @@ def _builder(config: mlc.ConfigDict, model_cfg: ModelConfig, tokenizer: str, met
   return build_lib.Builder(tokenizer, arch=model_cfg.arch, kind="sft", **kw)
 
 
-def _load_params(item: str, key: str | None, model_cfg: ModelConfig, config: mlc.ConfigDict, where: str) -> Any:
+def _load_params(item: str, key: str | None, model_cfg: ModelConfig, mesh: Mesh, where: str) -> Any:
   """Host restore, checked leaf by leaf against the model config, then placed on the config's mesh."""
   params = checkpointing.load_host_params(item, key)
   abstract = jax.eval_shape(lambda: models.init_params(model_cfg, jax.random.PRNGKey(0)))
@@ -108,7 +110,6 @@ def _load_params(item: str, key: str | None, model_cfg: ModelConfig, config: mlc
     diff = sorted(set(got.items()) ^ set(want.items()))[:4]
     raise ValueError(f"{item}: parameters do not match the model config from {where} (first differences, "
                      f"(path, shape) present in only one of them: {diff})")
-  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
   return jax.device_put(params, train_state.param_shardings(models.param_logical_axes(model_cfg), mesh))
 
 
@@ -131,8 +132,9 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> EvalModel:
   if builder.vocab.vocab_size > model_cfg.vocab_size:
     raise ValueError(f"{tokenizer}: vocabulary of {builder.vocab.vocab_size} ids does not fit the model's "
                      f"{model_cfg.vocab_size} embedding rows ({model_dir})")
-  return EvalModel(params=_load_params(item, key, model_cfg, config, model_dir), model_cfg=model_cfg,
-                   builder=builder, tokenizer=builder.tok, model_dir=model_dir, testbed_eval=testbed_eval)
+  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+  return EvalModel(params=_load_params(item, key, model_cfg, mesh, model_dir), model_cfg=model_cfg,
+                   builder=builder, tokenizer=builder.tok, model_dir=model_dir, mesh=mesh, testbed_eval=testbed_eval)
 
 
 def generate_responses(model: EvalModel, config: mlc.ConfigDict, suite: str, data: str | None, out_path: str, *,
@@ -150,7 +152,7 @@ def generate_responses(model: EvalModel, config: mlc.ConfigDict, suite: str, dat
   sampling = generate.eval_sampling(sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab),
                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
   contents = generate.generate(model.params, model.model_cfg, sampling, prompts, batch_size=batch_size,
-                               pad_id=model.builder.vocab.pad, rng=jax.random.PRNGKey(seed))
+                               pad_id=model.builder.vocab.pad, rng=jax.random.PRNGKey(seed), mesh=model.mesh)
   generate.write_responses(out_path, generate.response_records(
       records, [generate.decode_text(model.tokenizer, t) for t, _ in contents], [c for _, c in contents]))
   return len(records)
@@ -206,6 +208,7 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if not f.suite or not f.workdir or (not f.skip_generation and (f.config is None or not f.checkpoint)):
     raise app.UsageError("--suite and --workdir are required, and --config and --checkpoint unless --skip_generation")
+  print(f"logs (absl / Orbax INFO and above): {log_setup.quiet_logs(f.workdir, 'evaluate')}", flush=True)
   judge, decoder = score.judge_from_flags(os.path.join(f.workdir, "judge_cache"))
   run(f.config, checkpoint=f.checkpoint, suite=f.suite, workdir=f.workdir, data=f.data, batch_size=f.batch_size,
       temperature=f.temperature, top_p=f.top_p, max_new_tokens=f.max_new_tokens, max_examples=f.max_examples,
@@ -214,4 +217,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser)

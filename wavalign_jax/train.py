@@ -23,11 +23,10 @@ import jax
 import ml_collections as mlc
 import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import checkpointing, gating, models, optim, preemption, sharding, steps, train_state
+from wavalign_jax import checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps, train_state
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.objectives.dpo import DPOConfig
@@ -36,6 +35,7 @@ from wavalign_jax.objectives.hybrid import HybridConfig
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.rewards.base import RewardItem
 from wavalign_jax.rewards.llm_judge import FailureMonitor
+from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
 
@@ -53,38 +53,12 @@ def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
           "valid": np.arange(L)[None, :] >= shift[:, None]}
 
 
-def sample_rows(params: Any, setup: RunSetup, prompts: dict, rng: jax.Array, sampling: sampler_lib.SamplingConfig,
-                mesh: Mesh | None = None, *, shared: bool = False) -> sampler_lib.Rollouts:
-  """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
-  batch on every host).
-
-  On several hosts the sampler runs once on the global batch (the hosts' rows in process order, or the
-  shared batch) placed on `mesh` over the data axes, and every host gets all rows back and keeps its own.
-  A row's random numbers depend on its global position only, so the rollouts of a state are those of one
-  host sampling the same global batch.
-  """
-  if jax.process_count() == 1:
-    return jax.device_get(sampler_lib.sample(params, setup.model_cfg, prompts, rng, sampling))
-  if mesh is None:
-    raise ValueError("sampling on several hosts needs the mesh")
-  sampler_lib.validate_prompts(setup.model_cfg, prompts, sampling)
-  full = prompts if shared else multihost_utils.process_allgather(prompts, tiled=True)
-  on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape),
-                         full, steps.batch_sharding(full, mesh, process_local=False))
-  rollouts = multihost_utils.process_allgather(
-      sampler_lib.sample(params, setup.model_cfg, on_mesh, rng, sampling), tiled=True)
-  if shared:
-    return rollouts
-  n = len(prompts["valid"]) * sampling.group_size
-  return jax.tree.map(lambda x: x[jax.process_index() * n:(jax.process_index() + 1) * n], rollouts)
-
-
 def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, reward_fn,
                       monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None):
   """Samples G responses per prompt of this host's batch `raw` and scores them:
   (rl_batch, rewards [P, G], valid [P, G], metrics), all on this host's rows."""
   prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
-  rollouts = sample_rows(params, setup, prompts, rng, setup.sampling, mesh)
+  rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, rng, setup.sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, setup.constraint)
   G = setup.sampling.group_size
   items = [RewardItem(prompt=raw["meta"][i // G], text=setup.decode_text(text_ids), audio_codes=tuple(codes))
@@ -115,7 +89,8 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int, mesh: M
   items = []
   for raw in it:
     prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
-    rollouts = sample_rows(params, setup, prompts, jax.random.PRNGKey(seed), greedy, mesh, shared=True)
+    rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy, mesh,
+                                 shared=True)
     for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, greedy.constraint)):
       items.append((meta, setup.decode_text(text_ids), codes))
     if len(items) >= num_examples:
@@ -314,8 +289,10 @@ def _writer(workdir: str, resume_step: int):
   return MetricWriter(workdir, resume_step=resume_step)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/vita.py:tiny.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/vita.py:tiny; "
+                                          "override any field with --config.<section>.<field>=VALUE "
+                                          "(--print_config lists them all).", lock_config=True)
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (after overrides) and exit.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, logs.")
 _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first (multi-host "
                                  "TPU pods / GPU clusters; coordinator and process ids come from the environment).")
@@ -324,12 +301,19 @@ _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config=experiments/vita.py:tiny")
+  if _PRINT_CONFIG.value:
+    print(_CONFIG.value)
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  log_file = log_setup.quiet_logs(_WORKDIR.value, "train")
+  print(f"logs (absl / Orbax INFO and above): {log_file}", flush=True)
   train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser)

@@ -97,7 +97,7 @@ def judge(client: llm_judge.ChatClient | None, conversations: Sequence[list[dict
   if client is None:
     raise ValueError(f"subset {subset!r} is scored by an LLM judge: configure one (--judge_base_url, ...)")
   out: list[list[float] | None] = []
-  for i, reply in enumerate(client.complete_many(conversations)):
+  for i, reply in enumerate(client.complete_many(conversations, usable=llm_judge.parses(parse))):
     if isinstance(reply, llm_judge.JudgeError):
       log.warning("%s record %d: judge failed: %s", subset, i, reply)
       out.append(None)

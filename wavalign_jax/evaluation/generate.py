@@ -16,11 +16,13 @@ from typing import Any, Sequence
 
 import jax
 import tokenizers
+from jax.sharding import Mesh
 
 from data_pipeline import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 
 PROMPT_FIELDS = ("messages", "audios")   # consumed by the prompt layout, not copied to the responses
@@ -76,20 +78,14 @@ def eval_sampling(sampling: sampler_lib.SamplingConfig, *, temperature: float = 
                              per_stream=(), max_new_tokens=max_new_tokens or sampling.max_new_tokens)
 
 
-def respond(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig, prompts: dict[str, Any],
-            rng: jax.Array) -> list[tuple[list[int], list[int]]]:
-  """(text ids, 0-based audio codes) of one sampled response per row of a left-padded prompt batch."""
-  rollouts = jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
-  return sampler_lib.response_contents(rollouts, sampling.constraint)
-
-
 def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig,
              prompts: Sequence[layouts.Example], *, batch_size: int, pad_id: int,
-             rng: jax.Array) -> list[tuple[list[int], list[int]]]:
-  """Responses to all `prompts`, `batch_size` at a time.
+             rng: jax.Array, mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
+  """(text ids, 0-based audio codes) of one response to each of `prompts`, `batch_size` at a time.
 
   Every batch has the same shape (prompts left-padded to the longest one, the last batch filled up
-  with copies of its last prompt and the copies dropped), so the sampler compiles once.
+  with copies of its last prompt and the copies dropped), so the sampler compiles once. Every host
+  passes the same prompts and gets every response (`hosts.sample_rows(shared=True)` on `mesh`).
   """
   if not prompts:
     raise ValueError("no prompts to generate from")
@@ -102,7 +98,9 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Sampling
     n = len(chunk)
     chunk += [chunk[-1]] * (batch_size - n)
     batch = sampler_lib.left_pad_prompts(chunk, pad_id, length)
-    out += respond(params, model_cfg, sampling, batch, jax.random.fold_in(rng, start))[:n]
+    rollouts = hosts.sample_rows(params, model_cfg, batch, jax.random.fold_in(rng, start), sampling, mesh,
+                                 shared=True)
+    out += sampler_lib.response_contents(rollouts, sampling.constraint)[:n]
   return out
 
 

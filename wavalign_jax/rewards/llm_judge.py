@@ -120,20 +120,26 @@ class ChatClient:
   def _key(self, body: dict[str, Any]) -> str:
     return judge_cache.cache_key({"base_url": self.settings.base_url.rstrip("/"), "body": body})
 
-  def complete(self, messages: list[dict[str, Any]]) -> list[str]:
-    """The `n` reply texts for one conversation; raises JudgeError once retries are exhausted."""
+  def complete(self, messages: list[dict[str, Any]], usable: Callable[[str], bool] | None = None) -> list[str]:
+    """The `n` reply texts for one conversation; raises JudgeError once retries are exhausted.
+
+    `usable(choice)`: whether the caller can use a reply (e.g. it holds a score tag). Replies with no usable
+    choice are returned but never cached, so a later re-score asks again; such cached replies are ignored.
+    """
     body = self.request_body(messages)
     key = self._key(body)
+    ok = lambda choices: usable is None or any(usable(c) for c in choices)
     if self._cache is not None:
       hit = self._cache.get(key)
-      if hit is not None:
+      if hit is not None and ok(hit["choices"]):
         return list(hit["choices"])
     choices = self._post_with_retries(body)
-    if self._cache is not None:
+    if self._cache is not None and ok(choices):
       self._cache.put(key, {"model": self.settings.model, "choices": choices})
     return choices
 
-  def complete_many(self, conversations: Sequence[list[dict[str, Any]]]) -> list[list[str] | JudgeError]:
+  def complete_many(self, conversations: Sequence[list[dict[str, Any]]],
+                    usable: Callable[[str], bool] | None = None) -> list[list[str] | JudgeError]:
     """`complete` over many conversations, at most `max_in_flight` at once; identical ones share a call."""
     keys = [self._key(self.request_body(m)) for m in conversations]
     first = {}
@@ -142,7 +148,7 @@ class ChatClient:
 
     def run(i):
       try:
-        return self.complete(conversations[i])
+        return self.complete(conversations[i], usable)
       except JudgeError as e:
         return e
 
@@ -258,6 +264,17 @@ def parse_score_tag(reply: str, low: float = 1.0, high: float = 5.0) -> float:
   return score
 
 
+def parses(parse: Callable[[str], Any]) -> Callable[[str], bool]:
+  """`usable` predicate for ChatClient.complete: the reply parses without error."""
+  def usable(reply: str) -> bool:
+    try:
+      parse(reply)
+      return True
+    except ValueError:
+      return False
+  return usable
+
+
 class LLMJudge:
   """RewardFn: holistic 1-5 judge of (question text, answer text channel[, answer audio])."""
 
@@ -295,7 +312,7 @@ class LLMJudge:
         todo.append(i)
       except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
         failed[i], info[i]["reason"] = True, f"audio decoder: {e}"
-    for i, reply in zip(todo, self.client.complete_many(conversations)):
+    for i, reply in zip(todo, self.client.complete_many(conversations, usable=parses(parse_score_tag))):
       if isinstance(reply, JudgeError):
         failed[i], info[i]["reason"] = True, f"request failed: {reply}"
         continue
