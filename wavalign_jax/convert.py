@@ -12,7 +12,6 @@ partial checkpoint behind. DIR/hf/ keeps config.json, tokenizer and code files f
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,8 +19,9 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+from absl import app, flags
 
-from wavalign_jax import checkpointing
+from wavalign_jax import checkpointing, log_setup
 from wavalign_jax.conversion import hf_mapping, safetensors_io, verify as verify_lib
 from wavalign_jax.models.config import ModelConfig
 
@@ -148,31 +148,45 @@ def verify_checkpoint(ckpt_dir: str, verify_dir: str, atol: float | None = None)
   return diffs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m wavalign_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
-  parser.add_argument("--hf_dir", required=True, help="folder with config.json and *.safetensors")
-  parser.add_argument("--out", required=True, help="output folder (Orbax params + model_config.json + hf/)")
-  parser.add_argument("--dtype", default="float32", choices=sorted(verify_lib.DEFAULT_ATOL),
-                      help="parameter (and compute) dtype of the converted model")
-  parser.add_argument("--verify", default=None, help="folder with inputs.npz / expected.npz to check against")
-  parser.add_argument("--atol", type=float, default=None,
-                      help=f"max |diff| for --verify (default per dtype: {verify_lib.DEFAULT_ATOL})")
-  parser.add_argument("--no_scan_layers", action="store_true",
-                      help="unstacked layer params (layer_{i}); must match the experiment's model.scan_layers")
-  parser.add_argument("--overwrite", action="store_true")
-  a = parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_enum("arch", None, sorted(ARCHS), "Source architecture.", required=True, flag_values=fv)
+  flags.DEFINE_string("hf_dir", None, "Folder with config.json and *.safetensors.", required=True, flag_values=fv)
+  flags.DEFINE_string("out", None, "Output folder (Orbax params + model_config.json + hf/).", required=True,
+                      flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", sorted(verify_lib.DEFAULT_ATOL),
+                    "Parameter (and compute) dtype of the converted model.", flag_values=fv)
+  flags.DEFINE_string("verify", None, "Folder with inputs.npz / expected.npz to check against.", flag_values=fv)
+  flags.DEFINE_float("atol", None, f"Max |diff| for --verify (default per dtype: {verify_lib.DEFAULT_ATOL}).",
+                     flag_values=fv)
+  flags.DEFINE_bool("no_scan_layers", False, "Unstacked layer params (layer_{i}); must match the experiment's "
+                    "model.scan_layers.", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.", flag_values=fv)
+
+
+def run(f: flags.FlagValues) -> int:
   try:
-    cfg, _ = convert(a.arch, a.hf_dir, a.out, a.dtype, verify_dir=a.verify, atol=a.atol,
-                     scan_layers=not a.no_scan_layers, overwrite=a.overwrite)
+    cfg, _ = convert(f.arch, f.hf_dir, f.out, f.dtype, verify_dir=f.verify, atol=f.atol,
+                     scan_layers=not f.no_scan_layers, overwrite=f.overwrite)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {a.out}: {a.arch} ({cfg.arch}), {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+  print(f"wrote {f.out}: {f.arch} ({cfg.arch}), {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
         f"vocab {cfg.vocab_size}, params {cfg.param_dtype}")
   return 0
 
 
+def main(argv: Sequence[str]) -> int:
+  """The CLI on `argv` (without the program name), parsed into fresh flags; returns the exit status."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    fv(["wavalign_jax.convert", *argv])
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return run(fv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  app.run(lambda argv: sys.exit(log_setup.quiet_stderr() or run(flags.FLAGS)))

@@ -13,7 +13,6 @@ float32 conversion reproduces the source tensors bit for bit.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,8 +22,9 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from wavalign_jax import checkpointing
+from wavalign_jax import checkpointing, log_setup
 from wavalign_jax.conversion import hf_mapping, safetensors_io
 from wavalign_jax.convert import ARCHS, HF_FILES_DIR
 from wavalign_jax.models.config import ModelConfig
@@ -151,28 +151,43 @@ def export(arch: str, checkpoint: str, out: str, *, base: str | None = None, ste
   return files
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m wavalign_jax.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
-  parser.add_argument("--checkpoint", required=True, help="converted checkpoint, WORKDIR, or WORKDIR/checkpoints/<step>")
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--base", default=None, help="converted checkpoint a training run started from")
-  parser.add_argument("--step", type=int, default=None, help="training step (default: latest)")
-  parser.add_argument("--dtype", default="source", choices=["source", "float32", "bfloat16"],
-                      help="tensor dtype; 'source' = torch_dtype of the original config.json")
-  parser.add_argument("--max_shard_size", default="5GB", help="shard above this size (with an index.json)")
-  parser.add_argument("--overwrite", action="store_true")
-  a = parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_enum("arch", None, sorted(ARCHS), "Architecture of the checkpoint.", required=True, flag_values=fv)
+  flags.DEFINE_string("checkpoint", None, "Converted checkpoint, WORKDIR, or WORKDIR/checkpoints/<step>.",
+                      required=True, flag_values=fv)
+  flags.DEFINE_string("out", None, "Output folder (safetensors + config.json + tokenizer files).", required=True,
+                      flag_values=fv)
+  flags.DEFINE_string("base", None, "Converted checkpoint a training run started from.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "Training step (default: latest).", flag_values=fv)
+  flags.DEFINE_enum("dtype", "source", ["source", "float32", "bfloat16"],
+                    "Tensor dtype; 'source' = torch_dtype of the original config.json.", flag_values=fv)
+  flags.DEFINE_string("max_shard_size", "5GB", "Shard above this size (with an index.json).", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.", flag_values=fv)
+
+
+def run(f: flags.FlagValues) -> int:
   try:
-    files = export(a.arch, a.checkpoint, a.out, base=a.base, step=a.step, dtype=a.dtype,
-                   max_shard_bytes=safetensors_io.parse_size(a.max_shard_size), overwrite=a.overwrite)
+    files = export(f.arch, f.checkpoint, f.out, base=f.base, step=f.step, dtype=f.dtype,
+                   max_shard_bytes=safetensors_io.parse_size(f.max_shard_size), overwrite=f.overwrite)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {a.out}: {len(files)} safetensors file(s) + config.json")
+  print(f"wrote {f.out}: {len(files)} safetensors file(s) + config.json")
   return 0
 
 
+def main(argv: Sequence[str]) -> int:
+  """The CLI on `argv` (without the program name), parsed into fresh flags; returns the exit status."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    fv(["wavalign_jax.export", *argv])
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return run(fv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  app.run(lambda argv: sys.exit(log_setup.quiet_stderr() or run(flags.FLAGS)))

@@ -14,6 +14,12 @@ from absl import logging
 NOISY = ("orbax", "absl", "jax", "grain", "etils", "tensorstore")
 
 
+def quiet_stderr() -> None:
+  """Only errors of absl / library logging reach stderr (CLIs without a work directory: convert, export)."""
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().setLevel(py_logging.ERROR)
+
+
 def quiet_logs(workdir: str, name: str) -> str:
   """Routes absl / Python logging to WORKDIR/logs/<name>.log; returns its path."""
   log_dir = os.path.join(workdir, "logs")
