@@ -23,7 +23,8 @@ flags.DEFINE_integer("batch", 8, "Global batch size (one host).")
 flags.DEFINE_integer("batches", 40, "Batches to time per configuration.")
 flags.DEFINE_integer("workers", 0, "Grain worker processes.")
 
-VITA = InterleavedVocab(vocab_size=168072, tokenizer_size=151643, special_ids=(), first_audio_code=151685, num_audio_codes=16384,
+VITA = InterleavedVocab(vocab_size=168072, tokenizer_size=151643, special_ids=(), first_audio_code=151685,
+                        num_audio_codes=16384,
                         begin_of_audio=151674, end_of_audio=151675, eos=151645, pad=151643, bos=151643,
                         newline=198, im_start=151644)
 ROLES = {"system": [8948], "user": [872], "assistant": [77091]}

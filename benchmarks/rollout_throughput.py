@@ -27,9 +27,11 @@ FLAGS = flags.FLAGS
 
 # Constraint vocabularies inside tiny_config's 96 ids.
 VOCABS = {
-    "interleaved": InterleavedVocab(vocab_size=96, tokenizer_size=40, special_ids=(), first_audio_code=48, num_audio_codes=40,
+    "interleaved": InterleavedVocab(vocab_size=96, tokenizer_size=40, special_ids=(), first_audio_code=48,
+                                    num_audio_codes=40,
                                     begin_of_audio=40, end_of_audio=41, eos=42, pad=43, bos=44, newline=45),
-    "parallel": ParallelVocab(vocab_size=96, tokenizer_size=40, special_ids=(), audio_offset=48, num_audio_codes=40, text_blank=40,
+    "parallel": ParallelVocab(vocab_size=96, tokenizer_size=40, special_ids=(), audio_offset=48, num_audio_codes=40,
+                              text_blank=40,
                               text_eos=41, media_begin=42, media_end=43, msg_end=44, pad=45, user_msg_start=46,
                               assistant_msg_start=47),
 }

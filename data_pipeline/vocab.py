@@ -57,7 +57,8 @@ def parallel_vocab(tok: tokenizers.Tokenizer, path: str, audio_offset: int = 152
   return ParallelVocab(
       vocab_size=max(tok.get_vocab_size(with_added_tokens=True), audio_offset + num_audio_codes),
       tokenizer_size=min(tok.get_vocab_size(with_added_tokens=True), audio_offset),
-      special_ids=special_ids(tok, range(audio_offset, audio_offset + num_audio_codes)), audio_offset=audio_offset, num_audio_codes=num_audio_codes,
+      special_ids=special_ids(tok, range(audio_offset, audio_offset + num_audio_codes)), audio_offset=audio_offset,
+      num_audio_codes=num_audio_codes,
       text_blank=blank, text_eos=_id(tok, "<|im_kimia_text_eos|>", path),
       media_begin=_id(tok, "<|im_media_begin|>", path), media_end=_id(tok, "<|im_media_end|>", path),
       msg_end=_id(tok, "<|im_msg_end|>", path), pad=blank if pad is None else pad,

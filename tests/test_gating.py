@@ -1,4 +1,4 @@
-"""The λ gate against hand-computed numbers (DESIGN.md §1 reference rules)."""
+"""The λ gate against hand-computed numbers (docs/method.md §1 reference rules)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Layouts against hand-written sequences (ids written out by hand from DESIGN.md §2)."""
+"""Layouts against hand-written sequences (ids written out by hand from docs/method.md §2)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Objectives against direct numpy computations of the formulas (DESIGN.md §1)."""
+"""Objectives against direct numpy computations of the formulas (docs/method.md §1)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -184,7 +184,8 @@ def test_bad_ratios_raise():
 
 # Constraint vocabularies inside the tiny models' 96 ids, with few text ids and codes so that
 # random rollouts end often; ids the constraint never allows stay unused.
-TIV = InterleavedVocab(vocab_size=96, tokenizer_size=4, special_ids=(), first_audio_code=48, num_audio_codes=4, begin_of_audio=40,
+TIV = InterleavedVocab(vocab_size=96, tokenizer_size=4, special_ids=(), first_audio_code=48, num_audio_codes=4,
+                       begin_of_audio=40,
                        end_of_audio=41, eos=42, pad=43, bos=44, newline=45, im_start=46)
 TPV = ParallelVocab(vocab_size=96, tokenizer_size=4, special_ids=(), audio_offset=48, num_audio_codes=4, text_blank=40,
                     text_eos=41, media_begin=42, media_end=43, msg_end=44, pad=45, user_msg_start=46,

@@ -252,7 +252,8 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
   assert tok.id_to_token(pv.audio_offset + last) == vocab.audio_token(last)
   assert tok.get_vocab_size() == iv.vocab_size == pv.vocab_size == pv.audio_offset + unit_tts.NUM_AUDIO_CODES
   assert iv.first_audio_code == pv.audio_offset and iv.special_ids == pv.special_ids
-  assert not iv.is_text([tok.token_to_id(n) for n in (*vocab.VITA_SPECIALS.values(), *vocab.KIMI_SPECIALS.values())]).any()
+  specials = (*vocab.VITA_SPECIALS.values(), *vocab.KIMI_SPECIALS.values())
+  assert not iv.is_text([tok.token_to_id(n) for n in specials]).any()
   resp = [iv.eos, *ids[:2], iv.begin_of_audio, int(iv.audio_id(3))]
   assert vocab.decode_text(tok, resp) == " ".join(words[:2])
   # The checkpoint tokenizer reader resolves the same ids from the written files.

@@ -60,7 +60,7 @@ def test_interleaved_noncontiguous_codes(tmp_path):
 
 @pytest.mark.parametrize("extra, first", [(0, 151685), (1, 151686)])
 def test_released_vita_vocab(tmp_path, extra, first):
-  # Qwen2.5 base 151643 tokens, 31 specials up to <|begin_of_audio|> = 151674 (DESIGN.md §2).
+  # Qwen2.5 base 151643 tokens, 31 specials up to <|begin_of_audio|> = 151674 (docs/method.md §2).
   fill = [f"<|s{i}|>" for i in range(29)]
   specials = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + fill[:28] + ["<|begin_of_audio|>", "<|end_of_audio|>"]
               + fill[28:] + [f"<|t{i}|>" for i in range(7 + extra)] + ["<|audio|>"])
@@ -94,7 +94,8 @@ def test_parallel_vocab_reads_ids(tmp_path):
   assert (v.msg_end, v.media_begin, v.media_end, v.text_blank, v.text_eos) == (52, 53, 55, 56, 57)
   assert (v.user_msg_start, v.assistant_msg_start, v.pad) == (58, 59, 60)
   assert (v.tokenizer_size, v.audio_offset, v.num_audio_codes) == (61, 64, 32)
-  assert v.special_ids == tuple(range(50, 61)) and v.is_text(np.arange(50)).all() and not v.is_text(np.arange(50, 96)).any()
+  assert v.special_ids == tuple(range(50, 61))
+  assert v.is_text(np.arange(50)).all() and not v.is_text(np.arange(50, 96)).any()
 
 
 def test_parallel_vocab_errors(tmp_path):

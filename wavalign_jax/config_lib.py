@@ -69,7 +69,7 @@ def apply_method(config: mlc.ConfigDict, method: str) -> None:
 
 
 def base_config() -> mlc.ConfigDict:
-  """The reference recipe (DESIGN.md §1) with every section; experiments fill in model and data."""
+  """The reference recipe (docs/method.md §1) with every section; experiments fill in model and data."""
   c = mlc.ConfigDict()
   c.method = "hybrid"
   c.objective = "hybrid"            # "hybrid" | "dpo"
@@ -125,7 +125,7 @@ def base_config() -> mlc.ConfigDict:
       mode="dynamic", lambda_max=0.8, alpha=0.9, direction_slope=5.0, direction_threshold=3.0, info_norm=4.0,
       hard_gates=False, fixed_lambda=0.5))
 
-  # --- Optimizer (AdamW, DESIGN.md); the cosine decays over train.total_steps --------------------
+  # --- Optimizer (AdamW, docs/method.md §1); the cosine decays over train.total_steps --------------------
   c.optim = mlc.ConfigDict(dict(
       learning_rate=1e-6, warmup_steps=20, end_learning_rate=0.0, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.01, clip_norm=1.2))

@@ -1,6 +1,6 @@
 """The λ gate: how much of a step is GRPO, from the statistics of its rollout rewards.
 
-Reference (DESIGN.md §1), per prompt p with valid rewards r_p:
+Reference (docs/method.md §1), per prompt p with valid rewards r_p:
   info gate       g_V = clip(var_pop(r_p) / info_norm, 0, 1)      (no spread -> no signal)
   direction gate  g_R = sigmoid(slope · (max r_p − threshold))     (no good rollout -> no target)
   λ_raw,p = λ_max · g_R · g_V;  λ_p = clip(α·λ_prev + (1 − α)·λ_raw,p, 0, λ_max)  (first step: λ_raw,p)

@@ -1,4 +1,4 @@
-"""The optimizer of DESIGN.md: AdamW (0.9, 0.95), eps 1e-8, wd 0.01, global-norm clip, warmup + cosine."""
+"""The optimizer of docs/method.md §1: AdamW (0.9, 0.95), eps 1e-8, wd 0.01, global-norm clip, warmup + cosine."""
 from __future__ import annotations
 
 import dataclasses

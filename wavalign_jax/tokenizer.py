@@ -4,7 +4,7 @@ Special ids are looked up by token name in `tokenizer.json` (the `tokenizers` pa
 release ships a non-`tokenizers` tokenizer (Kimi-Audio's tiktoken model), in `tokenizer_config.json`'s
 `added_tokens_decoder`; config.json keys (`speech_token_offset`, `kimia_*`) are cross-checked. When the
 vocabulary is a released one (recognised by its size and token names) every id is also checked
-against the published values (DESIGN.md §2), so a mismatched tokenizer / checkpoint pair fails loudly.
+against the published values (docs/method.md §2), so a mismatched tokenizer / checkpoint pair fails loudly.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ KIMI_TOKENS = {"msg_end": "<|im_msg_end|>", "media_begin": "<|im_media_begin|>",
                "user_msg_start": "<|im_kimia_user_msg_start|>",
                "assistant_msg_start": "<|im_kimia_assistant_msg_start|>"}
 
-# Published values, checked when the vocabulary is the released one (DESIGN.md §2).
+# Published values, checked when the vocabulary is the released one (docs/method.md §2).
 RELEASED_VITA = {"vocab_size": 168072, "bos": 151643, "eos": 151645, "begin_of_audio": 151674,
                  "end_of_audio": 151675, "num_audio_codes": 16384,
                  "first_audio_code": (151685, 151686)}  # Plus variants add one special before the codes
@@ -140,7 +140,7 @@ def interleaved_vocab(directory: str, hf_config: dict[str, Any]) -> InterleavedV
       im_start=named["im_start"])
   if vocab_size == RELEASED_VITA["vocab_size"]:
     for field, want in RELEASED_VITA.items():
-      _check(field, getattr(vocab, field), want, f"{directory} (released VITA-Audio vocabulary, DESIGN.md §2)")
+      _check(field, getattr(vocab, field), want, f"{directory} (released VITA-Audio vocabulary, docs/method.md §2)")
   return vocab
 
 
@@ -170,7 +170,7 @@ def parallel_vocab(directory: str, hf_config: dict[str, Any]) -> ParallelVocab:
                      f"(non-special ids below {vocab.tokenizer_size}) of the tokenizer in {directory}")
   if vocab_size == RELEASED_KIMI["vocab_size"]:
     for field, want in RELEASED_KIMI.items():
-      _check(field, getattr(vocab, field), want, f"{directory} (released Kimi-Audio vocabulary, DESIGN.md §2)")
+      _check(field, getattr(vocab, field), want, f"{directory} (released Kimi-Audio vocabulary, docs/method.md §2)")
   return vocab
 
 

@@ -26,7 +26,8 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps, train_state
+from wavalign_jax import (checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps,
+                          train_state)
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.objectives.dpo import DPOConfig

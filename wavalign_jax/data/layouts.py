@@ -3,7 +3,7 @@
 A layout turns a dialogue (prompt turns + a response given as text ids and audio codes) into
 token id streams plus the `TokenType` of every token *as a prediction target*. Everything
 downstream (losses, gates, rewards) reads these types instead of re-parsing ids, so the rules
-of DESIGN.md §2 live here once:
+of docs/method.md §2 live here once:
 
 * interleaved (VITA-Audio): one stream; the response alternates text chunks and audio chunks
   following a ratio list [T1, A1, T2, A2, ...] whose last pair repeats.

@@ -1,4 +1,4 @@
-"""OpenAudioBench scoring (DESIGN.md §4): every column is on 0-100 and the aggregate is their mean.
+"""OpenAudioBench scoring (docs/method.md §4): every column is on 0-100 and the aggregate is their mean.
 
 alpaca_eval: judge rates 1-10 as `[[rating]]`, x10. llama_questions: judge ends with
 "the score is [Correct]" / "[Incorrect]", accuracy. reasoning_qa: judge rates 1-5 as `[[rating]]`

@@ -1,4 +1,4 @@
-"""VoiceBench scoring of the model's text channel (DESIGN.md §4).
+"""VoiceBench scoring of the model's text channel (docs/method.md §4).
 
 Columns: alpacaeval / commoneval / wildvoice (judge 1-5, n=3, mean of all 3N scores), sd-qa (judge
 yes/no against the reference by majority of the n choices, x100; the PEDANT metric is not computed),

@@ -1,4 +1,4 @@
-"""VStyle scoring (DESIGN.md §4): an audio-capable judge listens to the response audio.
+"""VStyle scoring (docs/method.md §4): an audio-capable judge listens to the response audio.
 
 Each record (`category`, `instruction`, `audio_codes`) is decoded to a 24 kHz WAV by the external
 decoder and scored 1-5 (`Final score: [[x]]`) with the progressive rubric; the overall score is the

@@ -49,7 +49,7 @@ class ModelConfig:
 
 
 def qwen25_7b(**kw: Any) -> dict[str, Any]:
-  """Shape of the Qwen2.5-7B trunk shared by VITA-Audio and Kimi-Audio (DESIGN.md §2)."""
+  """Shape of the Qwen2.5-7B trunk shared by VITA-Audio and Kimi-Audio (docs/method.md §2)."""
   shape = dict(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
                num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6)
   shape.update(kw)

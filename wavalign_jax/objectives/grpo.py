@@ -1,6 +1,6 @@
 """Group-relative policy gradient (GRPO) over a chosen token set.
 
-Reference (DESIGN.md §1): group-normalised advantages, per-token loss
+Reference (docs/method.md §1): group-normalised advantages, per-token loss
 −(exp(logp − stop_grad(logp))·A − β_type·KL), text tokens only, masked mean per sequence then mean
 over sequences, no clipping, β = 0. Options: PPO clipping against the sampler's log-probs
 (several iterations per rollout batch), KL estimators k1/k2/k3 with separate β for text and speech

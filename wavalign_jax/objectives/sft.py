@@ -1,6 +1,6 @@
 """Supervised next-token NLL on a reference response, with per-type weights.
 
-The SFT term anchors the speech distribution in the hybrid objective (DESIGN.md §1): it covers
+The SFT term anchors the speech distribution in the hybrid objective (docs/method.md §1): it covers
 text tokens, speech codes and audio boundary markers (BOUNDARY counts as speech).
 """
 from __future__ import annotations

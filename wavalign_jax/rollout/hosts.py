@@ -16,8 +16,9 @@ from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib
 
 
-def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Array, sampling: sampler_lib.SamplingConfig,
-                mesh: Mesh | None = None, *, shared: bool = False) -> sampler_lib.Rollouts:
+def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Array,
+                sampling: sampler_lib.SamplingConfig, mesh: Mesh | None = None, *,
+                shared: bool = False) -> sampler_lib.Rollouts:
   """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
   batch on every host).
 

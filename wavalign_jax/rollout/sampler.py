@@ -44,7 +44,7 @@ class StreamSampling:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """Static (hashable) rollout settings; defaults are the WavAlign reference (DESIGN.md §1)."""
+  """Static (hashable) rollout settings; defaults are the WavAlign reference (docs/method.md §1)."""
   max_new_tokens: int = 1024
   group_size: int = 4
   sampling: StreamSampling = StreamSampling()
