@@ -6,7 +6,8 @@ import pytest
 
 from wavalign_jax.objectives import (DPOConfig, GRPOConfig, HybridConfig, LossTerm, SFTConfig, add_terms, aggregate,
                                      dpo_loss, group_advantages, group_weights, grpo_loss, hybrid_counts,
-                                     kl_divergence, make_dpo_loss, make_hybrid_loss, rl_token_weights, sft_loss,
+                                     group_fallback, kl_divergence, make_dpo_loss, make_hybrid_loss, rl_token_weights,
+                                     sft_loss,
                                      term_value)
 from wavalign_jax.tokens import TokenType
 
@@ -146,23 +147,41 @@ def test_sft_token_set_text_only():
 # ---------------------------------------------------------------- GRPO
 
 
-def np_rl_mask(types, token_set):
+def np_rl_mask(types, token_set, group_size):
+  """Token-set mask; a group (group_size consecutive rows) with no such token uses its whole completions."""
   sel = {"text": is_text, "speech": is_speech, "all": lambda t: t != N}[token_set]
   m, comp = flat({k: sel(t) for k, t in types.items()}), flat({k: t != N for k, t in types.items()})
-  return np.where(m.any(axis=1, keepdims=True), m, comp).astype(np.float32)
+  group_has = np.repeat(m.any(axis=1).reshape(-1, group_size).any(axis=1), group_size)[:, None]
+  return np.where(group_has, m, comp).astype(np.float32)
 
 
-def test_rl_token_weights_fallback():
-  w = rl_token_weights(jx(TYPES), "text")
-  want = np_rl_mask(TYPES, "text")
-  np.testing.assert_array_equal(np.concatenate([w["audio"], w["text"]], 1), want)
-  # Row 2 has no text token: its whole completion (audio codes and boundary) is used.
-  np.testing.assert_array_equal(w["audio"][2], [0, 1, 1, 1, 0])
+def np_reduce_rl(per_tok, mask, types, mode, sw, norm_length):
+  """The reference reduction: a sequence counts when it holds a completion, even if its mask is empty."""
+  if mode == "token_mean":
+    return (sw[:, None] * mask * per_tok).sum() / (sw[:, None] * mask).sum()
+  completion = flat({k: t != N for k, t in types.items()}).any(axis=1)
+  per = [sw[b] * ((mask[b] * per_tok[b]).sum() / max(mask[b].sum(), 1) if mode == "seq_mean_token_mean"
+                  else (mask[b] * per_tok[b]).sum() / norm_length) for b in range(len(sw)) if completion[b]]
+  return sum(per) / sum(sw[completion])
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_rl_token_weights_group_fallback(group_size):
+  fallback = group_fallback(jx(TYPES), "text", group_size)
+  w = rl_token_weights(jx(TYPES), "text", fallback)
+  np.testing.assert_array_equal(np.concatenate([w["audio"], w["text"]], 1), np_rl_mask(TYPES, "text", group_size))
   # Row 0 has text: its speech tokens are out.
   np.testing.assert_array_equal(w["audio"][0], [0, 0, 0, 0, 0])
+  # Row 2 has no text token. Alone or with row 3 (padding) its group has none: its whole completion (codes and
+  # boundary) is used. In one group with rows 0 and 1, which have text, it has no RL token at all.
+  np.testing.assert_array_equal(w["audio"][2], [0, 0, 0, 0, 0] if group_size == 4 else [0, 1, 1, 1, 0])
+  assert list(np.asarray(fallback)) == ([False, False, True, True] if group_size < 4 else [False] * 4)
 
 
-def np_grpo(logp, old, ref, types, adv, cfg, sw):
+GROUP = 2   # rows (0, 1) and (2, 3) are the prompt groups of the GRPO tests below
+
+
+def np_grpo(logp, old, ref, types, adv, cfg, sw, group_size=GROUP):
   lp, o, rf = flat(logp), flat(old), flat(ref)
   tt = flat(types)
   ratio = np.exp(lp - o) if cfg.clipping else np.ones_like(lp)
@@ -175,13 +194,15 @@ def np_grpo(logp, old, ref, types, adv, cfg, sw):
   kl = {"k1": -d, "k2": 0.5 * d**2, "k3": np.exp(d) - d - 1}[cfg.kl_estimator]
   beta = is_text(tt) * cfg.beta_text + is_speech(tt) * cfg.beta_speech
   per_tok = -(obj - beta * kl)
-  mask = np_rl_mask(types, cfg.token_set)
-  return np_reduce(per_tok, mask, cfg.aggregation, sw, cfg.norm_length)
+  mask = np_rl_mask(types, cfg.token_set, group_size)
+  return np_reduce_rl(per_tok, mask, types, cfg.aggregation, sw, cfg.norm_length)
 
 
-def run_grpo(cfg, logp=LOGP, sw=None):
-  term, metrics = grpo_loss(jx(logp), jx(TYPES), jnp.asarray(ADV), cfg, old_logp=jx(OLD), ref_logp=jx(REF),
-                            seq_weight=None if sw is None else jnp.asarray(sw))
+def run_grpo(cfg, logp=LOGP, sw=None, group_size=GROUP):
+  term, metrics = grpo_loss(jx(logp), jx(TYPES), jnp.asarray(ADV), cfg,
+                            old_logp=jx(OLD) if cfg.clipping else None, ref_logp=jx(REF),
+                            seq_weight=None if sw is None else jnp.asarray(sw),
+                            fallback=group_fallback(jx(TYPES), cfg.token_set, group_size))
   return term_value(term), metrics
 
 
@@ -198,21 +219,26 @@ GRPO_CASES = [
 
 
 @pytest.mark.parametrize("cfg", GRPO_CASES, ids=range(len(GRPO_CASES)))
-def test_grpo_loss_matches_numpy(cfg):
+@pytest.mark.parametrize("group_size", [2, 4])
+def test_grpo_loss_matches_numpy(cfg, group_size):
   sw = np.array([1.0, 0.0, 1.0, 1.0], np.float32)  # row 1 e.g. a failed judge call
-  got, _ = run_grpo(cfg, sw=sw)
-  np.testing.assert_allclose(got, np_grpo(LOGP, OLD, REF, TYPES, ADV, cfg, sw), rtol=1e-5)
+  got, _ = run_grpo(cfg, sw=sw, group_size=group_size)
+  np.testing.assert_allclose(got, np_grpo(LOGP, OLD, REF, TYPES, ADV, cfg, sw, group_size), rtol=1e-5)
 
 
 def test_grpo_reference_value_is_minus_mean_advantage():
-  # ratio == 1 on-policy, β = 0: every sequence's mean is −A; rows 0-2 have tokens, row 3 none.
+  # ratio == 1 on-policy, β = 0: every sequence's mean is −A; rows 0-2 hold completions, row 3 none.
   got, _ = run_grpo(GRPOConfig())
   np.testing.assert_allclose(got, -ADV[:3].mean(), rtol=1e-6)
+  # One group of 4: rows 0 and 1 have text, so row 2 does not fall back; it contributes 0 and still counts.
+  got, _ = run_grpo(GRPOConfig(), group_size=4)
+  np.testing.assert_allclose(got, -(ADV[0] + ADV[1] + 0.0) / 3, rtol=1e-6)
 
 
 def test_grpo_gradient_only_on_the_token_set():
   def grad(cfg):
-    f = lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg)[0])
+    f = lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg,
+                                        fallback=group_fallback(jx(TYPES), cfg.token_set, GROUP))[0])
     return jax.grad(f)(jx(LOGP))
   g = grad(GRPOConfig(token_set="text"))
   # Row 0: text tokens only; speech positions get exactly zero.
@@ -232,7 +258,7 @@ def test_grpo_clipping_gradient_and_fractions():
   f = lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg, old_logp=jx(OLD))[0])
   g = flat(jax.grad(f)(jx(LOGP)))
   ratio, a = np.exp(flat(LOGP) - flat(OLD)), ADV[:, None]
-  mask = np_rl_mask(TYPES, "all") > 0
+  mask = np_rl_mask(TYPES, "all", 1) > 0
   clipped = ((ratio > 1.3) & (a > 0)) | ((ratio < 0.8) & (a < 0))
   assert clipped[mask].any() and (~clipped[mask]).any()
   np.testing.assert_array_equal(g[mask & clipped], 0.0)
@@ -250,9 +276,24 @@ def test_kl_estimators_hand_values():
   assert float(kl_divergence(ref, ref, "k3")) == 0.0
 
 
+def test_grpo_first_iteration_is_on_policy_and_logs_the_sampler_gap():
+  """Without old_logp (iteration 1) the ratio is exactly 1, with or without clipping; the sampler's log-probs
+  only feed the gap metric (mean and max |Δ| over the RL tokens)."""
+  cfg = GRPOConfig(token_set="all", clip_eps=0.2, num_iterations=2)
+  fb = group_fallback(jx(TYPES), "all", GROUP)
+  _, m = grpo_loss(jx(LOGP), jx(TYPES), jnp.asarray(ADV), cfg, sampler_logp=jx(OLD), fallback=fb)
+  assert float(m["ratio_mean"]) == 1.0 and float(m["clip_frac"]) == 0.0
+  mask = np_rl_mask(TYPES, "all", GROUP) > 0
+  gap = np.abs(flat(LOGP) - flat(OLD))[mask]
+  np.testing.assert_allclose(m["sampler_logp_gap_mean"], gap.mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["sampler_logp_gap_max"], gap.max(), rtol=1e-6)
+  # The on-policy gradient equals the clipped objective's at ratio 1: −A / n per RL token.
+  g = jax.grad(lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg, fallback=fb)[0]))(jx(LOGP))
+  per_token = -ADV[:, None] / np.maximum(mask.sum(1, keepdims=True), 1) / 3 * np.ones(mask.shape)
+  np.testing.assert_allclose(flat(g)[mask], per_token[mask], rtol=1e-5)
+
+
 def test_grpo_input_errors():
-  with pytest.raises(ValueError, match="old_logp"):
-    grpo_loss(jx(LOGP), jx(TYPES), jnp.asarray(ADV), GRPOConfig(clip_eps=0.2))
   with pytest.raises(ValueError, match="ref_logp"):
     grpo_loss(jx(LOGP), jx(TYPES), jnp.asarray(ADV), GRPOConfig(beta_text=0.1))
   with pytest.raises(ValueError, match="token_set"):
@@ -297,8 +338,8 @@ def seq_batch(types):
 
 def hybrid_batch():
   rl = seq_batch(TYPES)
-  rl.update(advantages=jnp.asarray(ADV), old_logp=jx(OLD), ref_logp=jx(REF),
-            seq_weight=jnp.array([1.0, 1.0, 0.0, 1.0]))
+  rl.update(advantages=jnp.asarray(ADV), sampler_logp=jx(OLD), ref_logp=jx(REF),
+            seq_weight=jnp.array([1.0, 1.0, 0.0, 1.0]), fallback=group_fallback(jx(TYPES), "text", GROUP))
   return {"sft": seq_batch({k: np.roll(v, 1, axis=0) for k, v in TYPES.items()}), "rl": rl}
 
 
@@ -312,7 +353,7 @@ def test_hybrid_lambda_identities():
       return term_value(sft_loss(logp, batch["sft"]["types"], cfg.sft))
     rl = batch["rl"]
     return term_value(grpo_loss(logp, rl["types"], rl["advantages"], cfg.rl, ref_logp=rl["ref_logp"],
-                                seq_weight=rl["seq_weight"])[0])
+                                seq_weight=rl["seq_weight"], fallback=rl["fallback"])[0])
   sft, rl = part("sft"), part("rl")
   assert float(loss_fn(PARAMS, batch, 0.0)[0]) == float(sft)
   assert float(loss_fn(PARAMS, batch, 1.0)[0]) == float(rl)
@@ -327,6 +368,7 @@ def test_hybrid_split_batch_equals_whole_batch():
   cfg = HybridConfig(sft=SFTConfig(speech_weight=0.5), rl=GRPOConfig(token_set="all", clip_eps=0.2,
                                                                       num_iterations=2))
   loss_fn, batch = make_hybrid_loss(toy_logprob_fn, cfg), hybrid_batch()
+  batch["rl"]["old_logp"] = jx(OLD)   # a later PPO iteration
   halves = [jax.tree.map(lambda x: x[:2], batch), jax.tree.map(lambda x: x[2:], batch)]
   counts = jax.tree.map(jnp.add, *[hybrid_counts(h, cfg) for h in halves])
   np.testing.assert_array_equal(jax.tree.leaves(counts), jax.tree.leaves(hybrid_counts(batch, cfg)))
@@ -340,7 +382,7 @@ def test_hybrid_split_batch_equals_whole_batch():
   def rl_term(b):
     lp = {k: v["logp"] for k, v in toy_logprob_fn(PARAMS, b["rl"]).items()}
     return grpo_loss(lp, b["rl"]["types"], b["rl"]["advantages"], cfg.rl, old_logp=b["rl"]["old_logp"],
-                     seq_weight=b["rl"]["seq_weight"])[0]
+                     seq_weight=b["rl"]["seq_weight"], fallback=b["rl"]["fallback"])[0]
   np.testing.assert_allclose(term_value(add_terms(*map(rl_term, halves))), term_value(rl_term(batch)), rtol=1e-6)
 
 

@@ -299,8 +299,22 @@ def test_parallel_greedy_unconstrained_matches_uncached_forward(kimi):
 
 
 
-def _rl_batch_reference(prompts, r, pad):
-  """The same batch through the data pipeline: layouts.join(prompt, response) -> to_sequence_batch."""
+def _replay_forced(con, r):
+  """{stream: bool[B, N]}: positions where the constraint, replayed on the emitted tokens, allowed one id."""
+  allowed_fn, update_fn = _jitted(con)
+  B, N = r.mask.shape
+  state, out = con.init(B), {s: np.zeros((B, N), bool) for s in r.tokens}
+  for i in range(N):
+    allowed = allowed_fn(state)
+    for s in r.tokens:
+      out[s][:, i] = (np.asarray(allowed[s]).sum(-1) == 1) & np.asarray(r.mask)[:, i]
+    state, _, _ = update_fn(state, {s: np.asarray(t)[:, i] for s, t in r.tokens.items()})
+  return out
+
+
+def _rl_batch_reference(prompts, r, pad, drop_forced=True):
+  """The same batch through the data pipeline: layouts.join(prompt, response) -> to_sequence_batch, with
+  forced positions typed NONE (no RL gradient) unless `drop_forced` is False."""
   G = r.mask.shape[0] // prompts["valid"].shape[0]
   streams = tuple(r.tokens)
   exs = []
@@ -309,8 +323,9 @@ def _rl_batch_reference(prompts, r, pad):
     v = prompts["valid"][b]
     p = layouts.Example({s: prompts["inputs"][s][b][v] for s in streams}, {s: np.zeros(v.sum(), np.int32)
                                                                               for s in streams}, int(v.sum()))
-    resp = layouts.Example({s: np.asarray(r.tokens[s][row, :n]) for s in streams},
-                           {s: np.asarray(r.types[s][row, :n]) for s in streams})
+    types = {s: np.where(np.asarray(r.forced[s][row, :n]) & drop_forced, 0, np.asarray(r.types[s][row, :n]))
+             for s in streams}
+    resp = layouts.Example({s: np.asarray(r.tokens[s][row, :n]) for s in streams}, types)
     exs.append(layouts.join(p, resp))
   return layouts.to_sequence_batch(exs, prompts["valid"].shape[1] + r.mask.shape[1], pad)
 
@@ -325,11 +340,14 @@ def _check_rl_batch_and_logp(params, cfg, prompts, r, pad):
     np.testing.assert_array_equal(np.asarray(batch[k]), want[k], err_msg=k)
   # sampler log-probs == the model's log-softmax at the sampled tokens (full forward of the RL batch)
   lp = models.target_logprobs(params, cfg, batch)
+  completion = _rl_batch_reference(prompts, r, pad, drop_forced=False)["types"]
   for s in cfg.streams:
-    m = np.asarray(batch["types"][s]) > 0
+    m = completion[s] > 0
     assert m.sum() == int(np.asarray(r.lengths).sum())
-    np.testing.assert_allclose(np.asarray(lp[s]["logp"])[m], np.asarray(batch["old_logp"][s])[m], atol=2e-5)
-    np.testing.assert_array_equal(np.asarray(batch["old_logp"][s])[~m], 0.0)
+    np.testing.assert_allclose(np.asarray(lp[s]["logp"])[m], np.asarray(batch["sampler_logp"][s])[m], atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(batch["sampler_logp"][s])[~m], 0.0)
+    # Forced positions: in the completion, out of the RL types.
+    assert (np.asarray(batch["types"][s])[m] == 0).sum() == int(np.asarray(r.forced[s]).sum())
   return batch
 
 
@@ -352,6 +370,13 @@ def test_interleaved_rollouts_follow_schedule(vita):
     assert len(text) == int(((types[b, :n] == T) & TIV.is_text(toks[b, :n])).sum())
     assert codes == (toks[b, :n][types[b, :n] == N] - TIV.first_audio_code).tolist()
   assert 0 < np.asarray(r.truncated).sum() < 8      # some rows finish, some are cut
+  # Forced: a BOA after T_k text ids, the <|im_end|> after the final chunk's EOA (one allowed id each).
+  forced = np.asarray(r.forced["tokens"])
+  np.testing.assert_array_equal(forced, _replay_forced(con, r)["tokens"])
+  assert forced.any() and (toks[forced] != TIV.eos).any() and np.isin(toks[forced], [TIV.begin_of_audio, TIV.eos]).all()
+  done = ~np.asarray(r.truncated)
+  assert forced[done, np.asarray(r.lengths)[done] - 1].all()   # every finished row's <|im_end|> was forced
+  assert rollout.well_formed(r, con)[done].all()
   _check_rl_batch_and_logp(params, cfg, prompts, r, TIV.pad)
   # same key -> same rollouts; another key -> other rollouts
   again = rollout.sample(params, cfg, prompts, jax.random.key(5), sc)
@@ -387,7 +412,43 @@ def test_parallel_rollouts_follow_delay_blank_stop(kimi):
     n = int(np.asarray(r.lengths[3 * g:3 * g + 3]).min())
     assert (t[3 * g:3 * g + 3, :n] == t[3 * g, :n]).all()
   assert np.asarray(r.truncated).sum() < 6
+  # Forced: the first `delay` audio blanks and every text blank after text_eos; nothing the model chose.
+  forced = {s: np.asarray(f) for s, f in r.forced.items()}
+  replay = _replay_forced(con, r)
+  for s in forced:
+    np.testing.assert_array_equal(forced[s], replay[s])
+  for b in range(6):
+    n = int(r.lengths[b])
+    eos = np.flatnonzero(t[b, :n] == TPV.text_eos)
+    end = eos[0] if len(eos) else n
+    assert forced["audio"][b, :delay].all() and not forced["audio"][b, delay:n].any()
+    assert forced["text"][b, end + 1:n].all() and not forced["text"][b, :end + 1].any()
   _check_rl_batch_and_logp(params, cfg, prompts, r, TPV.pad)
+
+
+def test_free_decoding_applies_no_mask_and_counts_malformed_rollouts(vita):
+  """rollout.constrained=False: greedy decoding is the model's unmasked argmax up to <|im_end|>, nothing is
+  forced, tokens are typed by id class, and rollouts that break the layout are reported by well_formed."""
+  cfg, params, prompts = vita
+  con = constraints.InterleavedConstraint(TIV, RATIOS, constrained=False)
+  sc = rollout.SamplingConfig(max_new_tokens=10, group_size=2, sampling=GREEDY, constraint=con)
+  r = rollout.sample(params, cfg, prompts, jax.random.key(3), sc)
+  seqs, _, _, lens = _greedy_reference(params, cfg, prompts, 10, None, TIV.pad)
+  toks, types = np.asarray(r.tokens["tokens"]), np.asarray(r.types["tokens"])
+  for row in range(4):
+    b, n = row // 2, int(r.lengths[row])
+    free = seqs["tokens"][b, lens[b]:lens[b] + 10]
+    stop = np.flatnonzero(free == TIV.eos)
+    assert n == (stop[0] + 1 if len(stop) else 10)
+    np.testing.assert_array_equal(toks[row, :n], free[:n])
+    want = np.where(TIV.is_audio(free[:n]), N, np.where(np.isin(free[:n], [TIV.begin_of_audio, TIV.end_of_audio]), F, T))
+    np.testing.assert_array_equal(types[row, :n], want)
+  assert not np.asarray(r.forced["tokens"]).any()
+  # Random weights emit ids that are neither text nor layout tokens: not well formed.
+  assert not rollout.well_formed(r, con).all()
+  assert rollout.sampling_config({**dict(group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=4),
+                                  "constrained": False}, {"kind": "interleaved", "ratios": RATIOS},
+                                 TIV).constraint == con
 
 
 # ----------------------------------------------------------------------------- sample_token
@@ -454,3 +515,17 @@ def test_sampling_config_from_experiment_configs():
   sc = rollout.sampling_config(vc.rollout, vc.layout, TIV)
   assert sc.for_stream("tokens") == rollout.StreamSampling(0.7, 0.9, 0) and sc.group_size == 4
   assert sc.constraint.ratios == tuple(vc.layout.ratios) and sc.max_new_tokens == 1024
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
+def test_nucleus_mask_equals_the_sort_based_definition(top_p):
+  """The sort-free nucleus keeps exactly the tokens the sort-based one keeps (here with masked ids and ties)."""
+  x = jax.random.normal(jax.random.key(4), (64, 500)) * jnp.linspace(0.3, 4.0, 64)[:, None]
+  x = x.at[:, 100:140].set(-jnp.inf)                      # constraint-masked ids
+  x = x.at[:8, 200:203].set(x[:8, 7:8])                    # exact ties
+  srt = -np.sort(-np.asarray(x), axis=-1)
+  p = np.asarray(jax.nn.softmax(jnp.asarray(srt), axis=-1), np.float64)
+  keep_sorted = (np.cumsum(p, axis=-1) - p) < top_p
+  threshold = np.min(np.where(keep_sorted, srt, np.inf), axis=-1, keepdims=True)
+  want = np.asarray(x) >= threshold
+  np.testing.assert_array_equal(np.asarray(rollout.nucleus_mask(x, top_p)), want)

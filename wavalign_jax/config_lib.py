@@ -98,6 +98,7 @@ def base_config() -> mlc.ConfigDict:
   c.rollout.top_p = 0.9
   c.rollout.top_k = 0
   c.rollout.max_new_tokens = 1024
+  c.rollout.constrained = True         # False: upstream-style free decoding (malformed rollouts counted)
 
   # --- Reward ----------------------------------------------------------------------------------
   c.reward = mlc.ConfigDict()

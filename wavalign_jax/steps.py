@@ -90,7 +90,9 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, lam: jax.A
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   grads, per_micro = jax.lax.scan(body, zeros, _micro_split(batch, microbatches))
-  metrics = {k: jnp.sum(v, 0) if k in _SUMMED or "/num_" in k else jnp.mean(v, 0) for k, v in per_micro.items()}
+  reduce = lambda k, v: (jnp.sum(v, 0) if k in _SUMMED or "/num_" in k else jnp.max(v, 0) if k.endswith("_max")
+                         else jnp.mean(v, 0))
+  metrics = {k: reduce(k, v) for k, v in per_micro.items()}
   return grads, metrics
 
 
@@ -113,7 +115,10 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
         gate, metrics = gating.update_gate(state.gate, rewards, valid, cfg.gate)
       advantages = grpo.group_advantages(rewards, valid, rl_cfg.advantage_scale, rl_cfg.advantage_eps)
       weights = grpo.group_weights(rewards, valid, rl_cfg.drop_equal_groups)
-      loss_batch["rl"] = dict(batch["rl"], advantages=advantages.reshape(-1), seq_weight=weights.reshape(-1))
+      # Decided on the whole batch, before any micro-batch split separates a group's rows.
+      fallback = grpo.group_fallback(batch["rl"]["types"], rl_cfg.token_set, rewards.shape[1])
+      loss_batch["rl"] = dict(batch["rl"], advantages=advantages.reshape(-1), seq_weight=weights.reshape(-1),
+                              fallback=fallback)
     lam = gate.lam if "rl" in batch else jnp.zeros((), jnp.float32)
     counts = hybrid_counts(loss_batch, cfg.hybrid)
     grads, loss_metrics = accumulate_gradients(loss_fn, state.params, loss_batch, lam, counts, microbatches)

@@ -70,10 +70,26 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   rewards = result.scores.reshape(P, G)
   valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
   lengths = np.asarray(rollouts.lengths)
-  metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)))
+  mask = np.asarray(rollouts.mask)
+  forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
+  metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
+                 rollout_forced_fraction=float(forced),
+                 rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
   batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
   batch.pop("group_ids")
-  return batch, rewards, valid, metrics
+  return trim_rl_batch(batch, prompts["valid"].shape[1], setup.sampling.max_new_tokens), rewards, valid, metrics
+
+
+RL_LENGTH_BUCKETS = 8
+
+
+def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int) -> dict:
+  """Cuts the right-padded RL batch [B, Lp + N] to the longest row, rounded up to one of
+  `RL_LENGTH_BUCKETS` lengths Lp + k·N/8 (a few compiled shapes instead of always paying for Lp + N)."""
+  longest = int(np.max(np.sum(np.asarray(batch["segment_ids"]) > 0, axis=1)))
+  step = -(-max_new_tokens // RL_LENGTH_BUCKETS)
+  length = min(prompt_len + max_new_tokens, prompt_len + step * -(-max(longest - prompt_len, 1) // step))
+  return jax.tree.map(lambda x: x[:, :length] if np.ndim(x) >= 2 else x, batch)
 
 
 def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int, mesh: Mesh | None = None) -> dict[str, float]:
@@ -164,14 +180,15 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
                                 num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
 
   resumed = ckpt.latest_step() is not None
+  needs_ref = cfg.objective == "dpo" or cfg.hybrid.rl.uses_kl   # frozen initial params, sharded like the policy
   if resumed:
     state = ckpt.restore(train_state.abstract_with_shardings(abstract, state_sharding), train_it)
-    ref_params = _initial_params(setup, param_sharding, rng) if cfg.objective == "dpo" else None
+    ref_params = _initial_params(setup, param_sharding, rng) if needs_ref else None
     logging.info("resumed from step %d (lambda %.4f)", int(state.step), float(state.gate.lam))
     print(f"resumed from checkpoint step {int(state.step)}, lambda={float(state.gate.lam):.4f}", flush=True)
   else:
     params = _initial_params(setup, param_sharding, rng)
-    ref_params = params if cfg.objective == "dpo" else None
+    ref_params = params if needs_ref else None   # `create` copies them into the (donated) state
     state = jax.jit(create, out_shardings=state_sharding)(params)
 
   writer = _writer(workdir, int(state.step))
@@ -195,7 +212,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
     reuse_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule, update_gate=False,
                                                      microbatches=config.train.microbatches), state_sharding, mesh)
-  ref_logprobs = jax.jit(logprob_fn)
+  ref_logprobs = jax.jit(logprob_fn)   # π_old and π_ref forwards (no gradient), once per rollout batch
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
@@ -222,11 +239,15 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
         batch["rl"], batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
             state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh)
       batch = steps.device_put_batch(batch, mesh)
-    state, metrics = step_fn(state, batch)
-    if reuse_fn is not None and "rl" in batch:
-      for _ in range(min(cfg.hybrid.rl.num_iterations, stop_at - step) - 1):
-        state, later = reuse_fn(state, batch)
-        metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
+      if "rl" in batch and ref_params is not None:
+        batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"]).items()}
+    iterations = min(cfg.hybrid.rl.num_iterations, stop_at - step) if reuse_fn is not None and "rl" in batch else 1
+    if iterations > 1:   # π_old: the training forward of the parameters that made the rollouts (not the sampler's)
+      old_logp = {k: v["logp"] for k, v in ref_logprobs(state.params, batch["rl"]).items()}
+    state, metrics = step_fn(state, batch)   # iteration 1 is on-policy: ratio exactly 1
+    for _ in range(iterations - 1):
+      state, later = reuse_fn(state, dict(batch, rl=dict(batch["rl"], old_logp=old_logp)))
+      metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
     metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
                "step_time": time.time() - t0}
     now = int(state.step)

@@ -2,6 +2,6 @@
 from wavalign_jax.objectives.aggregation import LossTerm, add_terms, aggregate, aggregate_count, term_value
 from wavalign_jax.objectives.dpo import DPOConfig, dpo_loss, make_dpo_loss, sequence_logp
 from wavalign_jax.objectives.grpo import (GRPOConfig, group_advantages, group_weights, grpo_count, grpo_loss,
-                                          kl_divergence, rl_token_weights)
+                                          group_fallback, kl_divergence, rl_token_weights)
 from wavalign_jax.objectives.hybrid import HybridConfig, hybrid_counts, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig, sft_count, sft_loss, sft_token_weights

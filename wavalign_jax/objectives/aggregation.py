@@ -56,8 +56,12 @@ def _seq_weight(weights: Streams, seq_weight: jax.Array | None) -> jax.Array:
   return jnp.ones((b,), jnp.float32) if seq_weight is None else seq_weight.astype(jnp.float32)
 
 
-def aggregate_count(weights: Streams, mode: str, seq_weight: jax.Array | None = None) -> jax.Array:
-  """The denominator `aggregate` uses, from the token weights alone (no parameters needed)."""
+def aggregate_count(weights: Streams, mode: str, seq_weight: jax.Array | None = None,
+                    counted: jax.Array | None = None) -> jax.Array:
+  """The denominator `aggregate` uses, from the token weights alone (no parameters needed).
+
+  `counted` [B]: the sequences the sequence-mean modes divide by (default: those with a weighted token).
+  """
   check_aggregation(mode)
   sw = _seq_weight(weights, seq_weight)
   if mode == "stream_mean":
@@ -65,18 +69,19 @@ def aggregate_count(weights: Streams, mode: str, seq_weight: jax.Array | None = 
   tok_count = jnp.sum(concat_streams(weights), axis=1)
   if mode == "token_mean":
     return jnp.sum(sw * tok_count)
-  return jnp.sum(sw * (tok_count > 0))   # sequences with at least one weighted token
+  return jnp.sum(sw * (tok_count > 0 if counted is None else counted))
 
 
 def aggregate(values: Streams, weights: Streams, mode: str, *, seq_weight: jax.Array | None = None,
-              norm_length: float = 0.0) -> LossTerm:
+              norm_length: float = 0.0, counted: jax.Array | None = None) -> LossTerm:
   """Weighted per-token `values` {stream: [B, L]} reduced to a LossTerm by `mode`.
 
   `weights` are per-token (masks times per-type weights); `seq_weight` [B] scales whole
-  sequences (0 drops one, e.g. a failed judge call) in the numerator and the denominator.
+  sequences (0 drops one, e.g. a failed judge call) in the numerator and the denominator;
+  `counted` as in `aggregate_count`.
   """
   check_streams("weights", weights, values)
-  count = aggregate_count(weights, mode, seq_weight)
+  count = aggregate_count(weights, mode, seq_weight, counted)
   sw = _seq_weight(weights, seq_weight)
   if mode == "stream_mean":
     return LossTerm(jnp.stack([jnp.sum(sw[:, None] * weights[k] * values[k]) for k in sorted(values)]),

@@ -1,10 +1,12 @@
 """Group-relative policy gradient (GRPO) over a chosen token set.
 
 Reference (docs/method.md §1): group-normalised advantages, per-token loss
-−(exp(logp − stop_grad(logp))·A − β_type·KL), text tokens only, masked mean per sequence then mean
-over sequences, no clipping, β = 0. Options: PPO clipping against the sampler's log-probs
-(several iterations per rollout batch), KL estimators k1/k2/k3 with separate β for text and speech
-tokens, other token sets and aggregations, advantage scaling, dropping equal-reward groups.
+−(exp(logp − stop_grad(logp))·A − β_type·KL), text tokens only (a group none of whose completions has a
+text token falls back to the whole completions), masked mean per sequence then mean over sequences, no
+clipping, β = 0. Options: PPO clipping against π_old (the policy's log-probs when the rollout batch was
+made, computed by the training forward; several iterations per rollout batch), KL estimators k1/k2/k3
+with separate β for text and speech tokens, other token sets and aggregations, advantage scaling,
+dropping equal-reward groups.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class GRPOConfig:
   kl_estimator: str = "k3"
   beta_text: float = 0.0             # KL weight on text tokens (0: no reference model needed)
   beta_speech: float = 0.0           # KL weight on speech tokens and audio boundaries
-  clip_eps: float = 0.0              # > 0: PPO clipping against the sampler's log-probs (old_logp)
+  clip_eps: float = 0.0              # > 0: PPO clipping against π_old (old_logp; on-policy at iteration 1)
   clip_eps_high: float = 0.0         # upper clip range; 0 means clip_eps
   num_iterations: int = 1            # optimiser steps per rollout batch (> 1 needs clipping)
 
@@ -103,17 +105,41 @@ def group_weights(rewards: jax.Array, valid: jax.Array | None = None,
   return v.astype(jnp.float32)
 
 
-def rl_token_weights(types: aggregation.Streams, token_set: str) -> dict[str, jax.Array]:
-  """Mask of the token set; a sequence with no such token falls back to its whole completion."""
-  chosen = {k: tokens.token_set_mask(t, token_set) for k, t in types.items()}
-  has_any = jnp.any(aggregation.concat_streams(chosen), axis=1, keepdims=True)
-  return {k: jnp.where(has_any, chosen[k], types[k] != tokens.TokenType.NONE).astype(jnp.float32)
-          for k in types}
+def group_fallback(types: aggregation.Streams, token_set: str, group_size: int) -> jax.Array:
+  """bool [B]: rows whose prompt group (rows p*G .. p*G+G-1) has no token of `token_set` in any completion.
+
+  Such a group trains on its whole completions instead (the reference's fallback, decided per group): a
+  completion without the token set in a group where others have some contributes 0 and still counts."""
+  chosen = jnp.any(aggregation.concat_streams({k: tokens.token_set_mask(t, token_set) for k, t in types.items()}),
+                   axis=1)
+  B = chosen.shape[0]
+  if B % group_size:
+    raise ValueError(f"{B} rows do not form groups of {group_size}")
+  return jnp.repeat(~jnp.any(chosen.reshape(B // group_size, group_size), axis=1), group_size)
 
 
-def grpo_count(types: aggregation.Streams, cfg: GRPOConfig, seq_weight: jax.Array | None = None) -> jax.Array:
+def rl_token_weights(types: aggregation.Streams, token_set: str,
+                     fallback: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Mask of the token set; rows with `fallback` (see `group_fallback`) use their whole completion."""
+  out = {}
+  for k, t in types.items():
+    chosen = tokens.token_set_mask(t, token_set)
+    if fallback is not None:
+      chosen = jnp.where(fallback[:, None], t != tokens.TokenType.NONE, chosen)
+    out[k] = chosen.astype(jnp.float32)
+  return out
+
+
+def _completions(types: aggregation.Streams) -> jax.Array:
+  """bool [B]: rows that hold a completion (a position with a loss type); they count in sequence means."""
+  return jnp.any(aggregation.concat_streams(types) != tokens.TokenType.NONE, axis=1)
+
+
+def grpo_count(types: aggregation.Streams, cfg: GRPOConfig, seq_weight: jax.Array | None = None,
+               fallback: jax.Array | None = None) -> jax.Array:
   """The GRPO denominator of a batch, without a forward pass."""
-  return aggregation.aggregate_count(rl_token_weights(types, cfg.token_set), cfg.aggregation, seq_weight)
+  return aggregation.aggregate_count(rl_token_weights(types, cfg.token_set, fallback), cfg.aggregation, seq_weight,
+                                     counted=_completions(types))
 
 
 def kl_divergence(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
@@ -132,29 +158,32 @@ def kl_divergence(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.A
 def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages: jax.Array, cfg: GRPOConfig,
               *, old_logp: aggregation.Streams | None = None, ref_logp: aggregation.Streams | None = None,
               seq_weight: jax.Array | None = None, entropy: aggregation.Streams | None = None,
+              fallback: jax.Array | None = None, sampler_logp: aggregation.Streams | None = None,
               ) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
   """GRPO loss term and metrics for completions `logp` {stream: [B, L]} with `advantages` [B].
 
-  `old_logp` (the sampler's log-probs) is required with clipping, `ref_logp` with β > 0;
-  `seq_weight` [B] scales sequences (0 drops one); `entropy` {stream: [B, L]} feeds metrics only.
+  `old_logp`: π_old of a later PPO iteration (the training forward's log-probs when the rollout batch was
+  made); without it the step is on-policy (ratio exactly 1, stop-gradient of `logp`), which is also the
+  first iteration with clipping. `ref_logp` is required with β > 0; `seq_weight` [B] scales sequences (0
+  drops one); `fallback` [B] rows use their whole completion (`group_fallback`); `entropy` and
+  `sampler_logp` (the sampler's log-probs of the same tokens) feed metrics only.
   """
   aggregation.check_streams("types", types, logp)
   if advantages.shape != (next(iter(logp.values())).shape[0],):
     raise ValueError(f"advantages shape {advantages.shape} does not match batch size")
-  if cfg.clipping and old_logp is None:
-    raise ValueError("GRPO with clip_eps > 0 needs the sampler's log-probs: rl batch field 'old_logp'")
   if cfg.uses_kl and ref_logp is None:
     raise ValueError("GRPO with beta_text/beta_speech > 0 needs reference log-probs: rl batch field 'ref_logp'")
-  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("entropy", entropy)):
+  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("entropy", entropy),
+                  ("sampler_logp", sampler_logp)):
     if x is not None:
       aggregation.check_streams(name, x, logp)
 
-  weights = rl_token_weights(types, cfg.token_set)
+  weights = rl_token_weights(types, cfg.token_set, fallback)
   adv = advantages.astype(jnp.float32)[:, None]
   per_token, ratios, kls = {}, {}, {}
   for k in logp:
     lp = logp[k].astype(jnp.float32)
-    old = old_logp[k].astype(jnp.float32) if cfg.clipping else jax.lax.stop_gradient(lp)
+    old = jax.lax.stop_gradient(lp) if old_logp is None else old_logp[k].astype(jnp.float32)
     ratio = jnp.exp(lp - old)
     objective = ratio * adv
     if cfg.clipping:
@@ -166,24 +195,26 @@ def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages:
     per_token[k], ratios[k] = -objective, ratio
 
   term = aggregation.aggregate(per_token, weights, cfg.aggregation, seq_weight=seq_weight,
-                               norm_length=cfg.norm_length)
-  metrics = _metrics(types, weights, adv, ratios, kls, entropy, cfg)
+                               norm_length=cfg.norm_length, counted=_completions(types))
+  metrics = _metrics(types, weights, adv, ratios, kls, entropy, cfg, fallback)
+  if sampler_logp is not None:   # sampler (bf16 KV cache) vs training forward on the same tokens, as verl logs it
+    gap = {k: jnp.abs(logp[k].astype(jnp.float32) - sampler_logp[k].astype(jnp.float32)) for k in logp}
+    metrics["sampler_logp_gap_mean"] = aggregation.masked_mean(gap, weights)
+    metrics["sampler_logp_gap_max"] = jnp.max(aggregation.concat_streams(
+        {k: jnp.where(weights[k] > 0, gap[k], 0.0) for k in gap}))
   return term, jax.lax.stop_gradient(metrics)
 
 
-def _metrics(types, weights, adv, ratios, kls, entropy, cfg: GRPOConfig) -> dict[str, jax.Array]:
+def _metrics(types, weights, adv, ratios, kls, entropy, cfg: GRPOConfig, fallback) -> dict[str, jax.Array]:
   """Token counts, mean ratio, clip fractions, KL and entropy by type (means over the RL tokens)."""
   mean = aggregation.masked_mean
   text = {k: tokens.token_set_mask(t, "text").astype(jnp.float32) for k, t in types.items()}
   speech = {k: tokens.token_set_mask(t, "speech").astype(jnp.float32) for k, t in types.items()}
-  in_set = {k: tokens.token_set_mask(t, cfg.token_set) for k, t in types.items()}
-  fallback = ~jnp.any(aggregation.concat_streams(in_set), axis=1) & jnp.any(
-      aggregation.concat_streams(types) != tokens.TokenType.NONE, axis=1)
   out = {
       "num_text_tokens": jnp.sum(aggregation.concat_streams(text)),
       "num_speech_tokens": jnp.sum(aggregation.concat_streams(speech)),
       "num_rl_tokens": jnp.sum(aggregation.concat_streams(weights)),
-      "num_fallback_seqs": jnp.sum(fallback),
+      "num_fallback_seqs": jnp.zeros((), jnp.int32) if fallback is None else jnp.sum(fallback & _completions(types)),
       "ratio_mean": mean(ratios, weights),
   }
   if cfg.clipping:

@@ -42,7 +42,7 @@ def hybrid_counts(batch: dict, cfg: HybridConfig) -> dict[str, jax.Array]:
   if "sft" in batch:
     counts["sft"] = sft_count(batch["sft"]["types"], cfg.sft)
   if "rl" in batch:
-    counts["rl"] = grpo_count(batch["rl"]["types"], cfg.rl, batch["rl"].get("seq_weight"))
+    counts["rl"] = grpo_count(batch["rl"]["types"], cfg.rl, batch["rl"].get("seq_weight"), batch["rl"].get("fallback"))
   return counts
 
 
@@ -50,7 +50,7 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
   """`hybrid_loss(params, batch, lambda_t, counts=None) -> (loss, metrics)`.
 
   batch = {"sft": seq_batch, "rl": rl_batch} (WORKSPACE.md contracts; rl_batch also carries
-  `advantages` [B], and optionally `old_logp`, `ref_logp`, `seq_weight` [B]). A part may be left
+  `advantages` [B], and optionally `old_logp`, `ref_logp`, `sampler_logp`, `seq_weight` [B], `fallback` [B]). A part may be left
   out when its weight is 0 (SFT-only or RL-only runs): it then contributes nothing.
   """
   def hybrid_loss(params, batch: dict, lambda_t: jax.Array, counts: dict | None = None):
@@ -70,7 +70,8 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
       entropy = {k: v["entropy"] for k, v in out.items()} if all("entropy" in v for v in out.values()) else None
       term, rl_metrics = grpo_loss({k: v["logp"] for k, v in out.items()}, rl["types"], rl["advantages"], cfg.rl,
                                    old_logp=rl.get("old_logp"), ref_logp=rl.get("ref_logp"),
-                                   seq_weight=rl.get("seq_weight"), entropy=entropy)
+                                   seq_weight=rl.get("seq_weight"), entropy=entropy, fallback=rl.get("fallback"),
+                                   sampler_logp=rl.get("sampler_logp"))
       value = aggregation.term_value(term, counts.get("rl"))
       parts.append(lam * value)
       metrics.update(rl_loss=value, rl_count=term.count, **{f"rl/{k}": v for k, v in rl_metrics.items()})

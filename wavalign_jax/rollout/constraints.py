@@ -7,7 +7,12 @@ It exposes three pure functions over a small pytree of int32/bool [B] arrays:
   update(state, tokens) -> (state, types, stop)  types: {stream: int32[B]} TokenType of the emitted
                                                    tokens; stop: bool[B], the row's response is complete
 `allowed` always leaves at least one id per row, so masked sampling is well defined; rows that
-have stopped are handled by the sampler (it writes pad and TokenType.NONE), not here.
+have stopped are handled by the sampler (it writes pad and TokenType.NONE), not here. A position where
+`allowed` leaves exactly one id is *forced*: the policy did not choose it, so it gets no RL gradient.
+
+`constrained=False` is upstream-faithful free decoding: the sampler applies no mask (nothing is forced),
+while `update` still types the tokens by id class and stops at the stop tokens; a rollout that breaks
+the layout is scored as far as it parses and counted (`sampler.well_formed`).
 
 Interleaved (VITA-Audio). Ratio list [T1, A1, T2, A2, ...], the last pair repeats. A chunk is
   text (<= T_k ids), <|begin_of_audio|>, codes, <|end_of_audio|>.
@@ -20,6 +25,7 @@ Interleaved (VITA-Audio). Ratio list [T1, A1, T2, A2, ...], the last pair repeat
     the data layout's final chunk holds whatever audio is left (a chunk is final when the remaining
     text fits in T_k or the remaining audio in A_k - 2).
   * after EOA: a final chunk forces <|im_end|> (stop); otherwise the next chunk's text phase.
+  Types: codes SPEECH, BOA / EOA BOUNDARY, everything else (text ids, <|im_end|>) TEXT.
 Parallel (Kimi-Audio). Both streams every step: audio is forced to blank for the first `delay`
   steps, then codes or msg_end / media_end (stop, included in the response); text is text ids or
   text_eos, then forced blank. Types: every text-stream position TEXT, every audio-stream one SPEECH.
@@ -57,6 +63,7 @@ class InterleavedState(NamedTuple):
 class InterleavedConstraint:
   vocab: InterleavedVocab
   ratios: tuple[int, ...]
+  constrained: bool = True
 
   def __post_init__(self):
     r = tuple(int(x) for x in self.ratios)
@@ -125,6 +132,7 @@ class ParallelState(NamedTuple):
 class ParallelConstraint:
   vocab: ParallelVocab
   delay: int = 6   # kimia_mimo_audiodelaytokens
+  constrained: bool = True
 
   def init(self, batch_size: int) -> ParallelState:
     return ParallelState(jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), bool))

@@ -12,7 +12,9 @@ recomputes from the same parameters, so it serves as pi_old in GRPO / PPO ratios
 
 A row's response ends with its stop token (<|im_end|> / msg_end / media_end), which is part of
 the completion; rows that hit `max_new_tokens` first are marked truncated. Positions after the
-stop hold the constraint vocabulary's pad id, TokenType.NONE and log-prob 0.
+stop hold the constraint vocabulary's pad id, TokenType.NONE and log-prob 0. Positions whose token the
+constraint forced (one allowed id) are marked in `forced`; `rl_batch` gives them TokenType.NONE, so the
+policy gradient and its denominators see only tokens the policy chose.
 """
 from __future__ import annotations
 
@@ -69,16 +71,17 @@ def kimi_upstream_sampling(**kw: Any) -> SamplingConfig:
 def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any) -> SamplingConfig:
   """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
   top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
-  the global ones) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
+  the global ones, `constrained` (default True: the layout's constraint mask)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
   fields = ("temperature", "top_p", "top_k")
   base = StreamSampling(**{f: rollout_cfg[f] for f in fields})
   per_stream = tuple(
       (s, StreamSampling(**{f: rollout_cfg.get(f"{s}_{f}", rollout_cfg[f]) for f in fields}))
       for s in ("text", "audio") if any(f"{s}_{f}" in rollout_cfg for f in fields))
+  constrained = bool(rollout_cfg.get("constrained", True))
   if layout_cfg["kind"] == "interleaved":
-    constraint = InterleavedConstraint(vocab, tuple(layout_cfg["ratios"]))
+    constraint = InterleavedConstraint(vocab, tuple(layout_cfg["ratios"]), constrained)
   elif layout_cfg["kind"] == "parallel":
-    constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]))
+    constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]), constrained)
   else:
     raise ValueError(f"layout.kind={layout_cfg['kind']!r}: expected 'interleaved' or 'parallel'")
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
@@ -93,6 +96,7 @@ class Rollouts(NamedTuple):
   lengths: Any             # int32[B]
   truncated: Any           # bool[B] reached max_new_tokens without a stop token
   group_ids: Any           # int32[B] prompt index of each row
+  forced: dict[str, Any]   # {stream: bool[B, N]} the constraint allowed only this token
 
 
 def _top_p_threshold(sorted_desc, top_p: float):
@@ -100,6 +104,29 @@ def _top_p_threshold(sorted_desc, top_p: float):
   probs = jax.nn.softmax(sorted_desc, axis=-1)
   keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p       # the top token is always kept
   return jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+
+
+def nucleus_mask(x, top_p: float):
+  """bool [B, V]: the nucleus of logits `x` without sorting the vocabulary.
+
+  Token i is kept iff the probability mass of the tokens strictly more likely than i is < top_p (the
+  sort-based definition: the top token is always kept, ties share a fate). That set is {p >= t} for the
+  smallest float t with mass(p > t) < top_p; t is found exactly by bisection over the bit patterns of
+  non-negative float32 numbers (ordered like the numbers), 32 masked sums over [B, V] instead of a sort.
+  """
+  p = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
+  lo = jnp.zeros(p.shape[:-1] + (1,), jnp.int32)
+  hi = jnp.max(jax.lax.bitcast_convert_type(p, jnp.int32), axis=-1, keepdims=True)   # mass above max p is 0
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    t = jax.lax.bitcast_convert_type(mid, jnp.float32)
+    ok = jnp.sum(jnp.where(p > t, p, 0.0), axis=-1, keepdims=True) < top_p
+    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+  _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+  return p >= jax.lax.bitcast_convert_type(hi, jnp.float32)
 
 
 def sample_token(logits, allowed, sp: StreamSampling, key):
@@ -119,7 +146,7 @@ def sample_token(logits, allowed, sp: StreamSampling, key):
   else:
     x = x / sp.temperature
     if sp.top_p < 1:
-      x = jnp.where(x >= _top_p_threshold(-jnp.sort(-x, axis=-1), sp.top_p), x, -jnp.inf)
+      x = jnp.where(nucleus_mask(x, sp.top_p), x, -jnp.inf)
     ids = jax.random.categorical(key, x, axis=-1)
   ids = ids.astype(jnp.int32)
   return ids, jnp.take_along_axis(model_logp, ids[:, None], axis=-1)[:, 0]
@@ -152,14 +179,17 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
       done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
       tokens={s: jnp.full((B, N), cfg.pad, jnp.int32) for s in streams},
       logp={s: jnp.zeros((B, N), jnp.float32) for s in streams},
-      types={s: jnp.zeros((B, N), jnp.int32) for s in streams})
+      types={s: jnp.zeros((B, N), jnp.int32) for s in streams},
+      forced={s: jnp.zeros((B, N), bool) for s in streams})
+  masked = con is not None and con.constrained
 
   def cond(c):
     return (c["i"] < N) & ~jnp.all(c["done"])
 
   def body(c):
     i, active = c["i"], ~c["done"]
-    allowed = con.allowed(c["state"]) if con is not None else {s: None for s in streams}
+    allowed = con.allowed(c["state"]) if masked else {s: None for s in streams}
+    forced = {s: (jnp.sum(allowed[s], axis=-1) == 1) if masked else jnp.zeros((B,), bool) for s in streams}
     keys = jax.random.split(jax.random.fold_in(rng, i), len(streams))
     toks, logp = {}, {}
     for s, key in zip(streams, keys):
@@ -174,7 +204,8 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
         i=i + 1, state=state, done=c["done"] | stop, lengths=c["lengths"] + active,
         tokens=put(c["tokens"], toks),
         logp=put(c["logp"], {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
-        types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}))
+        types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}),
+        forced=put(c["forced"], {s: active & f for s, f in forced.items()}))
     new["logits"], new["cache"] = models.decode(
         params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + i)[:, None], c["cache"])
     return new
@@ -182,7 +213,7 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
   out = jax.lax.while_loop(cond, body, init)
   return Rollouts(tokens=out["tokens"], logp=out["logp"], types=out["types"],
                   mask=jnp.arange(N)[None, :] < out["lengths"][:, None], lengths=out["lengths"],
-                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G)
+                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G, forced=out["forced"])
 
 
 def validate_prompts(model_cfg: ModelConfig, prompts: dict[str, Any], sampling_cfg: SamplingConfig) -> None:
@@ -231,8 +262,9 @@ def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: i
 def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[str, Any]:
   """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, right-padded to Lp + N.
 
-  Targets carry the completion's types and `old_logp` (the sampler's log-probs); prompt targets
-  and everything after the stop token are TokenType.NONE. Advantages are added by the caller.
+  Targets carry the completion's types and `sampler_logp` (the sampler's log-probs); prompt targets,
+  forced positions and everything after the stop token are TokenType.NONE. Advantages are added by the
+  caller.
   """
   B, N = rollouts.mask.shape
   G = B // prompts["valid"].shape[0]
@@ -245,13 +277,15 @@ def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[s
   roll = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
   valid = roll(jnp.concatenate([pvalid, rollouts.mask], axis=1))
   nxt = lambda a, fill: jnp.concatenate([a[:, 1:], jnp.full_like(a[:, :1], fill)], axis=1)
-  inputs, targets, types, old_logp = {}, {}, {}, {}
+  inputs, targets, types, sampler_logp = {}, {}, {}, {}
   for s, toks in rollouts.tokens.items():
     inputs[s] = jnp.where(valid, roll(jnp.concatenate([rep(prompts["inputs"][s]), toks], axis=1)), pad_id)
     targets[s] = nxt(inputs[s], pad_id)
-    types[s] = nxt(roll(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), rollouts.types[s]], axis=1)), 0)
-    old_logp[s] = nxt(roll(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1)), 0.0)
-  batch = dict(inputs=inputs, targets=targets, types=types, old_logp=old_logp,
+    chosen = jnp.where(rollouts.forced[s], int(TokenType.NONE), rollouts.types[s])
+    types[s] = nxt(roll(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), chosen], axis=1)), 0)
+    sampler_logp[s] = nxt(roll(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1)),
+                          0.0)
+  batch = dict(inputs=inputs, targets=targets, types=types, sampler_logp=sampler_logp,
                positions=jnp.where(valid, jnp.arange(L)[None, :], 0).astype(jnp.int32),
                segment_ids=valid.astype(jnp.int32), group_ids=rollouts.group_ids)
   if "features" in prompts:
@@ -272,3 +306,26 @@ def response_contents(rollouts: Rollouts, constraint: Constraint) -> list[tuple[
     return [layouts.parallel_split(toks["text"][b][mask[b]], toks["audio"][b][mask[b]], constraint.vocab)
             for b in range(len(mask))]
   raise ValueError(f"response_contents needs an interleaved or parallel constraint, got {constraint!r}")
+
+
+def well_formed(rollouts: Rollouts, constraint: Constraint) -> np.ndarray:
+  """bool [B]: the completion ends with its stop token and follows the architecture's layout exactly
+  (interleaved: the ratio schedule's chunks; parallel: text ends with text_eos). Always true under the
+  constrained default (up to truncation); counted as a metric with `rollout.constrained=False`."""
+  mask = np.asarray(rollouts.mask)
+  toks = {s: np.asarray(t) for s, t in rollouts.tokens.items()}
+  done = ~np.asarray(rollouts.truncated)
+  out = np.zeros(len(mask), bool)
+  for b, (text, codes) in enumerate(response_contents(rollouts, constraint)):
+    if not done[b]:
+      continue
+    if isinstance(constraint, InterleavedConstraint):
+      try:
+        want = layouts.interleaved_response(text, codes, constraint.vocab, constraint.ratios).tokens["tokens"]
+      except ValueError:
+        continue
+      got = toks["tokens"][b][mask[b]]
+      out[b] = len(got) <= len(want) and np.array_equal(got, want[:len(got)]) and got[-1] == constraint.vocab.eos
+    else:
+      out[b] = bool(np.any(toks["text"][b][mask[b]] == constraint.vocab.text_eos))
+  return out
