@@ -150,15 +150,49 @@ def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positi
            cache: dict[str, Any], valid: Array | None = None, features: Array | None = None,
            feature_mask: Array | None = None) -> tuple[dict[str, Array], dict[str, Any]]:
   """Prefill (T = prompt length) or step (T = 1) with the KV cache; see the module docstring."""
+  hidden, cache = decode_hidden(params, cfg, inputs, positions, cache, valid, features, feature_mask)
+  return {s: _head_logits(h[:, -1], params[HEADS[s]], cfg) for s, h in hidden.items()}, cache
+
+
+def head_logits(params: Params, cfg: ModelConfig, stream: str, h: Array) -> Array:
+  """float32 logits of the head that predicts `stream`, from post-norm hidden states h [..., d]."""
+  return _head_logits(h, params[HEADS[stream]], cfg)
+
+
+def _cached_mask(cache_valid: Array, idx: Array, T: int) -> Array:
+  """[B, 1, T, S]: new query i (slot idx + i) sees slot j iff j <= idx + i and the slot is valid."""
+  slots = jnp.arange(cache_valid.shape[1])
+  return ((slots[None, :] <= idx + jnp.arange(T)[:, None])[None] & cache_valid[:, None, :])[:, None]
+
+
+def decode_hidden(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positions: Array,
+                  cache: dict[str, Any], valid: Array | None = None, features: Array | None = None,
+                  feature_mask: Array | None = None) -> tuple[dict[str, Array], dict[str, Any]]:
+  """`decode`, returning the post-norm hidden states {stream: [B, T, d]} of all T new positions."""
   B, T = positions.shape
   idx = cache["index"]
   if valid is None:
     valid = jnp.ones((B, T), bool)
   cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid.astype(bool), (0, idx))
-  slots = jnp.arange(cache_valid.shape[1])
-  mask = (slots[None, :] <= idx + jnp.arange(T)[:, None])[None] & cache_valid[:, None, :]
   stacks = {k: v for k, v in cache.items() if k not in ("index", "valid")}
-  hidden, new = Transformer(cfg).apply({"params": params}, dict(inputs), positions, mask[:, None],
+  hidden, new = Transformer(cfg).apply({"params": params}, dict(inputs), positions, _cached_mask(cache_valid, idx, T),
                                        stacks, idx, features=features, feature_mask=feature_mask)
-  out = {s: _head_logits(h[:, -1], params[HEADS[s]], cfg) for s, h in hidden.items()}
-  return out, {"index": idx + T, "valid": cache_valid, **new}
+  return hidden, {"index": idx + T, "valid": cache_valid, **new}
+
+
+def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> list[dict[str, Array]]:
+  """One static KV cache {"k","v": [B, max_len, kv_heads, head_dim]} per MCTP module, indexed by anchor slot."""
+  shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for _ in range(cfg.num_mtp_modules)]
+
+
+def mtp_decode(params: Params, cfg: ModelConfig, k: int, tokens: Array, hidden: Array, positions: Array,
+               cache: dict[str, Array], slot_valid: Array, index: Array) -> tuple[Array, dict[str, Array]]:
+  """MCTP module k on the T anchors [index, index + T) (static T): post-norm hidden [B, T, d] and its cache.
+
+  tokens [B, T]: the token k+1 slots after each anchor; hidden [B, T, d]: the previous stage at the anchors
+  (the main model's post-norm hidden for k = 0); positions [B, T]: RoPE positions of those tokens;
+  slot_valid [B, S]: anchors that may be attended (prompt padding is not)."""
+  T = tokens.shape[1]
+  return Transformer(cfg).apply({"params": params}, k, tokens, hidden, positions,
+                                _cached_mask(slot_valid, index, T), cache, index, method=Transformer.mtp_decode)

@@ -62,11 +62,12 @@ class MTPModule(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, emb: Array, hidden: Array, aux: tuple[Array, Array, Array]) -> Array:
+  def __call__(self, emb: Array, hidden: Array, aux: tuple[Array, Array, Array],
+               cache: dict | None = None) -> tuple[Array, dict | None]:
     c = self.cfg
     z = jnp.concatenate([RMSNorm(c, name="embed_norm")(emb), RMSNorm(c, name="hidden_norm")(hidden)], -1)
     z = Dense(c, (2 * c.hidden_size,), (c.hidden_size,), (None, "embed"), name="proj")(z)
-    return DecoderLayer(c, name="layer")(z, aux, None)[0]
+    return DecoderLayer(c, name="layer")(z, aux, cache)
 
 
 class Transformer(nn.Module):
@@ -145,9 +146,18 @@ class Transformer(nn.Module):
     for k, module in enumerate(self.mtp):
       n = tokens.shape[1] - 1 - k
       aux = (positions[:, k + 1:], causal_mask(segs[:, :n]), jnp.zeros((), jnp.int32))
-      h = self.final_norm(module(self.embed(tokens[:, k + 1:]), h[:, :n], aux))
+      h = self.final_norm(module(self.embed(tokens[:, k + 1:]), h[:, :n], aux)[0])
       out.append(h)
     return out
+
+  def mtp_decode(self, k: int, tokens: Array, hidden: Array, positions: Array, mask: Array, cache: dict,
+                 cache_index: Array) -> tuple[Array, dict]:
+    """MCTP module k on T new anchors with its own KV cache: post-norm hidden [B, T, d] and the cache.
+
+    Anchor t embeds `tokens` (the token k+1 slots after t) and reads `hidden` (the previous stage at t)."""
+    aux = (positions, mask, jnp.asarray(cache_index, jnp.int32))
+    h, cache = self.mtp[k](self.embed(tokens), hidden, aux, cache)
+    return self.final_norm(h), cache
 
   def init_all(self, inputs: dict[str, Array], positions: Array, mask: Array,
                features: Array | None = None, feature_mask: Array | None = None):

@@ -97,6 +97,7 @@ class Rollouts(NamedTuple):
   truncated: Any           # bool[B] reached max_new_tokens without a stop token
   group_ids: Any           # int32[B] prompt index of each row
   forced: dict[str, Any]   # {stream: bool[B, N]} the constraint allowed only this token
+  head: Any = None         # int32[B, N] which head made each token: -1 main model, k MCTP module k (mctp only)
 
 
 def _top_p_threshold(sorted_desc, top_p: float):
@@ -172,48 +173,67 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
       jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32), cache, valid=valid,
       features=None if "features" not in prompts else rep(prompts["features"]),
       feature_mask=None if "feature_mask" not in prompts else rep(prompts["feature_mask"]))
+  def cond(c):
+    return (c["i"] < N) & ~jnp.all(c["done"])
+
+  def body(c):
+    new, toks = emit(c, c.pop("logits"), cfg, rng, streams)
+    new["logits"], new["cache"] = models.decode(
+        params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + c["i"])[:, None], c["cache"])
+    return new
+
+  out = jax.lax.while_loop(cond, body, dict(init_carry(cfg, streams, B, N), logits=logits, cache=cache))
+  return finish(out, cfg, N, G)
+
+
+def init_carry(cfg: SamplingConfig, streams: Sequence[str], B: int, N: int) -> dict[str, Any]:
+  """Loop state of a sampler: step, constraint state, stop flags and the [B, N] output buffers."""
   con = cfg.constraint
-  init = dict(
-      i=jnp.zeros((), jnp.int32), logits=logits, cache=cache,
-      state=con.init(B) if con is not None else (),
+  return dict(
+      i=jnp.zeros((), jnp.int32), state=con.init(B) if con is not None else (),
       done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
       tokens={s: jnp.full((B, N), cfg.pad, jnp.int32) for s in streams},
       logp={s: jnp.zeros((B, N), jnp.float32) for s in streams},
       types={s: jnp.zeros((B, N), jnp.int32) for s in streams},
       forced={s: jnp.zeros((B, N), bool) for s in streams})
+
+
+def emit(c: dict[str, Any], logits: dict[str, Any], cfg: SamplingConfig, rng, streams: Sequence[str]):
+  """Samples token i of every row from `logits` {stream: [B, V]} under the constraint and records it.
+
+  Returns the new carry (i + 1) and the emitted tokens {stream: [B]} (pad for rows that have stopped).
+  Row randomness depends on (rng, i) only, so any decoder that calls this once per token reproduces it."""
+  con = cfg.constraint
   masked = con is not None and con.constrained
+  B = c["done"].shape[0]
+  i, active = c["i"], ~c["done"] & (c["i"] < c["tokens"][streams[0]].shape[1])
+  allowed = con.allowed(c["state"]) if masked else {s: None for s in streams}
+  forced = {s: (jnp.sum(allowed[s], axis=-1) == 1) if masked else jnp.zeros((B,), bool) for s in streams}
+  keys = jax.random.split(jax.random.fold_in(rng, i), len(streams))
+  toks, logp = {}, {}
+  for s, key in zip(streams, keys):
+    toks[s], logp[s] = sample_token(logits[s], allowed[s], cfg.for_stream(s), key)
+  if con is not None:
+    state, types, stop = con.update(c["state"], toks)
+  else:
+    state, types, stop = (), _free_types(streams, B), jnp.zeros((B,), bool)
+  toks = {s: jnp.where(active, t, cfg.pad) for s, t in toks.items()}
+  put = lambda buf, col: {s: buf[s].at[:, i].set(col[s], mode="drop") for s in streams}
+  new = dict(
+      c, i=i + 1, state=state, done=c["done"] | stop, lengths=c["lengths"] + active,
+      tokens=put(c["tokens"], toks),
+      logp=put(c["logp"], {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
+      types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}),
+      forced=put(c["forced"], {s: active & f for s, f in forced.items()}))
+  return new, toks
 
-  def cond(c):
-    return (c["i"] < N) & ~jnp.all(c["done"])
 
-  def body(c):
-    i, active = c["i"], ~c["done"]
-    allowed = con.allowed(c["state"]) if masked else {s: None for s in streams}
-    forced = {s: (jnp.sum(allowed[s], axis=-1) == 1) if masked else jnp.zeros((B,), bool) for s in streams}
-    keys = jax.random.split(jax.random.fold_in(rng, i), len(streams))
-    toks, logp = {}, {}
-    for s, key in zip(streams, keys):
-      toks[s], logp[s] = sample_token(c["logits"][s], allowed[s], cfg.for_stream(s), key)
-    if con is not None:
-      state, types, stop = con.update(c["state"], toks)
-    else:
-      state, types, stop = (), _free_types(streams, B), jnp.zeros((B,), bool)
-    toks = {s: jnp.where(active, t, cfg.pad) for s, t in toks.items()}
-    put = lambda buf, col: {s: buf[s].at[:, i].set(col[s]) for s in streams}
-    new = dict(
-        i=i + 1, state=state, done=c["done"] | stop, lengths=c["lengths"] + active,
-        tokens=put(c["tokens"], toks),
-        logp=put(c["logp"], {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
-        types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}),
-        forced=put(c["forced"], {s: active & f for s, f in forced.items()}))
-    new["logits"], new["cache"] = models.decode(
-        params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + i)[:, None], c["cache"])
-    return new
-
-  out = jax.lax.while_loop(cond, body, init)
+def finish(out: dict[str, Any], cfg: SamplingConfig, N: int, G: int, **extra: Any) -> Rollouts:
+  B = out["done"].shape[0]
   return Rollouts(tokens=out["tokens"], logp=out["logp"], types=out["types"],
                   mask=jnp.arange(N)[None, :] < out["lengths"][:, None], lengths=out["lengths"],
-                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G, forced=out["forced"])
+                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G, forced=out["forced"],
+                  **extra)
 
 
 def validate_prompts(model_cfg: ModelConfig, prompts: dict[str, Any], sampling_cfg: SamplingConfig) -> None:

@@ -1,0 +1,148 @@
+"""VITA-Audio MCTP-accelerated decoding (upstream `mtp_inference_mode`), inside one jitted program.
+
+The schedule [M1, m1, M2, m2, ...] expands into one character per generated token: M_k times 'M' (the
+main model) then m_k times 'm' (MCTP modules), the last pair repeating (docs/method.md §2). The k-th
+consecutive 'm' uses module k; an 'm' past the last module runs the main model and restarts the count.
+MCTP tokens are never verified: the main model catches up on every token made since its last step in
+one multi-token forward at its next 'M'. Module k keeps its own KV cache over "anchor" slots t (it reads
+the previous stage's hidden state at t and embeds the token at t + k + 1); on its first call it processes
+the whole history.
+
+Who runs at step j, and on how many new rows, is fixed by the schedule and the prompt length, so every
+shape is static: the steps before the schedule becomes periodic are unrolled, the periodic part is one
+`lax.while_loop` over rounds whose body is the unrolled round. Tokens are sampled with the same
+constraint, RNG stream and bookkeeping as the main-only sampler (`sampler.emit`), and each token records
+the head that produced it (`Rollouts.head`). The policy that training scores is the main head: tokens made
+by MCTP modules are off-policy for it (see `rollout.decode` in the README).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from wavalign_jax import models
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout.sampler import Rollouts, SamplingConfig, emit, finish, init_carry, validate_prompts
+
+MAIN = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  head: int   # MAIN or the MCTP module index
+  rows: int   # new rows this head runs on (prefill / catch-up for MAIN, anchors for a module)
+
+
+def expand(schedule: Sequence[int], n: int) -> str:
+  """'M'/'m' per generated token: pairs in order, the last pair repeating, cut to n characters."""
+  s = tuple(int(x) for x in schedule)
+  if len(s) < 2 or len(s) % 2 or any(x < 0 for x in s) or s[0] < 1 or sum(s[-2:]) < 1:
+    raise ValueError(f"MCTP schedule {list(s)}: need pairs [M1, m1, ...] of counts >= 0, M1 >= 1 and a last "
+                     "pair that is not empty")
+  out, pair = "", 0
+  while len(out) < n:
+    a, b = s[2 * pair], s[2 * pair + 1]
+    out += "M" * a + "m" * b
+    pair = min(pair + 1, len(s) // 2 - 1)
+  return out[:n]
+
+
+def plan(schedule: Sequence[int], num_modules: int, prompt_len: int, n: int) -> list[Step]:
+  """The head and new-row count of each of the n steps (step 0 is the prefill)."""
+  steps, main_done, done_anchors, k = [], 0, [0] * num_modules, 0
+  for j, ch in enumerate(expand(schedule, n)):
+    L = prompt_len + j                       # tokens in the sequence when step j runs
+    if ch == "m" and k < num_modules:
+      steps.append(Step(k, L - k - 1 - done_anchors[k]))
+      done_anchors[k] = L - k - 1
+      k += 1
+    else:
+      steps.append(Step(MAIN, L - main_done))
+      main_done, k = L, 0
+  return steps
+
+
+def periodic_split(steps: list[Step], period: int) -> int:
+  """Smallest p such that steps[p:] repeats with `period` (len(steps) if it never does)."""
+  p = len(steps)
+  while p > 0 and (p - 1 + period >= len(steps) or steps[p - 1] == steps[p - 1 + period]):
+    p -= 1
+  return p
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "schedule"))
+def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig,
+                 schedule: tuple[int, ...]) -> Rollouts:
+  G, N = cfg.group_size, cfg.max_new_tokens
+  rep = lambda a: jnp.repeat(a, G, axis=0)
+  valid = rep(prompts["valid"].astype(bool))
+  B, Lp = valid.shape
+  period = sum(schedule[-2:])
+  full_plan = plan(schedule, model_cfg.num_mtp_modules, Lp, N + 2 * period)
+  p = min(periodic_split(full_plan, period), N)
+  S = Lp + N + period                        # slots: the loop's last round may run past N (outputs dropped)
+  pad_left = Lp - valid.sum(axis=1).astype(jnp.int32)
+  slot_valid = jnp.concatenate([valid, jnp.ones((B, S - Lp), bool)], axis=1)
+  seq = jnp.concatenate([rep(prompts["inputs"]["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
+  d = model_cfg.hidden_size
+  carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq, cache=models.init_cache(model_cfg, B, S),
+               mtp_cache=models.init_mtp_cache(model_cfg, B, S),
+               hidden=[jnp.zeros((B, S, d), model_cfg.dtype) for _ in range(max(model_cfg.num_mtp_modules, 1))],
+               head=jnp.full((B, N), MAIN, jnp.int32))
+  slice_ = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+  put_rows = lambda buf, start, rows: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=1)
+
+  def run(c, step: Step):
+    """Step c["i"] = j with the static `step`: the head's logits for token j, then sample and record it."""
+    j = c["i"]
+    L, T = Lp + j, step.rows
+    if step.head == MAIN:
+      start = L - T
+      hidden, c["cache"] = models.decode_hidden(
+          params, model_cfg, {"tokens": slice_(c["seq"], start, T)}, start + jnp.arange(T)[None] - pad_left[:, None],
+          c["cache"], valid=slice_(slot_valid, start, T))
+      h = hidden["tokens"]
+      if model_cfg.num_mtp_modules:
+        c["hidden"][0] = put_rows(c["hidden"][0], start, h)
+    else:
+      k, start = step.head, L - step.head - 1 - T          # anchors [start, start + T)
+      h, c["mtp_cache"][k] = models.mtp_decode(
+          params, model_cfg, k, slice_(c["seq"], start + k + 1, T), slice_(c["hidden"][k], start, T),
+          start + k + 1 + jnp.arange(T)[None] - pad_left[:, None], c["mtp_cache"][k], slot_valid, start)
+      if k + 1 < model_cfg.num_mtp_modules:
+        c["hidden"][k + 1] = put_rows(c["hidden"][k + 1], start, h)
+    logits = {"tokens": models.head_logits(params, model_cfg, "tokens", h[:, -1])}
+    c["head"] = c["head"].at[:, j].set(step.head, mode="drop")
+    c, toks = emit(c, logits, cfg, rng, ("tokens",))
+    c["seq"] = put_rows(c["seq"], L, toks["tokens"][:, None])
+    return c
+
+  carry = dict(carry)
+  for step in full_plan[:p]:                # unrolled prefix: prefill and the schedule's first rounds
+    carry = run(carry, step)
+  body_steps = full_plan[p:p + period]
+
+  def body(c):
+    c = dict(c, hidden=list(c["hidden"]), mtp_cache=list(c["mtp_cache"]))
+    for step in body_steps:
+      c = run(c, step)
+    return c
+
+  if p < N:
+    carry = jax.lax.while_loop(lambda c: (c["i"] < N) & ~jnp.all(c["done"]), body, carry)
+  return finish(carry, cfg, N, G, head=carry["head"])
+
+
+def sample_mctp(params, model_cfg: ModelConfig, prompts, rng, sampling_cfg: SamplingConfig,
+                schedule: Sequence[int]) -> Rollouts:
+  """G rollouts per prompt with MCTP decoding (`sampler.sample`'s contract, plus `Rollouts.head`)."""
+  if model_cfg.arch != "interleaved" or model_cfg.num_mtp_modules < 1:
+    raise ValueError(f"MCTP decoding needs an interleaved model with MCTP modules (arch {model_cfg.arch!r}, "
+                     f"{model_cfg.num_mtp_modules} modules); use rollout.decode='main'")
+  expand(schedule, 1)
+  validate_prompts(model_cfg, prompts, sampling_cfg)
+  return _sample_mctp(params, model_cfg, prompts, rng, sampling_cfg, tuple(int(x) for x in schedule))
