@@ -529,3 +529,26 @@ def test_nucleus_mask_equals_the_sort_based_definition(top_p):
   threshold = np.min(np.where(keep_sorted, srt, np.inf), axis=-1, keepdims=True)
   want = np.asarray(x) >= threshold
   np.testing.assert_array_equal(np.asarray(rollout.nucleus_mask(x, top_p)), want)
+
+
+def test_trimmed_rl_batch_scores_the_same(vita):
+  """The RL batch cut to the longest row (bucketed) gives the same log-probs on every scored position."""
+  from wavalign_jax import train
+  cfg, params, prompts = vita
+  con = constraints.InterleavedConstraint(TIV, RATIOS)
+  sc = rollout.SamplingConfig(max_new_tokens=16, group_size=2, sampling=rollout.StreamSampling(1.0, 1.0, 0),
+                              constraint=con)
+  r = jax.device_get(rollout.sample(params, cfg, prompts, jax.random.key(9), sc))
+  full = jax.device_get(rollout.rl_batch(prompts, r, TIV.pad))
+  full.pop("group_ids")
+  Lp = prompts["valid"].shape[1]
+  trimmed = train.trim_rl_batch(full, Lp, 16)
+  L = trimmed["segment_ids"].shape[1]
+  longest = int((full["segment_ids"] > 0).sum(1).max())
+  assert longest <= L < Lp + 16 or longest > Lp + 14    # cut unless a row needs (nearly) everything
+  assert (L - Lp) % 2 == 0 and L >= longest              # buckets of 16 / 8 = 2 new tokens
+  assert (full["segment_ids"][:, L:] == 0).all()
+  a = models.target_logprobs(params, cfg, full)["tokens"]["logp"]
+  b = models.target_logprobs(params, cfg, trimmed)["tokens"]["logp"]
+  m = trimmed["types"]["tokens"] > 0
+  np.testing.assert_allclose(np.asarray(b)[m], np.asarray(a)[:, :L][m], atol=1e-6)

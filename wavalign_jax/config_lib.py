@@ -99,6 +99,10 @@ def base_config() -> mlc.ConfigDict:
   c.rollout.top_k = 0
   c.rollout.max_new_tokens = 1024
   c.rollout.constrained = True         # False: upstream-style free decoding (malformed rollouts counted)
+  # "auto": MCTP decoding where the model has MCTP modules (VITA-Audio, as upstream), else the main head;
+  # "main": every token from the main head (on-policy for every token, e.g. for full-token RL); "mctp".
+  c.rollout.decode = "auto"
+  c.rollout.mctp_schedule = ()         # [M1, m1, ...]; () = the layout's ratio list (upstream's choice)
 
   # --- Reward ----------------------------------------------------------------------------------
   c.reward = mlc.ConfigDict()
@@ -165,6 +169,9 @@ def make_tiny(c: mlc.ConfigDict) -> None:
   c.data.max_prompt_len = 40          # the testbed's prompts are <= 35 tokens, responses <= 26
   c.data.max_response_len = 32
   c.rollout.max_new_tokens = 32
+  # The testbed base model's SFT trains the main head only (as WavAlign does), so its MCTP modules are
+  # untrained: decode with the main head. Set rollout.decode=mctp to measure the MCTP path anyway.
+  c.rollout.decode = "main"
   c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
                                   base_learning_rate=3e-3, base_batch_size=32, base_checkpoint_every=100))
   c.reward.kind = "testbed"

@@ -149,7 +149,8 @@ def generate_responses(model: EvalModel, config: mlc.ConfigDict, suite: str, dat
   if max_examples:
     records = records[:max_examples]
   prompts = generate.layout_prompts(records, model.builder)
-  sampling = generate.eval_sampling(sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab),
+  sampling = generate.eval_sampling(sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab,
+                                                                model.model_cfg.num_mtp_modules),
                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
   contents = generate.generate(model.params, model.model_cfg, sampling, prompts, batch_size=batch_size,
                                pad_id=model.builder.vocab.pad, rng=jax.random.PRNGKey(seed), mesh=model.mesh)

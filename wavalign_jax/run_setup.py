@@ -79,7 +79,7 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   if vocab.vocab_size > model_cfg.vocab_size:
     raise ValueError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                      f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
+  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
   return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
                   eval_data=config.data.eval or None, buckets=buckets, init_checkpoint=config.init_checkpoint)
@@ -98,7 +98,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
   if not init_checkpoint:
     init_checkpoint = os.path.join(workdir, "base_model")
     base_model.ensure_base_model(config, model_cfg, data.datasets["sft_train"], buckets, init_checkpoint, guard)
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, data.vocab)
+  sampling = sampler_lib.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
   return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],

@@ -1,12 +1,21 @@
 """Mesh construction and the logical-axis rules table (MaxText style).
 
-Model code names parameter and activation axes logically ("embed", "mlp", "heads", ...);
-this table alone decides which mesh axis each maps to. No device counts live in model code.
+Model code names parameter axes ("embed", "mlp", "heads", ...) and, separately, activation axes
+("activation_batch", "activation_embed", ...); this table alone decides which mesh axis each maps to.
+Parameters and activations need different names because they shard differently: FSDP splits a weight's
+"embed" axis over `fsdp`, while an activation [batch, length, embed] is split over its batch by
+(data, fsdp) and must not use `fsdp` a second time. No device counts live in model code.
+
+The activation constraints (`nn.with_logical_constraint` in the model) only act inside `use_rules(mesh)`;
+every jitted entry point is called (and so traced) there (`jit_with_rules`).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -27,7 +36,39 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("adaptor_in", None),
     ("cache_length", None),
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_vocab", "tensor"),
 )
+
+
+@contextlib.contextmanager
+def use_rules(mesh: Mesh) -> Iterator[None]:
+  """Activation sharding constraints of the model mapped onto `mesh` while tracing inside this block."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    yield
+
+
+class jit_with_rules:  # noqa: N801  (used like jax.jit)
+  """jax.jit of `fn` whose calls (and `lower`, for ahead-of-time analysis) run inside `use_rules(mesh)`, so
+  the model's activation constraints apply when it is traced."""
+
+  def __init__(self, fn: Callable, mesh: Mesh, **jit_kwargs: Any):
+    self._jitted, self.mesh = jax.jit(fn, **jit_kwargs), mesh
+    functools.update_wrapper(self, fn)
+
+  def __call__(self, *args, **kwargs):
+    with use_rules(self.mesh):
+      return self._jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with use_rules(self.mesh):
+      return self._jitted.lower(*args, **kwargs)
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES,

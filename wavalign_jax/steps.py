@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wavalign_jax import gating
+from wavalign_jax import sharding as sharding_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
 from wavalign_jax.objectives.hybrid import HybridConfig, hybrid_counts, make_hybrid_loss
@@ -166,6 +167,7 @@ def device_put_batch(batch: Any, mesh: Mesh) -> Any:
 
 
 def jit_step(step: Callable, state_sharding: Any, mesh: Mesh) -> Callable:
-  """jit with the state donated and kept in its sharding; batch shardings follow the inputs."""
-  return jax.jit(step, in_shardings=(state_sharding, None), out_shardings=(state_sharding, None),
-                 donate_argnums=(0,))
+  """jit with the state donated and kept in its sharding, activation sharding rules on; batch shardings
+  follow the inputs."""
+  return sharding_lib.jit_with_rules(step, mesh, in_shardings=(state_sharding, None),
+                                     out_shardings=(state_sharding, None), donate_argnums=(0,))

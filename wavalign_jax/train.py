@@ -212,7 +212,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
     reuse_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule, update_gate=False,
                                                      microbatches=config.train.microbatches), state_sharding, mesh)
-  ref_logprobs = jax.jit(logprob_fn)   # π_old and π_ref forwards (no gradient), once per rollout batch
+  ref_logprobs = sharding.jit_with_rules(logprob_fn, mesh)   # π_old and π_ref forwards, once per rollout batch
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))

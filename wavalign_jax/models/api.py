@@ -141,8 +141,8 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any
   """Empty static-shape KV cache (layout in the module docstring)."""
   cache: dict[str, Any] = {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((batch_size, max_len), bool)}
   for name, n in _stack_sizes(cfg).items():
-    shape = (n, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-    cache[name] = {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    cache[name] = [{"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for _ in range(n)]
   return cache
 
 
@@ -152,6 +152,28 @@ def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positi
   """Prefill (T = prompt length) or step (T = 1) with the KV cache; see the module docstring."""
   hidden, cache = decode_hidden(params, cfg, inputs, positions, cache, valid, features, feature_mask)
   return {s: _head_logits(h[:, -1], params[HEADS[s]], cfg) for s, h in hidden.items()}, cache
+
+
+def for_decoding(params: Params, cfg: ModelConfig) -> tuple[Params, ModelConfig]:
+  """Parameters and config for a decode loop, made once per rollout call: matrices in the compute dtype (a
+  loop then reads bf16 weights instead of converting the float32 master copy at every token; vectors such as
+  norm scales stay) and scanned layer stacks split into per-layer parameters (`scan_layers=False`), so each
+  layer's KV cache is its own buffer, updated in place."""
+  dtype = jnp.dtype(cfg.dtype)
+  params = jax.tree.map(lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x,
+                        params)
+  if not cfg.scan_layers:
+    return params, cfg
+
+  def unstack(tree):
+    if not isinstance(tree, Mapping):
+      return tree
+    if "layers" in tree:
+      n = jax.tree.leaves(tree["layers"])[0].shape[0]
+      rest = {k: unstack(v) for k, v in tree.items() if k != "layers"}
+      return {**rest, **{f"layer_{i}": jax.tree.map(lambda a: a[i], tree["layers"]) for i in range(n)}}
+    return {k: unstack(v) for k, v in tree.items()}
+  return unstack(params), cfg.replace(scan_layers=False)
 
 
 def head_logits(params: Params, cfg: ModelConfig, stream: str, h: Array) -> Array:

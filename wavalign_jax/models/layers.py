@@ -80,11 +80,25 @@ def attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
   """GQA softmax attention. q [B,T,H,D], k/v [B,S,K,D], mask bool [B,1,T,S] -> [B,T,H,D]."""
   b, t, h, d = q.shape
   kv = k.shape[2]
+  if t == 1:
+    return _attend_one(q, k, v, mask, dtype)
   q = (q * (d ** -0.5)).reshape(b, t, kv, h // kv, d)                 # query head h uses kv head h // G
   s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   s = jnp.where(mask[:, :, None], s, _MASK_VALUE)                     # mask [B,1,1,T,S]
   p = jax.nn.softmax(s, axis=-1).astype(dtype)
   return jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(b, t, h, d)
+
+
+def _attend_one(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
+  """`attend` for one query position (a decode step) as broadcast products and reductions over the cache in
+  its stored layout: the batched [1 x D] @ [D x S] dots would first transpose the whole KV cache."""
+  b, _, h, d = q.shape
+  kv = k.shape[2]
+  q = (q * (d ** -0.5)).reshape(b, 1, kv, h // kv, d)
+  s = jnp.sum((q * k[:, :, :, None, :]).astype(jnp.float32), axis=-1)          # [B, S, K, G]
+  s = jnp.where(mask[:, 0, 0, :, None, None], s, _MASK_VALUE)
+  p = jax.nn.softmax(s, axis=1).astype(dtype)
+  return jnp.sum(p[..., None] * v[:, :, :, None, :], axis=1).reshape(b, 1, h, d)
 
 
 def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implementation: str = "cudnn") -> Array:
@@ -129,7 +143,7 @@ class MLP(nn.Module):
     e, m = (c.hidden_size,), (c.intermediate_size,)
     gate = Dense(c, e, m, ("embed", "mlp"), name="gate")(x)
     up = Dense(c, e, m, ("embed", "mlp"), name="up")(x)
-    h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+    h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
     return Dense(c, m, e, ("mlp", "embed"), name="down")(h)
 
 
@@ -144,7 +158,7 @@ class DecoderLayer(nn.Module):
                                                 positions, mask, cache, cache_index)
     x = x + h
     x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
     self.sow("intermediates", "residual", x)
     return x, cache
 
@@ -157,8 +171,9 @@ _REMAT_POLICIES = {
 
 class Stack(nn.Module):
   """`num_layers` identical decoder layers, scanned (params stacked on a leading "layers" axis) or
-  looped (params `layer_{i}`). The cache, when given, is {"k","v": [num_layers, B, S, K, D]} in both
-  modes, so a cache never depends on `cfg.scan_layers`."""
+  looped (params `layer_{i}`). The cache, when given, is a list of per-layer {"k","v": [B, S, K, D]} in
+  both modes. Decode loops use the looped form (`api.for_decoding`): each layer's cache buffer is then
+  updated in place, while a scan would slice and re-stack (copy) the whole cache at every token."""
   cfg: ModelConfig
   num_layers: int
 
@@ -175,10 +190,11 @@ class Stack(nn.Module):
       scanned = nn.scan(layer_cls, variable_axes={"params": 0, "intermediates": 0},
                         split_rngs={"params": True}, in_axes=(nn.broadcast, 0),
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      return scanned(c, name="layers")(x, aux, cache)
+      stacked = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *cache)
+      x, stacked = scanned(c, name="layers")(x, aux, stacked)
+      return x, (None if cache is None else [jax.tree.map(lambda a: a[i], stacked) for i in range(self.num_layers)])
     new = []
     for i in range(self.num_layers):
-      layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
-      x, layer_cache = layer_cls(c, name=f"layer_{i}")(x, aux, layer_cache)
+      x, layer_cache = layer_cls(c, name=f"layer_{i}")(x, aux, None if cache is None else cache[i])
       new.append(layer_cache)
-    return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new))
+    return x, (None if cache is None else new)

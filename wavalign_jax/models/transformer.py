@@ -121,7 +121,7 @@ class Transformer(nn.Module):
                ) -> tuple[dict[str, Array], dict | None]:
     """Post-norm hidden states {stream: [B,T,d]} and the updated per-stack caches."""
     x = nn.with_logical_constraint(self.embed_inputs(inputs, features, feature_mask),
-                                   ("batch", "length", "embed"))
+                                   ("activation_batch", "activation_length", "activation_embed"))
     self.sow("intermediates", "input_embeds", x)
     aux = (positions, mask, jnp.asarray(cache_index, jnp.int32))
     get = (lambda name: None) if cache is None else cache.get

@@ -11,7 +11,7 @@ import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from wavalign_jax import steps
+from wavalign_jax import sharding, steps
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -27,16 +27,21 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   A row's random numbers depend on its global position only, so the rollouts of a state are those of one
   host sampling the same global batch.
   """
-  if jax.process_count() == 1:
-    return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   if mesh is None:
-    raise ValueError("sampling on several hosts needs the mesh")
+    if jax.process_count() > 1:
+      raise ValueError("sampling on several hosts needs the mesh")
+    return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
+  if jax.process_count() == 1:   # rows over the data axes, activation rules on, as in the train step
+    prompts = jax.device_put(prompts, steps.batch_sharding(prompts, mesh))
+    with sharding.use_rules(mesh):
+      return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   sampler_lib.validate_prompts(model_cfg, prompts, sampling)
   full = prompts if shared else multihost_utils.process_allgather(prompts, tiled=True)
   on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape),
                          full, steps.batch_sharding(full, mesh, process_local=False))
-  rollouts = multihost_utils.process_allgather(
-      sampler_lib.sample(params, model_cfg, on_mesh, rng, sampling), tiled=True)
+  with sharding.use_rules(mesh):
+    rollouts = multihost_utils.process_allgather(
+        sampler_lib.sample(params, model_cfg, on_mesh, rng, sampling), tiled=True)
   if shared:
     return rollouts
   n = len(prompts["valid"]) * sampling.group_size

@@ -44,6 +44,9 @@ class StreamSampling:
       raise ValueError(f"bad sampling parameters {self}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
 
 
+DECODERS = ("main", "mctp")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """Static (hashable) rollout settings; defaults are the WavAlign reference (docs/method.md §1)."""
@@ -53,6 +56,14 @@ class SamplingConfig:
   per_stream: tuple[tuple[str, StreamSampling], ...] = ()   # overrides, e.g. (("audio", ...),)
   constraint: Constraint | None = None   # None: free decoding, no stop token (plain LMs, tests)
   pad_id: int = 0                        # filler after the stop when there is no constraint
+  decode: str = "main"                   # "main": every token from the main head; "mctp": rollout/mctp.py
+  mctp_schedule: tuple[int, ...] = ()    # [M1, m1, M2, m2, ...] for decode="mctp"
+
+  def __post_init__(self):
+    if self.decode not in DECODERS:
+      raise ValueError(f"rollout.decode={self.decode!r}: choose one of {DECODERS} (or 'auto' in the config)")
+    if self.decode == "mctp" and not self.mctp_schedule:
+      raise ValueError("rollout.decode='mctp' needs a schedule (rollout.mctp_schedule, default the layout ratios)")
 
   def for_stream(self, stream: str) -> StreamSampling:
     return dict(self.per_stream).get(stream, self.sampling)
@@ -68,10 +79,12 @@ def kimi_upstream_sampling(**kw: Any) -> SamplingConfig:
                                     ("text", StreamSampling(0.0, 1.0, 0))), **kw)
 
 
-def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any) -> SamplingConfig:
+def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
   """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
   top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
-  the global ones, `constrained` (default True: the layout's constraint mask)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
+  the global ones, `constrained` (default True: the layout's constraint mask), `decode` ("auto": MCTP
+  when the model has MCTP modules, as upstream; "main"; "mctp") and `mctp_schedule` (default: the layout's
+  ratio list, as upstream sets its inference mode)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
   fields = ("temperature", "top_p", "top_k")
   base = StreamSampling(**{f: rollout_cfg[f] for f in fields})
   per_stream = tuple(
@@ -84,8 +97,13 @@ def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any) -> SamplingCo
     constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]), constrained)
   else:
     raise ValueError(f"layout.kind={layout_cfg['kind']!r}: expected 'interleaved' or 'parallel'")
+  decode = rollout_cfg.get("decode", "main")
+  if decode == "auto":
+    decode = "mctp" if layout_cfg["kind"] == "interleaved" and num_mtp_modules > 0 else "main"
+  schedule = tuple(rollout_cfg.get("mctp_schedule") or layout_cfg.get("ratios") or ()) if decode == "mctp" else ()
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
-                        sampling=base, per_stream=per_stream, constraint=constraint)
+                        sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
+                        mctp_schedule=schedule)
 
 
 class Rollouts(NamedTuple):
@@ -126,8 +144,17 @@ def nucleus_mask(x, top_p: float):
     ok = jnp.sum(jnp.where(p > t, p, 0.0), axis=-1, keepdims=True) < top_p
     return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-  _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+  _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi), unroll=True)   # no inner loop in the decode loop
   return p >= jax.lax.bitcast_convert_type(hi, jnp.float32)
+
+
+def categorical(key, logits):
+  """One draw per row from softmax(logits) [B, K] (-inf = excluded) by inverting the CDF with one uniform per
+  row. Exact like `jax.random.categorical`, which draws K Gumbel variates per row: on a CPU the random bits
+  for a whole vocabulary cost as much as the model's decode step."""
+  cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
+  return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1)
 
 
 def sample_token(logits, allowed, sp: StreamSampling, key):
@@ -142,13 +169,13 @@ def sample_token(logits, allowed, sp: StreamSampling, key):
     vals, idx = jax.lax.top_k(x / sp.temperature, min(sp.top_k, x.shape[-1]))
     if sp.top_p < 1:
       vals = jnp.where(vals >= _top_p_threshold(vals, sp.top_p), vals, -jnp.inf)
-    pick = jax.random.categorical(key, vals, axis=-1)
+    pick = categorical(key, vals)
     ids = jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
   else:
     x = x / sp.temperature
     if sp.top_p < 1:
       x = jnp.where(nucleus_mask(x, sp.top_p), x, -jnp.inf)
-    ids = jax.random.categorical(key, x, axis=-1)
+    ids = categorical(key, x)
   ids = ids.astype(jnp.int32)
   return ids, jnp.take_along_axis(model_logp, ids[:, None], axis=-1)[:, 0]
 
@@ -163,6 +190,7 @@ def _free_types(streams: Sequence[str], batch: int) -> dict[str, Any]:
 def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
   streams = model_cfg.streams
   G, N = cfg.group_size, cfg.max_new_tokens
+  params, model_cfg = models.for_decoding(params, model_cfg)   # once per rollout call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
   valid = rep(prompts["valid"].astype(bool))
   B, Lp = valid.shape
@@ -256,7 +284,11 @@ def validate_prompts(model_cfg: ModelConfig, prompts: dict[str, Any], sampling_c
 def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
   """G rollouts per prompt. `prompts`: {"inputs": {stream: int32[P, Lp]}, "valid": bool[P, Lp]} left-padded
   (see `left_pad_prompts`), optional "features" [P, Lp, D] / "feature_mask" [P, Lp] (parallel); numpy, or
-  global arrays on the mesh (several hosts). Row r's random numbers do not depend on the sharding."""
+  global arrays on the mesh (several hosts). Row r's random numbers do not depend on the sharding.
+  `sampling_cfg.decode == "mctp"` decodes with VITA-Audio's MCTP modules (rollout/mctp.py)."""
+  if sampling_cfg.decode == "mctp":
+    from wavalign_jax.rollout import mctp   # mctp builds on this module's emit step
+    return mctp.sample_mctp(params, model_cfg, prompts, rng, sampling_cfg, sampling_cfg.mctp_schedule)
   validate_prompts(model_cfg, prompts, sampling_cfg)
   return _sample(params, model_cfg, prompts, rng, sampling_cfg)
 

@@ -15,7 +15,7 @@ import time
 import jax
 import ml_collections as mlc
 
-from wavalign_jax import checkpointing, gating, models, optim, steps, train_state
+from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
 from wavalign_jax.data import loader
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
@@ -33,23 +33,24 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
                                 total_steps=tb.base_sft_steps, weight_decay=0.0, clip_norm=1.0)
   optimizer = optim.make_optimizer(optim_cfg)
   cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(**config.sft)), gate=gating.GateConfig(mode="sft_only"))
-  step = jax.jit(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, model_cfg, b), optimizer, cfg),
-                 donate_argnums=(0,))
   rng = jax.random.PRNGKey(tb.seed)
-  params = jax.jit(models.init_params, static_argnums=0)(model_cfg, rng)
-  state = train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
+  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)   # the run's mesh, activation rules on
+  create = lambda: train_state.create(models.init_params(model_cfg, rng), optimizer,
+                                      gating.init_gate_state(cfg.gate), rng)
+  state, state_sharding = train_state.init_sharded(
+      create, train_state.param_shardings(models.param_logical_axes(model_cfg), mesh), optimizer, mesh)
+  step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, model_cfg, b), optimizer, cfg),
+                        state_sharding, mesh)
   it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)
   ckpt_dir = out_dir + ".sft_checkpoints"
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=1, async_save=False)
   if ckpt.latest_step() is not None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
-    state = ckpt.restore(abstract, it)
+    state = ckpt.restore(train_state.abstract_with_shardings(jax.eval_shape(create), state_sharding), it)
     print(f"testbed: resuming the base-model SFT at step {int(state.step)}", flush=True)
   print(f"testbed: SFT-training the base model for {tb.base_sft_steps} steps -> {out_dir}", flush=True)
   start = time.time()
   for i in range(int(state.step), tb.base_sft_steps):
-    state, metrics = step(state, {"sft": next(it)})
+    state, metrics = step(state, steps.device_put_batch({"sft": next(it)}, mesh))
     if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps:
       print(f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
             f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True)
