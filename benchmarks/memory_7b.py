@@ -1,0 +1,105 @@
+r"""Ahead-of-time memory and FLOPs of the real 7B configs, per device, without weights or running anything.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=64 python -m benchmarks.memory_7b [--devices=8,16,64]
+      [--models=vita,kimi] [--parts=step,sampler]
+
+For each model and device count, the hybrid step is built as `train.py` builds it (bf16 compute, fp32 params
+and AdamW moments, remat full, FSDP mesh (1, n, 1), activation rules on, the state donated) for 8 prompts x
+G 4, prompt 512, response 1024 (32 RL rows + 8 SFT rows), and the sampler for 32 rows x (512 + 1024).
+XLA's memory analysis gives per-device arguments + temporaries (+ outputs not aliased to donated inputs)
+and its cost analysis per-device FLOPs. Compiling a 7B step on the CPU backend takes minutes per shape.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
+from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.tokens import TokenType
+
+flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
+flags.DEFINE_list("models", ["vita", "kimi"], "vita (VITA-Audio-Balance, 10 MCTP layers) and/or kimi (Kimi-Audio).")
+flags.DEFINE_list("parts", ["step", "sampler"], "What to compile.")
+flags.DEFINE_integer("prompts", 8, "Prompts per step.")
+flags.DEFINE_integer("group", 4, "Rollouts per prompt.")
+flags.DEFINE_integer("prompt_len", 512, "Prompt length.")
+flags.DEFINE_integer("response_len", 1024, "Response length.")
+FLAGS = flags.FLAGS
+
+MODELS = {"vita": lambda: vita_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=256),
+          "kimi": lambda: kimi_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=256)}
+GiB = 2 ** 30
+
+
+def _shape(shape, dtype, sharding_):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_)
+
+
+def _seq_batch(cfg, rows, length, mesh):
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  ints = lambda: _shape((rows, length), np.int32, data)
+  return dict(inputs={s: ints() for s in cfg.streams}, targets={s: ints() for s in cfg.streams},
+              types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
+
+
+def _report(name, compiled, seconds):
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+  print(f"  {name:8s} per device: args {mem.argument_size_in_bytes / GiB:6.2f} GiB  temps {mem.temp_size_in_bytes / GiB:6.2f} "
+        f"GiB  total {total / GiB:6.2f} GiB  {cost.get('flops', float('nan')) / 1e12:8.2f} TFLOP  "
+        f"(compiled in {seconds:.0f}s)", flush=True)
+
+
+def bench(model: str, n: int) -> None:
+  cfg = MODELS[model]()
+  mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
+  P, G, Lp, N = FLAGS.prompts, FLAGS.group, FLAGS.prompt_len, FLAGS.response_len
+  optimizer = optim.make_optimizer(optim.OptimConfig())
+  step_cfg = steps.StepConfig()
+  param_sharding = train_state.param_shardings(models.param_logical_axes(cfg), mesh)
+  create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
+                                      gating.init_gate_state(step_cfg.gate), jax.random.key(0))
+  abstract = jax.eval_shape(create)
+  state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  print(f"{model} ({n_params / 1e9:.2f}B params) on {n} devices, mesh (1, {n}, 1)", flush=True)
+  if "step" in FLAGS.parts:
+    t = time.perf_counter()
+    step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg),
+                          state_sharding, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch = {"sft": _seq_batch(cfg, P, Lp + N, mesh), "rl": _seq_batch(cfg, P * G, Lp + N, mesh),
+             "rewards": _shape((P, G), np.float32, replicated), "reward_valid": _shape((P, G), bool, replicated)}
+    compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch).compile()
+    _report("step", compiled, time.perf_counter() - t)
+  if "sampler" in FLAGS.parts:
+    t = time.perf_counter()
+    sc = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0)
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    prompts = {"inputs": {s: _shape((P, Lp), np.int32, data) for s in cfg.streams},
+               "valid": _shape((P, Lp), bool, data)}
+    params = train_state.abstract_with_shardings(abstract.params, param_sharding)
+    with sharding.use_rules(mesh):
+      compiled = sampler_lib._sample.lower(params, cfg, prompts, jax.random.key(0), sc).compile()
+    _report("sampler", compiled, time.perf_counter() - t)
+
+
+def main(argv):
+  del argv
+  for model in FLAGS.models:
+    for n in (int(d) for d in FLAGS.devices):
+      if n > jax.device_count():
+        raise app.UsageError(f"{n} devices requested, {jax.device_count()} present: set "
+                             f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+      bench(model, n)
+
+
+if __name__ == "__main__":
+  app.run(main)

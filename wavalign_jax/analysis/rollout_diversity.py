@@ -1,0 +1,38 @@
+"""Observation 4: discriminability is uneven and stage-dependent, weakest along acoustics.
+
+Per prompt group: the variance of the rewards (and of each reward part), whether the group carries
+information (a non-zero variance gives non-zero advantages), and distinct-n of the text tokens and of the
+audio codes across the group's rollouts.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
+  """Distinct n-grams over all n-grams of the group's sequences (1 = all different, 1/G = all identical)."""
+  grams = [tuple(s[i:i + n]) for s in sequences for i in range(len(s) - n + 1)]
+  return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def group_stats(rewards: np.ndarray, parts: Mapping[str, np.ndarray] | None = None,
+                text: Sequence[Sequence[Sequence[int]]] | None = None,
+                audio: Sequence[Sequence[Sequence[int]]] | None = None, n: int = 2) -> dict[str, np.ndarray]:
+  """Per-group statistics: rewards [P, G], optional reward parts {name: [P, G]}, optional per-group lists of
+  G text-id / audio-code sequences. Returns {name: [P]}."""
+  rewards = np.asarray(rewards, np.float64)
+  out = {"reward_var": rewards.var(axis=1), "informative": (rewards.var(axis=1) > 0).astype(np.float64)}
+  for name, values in (parts or {}).items():
+    out[f"{name}_var"] = np.asarray(values, np.float64).var(axis=1)
+  if text is not None:
+    out[f"text_distinct_{n}"] = np.array([distinct_n(g, n) for g in text])
+  if audio is not None:
+    out[f"audio_distinct_{n}"] = np.array([distinct_n(g, n) for g in audio])
+  return out
+
+
+def summary(stats: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Means over groups (the logged per-step metrics), e.g. `informative` = fraction of informative groups."""
+  return {f"diversity/{k}": float(np.mean(v)) for k, v in stats.items()}
