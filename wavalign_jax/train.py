@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from wavalign_jax import (checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps,
                           train_state)
+from wavalign_jax.analysis import rollout_diversity
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.objectives.dpo import DPOConfig
@@ -72,6 +73,8 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   lengths = np.asarray(rollouts.lengths)
   mask = np.asarray(rollouts.mask)
   forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
+  groups = lambda part: [[contents[p * G + g][part] for g in range(G)] for p in range(P)]
+  metrics.update(rollout_diversity.summary(rollout_diversity.group_stats(rewards, text=groups(0), audio=groups(1))))
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
                  rollout_forced_fraction=float(forced),
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
