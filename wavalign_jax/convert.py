@@ -19,9 +19,9 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from wavalign_jax import checkpointing, log_setup
+from wavalign_jax import checkpointing, cli
 from wavalign_jax.conversion import hf_mapping, safetensors_io, verify as verify_lib
 from wavalign_jax.models.config import ModelConfig
 
@@ -176,17 +176,9 @@ def run(f: flags.FlagValues) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-  """The CLI on `argv` (without the program name), parsed into fresh flags; returns the exit status."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    fv(["wavalign_jax.convert", *argv])
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return run(fv)
+  """The CLI on `argv` (without the program name); returns the exit status."""
+  return cli.main_with_fresh_flags("wavalign_jax.convert", define_flags, run, argv)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(lambda argv: sys.exit(log_setup.quiet_stderr() or run(flags.FLAGS)))
+  cli.run_as_script(define_flags, run)

@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from wavalign_jax import checkpointing, log_setup
+from wavalign_jax import checkpointing, cli
 from wavalign_jax.conversion import hf_mapping, safetensors_io
 from wavalign_jax.convert import ARCHS, HF_FILES_DIR
 from wavalign_jax.models.config import ModelConfig
@@ -177,17 +177,9 @@ def run(f: flags.FlagValues) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-  """The CLI on `argv` (without the program name), parsed into fresh flags; returns the exit status."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    fv(["wavalign_jax.export", *argv])
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return run(fv)
+  """The CLI on `argv` (without the program name); returns the exit status."""
+  return cli.main_with_fresh_flags("wavalign_jax.export", define_flags, run, argv)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(lambda argv: sys.exit(log_setup.quiet_stderr() or run(flags.FLAGS)))
+  cli.run_as_script(define_flags, run)
