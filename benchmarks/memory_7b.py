@@ -7,7 +7,8 @@ For each model and device count, the hybrid step is built as `train.py` builds i
 and AdamW moments, remat full, FSDP mesh (1, n, 1), activation rules on, the state donated) for 8 prompts x
 G 4, prompt 512, response 1024 (32 RL rows + 8 SFT rows), and the sampler for 32 rows x (512 + 1024).
 XLA's memory analysis gives per-device arguments + temporaries (+ outputs not aliased to donated inputs)
-and its cost analysis per-device FLOPs. Compiling a 7B step on the CPU backend takes minutes per shape.
+and its cost analysis per-device FLOPs (a loop body counts once: the step's layer scan is one layer, the
+sampler's figure is one decode step of one layer; compare them across device counts, not as totals).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def bench(model: str, n: int) -> None:
     _report("step", compiled, time.perf_counter() - t)
   if "sampler" in FLAGS.parts:
     t = time.perf_counter()
-    sc = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0)
+    sc = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
     prompts = {"inputs": {s: _shape((P, Lp), np.int32, data) for s in cfg.streams},
                "valid": _shape((P, Lp), bool, data)}

@@ -5,6 +5,7 @@ sample through `sample_rows`, so both run on a pod as they run on one machine.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -27,6 +28,8 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   A row's random numbers depend on its global position only, so the rollouts of a state are those of one
   host sampling the same global batch.
   """
+  if mesh is not None and mesh.shape["fsdp"] > 1:   # see models.for_decoding: keep FSDP weights scanned
+    sampling = dataclasses.replace(sampling, unstack_layers=False)
   if mesh is None:
     if jax.process_count() > 1:
       raise ValueError("sampling on several hosts needs the mesh")

@@ -78,7 +78,7 @@ def periodic_split(steps: list[Step], period: int) -> int:
 def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig,
                  schedule: tuple[int, ...]) -> Rollouts:
   G, N = cfg.group_size, cfg.max_new_tokens
-  params, model_cfg = models.for_decoding(params, model_cfg)   # once per rollout call, not per token
+  params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
   valid = rep(prompts["valid"].astype(bool))
   B, Lp = valid.shape

@@ -58,6 +58,7 @@ class SamplingConfig:
   pad_id: int = 0                        # filler after the stop when there is no constraint
   decode: str = "main"                   # "main": every token from the main head; "mctp": rollout/mctp.py
   mctp_schedule: tuple[int, ...] = ()    # [M1, m1, M2, m2, ...] for decode="mctp"
+  unstack_layers: bool = True            # per-layer decode (fast); hosts.sample_rows turns it off under FSDP
 
   def __post_init__(self):
     if self.decode not in DECODERS:
@@ -190,7 +191,7 @@ def _free_types(streams: Sequence[str], batch: int) -> dict[str, Any]:
 def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
   streams = model_cfg.streams
   G, N = cfg.group_size, cfg.max_new_tokens
-  params, model_cfg = models.for_decoding(params, model_cfg)   # once per rollout call, not per token
+  params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
   valid = rep(prompts["valid"].astype(bool))
   B, Lp = valid.shape
