@@ -5,7 +5,8 @@ r"""Ahead-of-time memory and FLOPs of the real 7B configs, per device, without w
 
 For each model and device count, the hybrid step is built as `train.py` builds it (bf16 compute, fp32 params
 and AdamW moments, remat full, FSDP mesh (1, n, 1), activation rules on, the state donated) for 8 prompts x
-G 4, prompt 512, response 1024 (32 RL rows + 8 SFT rows), and the sampler for 32 rows x (512 + 1024).
+G 4, prompt 512, response 1024 (32 RL rows + 8 SFT rows), and the sampler for 32 rows x (512 + 1024); on more
+than 8 devices the prompts grow to one per device (the rows per device stay those of 8 devices).
 XLA's memory analysis gives per-device arguments + temporaries (+ outputs not aliased to donated inputs)
 and its cost analysis per-device FLOPs (a loop body counts once: the step's layer scan is one layer, the
 sampler's figure is one decode step of one layer; compare them across device counts, not as totals).
@@ -26,7 +27,7 @@ from wavalign_jax.tokens import TokenType
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
 flags.DEFINE_list("models", ["vita", "kimi"], "vita (VITA-Audio-Balance, 10 MCTP layers) and/or kimi (Kimi-Audio).")
 flags.DEFINE_list("parts", ["step", "sampler"], "What to compile.")
-flags.DEFINE_integer("prompts", 8, "Prompts per step.")
+flags.DEFINE_integer("prompts", 8, "Prompts per step (at least one per device).")
 flags.DEFINE_integer("group", 4, "Rollouts per prompt.")
 flags.DEFINE_integer("prompt_len", 512, "Prompt length.")
 flags.DEFINE_integer("response_len", 1024, "Response length.")
@@ -61,7 +62,8 @@ def _report(name, compiled, seconds):
 def bench(model: str, n: int) -> None:
   cfg = MODELS[model]()
   mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
-  P, G, Lp, N = FLAGS.prompts, FLAGS.group, FLAGS.prompt_len, FLAGS.response_len
+  # Rows must divide over the data shards: the global batch grows with the devices (rows per device constant).
+  P, G, Lp, N = max(FLAGS.prompts, n), FLAGS.group, FLAGS.prompt_len, FLAGS.response_len
   optimizer = optim.make_optimizer(optim.OptimConfig())
   step_cfg = steps.StepConfig()
   param_sharding = train_state.param_shardings(models.param_logical_axes(cfg), mesh)
@@ -70,7 +72,8 @@ def bench(model: str, n: int) -> None:
   abstract = jax.eval_shape(create)
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-  print(f"{model} ({n_params / 1e9:.2f}B params) on {n} devices, mesh (1, {n}, 1)", flush=True)
+  print(f"{model} ({n_params / 1e9:.2f}B params) on {n} devices, mesh (1, {n}, 1), {P} prompts x {G} rollouts",
+        flush=True)
   if "step" in FLAGS.parts:
     t = time.perf_counter()
     step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg),
