@@ -72,11 +72,19 @@ def test_kl_to_the_initial_policy_from_the_loop(tmp_path, arch):
   policy is the reference (KL exactly 0); after an update (the warm-up's first lr is 0) it is not."""
   config = _tiny_config(arch, None)
   config.rl.beta_text, config.rl.beta_speech = 0.01, 0.01
-  config.train.update(total_steps=3, checkpoint_every=3)
+  config.train.update(total_steps=3, checkpoint_every=3, analysis_every=2)
   train.train(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"train"' in l]
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert rows[0]["rl/kl"] == 0.0 and rows[2]["rl/kl"] > 0.0
+  # Gradient geometry at train.analysis_every = 2: only at step 2; the text and speech parts add up.
+  assert not any(k.startswith("geometry/") for k in rows[0]) and "geometry/snr_text" in rows[1]
+  g = {k.split("/")[1]: v for k, v in rows[1].items() if k.startswith("geometry/")}
+  # (this tiny base model's rewards may all be equal: zero advantages give zero energies; the math is tested
+  # in test_analysis.py)
+  assert -1.0 <= g["cosine_text_speech"] <= 1.0 and g["energy_text"] >= 0 and g["energy_speech"] >= 0
+  cross = 2 * g["cosine_text_speech"] * (g["energy_text"] * g["energy_speech"]) ** 0.5
+  assert g["energy_all"] == pytest.approx(g["energy_text"] + g["energy_speech"] + cross, rel=1e-3, abs=1e-12)
   # float32 testbed: the sampler's KV-cache log-probs and the training forward agree closely
   assert rows[0]["rl/sampler_logp_gap_max"] < 1e-3
 

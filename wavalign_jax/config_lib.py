@@ -147,6 +147,8 @@ def base_config() -> mlc.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0               # 0 = evaluate only before and after training
   c.train.eval_examples = 64
+  c.train.analysis_every = 0           # > 0: log the text/speech gradient geometry (docs: analysis/) every N steps
+  c.train.analysis_minibatches = 2     # mini-batches of prompt groups for its SNR
 
   # --- Parallelism -----------------------------------------------------------------------------
   # FSDP over every device by default (a 7B model with AdamW state does not fit replicated);

@@ -14,6 +14,7 @@ killed run resumes with the same lambda, step, optimizer state and the next exam
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -28,9 +29,10 @@ from ml_collections import config_flags
 
 from wavalign_jax import (checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps,
                           train_state)
-from wavalign_jax.analysis import rollout_diversity
+from wavalign_jax.analysis import gradient_geometry, rollout_diversity
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
+from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.dpo import DPOConfig
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
@@ -219,6 +221,10 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
+  analysis_every = config.train.analysis_every if cfg.objective == "hybrid" else 0
+  geometry_fn = sharding.jit_with_rules(functools.partial(
+      gradient_geometry.geometry, logprob_fn, cfg=cfg.hybrid.rl, num_minibatches=config.train.analysis_minibatches),
+      mesh)
   metrics: dict[str, Any] = {}
   stop_at = min(total, config.train.stop_at_step or total)
   consecutive_skips = 0
@@ -244,6 +250,11 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       batch = steps.device_put_batch(batch, mesh)
       if "rl" in batch and ref_params is not None:
         batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"]).items()}
+    if analysis_every and (step + 1) % analysis_every == 0 and "rl" in batch:   # before the update: same params
+      adv = grpo.group_advantages(batch["rewards"], batch["reward_valid"], cfg.hybrid.rl.advantage_scale,
+                                  cfg.hybrid.rl.advantage_eps).reshape(-1)
+      extra.update({f"geometry/{k}": v for k, v in jax.device_get(
+          geometry_fn(state.params, dict(batch["rl"], advantages=adv))).items()})
     iterations = min(cfg.hybrid.rl.num_iterations, stop_at - step) if reuse_fn is not None and "rl" in batch else 1
     if iterations > 1:   # π_old: the training forward of the parameters that made the rollouts (not the sampler's)
       old_logp = {k: v["logp"] for k, v in ref_logprobs(state.params, batch["rl"]).items()}

@@ -27,9 +27,10 @@ def _dot(a: Any, b: Any) -> jax.Array:
 
 def split_gradients(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg: GRPOConfig
                     ) -> dict[str, Any]:
-  """{"text", "speech", "all"}: gradients of the token-mean GRPO loss restricted to each token set, all three
-  divided by the all-token count, so text + speech == all."""
-  cfg = dataclasses.replace(cfg, aggregation="token_mean")
+  """{"text", "speech", "all"}: gradients of the on-policy, token-mean GRPO policy-gradient term (no KL, no
+  clipping) restricted to each token set, all three divided by the all-token count, so text + speech == all."""
+  cfg = dataclasses.replace(cfg, aggregation="token_mean", beta_text=0.0, beta_speech=0.0, clip_eps=0.0,
+                            clip_eps_high=0.0, num_iterations=1)
   count = aggregation.aggregate_count(rl_token_weights(rl["types"], "all"), "token_mean", rl.get("seq_weight"))
 
   def loss(p, token_set):
