@@ -41,8 +41,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # --- Data ------------------------------------------------------------------------------------
   c.data.source = "arrayrecord"
 
+  # The method first, then the size: make_tiny scales the method's own settings (e.g. DPO's learning rate).
+  config_lib.apply_method(c, variant.get("method", "hybrid"))
   if variant.get("size") == "tiny":
     config_lib.make_tiny(c)
     c.testbed.base_sft_steps = 500   # the parallel layout needs longer than VITA's 300 to speak the answer
-  config_lib.apply_method(c, variant.get("method", "hybrid"))
   return c

@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # --- Data ------------------------------------------------------------------------------------
   c.data.source = "arrayrecord"
 
+  # The method first, then the size: make_tiny scales the method's own settings (e.g. DPO's learning rate).
+  config_lib.apply_method(c, variant.get("method", "hybrid"))
   if variant.get("size") == "tiny":
     config_lib.make_tiny(c)
-  config_lib.apply_method(c, variant.get("method", "hybrid"))
   return c

@@ -552,3 +552,4 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   b = models.target_logprobs(params, cfg, trimmed)["tokens"]["logp"]
   m = trimmed["types"]["tokens"] > 0
   np.testing.assert_allclose(np.asarray(b)[m], np.asarray(a)[:, :L][m], atol=1e-6)
+

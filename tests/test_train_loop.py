@@ -14,8 +14,8 @@ def _tiny_config(arch: str, base_model: str | None):
   c = base_config()
   c.model.arch = arch
   c.layout = {"kind": arch, "ratios": (1, 10, 4, 10)} if arch == "interleaved" else {"kind": arch, "audio_delay": 2}
-  make_tiny(c)
   apply_method(c, "hybrid")
+  make_tiny(c)
   c.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16))
   if arch == "parallel":
     c.model.update(dict(mimo_from_layer=0, num_mimo_layers=1))

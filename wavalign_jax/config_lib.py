@@ -157,8 +157,15 @@ def base_config() -> mlc.ConfigDict:
   return c
 
 
+# The testbed's tiny model trains at 100x the 7B recipe's learning rates; every method keeps its own rate
+# relative to the others (hybrid / RL / SFT 1e-6 -> 1e-4, DPO 5e-6 -> 5e-4).
+TINY_LR_SCALE = 100.0
+
+
 def make_tiny(c: mlc.ConfigDict) -> None:
-  """The CPU testbed: a tiny model SFT-trained on the synthetic spoken-QA task, then post-trained."""
+  """The CPU testbed: a tiny model SFT-trained on the synthetic spoken-QA task, then post-trained.
+
+  Apply the method (`apply_method`) before this: learning rates are scaled, not overwritten."""
   c.model.update(dict(hidden_size=128, intermediate_size=256, num_layers=3, num_heads=4, num_kv_heads=2,
                       head_dim=32, dtype="float32", remat="none", logprob_chunk=72))
   if c.model.arch == "interleaved":
@@ -177,7 +184,7 @@ def make_tiny(c: mlc.ConfigDict) -> None:
   c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
                                   base_learning_rate=3e-3, base_batch_size=32, base_checkpoint_every=100))
   c.reward.kind = "testbed"
-  c.optim.update(dict(learning_rate=1e-4, warmup_steps=5))
+  c.optim.update(dict(learning_rate=c.optim.learning_rate * TINY_LR_SCALE, warmup_steps=5))
   c.train.update(dict(total_steps=40, checkpoint_every=10, eval_examples=64))
 
 
