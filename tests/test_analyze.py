@@ -1,0 +1,30 @@
+"""`python -m wavalign_jax.analyze` end to end on a tiny testbed run of each architecture."""
+import json
+import os
+
+import pytest
+
+from test_train_loop import _tiny_config
+from wavalign_jax import analyze, train
+
+
+@pytest.mark.parametrize("arch", ["interleaved", "parallel"])
+def test_analyze_a_testbed_run(tmp_path, arch):
+  config = _tiny_config(arch, None)
+  config.train.update(total_steps=2, checkpoint_every=2)
+  train.train(config, str(tmp_path / "run"))
+  scores = tmp_path / "scores.jsonl"
+  scores.write_text("\n".join(json.dumps({"judge": {"semantic": s, "acoustic": (s * 7) % 5 + 1},
+                                          "reference": {"semantic": s, "acoustic": s}}) for s in [1, 2, 3, 4, 5] * 4))
+  out_dir = tmp_path / "analysis"
+  out = analyze.analyze(config, str(tmp_path / "run"), str(out_dir), judge_scores=str(scores), examples=4)
+  assert set(out["figures"]) == {"token_shift", "rollout_diversity", "gradient_geometry", "judge_agreement"}
+  for name in out["figures"].values():
+    assert (out_dir / name).read_bytes()[:4] == b"\x89PNG"
+  assert json.loads((out_dir / "analysis.json").read_text())["checkpoint"] == str(tmp_path / "run")
+  assert "## 3. Gradient geometry" in (out_dir / "analysis.md").read_text()
+  # Two training steps moved the policy away from the base model; the semantic judge equals the truth.
+  assert out["token_shift"]["text"]["mean_abs"] > 0
+  assert out["judge_agreement"]["semantic"]["spearman"]["value"] == pytest.approx(1.0)
+  assert out["judge_agreement"]["acoustic"]["spearman"]["value"] < 1.0
+  assert 0.0 <= out["rollout_diversity"]["diversity/informative"] <= 1.0
