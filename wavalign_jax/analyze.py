@@ -31,7 +31,6 @@ from wavalign_jax.rewards.base import RewardItem
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.run_setup import make_reward_fn
-from wavalign_jax.train import left_pad
 
 
 def _plot(path: str, draw) -> str:
@@ -89,7 +88,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
 
   # 3 and 4. a rollout batch of the checkpoint, scored by the run's reward
   sampling = sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab, cfg.num_mtp_modules)
-  prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
+  prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
   rollouts = hosts.sample_rows(model.params, cfg, prompts, jax.random.PRNGKey(seed), sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, sampling.constraint)
   G, P = sampling.group_size, len(raw["meta"])

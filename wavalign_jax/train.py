@@ -47,21 +47,11 @@ from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
 # ----------------------------------------------------------------------------- rollouts and rewards
 
 
-def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
-  """Right-padded prompt rows (the loader's layout) -> the left-padded layout the sampler needs."""
-  inputs = prompt_batch["inputs"]
-  L = next(iter(inputs.values())).shape[1]
-  shift = L - np.asarray(lengths)
-  idx = (np.arange(L)[None, :] - shift[:, None]) % L
-  return {"inputs": {s: np.take_along_axis(np.asarray(v), idx, axis=1) for s, v in inputs.items()},
-          "valid": np.arange(L)[None, :] >= shift[:, None]}
-
-
 def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, reward_fn,
                       monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None):
   """Samples G responses per prompt of this host's batch `raw` and scores them:
   (rl_batch, rewards [P, G], valid [P, G], metrics), all on this host's rows."""
-  prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
+  prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
   rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, rng, setup.sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, setup.constraint)
   G = setup.sampling.group_size
@@ -110,7 +100,7 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int, mesh: M
   greedy = eval_generate.eval_sampling(setup.sampling)
   items = []
   for raw in it:
-    prompts = left_pad(raw["prompt"], raw["prompt_lengths"])
+    prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
     rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy, mesh,
                                  shared=True)
     for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, greedy.constraint)):

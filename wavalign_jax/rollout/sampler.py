@@ -311,6 +311,16 @@ def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: i
   return {"inputs": inputs, "valid": valid}
 
 
+def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
+  """Right-padded prompt rows (the loader's layout) -> the left-padded layout the sampler needs."""
+  inputs = prompt_batch["inputs"]
+  L = next(iter(inputs.values())).shape[1]
+  shift = L - np.asarray(lengths)
+  idx = (np.arange(L)[None, :] - shift[:, None]) % L
+  return {"inputs": {s: np.take_along_axis(np.asarray(v), idx, axis=1) for s, v in inputs.items()},
+          "valid": np.arange(L)[None, :] >= shift[:, None]}
+
+
 @functools.partial(jax.jit, static_argnames=("pad_id",))
 def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[str, Any]:
   """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, right-padded to Lp + N.
