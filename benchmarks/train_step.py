@@ -9,14 +9,13 @@ their length limit more often than a trained model's would. For larger shapes us
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax import config_lib, gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import vocab as testbed_vocab
@@ -24,13 +23,6 @@ from wavalign_jax.tokens import TokenType, text_id_mask
 
 _CONFIGS = flags.DEFINE_list("configs", ["vita", "kimi"], "Experiment files (experiments/<name>.py:tiny).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the compiling one.")
-
-
-def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(name, f"experiments/{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
 
 
 def random_seq_batch(rng: np.random.Generator, cfg: ModelConfig, rows: int, length: int, prompt: int) -> dict:
@@ -54,7 +46,7 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def bench(name: str, repeats: int) -> None:
-  config = load_config(name)
+  config = config_lib.load_config_file(f"experiments/{name}.py:tiny")
   arch = config.model.arch
   vocab = testbed_vocab.interleaved_vocab() if arch == "interleaved" else testbed_vocab.parallel_vocab()
   cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": vocab.vocab_size})
