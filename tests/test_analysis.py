@@ -50,6 +50,11 @@ def test_diversity_of_constant_and_varied_groups():
   # Group 0: 8 bigrams, 2 distinct; group 1: bigrams 12 23 32 21 12 24 56 67 -> 7 distinct of 8.
   np.testing.assert_allclose(stats["text_distinct_2"], [2 / 8, 7 / 8])
   assert rollout_diversity.summary(stats)["diversity/informative"] == 0.5
+  # The same from rollout rows (text ids, audio codes), grouped G at a time.
+  rows = [(t, [7, 7]) for group in text for t in group]
+  by_rows = rollout_diversity.content_stats(rewards, rows)
+  np.testing.assert_allclose(by_rows["text_distinct_2"], stats["text_distinct_2"])
+  np.testing.assert_allclose(by_rows["audio_distinct_2"], [1 / 4, 1 / 4])
 
 
 # ---------------------------------------------------------------- token shift (observation 1)

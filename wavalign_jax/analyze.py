@@ -95,15 +95,15 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   items = [RewardItem(prompt=raw["meta"][i // G], text=" ".join(evaluate.generate.decode_text(model.tokenizer, t).split()),
                       audio_codes=tuple(c)) for i, (t, c) in enumerate(contents)]
   rewards = make_reward_fn(config, None, workdir)(items).scores.reshape(P, G)
-  stats = rollout_diversity.group_stats(rewards, text=[[contents[p * G + g][0] for g in range(G)] for p in range(P)],
-                                        audio=[[contents[p * G + g][1] for g in range(G)] for p in range(P)])
+  stats = rollout_diversity.content_stats(rewards, contents)
   out["rollout_diversity"] = {**rollout_diversity.summary(stats), "reward_mean": float(rewards.mean())}
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
   rl = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, model.builder.vocab.pad))
   rl.pop("group_ids")
-  rl["advantages"] = np.asarray(grpo.group_advantages(rewards)).reshape(-1)
+  rl["advantages"] = np.asarray(grpo.group_advantages(rewards, scale=config.rl.advantage_scale,
+                                                      eps=config.rl.advantage_eps)).reshape(-1)
   geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(
       logprob_fn, p, b, GRPOConfig(**config.rl), minibatches), mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}

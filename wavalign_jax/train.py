@@ -65,8 +65,7 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   lengths = np.asarray(rollouts.lengths)
   mask = np.asarray(rollouts.mask)
   forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
-  groups = lambda part: [[contents[p * G + g][part] for g in range(G)] for p in range(P)]
-  metrics.update(rollout_diversity.summary(rollout_diversity.group_stats(rewards, text=groups(0), audio=groups(1))))
+  metrics.update(rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents)))
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
                  rollout_forced_fraction=float(forced),
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))

@@ -25,10 +25,10 @@ def _dot(a: Any, b: Any) -> jax.Array:
                                                                                    jax.tree.leaves(b)))
 
 
-def split_gradients(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg: GRPOConfig
-                    ) -> dict[str, Any]:
-  """{"text", "speech", "all"}: gradients of the on-policy, token-mean GRPO policy-gradient term (no KL, no
-  clipping) restricted to each token set, all three divided by the all-token count, so text + speech == all."""
+def split_gradients(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg: GRPOConfig,
+                    token_sets: tuple[str, ...] = ("text", "speech", "all")) -> dict[str, Any]:
+  """{token set: gradient} of the on-policy, token-mean GRPO policy-gradient term (no KL, no clipping)
+  restricted to each token set, all divided by the all-token count, so text + speech == all."""
   cfg = dataclasses.replace(cfg, aggregation="token_mean", beta_text=0.0, beta_speech=0.0, clip_eps=0.0,
                             clip_eps_high=0.0, num_iterations=1)
   count = aggregation.aggregate_count(rl_token_weights(rl["types"], "all"), "token_mean", rl.get("seq_weight"))
@@ -38,14 +38,20 @@ def split_gradients(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: di
     term, _ = grpo_loss(lp, rl["types"], rl["advantages"], dataclasses.replace(cfg, token_set=token_set),
                         seq_weight=rl.get("seq_weight"))
     return aggregation.term_value(term, count)
-  return {s: jax.grad(loss)(params, s) for s in ("text", "speech", "all")}
+  return {s: jax.grad(loss)(params, s) for s in token_sets}
+
+
+def _text_speech_all(logprob_fn, params, rl, cfg) -> dict[str, Any]:
+  """The text and speech gradients, and their sum as the all-token one (one backward pass fewer)."""
+  g = split_gradients(logprob_fn, params, rl, cfg, ("text", "speech"))
+  return dict(g, all=jax.tree.map(jnp.add, g["text"], g["speech"]))
 
 
 def geometry(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg: GRPOConfig,
              num_minibatches: int) -> dict[str, jax.Array]:
   """Scalars: energy_{text,speech,all}, cosine_text_speech, snr_{text,speech,all} over `num_minibatches`
   contiguous row blocks (whole prompt groups when the block size is a multiple of G)."""
-  grads = split_gradients(logprob_fn, params, rl, cfg)
+  grads = _text_speech_all(logprob_fn, params, rl, cfg)
   norm = {s: optax.tree.norm(g) for s, g in grads.items()}
   out = {f"energy_{s}": n ** 2 for s, n in norm.items()}
   out["cosine_text_speech"] = _dot(grads["text"], grads["speech"]) / jnp.maximum(norm["text"] * norm["speech"], 1e-30)
@@ -53,7 +59,7 @@ def geometry(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg
   if B % num_minibatches:
     raise ValueError(f"{B} rows do not split into {num_minibatches} mini-batches")
   block = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * (B // num_minibatches), B // num_minibatches, 0)
-  per = [split_gradients(logprob_fn, params, jax.tree.map(lambda x: block(x, i), rl), cfg)
+  per = [_text_speech_all(logprob_fn, params, jax.tree.map(lambda x: block(x, i), rl), cfg)
          for i in range(num_minibatches)]
   for s in ("text", "speech", "all"):
     mean = jax.tree.map(lambda *g: sum(g) / num_minibatches, *[p[s] for p in per])

@@ -33,6 +33,14 @@ def group_stats(rewards: np.ndarray, parts: Mapping[str, np.ndarray] | None = No
   return out
 
 
+def content_stats(rewards: np.ndarray, contents: Sequence[tuple[Sequence[int], Sequence[int]]],
+                  n: int = 2) -> dict[str, np.ndarray]:
+  """`group_stats` of rollouts given as (text ids, audio codes) per row; rows p*G .. p*G+G-1 are prompt p's."""
+  P, G = np.shape(rewards)
+  grouped = lambda part: [[contents[p * G + g][part] for g in range(G)] for p in range(P)]
+  return group_stats(rewards, text=grouped(0), audio=grouped(1), n=n)
+
+
 def summary(stats: Mapping[str, np.ndarray]) -> dict[str, float]:
   """Means over groups (the logged per-step metrics), e.g. `informative` = fraction of informative groups."""
   return {f"diversity/{k}": float(np.mean(v)) for k, v in stats.items()}
