@@ -66,9 +66,9 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
     compare = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(model.testbed_eval))), "base_model")
   cfg, mesh = model.model_cfg, model.mesh
   logprob_fn = lambda p, b: models.target_logprobs(p, cfg, b)
+  Lp = config.data.max_prompt_len
   it = loader.make_loader(_dataset(config, model, data), global_batch_size=examples, shuffle=False, num_epochs=1,
-                          buckets=(config.data.max_prompt_len, config.data.max_prompt_len + config.data.max_response_len),
-                          process_index=0, process_count=1)
+                          buckets=(Lp, Lp + config.data.max_response_len), process_index=0, process_count=1)
   raw = next(iter(it))
   out: dict[str, Any] = {"checkpoint": checkpoint, "compare": compare, "examples": examples}
   figures = {}
@@ -92,8 +92,9 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   rollouts = hosts.sample_rows(model.params, cfg, prompts, jax.random.PRNGKey(seed), sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, sampling.constraint)
   G, P = sampling.group_size, len(raw["meta"])
-  items = [RewardItem(prompt=raw["meta"][i // G], text=" ".join(evaluate.generate.decode_text(model.tokenizer, t).split()),
-                      audio_codes=tuple(c)) for i, (t, c) in enumerate(contents)]
+  text = lambda ids: " ".join(evaluate.generate.decode_text(model.tokenizer, ids).split())
+  items = [RewardItem(prompt=raw["meta"][i // G], text=text(t), audio_codes=tuple(c))
+           for i, (t, c) in enumerate(contents)]
   rewards = make_reward_fn(config, None, workdir)(items).scores.reshape(P, G)
   stats = rollout_diversity.content_stats(rewards, contents)
   out["rollout_diversity"] = {**rollout_diversity.summary(stats), "reward_mean": float(rewards.mean())}
@@ -107,11 +108,12 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(
       logprob_fn, p, b, GRPOConfig(**config.rl), minibatches), mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}
-  energies = [out["gradient_geometry"][f"energy_{s}"] for s in ("text", "speech")]
+  g = out["gradient_geometry"]
+  energies = [g[f"energy_{s}"] for s in ("text", "speech")]
   figures["gradient_geometry"] = _plot(os.path.join(workdir, "gradient_geometry.png"), lambda ax: (
       ax.bar(["text", "speech"], energies), ax.set_ylabel("policy-gradient energy"),
-      ax.set_title(f"cosine {out['gradient_geometry']['cosine_text_speech']:.3f}, SNR text "
-                   f"{out['gradient_geometry']['snr_text']:.2f} / speech {out['gradient_geometry']['snr_speech']:.2f}")))
+      ax.set_title(f"cosine {g['cosine_text_speech']:.3f}, SNR text {g['snr_text']:.2f} / speech "
+                   f"{g['snr_speech']:.2f}")))
 
   # 2. judge agreement
   if judge_scores:
@@ -135,7 +137,8 @@ def _markdown(out: dict[str, Any]) -> str:
   lines = [f"# Analysis of {out['checkpoint']}", ""]
   if "token_shift" in out:
     lines += ["## 1. Token-level probability change (paper: SFT shifts whole sequences, RL is local)", "",
-              f"compare: {out['compare']}", "", "| type | tokens | mean abs Δ | share above 0.1 | spread over positions |",
+              f"compare: {out['compare']}", "",
+              "| type | tokens | mean abs Δ | share above 0.1 | spread over positions |",
               "|---|---|---|---|---|"]
     lines += [f"| {t} | {v['count']} | {v['mean_abs']:.4f} | {v['frac_above']:.3f} | {v['position_spread']:.4f} |"
               for t, v in out["token_shift"].items()]
