@@ -164,6 +164,7 @@ class Builder:
     chosen = layouts.join(prompt, self._response(target_text, _field(record, "sft_target_audio", (list, str)),
                                                  base_dir, "sft_target_audio"))
     meta = {"reference_text": target_text, "style": record.get("style"), "id": record.get("id"),
+            "task": record.get("task"), "subset": record.get("subset"),
             "answer": record.get("answer", record.get("reference", target_text)),
             "question_text": _field(record, "question_text", str) if self.kind == "rl"
                              else record.get("question_text")}

@@ -1,4 +1,5 @@
-"""Testbed: unit-TTS, noise, records and splits, dataset files, rule judge, IQ/EQ, tokenizer."""
+"""Testbed: unit-TTS (realisations, scores), noise, records and splits, dataset files, judge (rules and
+calibration of its acoustic noise), IQ/EQ, bootstrap intervals, tokenizer."""
 import json
 import os
 import subprocess
@@ -15,9 +16,12 @@ from wavalign_jax.testbed import generate, judge, metrics, tasks, unit_tts, voca
 R = unit_tts.UNITS_PER_REGISTER
 
 
+SPEC = tasks.Spec(seed=3, noise_rate=0.2)
+
+
 @pytest.fixture(scope="module")
 def splits():
-  return tasks.build_splits(seed=3, noise_rate=0.2)
+  return tasks.build_splits(SPEC)
 
 
 # ----------------------------------------------------------------------------- unit-TTS
@@ -56,6 +60,56 @@ def test_unit_tts_is_deterministic_across_processes():
   assert json.loads(out.stdout) == unit_tts.synthesize(text, "slow")
 
 
+def test_realisations_are_valid_and_style_statistics_differ():
+  """Drawn realisations are variants of each word, score 1 on intelligibility, and follow the style's prosody
+  (each variant frequency within 4 binomial standard deviations of p(variant | style))."""
+  rng = np.random.default_rng(0)
+  n = 3000
+  freqs = {}
+  for style in unit_tts.STYLES:
+    for expressiveness in (1.0, 0.25):
+      counts = dict.fromkeys(unit_tts.VARIANTS, 0)
+      for _ in range(n):
+        word = str(rng.choice(tasks.lexicon()))
+        codes = tuple(unit_tts.synthesize(word, style, rng, expressiveness))
+        variant = [v for v in unit_tts.VARIANTS if unit_tts.realise_word(word, style, v) == codes]
+        assert len(variant) == 1, (word, style, codes)
+        counts[variant[0]] += 1
+        assert unit_tts.intelligibility(codes, word, style) == 1.0
+      p = unit_tts.prosody(style, expressiveness)
+      got = np.array([counts[v] for v in unit_tts.VARIANTS]) / n
+      assert np.all(np.abs(got - p) <= 4 * np.sqrt(p * (1 - p) / n)), (style, expressiveness, got, p)
+      freqs[style, expressiveness] = got
+  np.testing.assert_allclose(unit_tts.prosody("high", 0.25), 0.25 * np.array(unit_tts.STYLE_PROSODY["high"])
+                             + 0.75 * np.array(unit_tts.STYLE_PROSODY["neutral"]))
+  # Styles differ in distribution: high voices hold words, low voices pause, compared with neutral.
+  assert freqs["high", 1.0][1] > freqs["neutral", 1.0][1] + 0.4
+  assert freqs["low", 1.0][2] > freqs["neutral", 1.0][2] + 0.4
+  # A sentence has many realisations.
+  assert len({tuple(unit_tts.synthesize("count from 3 to 6", "slow", rng)) for _ in range(50)}) > 20
+
+
+def test_intelligibility_and_style_hand_computed():
+  w = lambda word, v, style="high": list(unit_tts.realise_word(word, style, v))
+  text = "big forest"
+  long_both = w("big", "long") + w("forest", "long")   # the most typical high realisation: 1.0
+  assert unit_tts.style_match(long_both, text, "high") == 1.0
+  assert unit_tts.style_match(w("big", "plain") + w("forest", "plain"), text, "high") == pytest.approx(0.5)
+  assert unit_tts.style_match(w("big", "pause") + w("forest", "long"), text, "high") == pytest.approx((1 / 6 + 1) / 2)
+  assert unit_tts.style_match(w("big", "plain", "low") + w("forest", "long"), text, "high") == pytest.approx(0.5)
+  assert unit_tts.style_match(long_both + [5], text, "high") == pytest.approx(2 / 3)   # trailing codes: a 0-word
+  assert unit_tts.style_match([], "", "high") == 0.0
+  # Intelligibility ignores register, pauses and held units, not the duration pattern of the style.
+  for codes in (long_both, w("big", "pause", "low") + w("forest", "plain", "neutral")):
+    assert unit_tts.intelligibility(codes, text, "high") == 1.0
+  text = "big castle"   # six distinct units (22, 11, 5), (4, 13, 31): nothing collapses
+  sub = list(unit_tts.synthesize(text, "high"))
+  sub[4] = unit_tts.STYLE_REGISTER["high"] * R + (sub[4] + 1) % R
+  assert unit_tts.intelligibility(sub, text, "high") == pytest.approx(5 / 6)
+  assert unit_tts.intelligibility(unit_tts.synthesize(text, "fast"), text, "high") == pytest.approx(4 / 6)
+  assert unit_tts.intelligibility([], "", "high") == 0.0
+
+
 def test_noise_rate_as_configured():
   codes = np.random.default_rng(0).integers(0, unit_tts.NUM_AUDIO_CODES, 20000).tolist()
   assert unit_tts.add_noise(codes, 0.0, np.random.default_rng(1)) == codes
@@ -87,44 +141,61 @@ def _expected_answer(task, question, facts):
 
 def test_records_valid_serialisable_and_correct(splits):
   facts = tasks.fact_table(3)
-  records = splits["train"] + splits["eval"]
+  records = [r for name in ("base", "train", "eval_id", "eval_ood") for r in splits[name]]
   assert {r["task"] for r in records} == set(tasks.TEMPLATES)
   assert {r["style"] for r in records} == set(unit_tts.STYLES)
   for r in records:
     tasks.check_record(r, r["id"])
     assert json.loads(json.dumps(r)) == r
-    assert r["answer"] == r["sft_target_text"] == _expected_answer(r["task"], r["question_text"], facts)
+    assert r["answer"] == _expected_answer(r["task"], r["question_text"], facts)
     assert 1 <= len(r["answer"].split()) <= 4
-    assert r["sft_target_audio"] == unit_tts.synthesize(r["answer"], r["style"])
+    text, codes = r["sft_target_text"], r["sft_target_audio"]   # a valid realisation of the reference
+    assert unit_tts.intelligibility(codes, text, r["style"]) == 1.0 and unit_tts.style_match(codes, text, r["style"]) > 0
     assert r["messages"][0]["content"].split()[-2] == r["style"]
   noisy = np.concatenate([r["audios"][0] for r in records])
   clean = np.concatenate([unit_tts.synthesize(r["question_text"]) for r in records])
   assert abs(np.mean(noisy != clean) - 0.2) < 0.02
+  # Base references are correct; post-training references are imperfect at the configured rate.
+  assert all(r["sft_target_text"] == r["answer"] and r["reference_kind"] == "correct" for r in splits["base"])
+  kinds = [r["reference_kind"] for r in splits["train"]]
+  n, p = len(kinds), SPEC.sft_wrong_fraction
+  assert abs(np.mean([k != "correct" for k in kinds]) - p) <= 4 * np.sqrt(p * (1 - p) / n)
+  for r in splits["train"]:
+    expected = {"correct": 5, "wrong": None, "hedged": None}[r["reference_kind"]]
+    score = judge.score(r["sft_target_text"], r["answer"])[0]
+    assert score == 5 if expected else score < 5
+    if r["reference_kind"] == "hedged":
+      assert r["sft_target_text"] == f"{tasks.HEDGE} {r['answer']}"
   for r in splits["dpo"]:
     tasks.check_record(r, r["id"])
-    assert judge.score(r["rejected_text"], r["answer"])[0] < 5
-    assert r["rejected_audio"] == unit_tts.synthesize(r["rejected_text"], r["style"])
+    assert r["sft_target_text"] == r["answer"] and judge.score(r["rejected_text"], r["answer"])[0] < 5
+    assert unit_tts.intelligibility(r["rejected_audio"], r["rejected_text"], r["style"]) == 1.0
 
 
 def test_splits_disjoint_and_lookups_learnable(splits):
   key = lambda r: (r["question_text"], r["style"])
-  train = {key(r) for r in splits["train"]}
-  evals = {key(r) for r in splits["eval"]}
-  assert len(train) == len(splits["train"]) and len(evals) == len(splits["eval"])
-  assert not train & evals
-  assert len(train | evals) == len(tasks.questions(tasks.fact_table(3))) * len(unit_tts.STYLES)
+  keys = {name: [key(r) for r in records] for name, records in splits.items()}
+  train, ood = set(keys["train"]), set(keys["eval_ood"])
+  assert len(train) == len(keys["train"]) and len(ood) == len(keys["eval_ood"])
+  assert set(keys["base"]) == set(keys["dpo"]) == set(keys["eval_id"]) == train and not train & ood
+  assert len(train | ood) == len(tasks.questions(tasks.fact_table(3))) * len(unit_tts.STYLES)
+  assert {r["subset"] for r in splits["eval_id"]} == {"id"}
+  assert {r["subset"] for r in splits["eval_ood"]} == {"ood_style", "ood_question"}
   train_questions = {q for q, _ in train}
-  for r in splits["eval"]:
+  for r in splits["eval_ood"]:
     if r["task"] in tasks.LOOKUPS:   # a fact is only learnable if training asks it too
       assert r["question_text"] in train_questions
-  heldout = {r["question_text"] for r in splits["eval"]} - train_questions
+    assert (r["question_text"] in train_questions) == (r["subset"] == "ood_style")
+  heldout = {r["question_text"] for r in splits["eval_ood"]} - train_questions
   assert heldout and all(q.startswith(("what is", "count")) for q in heldout)
-  assert [r["id"] for r in splits["dpo"]] == [r["id"] for r in splits["train"]]
+  # eval_id asks the training questions with fresh question audio
+  by_key = {key(r): r for r in splits["train"]}
+  assert all(r["audios"] != by_key[key(r)]["audios"] for r in splits["eval_id"][:50])
 
 
 def test_splits_deterministic_per_seed(splits):
-  assert tasks.build_splits(seed=3, noise_rate=0.2) == splits
-  other = tasks.build_splits(seed=4, noise_rate=0.2)
+  assert tasks.build_splits(SPEC) == splits
+  other = tasks.build_splits(tasks.Spec(seed=4, noise_rate=0.2))
   assert tasks.fact_table(4) != tasks.fact_table(3)
   assert [r["id"] for r in other["train"]] != [r["id"] for r in splits["train"]]
 
@@ -144,8 +215,8 @@ def test_records_fit_both_layouts(splits):
   enc = lambda s: tok.encode(s, add_special_tokens=False).ids
   iv, pv = vocab.interleaved_vocab(), vocab.parallel_vocab()
   roles = {r: enc(r) for r in vocab.ROLE_WORDS}
-  for r in splits["train"] + splits["eval"]:
-    system, question, answer = enc(r["messages"][0]["content"]), r["audios"][0], enc(r["answer"])
+  for r in splits["train"] + splits["eval_ood"]:
+    system, question, answer = enc(r["messages"][0]["content"]), r["audios"][0], enc(r["sft_target_text"])
     prompt = layouts.interleaved_prompt(
         [layouts.Turn.make("system", system), layouts.Turn.make("user", audio=question)], iv, roles)
     for ratios in (layouts.BOOST_RATIOS, layouts.BALANCE_RATIOS):
@@ -158,17 +229,18 @@ def test_records_fit_both_layouts(splits):
 
 
 def test_generate_writes_readable_dataset(tmp_path, splits):
-  paths = generate.generate(str(tmp_path), seed=3, noise_rate=0.2)
-  for name in ("train", "eval", "dpo"):
+  paths = generate.generate(str(tmp_path), SPEC)
+  for name in splits:
     assert generate.read_records(paths[name]) == splits[name]
+  assert os.path.dirname(paths["eval_ood"]) == str(tmp_path / "eval")
   meta = json.loads(open(paths["meta"]).read())
   assert meta["counts"] == {k: len(v) for k, v in splits.items()}
-  assert meta["facts"] == tasks.fact_table(3)
-  with open(paths["eval"], "a") as f:
+  assert meta["facts"] == tasks.fact_table(3) and meta["spec"]["noise_rate"] == 0.2
+  with open(paths["eval_ood"], "a") as f:
     f.write('{"id": 1}\n')
-  n = len(splits["eval"]) + 1
-  with pytest.raises(ValueError, match=rf"eval.jsonl:{n}: field 'id'"):
-    generate.read_records(paths["eval"])
+  n = len(splits["eval_ood"]) + 1
+  with pytest.raises(ValueError, match=rf"eval_ood.jsonl:{n}: field 'id'"):
+    generate.read_records(paths["eval_ood"])
 
 
 # ----------------------------------------------------------------------------- judge and metrics
@@ -186,47 +258,97 @@ def test_judge_scores(text, answer, expected):
   assert judge.score(text, answer)[0] == expected
 
 
-def test_judge_reward_fn():
-  fn = judge.RuleJudge()
-  items = [RewardItem({"answer": "12"}, "12"), RewardItem({"answer": "12"}, "13"),
-           RewardItem({"answer": "12"}, ""), RewardItem({"answer": "a red cat"}, "cat red a", (1, 2))]
+def test_judge_reward_fn_semantic_part():
+  """With acoustic weight 0 the judge is the rule score; its info carries the true scores."""
+  fn = judge.TestbedJudge(acoustic_weight=0.0)
+  rec = lambda answer: {"answer": answer, "style": "neutral", "id": "q"}
+  speech = tuple(unit_tts.synthesize("12", "neutral"))
+  items = [RewardItem(rec("12"), "12", speech), RewardItem(rec("12"), "13"),
+           RewardItem(rec("12"), ""), RewardItem(rec("a red cat"), "cat red a", (1, 2))]
   result = fn(items)
   np.testing.assert_array_equal(result.scores, [5, 4, 1, 3])
   assert not result.failed.any() and result.scores.dtype == np.float32
   assert [i["reason"] for i in result.info] == ["exact", "off by 1", "empty", "wrong order"]
-  with pytest.raises(ValueError, match="item 1 has no string 'answer'"):
+  assert [i["semantic"] for i in result.info] == [5, 4, 1, 3]
+  assert result.info[0]["acoustic"] == metrics.item_scores(rec("12"), "12", speech)["eq"]
+  with pytest.raises(ValueError, match="item 1 needs string 'answer' and 'style'"):
     fn([items[0], RewardItem({"question_text": "q"}, "12")])
+  with pytest.raises(ValueError, match="acoustic_weight"):
+    judge.TestbedJudge(acoustic_weight=1.5)
 
 
-def test_edit_distance_hand_cases():
-  assert metrics.edit_distance([1, 2, 3], [1, 2, 3]) == 0
-  assert metrics.edit_distance([], [4, 5]) == 2
-  assert metrics.edit_distance(list("kitten"), list("sitting")) == 3
-  assert metrics.edit_distance([1, 2, 3, 4], [2, 3, 4, 1]) == 2
+@pytest.mark.parametrize("sigma", [0.0, 0.2, 0.5])
+def test_judge_acoustic_noise_calibration(sigma):
+  """The judge's acoustic observation correlates with the true acoustic quality as configured:
+  corr = sd(a) / sqrt(sd(a)^2 + sigma^2), and the score moves by 4w per unit of observation (semantic fixed at
+  3; clipping binds only beyond about 2.3 sigma). Tolerance: 4 Fisher-z standard errors at n = 4000."""
+  rng = np.random.default_rng(0)
+  w, items = 0.3, []
+  for i in range(4000):   # responses of varying speech quality: a random number of codes replaced
+    codes = unit_tts.add_noise(unit_tts.synthesize("cat red a", "high"), rng.uniform(0, 1), rng)
+    items.append(RewardItem({"answer": "a red cat", "style": "high", "id": f"q{i}"}, "cat red a", tuple(codes)))
+  result = judge.TestbedJudge(acoustic_weight=w, acoustic_noise=sigma, seed=1)(items)
+  true = np.array([i["acoustic"] for i in result.info])
+  observed = np.array([i["acoustic_observed"] for i in result.info])
+  assert all(i["semantic"] == 3 for i in result.info)
+  np.testing.assert_allclose(result.scores, np.clip((1 - w) * 3 + w * (1 + 4 * observed), 1, 5), rtol=1e-6)
+  noise = observed - true
+  assert abs(noise.mean()) < 4 * max(sigma, 1e-9) / np.sqrt(len(noise)) + 1e-12
+  assert abs(noise.std() - sigma) < 4 * sigma / np.sqrt(2 * len(noise)) + 1e-12
+  want = true.std() / np.sqrt(true.std() ** 2 + sigma ** 2)
+  got = np.corrcoef(result.scores, true)[0, 1]
+  assert abs(np.arctanh(min(got, 1 - 1e-12)) - np.arctanh(min(want, 1 - 1e-12))) < 4 / np.sqrt(len(items) - 3) or \
+      (sigma == 0 and got > 0.999)
+  # Deterministic per response (a temperature-0 judge): the same items score the same again.
+  again = judge.TestbedJudge(acoustic_weight=w, acoustic_noise=sigma, seed=1)(items[:50]).scores
+  np.testing.assert_array_equal(again, result.scores[:50])
 
 
 def test_iq_eq_hand_computed():
-  rec = {"answer": "big forest", "style": "high"}
-  speech = unit_tts.synthesize("big forest", "high")   # 6 codes
-  wrong_sub = list(speech)
-  wrong_sub[4] = (wrong_sub[4] + 1) % unit_tts.NUM_AUDIO_CODES
+  rec = {"answer": "big forest", "style": "high", "task": "home", "id": "x", "subset": "id"}
+  speech = unit_tts.synthesize("big forest", "high")   # canonical: plain words, style 0.5
+  w = lambda word, v: list(unit_tts.realise_word(word, "high", v))
+  typical = w("big", "long") + w("forest", "long")       # style 1
   items = [
-      (rec, "big forest", speech),                                  # correct, EQ 1
-      (rec, "Big forest.", wrong_sub),                              # correct, 1 of 6 substituted
-      (rec, "old castle", unit_tts.synthesize("old castle", "high")),  # wrong answer, spoken well: EQ 1
-      (rec, "big forest", unit_tts.synthesize("big forest", "low")),   # wrong register: all 6 differ
-      (rec, "big forest", speech[:3]),                              # half the speech missing
-      (rec, "", []),                                                # no text: EQ 0
+      (rec, "big forest", typical),                                  # correct, EQ 1
+      (rec, "Big forest.", speech),                                  # correct, intelligible, style 0.5
+      (rec, "old castle", unit_tts.synthesize("old castle", "high")),  # wrong answer, spoken plainly
+      (rec, "big forest", unit_tts.synthesize("big forest", "low")),   # wrong register: style 0
+      (rec, "", []),                                                 # no text: EQ 0
   ]
-  eqs = [1, 5 / 6, 1, 0, 0.5, 0]
-  for (r, text, codes), want in zip(items, eqs):
-    assert metrics.speech_agreement(text, codes, r["style"]) == pytest.approx(want)
-  assert metrics.iq(items) == pytest.approx(4 / 6)
-  assert metrics.eq(items) == pytest.approx(np.mean(eqs))
+  want_intel, want_style = [1, 1, 1, 1, 0], [1, 0.5, 0.5, 0, 0]
+  rows = metrics.per_item(items)
+  for row, i, st in zip(rows, want_intel, want_style):
+    assert row["intelligibility"] == pytest.approx(i) and row["style"] == pytest.approx(st)
+    assert row["eq"] == pytest.approx((i + st) / 2)
+  assert [r["iq"] for r in rows] == [1, 1, 0, 1, 0]
   summary = metrics.summary(items)
-  assert summary["judge_score"] == pytest.approx((5 + 5 + 1 + 5 + 5 + 1) / 6)
+  assert summary["iq"] == pytest.approx(3 / 5)
+  assert summary["eq"] == pytest.approx(np.mean([(i + st) / 2 for i, st in zip(want_intel, want_style)]))
+  assert summary["judge_score"] == pytest.approx((5 + 5 + 1 + 5 + 1) / 5)
+  assert summary["id/count"] == 5 and summary["lookup/iq"] == summary["iq"]
+  assert summary["iq_lo"] <= summary["iq"] <= summary["iq_hi"]
   with pytest.raises(ValueError, match="at least one"):
-    metrics.iq([])
+    metrics.summary([])
+
+
+def test_bootstrap_ci_hand_computed():
+  """Two items 0 and 1: bootstrap means are 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4, so the 95% percentile
+  interval is [0, 1]; constant values give a zero-width interval; at large n the half-width approaches
+  1.96 sd / sqrt(n)."""
+  assert metrics.bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
+  assert metrics.bootstrap_ci([0.3] * 7) == pytest.approx((0.3, 0.3, 0.3))
+  values = (np.random.default_rng(0).random(2000) < 0.4).astype(float)
+  est, lo, hi = metrics.bootstrap_ci(values, num_bootstrap=4000)
+  normal = 1.96 * values.std() / np.sqrt(len(values))
+  assert abs((hi - lo) / 2 - normal) < 0.1 * normal and lo < est < hi
+
+
+def test_edit_distance_hand_cases():
+  assert unit_tts.edit_distance([1, 2, 3], [1, 2, 3]) == 0
+  assert unit_tts.edit_distance([], [4, 5]) == 2
+  assert unit_tts.edit_distance(list("kitten"), list("sitting")) == 3
+  assert unit_tts.edit_distance([1, 2, 3, 4], [2, 3, 4, 1]) == 2
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -6,7 +6,8 @@ r"""Diagnostics of the paper's four observations for a checkpoint: `analysis.md`
 --checkpoint / --compare: converted checkpoints or training runs (as `evaluate`). --compare defaults to a testbed
 run's base model. --data: a dataset built with `data_pipeline.build --kind=rl` (testbed runs: their eval split).
 1. Token-level change of the reference responses' log-probs, compare -> checkpoint, by type and position.
-2. Judge agreement per dimension, from a JSONL of {"judge": {dim: score}, "reference": {dim: score}} items.
+2. Judge agreement per dimension: on the testbed, the judge against its true semantic and acoustic scores on the
+   rollout batch; else from --judge_scores, a JSONL of {"judge": {dim: score}, "reference": {dim: score}} items.
 3. Text- vs speech-token policy gradients on a rollout batch of the checkpoint: energies, coupling, SNR.
 4. Rollout diversity of that batch: reward variance, informative groups, distinct-2 of text and audio.
 """
@@ -48,11 +49,12 @@ def _plot(path: str, draw) -> str:
 def _dataset(config: mlc.ConfigDict, model: evaluate.EvalModel, data: str | None) -> str:
   if data:
     return data
-  testbed_dir = os.path.dirname(os.path.dirname(model.testbed_eval)) if model.testbed_eval else None   # RUN/testbed
-  path = os.path.join(testbed_dir, config.model.arch, "rl_eval") if testbed_dir else ""
+  # testbed_eval is <testbed>/jsonl/eval; the built datasets are <testbed>/<arch>/<name>
+  testbed_dir = os.path.dirname(os.path.dirname(model.testbed_eval)) if model.testbed_eval else None
+  path = os.path.join(testbed_dir, config.model.arch, "eval_id") if testbed_dir else ""
   if not os.path.isdir(path):
     raise FileNotFoundError("--data is needed: a dataset built with `python -m data_pipeline.build --kind=rl` "
-                            "(testbed runs use their eval split, WORKDIR/testbed/<arch>/rl_eval)")
+                            "(testbed runs use their in-distribution eval set, <testbed dir>/<arch>/eval_id)")
   return path
 
 
@@ -62,8 +64,8 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   """Runs the four diagnostics and writes WORKDIR/analysis.{json,md} and the PNGs; returns the JSON dict."""
   os.makedirs(workdir, exist_ok=True)
   model = evaluate.load_model(checkpoint, config)
-  if compare is None and config.data.source == "testbed":
-    compare = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(model.testbed_eval))), "base_model")
+  if compare is None and config.data.source == "testbed" and model.model_dir != checkpoint:
+    compare = model.model_dir   # a training run's checkpoint: the base model it started from
   cfg, mesh = model.model_cfg, model.mesh
   logprob_fn = lambda p, b: models.target_logprobs(p, cfg, b)
   Lp = config.data.max_prompt_len
@@ -95,7 +97,11 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   text = lambda ids: " ".join(evaluate.generate.decode_text(model.tokenizer, ids).split())
   items = [RewardItem(prompt=raw["meta"][i // G], text=text(t), audio_codes=tuple(c))
            for i, (t, c) in enumerate(contents)]
-  rewards = make_reward_fn(config, None, workdir)(items).scores.reshape(P, G)
+  result = make_reward_fn(config, None, workdir)(items)
+  rewards = result.scores.reshape(P, G)
+  if judge_agreement.true_score_summary(result.scores, result.info):   # the testbed judge reports true scores
+    out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, np.array([i[d] for i in result.info]))
+                              for d in ("semantic", "acoustic")}
   stats = rollout_diversity.content_stats(rewards, contents)
   out["rollout_diversity"] = {**rollout_diversity.summary(stats), "reward_mean": float(rewards.mean())}
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
@@ -115,13 +121,15 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
       ax.set_title(f"cosine {g['cosine_text_speech']:.3f}, SNR text {g['snr_text']:.2f} / speech "
                    f"{g['snr_speech']:.2f}")))
 
-  # 2. judge agreement
+  # 2. judge agreement: the testbed judge's true scores (above), or a file of judge and reference scores
   if judge_scores:
     items = [json.loads(line) for line in open(judge_scores) if line.strip()]
     dims = sorted(set(items[0]["judge"]) & set(items[0]["reference"]))
     out["judge_agreement"] = {d: judge_agreement.agreement(np.array([i["judge"][d] for i in items], float),
                                                            np.array([i["reference"][d] for i in items], float))
                               for d in dims}
+  if "judge_agreement" in out:
+    dims = list(out["judge_agreement"])
     figures["judge_agreement"] = _plot(os.path.join(workdir, "judge_agreement.png"), lambda ax: (
         ax.bar(dims, [out["judge_agreement"][d]["spearman"]["value"] for d in dims]),
         ax.set_ylabel("Spearman ρ (judge vs reference)")))

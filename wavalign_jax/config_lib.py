@@ -103,6 +103,9 @@ def base_config() -> mlc.ConfigDict:
   # "main": every token from the main head (on-policy for every token, e.g. for full-token RL); "mctp".
   c.rollout.decode = "auto"
   c.rollout.mctp_schedule = ()         # [M1, m1, ...]; () = the layout's ratio list (upstream's choice)
+  # The RL batch is cut to the longest rollout rounded up to one of this many lengths (compiled shapes);
+  # 1 = always the full prompt + max_new_tokens (one compilation: best when compiling dominates, e.g. tiny runs).
+  c.rollout.length_buckets = 8
 
   # --- Reward ----------------------------------------------------------------------------------
   c.reward = mlc.ConfigDict()
@@ -146,7 +149,9 @@ def base_config() -> mlc.ConfigDict:
   c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0               # 0 = evaluate only before and after training
-  c.train.eval_examples = 64
+  c.train.eval_before = True           # False: skip the evaluation before training (studies evaluate `base` once)
+  c.train.eval_examples = 64           # eval rows per evaluation; 0 = every row of every eval set
+  c.train.eval_batch_size = 16
   c.train.analysis_every = 0           # > 0: log the text/speech gradient geometry (docs: analysis/) every N steps
   c.train.analysis_minibatches = 2     # mini-batches of prompt groups for its SNR
 
@@ -181,11 +186,22 @@ def make_tiny(c: mlc.ConfigDict) -> None:
   # The testbed base model's SFT trains the main head only (as WavAlign does), so its MCTP modules are
   # untrained: decode with the main head. Set rollout.decode=mctp to measure the MCTP path anyway.
   c.rollout.decode = "main"
-  c.testbed = mlc.ConfigDict(dict(seed=0, num_train=2000, num_eval=64, base_sft_steps=300,
-                                  base_learning_rate=3e-3, base_batch_size=32, base_checkpoint_every=100))
+  # The synthetic task and its premises (docs/testbed.md justifies every default).
+  c.testbed = mlc.ConfigDict(dict(
+      dir="",                          # where the data is generated and built; "" = WORKDIR/testbed
+      seed=0,                          # fact table, splits, question noise, reference realisations
+      noise_rate=0.1, eval_style_prob=0.3, heldout_question_prob=0.1,
+      base_expressiveness=0.25,        # the base model's corpus speaks with little of each style's prosody
+      sft_wrong_fraction=0.3,          # post-training references: speech-good, content-imperfect
+      judge_acoustic_weight=0.3,       # share of the holistic judge score that rates the speech
+      judge_acoustic_noise=0.5,        # std of the judge's error on the acoustic part (true quality in [0, 1])
+      base_sft_steps=400, base_learning_rate=3e-3, base_batch_size=32, base_checkpoint_every=100))
   c.reward.kind = "testbed"
   c.optim.update(dict(learning_rate=c.optim.learning_rate * TINY_LR_SCALE, warmup_steps=5))
-  c.train.update(dict(total_steps=40, checkpoint_every=10, eval_examples=64))
+  c.rollout.length_buckets = 1       # compiling a step per RL length costs more than the padding saves here
+  # A few hundred steps (capped, so that `base` keeps its 0); every eval row, in big batches.
+  c.train.update(dict(total_steps=min(c.train.total_steps, 200), checkpoint_every=50, eval_examples=0,
+                      eval_batch_size=128))
 
 
 # ----------------------------------------------------------------------------- command line

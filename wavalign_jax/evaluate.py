@@ -51,7 +51,7 @@ class EvalModel:
   tokenizer: tokenizers.Tokenizer
   model_dir: str                   # where the model config (and tokenizer) came from
   mesh: Mesh                       # the params' mesh (config.mesh); sampling runs on it
-  testbed_eval: str | None = None  # the testbed eval split (JSONL) for testbed configs
+  testbed_eval: str | None = None  # the folder of the testbed eval splits (JSONL) for testbed configs
 
 
 def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None, str, str | None]:
@@ -72,17 +72,17 @@ def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None
   return item, key, model_dir, run_dir
 
 
-def _testbed_files(run_dir: str | None, checkpoint: str) -> tuple[str, str]:
-  """(tokenizer.json, eval.jsonl) of the testbed run: RUN/testbed/jsonl, RUN being the training work dir or
-  the parent of a converted checkpoint folder (the run's base_model)."""
+def _testbed_files(config: mlc.ConfigDict, run_dir: str | None, checkpoint: str) -> tuple[str, str]:
+  """(tokenizer.json, folder of the eval JSONL splits) of a testbed run: config.testbed.dir or RUN/testbed, RUN
+  being the training work dir or the parent of a converted checkpoint folder (the run's base_model)."""
   run_dir = run_dir or os.path.dirname(os.path.abspath(checkpoint))
-  root = os.path.join(run_dir, "testbed", "jsonl")
-  for name in ("tokenizer.json", "eval.jsonl"):
+  root = os.path.join(config.testbed.get("dir") or os.path.join(run_dir, "testbed"), "jsonl")
+  for name in ("tokenizer.json", "eval"):
     if not os.path.exists(os.path.join(root, name)):
       raise FileNotFoundError(
           f"{os.path.join(root, name)} not found: testbed checkpoints are evaluated on their run's testbed data "
           f"(written by the training run, or by `python -m wavalign_jax.testbed.generate --out={root}`)")
-  return os.path.join(root, "tokenizer.json"), os.path.join(root, "eval.jsonl")
+  return os.path.join(root, "tokenizer.json"), os.path.join(root, "eval")
 
 
 def _builder(config: mlc.ConfigDict, model_cfg: ModelConfig, tokenizer: str, meta: dict[str, Any]) -> build_lib.Builder:
@@ -122,7 +122,7 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> EvalModel:
     raise ValueError(f"{model_dir} holds a {model_cfg.arch!r} model but --config is for {config.model.arch!r}")
   testbed_eval = None
   if config.data.source == "testbed":
-    tokenizer, testbed_eval = _testbed_files(run_dir, checkpoint)
+    tokenizer, testbed_eval = _testbed_files(config, run_dir, checkpoint)
   else:
     tokenizer = os.path.join(model_dir, "hf", "tokenizer.json")
     if not os.path.exists(tokenizer):

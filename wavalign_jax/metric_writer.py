@@ -50,7 +50,9 @@ class MetricWriter:
         self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
       self._tb.flush()
     if echo:
-      keys = [k for k in PROGRESS_KEYS if k in scalars] if prefix == "train" else sorted(scalars)
+      # train: the progress keys; evaluations: the overall metrics (strata such as "id/iq" go to the files only)
+      keys = [k for k in PROGRESS_KEYS if k in scalars] if prefix == "train" else sorted(k for k in scalars
+                                                                                          if "/" not in k)
       shown = " ".join(f"{k}={scalars[k]:.4g}" for k in keys)
       total = f"/{total_steps}" if total_steps else ""
       print(f"[{prefix} {int(step)}{total} {time.time() - self._start:6.0f}s] {shown}", flush=True)

@@ -36,11 +36,12 @@ class RunSetup:
   sampling: sampler_lib.SamplingConfig
   tokenizer: tokenizers.Tokenizer
   train_data: str
-  eval_data: str | None
+  eval_data: dict[str, str]         # eval set name -> dataset directory (may be empty)
   buckets: tuple[int, ...]
   init_checkpoint: str
   eval_batch_size: int = 16
-  evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], dict[str, float]] | None = None
+  # (record, text, codes) items -> (summary metrics, per-item rows); the testbed's IQ / EQ
+  evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], tuple[dict[str, float], list[dict]]] | None = None
 
   def decode_text(self, text_ids: Sequence[int]) -> str:
     """The text channel of a response as a string (special tokens dropped)."""
@@ -82,35 +83,39 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
   return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
-                  eval_data=config.data.eval or None, buckets=buckets, init_checkpoint=config.init_checkpoint)
+                  eval_data={"eval": config.data.eval} if config.data.eval else {}, buckets=buckets,
+                  init_checkpoint=config.init_checkpoint, eval_batch_size=config.train.eval_batch_size)
 
 
 def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],
                    guard: PreemptionGuard | None) -> RunSetup:
-  from wavalign_jax.testbed import base_model, metrics, prepare
+  from wavalign_jax.testbed import base_model, metrics, prepare, tasks
 
   arch = config.model.arch
-  data = prepare.prepare(os.path.join(workdir, "testbed"), arch, seed=config.testbed.seed,
+  spec = tasks.Spec(**{f.name: config.testbed[f.name] for f in dataclasses.fields(tasks.Spec)})
+  data = prepare.prepare(config.testbed.dir or os.path.join(workdir, "testbed"), arch, spec=spec,
                          ratios=tuple(config.layout.get("ratios", (1, 10, 4, 10))),
                          audio_delay=int(config.layout.get("audio_delay", 6)))
   model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": data.vocab.vocab_size})
   init_checkpoint = config.init_checkpoint
   if not init_checkpoint:
     init_checkpoint = os.path.join(workdir, "base_model")
-    base_model.ensure_base_model(config, model_cfg, data.datasets["sft_train"], buckets, init_checkpoint, guard)
+    base_model.ensure_base_model(config, model_cfg, data.datasets["base_sft"], buckets, init_checkpoint, guard)
   sampling = sampler_lib.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
   return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
-                  eval_data=data.datasets["rl_eval"], buckets=buckets, init_checkpoint=init_checkpoint,
-                  evaluator=metrics.summary)
+                  eval_data={name: data.datasets[name] for name in prepare.EVAL_DATASETS}, buckets=buckets,
+                  init_checkpoint=init_checkpoint, eval_batch_size=config.train.eval_batch_size,
+                  evaluator=lambda items: (metrics.summary(items), metrics.per_item(items)))
 
 
 def make_reward_fn(config: mlc.ConfigDict, setup: RunSetup, workdir: str):
   kind = config.reward.kind
   if kind == "testbed":
-    from wavalign_jax.testbed.judge import RuleJudge
-    return RuleJudge()
+    from wavalign_jax.testbed.judge import TestbedJudge
+    return TestbedJudge(acoustic_weight=config.testbed.judge_acoustic_weight,
+                        acoustic_noise=config.testbed.judge_acoustic_noise, seed=config.seed)
   if kind == "exact_match":
     from wavalign_jax.rewards.rules import ExactMatch
     return ExactMatch("answer")

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from wavalign_jax import (checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps,
                           train_state)
-from wavalign_jax.analysis import gradient_geometry, rollout_diversity
+from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.objectives import grpo
@@ -48,7 +48,8 @@ from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
 
 
 def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, reward_fn,
-                      monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None):
+                      monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None,
+                      length_buckets: int = 8):
   """Samples G responses per prompt of this host's batch `raw` and scores them:
   (rl_batch, rewards [P, G], valid [P, G], metrics), all on this host's rows."""
   prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
@@ -66,47 +67,68 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   mask = np.asarray(rollouts.mask)
   forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
   metrics.update(rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents)))
+  metrics.update(judge_agreement.true_score_summary(result.scores, result.info))
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
                  rollout_forced_fraction=float(forced),
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
   batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
   batch.pop("group_ids")
-  return trim_rl_batch(batch, prompts["valid"].shape[1], setup.sampling.max_new_tokens), rewards, valid, metrics
+  return (trim_rl_batch(batch, prompts["valid"].shape[1], setup.sampling.max_new_tokens, length_buckets), rewards,
+          valid, metrics)
 
 
-RL_LENGTH_BUCKETS = 8
-
-
-def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int) -> dict:
-  """Cuts the right-padded RL batch [B, Lp + N] to the longest row, rounded up to one of
-  `RL_LENGTH_BUCKETS` lengths Lp + k·N/8 (a few compiled shapes instead of always paying for Lp + N)."""
+def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int, buckets: int) -> dict:
+  """Cuts the right-padded RL batch [B, Lp + N] to the longest row, rounded up to one of `buckets`
+  lengths Lp + k·N/buckets (a few compiled shapes instead of always paying for Lp + N)."""
   longest = int(np.max(np.sum(np.asarray(batch["segment_ids"]) > 0, axis=1)))
-  step = -(-max_new_tokens // RL_LENGTH_BUCKETS)
+  step = -(-max_new_tokens // buckets)
   length = min(prompt_len + max_new_tokens, prompt_len + step * -(-max(longest - prompt_len, 1) // step))
   return jax.tree.map(lambda x: x[:, :length] if np.ndim(x) >= 2 else x, batch)
 
 
-def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int, mesh: Mesh | None = None) -> dict[str, float]:
-  """Greedy responses on the eval split scored with the setup's evaluator (testbed: IQ / EQ).
+def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
+             mesh: Mesh | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+  """Greedy responses on every eval set (`num_examples` rows of each; 0 = all) scored with the setup's
+  evaluator (testbed: IQ / EQ per subset and task family): (summary metrics, per-item rows).
 
-  Every host reads the whole eval split and gets every response back, so all hosts compute the metrics
+  Every host reads the whole eval sets and gets every response back, so all hosts compute the metrics
   of one host.
   """
-  if setup.eval_data is None or setup.evaluator is None:
-    return {}
-  it = loader.make_loader(setup.eval_data, global_batch_size=setup.eval_batch_size, buckets=setup.buckets,
-                          shuffle=False, num_epochs=1, process_index=0, process_count=1)
+  if not setup.eval_data or setup.evaluator is None:
+    return {}, []
   greedy = eval_generate.eval_sampling(setup.sampling)
   items = []
-  for raw in it:
-    prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
-    rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy, mesh,
-                                 shared=True)
-    for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, greedy.constraint)):
-      items.append((meta, setup.decode_text(text_ids), codes))
-    if len(items) >= num_examples:
-      break
-  return setup.evaluator(items[:num_examples])
+  for path in setup.eval_data.values():
+    it = loader.make_loader(path, global_batch_size=setup.eval_batch_size, buckets=setup.buckets,
+                            shuffle=False, num_epochs=1, process_index=0, process_count=1, drop_remainder=False)
+    taken = []
+    for raw in it:
+      prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
+      # the last, partial batch is filled with copies of its first row: one compiled shape
+      fill = setup.eval_batch_size - len(raw["meta"])
+      prompts = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], fill, axis=0)]), prompts)
+      rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy, mesh,
+                                   shared=True)
+      for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, greedy.constraint)):
+        taken.append((meta, setup.decode_text(text_ids), codes))
+      if num_examples and len(taken) >= num_examples:
+        break
+    items += taken[:num_examples] if num_examples else taken
+  return setup.evaluator(items)
+
+
+def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
+              result: tuple[dict[str, float], list[dict]]) -> None:
+  """Eval metrics to the writer under `prefix`, per-item rows to WORKDIR/eval/<name>.jsonl (studies bootstrap
+  them)."""
+  summary, rows = result
+  if not summary:
+    return
+  writer.write(step, summary, prefix=prefix)
+  if jax.process_index() == 0 and rows:
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", f"{name}.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -188,13 +210,13 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   writer = _writer(workdir, int(state.step))
   total = config.train.total_steps
   results: dict[str, Any] = {}
-  if int(state.step) == 0:
-    results["eval_before"] = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
-    if results["eval_before"]:
-      writer.write(0, results["eval_before"], prefix="eval_before")
-      if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval_before.json"), "w") as f:
-          json.dump(results["eval_before"], f, indent=2)
+  if int(state.step) == 0 and config.train.eval_before:
+    before = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
+    results["eval_before"] = before[0]
+    _log_eval(writer, workdir, 0, "eval_before", "before", before)
+    if before[0] and jax.process_index() == 0:
+      with open(os.path.join(workdir, "eval_before.json"), "w") as f:
+        json.dump(before[0], f, indent=2)
 
   if cfg.objective == "dpo":
     step_fn = steps.jit_step(steps.make_dpo_step(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
@@ -235,7 +257,8 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       if not in_sft_stage and cfg.gate.mode != "sft_only":
         rng_step = jax.random.fold_in(state.rng, 0)
         batch["rl"], batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
-            state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh)
+            state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh,
+            config.rollout.length_buckets)
       batch = steps.device_put_batch(batch, mesh)
       if "rl" in batch and ref_params is not None:
         batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"]).items()}
@@ -279,7 +302,8 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       writer.close()
       raise preemption.Preempted(now, guard.signum, "training")
     if crossed(config.train.eval_every) and now < total:
-      writer.write(now, evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh), prefix="eval")
+      _log_eval(writer, workdir, now, "eval", f"step_{now}",
+                evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh))
   ckpt.close()
   summary_path = os.path.join(workdir, "eval_summary.json")
   if stop_at < total:
@@ -289,10 +313,11 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       results["eval_after"] = json.load(f)["after"]
     print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
-    results["eval_after"] = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
-    if results["eval_after"]:
-      writer.write(total, results["eval_after"], prefix="eval_after")
-      _write_eval_summary(workdir, results["eval_after"])
+    after = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
+    results["eval_after"] = after[0]
+    _log_eval(writer, workdir, total, "eval_after", "after", after)
+    if after[0]:
+      _write_eval_summary(workdir, after[0])
   writer.close()
   return {**results, "metrics": metrics, "state": state}
 
@@ -306,7 +331,8 @@ def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
   with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
     json.dump({"before": before, "after": after}, f, indent=2)
   print("evaluation before -> after: " + ", ".join(
-      f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())), flush=True)
+      f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items()) if "/" not in k),
+      flush=True)
 
 
 def _writer(workdir: str, resume_step: int):

@@ -68,3 +68,16 @@ def agreement(judge: np.ndarray, reference: np.ndarray, *, num_bootstrap: int = 
     lo, hi = (np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]) if len(boots) else (np.nan, np.nan))
     out[name] = {"value": fn(judge, reference), "lo": float(lo), "hi": float(hi)}
   return out
+
+
+def true_score_summary(scores: np.ndarray, info: Sequence[dict]) -> dict[str, float]:
+  """Per-step metrics of a reward that reports true scores (the testbed judge's `semantic` / `acoustic` info):
+  their means and the judge's Pearson correlation with each. {} for rewards without them (real judges)."""
+  if not info or not all(isinstance(i, dict) and "semantic" in i and "acoustic" in i for i in info):
+    return {}
+  out = {}
+  for dim in ("semantic", "acoustic"):
+    true = np.array([i[dim] for i in info], np.float64)
+    out[f"judge/true_{dim}"] = float(true.mean())
+    out[f"judge/pearson_{dim}"] = pearson(scores, true)
+  return out

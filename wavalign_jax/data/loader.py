@@ -149,12 +149,12 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int | None = None, process_count: int | None = None,
                  packing: bool = False, worker_count: int = 0, pad_id: int | None = None,
-                 read_threads: int = 16, read_prefetch: int = 256) -> grain.IterDataset:
+                 read_threads: int = 16, read_prefetch: int = 256, drop_remainder: bool = True) -> grain.IterDataset:
   """The per-host Grain dataset of batches; see the module docstring for the stages.
 
   process_index / process_count default to jax.process_index() / jax.process_count(); pass them
   to simulate hosts. `num_epochs=None` repeats forever. With a finite number of epochs the last
-  incomplete batch is dropped. read_threads / read_prefetch: records read and decoded ahead per
+  incomplete batch is dropped unless `drop_remainder=False` (evaluation reads every record). read_threads / read_prefetch: records read and decoded ahead per
   process (also what a restored iterator re-reads before its first batch).
   """
   if process_index is None or process_count is None:
@@ -176,7 +176,7 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
                      "the dataset is damaged or was only partly replaced: rebuild it with "
                      "`python -m data_pipeline.build ... --overwrite`")
   usable = len(source) - len(source) % process_count
-  if usable < per_host * process_count:
+  if drop_remainder and usable < per_host * process_count:
     raise ValueError(f"{paths}: {len(source)} records cannot fill one global batch of {global_batch_size}")
 
   ds = grain.MapDataset.source(source)[:usable][process_index::process_count]
@@ -195,7 +195,7 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
         padding_struct={k: (0 if k.startswith("types") else pad_id) for k in keys})
     ds = ds.batch(per_host, drop_remainder=True, batch_fn=_unflatten)
   else:
-    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_Collate(buckets, pad_id))
+    ds = ds.batch(per_host, drop_remainder=drop_remainder, batch_fn=_Collate(buckets, pad_id))
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return ds

@@ -1,6 +1,6 @@
-"""Writes the testbed dataset: train.jsonl, eval.jsonl, dpo.jsonl, tokenizer.json, testbed.json.
+"""Writes the testbed dataset: {base,train,dpo}.jsonl, eval/{eval_id,eval_ood}.jsonl, tokenizer.json, testbed.json.
 
-  python -m wavalign_jax.testbed.generate --out=/tmp/testbed [--seed=0] [--noise_rate=0.1]
+  python -m wavalign_jax.testbed.generate --out=/tmp/testbed [--seed=0] [--noise_rate=0.1] ...
 
 testbed.json records the generation arguments, record counts, the vocabulary layout and the fact
 table, so a run's data can be traced back and regenerated bit for bit.
@@ -15,6 +15,14 @@ from typing import Any
 from absl import app, flags
 
 from wavalign_jax.testbed import tasks, unit_tts, vocab
+
+
+EVAL_DIR = "eval"   # the eval splits, alone in a folder: `evaluate --data=<it>` reads every JSONL in it
+
+
+def split_path(out_dir: str, split: str) -> str:
+  """Where `generate` writes a split: eval splits under out_dir/eval/, the others in out_dir."""
+  return os.path.join(out_dir, EVAL_DIR if split.startswith("eval") else "", f"{split}.jsonl")
 
 
 def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
@@ -39,24 +47,22 @@ def read_records(path: str) -> list[dict[str, Any]]:
   return records
 
 
-def generate(out_dir: str, seed: int = 0, noise_rate: float = 0.1, eval_style_prob: float = 0.3,
-             heldout_question_prob: float = 0.1) -> dict[str, str]:
+def generate(out_dir: str, spec: tasks.Spec = tasks.Spec()) -> dict[str, str]:
   """Generates the dataset into `out_dir`; returns {name: path} of the files written."""
-  os.makedirs(out_dir, exist_ok=True)
-  splits = tasks.build_splits(seed, noise_rate, eval_style_prob, heldout_question_prob)
-  paths = {name: os.path.join(out_dir, f"{name}.jsonl") for name in splits}
+  os.makedirs(os.path.join(out_dir, EVAL_DIR), exist_ok=True)
+  splits = tasks.build_splits(spec)
+  paths = {name: split_path(out_dir, name) for name in splits}
   for name, records in splits.items():
     write_jsonl(paths[name], records)
   paths["tokenizer"] = vocab.write_tokenizer(out_dir)
   meta = {
-      "seed": seed, "noise_rate": noise_rate, "eval_style_prob": eval_style_prob,
-      "heldout_question_prob": heldout_question_prob,
+      "spec": dataclasses.asdict(spec),
       "counts": {name: len(records) for name, records in splits.items()},
       "styles": list(unit_tts.STYLES), "num_audio_codes": unit_tts.NUM_AUDIO_CODES,
       "hf_config": vocab.hf_config_fields(),
       "interleaved_vocab": dataclasses.asdict(vocab.interleaved_vocab()),
       "parallel_vocab": dataclasses.asdict(vocab.parallel_vocab()),
-      "facts": tasks.fact_table(seed),
+      "facts": tasks.fact_table(spec.seed),
   }
   paths["meta"] = os.path.join(out_dir, "testbed.json")
   with open(paths["meta"], "w") as f:
@@ -66,17 +72,15 @@ def generate(out_dir: str, seed: int = 0, noise_rate: float = 0.1, eval_style_pr
 
 def define_flags() -> None:
   flags.DEFINE_string("out", None, "Output directory.", required=True)
-  flags.DEFINE_integer("seed", 0, "Seed of the fact table, splits and noise.")
-  flags.DEFINE_float("noise_rate", 0.1, "Fraction of question-audio codes replaced.")
-  flags.DEFINE_float("eval_style_prob", 0.3, "Probability that one style of a question goes to eval.")
-  flags.DEFINE_float("heldout_question_prob", 0.1, "Probability that an arithmetic question is held out entirely.")
+  for field in dataclasses.fields(tasks.Spec):
+    define = flags.DEFINE_integer if field.type == "int" else flags.DEFINE_float
+    define(field.name, field.default, f"tasks.Spec.{field.name} (docs/testbed.md).")
 
 
 def main(argv: list[str]) -> None:
   del argv
-  f = flags.FLAGS
-  paths = generate(f.out, f.seed, f.noise_rate, f.eval_style_prob, f.heldout_question_prob)
-  for name, path in paths.items():
+  spec = tasks.Spec(**{f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(tasks.Spec)})
+  for name, path in generate(flags.FLAGS.out, spec).items():
     print(f"{name}: {path}")
 
 

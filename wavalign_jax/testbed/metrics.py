@@ -1,42 +1,36 @@
-"""Testbed metrics over generated responses: IQ (content) and EQ (speech agrees with text and style).
+"""Testbed metrics over generated responses: IQ (content) and EQ (the speech says the text, in the style).
 
 Each item is (record, text, codes): the eval record, the decoded text channel, and the generated
-audio codes (0-based). IQ asks whether the text answers the question; EQ whether the audio says
-that same text in the requested style, measured against the unit-TTS of the generated text, so
-EQ is independent of correctness (a wrong answer spoken well still has high EQ).
+audio codes (0-based). Per item:
+  iq               1 if the normalised text equals the normalised answer, else 0;
+  intelligibility  the audio says the generated text (unit_tts.intelligibility);
+  style            the audio realises it in the requested style (unit_tts.style_match);
+  eq               their mean: the graded speech quality. Both are measured against the *generated*
+                   text, so EQ is independent of correctness (a wrong answer spoken well scores high);
+  judge_score      the rule judge's 1-5 semantic score (testbed/judge.py).
+`summary` averages them over all items and per subset (id / ood_style / ood_question) and task family
+(arithmetic / lookup); `bootstrap_ci` gives a percentile interval over items.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from wavalign_jax.testbed import judge, unit_tts
+from wavalign_jax.testbed import judge, tasks, unit_tts
 
 Item = tuple[dict[str, Any], str, Sequence[int]]
+DIMENSIONS = ("iq", "eq", "intelligibility", "style", "judge_score")
 
 
-def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
-  """Levenshtein distance (unit costs for insertion, deletion, substitution)."""
-  prev = list(range(len(b) + 1))
-  for i, x in enumerate(a, 1):
-    cur = [i]
-    for j, y in enumerate(b, 1):
-      cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-    prev = cur
-  return prev[-1]
-
-
-def speech_agreement(text: str, codes: Sequence[int], style: str) -> float:
-  """1 - edit distance / max length between `codes` and unit_tts(text, style), in [0, 1].
-
-  A response without text scores 0: there is nothing the speech could agree with.
-  """
-  ref = unit_tts.synthesize(" ".join(judge.normalize(text)), style)
-  if not ref:
-    return 0.0
-  codes = [int(c) for c in codes]
-  return 1.0 - edit_distance(codes, ref) / max(len(codes), len(ref))
+def item_scores(record: dict[str, Any], text: str, codes: Sequence[int]) -> dict[str, float]:
+  """Every per-item dimension of one response (module docstring)."""
+  words = " ".join(judge.normalize(text))
+  intel = unit_tts.intelligibility(codes, words, record["style"])
+  style = unit_tts.style_match(codes, words, record["style"])
+  return {"iq": float(judge.normalize(text) == judge.normalize(record["answer"])),
+          "eq": 0.5 * (intel + style), "intelligibility": intel, "style": style,
+          "judge_score": judge.score(text, record["answer"])[0]}
 
 
 def _check(items: Sequence[Item]) -> None:
@@ -44,21 +38,42 @@ def _check(items: Sequence[Item]) -> None:
     raise ValueError("testbed metrics need at least one (record, text, codes) item")
 
 
-def iq(items: Sequence[Item]) -> float:
-  """Answer accuracy: fraction of items whose normalized text equals the normalized answer."""
-  _check(items)
-  return float(np.mean([judge.normalize(text) == judge.normalize(rec["answer"])
-                        for rec, text, _ in items]))
+def family(task: str) -> str:
+  return "arithmetic" if task in tasks.ARITHMETIC else "lookup"
 
 
-def eq(items: Sequence[Item]) -> float:
-  """Mean speech_agreement of the generated codes with the generated text in the requested style."""
+def per_item(items: Sequence[Item]) -> list[dict[str, Any]]:
+  """item_scores of every item with the keys the strata need (id, subset, task, family, style)."""
   _check(items)
-  return float(np.mean([speech_agreement(text, codes, rec["style"]) for rec, text, codes in items]))
+  out = []
+  for rec, text, codes in items:
+    out.append({"id": rec.get("id"), "subset": rec.get("subset") or "id", "task": rec["task"],
+                "family": family(rec["task"]), "style": rec["style"], **item_scores(rec, text, codes)})
+  return out
 
 
 def summary(items: Sequence[Item]) -> dict[str, float]:
-  """IQ, EQ and the mean rule-judge score (the reward the RL step would see)."""
-  _check(items)
-  scores = [judge.score(text, rec["answer"])[0] for rec, text, _ in items]
-  return {"iq": iq(items), "eq": eq(items), "judge_score": float(np.mean(scores))}
+  """Means of every dimension over all items with their 95% bootstrap interval over items (`iq_lo`, `iq_hi`, ...),
+  and `<subset>/<dim>`, `<family>/<dim>` per stratum."""
+  rows = per_item(items)
+  out = {}
+  for dim in DIMENSIONS:
+    out[dim], out[f"{dim}_lo"], out[f"{dim}_hi"] = bootstrap_ci([r[dim] for r in rows], num_bootstrap=1000)
+  for key in ("subset", "family"):
+    for value in sorted({r[key] for r in rows}):
+      part = [r for r in rows if r[key] == value]
+      out.update({f"{value}/{dim}": float(np.mean([r[dim] for r in part])) for dim in DIMENSIONS})
+      out[f"{value}/count"] = float(len(part))
+  return out
+
+
+def bootstrap_ci(values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean,
+                 num_bootstrap: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+  """(estimate, lo, hi): the statistic and its percentile bootstrap interval over items."""
+  values = np.asarray(values, np.float64)
+  if values.ndim != 1 or len(values) == 0:
+    raise ValueError(f"need a non-empty 1-D array of per-item values, got shape {values.shape}")
+  idx = np.random.default_rng(seed).integers(0, len(values), (num_bootstrap, len(values)))
+  boots = np.array([statistic(values[i]) for i in idx])
+  lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+  return float(statistic(values)), float(lo), float(hi)

@@ -2,7 +2,7 @@
 
 The testbed goes through the same data pipeline as real data (data_pipeline.build -> ArrayRecord ->
 Grain), so the main job on the testbed exercises every stage a real run uses. Outputs are cached in
-WORKDIR/testbed and rebuilt only when missing.
+WORKDIR/testbed and rebuilt when missing or generated with other `tasks.Spec` knobs.
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import os
 from typing import Any
 
 from data_pipeline import build as build_lib
-from wavalign_jax.testbed import generate, unit_tts
+from wavalign_jax.testbed import generate, tasks, unit_tts
 from wavalign_jax.testbed import vocab as testbed_vocab
 
-# dataset name -> (record kind, JSONL split)
-DATASETS = {"sft_train": ("sft", "train"), "rl_train": ("rl", "train"), "rl_eval": ("rl", "eval"),
-            "dpo_train": ("dpo", "dpo")}
+# dataset name -> (record kind, JSONL split); testbed/tasks.py describes the splits.
+DATASETS = {"base_sft": ("sft", "base"), "rl_train": ("rl", "train"), "dpo_train": ("dpo", "dpo"),
+            "eval_id": ("rl", "eval_id"), "eval_ood": ("rl", "eval_ood")}
+EVAL_DATASETS = ("eval_id", "eval_ood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +29,14 @@ class TestbedData:
   vocab: Any                        # InterleavedVocab | ParallelVocab
 
 
-def prepare(root: str, arch: str, *, seed: int = 0, ratios=(1, 10, 4, 10), audio_delay: int = 6) -> TestbedData:
-  """Generates (once) the testbed under `root` and builds its datasets for `arch`."""
+def prepare(root: str, arch: str, *, spec: tasks.Spec = tasks.Spec(), ratios=(1, 10, 4, 10),
+            audio_delay: int = 6) -> TestbedData:
+  """Generates (once per spec) the testbed under `root` and builds its datasets for `arch`."""
   jsonl_dir = os.path.join(root, "jsonl")
   marker = os.path.join(jsonl_dir, "testbed.json")
-  if not os.path.exists(marker):
-    generate.generate(jsonl_dir, seed=seed)
+  regenerated = not (os.path.exists(marker) and _matches(marker, {"spec": dataclasses.asdict(spec)}))
+  if regenerated:
+    generate.generate(jsonl_dir, spec)
   tokenizer = os.path.join(jsonl_dir, "tokenizer.json")
   vocab = (testbed_vocab.interleaved_vocab() if arch == "interleaved" else testbed_vocab.parallel_vocab())
   builder_kw = dict(arch=arch, ratios=tuple(ratios), audio_delay=audio_delay)
@@ -44,9 +47,9 @@ def prepare(root: str, arch: str, *, seed: int = 0, ratios=(1, 10, 4, 10), audio
     out = os.path.join(root, arch, name)
     info_path = os.path.join(out, build_lib.INFO_FILE)
     wanted = {"kind": kind, "ratios": list(ratios), "audio_delay": audio_delay}
-    if not (os.path.exists(info_path) and _matches(info_path, wanted)):
+    if regenerated or not (os.path.exists(info_path) and _matches(info_path, wanted)):
       builder = build_lib.Builder(tokenizer, kind=kind, **builder_kw)
-      build_lib.build(builder, [os.path.join(jsonl_dir, f"{split}.jsonl")], out, name=name, overwrite=True)
+      build_lib.build(builder, [generate.split_path(jsonl_dir, split)], out, name=name, overwrite=True)
     datasets[name] = out
   return TestbedData(root=root, tokenizer=tokenizer, datasets=datasets, vocab=vocab)
 

@@ -4,21 +4,34 @@ Two families: arithmetic (add, sub, count) whose answers follow from the questio
 (color, home, pet) in a seeded fact table that can only be learnt from the training data. The
 split unit is (question, requested style): every lookup fact stays in training under most styles
 and is asked in eval under another one, while a fraction of arithmetic questions is held out
-entirely, so eval accuracy mixes memorisation with generalisation and a tiny model reaches it
-only partly.
+entirely.
+
+The splits model the premises of the paper (docs/testbed.md explains each knob of `Spec`):
+  base       the corpus the testbed's base model is SFT-trained on (the "released model"): correct
+             answers, spoken with little expressiveness (`base_expressiveness`);
+  train      the post-training corpus (RL prompts and SFT anchor references): the references are
+             spoken expressively in the requested style, but a fraction `sft_wrong_fraction` of
+             them answers wrongly or hedges ("maybe 7"): speech-good, content-imperfect SFT data;
+  dpo        train records as preference pairs: the correct answer chosen, a wrong one rejected,
+             both spoken expressively;
+  eval_id    every train (question, style) again with fresh question-audio noise (subset "id");
+  eval_ood   held-out styles of a question ("ood_style") and held-out questions ("ood_question").
 
 A record (one JSON line):
-  id, task, style, question_text, answer,
+  id, task, style, subset, question_text, answer,
   messages: [{"role": "system", "content": "answer in a <style> voice"},
              {"role": "user", "content": "<|audio|>"}]     one <|audio|> per entry of `audios`
   audios: [[code, ...]]       question audio: neutral unit-TTS of question_text plus code noise
-  sft_target_text, sft_target_audio: the answer and its unit-TTS in the requested style
+  sft_target_text, sft_target_audio: the reference response and one realisation of it in the style
+  reference_kind: "correct" | "wrong" | "hedged" (what sft_target_text is relative to `answer`)
   DPO records add rejected_text / rejected_audio: a wrong answer spoken in the same style.
 Audio codes are 0-based code indices (< unit_tts.NUM_AUDIO_CODES), not token ids.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import dataclasses
 
 import numpy as np
 
@@ -34,6 +47,7 @@ MAX_OPERAND = 9
 MAX_COUNT = 19
 NUMBERS = tuple(str(i) for i in range(max(2 * MAX_OPERAND, MAX_COUNT) + 1))
 
+HEDGE = "maybe"
 AUDIO_PLACEHOLDER = "<|audio|>"
 SYSTEM_TEMPLATE = "answer in a {style} voice"
 TEMPLATES = {
@@ -60,7 +74,7 @@ def lexicon() -> tuple[str, ...]:
   words = set(NAMES + COLORS + ADJECTIVES + PLACES + ANIMALS + NUMBERS + unit_tts.STYLES)
   for template in (SYSTEM_TEMPLATE, *TEMPLATES.values()):
     words.update(w for w in template.split() if not w.startswith("{"))
-  words.add("a")  # pet answers
+  words.update(("a", HEDGE))  # pet answers, hedged references
   return tuple(sorted(words))
 
 
@@ -103,55 +117,81 @@ def wrong_answer(task: str, answer: str, rng: np.random.Generator) -> str:
       return value
 
 
-def make_record(task: str, question: str, answer: str, style: str, noise_rate: float,
-                rng: np.random.Generator) -> dict[str, Any]:
-  """One SFT/eval record; the question audio is noisy neutral speech, the target clean styled speech."""
-  question_audio = unit_tts.add_noise(unit_tts.synthesize(question, "neutral"), noise_rate, rng)
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """The testbed's generation knobs (config.testbed.*; defaults and their premises in docs/testbed.md)."""
+  seed: int = 0
+  noise_rate: float = 0.1               # fraction of question-audio codes replaced
+  eval_style_prob: float = 0.3          # a question has one held-out style with this probability
+  heldout_question_prob: float = 0.1    # an arithmetic question is held out in every style
+  base_expressiveness: float = 0.25     # prosody of the base model's corpus: 0 neutral, 1 the style's own
+  sft_wrong_fraction: float = 0.3       # post-training references that answer wrongly or hedge
+
+
+def make_record(task: str, question: str, answer: str, style: str, subset: str, spec: Spec,
+                rng: np.random.Generator, *, reference: str | None = None, reference_kind: str = "correct",
+                expressiveness: float = 1.0) -> dict[str, Any]:
+  """One record; the question audio is noisy neutral speech, the reference one realisation in the style."""
+  question_audio = unit_tts.add_noise(unit_tts.synthesize(question, "neutral"), spec.noise_rate, rng)
+  reference = answer if reference is None else reference
   return {
       "id": f"{task}/{question.replace(' ', '_')}/{style}",
       "task": task,
       "style": style,
+      "subset": subset,
       "question_text": question,
       "answer": answer,
       "messages": [{"role": "system", "content": SYSTEM_TEMPLATE.format(style=style)},
                    {"role": "user", "content": AUDIO_PLACEHOLDER}],
       "audios": [question_audio],
-      "sft_target_text": answer,
-      "sft_target_audio": unit_tts.synthesize(answer, style),
+      "sft_target_text": reference,
+      "sft_target_audio": unit_tts.synthesize(reference, style, rng, expressiveness),
+      "reference_kind": reference_kind,
   }
 
 
-def with_rejected(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-  """The DPO pair of a record: its reference is chosen, a wrong answer in the same style rejected."""
-  rejected = wrong_answer(record["task"], record["answer"], rng)
-  return dict(record, rejected_text=rejected,
-              rejected_audio=unit_tts.synthesize(rejected, record["style"]))
+def imperfect_reference(task: str, answer: str, rng: np.random.Generator) -> tuple[str, str]:
+  """(text, kind) of a content-imperfect reference: a wrong answer or a hedged right one, equally often."""
+  if rng.random() < 0.5:
+    return wrong_answer(task, answer, rng), "wrong"
+  return f"{HEDGE} {answer}", "hedged"
 
 
-def build_splits(seed: int = 0, noise_rate: float = 0.1, eval_style_prob: float = 0.3,
-                 heldout_question_prob: float = 0.1) -> dict[str, list[dict[str, Any]]]:
-  """{"train", "eval", "dpo"} record lists, deterministic in all arguments.
+def build_splits(spec: Spec = Spec()) -> dict[str, list[dict[str, Any]]]:
+  """{"base", "train", "dpo", "eval_id", "eval_ood"} record lists (module docstring), deterministic in `spec`.
 
-  Per question: with `heldout_question_prob` (arithmetic only) all its styles go to eval; else
-  with `eval_style_prob` one random style goes to eval and the others to train. "dpo" pairs
-  every train record with a wrong answer. Train and DPO are shuffled, eval keeps question order.
+  Per question: with `heldout_question_prob` (arithmetic only) all its styles go to eval_ood; else
+  with `eval_style_prob` one random style goes to eval_ood and the others to train. Training splits are
+  shuffled, eval splits keep question order.
   """
-  rng = np.random.default_rng([seed, 2])
-  facts = fact_table(seed)
-  train, evals = [], []
+  rng = np.random.default_rng([spec.seed, 2])
+  facts = fact_table(spec.seed)
+  out: dict[str, list[dict[str, Any]]] = {name: [] for name in ("base", "train", "dpo", "eval_id", "eval_ood")}
   for task, question, answer in questions(facts):
-    if task in ARITHMETIC and rng.random() < heldout_question_prob:
-      eval_styles = set(unit_tts.STYLES)
-    elif rng.random() < eval_style_prob:
-      eval_styles = {str(rng.choice(unit_tts.STYLES))}
+    if task in ARITHMETIC and rng.random() < spec.heldout_question_prob:
+      eval_styles, subset = set(unit_tts.STYLES), "ood_question"
+    elif rng.random() < spec.eval_style_prob:
+      eval_styles, subset = {str(rng.choice(unit_tts.STYLES))}, "ood_style"
     else:
-      eval_styles = set()
+      eval_styles, subset = set(), ""
     for style in unit_tts.STYLES:
-      record = make_record(task, question, answer, style, noise_rate, rng)
-      (evals if style in eval_styles else train).append(record)
-  train = [train[i] for i in rng.permutation(len(train))]
-  dpo = [with_rejected(r, rng) for r in train]
-  return {"train": train, "eval": evals, "dpo": dpo}
+      if style in eval_styles:
+        out["eval_ood"].append(make_record(task, question, answer, style, subset, spec, rng))
+        continue
+      out["base"].append(make_record(task, question, answer, style, "id", spec, rng,
+                                     expressiveness=spec.base_expressiveness))
+      reference, kind = (imperfect_reference(task, answer, rng) if rng.random() < spec.sft_wrong_fraction
+                         else (answer, "correct"))
+      out["train"].append(make_record(task, question, answer, style, "id", spec, rng, reference=reference,
+                                      reference_kind=kind))
+      chosen = make_record(task, question, answer, style, "id", spec, rng)
+      rejected = wrong_answer(task, answer, rng)
+      out["dpo"].append(dict(chosen, rejected_text=rejected,
+                             rejected_audio=unit_tts.synthesize(rejected, style, rng)))
+      out["eval_id"].append(make_record(task, question, answer, style, "id", spec, rng))
+  for name in ("base", "train", "dpo"):
+    out[name] = [out[name][i] for i in rng.permutation(len(out[name]))]
+  return out
 
 
 _FIELDS = {"id": str, "task": str, "style": str, "question_text": str, "answer": str,
