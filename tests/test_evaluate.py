@@ -75,9 +75,10 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   n = 16
   lines = evaluate_lib.run(config, checkpoint=run_dir, suite="testbed", workdir=out, batch_size=8, max_examples=n)
   saved = common.load_responses(os.path.join(out, "responses-testbed.jsonl"))
-  prompts = [json.loads(l) for l in open(os.path.join(run_dir, "testbed", "jsonl", "eval.jsonl"))][:n]
+  eval_id = os.path.join(jsonl, "eval", "eval_id.jsonl")   # the first file of the testbed's eval folder
+  prompts = [json.loads(l) for l in open(eval_id)][:n]
   assert [r["id"] for r in saved] == [p["id"] for p in prompts]
-  assert all(r["subset"] == "testbed" and "messages" not in r and "audios" not in r for r in saved)
+  assert all(r["subset"] == "id" and "messages" not in r and "audios" not in r for r in saved)
   assert all(r["answer"] == p["answer"] and r["style"] == p["style"] for r, p in zip(saved, prompts))
   assert any(r["audio_codes"] for r in saved) and any(r["text"] for r in saved)
 
@@ -88,20 +89,21 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   assert float(rows["judge_score"][0]) == pytest.approx(direct["judge_score"], abs=0.006)
   assert rows["iq"][3] == str(n)
   assert f"testbed/eq: {100 * direct['eq']:.2f} (%, n={n}, judge failures=0)" in lines
-  assert capsys.readouterr().out.count("testbed/") == 4
+  assert capsys.readouterr().out.count("testbed/") == 6   # five rows and the aggregate
 
   # The training loop's evaluation of the same params over the ArrayRecord eval split (batch 16,
   # bucketed prompt length) sees the same greedy responses.
   vocab = testbed_vocab.interleaved_vocab()
   builder = build_lib.Builder(os.path.join(jsonl, "tokenizer.json"), arch="interleaved", kind="rl")
-  eval_data = str(tmp_path / "rl_eval")
-  build_lib.build(builder, [os.path.join(jsonl, "eval.jsonl")], eval_data)
+  eval_data = str(tmp_path / "eval_id")
+  build_lib.build(builder, [eval_id], eval_data)
   sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
   setup = RunSetup(model_cfg=cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
-                   tokenizer=builder.tok, train_data="", eval_data=eval_data, buckets=(64,), init_checkpoint="",
-                   eval_batch_size=n, evaluator=lambda items: seen.extend(items) or metrics.summary(items))
+                   tokenizer=builder.tok, train_data="", eval_data={"eval_id": eval_data}, buckets=(64,),
+                   init_checkpoint="", eval_batch_size=n,
+                   evaluator=lambda items: (seen.extend(items) or metrics.summary(items), []))
   seen = []
-  via_train = train.evaluate(jax.device_put(trained), setup, n, 0)
+  via_train, _ = train.evaluate(jax.device_put(trained), setup, n, 0)
   assert [m["id"] for m, _, _ in seen] == [r["id"] for r in saved]
   assert [list(c) for _, _, c in seen] == [r["audio_codes"] for r in saved]
   assert [t for _, t, _ in seen] == [" ".join(r["text"].split()) for r in saved]

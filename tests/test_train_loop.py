@@ -63,7 +63,12 @@ def test_stopped_run_resumes_with_same_state(tmp_path, arch):
       for key in ("lambda", "lambda_raw", "gate_direction", "gate_info", "reward_max", "reward_var"):
         assert key in l, key
   summary = json.load(open(interrupted / "eval_summary.json"))
-  assert set(summary["before"]) == set(summary["after"]) == {"iq", "eq", "judge_score"}
+  assert set(summary["before"]) == set(summary["after"]) and {"iq", "iq_lo", "iq_hi", "eq", "style", "intelligibility",
+                                                               "judge_score", "id/iq"} <= set(summary["after"])
+  rows = [json.loads(l) for l in open(interrupted / "eval" / "after.jsonl")]
+  assert len(rows) == summary["after"]["id/count"] + summary["after"].get("ood_style/count", 0) + \
+      summary["after"].get("ood_question/count", 0)
+  assert np.mean([r["iq"] for r in rows]) == pytest.approx(summary["after"]["iq"])
 
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])

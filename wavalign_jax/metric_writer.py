@@ -51,8 +51,8 @@ class MetricWriter:
       self._tb.flush()
     if echo:
       # train: the progress keys; evaluations: the overall metrics (strata such as "id/iq" go to the files only)
-      keys = [k for k in PROGRESS_KEYS if k in scalars] if prefix == "train" else sorted(k for k in scalars
-                                                                                          if "/" not in k)
+      keys = [k for k in PROGRESS_KEYS if k in scalars] if prefix == "train" else sorted(
+          k for k in scalars if "/" not in k and not k.endswith(("_lo", "_hi")))
       shown = " ".join(f"{k}={scalars[k]:.4g}" for k in keys)
       total = f"/{total_steps}" if total_steps else ""
       print(f"[{prefix} {int(step)}{total} {time.time() - self._start:6.0f}s] {shown}", flush=True)

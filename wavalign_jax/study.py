@@ -149,7 +149,8 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
 def run_all(config_spec: str, methods: Sequence[str], seeds: Sequence[int], workdir: str, overrides: Sequence[str],
             eval_every: int, jobs: int) -> None:
   """Runs every (seed, method) not finished yet; base runs first (the others start from their base model)."""
-  todo = [(s, m) for s in seeds for m in ["base", *methods] if not finished(run_dir(workdir, s, m))]
+  # every base run first: a method run blocks its worker until its seed's base model exists
+  todo = [(s, m) for m in ["base", *methods] for s in seeds if not finished(run_dir(workdir, s, m))]
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   start, lock, done = time.time(), threading.Lock(), []
@@ -241,12 +242,15 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> d
 def summarize(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
   """{method: {metric: [mean, lo, hi]}} for every table metric."""
   metrics = [k for k, _ in TABLE_IQ + TABLE_EQ] + ["tradeoff"]
-  return {m: {k: list(hierarchical_bootstrap([item_values(per_seed[s], k) for s in seeds])) for k in metrics}
-          for m, per_seed in rows.items()}
+
+  def stat(values: list[np.ndarray]) -> list[float]:   # NaN where a seed has no item in the stratum
+    return list(hierarchical_bootstrap(values)) if all(np.isfinite(v).any() for v in values) else [np.nan] * 3
+
+  return {m: {k: stat([item_values(per_seed[s], k) for s in seeds]) for k in metrics} for m, per_seed in rows.items()}
 
 
 def _cell(v: Sequence[float]) -> str:
-  return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]"
+  return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if np.isfinite(v[0]) else "–"
 
 
 def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]],

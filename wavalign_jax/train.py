@@ -331,7 +331,8 @@ def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
   with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
     json.dump({"before": before, "after": after}, f, indent=2)
   print("evaluation before -> after: " + ", ".join(
-      f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items()) if "/" not in k),
+      f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())
+      if "/" not in k and not k.endswith(("_lo", "_hi"))),
       flush=True)
 
 

@@ -1,7 +1,8 @@
 """The testbed as a benchmark: IQ / EQ / rule-judge score (testbed/metrics.py) over a responses JSONL.
 
-Rows: `iq` and `eq` as % (0-100), `judge_score` on 1-5 (x20 on the 0-100 scale, like VoiceBench's
-judged columns). The aggregate is the mean of IQ and EQ in %: the two axes the paper trades off.
+Rows: `iq`, `eq` and its two dimensions `intelligibility` and `style` as % (0-100), `judge_score` (the
+semantic rule score) on 1-5 (x20 on the 0-100 scale, like VoiceBench's judged columns). The aggregate is
+the mean of IQ and EQ in %: the two axes the paper trades off.
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ from wavalign_jax.testbed import metrics
 def score(records: Sequence[dict[str, Any]]) -> common.BenchmarkScore:
   items = [(r, r["text"], r["audio_codes"]) for r in records]
   for r in records:
-    common.field(r, "answer")
-    common.field(r, "style")
+    for name in ("answer", "style", "task"):
+      common.field(r, name)
   m = metrics.summary(items)
   n = len(items)
-  subsets = [common.SubsetScore("iq", 100 * m["iq"], 100 * m["iq"], n),
-             common.SubsetScore("eq", 100 * m["eq"], 100 * m["eq"], n),
-             common.SubsetScore("judge_score", m["judge_score"], 20 * m["judge_score"], n, unit="1-5")]
+  subsets = [common.SubsetScore(k, 100 * m[k], 100 * m[k], n) for k in ("iq", "eq", "intelligibility", "style")]
+  subsets.append(common.SubsetScore("judge_score", m["judge_score"], 20 * m["judge_score"], n, unit="1-5"))
   return common.BenchmarkScore("testbed", subsets, 50 * (m["iq"] + m["eq"]), "mean(iq, eq)")
 
 
