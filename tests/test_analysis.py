@@ -57,6 +57,19 @@ def test_diversity_of_constant_and_varied_groups():
   np.testing.assert_allclose(by_rows["audio_distinct_2"], [1 / 4, 1 / 4])
 
 
+def test_pass_stats_and_true_score_summary_hand_computed():
+  correct = np.array([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
+  assert rollout_diversity.pass_stats(correct) == {
+      "pass/at_1": pytest.approx(5 / 12), "pass/at_G": pytest.approx(2 / 3),
+      "pass/hopeless_groups": pytest.approx(1 / 3), "pass/saturated_groups": pytest.approx(1 / 3)}
+  scores = np.array([1.0, 2.0, 3.0])
+  info = [{"semantic": 1, "acoustic": 0.3}, {"semantic": 3, "acoustic": 0.1}, {"semantic": 2, "acoustic": 0.2}]
+  got = judge_agreement.true_score_summary(scores, info)
+  assert got["judge/true_semantic"] == pytest.approx(2.0) and got["judge/true_acoustic"] == pytest.approx(0.2)
+  assert got["judge/pearson_semantic"] == pytest.approx(0.5) and got["judge/pearson_acoustic"] == pytest.approx(-0.5)
+  assert judge_agreement.true_score_summary(scores, [{"reason": "x"}] * 3) == {}
+
+
 # ---------------------------------------------------------------- token shift (observation 1)
 
 

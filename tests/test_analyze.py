@@ -28,3 +28,7 @@ def test_analyze_a_testbed_run(tmp_path, arch):
   assert out["judge_agreement"]["semantic"]["spearman"]["value"] == pytest.approx(1.0)
   assert out["judge_agreement"]["acoustic"]["spearman"]["value"] < 1.0
   assert 0.0 <= out["rollout_diversity"]["diversity/informative"] <= 1.0
+  if arch == "interleaved":   # without a scores file the testbed judge's own true scores are the reference
+    own = analyze.analyze(config, str(tmp_path / "run"), str(tmp_path / "analysis_own"), examples=4)
+    assert set(own["judge_agreement"]) == {"semantic", "acoustic"}
+    assert "## 2. Judge agreement" in (tmp_path / "analysis_own" / "analysis.md").read_text()

@@ -28,7 +28,7 @@ from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_di
 from wavalign_jax.data import loader
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
-from wavalign_jax.rewards.base import RewardItem
+from wavalign_jax.rewards.base import rollout_items
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.run_setup import make_reward_fn
@@ -95,13 +95,12 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   contents = sampler_lib.response_contents(rollouts, sampling.constraint)
   G, P = sampling.group_size, len(raw["meta"])
   text = lambda ids: " ".join(evaluate.generate.decode_text(model.tokenizer, ids).split())
-  items = [RewardItem(prompt=raw["meta"][i // G], text=text(t), audio_codes=tuple(c))
-           for i, (t, c) in enumerate(contents)]
-  result = make_reward_fn(config, None, workdir)(items)
+  result = make_reward_fn(config, None, workdir)(rollout_items(raw["meta"], contents, text))
   rewards = result.scores.reshape(P, G)
   if judge_agreement.true_score_summary(result.scores, result.info):   # the testbed judge reports true scores
-    out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, np.array([i[d] for i in result.info]))
-                              for d in ("semantic", "acoustic")}
+    on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]
+    out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, f(np.array([i[d] for i in result.info])))
+                              for d, f in on_judge_scale.items()}
   stats = rollout_diversity.content_stats(rewards, contents)
   out["rollout_diversity"] = {**rollout_diversity.summary(stats), "reward_mean": float(rewards.mean())}
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (

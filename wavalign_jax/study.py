@@ -214,8 +214,8 @@ def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> dic
 
 def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
   """{method: {"train": {key: [steps, mean over seeds]}, "eval": {key: ...}}} from the runs' metrics.jsonl."""
-  keys = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative", "judge/pearson_acoustic",
-                    "judge/pearson_semantic"), "eval": ("iq", "eq")}
+  keys = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative", "pass/at_1", "pass/at_G",
+                    "judge/pearson_acoustic", "judge/pearson_semantic"), "eval": ("iq", "eq")}
   out = {}
   for m in methods:
     series: dict[str, dict[str, dict[int, list[float]]]] = {g: {k: {} for k in ks} for g, ks in keys.items()}
@@ -253,8 +253,25 @@ def _cell(v: Sequence[float]) -> str:
   return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if np.isfinite(v[0]) else "–"
 
 
+def training_rows(curves: dict[str, dict[str, Any]], window: int = 20) -> list[str]:
+  """Markdown rows of the runs' training statistics (means over seeds): mean lambda, pass@1 over the first and the
+  last `window` steps, informative groups, and the judge's correlation with the true semantic / acoustic scores."""
+  lines = ["| method | mean λ | pass@1 first → last | informative groups | judge ρ semantic | judge ρ acoustic |",
+           "|---|---|---|---|---|---|"]
+  fmt = lambda v: f"{v:.2f}" if np.isfinite(v) else "–"
+  for m, c in curves.items():
+    train = c.get("train", {})
+    if "lambda" not in train:
+      continue
+    mean = lambda k, sl=slice(None): float(np.nanmean(train[k][1][sl])) if k in train else float("nan")
+    lines.append(f"| {m} | {fmt(mean('lambda'))} | {fmt(mean('pass/at_1', slice(0, window)))} → "
+                 f"{fmt(mean('pass/at_1', slice(-window, None)))} | {fmt(mean('diversity/informative'))} | "
+                 f"{fmt(mean('judge/pearson_semantic'))} | {fmt(mean('judge/pearson_acoustic'))} |")
+  return lines
+
+
 def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]],
-             seeds: Sequence[int], minutes: float | None) -> str:
+             seeds: Sequence[int], minutes: float | None, curves: dict[str, dict[str, Any]]) -> str:
   lines = [f"# {title}", "", f"Seeds: {list(seeds)}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds "
            "and eval items (docs/testbed.md). Trade-off = mean of IQ and EQ." +
            (f" Summed run time: {minutes:.0f} min." if minutes else ""), ""]
@@ -278,7 +295,8 @@ def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[
                    f"{100 * cmp['diff']:+.1f} [{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}] | "
                    f"{cmp['verdict'] if len(c['comparisons']) > 1 else ''} |")
     lines.append(f"| | **verdict** | | **{c['verdict']}** |")
-  lines += ["", "![IQ vs EQ](iq_eq.png)", "", "![lambda and gates](gates.png)", "", "![EQ over training](eq_curve.png)",
+  lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "", *training_rows(curves),
+            "", "![IQ vs EQ](iq_eq.png)", "", "![lambda and gates](gates.png)", "", "![EQ over training](eq_curve.png)",
             ""]
   return "\n".join(lines)
 
@@ -329,7 +347,7 @@ def report(workdir: str, title: str, methods: Sequence[str], seeds: Sequence[int
   with open(os.path.join(workdir, "study.json"), "w") as f:
     json.dump(out, f, indent=1)
   with open(os.path.join(workdir, "study.md"), "w") as f:
-    f.write(markdown(title, table, claims, seeds, minutes))
+    f.write(markdown(title, table, claims, seeds, minutes, curves))
   plots(workdir, table, curves)
   return out
 

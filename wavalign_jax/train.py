@@ -37,7 +37,7 @@ from wavalign_jax.objectives.dpo import DPOConfig
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
 from wavalign_jax.objectives.sft import SFTConfig
-from wavalign_jax.rewards.base import RewardItem
+from wavalign_jax.rewards.base import rollout_items
 from wavalign_jax.rewards.llm_judge import FailureMonitor
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -56,9 +56,7 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, rng, setup.sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, setup.constraint)
   G = setup.sampling.group_size
-  items = [RewardItem(prompt=raw["meta"][i // G], text=setup.decode_text(text_ids), audio_codes=tuple(codes))
-           for i, (text_ids, codes) in enumerate(contents)]
-  result = reward_fn(items)
+  result = reward_fn(rollout_items(raw["meta"], contents, setup.decode_text))
   metrics = monitor.update(result, step) if monitor is not None else {}
   P = len(raw["meta"])
   rewards = result.scores.reshape(P, G)
@@ -68,6 +66,8 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
   metrics.update(rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents)))
   metrics.update(judge_agreement.true_score_summary(result.scores, result.info))
+  if result.info and all("semantic" in i for i in result.info):   # the testbed judge: exact answers score 5
+    metrics.update(rollout_diversity.pass_stats(np.array([i["semantic"] == 5 for i in result.info]).reshape(P, G)))
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
                  rollout_forced_fraction=float(forced),
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))

@@ -44,3 +44,12 @@ def content_stats(rewards: np.ndarray, contents: Sequence[tuple[Sequence[int], S
 def summary(stats: Mapping[str, np.ndarray]) -> dict[str, float]:
   """Means over groups (the logged per-step metrics), e.g. `informative` = fraction of informative groups."""
   return {f"diversity/{k}": float(np.mean(v)) for k, v in stats.items()}
+
+
+def pass_stats(correct: np.ndarray) -> dict[str, float]:
+  """Headroom of a rollout batch from per-rollout correctness [P, G] (e.g. the testbed judge's exact answers):
+  pass@1, pass@G, and the fractions of hopeless (no rollout right) and saturated (all right) prompt groups."""
+  correct = np.asarray(correct, bool)
+  return {"pass/at_1": float(correct.mean()), "pass/at_G": float(correct.any(axis=1).mean()),
+          "pass/hopeless_groups": float((~correct.any(axis=1)).mean()),
+          "pass/saturated_groups": float(correct.all(axis=1).mean())}

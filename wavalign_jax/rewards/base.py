@@ -7,7 +7,7 @@ count it, log it, and (by config) keep it out of the gate statistics and the adv
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -18,6 +18,14 @@ class RewardItem:
   prompt: dict[str, Any]
   text: str                       # decoded text channel of the response
   audio_codes: tuple[int, ...] = ()   # audio codes of the response (0-based code ids)
+
+
+def rollout_items(metas: Sequence[dict[str, Any]], contents: Sequence[tuple[Sequence[int], Sequence[int]]],
+                  decode_text: Callable[[Sequence[int]], str]) -> list[RewardItem]:
+  """RewardItems of rollouts given as (text ids, audio codes) per row; rows p*G .. p*G+G-1 answer prompt p."""
+  G = len(contents) // len(metas)
+  return [RewardItem(prompt=metas[i // G], text=decode_text(text_ids), audio_codes=tuple(int(c) for c in codes))
+          for i, (text_ids, codes) in enumerate(contents)]
 
 
 @dataclasses.dataclass
