@@ -228,6 +228,29 @@ def test_records_fit_both_layouts(splits):
     assert len(layouts.join(prompt, response)) < 96
 
 
+def test_longest_response_fits_the_tiny_configs(splits):
+  """The longest response the testbed can ask for (a hedged 4-number count, slow voice, every word held) and
+  every prompt fit the tiny configs' length buckets, so no seed of the testbed trips the loader."""
+  from experiments import kimi, vita
+  tok = vocab.build_tokenizer()
+  enc = lambda s: tok.encode(s, add_special_tokens=False).ids
+  text = f"{tasks.HEDGE} {' '.join(str(n) for n in range(tasks.MAX_COUNT - 3, tasks.MAX_COUNT + 1))}"
+  codes = [c for w in text.split() for c in unit_tts.realise_word(w, "slow", "long")]
+  assert len(codes) == 25
+  iv, pv = vocab.interleaved_vocab(), vocab.parallel_vocab()
+  for config in (vita.get_config("tiny"), vita.get_config("boost,tiny")):
+    response = layouts.interleaved_response(enc(text), codes, iv, tuple(config.layout.ratios))
+    assert len(response) <= config.data.max_response_len <= config.rollout.max_new_tokens, len(response)
+  config = kimi.get_config("tiny")
+  response = layouts.parallel_response(enc(text), codes, pv, config.layout.audio_delay)
+  assert len(response) <= config.data.max_response_len <= config.rollout.max_new_tokens, len(response)
+  roles = {r: enc(r) for r in vocab.ROLE_WORDS}
+  for r in splits["train"] + splits["eval_ood"]:
+    turns = [layouts.Turn.make("system", enc(r["messages"][0]["content"])),
+             layouts.Turn.make("user", audio=r["audios"][0])]
+    assert len(layouts.interleaved_prompt(turns, iv, roles)) <= config.data.max_prompt_len
+
+
 def test_generate_writes_readable_dataset(tmp_path, splits):
   paths = generate.generate(str(tmp_path), SPEC)
   for name in splits:
@@ -326,7 +349,7 @@ def test_iq_eq_hand_computed():
   assert summary["iq"] == pytest.approx(3 / 5)
   assert summary["eq"] == pytest.approx(np.mean([(i + st) / 2 for i, st in zip(want_intel, want_style)]))
   assert summary["judge_score"] == pytest.approx((5 + 5 + 1 + 5 + 1) / 5)
-  assert summary["id/count"] == 5 and summary["lookup/iq"] == summary["iq"]
+  assert summary["id/count"] == 5 and summary["lookup/iq"] == summary["iq"] == summary["home/iq"]
   assert summary["iq_lo"] <= summary["iq"] <= summary["iq_hi"]
   with pytest.raises(ValueError, match="at least one"):
     metrics.summary([])

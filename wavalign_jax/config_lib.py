@@ -180,9 +180,12 @@ def make_tiny(c: mlc.ConfigDict) -> None:
     c.layout.audio_delay = 2
   c.data.source = "testbed"
   c.data.prompts_per_step = 8
-  c.data.max_prompt_len = 40          # the testbed's prompts are <= 35 tokens, responses <= 26
-  c.data.max_response_len = 32
-  c.rollout.max_new_tokens = 32
+  # Prompts are <= 35 tokens. The longest response is a hedged 4-number count in a slow voice with every word
+  # held: 25 audio codes, 5 words and the layout's markers: 38 tokens interleaved (Balance), 28 parallel
+  # (tests/test_testbed.py checks it).
+  c.data.max_prompt_len = 40
+  c.data.max_response_len = 40 if c.model.arch == "interleaved" else 32
+  c.rollout.max_new_tokens = c.data.max_response_len
   # The testbed base model's SFT trains the main head only (as WavAlign does), so its MCTP modules are
   # untrained: decode with the main head. Set rollout.decode=mctp to measure the MCTP path anyway.
   c.rollout.decode = "main"

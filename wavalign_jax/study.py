@@ -270,6 +270,25 @@ def training_rows(curves: dict[str, dict[str, Any]], window: int = 20) -> list[s
   return lines
 
 
+SUMMARY_COLUMNS = (("iq", "IQ"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ OOD"), ("eq", "EQ"),
+                   ("intelligibility", "intellig."), ("style", "style"), ("tradeoff", "trade-off"))
+
+
+def summary_markdown(table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]]) -> list[str]:
+  """The compact version (every method in one table, one line per claim) that the README quotes."""
+  lines = ["| method | " + " | ".join(c for _, c in SUMMARY_COLUMNS) + " |", "|---|" + "---|" * len(SUMMARY_COLUMNS)]
+  lines += [f"| {m} | " + " | ".join(_cell(v[k]) for k, _ in SUMMARY_COLUMNS) + " |" for m, v in table.items()]
+  lines += ["", "| claim of the paper | verdict | a − b [95% CI] |", "|---|---|---|"]
+  for c in claims:
+    order = {"not reproduced": 0, "inconclusive": 1, "reproduced": 2}   # the comparisons that decide it first
+    shown = sorted(c["comparisons"], key=lambda d: order[d["verdict"]])[:3]
+    diffs = "; ".join(f"{c['a']} − {d['b']}: {100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+                      for d in shown)
+    more = f"; … ({len(c['comparisons'])} comparisons in study.md)" if len(c["comparisons"]) > 3 else ""
+    lines.append(f"| {c['claim']} ({c['metric']}) | **{c['verdict']}** | {diffs}{more} |")
+  return lines
+
+
 def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]],
              seeds: Sequence[int], minutes: float | None, curves: dict[str, dict[str, Any]]) -> str:
   lines = [f"# {title}", "", f"Seeds: {list(seeds)}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds "
@@ -283,6 +302,7 @@ def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[
                  for m in methods if m in table)
     lines.append("")
 
+  lines += ["## Summary", "", *summary_markdown(table, claims), ""]
   main = [m for m in table if m not in ABLATIONS[1:]]
   table_of("Table 1: IQ (content)", main, TABLE_IQ + (("tradeoff", "trade-off"),))
   table_of("Table 2: EQ (speech) per dimension", main, TABLE_EQ)

@@ -8,8 +8,8 @@ audio codes (0-based). Per item:
   eq               their mean: the graded speech quality. Both are measured against the *generated*
                    text, so EQ is independent of correctness (a wrong answer spoken well scores high);
   judge_score      the rule judge's 1-5 semantic score (testbed/judge.py).
-`summary` averages them over all items and per subset (id / ood_style / ood_question) and task family
-(arithmetic / lookup); `bootstrap_ci` gives a percentile interval over items.
+`summary` averages them over all items and per subset (id / ood_style / ood_question), task family
+(arithmetic / lookup) and task; `bootstrap_ci` gives a percentile interval over items.
 """
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ def per_item(items: Sequence[Item]) -> list[dict[str, Any]]:
 
 def summary(items: Sequence[Item]) -> dict[str, float]:
   """Means of every dimension over all items with their 95% bootstrap interval over items (`iq_lo`, `iq_hi`, ...),
-  and `<subset>/<dim>`, `<family>/<dim>` per stratum."""
+  and `<stratum>/<dim>` per subset (id, ood_style, ood_question), task family and task (add, ..., pet)."""
   rows = per_item(items)
   out = {}
   for dim in DIMENSIONS:
     out[dim], out[f"{dim}_lo"], out[f"{dim}_hi"] = bootstrap_ci([r[dim] for r in rows], num_bootstrap=1000)
-  for key in ("subset", "family"):
+  for key in ("subset", "family", "task"):
     for value in sorted({r[key] for r in rows}):
       part = [r for r in rows if r[key] == value]
       out.update({f"{value}/{dim}": float(np.mean([r[dim] for r in part])) for dim in DIMENSIONS})
