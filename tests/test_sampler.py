@@ -542,7 +542,7 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   full = jax.device_get(rollout.rl_batch(prompts, r, TIV.pad))
   full.pop("group_ids")
   Lp = prompts["valid"].shape[1]
-  trimmed = train.trim_rl_batch(full, Lp, 16)
+  trimmed = train.trim_rl_batch(full, Lp, 16, buckets=8)
   L = trimmed["segment_ids"].shape[1]
   longest = int((full["segment_ids"] > 0).sum(1).max())
   assert longest <= L < Lp + 16 or longest > Lp + 14    # cut unless a row needs (nearly) everything

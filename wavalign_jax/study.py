@@ -374,44 +374,49 @@ def report(workdir: str, title: str, methods: Sequence[str], seeds: Sequence[int
 
 # ----------------------------------------------------------------------------- command line
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Testbed experiment, e.g. experiments/vita.py:tiny "
-                                          "(without a method); --config.x=y overrides go to every run.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (resumable).")
-_SEEDS = flags.DEFINE_string("seeds", "3", "Number of seeds (0..N-1) or a comma-separated list, e.g. 3,4,5.")
-_METHODS = flags.DEFINE_string("methods", "", "Comma-separated methods (default: every method of METHODS).")
-_JOBS = flags.DEFINE_integer("jobs", 1, "Runs in parallel processes.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Evaluate every N steps (the EQ-over-training plot).")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite study.md / study.json / plots.")
+def define_flags() -> None:
+  """Defined when run as a program only (train.py defines --config too; tests import both modules)."""
+  config_flags.DEFINE_config_file("config", None, "Testbed experiment, e.g. experiments/vita.py:tiny (without a "
+                                  "method); --config.x=y overrides go to every run.")
+  flags.DEFINE_string("workdir", None, "Study directory (resumable).")
+  flags.DEFINE_string("seeds", "3", "Number of seeds (0..N-1), or a comma-separated list: 3,4,5 (one seed: 7,).")
+  flags.DEFINE_string("methods", "", "Comma-separated methods (default: every method of METHODS).")
+  flags.DEFINE_integer("jobs", 1, "Runs in parallel processes.")
+  flags.DEFINE_integer("eval_every", 50, "Evaluate every N steps (the EQ-over-training plot).")
+  flags.DEFINE_bool("report_only", False, "Only rewrite study.md / study.json / plots.")
 
 
 def parse_seeds(arg: str) -> list[int]:
-  return [int(s) for s in arg.split(",")] if "," in arg else list(range(int(arg)))
+  return [int(s) for s in arg.split(",") if s] if "," in arg else list(range(int(arg)))
 
 
 def main(argv: list[str]) -> None:
-  if _CONFIG.value is None or not _WORKDIR.value:
+  del argv
+  f = flags.FLAGS
+  if f.config is None or not f.workdir:
     raise app.UsageError("--config and --workdir are required")
-  if _CONFIG.value.get("data", {}).get("source") != "testbed":
+  if f.config.get("data", {}).get("source") != "testbed":
     raise app.UsageError("the study runs on the built-in testbed: use a ':tiny' config")
   spec = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
   if "method=" in spec or any(m in spec.partition(":")[2].split(",") for m in config_lib.METHODS):
     raise app.UsageError(f"--config={spec}: give the config without a method; the study runs each method")
-  methods = [m for m in _METHODS.value.split(",") if m] or [m for m in config_lib.METHODS if m != "base"]
+  methods = [m for m in f.methods.split(",") if m] or [m for m in config_lib.METHODS if m != "base"]
   unknown = [m for m in methods if m not in config_lib.METHODS]
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; choose from {sorted(config_lib.METHODS)}")
   methods = [m for m in methods if m != "base"]
-  seeds = parse_seeds(_SEEDS.value)
+  seeds = parse_seeds(f.seeds)
   overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  if not _REPORT_ONLY.value:
-    run_all(spec, methods, seeds, _WORKDIR.value, overrides, _EVAL_EVERY.value, _JOBS.value)
-  times_path = os.path.join(_WORKDIR.value, "run_times.json")
+  os.makedirs(f.workdir, exist_ok=True)
+  if not f.report_only:
+    run_all(spec, methods, seeds, f.workdir, overrides, f.eval_every, f.jobs)
+  times_path = os.path.join(f.workdir, "run_times.json")
   minutes = sum(json.load(open(times_path)).values()) / 60 if os.path.exists(times_path) else None
   title = f"Study: {spec}" + (f" {' '.join(overrides)}" if overrides else "")
-  report(_WORKDIR.value, title, methods, seeds, minutes)
-  print(f"wrote {os.path.join(_WORKDIR.value, 'study.md')}", flush=True)
+  report(f.workdir, title, methods, seeds, minutes)
+  print(f"wrote {os.path.join(f.workdir, 'study.md')}", flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=config_lib.flags_parser)
