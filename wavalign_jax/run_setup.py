@@ -107,7 +107,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
                   eval_data={name: data.datasets[name] for name in prepare.EVAL_DATASETS}, buckets=buckets,
                   init_checkpoint=init_checkpoint, eval_batch_size=config.train.eval_batch_size,
-                  evaluator=lambda items: (metrics.summary(items), metrics.per_item(items)))
+                  evaluator=metrics.evaluate)
 
 
 def make_reward_fn(config: mlc.ConfigDict, setup: RunSetup, workdir: str):

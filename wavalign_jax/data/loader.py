@@ -149,13 +149,15 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int | None = None, process_count: int | None = None,
                  packing: bool = False, worker_count: int = 0, pad_id: int | None = None,
-                 read_threads: int = 16, read_prefetch: int = 256, drop_remainder: bool = True) -> grain.IterDataset:
+                 read_threads: int = 16, read_prefetch: int = 256,
+                 drop_remainder: bool = True) -> grain.IterDataset:
   """The per-host Grain dataset of batches; see the module docstring for the stages.
 
   process_index / process_count default to jax.process_index() / jax.process_count(); pass them
   to simulate hosts. `num_epochs=None` repeats forever. With a finite number of epochs the last
-  incomplete batch is dropped unless `drop_remainder=False` (evaluation reads every record). read_threads / read_prefetch: records read and decoded ahead per
-  process (also what a restored iterator re-reads before its first batch).
+  incomplete batch is dropped unless `drop_remainder=False` (evaluation reads every record).
+  read_threads / read_prefetch: records read and decoded ahead per process (also what a restored
+  iterator re-reads before its first batch).
   """
   if process_index is None or process_count is None:
     import jax

@@ -93,7 +93,7 @@ class TestbedJudge:
         raise ValueError(f"{self.name}: item {i} needs string 'answer' and 'style' in its prompt "
                          f"(keys {sorted(record)})")
       semantic, reason = score(item.text, record["answer"])
-      acoustic = metrics.item_scores(record, item.text, item.audio_codes)["eq"]
+      acoustic = metrics.speech_scores(record["style"], item.text, item.audio_codes)["eq"]
       observed = acoustic + self.acoustic_noise * observation_noise(
           self.seed, str(record.get("id")), item.text, item.audio_codes)
       w = self.acoustic_weight

@@ -23,14 +23,18 @@ Item = tuple[dict[str, Any], str, Sequence[int]]
 DIMENSIONS = ("iq", "eq", "intelligibility", "style", "judge_score")
 
 
+def speech_scores(style: str, text: str, codes: Sequence[int]) -> dict[str, float]:
+  """The speech dimensions of one response: intelligibility, style and their mean, EQ (module docstring)."""
+  words = " ".join(judge.normalize(text))
+  intel = unit_tts.intelligibility(codes, words, style)
+  match = unit_tts.style_match(codes, words, style)
+  return {"eq": 0.5 * (intel + match), "intelligibility": intel, "style": match}
+
+
 def item_scores(record: dict[str, Any], text: str, codes: Sequence[int]) -> dict[str, float]:
   """Every per-item dimension of one response (module docstring)."""
-  words = " ".join(judge.normalize(text))
-  intel = unit_tts.intelligibility(codes, words, record["style"])
-  style = unit_tts.style_match(codes, words, record["style"])
   return {"iq": float(judge.normalize(text) == judge.normalize(record["answer"])),
-          "eq": 0.5 * (intel + style), "intelligibility": intel, "style": style,
-          "judge_score": judge.score(text, record["answer"])[0]}
+          **speech_scores(record["style"], text, codes), "judge_score": judge.score(text, record["answer"])[0]}
 
 
 def _check(items: Sequence[Item]) -> None:
@@ -55,7 +59,17 @@ def per_item(items: Sequence[Item]) -> list[dict[str, Any]]:
 def summary(items: Sequence[Item]) -> dict[str, float]:
   """Means of every dimension over all items with their 95% bootstrap interval over items (`iq_lo`, `iq_hi`, ...),
   and `<stratum>/<dim>` per subset (id, ood_style, ood_question), task family and task (add, ..., pet)."""
+  return summarize_rows(per_item(items))
+
+
+def evaluate(items: Sequence[Item]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+  """(summary, per-item rows): what the training loop's evaluation logs, each item scored once."""
   rows = per_item(items)
+  return summarize_rows(rows), rows
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+  """`summary` of rows that `per_item` made."""
   out = {}
   for dim in DIMENSIONS:
     out[dim], out[f"{dim}_lo"], out[f"{dim}_hi"] = bootstrap_ci([r[dim] for r in rows], num_bootstrap=1000)
