@@ -50,7 +50,7 @@ def main(argv):
   create = lambda: train_state.create(models.init_params(CFG, rng), optimizer, gating.init_gate_state(step_cfg.gate),
                                       jax.random.key(1))
   state, state_sharding = train_state.init_sharded(
-      create, train_state.param_shardings(models.param_logical_axes(CFG), mesh), optimizer, mesh)
+      create, models.param_shardings(CFG, mesh), optimizer, mesh)
   step_fn = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, CFG, b), optimizer, step_cfg,
                                                   optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
   sampling = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, sampling=sampler_lib.StreamSampling(0.7, 0.9, 0),

@@ -2,6 +2,13 @@ r"""Ahead-of-time memory and FLOPs of the real 7B configs, per device, without w
 
   XLA_FLAGS=--xla_force_host_platform_device_count=64 python -m benchmarks.memory_7b [--devices=8,16,64]
       [--models=vita,kimi] [--parts=step,sampler]
+  JAX_PLATFORMS=cpu,cuda JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python -m benchmarks.memory_7b --target=a100_40gb
+
+`--target=cpu` (default) compiles for fake CPU devices. The CPU compiler runs bfloat16 arithmetic in float32
+and hoists those float32 copies out of loops (e.g. the layer-input stack that remat keeps, converted whole
+before the backward loop), so its figures overstate an accelerator's. `--target=a100_40gb` / `h100_80gb`
+compiles for that GPU without one (XLA's deviceless compilation; `pip install "jax[cuda12]"` of the same
+version as jax, and the environment above, no GPU needed): what the device would really allocate.
 
 For each model and device count, the hybrid step is built as `train.py` builds it (bf16 compute, fp32 params
 and AdamW moments, remat full, FSDP mesh (1, n, 1), activation rules on, the state donated) for 8 prompts x
@@ -13,11 +20,13 @@ sampler's figure is one decode step of one layer; compare them across device cou
 """
 from __future__ import annotations
 
+import pathlib
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
+from jax.experimental import topologies
 
 from wavalign_jax import gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
@@ -27,14 +36,16 @@ from wavalign_jax.tokens import TokenType
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
 flags.DEFINE_list("models", ["vita", "kimi"], "vita (VITA-Audio-Balance, 10 MCTP layers) and/or kimi (Kimi-Audio).")
 flags.DEFINE_list("parts", ["step", "sampler"], "What to compile.")
+flags.DEFINE_enum("target", "cpu", ["cpu", "a100_40gb", "h100_80gb"],
+                  "Compile for fake CPU devices, or for that GPU (deviceless; gpu_targets/<target>.txtpb).")
 flags.DEFINE_integer("prompts", 8, "Prompts per step (at least one per device).")
 flags.DEFINE_integer("group", 4, "Rollouts per prompt.")
 flags.DEFINE_integer("prompt_len", 512, "Prompt length.")
 flags.DEFINE_integer("response_len", 1024, "Response length.")
 FLAGS = flags.FLAGS
 
-MODELS = {"vita": lambda: vita_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=256),
-          "kimi": lambda: kimi_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=256)}
+MODELS = {"vita": lambda: vita_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=64),
+          "kimi": lambda: kimi_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=64)}
 GiB = 2 ** 30
 
 
@@ -52,33 +63,44 @@ def _seq_batch(cfg, rows, length, mesh):
 def _report(name, compiled, seconds):
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}   # a deviceless GPU compile reports none
   total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
   print(f"  {name:8s} per device: args {mem.argument_size_in_bytes / GiB:6.2f} GiB  temps {mem.temp_size_in_bytes / GiB:6.2f} "
         f"GiB  total {total / GiB:6.2f} GiB  {cost.get('flops', float('nan')) / 1e12:8.2f} TFLOP  "
         f"(compiled in {seconds:.0f}s)", flush=True)
 
 
+def _devices(n: int) -> list:
+  """n devices of the target: this process's (fake) CPU devices, or compile-only GPUs of one host."""
+  if FLAGS.target == "cpu":
+    if n > jax.device_count():
+      raise app.UsageError(f"{n} devices requested, {jax.device_count()} present: set "
+                           f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    return jax.devices()[:n]
+  spec = (pathlib.Path(__file__).parent / "gpu_targets" / f"{FLAGS.target}.txtpb").read_text()
+  return topologies.get_topology_desc(platform="cuda", target_config=spec, topology=f"1x1x{n}").devices
+
+
 def bench(model: str, n: int) -> None:
   cfg = MODELS[model]()
-  mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
+  mesh = sharding.make_mesh((1, n, 1), devices=_devices(n))
   # Rows must divide over the data shards: the global batch grows with the devices (rows per device constant).
   P, G, Lp, N = max(FLAGS.prompts, n), FLAGS.group, FLAGS.prompt_len, FLAGS.response_len
   optimizer = optim.make_optimizer(optim.OptimConfig())
   step_cfg = steps.StepConfig()
-  param_sharding = train_state.param_shardings(models.param_logical_axes(cfg), mesh)
+  param_sharding = models.param_shardings(cfg, mesh)
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
                                       gating.init_gate_state(step_cfg.gate), jax.random.key(0))
   abstract = jax.eval_shape(create)
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-  print(f"{model} ({n_params / 1e9:.2f}B params) on {n} devices, mesh (1, {n}, 1), {P} prompts x {G} rollouts",
-        flush=True)
+  print(f"{model} ({n_params / 1e9:.2f}B params) on {n} {FLAGS.target} devices, mesh (1, {n}, 1), {P} prompts x "
+        f"{G} rollouts", flush=True)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   if "step" in FLAGS.parts:
     t = time.perf_counter()
     step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg),
                           state_sharding, mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch = {"sft": _seq_batch(cfg, P, Lp + N, mesh), "rl": _seq_batch(cfg, P * G, Lp + N, mesh),
              "rewards": _shape((P, G), np.float32, replicated), "reward_valid": _shape((P, G), bool, replicated)}
     compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch).compile()
@@ -90,8 +112,9 @@ def bench(model: str, n: int) -> None:
     prompts = {"inputs": {s: _shape((P, Lp), np.int32, data) for s in cfg.streams},
                "valid": _shape((P, Lp), bool, data)}
     params = train_state.abstract_with_shardings(abstract.params, param_sharding)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
     with sharding.use_rules(mesh):
-      compiled = sampler_lib._sample.lower(params, cfg, prompts, jax.random.key(0), sc).compile()
+      compiled = sampler_lib._sample.lower(params, cfg, prompts, rng, sc).compile()
     _report("sampler", compiled, time.perf_counter() - t)
 
 
@@ -99,9 +122,6 @@ def main(argv):
   del argv
   for model in FLAGS.models:
     for n in (int(d) for d in FLAGS.devices):
-      if n > jax.device_count():
-        raise app.UsageError(f"{n} devices requested, {jax.device_count()} present: set "
-                             f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
       bench(model, n)
 
 

@@ -58,8 +58,7 @@ def bench(name: str, repeats: int) -> None:
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
   create = lambda: train_state.create(params, optimizer, gating.init_gate_state(gating.GateConfig()),
                                       jax.random.PRNGKey(0))
-  state, state_sharding = train_state.init_sharded(create, train_state.param_shardings(
-      models.param_logical_axes(cfg), mesh), optimizer, mesh)
+  state, state_sharding = train_state.init_sharded(create, models.param_shardings(cfg, mesh), optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer,
                                                steps.StepConfig()), state_sharding, mesh)
   batch = steps.device_put_batch({

@@ -260,7 +260,7 @@ def test_restore_onto_mesh_shards_each_leaf(converted):
   ckpt = converted["kimi_audio"]
   cfg, _ = checkpointing.load_model_config(ckpt)
   mesh = sharding.make_mesh((2, 2, 2))
-  shardings = train_state.param_shardings(models.param_logical_axes(cfg), mesh)
+  shardings = models.param_shardings(cfg, mesh)
   shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
   restored = checkpointing.load_params(ckpt, train_state.abstract_with_shardings(shapes, shardings))
   host = checkpointing.load_host_params(os.path.join(ckpt, "params"))

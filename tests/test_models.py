@@ -80,6 +80,26 @@ def test_chunked_logprobs_match_full_logits_and_grads():
   assert _maxdiff(one_chunk, want) < 1e-5                # chunk larger than L
 
 
+def test_query_blocked_attention_matches_all_at_once():
+  """Blocks of 4 queries over T = 10 (the last block padded) give the same outputs and gradients as one block,
+  including a query row with no allowed key (padding)."""
+  from wavalign_jax.models.layers import attend
+  ks = jax.random.split(jax.random.key(0), 4)
+  b, t, h, kv, d = 2, 10, 4, 2, 8
+  q, k, v = (jax.random.normal(key, (b, t, n, d)) for key, n in zip(ks, (h, kv, kv)))
+  mask = jnp.tril(jnp.ones((t, t), bool))[None, None].repeat(b, 0)
+  mask = mask.at[1, 0, 3].set(False)                       # row 1, query 3 sees nothing
+  w = jax.random.normal(ks[3], (b, t, h, d))
+  loss = lambda block, q, k, v: jnp.sum(w * attend(q, k, v, mask, jnp.float32, block))
+  want, g_want = jax.value_and_grad(loss, argnums=(1, 2, 3))(0, q, k, v)
+  got, g_got = jax.value_and_grad(loss, argnums=(1, 2, 3))(4, q, k, v)
+  np.testing.assert_allclose(attend(q, k, v, mask, jnp.float32, 4), attend(q, k, v, mask, jnp.float32, 0),
+                             rtol=0, atol=1e-6)
+  assert abs(float(got - want)) < 1e-5 * abs(float(want))
+  for a, e in zip(g_got, g_want):
+    np.testing.assert_allclose(a, e, rtol=0, atol=1e-5 * float(jnp.abs(e).max()))
+
+
 def test_scan_unrolled_and_remat_agree():
   base = models.tiny_config("interleaved")
   params = _params(base)
@@ -242,20 +262,30 @@ def test_config_from_hf_dispatch():
                    | {"architectures": ["LlamaForCausalLM"]})
 
 
-def test_sharded_forward_matches_single_device():
-  """Params sharded by param_logical_axes + LOGICAL_RULES on a (2, 2, 2) mesh, activation
-  constraints active: same log-probs as one device."""
+@pytest.mark.parametrize("vocab,head_spec", [(96, (None, ("fsdp", "tensor"))), (98, ("fsdp", None))])
+def test_sharded_logprobs_and_grads_match_single_device(vocab, head_spec):
+  """Params sharded by their logical axes and the rules on a (2, 2, 2) mesh, activation constraints active:
+  same log-probs, entropies and gradients as one device. The tables are never gathered whole (sharding.py):
+  heads split along the vocabulary, the embedding along the vocabulary (tensor) and its width (fsdp). A
+  vocabulary of 98 does not split 4 ways: the heads are stored split along their width and the log-probs
+  computed on the vocabulary padded to 100 (models/vocab_parallel.py)."""
   assert jax.device_count() == 8, "conftest.py sets 8 fake CPU devices"
-  import flax.linen as nn
-  cfg = models.tiny_config("parallel")
+  cfg = models.tiny_config("parallel", vocab_size=vocab)
   params = _params(cfg)
   batch = jax.tree.map(lambda a: jnp.concatenate([a, a[::-1]]), _batch(cfg, jax.random.key(1)))   # B = 4: divisible by data x fsdp
-  f = jax.jit(models.target_logprobs, static_argnums=1)
-  want = f(params, cfg, batch)
+  w = jax.random.normal(jax.random.key(2), (2,) + batch["targets"]["text"].shape)
+
+  def weighted(p):
+    out = models.target_logprobs(p, cfg, batch)
+    return sum(jnp.sum(o["logp"] * w[0] + o["entropy"] * w[1]) for o in out.values()), out
+
+  f = jax.jit(jax.value_and_grad(weighted, has_aux=True))
+  (_, want), g_want = f(params)
   mesh = sharding.make_mesh((2, 2, 2))
-  shardings = nn.logical_to_mesh_sharding(models.param_logical_axes(cfg), mesh, sharding.LOGICAL_RULES)
-  sharded = jax.device_put(params, shardings)
-  assert sharded["lm_head"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    got = f(sharded, cfg, batch)
+  sharded = jax.device_put(params, models.param_shardings(cfg, mesh))
+  assert sharded["lm_head"].sharding.spec == jax.sharding.PartitionSpec(*head_spec)
+  assert sharded["embedding"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  with sharding.use_rules(mesh):
+    (_, got), g_got = f(sharded)
   assert _maxdiff(got, want) < 1e-5
+  assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)

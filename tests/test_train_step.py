@@ -42,7 +42,7 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
   opt_cfg = opt_cfg or optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
   optimizer = optim.make_optimizer(opt_cfg)
   rng = jax.random.PRNGKey(0)
-  param_sharding = train_state.param_shardings(models.param_logical_axes(cfg), mesh)
+  param_sharding = models.param_shardings(cfg, mesh)
   create = lambda: train_state.create(models.init_params(cfg, rng), optimizer, gating.init_gate_state(step_cfg.gate),
                                       rng)
   state, state_sharding = train_state.init_sharded(create, param_sharding, optimizer, mesh)
@@ -58,7 +58,7 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
 
 def _gradients_on_mesh(cfg, mesh, batch, lam=0.5):
   """d(hybrid loss)/d(params) at the initial params, computed on `mesh` (advantages from the rewards)."""
-  param_sharding = train_state.param_shardings(models.param_logical_axes(cfg), mesh)
+  param_sharding = models.param_shardings(cfg, mesh)
   params = jax.jit(lambda r: models.init_params(cfg, r), out_shardings=param_sharding)(jax.random.PRNGKey(0))
   loss_fn = make_hybrid_loss(lambda p, b: models.target_logprobs(p, cfg, b), HybridConfig())
   adv = np.asarray(grpo.group_advantages(jnp.asarray(batch["rewards"]))).reshape(-1)

@@ -110,7 +110,7 @@ def _load_params(item: str, key: str | None, model_cfg: ModelConfig, mesh: Mesh,
     diff = sorted(set(got.items()) ^ set(want.items()))[:4]
     raise ValueError(f"{item}: parameters do not match the model config from {where} (first differences, "
                      f"(path, shape) present in only one of them: {diff})")
-  return jax.device_put(params, train_state.param_shardings(models.param_logical_axes(model_cfg), mesh))
+  return jax.device_put(params, models.param_shardings(model_cfg, mesh))
 
 
 def load_model(checkpoint: str, config: mlc.ConfigDict) -> EvalModel:

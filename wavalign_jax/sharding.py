@@ -6,19 +6,27 @@ Parameters and activations need different names because they shard differently: 
 "embed" axis over `fsdp`, while an activation [batch, length, embed] is split over its batch by
 (data, fsdp) and must not use `fsdp` a second time. No device counts live in model code.
 
-The activation constraints (`nn.with_logical_constraint` in the model) only act inside `use_rules(mesh)`;
+The vocabulary tables are never gathered whole (a 168k x 3584 table is 2.2 GiB in float32); the rows move
+instead, gathered over `fsdp` ("activation_logits_batch"):
+  * heads [d, V] are split along the vocabulary over (fsdp, tensor); each device computes its slice of the
+    logits for every row of its data shard (`models/vocab_parallel.py`);
+  * the embedding [V, d] is split along its width over fsdp ("embed") and the vocabulary over tensor
+    ("input_vocab"); each device looks up its columns for every row, then an all-to-all returns whole
+    embeddings to the rows' own devices ("activation_table_embed").
+
+The activation constraints (`constrain` in the model) only act inside `use_rules(mesh)`;
 every jitted entry point is called (and so traced) there (`jit_with_rules`).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -27,7 +35,9 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("embed", "fsdp"),
-    ("vocab", "tensor"),
+    ("vocab", ("fsdp", "tensor")),
+    ("table_embed", "fsdp"),     # only where "vocab" does not divide (then fsdp is free; see spec_for)
+    ("input_vocab", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -43,8 +53,54 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_mlp", "tensor"),
     ("activation_heads", "tensor"),
     ("activation_kv_heads", "tensor"),
-    ("activation_vocab", "tensor"),
+    ("activation_vocab", ("fsdp", "tensor")),
+    ("activation_logits_batch", "data"),
+    ("activation_table_embed", "fsdp"),
 )
+
+
+def _divides(size: int, entry: Any, mesh_shape: Mapping[str, int]) -> bool:
+  names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return size % int(np.prod([mesh_shape[n] for n in names])) == 0
+
+
+def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int],
+             rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> PartitionSpec:
+  """The rules' PartitionSpec for an array of `shape` whose dimensions have logical names `axes`.
+
+  A dimension that its mesh axes do not divide gives up its rule and the next rule that fits takes over: VITA's
+  168072-entry vocabulary does not split 16 ways, so on 16 devices its heads split along their width
+  ("table_embed") instead."""
+  rules = tuple(rules)
+  while True:
+    spec = nn.logical_to_mesh_axes(tuple(axes), rules)
+    bad = {a for a, size, entry in zip(axes, shape, spec) if not _divides(size, entry, mesh_shape)}
+    if not bad:
+      return spec
+    rules = tuple(r for r in rules if r[0] not in bad)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """`x` constrained to the sharding its logical `axes` map to inside `use_rules` (a no-op outside). A
+  dimension that its mesh axes do not divide is left to XLA (`spec_for`)."""
+  mesh, rules = jax.sharding.get_abstract_mesh(), nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return x
+  wanted = nn.logical_to_mesh_axes(tuple(axes), rules)
+  spec = spec_for(axes, x.shape, mesh.shape, rules)
+  spec = PartitionSpec(*(PartitionSpec.UNCONSTRAINED if w is not None and s is None else s
+                         for w, s in zip(wanted, spec)))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def shards(axis: str) -> int:
+  """Into how many pieces, inside `use_rules`, the rules split a dimension named `axis` (1 outside)."""
+  mesh, rules = jax.sharding.get_abstract_mesh(), nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return 1
+  entry = nn.logical_to_mesh_axes((axis,), rules)[0]
+  names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return int(np.prod([mesh.shape[n] for n in names]))
 
 
 @contextlib.contextmanager

@@ -179,7 +179,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
   logprob_fn = lambda p, b: models.target_logprobs(p, setup.model_cfg, b)
-  param_sharding = train_state.param_shardings(models.param_logical_axes(setup.model_cfg), mesh)
+  param_sharding = models.param_shardings(setup.model_cfg, mesh)
 
   rng = jax.random.PRNGKey(config.seed)
   create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)

@@ -8,13 +8,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-from wavalign_jax import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -30,11 +27,6 @@ class TrainState:
 def create(params: Any, optimizer: optax.GradientTransformation, gate: Any, rng: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     gate=gate, rng=rng, skipped_steps=jnp.zeros((), jnp.int32))
-
-
-def param_shardings(logical_axes: Any, mesh: Mesh) -> Any:
-  """Maps the model's logical PartitionSpecs onto `mesh` with the rules table."""
-  return nn.logical_to_mesh_sharding(logical_axes, mesh, sharding_lib.LOGICAL_RULES)
 
 
 def state_shardings(abstract_state: TrainState, param_sharding: Any, optimizer: optax.GradientTransformation,

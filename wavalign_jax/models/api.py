@@ -21,8 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wavalign_jax.models import vocab_parallel
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
+from wavalign_jax.sharding import constrain, spec_for
 
 Array = jax.Array
 Params = Any
@@ -69,6 +71,14 @@ def param_logical_axes(cfg: ModelConfig) -> Params:
   return nn.get_partition_spec(jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0)))
 
 
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
+  """NamedSharding of every parameter on `mesh`: its logical axes through the rules table (`sharding.spec_for`:
+  a dimension its mesh axes do not divide falls back to the next rule that fits)."""
+  shapes = jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+  spec = lambda axes, p: jax.sharding.NamedSharding(mesh, spec_for(tuple(axes), p.shape, mesh.shape))
+  return jax.tree.map(spec, param_logical_axes(cfg), shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
 def _forward(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
   hidden, _ = Transformer(cfg).apply(
       {"params": params}, batch["inputs"], batch["positions"], causal_mask(batch["segment_ids"]),
@@ -77,21 +87,12 @@ def _forward(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict
 
 
 def _head_logits(h: Array, kernel: Array, cfg: ModelConfig) -> Array:
-  return jnp.einsum("...d,dv->...v", h.astype(cfg.dtype), kernel.astype(cfg.dtype),
-                    preferred_element_type=jnp.float32)
+  return vocab_parallel.head_logits(h, kernel, cfg.dtype)
 
 
 def logits(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
   """Full float32 logits {stream: [B, L, V]} (tests and small shapes only)."""
   return {s: _head_logits(h, params[HEADS[s]], cfg) for s, h in _forward(params, cfg, batch).items()}
-
-
-def _chunk_stats(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) -> tuple[Array, Array]:
-  lg = _head_logits(h, kernel, cfg)
-  lse = jax.nn.logsumexp(lg, axis=-1)
-  logp = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - lse
-  entropy = lse - jnp.sum(jax.nn.softmax(lg, axis=-1) * lg, axis=-1)
-  return logp, entropy
 
 
 def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) -> tuple[Array, Array]:
@@ -104,11 +105,14 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   n = -(-L // c)
   pad = n * c - L
   targets = jnp.clip(targets, 0, kernel.shape[-1] - 1)
-  hs = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, d).swapaxes(0, 1)
+  # Rows stay split over the data axes outside the loop: each chunk gathers its own rows (vocab_parallel).
+  hs = constrain(jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, d).swapaxes(0, 1),
+                                  (None, "activation_batch", None, "activation_embed"))
   ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
-  stats = jax.checkpoint(functools.partial(_chunk_stats, cfg=cfg))
-  _, (logp, ent) = jax.lax.scan(lambda _, x: (None, stats(x[0], kernel, x[1])), None, (hs, ts))
-  unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * c)[:, :L]
+  stats = lambda x: vocab_parallel.target_logprob_entropy(x[0], kernel, x[1], cfg.dtype)
+  _, (logp, ent) = jax.lax.scan(lambda _, x: (None, stats(x)), None, (hs, ts))
+  unchunk = lambda a: constrain(a.swapaxes(0, 1).reshape(B, n * c)[:, :L],
+                                                 ("activation_batch", "activation_length"))
   return unchunk(logp), unchunk(ent)
 
 
@@ -148,7 +152,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any
 
 def _cache_buffer(shape: tuple[int, ...], cfg: ModelConfig) -> Array:
   """A zero KV buffer [B, S, K, D] sharded like the activations (rows over the data axes)."""
-  return nn.with_logical_constraint(jnp.zeros(shape, cfg.dtype),
+  return constrain(jnp.zeros(shape, cfg.dtype),
                                     ("activation_batch", "activation_length", "activation_kv_heads", None))
 
 
@@ -186,7 +190,7 @@ def for_decoding(params: Params, cfg: ModelConfig, unstack: bool = True) -> tupl
   cfg = cfg.replace(scan_layers=False)
   # Keep each layer's slice sharded like its stack (inside sharding.use_rules; a no-op without a mesh).
   spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-  return jax.tree.map(lambda axes, x: nn.with_logical_constraint(x, tuple(axes)), param_logical_axes(cfg),
+  return jax.tree.map(lambda axes, x: constrain(x, tuple(axes)), param_logical_axes(cfg),
                       split(params), is_leaf=spec), cfg
 
 

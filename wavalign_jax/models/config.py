@@ -38,6 +38,8 @@ class ModelConfig:
   scan_layers: bool = True      # nn.scan over identical layers (faster compile, stacked params)
   logprob_chunk: int = 256      # positions per chunk when computing target log-probs
   attention_impl: str = "xla"   # "xla" (dot-product); "cudnn" uses jax.nn.dot_product_attention on GPU
+  attention_block: int = 512    # "xla": queries per block (rematerialised), bounding the float32 scores of
+                                # a sequence at [block, length] per head; 0 = all queries at once
 
   def replace(self, **kw: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kw)

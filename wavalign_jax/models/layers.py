@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.sharding import constrain
 
 Array = jax.Array
 _INIT = nn.initializers.normal(0.02)
@@ -31,6 +32,12 @@ def logical_param(mod: nn.Module, name: str, shape: tuple[int, ...], axes: tuple
   """A `cfg.param_dtype` parameter whose axes carry logical names (sharding.LOGICAL_RULES)."""
   return mod.param(name, nn.with_logical_partitioning(init, axes), shape,
                    jnp.dtype(mod.cfg.param_dtype))
+
+
+def compute_view(w: Array, axes: tuple[str | None, ...], dtype: Any) -> Array:
+  """`w` in the compute dtype, converted where it is stored: FSDP then gathers (and reduce-scatters the gradient
+  of) the bfloat16 copy, not the float32 master weights."""
+  return constrain(w.astype(dtype), axes)
 
 
 class RMSNorm(nn.Module):
@@ -57,7 +64,7 @@ class Dense(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = logical_param(self, "kernel", self.in_shape + self.out_shape, self.axes)
     n_in = len(self.in_shape)
-    y = jax.lax.dot_general(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
+    y = jax.lax.dot_general(x.astype(self.cfg.dtype), compute_view(kernel, self.axes, self.cfg.dtype),
                             ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
     if self.use_bias:
       bias = logical_param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
@@ -76,12 +83,28 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
-  """GQA softmax attention. q [B,T,H,D], k/v [B,S,K,D], mask bool [B,1,T,S] -> [B,T,H,D]."""
+def attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, block: int = 0) -> Array:
+  """GQA softmax attention. q [B,T,H,D], k/v [B,S,K,D], mask bool [B,1,T,S] -> [B,T,H,D].
+
+  With 0 < block < T the queries go `block` at a time through a rematerialised loop: the float32 scores
+  [B, H, T, S] (1 GiB per 4 rows of 1536 tokens at 28 heads) then never exist whole, forward or backward."""
   b, t, h, d = q.shape
-  kv = k.shape[2]
   if t == 1:
     return _attend_one(q, k, v, mask, dtype)
+  if not 0 < block < t:
+    return _attend_all(q, k, v, mask, dtype)
+  n = -(-t // block)
+  pad = n * block - t
+  qs = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, block, h, d).swapaxes(0, 1)
+  ms = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, 1, n, block, -1).transpose(2, 0, 1, 3, 4)
+  one = jax.checkpoint(lambda x: _attend_all(x[0], k, v, x[1], dtype))
+  out = jax.lax.map(one, (qs, ms))                                      # [n, B, block, H, D]
+  return out.swapaxes(0, 1).reshape(b, n * block, h, d)[:, :t]
+
+
+def _attend_all(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
+  b, t, h, d = q.shape
+  kv = k.shape[2]
   q = (q * (d ** -0.5)).reshape(b, t, kv, h // kv, d)                 # query head h uses kv head h // G
   s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   s = jnp.where(mask[:, :, None], s, _MASK_VALUE)                     # mask [B,1,1,T,S]
@@ -107,8 +130,6 @@ def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implemen
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
 
 
-ATTENTION = {"xla": attend, "cudnn": fused_attend}
-
 
 class Attention(nn.Module):
   cfg: ModelConfig
@@ -127,9 +148,13 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       cache = {"k": k, "v": v}
-    if c.attention_impl not in ATTENTION:
-      raise ValueError(f"cfg.attention_impl={c.attention_impl!r}; choose one of {sorted(ATTENTION)}")
-    out = ATTENTION[c.attention_impl](q, k.astype(c.dtype), v.astype(c.dtype), mask, c.dtype)
+    k, v = k.astype(c.dtype), v.astype(c.dtype)
+    if c.attention_impl == "xla":
+      out = attend(q, k, v, mask, c.dtype, c.attention_block)
+    elif c.attention_impl == "cudnn":
+      out = fused_attend(q, k, v, mask, c.dtype)
+    else:
+      raise ValueError(f"cfg.attention_impl={c.attention_impl!r}; choose 'xla' or 'cudnn'")
     out = Dense(c, (c.num_heads, c.head_dim), e, ("heads", "head_dim", "embed"), name="o")(out)
     return out, cache
 
@@ -143,7 +168,7 @@ class MLP(nn.Module):
     e, m = (c.hidden_size,), (c.intermediate_size,)
     gate = Dense(c, e, m, ("embed", "mlp"), name="gate")(x)
     up = Dense(c, e, m, ("embed", "mlp"), name="up")(x)
-    h = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    h = constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
     return Dense(c, m, e, ("mlp", "embed"), name="down")(h)
 
 
@@ -158,7 +183,7 @@ class DecoderLayer(nn.Module):
                                                 positions, mask, cache, cache_index)
     x = x + h
     x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
-    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     self.sow("intermediates", "residual", x)
     return x, cache
 

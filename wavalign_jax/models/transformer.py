@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.models.layers import Dense, DecoderLayer, RMSNorm, Stack, logical_param
+from wavalign_jax.models.layers import Dense, DecoderLayer, RMSNorm, Stack, compute_view, logical_param
+from wavalign_jax.sharding import constrain
 
 Array = jax.Array
 
@@ -78,9 +79,9 @@ class Transformer(nn.Module):
     if c.arch not in ARCHS:
       raise ValueError(f"cfg.arch={c.arch!r}; choose one of {ARCHS}")
     V, d = c.vocab_size, c.hidden_size
-    self.embedding = logical_param(self, "embedding", (V, d), ("vocab", "embed"))
+    self.embedding = logical_param(self, "embedding", (V, d), ("input_vocab", "embed"))
     self.final_norm = RMSNorm(c)
-    self.lm_head = logical_param(self, "lm_head", (d, V), ("embed", "vocab"))
+    self.lm_head = logical_param(self, "lm_head", (d, V), ("table_embed", "vocab"))
     if c.arch == "parallel":
       if not 0 <= c.mimo_from_layer < c.num_layers - 1 or c.num_mimo_layers < 1:
         raise ValueError(f"parallel needs 0 <= mimo_from_layer < num_layers - 1 and num_mimo_layers >= 1, "
@@ -89,7 +90,7 @@ class Transformer(nn.Module):
       self.text_trunk = Stack(c, c.num_layers - c.mimo_from_layer - 1)
       self.mimo = Stack(c, c.num_mimo_layers)
       self.mimo_norm = RMSNorm(c)
-      self.audio_head = logical_param(self, "audio_head", (d, V), ("embed", "vocab"))
+      self.audio_head = logical_param(self, "audio_head", (d, V), ("table_embed", "vocab"))
       if c.adaptor_input_dim > 0:
         self.adaptor = Adaptor(c)
     else:
@@ -98,7 +99,10 @@ class Transformer(nn.Module):
       self.mtp = [MTPModule(c) for _ in range(c.num_mtp_modules)]
 
   def embed(self, ids: Array) -> Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.cfg.dtype)
+    # Every row of the data shard looks up its slice of the embedding dimension (sharding.py).
+    ids = constrain(ids, ("activation_logits_batch", None))
+    x = jnp.take(compute_view(self.embedding, ("input_vocab", "embed"), self.cfg.dtype), ids, axis=0)
+    return constrain(x, ("activation_logits_batch", None, "activation_table_embed"))
 
   def embed_inputs(self, inputs: dict[str, Array], features: Array | None,
                    feature_mask: Array | None) -> Array:
@@ -120,7 +124,7 @@ class Transformer(nn.Module):
                features: Array | None = None, feature_mask: Array | None = None
                ) -> tuple[dict[str, Array], dict | None]:
     """Post-norm hidden states {stream: [B,T,d]} and the updated per-stack caches."""
-    x = nn.with_logical_constraint(self.embed_inputs(inputs, features, feature_mask),
+    x = constrain(self.embed_inputs(inputs, features, feature_mask),
                                    ("activation_batch", "activation_length", "activation_embed"))
     self.sow("intermediates", "input_embeds", x)
     aux = (positions, mask, jnp.asarray(cache_index, jnp.int32))

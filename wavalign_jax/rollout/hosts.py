@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -23,10 +24,11 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
   batch on every host).
 
-  On several hosts the sampler runs once on the global batch (the hosts' rows in process order, or the
-  shared batch) placed on `mesh` over the data axes, and every host gets all rows back and keeps its own.
-  A row's random numbers depend on its global position only, so the rollouts of a state are those of one
-  host sampling the same global batch.
+  On several hosts the sampler runs once on the global batch placed on `mesh` over the data axes: the hosts'
+  own rows (in process order), each host keeping the rollouts of its rows, which its own devices computed
+  (nothing is gathered across hosts); or the shared batch, whose rollouts every host receives. A row's random
+  numbers depend on its global position only, so the rollouts of a state are those of one host sampling the
+  same global batch.
   """
   if mesh is not None and mesh.shape["fsdp"] > 1:   # see models.for_decoding: keep FSDP weights scanned
     sampling = dataclasses.replace(sampling, unstack_layers=False)
@@ -39,13 +41,38 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
     with sharding.use_rules(mesh):
       return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   sampler_lib.validate_prompts(model_cfg, prompts, sampling)
-  full = prompts if shared else multihost_utils.process_allgather(prompts, tiled=True)
-  on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape),
-                         full, steps.batch_sharding(full, mesh, process_local=False))
+  rows = steps.batch_sharding(prompts, mesh, process_local=not shared)
+  on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape if shared else None),
+                         prompts, rows)
   with sharding.use_rules(mesh):
-    rollouts = multihost_utils.process_allgather(
-        sampler_lib.sample(params, model_cfg, on_mesh, rng, sampling), tiled=True)
+    rollouts = sampler_lib.sample(params, model_cfg, on_mesh, rng, sampling)
   if shared:
-    return rollouts
-  n = len(prompts["valid"]) * sampling.group_size
-  return jax.tree.map(lambda x: x[jax.process_index() * n:(jax.process_index() + 1) * n], rollouts)
+    return multihost_utils.process_allgather(rollouts, tiled=True)
+  G = sampling.group_size
+  first = _process_rows(on_mesh["valid"])
+  return jax.tree.map(lambda x: _rows(x, first.start * G, first.stop * G), rollouts)
+
+
+def _process_rows(x: jax.Array) -> slice:
+  """The block of global rows of `x` (split over its first axis) that this process's devices hold."""
+  bounds = sorted({(s.index[0].start or 0, s.index[0].stop or x.shape[0]) for s in x.addressable_shards})
+  if any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
+    raise ValueError(f"this process's rows {bounds} are not one block: build the mesh with sharding.make_mesh")
+  return slice(bounds[0][0], bounds[-1][1])
+
+
+def _rows(x: jax.Array, lo: int, hi: int) -> np.ndarray:
+  """Rows [lo, hi) of a global array, read from this process's own shards (whatever their layout)."""
+  out = np.empty((hi - lo,) + x.shape[1:], x.dtype)
+  filled = np.zeros(out.shape, bool)
+  for shard in x.addressable_shards:
+    a, b = shard.index[0].start or 0, shard.index[0].stop or x.shape[0]
+    a2, b2 = max(a, lo), min(b, hi)
+    if a2 < b2:
+      where = (slice(a2 - lo, b2 - lo),) + tuple(shard.index[1:])
+      out[where] = np.asarray(shard.data)[a2 - a:b2 - a]
+      filled[where] = True
+  if not filled.all():
+    raise RuntimeError(f"rows [{lo}, {hi}) of a rollout array are not all on this process's devices "
+                       f"(sharding {x.sharding})")
+  return out

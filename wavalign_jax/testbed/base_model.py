@@ -38,7 +38,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   create = lambda: train_state.create(models.init_params(model_cfg, rng), optimizer,
                                       gating.init_gate_state(cfg.gate), rng)
   state, state_sharding = train_state.init_sharded(
-      create, train_state.param_shardings(models.param_logical_axes(model_cfg), mesh), optimizer, mesh)
+      create, models.param_shardings(model_cfg, mesh), optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, model_cfg, b), optimizer, cfg),
                         state_sharding, mesh)
   it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)

@@ -1,0 +1,88 @@
+"""Head logits on vocabulary-split heads (the rules: `sharding.py`).
+
+A 168k-entry head is the largest parameter of a spoken-dialogue model (2.2 GiB in float32 at d = 3584), so it
+is never gathered onto one device. The rows move instead: logits are computed for all rows of a data shard
+against each device's slice of the vocabulary ("activation_logits_batch" x "activation_vocab"), and reductions
+over the vocabulary (log-sum-exp, the target's logit, entropy) become small all-reduces. A vocabulary that the
+devices do not divide (VITA's 168072 on 16) is padded to a multiple of the split for the computation, the
+padding's logits masked out. Without a mesh every constraint here is a no-op.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from wavalign_jax.sharding import constrain, shards
+
+Array = jax.Array
+_PAD_LOGIT = -1e30   # exp() of it is exactly 0: padded entries get no probability, and 0 * it is 0 (entropy)
+
+
+def _rows_axes(ndim: int, last: str) -> tuple[str | None, ...]:
+  return ("activation_logits_batch",) + (None,) * (ndim - 2) + (last,)
+
+
+def _padded_logits(h: Array, kernel: Array, dtype: Any) -> Array:
+  """float32 logits [..., V'] over the vocabulary padded to V' (a multiple of its split), padding masked."""
+  V = kernel.shape[-1]
+  pad = -V % shards("activation_vocab")
+  kernel = constrain(jnp.pad(kernel.astype(dtype), ((0, 0), (0, pad))), (None, "activation_vocab"))
+  h = constrain(h.astype(dtype), _rows_axes(h.ndim, "activation_embed"))
+  lg = constrain(jnp.einsum("...d,dv->...v", h, kernel, preferred_element_type=jnp.float32),
+                 _rows_axes(h.ndim, "activation_vocab"))
+  return jnp.where(jnp.arange(V + pad) < V, lg, _PAD_LOGIT) if pad else lg
+
+
+def head_logits(h: Array, kernel: Array, dtype: Any) -> Array:
+  """float32 logits [..., V] of h [..., d] (leading axis = rows) through kernel [d, V], split over the vocabulary."""
+  return _padded_logits(h, kernel, dtype)[..., :kernel.shape[-1]]
+
+
+def _stats(lg: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
+  """(log p(targets), entropy, softmax, is_target) of float32 logits [..., V]."""
+  lse = jax.nn.logsumexp(lg, axis=-1)
+  p = jnp.exp(lg - lse[..., None])
+  # A 1-D iota broadcast in the comparison: a full-shape iota is loop-invariant, and XLA hoists it out of the
+  # chunk loop as a materialised [rows, chunk, V] int32 array.
+  is_target = jnp.arange(lg.shape[-1], dtype=jnp.int32) == targets[..., None]
+  target_logit = jnp.sum(jnp.where(is_target, lg, 0.0), axis=-1)
+  return target_logit - lse, lse - jnp.sum(p * lg, axis=-1), p, is_target
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def target_logprob_entropy(h: Array, kernel: Array, targets: Array, dtype: Any) -> tuple[Array, Array]:
+  """log p(targets) and the entropy of the head's distribution, float32 [...], for h [..., d], targets [...].
+
+  The target's logit is a masked sum over the vocabulary rather than a gather: a local reduction on each
+  vocabulary slice plus one all-reduce. The backward pass recomputes the logits from (h, kernel) and writes
+  d logits in closed form, so no [..., V] array outlives a call (this replaces a rematerialised autodiff,
+  which kept the vocabulary-sized comparison mask and several float32 logits copies alive)."""
+  logp, entropy, _, _ = _stats(_padded_logits(h, kernel, dtype), targets)
+  return logp, entropy
+
+
+def _fwd(h, kernel, targets, dtype):
+  return target_logprob_entropy(h, kernel, targets, dtype), (h, kernel, targets)
+
+
+def _bwd(dtype, res, g):
+  """d logp/d lg = onehot - p;  d entropy/d lg = -p (lg - E_p[lg])."""
+  h, kernel, targets = res
+  g_logp, g_entropy = g
+  lg = _padded_logits(h, kernel, dtype)
+  _, _, p, is_target = _stats(lg, targets)
+  mean_logit = jnp.sum(p * lg, axis=-1, keepdims=True)
+  d_lg = g_logp[..., None] * (is_target - p) - g_entropy[..., None] * p * (lg - mean_logit)
+  d_lg = constrain(d_lg.astype(dtype), _rows_axes(d_lg.ndim, "activation_vocab"))
+  d_h = jnp.einsum("...v,dv->...d", d_lg[..., :kernel.shape[-1]], kernel.astype(dtype),
+                   preferred_element_type=jnp.float32)
+  d_h = constrain(d_h, ("activation_batch",) + (None,) * (d_h.ndim - 1))
+  d_kernel = jnp.einsum("...d,...v->dv", h.astype(dtype), d_lg, preferred_element_type=jnp.float32)
+  d_kernel = constrain(d_kernel, (None, "activation_vocab"))[:, :kernel.shape[-1]]
+  return d_h.astype(h.dtype), d_kernel.astype(kernel.dtype), None
+
+
+target_logprob_entropy.defvjp(_fwd, _bwd)
