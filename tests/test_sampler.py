@@ -553,3 +553,29 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   m = trimmed["types"]["tokens"] > 0
   np.testing.assert_allclose(np.asarray(b)[m], np.asarray(a)[:, :L][m], atol=1e-6)
 
+
+
+@pytest.mark.parametrize("spec", [("data", "fsdp"), None, ("fsdp", "tensor")])
+def test_process_rows_read_from_any_layout(spec):
+  """hosts._rows assembles rows [lo, hi) of a global array from the shards this process holds, whether the
+  array is split along its rows, replicated, or split along both axes (8 fake devices, one process)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from wavalign_jax import sharding
+  from wavalign_jax.rollout import hosts
+  mesh = sharding.make_mesh((2, 2, 2))
+  x = np.arange(16 * 6, dtype=np.int32).reshape(16, 6)
+  pspec = P() if spec is None else P(spec[0], spec[1]) if spec[0] == "fsdp" else P(spec)
+  g = jax.device_put(x, NamedSharding(mesh, pspec))
+  for lo, hi in ((0, 16), (4, 12), (5, 6)):
+    np.testing.assert_array_equal(hosts._rows(g, lo, hi), x[lo:hi])
+  assert hosts._process_rows(g) == slice(0, 16)
+
+
+def test_pad_sequence_batch_pads_like_the_loader():
+  ex = layouts.Example(tokens={"tokens": np.array([5, 6, 7])}, types={"tokens": np.array([1, 2, 2])}, prompt_len=1)
+  short, long = layouts.to_sequence_batch([ex], 4, pad_id=9), layouts.to_sequence_batch([ex], 7, pad_id=9)
+  padded = layouts.pad_sequence_batch(dict(short, sampler_logp={"tokens": np.ones((1, 4), np.float32)}), 7, 9)
+  jax.tree.map(np.testing.assert_array_equal, {k: padded[k] for k in long}, long)
+  np.testing.assert_array_equal(padded["sampler_logp"]["tokens"], [[1, 1, 1, 1, 0, 0, 0]])
+  with pytest.raises(ValueError, match="cannot pad a batch of length 7 to 4"):
+    layouts.pad_sequence_batch(long, 4, 9)

@@ -73,8 +73,8 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
   batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
   batch.pop("group_ids")
-  return (trim_rl_batch(batch, prompts["valid"].shape[1], setup.sampling.max_new_tokens, length_buckets), rewards,
-          valid, metrics)
+  batch = trim_rl_batch(batch, prompts["valid"].shape[1], setup.sampling.max_new_tokens, length_buckets)
+  return hosts.same_length(batch, setup.vocab.pad), rewards, valid, metrics
 
 
 def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int, buckets: int) -> dict:
@@ -247,13 +247,13 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     if cfg.objective == "dpo":
       batch = {}
       for half in ("chosen", "rejected"):
-        b = steps.device_put_batch(raw[half], mesh)
+        b = steps.device_put_batch(hosts.same_length(raw[half], setup.vocab.pad), mesh)
         batch[half] = dict(b, ref_logp={k: v["logp"] for k, v in ref_logprobs(ref_params, b).items()})
     else:
       in_sft_stage = step < sft_stage_steps
       batch = {}
       if in_sft_stage or cfg.gate.mode != "rl_only":
-        batch["sft"] = raw["reference"]
+        batch["sft"] = hosts.same_length(raw["reference"], setup.vocab.pad)
       if not in_sft_stage and cfg.gate.mode != "sft_only":
         rng_step = jax.random.fold_in(state.rng, 0)
         batch["rl"], batch["rewards"], batch["reward_valid"], extra = rollout_and_score(

@@ -337,3 +337,20 @@ def packed_sequence_batch(rows: Sequence[Sequence[Example]], length: int, pad_id
 def to_sequence_batch(examples: Sequence[Example], length: int, pad_id: int = 0) -> dict:
   """One example per row, right-padded to `length` (see `packed_sequence_batch`)."""
   return packed_sequence_batch([[ex] for ex in examples], length, pad_id)
+
+
+def pad_sequence_batch(batch: Mapping, length: int, pad_id: int = 0) -> dict:
+  """A sequence batch (any [B, L, ...] fields) right-padded to `length` positions as `packed_sequence_batch`
+  pads: inputs / targets with pad_id, every other field with 0 (type NONE, segment 0: outside every loss)."""
+  def pad(x: np.ndarray, value: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim < 2 or x.shape[1] == length:
+      return x
+    if x.shape[1] > length:
+      raise ValueError(f"cannot pad a batch of length {x.shape[1]} to {length}")
+    return np.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2), constant_values=value)
+
+  def field(name: str, value):
+    fill = pad_id if name in ("inputs", "targets") else 0
+    return {k: pad(v, fill) for k, v in value.items()} if isinstance(value, Mapping) else pad(value, fill)
+  return {name: field(name, value) for name, value in batch.items()}

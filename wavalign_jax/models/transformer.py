@@ -100,7 +100,6 @@ class Transformer(nn.Module):
 
   def embed(self, ids: Array) -> Array:
     # Every row of the data shard looks up its slice of the embedding dimension (sharding.py).
-    ids = constrain(ids, ("activation_logits_batch", None))
     x = jnp.take(compute_view(self.embedding, ("input_vocab", "embed"), self.cfg.dtype), ids, axis=0)
     return constrain(x, ("activation_logits_batch", None, "activation_table_embed"))
 

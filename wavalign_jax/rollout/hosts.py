@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from wavalign_jax import sharding, steps
+from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -41,6 +42,8 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
     with sharding.use_rules(mesh):
       return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   sampler_lib.validate_prompts(model_cfg, prompts, sampling)
+  if not shared:   # one prompt length on every host (more left padding where shorter)
+    prompts = _left_pad_to(prompts, common_length(prompts["valid"].shape[1]))
   rows = steps.batch_sharding(prompts, mesh, process_local=not shared)
   on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape if shared else None),
                          prompts, rows)
@@ -51,6 +54,28 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   G = sampling.group_size
   first = _process_rows(on_mesh["valid"])
   return jax.tree.map(lambda x: _rows(x, first.start * G, first.stop * G), rollouts)
+
+
+def common_length(n: int) -> int:
+  """The largest `n` over all processes. Every host pads its rows to it before they form a global array: a
+  host-dependent shape would compile different programs on different hosts, whose collectives then do not
+  match (gloo: "collective size mismatch")."""
+  if jax.process_count() == 1:
+    return n
+  return int(np.max(multihost_utils.process_allgather(np.int32(n))))
+
+
+def same_length(batch: dict, pad_id: int) -> dict:
+  """A sequence batch right-padded to the longest length any host holds (`common_length`)."""
+  return layouts.pad_sequence_batch(batch, common_length(batch["segment_ids"].shape[1]), pad_id)
+
+
+def _left_pad_to(prompts: dict, length: int) -> dict:
+  """Left-padded numpy prompts (inputs, valid, optional features / feature_mask) padded on the left to `length`."""
+  def pad(x):
+    x = np.asarray(x)
+    return np.pad(x, [(0, 0), (length - x.shape[1], 0)] + [(0, 0)] * (x.ndim - 2))
+  return jax.tree.map(pad, prompts)
 
 
 def _process_rows(x: jax.Array) -> slice:
