@@ -64,9 +64,10 @@ def _report(name, compiled, seconds):
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, list) else cost) or {}   # a deviceless GPU compile reports none
+  tflops = f"{cost['flops'] / 1e12:8.2f} TFLOP" if "flops" in cost else "   (no FLOPs)"
   total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
   print(f"  {name:8s} per device: args {mem.argument_size_in_bytes / GiB:6.2f} GiB  temps {mem.temp_size_in_bytes / GiB:6.2f} "
-        f"GiB  total {total / GiB:6.2f} GiB  {cost.get('flops', float('nan')) / 1e12:8.2f} TFLOP  "
+        f"GiB  total {total / GiB:6.2f} GiB  {tflops}  "
         f"(compiled in {seconds:.0f}s)", flush=True)
 
 

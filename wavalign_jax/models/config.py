@@ -38,8 +38,8 @@ class ModelConfig:
   scan_layers: bool = True      # nn.scan over identical layers (faster compile, stacked params)
   logprob_chunk: int = 256      # positions per chunk when computing target log-probs
   attention_impl: str = "xla"   # "xla" (dot-product); "cudnn" uses jax.nn.dot_product_attention on GPU
-  attention_block: int = 512    # "xla": queries per block (rematerialised), bounding the float32 scores of
-                                # a sequence at [block, length] per head; 0 = all queries at once
+  attention_block: int = 64     # "xla": queries per block; bounds the float32 scores at [block, length] per
+                                # head and, without a KV cache, skips the keys after each block (causal); 0 = off
 
   def replace(self, **kw: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kw)

@@ -65,17 +65,22 @@ def target_logprob_entropy(h: Array, kernel: Array, targets: Array, dtype: Any) 
 
 
 def _fwd(h, kernel, targets, dtype):
+  h, kernel, targets = h.value, kernel.value, targets.value   # (symbolic_zeros=True wraps the primals)
   return target_logprob_entropy(h, kernel, targets, dtype), (h, kernel, targets)
 
 
 def _bwd(dtype, res, g):
-  """d logp/d lg = onehot - p;  d entropy/d lg = -p (lg - E_p[lg])."""
+  """d logp/d lg = onehot - p;  d entropy/d lg = -p (lg - E_p[lg]). An output nobody differentiates (the entropy,
+  unless an entropy term is in the loss) arrives as a symbolic zero and costs nothing."""
   h, kernel, targets = res
-  g_logp, g_entropy = g
+  g_logp, g_entropy = (None if isinstance(x, jax.custom_derivatives.SymbolicZero) else x for x in g)
   lg = _padded_logits(h, kernel, dtype)
   _, _, p, is_target = _stats(lg, targets)
-  mean_logit = jnp.sum(p * lg, axis=-1, keepdims=True)
-  d_lg = g_logp[..., None] * (is_target - p) - g_entropy[..., None] * p * (lg - mean_logit)
+  d_lg = jnp.zeros_like(lg)
+  if g_logp is not None:
+    d_lg = d_lg + g_logp[..., None] * (is_target - p)
+  if g_entropy is not None:
+    d_lg = d_lg - g_entropy[..., None] * p * (lg - jnp.sum(p * lg, axis=-1, keepdims=True))
   d_lg = constrain(d_lg.astype(dtype), _rows_axes(d_lg.ndim, "activation_vocab"))
   d_h = jnp.einsum("...v,dv->...d", d_lg[..., :kernel.shape[-1]], kernel.astype(dtype),
                    preferred_element_type=jnp.float32)
@@ -85,4 +90,4 @@ def _bwd(dtype, res, g):
   return d_h.astype(h.dtype), d_kernel.astype(kernel.dtype), None
 
 
-target_logprob_entropy.defvjp(_fwd, _bwd)
+target_logprob_entropy.defvjp(_fwd, _bwd, symbolic_zeros=True)
