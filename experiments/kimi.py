@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
   # --- Model -----------------------------------------------------------------------------------
   c.model = mlc.ConfigDict(dict(arch="parallel", dtype="bfloat16", param_dtype="float32", remat="full",
-                                scan_layers=True, logprob_chunk=64))   # x every row of a data shard: README memory
+                                scan_layers=True, logprob_chunk=64,   # x every row of a data shard: README memory
+                                attention_impl="xla", attention_block=64))
   c.layout = mlc.ConfigDict(dict(kind="parallel", audio_delay=6))
   c.vocab = mlc.ConfigDict()
 

@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
   # --- Model -----------------------------------------------------------------------------------
   c.model = mlc.ConfigDict(dict(arch="interleaved", dtype="bfloat16", param_dtype="float32", remat="full",
-                                scan_layers=True, logprob_chunk=64))   # x every row of a data shard: README memory
+                                scan_layers=True, logprob_chunk=64,   # x every row of a data shard: README memory
+                                attention_impl="xla", attention_block=64))
   c.layout = mlc.ConfigDict(dict(kind="interleaved", ratios=model["ratios"]))
   c.vocab = mlc.ConfigDict(dict(first_audio_code=model["first_audio_code"]))
   c.gate.fixed_lambda = model["fixed_mix"]

@@ -3,7 +3,15 @@
 The one-process reference reads the same global batches (its rl_train loader concatenates the slices of
 hosts 0 and 1), so rollouts, rewards, lambda, losses, params and the evaluations must agree; each host
 must have scored exactly its own rows of the global batch. This file is also the worker script:
-`python tests/test_multihost.py PROCESS_ID PORT WORKDIR BASE_MODEL OUT.npz`.
+`python tests/test_multihost.py train PROCESS_ID PORT WORKDIR BASE_MODEL OUT.npz` and
+`python tests/test_multihost.py lengths PROCESS_ID PORT OUT.npz`.
+
+Why the hosts must agree on shapes: a host's batch length comes from its own rows (the loader's length bucket,
+the RL batch cut to its longest rollout). When two hosts disagree, each builds a different global array and
+compiles a different program, and the first collective whose size depends on that length aborts both processes
+in gloo ("Received data size doesn't match expected size. Is there a distributed collective mismatch in your
+code?"): the failure this test used to show now and then. Every host now pads to the longest length of any
+host (`hosts.same_length`); `test_hosts_agree_on_batch_lengths` puts batches of 40 and 80 positions through it.
 """
 import json
 import os
@@ -16,11 +24,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-
-# Outside the default run (`-m "not multihost"` in .ci/run): multi-process CPU collectives (gloo) occasionally
-# abort with a collective size mismatch under load, independent of this code. Run it with
-# `python -m pytest tests/test_multihost.py`.
-pytestmark = pytest.mark.multihost
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_train_loop import _tiny_config  # noqa: E402
@@ -72,6 +75,46 @@ def _worker(process_id: int, port: int, workdir: str, base_model: str, out: str)
            **{f"{k}_{s}": c[k] for s, c in enumerate(calls) for k in c})
 
 
+def _lengths_worker(process_id: int, port: int, out: str) -> None:
+  """Host 0 holds a batch of 40 positions, host 1 one of 80; after `hosts.same_length` both put a (16, 80) global
+  batch on the mesh and all-gather it."""
+  from wavalign_jax import sharding, steps
+  from wavalign_jax.rollout import hosts
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  length = 40 if process_id == 0 else 80
+  rows = np.arange(8 * length, dtype=np.int32).reshape(8, length) + 1000 * process_id
+  batch = hosts.same_length({"segment_ids": np.ones((8, length), np.int32), "inputs": {"tokens": rows}}, pad_id=7)
+  mesh = sharding.make_mesh((1, -1, 1))
+  on_mesh = steps.device_put_batch(batch, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  gathered = jax.jit(lambda b: b, out_shardings=replicated)(on_mesh)   # all-gathers rows of the common length
+  np.savez(out, tokens=np.asarray(gathered["inputs"]["tokens"]), segment_ids=np.asarray(gathered["segment_ids"]))
+
+
+def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
+  """Runs this file as two worker processes (4 fake CPU devices each) and loads what each wrote to outs[i]."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO))
+  procs = [subprocess.Popen([sys.executable, __file__, args[0], str(i), str(port), *args[1:], str(outs[i])],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"host {i} failed:\n{logs[i][-4000:]}"
+  return [dict(np.load(o)) for o in outs]
+
+
+def test_hosts_agree_on_batch_lengths(tmp_path):
+  hosts = _spawn(["lengths"], [tmp_path / f"host{i}.npz" for i in range(2)])
+  want = np.full((16, 80), 7, np.int32)                     # inputs padded with pad_id
+  want[:8, :40] = np.arange(320).reshape(8, 40)
+  want[8:] = np.arange(640).reshape(8, 80) + 1000
+  for host in hosts:
+    np.testing.assert_array_equal(host["tokens"], want)
+    assert host["segment_ids"].sum() == 8 * 40 + 8 * 80   # padding is segment 0: outside every loss
+
+
 def _two_host_loader(make_loader):
   """The rl_train loader of one process yielding the global batch two hosts would read together."""
   import grain.experimental as grain_exp
@@ -110,16 +153,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
   base_model = str(ref_dir / "base_model")
 
   shutil.copytree(ref_dir / "testbed", mh_dir / "testbed")   # same data; no two processes generating it
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(mh_dir), base_model,
-                             str(tmp_path / f"host{i}.npz")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  logs = [p.communicate(timeout=300)[0] for p in procs]
-  for i, p in enumerate(procs):
-    assert p.returncode == 0, f"host {i} failed:\n{logs[i][-4000:]}"
-  hosts = [dict(np.load(tmp_path / f"host{i}.npz")) for i in range(2)]
+  hosts = _spawn(["train", str(mh_dir), base_model], [tmp_path / f"host{i}.npz" for i in range(2)])
 
   # Each host sampled and scored exactly its own half of every global batch, as one process did.
   assert len(ref_calls) == STEPS
@@ -155,4 +189,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 
 
 if __name__ == "__main__":
-  _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+  if sys.argv[1] == "lengths":
+    _lengths_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  else:
+    _worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])

@@ -25,7 +25,8 @@ from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelCons
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
 # ModelConfig fields a config may override on top of a converted checkpoint's model_config.json.
-RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "logprob_chunk", "attention_impl")
+RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "logprob_chunk", "attention_impl",
+                        "attention_block")
 
 
 @dataclasses.dataclass

@@ -98,8 +98,8 @@ def logits(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[s
 def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) -> tuple[Array, Array]:
   """log p(target) and entropy, float32 [B, L], `cfg.logprob_chunk` positions at a time.
 
-  Each chunk's logits live only inside a rematerialised scan step, so neither the forward nor the
-  backward pass holds more than [B, chunk, V] float32 logits."""
+  Each chunk's logits live only inside one scan step (`vocab_parallel.target_logprob_entropy` recomputes them in
+  the backward pass), so neither pass holds more than [B, chunk, V] float32 logits (split over the vocabulary)."""
   B, L, d = h.shape
   c = max(1, min(cfg.logprob_chunk, L))
   n = -(-L // c)
