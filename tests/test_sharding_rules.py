@@ -61,3 +61,13 @@ def test_vocabulary_tables_are_never_whole_on_a_device():
   sizes = [int(np.prod([int(d) for d in dims.split(",")])) for dims in re.findall(r"\b[a-z]+\d*\[([\d,]+)\]", hlo)]
   table = cfg.vocab_size * cfg.hidden_size
   assert max(sizes) < table / 2, (max(sizes), table)
+
+
+def test_rules_fall_back_where_the_devices_do_not_divide():
+  """VITA's 168072-entry head splits 8 ways along the vocabulary; 16 ways it cannot, so its width takes fsdp."""
+  from jax.sharding import PartitionSpec as P
+  head = ("table_embed", "vocab")
+  assert sharding.spec_for(head, (3584, 168072), {"data": 1, "fsdp": 8, "tensor": 1}) == P(None, ("fsdp", "tensor"))
+  assert sharding.spec_for(head, (3584, 168072), {"data": 1, "fsdp": 16, "tensor": 1}) == P("fsdp", None)
+  assert sharding.spec_for(head, (3584, 168448), {"data": 1, "fsdp": 64, "tensor": 1}) == P(None, ("fsdp", "tensor"))
+  assert sharding.spec_for(("embed", "mlp"), (3584, 18944), {"data": 2, "fsdp": 2, "tensor": 2}) == P("fsdp", "tensor")

@@ -59,7 +59,7 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
 def common_length(n: int) -> int:
   """The largest `n` over all processes. Every host pads its rows to it before they form a global array: a
   host-dependent shape would compile different programs on different hosts, whose collectives then do not
-  match (gloo: "collective size mismatch")."""
+  match (gloo aborts: "Received data size doesn't match expected size"; tests/test_multihost.py)."""
   if jax.process_count() == 1:
     return n
   return int(np.max(multihost_utils.process_allgather(np.int32(n))))
