@@ -59,9 +59,10 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def _divides(size: int, entry: Any, mesh_shape: Mapping[str, int]) -> bool:
+def _ways(entry: Any, mesh_shape: Mapping[str, int]) -> int:
+  """Into how many pieces a PartitionSpec entry (None, a mesh axis or a tuple of them) splits a dimension."""
   names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-  return size % int(np.prod([mesh_shape[n] for n in names])) == 0
+  return int(np.prod([mesh_shape[n] for n in names]))
 
 
 def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int],
@@ -74,7 +75,7 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mappi
   rules = tuple(rules)
   while True:
     spec = nn.logical_to_mesh_axes(tuple(axes), rules)
-    bad = {a for a, size, entry in zip(axes, shape, spec) if not _divides(size, entry, mesh_shape)}
+    bad = {a for a, size, entry in zip(axes, shape, spec) if size % _ways(entry, mesh_shape)}
     if not bad:
       return spec
     rules = tuple(r for r in rules if r[0] not in bad)
@@ -98,9 +99,7 @@ def shards(axis: str) -> int:
   mesh, rules = jax.sharding.get_abstract_mesh(), nn.get_logical_axis_rules()
   if mesh.empty or not rules:
     return 1
-  entry = nn.logical_to_mesh_axes((axis,), rules)[0]
-  names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-  return int(np.prod([mesh.shape[n] for n in names]))
+  return _ways(nn.logical_to_mesh_axes((axis,), rules)[0], mesh.shape)
 
 
 @contextlib.contextmanager

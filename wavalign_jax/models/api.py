@@ -66,17 +66,23 @@ def init_params(cfg: ModelConfig, rng: Array) -> Params:
   return nn.unbox(_init_boxed(cfg, rng))
 
 
+def _abstract_boxed(cfg: ModelConfig) -> Params:
+  """Parameter shapes, each boxed with its logical axis names (no computation)."""
+  return jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0))
+
+
 def param_logical_axes(cfg: ModelConfig) -> Params:
   """PartitionSpec of logical axis names for every parameter leaf (map with sharding.LOGICAL_RULES)."""
-  return nn.get_partition_spec(jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0)))
+  return nn.get_partition_spec(_abstract_boxed(cfg))
 
 
 def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
   """NamedSharding of every parameter on `mesh`: its logical axes through the rules table (`sharding.spec_for`:
   a dimension its mesh axes do not divide falls back to the next rule that fits)."""
-  shapes = jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+  boxed = _abstract_boxed(cfg)
   spec = lambda axes, p: jax.sharding.NamedSharding(mesh, spec_for(tuple(axes), p.shape, mesh.shape))
-  return jax.tree.map(spec, param_logical_axes(cfg), shapes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return jax.tree.map(spec, nn.get_partition_spec(boxed), nn.unbox(boxed),
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def _forward(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
@@ -107,12 +113,11 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   targets = jnp.clip(targets, 0, kernel.shape[-1] - 1)
   # Rows stay split over the data axes outside the loop: each chunk gathers its own rows (vocab_parallel).
   hs = constrain(jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, d).swapaxes(0, 1),
-                                  (None, "activation_batch", None, "activation_embed"))
+                 (None, "activation_batch", None, "activation_embed"))
   ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
   stats = lambda x: vocab_parallel.target_logprob_entropy(x[0], kernel, x[1], cfg.dtype)
   _, (logp, ent) = jax.lax.scan(lambda _, x: (None, stats(x)), None, (hs, ts))
-  unchunk = lambda a: constrain(a.swapaxes(0, 1).reshape(B, n * c)[:, :L],
-                                                 ("activation_batch", "activation_length"))
+  unchunk = lambda a: constrain(a.swapaxes(0, 1).reshape(B, n * c)[:, :L], ("activation_batch", "activation_length"))
   return unchunk(logp), unchunk(ent)
 
 
@@ -152,8 +157,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any
 
 def _cache_buffer(shape: tuple[int, ...], cfg: ModelConfig) -> Array:
   """A zero KV buffer [B, S, K, D] sharded like the activations (rows over the data axes)."""
-  return constrain(jnp.zeros(shape, cfg.dtype),
-                                    ("activation_batch", "activation_length", "activation_kv_heads", None))
+  return constrain(jnp.zeros(shape, cfg.dtype), ("activation_batch", "activation_length", "activation_kv_heads", None))
 
 
 def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positions: Array,

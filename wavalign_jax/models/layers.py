@@ -135,7 +135,6 @@ def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implemen
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
 
 
-
 class Attention(nn.Module):
   cfg: ModelConfig
 

@@ -124,7 +124,7 @@ class Transformer(nn.Module):
                ) -> tuple[dict[str, Array], dict | None]:
     """Post-norm hidden states {stream: [B,T,d]} and the updated per-stack caches."""
     x = constrain(self.embed_inputs(inputs, features, feature_mask),
-                                   ("activation_batch", "activation_length", "activation_embed"))
+                  ("activation_batch", "activation_length", "activation_embed"))
     self.sow("intermediates", "input_embeds", x)
     aux = (positions, mask, jnp.asarray(cache_index, jnp.int32))
     get = (lambda name: None) if cache is None else cache.get
