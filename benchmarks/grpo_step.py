@@ -36,7 +36,8 @@ flags.DEFINE_integer("completion_len", 128, "Completion tokens (exact).")
 FLAGS = flags.FLAGS
 
 CFG = ModelConfig(arch="qwen2", vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4,
-                  num_kv_heads=2, head_dim=64, dtype="float32", remat="none", logprob_chunk=64)
+                  num_kv_heads=2, head_dim=64, dtype="float32", remat="none", logprob_chunk=64,
+                 scan_layers=False)
 
 
 def main(argv):
@@ -51,8 +52,9 @@ def main(argv):
                                       jax.random.key(1))
   state, state_sharding = train_state.init_sharded(
       create, models.param_shardings(CFG, mesh), optimizer, mesh)
-  step_fn = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, CFG, b), optimizer, step_cfg,
-                                                  optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
+  step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(CFG), optimizer, step_cfg,
+                                                  optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh,
+                           static_argnums=(2,))
   sampling = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, sampling=sampler_lib.StreamSampling(0.7, 0.9, 0),
                                         pad_id=0)
   data = np.random.default_rng(0)
@@ -69,7 +71,7 @@ def main(argv):
     rl.pop("group_ids")
     batch = steps.device_put_batch({"rl": rl, "rewards": rewards.reshape(P, G).astype(np.float32),
                                     "reward_valid": np.ones((P, G), bool)}, mesh)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state, batch, Lp - 1)   # the head scores the completions only
     jax.block_until_ready(metrics["loss"])
     t2 = time.perf_counter()
     assert int(np.sum(np.asarray(rl["types"]["tokens"]) != TokenType.NONE)) == P * G * N

@@ -100,11 +100,12 @@ def bench(model: str, n: int) -> None:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   if "step" in FLAGS.parts:
     t = time.perf_counter()
-    step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg),
-                          state_sharding, mesh)
+    step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg),
+                          state_sharding, mesh, static_argnums=(2,))
     batch = {"sft": _seq_batch(cfg, P, Lp + N, mesh), "rl": _seq_batch(cfg, P * G, Lp + N, mesh),
              "rewards": _shape((P, G), np.float32, replicated), "reward_valid": _shape((P, G), bool, replicated)}
-    compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch).compile()
+    # The RL rows as train.py builds them: prompt, then completions scored from position Lp - 1 on.
+    compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)
   if "sampler" in FLAGS.parts:
     t = time.perf_counter()

@@ -59,7 +59,7 @@ def bench(name: str, repeats: int) -> None:
   create = lambda: train_state.create(params, optimizer, gating.init_gate_state(gating.GateConfig()),
                                       jax.random.PRNGKey(0))
   state, state_sharding = train_state.init_sharded(create, models.param_shardings(cfg, mesh), optimizer, mesh)
-  step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer,
+  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer,
                                                steps.StepConfig()), state_sharding, mesh)
   batch = steps.device_put_batch({
       "sft": random_seq_batch(rng, cfg, P, Lp + config.data.max_response_len, Lp),

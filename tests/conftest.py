@@ -1,13 +1,22 @@
 """Shared pytest setup.
 
-8 fake CPU devices (set before jax is imported) so sharding tests can build real meshes, and a
+8 fake CPU devices (set before jax is imported) so sharding tests can build real meshes, a session-wide
+persistent compilation cache, and a
 `highest_precision` fixture for tests that compare against float32 upstream fixtures (accelerators
 default to TF32 / bf16 matmul passes, which exceed the 1e-4 fixture tolerance on their own).
 """
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One persistent XLA compilation cache per test session, shared by the xdist workers and by the processes the
+# tests start (inherited through the environment): the many tests that build the same tiny models' programs
+# (train steps, samplers, the testbed's base model; the preemption test's five runs) compile each one once.
+_SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "wavalign_jax_tests_xla_cache", _SESSION))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402

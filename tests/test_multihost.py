@@ -52,7 +52,7 @@ def _record_rollouts(calls: list) -> None:
   def wrapped(params, setup, raw, *args, **kw):
     out = inner(params, setup, raw, *args, **kw)
     calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out[0]["inputs"]["tokens"],
-                      rewards=out[1]))
+                      rewards=out[2]))
     return out
   train.rollout_and_score = wrapped
 

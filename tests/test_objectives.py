@@ -318,13 +318,16 @@ def test_dpo_loss_matches_numpy():
 # ---------------------------------------------------------------- toy model and the hybrid loss
 
 
-def toy_logprob_fn(params, batch):
-  """Bigram model: logits of each position = params['w'][input id]; differentiable in params."""
+def toy_logprob_fn(params, batch, start=0):
+  """Bigram model: logits of each position = params['w'][input id]; differentiable in params. Positions before
+  `start` get 0 (the logprob_fn contract)."""
   out = {}
   for k, ids in batch["inputs"].items():
     logits = jax.nn.log_softmax(params["w"][k][ids], axis=-1)
     logp = jnp.take_along_axis(logits, batch["targets"][k][..., None], axis=-1)[..., 0]
-    out[k] = {"logp": logp, "entropy": -jnp.sum(jnp.exp(logits) * logits, axis=-1)}
+    kept = jnp.arange(ids.shape[1]) >= start
+    entropy = -jnp.sum(jnp.exp(logits) * logits, axis=-1)
+    out[k] = {"logp": jnp.where(kept, logp, 0.0), "entropy": jnp.where(kept, entropy, 0.0)}
   return out
 
 

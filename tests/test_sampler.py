@@ -314,7 +314,8 @@ def _replay_forced(con, r):
 
 def _rl_batch_reference(prompts, r, pad, drop_forced=True):
   """The same batch through the data pipeline: layouts.join(prompt, response) -> to_sequence_batch, with
-  forced positions typed NONE (no RL gradient) unless `drop_forced` is False."""
+  forced positions typed NONE (no RL gradient) unless `drop_forced` is False; each row then shifted right by its
+  prompt's left padding (rl_batch keeps the prompts as sampled, every completion starting at Lp)."""
   G = r.mask.shape[0] // prompts["valid"].shape[0]
   streams = tuple(r.tokens)
   exs = []
@@ -327,7 +328,10 @@ def _rl_batch_reference(prompts, r, pad, drop_forced=True):
              for s in streams}
     resp = layouts.Example({s: np.asarray(r.tokens[s][row, :n]) for s in streams}, types)
     exs.append(layouts.join(p, resp))
-  return layouts.to_sequence_batch(exs, prompts["valid"].shape[1] + r.mask.shape[1], pad)
+  batch = layouts.to_sequence_batch(exs, prompts["valid"].shape[1] + r.mask.shape[1], pad)
+  shift = np.repeat(prompts["valid"].shape[1] - np.asarray(prompts["valid"]).sum(1), G)
+  right = lambda x: np.stack([np.roll(row, k, axis=0) for row, k in zip(x, shift)])
+  return jax.tree.map(lambda x: right(x) if np.ndim(x) >= 2 else x, batch)
 
 
 def _check_rl_batch_and_logp(params, cfg, prompts, r, pad):
@@ -532,7 +536,8 @@ def test_nucleus_mask_equals_the_sort_based_definition(top_p):
 
 
 def test_trimmed_rl_batch_scores_the_same(vita):
-  """The RL batch cut to the longest row (bucketed) gives the same log-probs on every scored position."""
+  """The RL batch cut after the longest completion (bucketed), with the head run from the first completion
+  target only (start = Lp - 1), gives the same log-probs on every scored position as the full batch."""
   from wavalign_jax import train
   cfg, params, prompts = vita
   con = constraints.InterleavedConstraint(TIV, RATIOS)
@@ -542,17 +547,18 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   full = jax.device_get(rollout.rl_batch(prompts, r, TIV.pad))
   full.pop("group_ids")
   Lp = prompts["valid"].shape[1]
+  assert not full["types"]["tokens"][:, :Lp - 1].any()       # nothing to score before the completions
   trimmed = train.trim_rl_batch(full, Lp, 16, buckets=8)
   L = trimmed["segment_ids"].shape[1]
-  longest = int((full["segment_ids"] > 0).sum(1).max())
-  assert longest <= L < Lp + 16 or longest > Lp + 14    # cut unless a row needs (nearly) everything
-  assert (L - Lp) % 2 == 0 and L >= longest              # buckets of 16 / 8 = 2 new tokens
+  longest = int(np.asarray(r.lengths).max())
+  assert L - Lp == min(16, -(-longest // 2) * 2)              # buckets of 16 / 8 = 2 new tokens
   assert (full["segment_ids"][:, L:] == 0).all()
-  a = models.target_logprobs(params, cfg, full)["tokens"]["logp"]
-  b = models.target_logprobs(params, cfg, trimmed)["tokens"]["logp"]
+  a = models.target_logprobs(params, cfg, full)["tokens"]
+  b = models.target_logprobs(params, cfg, trimmed, Lp - 1)["tokens"]
   m = trimmed["types"]["tokens"] > 0
-  np.testing.assert_allclose(np.asarray(b)[m], np.asarray(a)[:, :L][m], atol=1e-6)
-
+  np.testing.assert_allclose(np.asarray(b["logp"])[m], np.asarray(a["logp"])[:, :L][m], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(b["entropy"])[m], np.asarray(a["entropy"])[:, :L][m], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(b["logp"])[:, :Lp - 1], 0.0)
 
 
 @pytest.mark.parametrize("spec", [("data", "fsdp"), None, ("fsdp", "tensor")])

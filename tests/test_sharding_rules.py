@@ -28,7 +28,7 @@ def _compile(cfg: ModelConfig, mesh, rows: int, length: int):
   abstract = jax.eval_shape(create)
   state_sharding = train_state.state_shardings(
       abstract, models.param_shardings(cfg, mesh), optimizer, mesh)
-  step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg),
+  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg),
                         state_sharding, mesh)
   return step.lower(train_state.abstract_with_shardings(abstract, state_sharding),
                     steps.device_put_batch({"sft": seq}, mesh)).compile()

@@ -38,7 +38,8 @@ def _hybrid_batch(cfg, seed=0):
   return {"sft": sft, "rl": rl, "rewards": rewards, "reward_valid": np.ones((P, G), bool)}
 
 
-def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.StepConfig(), opt_cfg=None):
+def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.StepConfig(), opt_cfg=None,
+                 rl_start=0):
   opt_cfg = opt_cfg or optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
   optimizer = optim.make_optimizer(opt_cfg)
   rng = jax.random.PRNGKey(0)
@@ -46,12 +47,12 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
   create = lambda: train_state.create(models.init_params(cfg, rng), optimizer, gating.init_gate_state(step_cfg.gate),
                                       rng)
   state, state_sharding = train_state.init_sharded(create, param_sharding, optimizer, mesh)
-  step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, step_cfg,
+  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                optim.learning_rate_schedule(opt_cfg), microbatches=microbatches),
-                        state_sharding, mesh)
+                        state_sharding, mesh, static_argnums=(2,))
   losses = []
   for _ in range(num_steps):
-    state, metrics = step(state, steps.device_put_batch(batch, mesh))
+    state, metrics = step(state, steps.device_put_batch(batch, mesh), rl_start)
     losses.append(float(metrics["loss"]))
   return state, losses
 
@@ -60,7 +61,7 @@ def _gradients_on_mesh(cfg, mesh, batch, lam=0.5):
   """d(hybrid loss)/d(params) at the initial params, computed on `mesh` (advantages from the rewards)."""
   param_sharding = models.param_shardings(cfg, mesh)
   params = jax.jit(lambda r: models.init_params(cfg, r), out_shardings=param_sharding)(jax.random.PRNGKey(0))
-  loss_fn = make_hybrid_loss(lambda p, b: models.target_logprobs(p, cfg, b), HybridConfig())
+  loss_fn = make_hybrid_loss(models.logprob_fn(cfg), HybridConfig())
   adv = np.asarray(grpo.group_advantages(jnp.asarray(batch["rewards"]))).reshape(-1)
   loss_batch = {"sft": batch["sft"], "rl": dict(batch["rl"], advantages=adv)}
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, lam)[0]))
@@ -121,6 +122,20 @@ def test_step_on_8_devices_matches_1_device(arch):
   assert int(state8.step) == int(state1.step) == 2
 
 
+def test_step_scoring_only_the_completions_matches_the_whole_rows():
+  """rl_start (the head runs on the RL rows from their first scored target on) changes nothing but the order of
+  float32 sums: same losses and, within the bound of the sharding test, the same params; on a (2,2,2) mesh."""
+  cfg = models.tiny_config("parallel")
+  batch = _hybrid_batch(cfg)
+  assert not any(t[:, :L // 2].any() for t in batch["rl"]["types"].values())
+  mesh = sharding.make_mesh((2, 2, 2))
+  whole, losses_whole = _run_on_mesh(cfg, mesh, batch, opt_cfg=PARITY_OPTIM)
+  window, losses_window = _run_on_mesh(cfg, mesh, batch, opt_cfg=PARITY_OPTIM, rl_start=L // 2)
+  np.testing.assert_allclose(losses_window, losses_whole, rtol=GRAD_RTOL)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=PARAM_ATOL),
+               window.params, whole.params)
+
+
 AUDIO_ONLY = ("mimo", "mimo_norm", "audio_head")
 
 
@@ -130,7 +145,7 @@ def test_text_only_rl_gives_no_gradient_to_the_audio_branch(token_set, expect_ze
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(1))
   batch = _hybrid_batch(cfg, seed=3)
   rl = dict(batch["rl"], advantages=jnp.asarray(np.linspace(-1.5, 1.5, P * G), jnp.float32))
-  loss_fn = make_hybrid_loss(lambda p, b: models.target_logprobs(p, cfg, b),
+  loss_fn = make_hybrid_loss(models.logprob_fn(cfg),
                              HybridConfig(rl=GRPOConfig(token_set=token_set)))
   grads = jax.grad(lambda p: loss_fn(p, {"rl": rl}, 1.0)[0])(params)
   audio_norm = optax.tree.norm({k: grads[k] for k in AUDIO_ONLY})
@@ -152,7 +167,7 @@ def test_interleaved_rl_ignores_speech_positions():
   types[:, L // 2:L // 2 + 3] = TokenType.SPEECH
   types[:, L // 2 + 3] = TokenType.BOUNDARY
   rl = dict(rl, types={"tokens": types}, advantages=jnp.asarray(np.linspace(-1, 1, P * G), jnp.float32))
-  loss_fn = make_hybrid_loss(lambda p, b: models.target_logprobs(p, cfg, b), HybridConfig())
+  loss_fn = make_hybrid_loss(models.logprob_fn(cfg), HybridConfig())
   speech = (types == TokenType.SPEECH) | (types == TokenType.BOUNDARY)
   other_targets = np.where(speech, (rl["targets"]["tokens"] + 7) % cfg.vocab_size, rl["targets"]["tokens"])
   rl2 = dict(rl, targets={"tokens": other_targets})
@@ -193,7 +208,7 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   before = jax.device_get(state)
   opt_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
   optimizer = optim.make_optimizer(opt_cfg)
-  step = jax.jit(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, cfg, b), optimizer, steps.StepConfig()))
+  step = jax.jit(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, steps.StepConfig()))
   bad = dict(batch, rewards=np.where(np.arange(P * G).reshape(P, G) == 3, np.nan, batch["rewards"]).astype(np.float32))
   after, metrics = step(state, bad)
   assert bool(metrics["skipped"]) and not np.isfinite(float(metrics["loss"]))

@@ -67,7 +67,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   if compare is None and config.data.source == "testbed" and model.model_dir != checkpoint:
     compare = model.model_dir   # a training run's checkpoint: the base model it started from
   cfg, mesh = model.model_cfg, model.mesh
-  logprob_fn = lambda p, b: models.target_logprobs(p, cfg, b)
+  logprob_fn = models.logprob_fn(cfg)
   Lp = config.data.max_prompt_len
   it = loader.make_loader(_dataset(config, model, data), global_batch_size=examples, shuffle=False, num_epochs=1,
                           buckets=(Lp, Lp + config.data.max_response_len), process_index=0, process_count=1)

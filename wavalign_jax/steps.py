@@ -12,6 +12,7 @@ Batches (host numpy, WORKSPACE.md contracts):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -23,10 +24,8 @@ from wavalign_jax import gating
 from wavalign_jax import sharding as sharding_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
-from wavalign_jax.objectives.hybrid import HybridConfig, hybrid_counts, make_hybrid_loss
+from wavalign_jax.objectives.hybrid import HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
 from wavalign_jax.train_state import TrainState
-
-LogprobFn = Callable[[Any, dict], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,15 +98,17 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, lam: jax.A
 
 def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
                      schedule: optax.Schedule | None = None, *, update_gate: bool = True, microbatches: int = 1):
-  """`step(state, batch) -> (state, metrics)` for the hybrid objective.
+  """`step(state, batch, rl_start=0) -> (state, metrics)` for the hybrid objective.
 
-  `update_gate=False` reuses the state's λ (later PPO iterations on the same rollout batch).
-  `microbatches > 1` accumulates gradients over that many pieces of the batch (same result, less memory).
+  `rl_start` (static: `jit_step(..., static_argnums=(2,))`): the RL rows' prompt length - 1 (`sampler.rl_batch`);
+  the output head runs on their completions only. `update_gate=False` reuses the state's λ (later PPO iterations
+  on the same rollout batch). `microbatches > 1` accumulates gradients over that many pieces of the batch (same
+  result, less memory).
   """
   loss_fn = make_hybrid_loss(logprob_fn, cfg.hybrid)
   rl_cfg = cfg.hybrid.rl
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: dict, rl_start: int = 0) -> tuple[TrainState, dict]:
     gate, metrics = state.gate, {}
     loss_batch = {k: batch[k] for k in ("sft", "rl") if k in batch}
     if "rl" in batch:
@@ -122,7 +123,8 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
                               fallback=fallback)
     lam = gate.lam if "rl" in batch else jnp.zeros((), jnp.float32)
     counts = hybrid_counts(loss_batch, cfg.hybrid)
-    grads, loss_metrics = accumulate_gradients(loss_fn, state.params, loss_batch, lam, counts, microbatches)
+    grads, loss_metrics = accumulate_gradients(functools.partial(loss_fn, rl_start=rl_start), state.params,
+                                               loss_batch, lam, counts, microbatches)
     return _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics}, gate)
 
   return step
@@ -166,8 +168,8 @@ def device_put_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 
 
-def jit_step(step: Callable, state_sharding: Any, mesh: Mesh) -> Callable:
+def jit_step(step: Callable, state_sharding: Any, mesh: Mesh, **jit_kwargs: Any) -> Callable:
   """jit with the state donated and kept in its sharding, activation sharding rules on; batch shardings
-  follow the inputs."""
+  follow the inputs. `jit_kwargs` go to jax.jit (e.g. static_argnums=(2,) for the hybrid step)."""
   return sharding_lib.jit_with_rules(step, mesh, in_shardings=(state_sharding, None),
-                                     out_shardings=(state_sharding, None), donate_argnums=(0,))
+                                     out_shardings=(state_sharding, None), donate_argnums=(0,), **jit_kwargs)

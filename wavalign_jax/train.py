@@ -51,8 +51,9 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
                       monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None,
                       length_buckets: int = 8):
   """Samples G responses per prompt of this host's batch `raw` and scores them:
-  (rl_batch, rewards [P, G], valid [P, G], metrics), all on this host's rows."""
-  prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
+  (rl_batch, rl_start, rewards [P, G], valid [P, G], metrics), all on this host's rows. `rl_start` is the
+  first completion target position (prompt length - 1, one value on every host), the step's `rl_start`."""
+  prompts = hosts.same_prompt_length(sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"]))
   rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, rng, setup.sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, setup.constraint)
   G = setup.sampling.group_size
@@ -73,16 +74,17 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
   batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
   batch.pop("group_ids")
-  batch = trim_rl_batch(batch, prompts["valid"].shape[1], setup.sampling.max_new_tokens, length_buckets)
-  return hosts.same_length(batch, setup.vocab.pad), rewards, valid, metrics
+  prompt_len = prompts["valid"].shape[1]
+  batch = trim_rl_batch(batch, prompt_len, setup.sampling.max_new_tokens, length_buckets)
+  return hosts.same_length(batch, setup.vocab.pad), prompt_len - 1, rewards, valid, metrics
 
 
 def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int, buckets: int) -> dict:
-  """Cuts the right-padded RL batch [B, Lp + N] to the longest row, rounded up to one of `buckets`
-  lengths Lp + k·N/buckets (a few compiled shapes instead of always paying for Lp + N)."""
-  longest = int(np.max(np.sum(np.asarray(batch["segment_ids"]) > 0, axis=1)))
+  """Cuts the RL batch [B, Lp + N] (`sampler.rl_batch`) after the longest completion, rounded up to one of
+  `buckets` lengths Lp + k·N/buckets (a few compiled shapes instead of always paying for Lp + N)."""
+  longest = int(np.max(np.sum(np.asarray(batch["segment_ids"])[:, prompt_len:] > 0, axis=1)))
   step = -(-max_new_tokens // buckets)
-  length = min(prompt_len + max_new_tokens, prompt_len + step * -(-max(longest - prompt_len, 1) // step))
+  length = prompt_len + min(max_new_tokens, step * -(-max(longest, 1) // step))
   return jax.tree.map(lambda x: x[:, :length] if np.ndim(x) >= 2 else x, batch)
 
 
@@ -178,7 +180,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   cfg = step_config(config)
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
-  logprob_fn = lambda p, b: models.target_logprobs(p, setup.model_cfg, b)
+  logprob_fn = models.logprob_fn(setup.model_cfg)
   param_sharding = models.param_shardings(setup.model_cfg, mesh)
 
   rng = jax.random.PRNGKey(config.seed)
@@ -222,13 +224,16 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     step_fn = steps.jit_step(steps.make_dpo_step(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
   else:
     step_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule,
-                                                    microbatches=config.train.microbatches), state_sharding, mesh)
+                                                    microbatches=config.train.microbatches), state_sharding, mesh,
+                             static_argnums=(2,))
   # PPO-style reuse of a rollout batch: later iterations keep the lambda of the first (rl.num_iterations).
   reuse_fn = None
   if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
     reuse_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule, update_gate=False,
-                                                     microbatches=config.train.microbatches), state_sharding, mesh)
-  ref_logprobs = sharding.jit_with_rules(logprob_fn, mesh)   # π_old and π_ref forwards, once per rollout batch
+                                                     microbatches=config.train.microbatches), state_sharding, mesh,
+                              static_argnums=(2,))
+  # π_old and π_ref forwards, once per rollout batch
+  ref_logprobs = sharding.jit_with_rules(logprob_fn, mesh, static_argnums=(2,))
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
@@ -244,6 +249,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     t0 = time.time()
     raw = next(train_it)
     extra: dict[str, float] = {}
+    rl_start = 0
     if cfg.objective == "dpo":
       batch = {}
       for half in ("chosen", "rejected"):
@@ -256,12 +262,12 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
         batch["sft"] = hosts.same_length(raw["reference"], setup.vocab.pad)
       if not in_sft_stage and cfg.gate.mode != "sft_only":
         rng_step = jax.random.fold_in(state.rng, 0)
-        batch["rl"], batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
+        batch["rl"], rl_start, batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
             state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh,
             config.rollout.length_buckets)
       batch = steps.device_put_batch(batch, mesh)
       if "rl" in batch and ref_params is not None:
-        batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"]).items()}
+        batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"], rl_start).items()}
     if analysis_every and (step + 1) % analysis_every == 0 and "rl" in batch:   # before the update: same params
       adv = grpo.group_advantages(batch["rewards"], batch["reward_valid"], cfg.hybrid.rl.advantage_scale,
                                   cfg.hybrid.rl.advantage_eps).reshape(-1)
@@ -269,10 +275,10 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
           geometry_fn(state.params, dict(batch["rl"], advantages=adv))).items()})
     iterations = min(cfg.hybrid.rl.num_iterations, stop_at - step) if reuse_fn is not None and "rl" in batch else 1
     if iterations > 1:   # π_old: the training forward of the parameters that made the rollouts (not the sampler's)
-      old_logp = {k: v["logp"] for k, v in ref_logprobs(state.params, batch["rl"]).items()}
-    state, metrics = step_fn(state, batch)   # iteration 1 is on-policy: ratio exactly 1
+      old_logp = {k: v["logp"] for k, v in ref_logprobs(state.params, batch["rl"], rl_start).items()}
+    state, metrics = step_fn(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
     for _ in range(iterations - 1):
-      state, later = reuse_fn(state, dict(batch, rl=dict(batch["rl"], old_logp=old_logp)))
+      state, later = reuse_fn(state, dict(batch, rl=dict(batch["rl"], old_logp=old_logp)), rl_start)
       metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
     metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
                "step_time": time.time() - t0}

@@ -1,10 +1,10 @@
 """Flax transformer for the three architectures and its functional API (WORKSPACE.md "Model API")."""
-from wavalign_jax.models.api import (chunked_logprobs, decode, decode_hidden, head_logits, init_cache,
-                                     for_decoding, init_mtp_cache, init_params, logits, mtp_decode, mtp_logits,
+from wavalign_jax.models.api import (chunked_logprobs, decode, decode_hidden, for_decoding, head_logits, init_cache,
+                                     init_mtp_cache, init_params, logits, logprob_fn, mtp_decode, mtp_logits,
                                      param_logical_axes, param_shardings, target_logprobs, tiny_config)
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
 
 __all__ = ["ModelConfig", "Transformer", "HEADS", "causal_mask", "chunked_logprobs", "decode", "decode_hidden",
-           "head_logits", "for_decoding", "init_cache", "init_mtp_cache", "init_params", "logits", "mtp_decode",
-           "mtp_logits", "param_logical_axes", "param_shardings", "target_logprobs", "tiny_config"]
+           "head_logits", "for_decoding", "init_cache", "init_mtp_cache", "init_params", "logits", "logprob_fn",
+           "mtp_decode", "mtp_logits", "param_logical_axes", "param_shardings", "target_logprobs", "tiny_config"]

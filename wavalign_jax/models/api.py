@@ -15,7 +15,7 @@ Decoding contract (the sampler builds on exactly this):
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -107,8 +107,8 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   Each chunk's logits live only inside one scan step (`vocab_parallel.target_logprob_entropy` recomputes them in
   the backward pass), so neither pass holds more than [B, chunk, V] float32 logits (split over the vocabulary)."""
   B, L, d = h.shape
-  c = max(1, min(cfg.logprob_chunk, L))
-  n = -(-L // c)
+  n = -(-L // max(1, min(cfg.logprob_chunk, L)))
+  c = -(-L // n)                        # n chunks of equal size <= logprob_chunk: padding < n positions
   pad = n * c - L
   targets = jnp.clip(targets, 0, kernel.shape[-1] - 1)
   # Rows stay split over the data axes outside the loop: each chunk gathers its own rows (vocab_parallel).
@@ -121,14 +121,23 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   return unchunk(logp), unchunk(ent)
 
 
-def target_logprobs(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]
+def target_logprobs(params: Params, cfg: ModelConfig, batch: Mapping[str, Any], start: int = 0
                     ) -> dict[str, dict[str, Array]]:
-  """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of batch["targets"] (main head only for VITA)."""
+  """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of batch["targets"] (main head only for VITA).
+
+  `start` (static) runs the output head on positions start.. only, like TRL's `logits_to_keep`: an RL batch's
+  targets before its completions (`sampler.rl_batch`) carry no loss, and the head is the costliest part of the
+  step's log-probs. Positions before `start` get log-prob and entropy 0."""
   out = {}
   for s, h in _forward(params, cfg, batch).items():
-    logp, ent = chunked_logprobs(h, params[HEADS[s]], batch["targets"][s], cfg)
-    out[s] = {"logp": logp, "entropy": ent}
+    logp, ent = chunked_logprobs(h[:, start:], params[HEADS[s]], batch["targets"][s][:, start:], cfg)
+    out[s] = {k: jnp.pad(v, ((0, 0), (start, 0))) for k, v in (("logp", logp), ("entropy", ent))}
   return out
+
+
+def logprob_fn(cfg: ModelConfig) -> Callable[..., dict[str, dict[str, Array]]]:
+  """`target_logprobs` with `cfg` bound: the `logprob_fn(params, batch, start=0)` the objectives take."""
+  return lambda params, batch, start=0: target_logprobs(params, cfg, batch, start)
 
 
 def mtp_logits(params: Params, cfg: ModelConfig, tokens: Array, positions: Array) -> list[Array]:

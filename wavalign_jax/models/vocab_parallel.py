@@ -42,13 +42,17 @@ def head_logits(h: Array, kernel: Array, dtype: Any) -> Array:
 
 
 def _stats(lg: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
-  """(log p(targets), entropy, softmax, is_target) of float32 logits [..., V]."""
-  lse = jax.nn.logsumexp(lg, axis=-1)
-  p = jnp.exp(lg - lse[..., None])
-  # A 1-D iota broadcast in the comparison: a full-shape iota is loop-invariant, and XLA hoists it out of the
-  # chunk loop as a materialised [rows, chunk, V] int32 array.
+  """(log p(targets), entropy, softmax, is_target) of float32 logits [..., V], with one exp over the vocabulary."""
+  peak = jnp.max(lg, axis=-1, keepdims=True)
+  e = jnp.exp(lg - peak)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  lse = (peak + jnp.log(total))[..., 0]
+  p = e / total
+  # A 1-D iota broadcast in the comparison, and the target's logit as a product rather than a select against a
+  # constant 0: XLA hoists a full-shape loop-invariant iota or broadcast out of the chunk loop as a materialised
+  # [rows, chunk, V] array.
   is_target = jnp.arange(lg.shape[-1], dtype=jnp.int32) == targets[..., None]
-  target_logit = jnp.sum(jnp.where(is_target, lg, 0.0), axis=-1)
+  target_logit = jnp.sum(lg * is_target, axis=-1)
   return target_logit - lse, lse - jnp.sum(p * lg, axis=-1), p, is_target
 
 
@@ -76,11 +80,12 @@ def _bwd(dtype, res, g):
   g_logp, g_entropy = (None if isinstance(x, jax.custom_derivatives.SymbolicZero) else x for x in g)
   lg = _padded_logits(h, kernel, dtype)
   _, _, p, is_target = _stats(lg, targets)
-  d_lg = jnp.zeros_like(lg)
+  terms = []
   if g_logp is not None:
-    d_lg = d_lg + g_logp[..., None] * (is_target - p)
+    terms.append(g_logp[..., None] * (is_target - p))
   if g_entropy is not None:
-    d_lg = d_lg - g_entropy[..., None] * p * (lg - jnp.sum(p * lg, axis=-1, keepdims=True))
+    terms.append(-g_entropy[..., None] * p * (lg - jnp.sum(p * lg, axis=-1, keepdims=True)))
+  d_lg = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(lg)
   d_lg = constrain(d_lg.astype(dtype), _rows_axes(d_lg.ndim, "activation_vocab"))
   d_h = jnp.einsum("...v,dv->...d", d_lg[..., :kernel.shape[-1]], kernel.astype(dtype),
                    preferred_element_type=jnp.float32)

@@ -1,7 +1,8 @@
 """The WavAlign objective: (1 − λ)·SFT + λ·GRPO, one pure function of (params, batch, λ).
 
-The model enters only through `logprob_fn(params, seq_batch) -> {stream: {"logp", "entropy"}}`
-(the model's `target_logprobs` with its config bound), so both architectures share this code.
+The model enters only through `logprob_fn(params, seq_batch, start=0) -> {stream: {"logp", "entropy"}}`
+(the model's `target_logprobs` with its config bound; log-probs of the targets from position `start` on, 0
+before), so both architectures share this code.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from wavalign_jax.objectives import aggregation
 from wavalign_jax.objectives.grpo import GRPOConfig, grpo_count, grpo_loss
 from wavalign_jax.objectives.sft import SFTConfig, sft_count, sft_loss
 
-LogprobFn = Callable[[Any, dict], dict]
+LogprobFn = Callable[..., dict]   # (params, seq_batch, start: int = 0) -> {stream: {"logp", "entropy"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +48,14 @@ def hybrid_counts(batch: dict, cfg: HybridConfig) -> dict[str, jax.Array]:
 
 
 def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
-  """`hybrid_loss(params, batch, lambda_t, counts=None) -> (loss, metrics)`.
+  """`hybrid_loss(params, batch, lambda_t, counts=None, rl_start=0) -> (loss, metrics)`.
 
   batch = {"sft": seq_batch, "rl": rl_batch} (WORKSPACE.md contracts; rl_batch also carries
   `advantages` [B], and optionally `old_logp`, `ref_logp`, `sampler_logp`, `seq_weight` [B], `fallback` [B]). A part may be left
-  out when its weight is 0 (SFT-only or RL-only runs): it then contributes nothing.
+  out when its weight is 0 (SFT-only or RL-only runs): it then contributes nothing. `rl_start` (static): the
+  first RL target position that may carry a loss (the prompt length - 1 of a `sampler.rl_batch`).
   """
-  def hybrid_loss(params, batch: dict, lambda_t: jax.Array, counts: dict | None = None):
+  def hybrid_loss(params, batch: dict, lambda_t: jax.Array, counts: dict | None = None, rl_start: int = 0):
     _check_batch(batch)
     lam = jnp.asarray(lambda_t, jnp.float32)
     counts = counts or {}
@@ -66,7 +68,7 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
       metrics.update(sft_loss=value, sft_count=jnp.sum(term.count))
     if "rl" in batch:
       rl = batch["rl"]
-      out = logprob_fn(params, rl)
+      out = logprob_fn(params, rl, rl_start)
       entropy = {k: v["entropy"] for k, v in out.items()} if all("entropy" in v for v in out.values()) else None
       term, rl_metrics = grpo_loss({k: v["logp"] for k, v in out.items()}, rl["types"], rl["advantages"], cfg.rl,
                                    old_logp=rl.get("old_logp"), ref_logp=rl.get("ref_logp"),

@@ -42,8 +42,8 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
     with sharding.use_rules(mesh):
       return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   sampler_lib.validate_prompts(model_cfg, prompts, sampling)
-  if not shared:   # one prompt length on every host (more left padding where shorter)
-    prompts = _left_pad_to(prompts, common_length(prompts["valid"].shape[1]))
+  if not shared:
+    prompts = same_prompt_length(prompts)
   rows = steps.batch_sharding(prompts, mesh, process_local=not shared)
   on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape if shared else None),
                          prompts, rows)
@@ -70,8 +70,10 @@ def same_length(batch: dict, pad_id: int) -> dict:
   return layouts.pad_sequence_batch(batch, common_length(batch["segment_ids"].shape[1]), pad_id)
 
 
-def _left_pad_to(prompts: dict, length: int) -> dict:
-  """Left-padded numpy prompts (inputs, valid, optional features / feature_mask) padded on the left to `length`."""
+def same_prompt_length(prompts: dict) -> dict:
+  """Left-padded numpy prompts (inputs, valid, optional features / feature_mask) padded further on the left to
+  the longest prompt length any host holds (`common_length`)."""
+  length = common_length(prompts["valid"].shape[1])
   def pad(x):
     x = np.asarray(x)
     return np.pad(x, [(0, 0), (length - x.shape[1], 0)] + [(0, 0)] * (x.ndim - 2))

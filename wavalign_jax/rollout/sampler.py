@@ -323,39 +323,35 @@ def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("pad_id",))
 def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[str, Any]:
-  """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, right-padded to Lp + N.
+  """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, [B, Lp + N], as sampled: the
+  prompt left-padded to Lp, every row's completion from position Lp on (right-padded after its stop token).
 
-  Targets carry the completion's types and `sampler_logp` (the sampler's log-probs); prompt targets,
-  forced positions and everything after the stop token are TokenType.NONE. Advantages are added by the
-  caller.
+  The completions' targets therefore all lie in positions Lp - 1 .. Lp + N - 2, so the training forward runs
+  the output head on those only (`models.target_logprobs(..., start=Lp - 1)`). Targets carry the completion's
+  types and `sampler_logp` (the sampler's log-probs); prompt targets, forced positions and everything after
+  the stop token are TokenType.NONE. Advantages are added by the caller.
   """
   B, N = rollouts.mask.shape
   G = B // prompts["valid"].shape[0]
   rep = lambda a: jnp.repeat(jnp.asarray(a), G, axis=0)
   pvalid = rep(prompts["valid"]).astype(bool)
-  Lp = pvalid.shape[1]
-  L = Lp + N
-  shift = Lp - pvalid.sum(axis=1)                                 # left padding of each row
-  idx = (jnp.arange(L)[None, :] + shift[:, None]) % L             # roll the padding to the end
-  roll = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
-  valid = roll(jnp.concatenate([pvalid, rollouts.mask], axis=1))
+  valid = jnp.concatenate([pvalid, rollouts.mask], axis=1)
   nxt = lambda a, fill: jnp.concatenate([a[:, 1:], jnp.full_like(a[:, :1], fill)], axis=1)
   inputs, targets, types, sampler_logp = {}, {}, {}, {}
   for s, toks in rollouts.tokens.items():
-    inputs[s] = jnp.where(valid, roll(jnp.concatenate([rep(prompts["inputs"][s]), toks], axis=1)), pad_id)
-    targets[s] = nxt(inputs[s], pad_id)
+    inputs[s] = jnp.where(valid, jnp.concatenate([rep(prompts["inputs"][s]), toks], axis=1), pad_id)
+    targets[s] = jnp.where(valid, nxt(inputs[s], pad_id), pad_id)
     chosen = jnp.where(rollouts.forced[s], int(TokenType.NONE), rollouts.types[s])
-    types[s] = nxt(roll(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), chosen], axis=1)), 0)
-    sampler_logp[s] = nxt(roll(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1)),
-                          0.0)
+    types[s] = nxt(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), chosen], axis=1), 0)
+    sampler_logp[s] = nxt(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1), 0.0)
   batch = dict(inputs=inputs, targets=targets, types=types, sampler_logp=sampler_logp,
-               positions=jnp.where(valid, jnp.arange(L)[None, :], 0).astype(jnp.int32),
+               positions=jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
                segment_ids=valid.astype(jnp.int32), group_ids=rollouts.group_ids)
   if "features" in prompts:
     f = rep(prompts["features"])
-    batch["features"] = roll(jnp.concatenate([f, jnp.zeros((B, N) + f.shape[2:], f.dtype)], axis=1))
-    batch["feature_mask"] = roll(jnp.concatenate([rep(prompts["feature_mask"]).astype(bool),
-                                                  jnp.zeros((B, N), bool)], axis=1)) & valid
+    batch["features"] = jnp.concatenate([f, jnp.zeros((B, N) + f.shape[2:], f.dtype)], axis=1)
+    batch["feature_mask"] = jnp.concatenate([rep(prompts["feature_mask"]).astype(bool), jnp.zeros((B, N), bool)],
+                                            axis=1) & valid
   return batch
 
 

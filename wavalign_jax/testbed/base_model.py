@@ -39,7 +39,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
                                       gating.init_gate_state(cfg.gate), rng)
   state, state_sharding = train_state.init_sharded(
       create, models.param_shardings(model_cfg, mesh), optimizer, mesh)
-  step = steps.jit_step(steps.make_hybrid_step(lambda p, b: models.target_logprobs(p, model_cfg, b), optimizer, cfg),
+  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(model_cfg), optimizer, cfg),
                         state_sharding, mesh)
   it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)
   ckpt_dir = out_dir + ".sft_checkpoints"
