@@ -10,10 +10,12 @@ before the backward loop), so its figures overstate an accelerator's. `--target=
 compiles for that GPU without one (XLA's deviceless compilation; `pip install "jax[cuda12]"` of the same
 version as jax, and the environment above, no GPU needed): what the device would really allocate.
 
-For each model and device count, the hybrid step is built as `train.py` builds it (bf16 compute, fp32 params
-and AdamW moments, remat full, FSDP mesh (1, n, 1), activation rules on, the state donated) for 8 prompts x
-G 4, prompt 512, response 1024 (32 RL rows + 8 SFT rows), and the sampler for 32 rows x (512 + 1024); on more
-than 8 devices the prompts grow to one per device (the rows per device stay those of 8 devices).
+For each model and device count, the hybrid step is built as `train.py` builds it from experiments/vita.py or
+kimi.py (their model runtime settings: bf16 compute, fp32 params and AdamW moments, remat full, log-prob chunk;
+their objective, optimizer, batch and lengths: 8 prompts x G 4, prompt 512, response 1024, i.e. 32 RL rows + 8 SFT
+rows; the RL rows scored from their completions on) on an FSDP mesh (1, n, 1), activation rules on, the state
+donated; and the sampler for 32 rows x (512 + 1024). On more than 8 devices the prompts grow to one per device
+(the rows per device stay those of 8 devices).
 XLA's memory analysis gives per-device arguments + temporaries (+ outputs not aliased to donated inputs)
 and its cost analysis per-device FLOPs (a loop body counts once: the step's layer scan is one layer, the
 sampler's figure is one decode step of one layer; compare them across device counts, not as totals).
@@ -24,29 +26,41 @@ import pathlib
 import time
 
 import jax
+import ml_collections as mlc
 import numpy as np
 from absl import app, flags
 from jax.experimental import topologies
 
+from experiments import kimi, vita
 from wavalign_jax import gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
+from wavalign_jax.run_setup import RUNTIME_MODEL_FIELDS
 from wavalign_jax.rollout import sampler as sampler_lib
-from wavalign_jax.tokens import TokenType
 
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
-flags.DEFINE_list("models", ["vita", "kimi"], "vita (VITA-Audio-Balance, 10 MCTP layers) and/or kimi (Kimi-Audio).")
+flags.DEFINE_list("models", ["vita", "kimi"], "vita (VITA-Audio-Balance, 10 MCTP layers) and/or kimi (Kimi-Audio); "
+                  "tiny: a quick check of the script.")
 flags.DEFINE_list("parts", ["step", "sampler"], "What to compile.")
 flags.DEFINE_enum("target", "cpu", ["cpu", "a100_40gb", "h100_80gb"],
                   "Compile for fake CPU devices, or for that GPU (deviceless; gpu_targets/<target>.txtpb).")
-flags.DEFINE_integer("prompts", 8, "Prompts per step (at least one per device).")
-flags.DEFINE_integer("group", 4, "Rollouts per prompt.")
-flags.DEFINE_integer("prompt_len", 512, "Prompt length.")
-flags.DEFINE_integer("response_len", 1024, "Response length.")
+flags.DEFINE_integer("prompts", None, "Prompts per step (at least one per device; default: the experiment's).")
+flags.DEFINE_integer("group", None, "Rollouts per prompt (default: the experiment's).")
+flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment's data.max_prompt_len).")
+flags.DEFINE_integer("response_len", None, "Response length (default: the experiment's rollout.max_new_tokens).")
 FLAGS = flags.FLAGS
 
-MODELS = {"vita": lambda: vita_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=64),
-          "kimi": lambda: kimi_audio_7b(dtype="bfloat16", param_dtype="float32", remat="full", logprob_chunk=64)}
+# "tiny": VITA's experiment on the unit-test model, a quick check of this script (tests/test_benchmarks.py).
+EXPERIMENTS = {"vita": (vita, vita_audio_7b), "kimi": (kimi, kimi_audio_7b),
+               "tiny": (vita, lambda **kw: models.tiny_config("interleaved", **kw))}
 GiB = 2 ** 30
+
+
+def _experiment(name: str) -> tuple[models.ModelConfig, mlc.ConfigDict]:
+  """The released model's shapes with the runtime settings (dtypes, remat, chunks) of experiments/<name>.py, as
+  run_setup applies them to a converted checkpoint, and that experiment's config."""
+  module, shapes = EXPERIMENTS[name]
+  config = module.get_config()
+  return shapes(**{k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}), config
 
 
 def _shape(shape, dtype, sharding_):
@@ -83,12 +97,15 @@ def _devices(n: int) -> list:
 
 
 def bench(model: str, n: int) -> None:
-  cfg = MODELS[model]()
+  cfg, config = _experiment(model)
   mesh = sharding.make_mesh((1, n, 1), devices=_devices(n))
+  pick = lambda flag, default: default if flag is None else flag
   # Rows must divide over the data shards: the global batch grows with the devices (rows per device constant).
-  P, G, Lp, N = max(FLAGS.prompts, n), FLAGS.group, FLAGS.prompt_len, FLAGS.response_len
-  optimizer = optim.make_optimizer(optim.OptimConfig())
-  step_cfg = steps.StepConfig()
+  P = max(pick(FLAGS.prompts, config.data.prompts_per_step), n)
+  G, Lp = pick(FLAGS.group, config.rollout.group_size), pick(FLAGS.prompt_len, config.data.max_prompt_len)
+  N = pick(FLAGS.response_len, config.rollout.max_new_tokens)
+  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
+  step_cfg = steps.step_config(config)
   param_sharding = models.param_shardings(cfg, mesh)
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
                                       gating.init_gate_state(step_cfg.gate), jax.random.key(0))
@@ -100,7 +117,8 @@ def bench(model: str, n: int) -> None:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   if "step" in FLAGS.parts:
     t = time.perf_counter()
-    step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg),
+    step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
+                                                 microbatches=config.train.microbatches),
                           state_sharding, mesh, static_argnums=(2,))
     batch = {"sft": _seq_batch(cfg, P, Lp + N, mesh), "rl": _seq_batch(cfg, P * G, Lp + N, mesh),
              "rewards": _shape((P, G), np.float32, replicated), "reward_valid": _shape((P, G), bool, replicated)}

@@ -68,6 +68,8 @@ def test_pass_stats_and_true_score_summary_hand_computed():
   assert got["judge/true_semantic"] == pytest.approx(2.0) and got["judge/true_acoustic"] == pytest.approx(0.2)
   assert got["judge/pearson_semantic"] == pytest.approx(0.5) and got["judge/pearson_acoustic"] == pytest.approx(-0.5)
   assert judge_agreement.true_score_summary(scores, [{"reason": "x"}] * 3) == {}
+  assert judge_agreement.has_true_scores(info) and not judge_agreement.has_true_scores([])
+  assert not judge_agreement.has_true_scores(info[:2] + [{"semantic": 2}])   # every item, both dimensions
 
 
 # ---------------------------------------------------------------- token shift (observation 1)

@@ -97,7 +97,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   text = lambda ids: " ".join(evaluate.generate.decode_text(model.tokenizer, ids).split())
   result = make_reward_fn(config, None, workdir)(rollout_items(raw["meta"], contents, text))
   rewards = result.scores.reshape(P, G)
-  if judge_agreement.true_score_summary(result.scores, result.info):   # the testbed judge reports true scores
+  if judge_agreement.has_true_scores(result.info):
     on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]
     out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, f(np.array([i[d] for i in result.info])))
                               for d, f in on_judge_scale.items()}

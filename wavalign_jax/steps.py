@@ -23,8 +23,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from wavalign_jax import gating
 from wavalign_jax import sharding as sharding_lib
 from wavalign_jax.objectives import grpo
+from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
 from wavalign_jax.objectives.hybrid import HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
+from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.train_state import TrainState
 
 
@@ -34,6 +36,13 @@ class StepConfig:
   hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
   gate: gating.GateConfig = dataclasses.field(default_factory=gating.GateConfig)
   dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+
+
+def step_config(config: Any) -> StepConfig:
+  """The StepConfig of an experiment ConfigDict (its objective, sft, rl, gate and dpo sections)."""
+  return StepConfig(objective=config.objective,
+                    hybrid=HybridConfig(sft=SFTConfig(**config.sft), rl=GRPOConfig(**config.rl)),
+                    gate=gating.GateConfig(**config.gate), dpo=DPOConfig(**config.dpo))
 
 
 def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,

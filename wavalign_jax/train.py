@@ -33,10 +33,6 @@ from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_di
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.objectives import grpo
-from wavalign_jax.objectives.dpo import DPOConfig
-from wavalign_jax.objectives.grpo import GRPOConfig
-from wavalign_jax.objectives.hybrid import HybridConfig
-from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.rewards.base import rollout_items
 from wavalign_jax.rewards.llm_judge import FailureMonitor
 from wavalign_jax.rollout import hosts
@@ -67,7 +63,7 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
   metrics.update(rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents)))
   metrics.update(judge_agreement.true_score_summary(result.scores, result.info))
-  if result.info and all("semantic" in i for i in result.info):   # the testbed judge: exact answers score 5
+  if judge_agreement.has_true_scores(result.info):   # the testbed judge: exact answers score semantic 5
     metrics.update(rollout_diversity.pass_stats(np.array([i["semantic"] == 5 for i in result.info]).reshape(P, G)))
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
                  rollout_forced_fraction=float(forced),
@@ -136,13 +132,6 @@ def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
 # ----------------------------------------------------------------------------- the run
 
 
-def step_config(config: mlc.ConfigDict) -> steps.StepConfig:
-  return steps.StepConfig(
-      objective=config.objective,
-      hybrid=HybridConfig(sft=SFTConfig(**config.sft), rl=GRPOConfig(**config.rl)),
-      gate=gating.GateConfig(**config.gate), dpo=DPOConfig(**config.dpo))
-
-
 def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any:
   if setup.init_checkpoint:
     abstract = jax.eval_shape(lambda: models.init_params(setup.model_cfg, rng))
@@ -177,7 +166,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     # Each host holds its own rows, so they must split evenly over the data shards (steps.batch_sharding).
     raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
                      f"{jax.process_count()} hosts needs a multiple of the {shards} data shards (mesh data x fsdp)")
-  cfg = step_config(config)
+  cfg = steps.step_config(config)
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
   logprob_fn = models.logprob_fn(setup.model_cfg)

@@ -70,10 +70,15 @@ def agreement(judge: np.ndarray, reference: np.ndarray, *, num_bootstrap: int = 
   return out
 
 
+def has_true_scores(info: Sequence[dict]) -> bool:
+  """Whether a reward's per-item info carries true scores (the testbed judge's `semantic` / `acoustic`)."""
+  return bool(info) and all(isinstance(i, dict) and "semantic" in i and "acoustic" in i for i in info)
+
+
 def true_score_summary(scores: np.ndarray, info: Sequence[dict]) -> dict[str, float]:
-  """Per-step metrics of a reward that reports true scores (the testbed judge's `semantic` / `acoustic` info):
-  their means and the judge's Pearson correlation with each. {} for rewards without them (real judges)."""
-  if not info or not all(isinstance(i, dict) and "semantic" in i and "acoustic" in i for i in info):
+  """Per-step metrics of a reward that reports true scores (`has_true_scores`): their means and the judge's
+  Pearson correlation with each. {} for rewards without them (real judges)."""
+  if not has_true_scores(info):
     return {}
   out = {}
   for dim in ("semantic", "acoustic"):
