@@ -1,9 +1,9 @@
 """Shared pytest setup.
 
 8 fake CPU devices (set before jax is imported) so sharding tests can build real meshes, a session-wide
-persistent compilation cache, and a
-`highest_precision` fixture for tests that compare against float32 upstream fixtures (accelerators
-default to TF32 / bf16 matmul passes, which exceed the 1e-4 fixture tolerance on their own).
+persistent compilation cache, the long end-to-end tests scheduled first, and a `highest_precision` fixture for
+tests that compare against float32 upstream fixtures (accelerators default to TF32 / bf16 matmul passes, which
+exceed the 1e-4 fixture tolerance on their own).
 """
 import os
 import pathlib
@@ -33,3 +33,12 @@ def highest_precision():
 @pytest.fixture
 def fixtures_dir() -> pathlib.Path:
   return FIXTURES
+
+
+# The end-to-end tests (whole training runs, several processes) first: xdist hands tests to its workers in
+# collection order, so a long test collected last keeps one worker busy long after the other has finished.
+_LONG_FIRST = ("test_multihost.py", "test_analyze.py", "test_preemption.py", "test_train_loop.py", "test_study.py")
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.path.name not in _LONG_FIRST)   # stable: the order within each group stays
