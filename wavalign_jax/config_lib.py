@@ -151,7 +151,7 @@ def base_config() -> mlc.ConfigDict:
   c.train.eval_every = 0               # 0 = evaluate only before and after training
   c.train.eval_before = True           # False: skip the evaluation before training (studies evaluate `base` once)
   c.train.eval_examples = 64           # eval rows per evaluation; 0 = every row of every eval set
-  c.train.eval_batch_size = 16
+  c.train.eval_batch_size = 16         # rows per eval sampler call (at most eval_examples)
   c.train.analysis_every = 0           # > 0: log the text/speech gradient geometry (docs: analysis/) every N steps
   c.train.analysis_minibatches = 2     # mini-batches of prompt groups for its SNR
 

@@ -95,15 +95,16 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
   if not setup.eval_data or setup.evaluator is None:
     return {}, []
   greedy = eval_generate.eval_sampling(setup.sampling)
+  batch_size = min(setup.eval_batch_size, num_examples) if num_examples else setup.eval_batch_size
   items = []
   for path in setup.eval_data.values():
-    it = loader.make_loader(path, global_batch_size=setup.eval_batch_size, buckets=setup.buckets,
+    it = loader.make_loader(path, global_batch_size=batch_size, buckets=setup.buckets,
                             shuffle=False, num_epochs=1, process_index=0, process_count=1, drop_remainder=False)
     taken = []
     for raw in it:
       prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
       # the last, partial batch is filled with copies of its first row: one compiled shape
-      fill = setup.eval_batch_size - len(raw["meta"])
+      fill = batch_size - len(raw["meta"])
       prompts = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], fill, axis=0)]), prompts)
       rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy, mesh,
                                    shared=True)
