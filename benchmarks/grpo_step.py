@@ -53,8 +53,7 @@ def main(argv):
   state, state_sharding = train_state.init_sharded(
       create, models.param_shardings(CFG, mesh), optimizer, mesh)
   step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(CFG), optimizer, step_cfg,
-                                                  optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh,
-                           static_argnums=(2,))
+                                                  optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
   sampling = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, sampling=sampler_lib.StreamSampling(0.7, 0.9, 0),
                                         pad_id=0)
   data = np.random.default_rng(0)

@@ -119,7 +119,7 @@ def bench(model: str, n: int) -> None:
     t = time.perf_counter()
     step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                  microbatches=config.train.microbatches),
-                          state_sharding, mesh, static_argnums=(2,))
+                          state_sharding, mesh)
     batch = {"sft": _seq_batch(cfg, P, Lp + N, mesh), "rl": _seq_batch(cfg, P * G, Lp + N, mesh),
              "rewards": _shape((P, G), np.float32, replicated), "reward_valid": _shape((P, G), bool, replicated)}
     # The RL rows as train.py builds them: prompt, then completions scored from position Lp - 1 on.

@@ -49,7 +49,7 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
   state, state_sharding = train_state.init_sharded(create, param_sharding, optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                optim.learning_rate_schedule(opt_cfg), microbatches=microbatches),
-                        state_sharding, mesh, static_argnums=(2,))
+                        state_sharding, mesh)
   losses = []
   for _ in range(num_steps):
     state, metrics = step(state, steps.device_put_batch(batch, mesh), rl_start)

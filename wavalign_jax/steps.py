@@ -109,7 +109,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
                      schedule: optax.Schedule | None = None, *, update_gate: bool = True, microbatches: int = 1):
   """`step(state, batch, rl_start=0) -> (state, metrics)` for the hybrid objective.
 
-  `rl_start` (static: `jit_step(..., static_argnums=(2,))`): the RL rows' prompt length - 1 (`sampler.rl_batch`);
+  `rl_start` (static in `jit_step`): the RL rows' prompt length - 1 (`sampler.rl_batch`);
   the output head runs on their completions only. `update_gate=False` reuses the state's λ (later PPO iterations
   on the same rollout batch). `microbatches > 1` accumulates gradients over that many pieces of the batch (same
   result, less memory).
@@ -141,9 +141,12 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
 def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
                   schedule: optax.Schedule | None = None):
+  """`step(state, batch, rl_start=0) -> (state, metrics)` for DPO pairs. `rl_start` is unused (DPO has no RL
+  rows): both steps take the same arguments, so the loop and `jit_step` treat them alike."""
   loss_fn = make_dpo_loss(logprob_fn, cfg.dpo)
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: dict, rl_start: int = 0) -> tuple[TrainState, dict]:
+    del rl_start
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     return _apply_gradients(state, grads, optimizer, schedule, metrics)
 
@@ -177,8 +180,8 @@ def device_put_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 
 
-def jit_step(step: Callable, state_sharding: Any, mesh: Mesh, **jit_kwargs: Any) -> Callable:
-  """jit with the state donated and kept in its sharding, activation sharding rules on; batch shardings
-  follow the inputs. `jit_kwargs` go to jax.jit (e.g. static_argnums=(2,) for the hybrid step)."""
+def jit_step(step: Callable, state_sharding: Any, mesh: Mesh) -> Callable:
+  """`step(state, batch, rl_start)` jitted with the state donated and kept in its sharding, activation sharding
+  rules on, `rl_start` static; batch shardings follow the inputs."""
   return sharding_lib.jit_with_rules(step, mesh, in_shardings=(state_sharding, None),
-                                     out_shardings=(state_sharding, None), donate_argnums=(0,), **jit_kwargs)
+                                     out_shardings=(state_sharding, None), donate_argnums=(0,), static_argnums=(2,))

@@ -214,14 +214,12 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     step_fn = steps.jit_step(steps.make_dpo_step(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
   else:
     step_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule,
-                                                    microbatches=config.train.microbatches), state_sharding, mesh,
-                             static_argnums=(2,))
+                                                    microbatches=config.train.microbatches), state_sharding, mesh)
   # PPO-style reuse of a rollout batch: later iterations keep the lambda of the first (rl.num_iterations).
   reuse_fn = None
   if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
     reuse_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule, update_gate=False,
-                                                     microbatches=config.train.microbatches), state_sharding, mesh,
-                              static_argnums=(2,))
+                                                     microbatches=config.train.microbatches), state_sharding, mesh)
   # π_old and π_ref forwards, once per rollout batch
   ref_logprobs = sharding.jit_with_rules(logprob_fn, mesh, static_argnums=(2,))
   reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None

@@ -1,0 +1,30 @@
+"""Atomic writes and strict JSON (wavalign_jax/files.py)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from wavalign_jax import files
+
+
+def test_non_finite_values_become_null_and_the_text_is_strict_json():
+  obj = {"a": float("nan"), "b": [1.0, float("inf"), np.float32("-inf")], "c": {"d": np.float64(2.5)}, "e": "x"}
+  text = files.dumps(obj)
+  assert json.loads(text) == {"a": None, "b": [1.0, None, None], "c": {"d": 2.5}, "e": "x"}
+  assert "NaN" not in text and "Infinity" not in text
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+  path = str(tmp_path / "x.json")
+  files.write_json(path, {"v": 1})
+  with pytest.raises(TypeError):
+    files.write_json(path, {"v": object()})   # not serialisable: fails before the rename
+  assert json.load(open(path)) == {"v": 1}
+  assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_jsonl_rows(tmp_path):
+  path = str(tmp_path / "rows.jsonl")
+  files.write_jsonl(path, [{"a": 1}, {"a": float("nan")}])
+  assert [json.loads(line) for line in open(path)] == [{"a": 1}, {"a": None}]

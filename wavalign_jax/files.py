@@ -1,0 +1,59 @@
+"""Files a reader may meet while they are written: atomic writes and strict JSON.
+
+A killed job or a second reader (a study, a loader, a resumed run) must never see half a file, so whole
+files are written to a temporary name in the same directory and renamed into place (`os.replace` is atomic
+on POSIX filesystems). JSON is strict everywhere the project writes it: a non-finite float (a NaN loss, an
+infinite ratio) becomes `null`, never the bare `NaN` that standard JSON readers reject.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+
+def finite_or_none(obj: Any) -> Any:
+  """`obj` with every non-finite float (also numpy scalars) replaced by None, recursively."""
+  if isinstance(obj, dict):
+    return {k: finite_or_none(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_or_none(v) for v in obj]
+  if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:   # numpy / jax scalars
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+  """json.dumps of `finite_or_none(obj)`; raises on anything that would not be strict JSON."""
+  return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically: a temporary file in the same directory, flushed, then renamed."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, obj: Any, **kwargs: Any) -> None:
+  """Strict JSON (`dumps`) written atomically (`write_text`)."""
+  write_text(path, dumps(obj, **kwargs))
+
+
+def write_jsonl(path: str, rows: Any) -> None:
+  """One strict JSON object per line, written atomically."""
+  write_text(path, "".join(dumps(r) + "\n" for r in rows))
