@@ -57,6 +57,14 @@ def test_diversity_of_constant_and_varied_groups():
   np.testing.assert_allclose(by_rows["audio_distinct_2"], [1 / 4, 1 / 4])
 
 
+def test_semantic_informativeness_separates_judge_noise_from_real_differences():
+  # Group 0: every rollout right, the scores differ by acoustic noise only; group 1: one rollout wrong.
+  rewards = np.array([[4.6, 4.9, 4.2], [4.6, 4.9, 2.1]])
+  semantic = np.array([[5, 5, 5], [5, 5, 2]])
+  np.testing.assert_array_equal(rollout_diversity.informative(rewards), [1.0, 1.0])
+  np.testing.assert_array_equal(rollout_diversity.informative(semantic), [0.0, 1.0])
+
+
 def test_pass_stats_and_true_score_summary_hand_computed():
   correct = np.array([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
   assert rollout_diversity.pass_stats(correct) == {

@@ -91,9 +91,10 @@ def update_gate(state: GateState, rewards: jax.Array, valid: jax.Array | None,
   any_ok = n_ok > 0
   over_prompts = lambda x: jnp.sum(jnp.where(prompt_ok, x, 0.0)) / jnp.maximum(n_ok, 1)
 
-  static = _static_lambda(cfg)
-  if static is not None:
-    lam, initialized = jnp.asarray(static, jnp.float32), jnp.asarray(True)
+  if _static_lambda(cfg) is not None:
+    # λ was set by init_gate_state and never changes. Reading it from the state (not a constant) keeps the
+    # fixed value out of the compiled step: fixed mixes of different λ share one program.
+    lam, initialized = state.lam, state.initialized
   else:
     per_prompt = raw
     if cfg.mode == "dynamic":

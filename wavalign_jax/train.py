@@ -64,7 +64,9 @@ def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, r
   metrics.update(rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents)))
   metrics.update(judge_agreement.true_score_summary(result.scores, result.info))
   if judge_agreement.has_true_scores(result.info):   # the testbed judge: exact answers score semantic 5
-    metrics.update(rollout_diversity.pass_stats(np.array([i["semantic"] == 5 for i in result.info]).reshape(P, G)))
+    semantic = np.array([i["semantic"] for i in result.info]).reshape(P, G)
+    metrics.update(rollout_diversity.pass_stats(semantic == 5))
+    metrics["diversity/informative_semantic"] = float(rollout_diversity.informative(semantic).mean())
   metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
                  rollout_forced_fraction=float(forced),
                  rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
@@ -117,13 +119,13 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
 
 
 def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
-              result: tuple[dict[str, float], list[dict]]) -> None:
-  """Eval metrics to the writer under `prefix`, per-item rows to WORKDIR/eval/<name>.jsonl (studies bootstrap
-  them)."""
+              result: tuple[dict[str, float], list[dict]], seconds: float) -> None:
+  """Eval metrics (and `eval_time`, its seconds) to the writer under `prefix`, per-item rows to
+  WORKDIR/eval/<name>.jsonl (studies bootstrap them)."""
   summary, rows = result
   if not summary:
     return
-  writer.write(step, summary, prefix=prefix)
+  writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
   if jax.process_index() == 0 and rows:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(os.path.join(workdir, "eval", f"{name}.jsonl"), "w") as f:
@@ -203,9 +205,10 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   total = config.train.total_steps
   results: dict[str, Any] = {}
   if int(state.step) == 0 and config.train.eval_before:
+    t0 = time.time()
     before = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
     results["eval_before"] = before[0]
-    _log_eval(writer, workdir, 0, "eval_before", "before", before)
+    _log_eval(writer, workdir, 0, "eval_before", "before", before, time.time() - t0)
     if before[0] and jax.process_index() == 0:
       with open(os.path.join(workdir, "eval_before.json"), "w") as f:
         json.dump(before[0], f, indent=2)
@@ -250,9 +253,11 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
         batch["sft"] = hosts.same_length(raw["reference"], setup.vocab.pad)
       if not in_sft_stage and cfg.gate.mode != "sft_only":
         rng_step = jax.random.fold_in(state.rng, 0)
+        t_rollout = time.time()
         batch["rl"], rl_start, batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
             state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh,
             config.rollout.length_buckets)
+        extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
       batch = steps.device_put_batch(batch, mesh)
       if "rl" in batch and ref_params is not None:
         batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"], rl_start).items()}
@@ -296,8 +301,9 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       writer.close()
       raise preemption.Preempted(now, guard.signum, "training")
     if crossed(config.train.eval_every) and now < total:
+      t0 = time.time()
       _log_eval(writer, workdir, now, "eval", f"step_{now}",
-                evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh))
+                evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh), time.time() - t0)
   ckpt.close()
   summary_path = os.path.join(workdir, "eval_summary.json")
   if stop_at < total:
@@ -307,9 +313,10 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       results["eval_after"] = json.load(f)["after"]
     print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
+    t0 = time.time()
     after = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
     results["eval_after"] = after[0]
-    _log_eval(writer, workdir, total, "eval_after", "after", after)
+    _log_eval(writer, workdir, total, "eval_after", "after", after, time.time() - t0)
     if after[0]:
       _write_eval_summary(workdir, after[0])
   writer.close()

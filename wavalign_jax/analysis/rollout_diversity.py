@@ -17,13 +17,19 @@ def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
   return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def informative(values: np.ndarray) -> np.ndarray:
+  """Per group of values [P, G]: 1.0 where they differ (non-zero advantages under group scaling), else 0.0.
+  Of rewards: the groups that train; of true semantic scores: those whose difference is real, not judge noise."""
+  return (np.var(np.asarray(values, np.float64), axis=1) > 0).astype(np.float64)
+
+
 def group_stats(rewards: np.ndarray, parts: Mapping[str, np.ndarray] | None = None,
                 text: Sequence[Sequence[Sequence[int]]] | None = None,
                 audio: Sequence[Sequence[Sequence[int]]] | None = None, n: int = 2) -> dict[str, np.ndarray]:
   """Per-group statistics: rewards [P, G], optional reward parts {name: [P, G]}, optional per-group lists of
   G text-id / audio-code sequences. Returns {name: [P]}."""
   rewards = np.asarray(rewards, np.float64)
-  out = {"reward_var": rewards.var(axis=1), "informative": (rewards.var(axis=1) > 0).astype(np.float64)}
+  out = {"reward_var": rewards.var(axis=1), "informative": informative(rewards)}
   for name, values in (parts or {}).items():
     out[f"{name}_var"] = np.asarray(values, np.float64).var(axis=1)
   if text is not None:
