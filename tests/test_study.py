@@ -1,4 +1,5 @@
-"""The study: statistics on hand-computed cases, claim verdicts, and a quick end-to-end study (1 seed, 2 methods,
+"""The study: statistics on hand-computed cases, claim verdicts, the positive control, sweeps and duplicate runs
+with a fake train runner, one colour per method in every figure, and a quick end-to-end study (1 seed, 2 methods,
 a few steps) that is resumed without redoing finished runs."""
 import json
 import os
@@ -7,8 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
-from wavalign_jax import study
+from wavalign_jax import config_lib, study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_hierarchical_bootstrap_hand_computed():
@@ -65,7 +69,7 @@ def _study(workdir, *extra):
 def test_quick_study_end_to_end_and_resume(tmp_path):
   out = _study(tmp_path)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  assert "study: 3 runs to do" in out.stdout and "[study 3/3]" in out.stdout and "ETA" in out.stdout
+  assert "study: 3 runs to do" in out.stdout and "[study 3/3]" in out.stdout and "s wall" in out.stdout
   report = json.load(open(tmp_path / "study.json"))
   assert set(report["table"]) == {"base", "sft", "rl_text"}
   for method, metrics in report["table"].items():
@@ -77,6 +81,10 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   assert "lambda" in report["curves"]["rl_text"]["train"] and "eq" in report["curves"]["sft"]["eval"]
   md = open(tmp_path / "study.md").read()
   assert "| sft |" in md and "**verdict**" in md and "Table 3" in md
+  assert md.splitlines()[2].startswith("**Verdicts unchecked by a positive control**") and "wall clock" in md
+  times = study.read_times(str(tmp_path))
+  assert set(times) == {"seed_0/base", "seed_0/sft", "seed_0/rl_text"}
+  assert all(t["end"] - t["start"] == pytest.approx(t["seconds"]) for t in times.values())
   for png in ("iq_eq.png", "gates.png", "eq_curve.png"):
     assert os.path.getsize(tmp_path / png) > 1000
   # Every run used the seed's one base model and testbed.
@@ -97,3 +105,247 @@ def test_study_refuses_a_config_with_a_method(tmp_path):
                         f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert out.returncode != 0 and "without a method" in out.stderr
+
+
+# ----------------------------------------------------------------------------- positive control
+
+
+def _item(iq, eq=0.8):
+  return {"iq": iq, "eq": eq, "intelligibility": eq, "style": eq, "subset": "id", "family": "lookup"}
+
+
+def _hand_rows(control_gain: bool):
+  """Two seeds of 20 items: base answers every other item; sft none (IQ -0.5) and speaks worse (EQ -0.2); the
+  positive control answers every item (IQ +0.5) or exactly what base answers (no gain)."""
+  base = [_item(float(i % 2)) for i in range(20)]
+  control = [_item(1.0) for _ in range(20)] if control_gain else base
+  return {"base": {0: base, 1: base}, "rl_text_exact": {0: control, 1: control},
+          "sft": {0: [_item(0.0, 0.6)] * 20, 1: [_item(0.0, 0.6)] * 20}}
+
+
+def _out(rows, seeds=(0, 1)):
+  power = study.power_check(rows, seeds)
+  return {"title": "Study: hand-made", "seeds": list(seeds), "times": {}, "positive_control": power, "same_run": {},
+          "table": study.summarize(rows, seeds), "claims": study.evaluate_claims(rows, seeds, power=power),
+          "curves": {}}
+
+
+def test_positive_control_decides_power():
+  """A clear gain: powered, and the claims keep their verdicts. No gain: underpowered, every verdict (claim and
+  comparison) is "underpowered" in study.md and its README summary, the differences are still there."""
+  powered = _out(_hand_rows(control_gain=True))
+  p = powered["positive_control"]
+  assert p["powered"] and p["diff"] == pytest.approx(0.5) and 0 < p["lo"] < 0.5 < p["hi"]
+  # the same paired bootstrap as the claims: rl_text_exact - base on IQ, items 0/1 within each seed
+  rows = _hand_rows(True)
+  assert (p["diff"], p["lo"], p["hi"]) == study.hierarchical_bootstrap(
+      [study.item_values(rows["rl_text_exact"][s], "iq") - study.item_values(rows["base"][s], "iq") for s in (0, 1)])
+  verdicts = {c["claim"]: c["verdict"] for c in powered["claims"]}
+  assert verdicts == {"SFT lowers IQ": "reproduced", "SFT keeps or raises EQ": "not reproduced"}
+  md = study.markdown(powered).splitlines()
+  assert md[0] == "# Study: hand-made" and md[2].startswith("**Positive control** (`rl_text_exact` − `base` on IQ: "
+                                                                "+50.0 [")
+
+  weak = _out(_hand_rows(control_gain=False))
+  assert weak["positive_control"]["diff"] == 0 and not weak["positive_control"]["powered"]
+  for c in weak["claims"]:
+    assert c["verdict"] == "underpowered" and {d["verdict"] for d in c["comparisons"]} == {"underpowered"}
+  lowers = next(c for c in weak["claims"] if c["claim"] == "SFT lowers IQ")
+  assert lowers["comparisons"][0]["diff"] == pytest.approx(-0.5)
+  md = study.markdown(weak)
+  assert md.splitlines()[2].startswith("**Underpowered**") and "not reproduced" not in md and "reproduced" not in md
+  assert "| SFT lowers IQ (iq) | **underpowered** | sft − base: -50.0 [-" in md
+  summary = "\n".join(study.summary_markdown(weak["table"], weak["claims"]))
+  assert "**underpowered**" in summary and "reproduced" not in summary
+
+  rows = _hand_rows(True)
+  del rows["rl_text_exact"]
+  unchecked = _out(rows)
+  assert unchecked["positive_control"] is None
+  assert study.markdown(unchecked).splitlines()[2].startswith("**Verdicts unchecked by a positive control**")
+  assert {c["verdict"] for c in unchecked["claims"]} == {"reproduced", "not reproduced"}
+
+
+# ----------------------------------------------------------------------------- sweeps, duplicates (fake runner)
+
+
+def test_parse_sweep():
+  config = config_lib.load_config_file("experiments/vita.py:tiny")
+  assert study.parse_sweep("testbed.judge_acoustic_noise=0,0.25,0.5", config) == (
+      "testbed.judge_acoustic_noise", [0.0, 0.25, 0.5])
+  field, values = study.parse_sweep("train.total_steps=200,600", config)
+  assert values == [200, 600] and all(type(v) is int for v in values)
+  assert study.parse_sweep("rl.drop_equal_groups=false,true", config)[1] == [False, True]
+  assert study.parse_sweep("rl.token_set=text,all", config)[1] == ["text", "all"]
+  for arg, message in [("testbed.judge_noise=0,1", "no field 'testbed.judge_noise'; did you mean "
+                                                   "testbed.judge_acoustic_noise"),
+                       ("testbed.judge_acoustic_noise=0,loud", "'loud' is not a float"),
+                       ("train.total_steps=200,2.5", "'2.5' is not a int"),
+                       ("rl.drop_equal_groups=maybe", "'maybe' is not a bool"),
+                       ("testbed.judge_acoustic_noise", "give FIELD=V1,V2"),
+                       ("testbed.judge_acoustic_noise=0.5,0.50", "a value twice"),
+                       ("testbed.seed=1,2", "set by the study"),
+                       ("mesh.shape=1,2", "holds a tuple"),
+                       ("testbed.judge_acoustic_noise=nan", "not finite")]:
+    with pytest.raises(ValueError, match=message):
+      study.parse_sweep(arg, config)
+  with pytest.raises(ValueError, match="set by --config.train.total_steps"):
+    study.parse_sweep("train.total_steps=1,2", config, ["train.total_steps"])
+
+
+def test_sweep_cli_error_is_a_message(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "wavalign_jax.study", "--config=experiments/vita.py:tiny",
+                        f"--workdir={tmp_path}", "--sweep=testbed.judge_noise=0,1"], capture_output=True, text=True,
+                       timeout=300, cwd=REPO)
+  assert out.returncode != 0 and "did you mean testbed.judge_acoustic_noise" in out.stderr
+  assert "Traceback" not in out.stderr and not os.listdir(tmp_path)
+
+
+def test_duplicate_runs():
+  """Identical resolved configs (everything but `method`) share a run; overrides count (a fixed lambda of 0.7
+  for every method makes every text-token fixed mix the same run)."""
+  methods = [m for m in config_lib.METHODS if m != "base"]
+  for spec in ("experiments/vita.py:tiny", "experiments/kimi.py:tiny"):
+    assert study.duplicate_runs(spec, methods, {}) == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
+  assert study.duplicate_runs("experiments/vita.py:tiny", methods, {"gate.fixed_lambda": 0.7}) == {
+      m: "fixed_balance" for m in ("fixed_boost", "fixed_plus_vanilla", "ablate_text_fixed_0.5",
+                                   "ablate_text_fixed_0.3")}
+
+
+def _arg(cmd, name):
+  """The value of --name= in a command line (None when absent)."""
+  return next((a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")), None)
+
+
+class FakeTrain:
+  """Stands in for train.py: records each command and writes the files a finished run leaves. IQ per item: base
+  answers every other item; rl_text_exact answers every item at judge noise 0 and only base's at 0.5; sft none."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, cmd, log_path, env):
+    self.calls.append(cmd)
+    arg = lambda name: _arg(cmd, name)
+    method, workdir = arg("config").rpartition(",")[2], arg("workdir")
+    noise = float(arg("config.testbed.judge_acoustic_noise") or 0.5)
+    assert method == "base" or os.path.exists(os.path.join(os.path.dirname(workdir), "base", "eval_summary.json"))
+    iq = {"base": lambda i: i % 2, "sft": lambda i: 0, "rl_text_exact": lambda i: 1 if noise == 0 else i % 2}.get(
+        method, lambda i: i % 2)
+    rows = [_item(float(iq(i)), 0.8 - 0.1 * (method == "rl_full")) for i in range(20)]
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", "after.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps({"split": "train", "step": t, "lambda": 1.0, "diversity/informative": 0.9,
+                               "diversity/informative_semantic": 0.5, "pass/at_1": 0.3}) + "\n" for t in (1, 2))
+    with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
+      json.dump({"after": {"iq": np.mean([r["iq"] for r in rows]), "eq": 0.8}}, f)
+    return 0
+
+
+def test_sweep_layout_shared_base_duplicates_and_resume(tmp_path, capsys, monkeypatch):
+  """A judge-noise sweep: one study per value in DIR/FIELD=V, the value passed to its runs, each seed's base run
+  shared (a judge field cannot change it), the positive control right after the base runs, a duplicate method run
+  once; reports per value and side by side; a rerun does nothing."""
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  field = "testbed.judge_acoustic_noise"
+  methods = ["sft", "rl_text", "rl_full", "fixed_plus_vanilla", "ablate_text_fixed_0.5", "rl_text_exact"]
+  fake = FakeTrain()
+  study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
+                  study.parse_sweep(f"{field}=0,0.5", config), runner=fake)
+  runs = [os.path.relpath(_arg(c, "workdir"), tmp_path) for c in fake.calls]
+  v0, v5 = f"{field}=0.0", f"{field}=0.5"
+  assert runs[:2] == [f"{v0}/seed_0/base", f"{v0}/seed_1/base"]   # shared: no base run under v5
+  assert runs[2:6] == [f"{v}/seed_{s}/rl_text_exact" for v in (v0, v5) for s in (0, 1)]
+  assert sorted(runs[6:]) == sorted(f"{v}/seed_{s}/{m}" for v in (v0, v5) for s in (0, 1)
+                                    for m in ("sft", "rl_text", "rl_full", "fixed_plus_vanilla"))
+  for cmd in fake.calls:
+    value_dir, _, seed = _arg(cmd, "workdir").rpartition("/")[0].rpartition("/seed_")
+    assert cmd[-1] == f"--config.{field}={value_dir.rpartition('=')[2]}" and "--config.train.total_steps=3" in cmd
+    if not _arg(cmd, "config").endswith(",base"):
+      assert _arg(cmd, "config.init_checkpoint") == f"{value_dir}/seed_{seed}/base/base_model"
+      assert _arg(cmd, "config.testbed.dir") == f"{value_dir}/seed_{seed}/testbed"
+  assert os.path.realpath(tmp_path / v5 / "seed_1" / "base") == str(tmp_path / v0 / "seed_1" / "base")
+  assert os.path.realpath(tmp_path / v5 / "seed_1" / "testbed") == str(tmp_path / v0 / "seed_1" / "testbed")
+  assert "[study 22/22] " in capsys.readouterr().out
+
+  sweep = json.load(open(tmp_path / "study.json"))
+  assert sweep["values"] == ["0.0", "0.5"] and sweep["times"]["wall_minutes"] >= 0
+  assert [sweep["studies"][v]["positive_control"]["powered"] for v in ("0.0", "0.5")] == [True, False]
+  assert sweep["studies"]["0.0"]["same_run"] == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
+  assert {c["verdict"] for c in sweep["studies"]["0.5"]["claims"]} == {"underpowered"}
+  md = open(tmp_path / "study.md").read()
+  print(md)   # the format, for the record (pytest -s)
+  assert f"## Claims × {field}" in md and f"## {field} = 0.0" in md and f"## {field} = 0.5" in md
+  assert "| SFT lowers IQ (iq) | **reproduced** -50.0 [" in md and "| **underpowered** -50.0 [" in md
+  assert os.path.getsize(tmp_path / "sweep.png") > 1000
+  for v in (v0, v5):
+    value_md = open(tmp_path / v / "study.md").read()
+    assert "`ablate_text_fixed_0.5` resolve to the same configuration" in value_md
+    assert "| ablate_text_fixed_0.5 |" in value_md and "| 0.90 | 0.50 |" in value_md   # informative, semantic
+    assert len(study.read_times(str(tmp_path / v))) == (10 if v == v5 else 12)
+  assert "**Underpowered**" in open(tmp_path / v5 / "study.md").read().splitlines()[2]
+
+  monkeypatch.setattr(study, "save", lambda fig, path: None)   # the figures were checked above: skip their cost
+  again = FakeTrain()
+  study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
+                  study.parse_sweep(f"{field}=0,0.5", config), runner=again)
+  assert again.calls == []
+  # A field that changes the testbed data: every value trains its own base model.
+  other = FakeTrain()
+  study.run_study(spec, config, str(tmp_path / "wrong"), ["sft"], [0], [],
+                  study.parse_sweep("testbed.sft_wrong_fraction=0.1,0.3", config), runner=other)
+  assert [os.path.relpath(_arg(c, "workdir"), tmp_path / "wrong") for c in other.calls] == [
+      "testbed.sft_wrong_fraction=0.1/seed_0/base", "testbed.sft_wrong_fraction=0.3/seed_0/base",
+      "testbed.sft_wrong_fraction=0.1/seed_0/sft", "testbed.sft_wrong_fraction=0.3/seed_0/sft"]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _artist_colours(fig):
+  """{label: set of colours} over every labelled line, errorbar and legend entry of `fig`."""
+  out = {}
+  add = lambda label, colour: out.setdefault(label.split(" = ")[0], set()).add(to_hex(colour))
+  for ax in fig.axes:
+    for line in ax.get_lines():
+      if not line.get_label().startswith("_"):
+        add(line.get_label(), line.get_color())
+    for container in ax.containers:
+      add(container.get_label(), container.lines[0].get_color())
+  for legend in fig.legends:
+    for handle, text in zip(legend.legend_handles, legend.get_texts()):
+      if hasattr(handle, "get_marker"):
+        add(text.get_text(), handle.get_color())
+  return out
+
+
+def test_one_colour_per_method_in_every_figure():
+  """Every method keeps one colour and marker (unique over METHODS) in every figure and legend, also when an
+  earlier method has no curve in a panel (DPO has no lambda: it used to shift the colour cycle)."""
+  styles = {m: study.method_style(m) for m in config_lib.METHODS}
+  assert len({s["color"] for s in styles.values()}) == len(styles) <= 20
+  methods = ["base", "dpo_full", "hybrid", "two_stage", "fixed_balance", "fixed_plus_vanilla", "ablate_text_fixed_0.5"]
+  table = {m: {"iq": [0.4 + 0.01 * i, 0.3, 0.5], "eq": [0.8, 0.7, 0.9]} for i, m in enumerate(methods)}
+  curves = {m: {"train": {} if m == "dpo_full" else {k: [[1, 2], [0.5, 0.6]] for k in ("lambda", "gate_direction",
+                                                                                      "gate_info")},
+                "eval": {"iq": [[0, 2], [0.4, 0.5]], "eq": [[0, 2], [0.8, 0.9]]}} for m in methods[1:]}
+  same_run = {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
+  claims = [{"claim": "dynamic > fixed mixes", "metric": "tradeoff", "a": "hybrid", "comparisons": [
+      {"b": b, "diff": 0.01, "lo": -0.01, "hi": 0.03, "verdict": "inconclusive"} for b in methods[3:6]]}]
+  sweep = {"field": "testbed.judge_acoustic_noise", "studies": {v: {"claims": claims, "positive_control": None}
+                                                                for v in ("0.0", "0.5")}}
+  figures = [study.iq_eq_figure(table, same_run), study.curves_figure(curves, "gates.png", same_run),
+             study.curves_figure(curves, "eq_curve.png", same_run), study.sweep_figure(sweep)]
+  seen = {}
+  for fig in figures:
+    for label, colours in _artist_colours(fig).items():
+      assert colours == {styles[label]["color"]}, (label, colours)
+      seen.setdefault(label, 0)
+      seen[label] += 1
+  assert seen["two_stage"] == 4 and seen["hybrid"] == 3 and "dpo_full" in seen   # plotted and checked
+  gates = _artist_colours(figures[1])
+  assert "dpo_full" not in gates and gates["two_stage"] == {styles["two_stage"]["color"]}
+  assert figures[0].axes[0].get_ylabel() == "EQ (%)" and figures[2].axes[0].get_ylabel() == "EQ (%)"
+  assert [t.get_text() for t in figures[0].legends[0].get_texts()].count("fixed_plus_vanilla = ablate_text_fixed_0.5")

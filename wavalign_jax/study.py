@@ -2,35 +2,47 @@ r"""The testbed study: every method of the paper, several seeds, confidence inte
 
   python -m wavalign_jax.study --config=experiments/vita.py:tiny --seeds=3 --workdir=/tmp/study_vita
   python -m wavalign_jax.study --config=experiments/kimi.py:tiny --seeds=3 --workdir=/tmp/study_kimi
+  python -m wavalign_jax.study --config=experiments/vita.py:tiny --seeds=3 --workdir=/tmp/sweep \
+      --methods=rl_text_exact,sft,rl_text,rl_full,hybrid,two_stage --sweep=testbed.judge_acoustic_noise=0,0.25,0.5
 
 Per seed s (testbed data, base model, initialisation and rollouts all seeded by s) the study trains the base
 model once (the `base` run, which also evaluates it) and runs every method of config_lib.METHODS from it, each
-as its own `python -m wavalign_jax.train` process in DIR/seed_<s>/<method>. It is resumable: a finished run
-(its eval_summary.json exists) is not redone and an interrupted one resumes from its checkpoint, so rerunning
-the command continues a killed study. `--methods=` / `--seeds=` pick a subset; `--config.x=y` overrides are
-passed to every run; `--jobs=N` runs N processes at once.
+as its own `python -m wavalign_jax.train` process in DIR/seed_<s>/<method>; the positive control
+`rl_text_exact` goes first. Methods whose resolved configs are identical run once and are reported under every
+name. It is resumable: a finished run (its eval_summary.json exists) is not redone and an interrupted one
+resumes from its checkpoint, so rerunning the command continues a killed study. `--methods=` / `--seeds=` pick a
+subset; `--config.x=y` overrides are passed to every run; `--jobs=N` runs N processes at once.
 
-Outputs in DIR: study.md (the paper's three tables as mean [95% CI] per method, and a verdict per claim),
-study.json (every number), iq_eq.png, gates.png, eq_curve.png. Confidence intervals are a hierarchical
-bootstrap: seeds resampled, then eval items within each seed; method differences are paired (same seed, same
-item). docs/testbed.md describes the testbed, the claims and how verdicts are decided.
+`--sweep=FIELD=V1,V2,...` repeats the study for each value of one config field: DIR/FIELD=V is a study of its own
+(its runs get --config.FIELD=V); DIR/study.md puts the verdicts side by side and sweep.png plots each claim's
+effect against the value. A judge or reward field cannot change the base model or the testbed data, so its
+values share each seed's base run (links to the first value's).
+
+Outputs in DIR: study.md (the positive control, the paper's three tables as mean [95% CI] per method, a verdict
+per claim), study.json (every number), iq_eq.png, gates.png, eq_curve.png. Confidence intervals are a
+hierarchical bootstrap: seeds resampled, then eval items within each seed; method differences are paired (same
+seed, same item). docs/testbed.md describes the testbed, the claims and how verdicts are decided.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import ml_collections as mlc
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import config_lib
+from wavalign_jax import config_lib, files
 
 CLAIMS = (
     # (claim, metric, method a, methods b, relation): a - b on the metric; "greater" / "less" than 0.
@@ -47,6 +59,12 @@ CLAIMS = (
     ("text-token > all-token, dynamic", "tradeoff", "hybrid", ("ablate_all_dynamic",), "greater"),
     ("two-stage below the hybrid", "tradeoff", "two_stage", ("hybrid",), "less"),
 )
+# Text-token RL with the exact-match reward: when it does not beat `base` on IQ, RL learns nothing at this budget
+# and no verdict can be told apart from "RL did not train" (docs/testbed.md).
+POSITIVE_CONTROL = "rl_text_exact"
+UNDERPOWERED = "underpowered"
+# Methods that are not the paper's: never a competitor in "the best trade-off".
+NOT_IN_PAPER = (POSITIVE_CONTROL, "ablate_text_dynamic_batch_std")
 # Per-item dimensions of testbed/metrics.py; the trade-off is the mean of IQ and EQ (the testbed benchmark's
 # aggregate, evaluation/testbed.py).
 DIMENSIONS = ("iq", "eq", "intelligibility", "style")
@@ -54,7 +72,12 @@ TABLE_IQ = (("iq", "IQ (all)"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ out-of-
             ("arithmetic/iq", "IQ arithmetic"), ("lookup/iq", "IQ lookup"))
 TABLE_EQ = (("eq", "EQ"), ("intelligibility", "intelligibility"), ("style", "style"), ("ood/eq", "EQ out-of-dist."))
 ABLATIONS = ("hybrid", "ablate_all_fixed_0.5", "ablate_text_fixed_0.5", "ablate_text_fixed_0.3",
-             "ablate_all_dynamic", "ablate_text_dynamic_no_ema")
+             "ablate_all_dynamic", "ablate_text_dynamic_no_ema", "ablate_text_dynamic_batch_std")
+# Fields every run gets from the study itself (train_command): not sweepable.
+STUDY_FIELDS = ("method", "seed", "init_checkpoint", "testbed.seed", "testbed.dir", "data.shuffle_seed",
+                "train.eval_before", "train.eval_every")
+# Fields that only make the RL reward (run_setup.make_reward_fn): a sweep over one shares the base runs.
+REWARD_ONLY_FIELDS = ("testbed.judge_acoustic_weight", "testbed.judge_acoustic_noise", "reward.")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -83,10 +106,12 @@ def hierarchical_bootstrap(per_seed: Sequence[np.ndarray], *, num_bootstrap: int
     raise ValueError("every seed needs at least one item value")
   rng = np.random.default_rng(seed)
   estimate = float(np.mean([v.mean() for v in per_seed]))
-  boots = np.empty(num_bootstrap)
-  for b in range(num_bootstrap):
-    seeds = rng.integers(0, len(per_seed), len(per_seed))
-    boots[b] = np.mean([per_seed[s][rng.integers(0, len(per_seed[s]), len(per_seed[s]))].mean() for s in seeds])
+  drawn = rng.integers(0, len(per_seed), (num_bootstrap, len(per_seed)))   # draw b's seeds
+  item_means = np.empty(drawn.shape)   # each drawn seed's items resampled independently (vectorised per seed)
+  for s, v in enumerate(per_seed):
+    where = drawn == s
+    item_means[where] = v[rng.integers(0, len(v), (int(where.sum()), len(v)))].mean(axis=1)
+  boots = item_means.mean(axis=1)
   lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
   return estimate, float(lo), float(hi)
 
@@ -100,28 +125,141 @@ def verdict(lo: float, hi: float, relation: str) -> str:
   return "reproduced" if above else "not reproduced" if below else "inconclusive"
 
 
-def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+def paired_difference(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int], a: str, b: str,
+                      metric: str) -> tuple[float, float, float]:
+  """(mean, lo, hi) of a - b on `metric`, paired by seed and item."""
+  return hierarchical_bootstrap([item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds])
+
+
+def power_check(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, Any] | None:
+  """The positive control's IQ gain over `base` [CI]; "powered" when the CI lies above 0. None when it did not run."""
+  if POSITIVE_CONTROL not in rows or "base" not in rows:
+    return None
+  d, lo, hi = paired_difference(rows, seeds, POSITIVE_CONTROL, "base", "iq")
+  return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "powered": lo > 0}
+
+
+def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int],
+                    same_run: dict[str, str] | None = None,
+                    power: dict[str, Any] | None = None) -> list[dict[str, Any]]:
   """One entry per claim of CLAIMS whose methods all ran: each comparison's paired difference and CI, and the
-  claim's verdict (every comparison reproduced -> reproduced; any not reproduced -> not reproduced)."""
+  claim's verdict (every comparison reproduced -> reproduced; any not reproduced -> not reproduced). When the
+  positive control failed (`power`), every verdict is "underpowered": RL not learning would explain any of them.
+  `same_run` ({alias: method}) keeps a method's second name out of "the best trade-off" comparisons."""
+  same_run = same_run or {}
+  underpowered = power is not None and not power["powered"]
   out = []
   for claim, metric, a, bs, relation in CLAIMS:
-    bs = tuple(m for m in rows if m != a and m != "base") if bs == "*" else bs
+    if bs == "*":
+      bs = tuple(m for m in rows if m not in (a, "base", same_run.get(a, a), *NOT_IN_PAPER) and m not in same_run)
     if a not in rows or not bs or any(b not in rows for b in bs):
       continue
     comparisons = []
     for b in bs:
-      diffs = [item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds]
-      d, lo, hi = hierarchical_bootstrap(diffs)
-      comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi, "verdict": verdict(lo, hi, relation)})
+      d, lo, hi = paired_difference(rows, seeds, a, b, metric)
+      comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi,
+                          "verdict": UNDERPOWERED if underpowered else verdict(lo, hi, relation)})
     verdicts = {c["verdict"] for c in comparisons}
-    overall = ("not reproduced" if "not reproduced" in verdicts else
+    overall = (UNDERPOWERED if underpowered else "not reproduced" if "not reproduced" in verdicts else
                "reproduced" if verdicts == {"reproduced"} else "inconclusive")
     out.append({"claim": claim, "metric": metric, "a": a, "relation": relation, "comparisons": comparisons,
                 "verdict": overall})
   return out
 
 
+# ----------------------------------------------------------------------------- configs, sweeps, duplicates
+
+
+def get_field(config: mlc.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def set_field(config: mlc.ConfigDict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  (get_field(config, ".".join(parents)) if parents else config)[leaf] = value
+
+
+def override_fields(overrides: Sequence[str]) -> list[str]:
+  """The dotted fields of --config.x=y arguments."""
+  return [o[len("--config."):].split("=", 1)[0] for o in overrides]
+
+
+def format_value(value: Any) -> str:
+  """The one spelling of a sweep value: its directory name and its --config override (absl parses it back)."""
+  return str(value)
+
+
+def parse_sweep(arg: str, config: mlc.ConfigDict, overridden: Sequence[str] = ()) -> tuple[str, list[Any]]:
+  """'FIELD=V1,V2,...' -> (FIELD, values typed like the field in `config`, as absl parses a --config override).
+  ValueError with a short message for anything else; `overridden` are fields the command also sets."""
+  field, sep, raw = arg.partition("=")
+  if not sep or not field or not raw:
+    raise ValueError(f"--sweep={arg}: give FIELD=V1,V2,... e.g. --sweep=testbed.judge_acoustic_noise=0,0.25,0.5")
+  if not config_lib._has_field(config, field):
+    near = config_lib.nearest_fields(config, field)
+    raise ValueError(f"--sweep: the config has no field {field!r}" +
+                     (f"; did you mean {', '.join(near)}?" if near else ""))
+  if field in STUDY_FIELDS or field in overridden:
+    raise ValueError(f"--sweep: {field} is set by " + ("the study for every run" if field in STUDY_FIELDS else
+                                                       f"--config.{field}") + "; sweep another field")
+  current = get_field(config, field)
+  parser = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser(),
+            str: flags.ArgumentParser()}.get(type(current))
+  if parser is None:
+    raise ValueError(f"--sweep: {field} holds a {type(current).__name__}; only bool, int, float and str fields "
+                     "can be swept")
+  values = []
+  for text in raw.split(","):
+    try:
+      value = parser.parse(text.strip())
+    except ValueError as e:
+      raise ValueError(f"--sweep: {field}={text!r} is not a {type(current).__name__} ({e})") from None
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"--sweep: {field}={text!r} is not finite")
+    if not format_value(value) or os.sep in format_value(value):
+      raise ValueError(f"--sweep: {field}={text!r} cannot name a directory")
+    values.append(value)
+  if len({format_value(v) for v in values}) != len(values):
+    raise ValueError(f"--sweep: {field} has a value twice: {raw}")
+  return field, values
+
+
+def duplicate_runs(config_spec: str, methods: Sequence[str], overrides: dict[str, Any]) -> dict[str, str]:
+  """{method: the earlier method of `methods` whose run it reuses}, for methods whose resolved configs (the
+  spec's variant + the method + `overrides`) are identical in everything but `method`."""
+  path, _, variant = config_spec.partition(":")
+  seen: dict[str, str] = {}
+  out = {}
+  for m in methods:
+    config = config_lib.load_config_file(f"{path}:{','.join(filter(None, [variant, m]))}")
+    for dotted, value in overrides.items():
+      set_field(config, dotted, value)
+    del config["method"]
+    key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+    if key in seen:
+      out[m] = seen[key]
+    else:
+      seen[key] = m
+  return out
+
+
 # ----------------------------------------------------------------------------- running
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """One study directory: a plain study's DIR, or one value's DIR/FIELD=V of a sweep."""
+  workdir: str
+  overrides: tuple[str, ...] = ()                   # --config.x=y arguments of every run
+  same_run: dict[str, str] = dataclasses.field(default_factory=dict)   # alias -> the method whose run it is
+  label: str = ""                                   # the sweep value, in progress lines
+  shared_base: str = ""                             # a study directory whose base runs and testbeds this one links
+
+  def base_dir(self, seed: int) -> str:
+    return run_dir(self.shared_base or self.workdir, seed, "base")
 
 
 def run_dir(workdir: str, seed: int, method: str) -> str:
@@ -146,50 +284,92 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
   return cmd + list(overrides)
 
 
-def run_all(config_spec: str, methods: Sequence[str], seeds: Sequence[int], workdir: str, overrides: Sequence[str],
-            eval_every: int, jobs: int) -> None:
-  """Runs every (seed, method) not finished yet; base runs first (the others start from their base model)."""
-  # every base run first: a method run blocks its worker until its seed's base model exists
-  todo = [(s, m) for m in ["base", *methods] for s in seeds if not finished(run_dir(workdir, s, m))]
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  start, lock, done = time.time(), threading.Lock(), []
-  times_path = os.path.join(workdir, "run_times.json")   # seconds per finished run (the report's wall time)
-  base_ready = {s: threading.Event() for s in seeds}
-  for s in seeds:
-    if finished(run_dir(workdir, s, "base")):
-      base_ready[s].set()
+def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
+  """One train process, its output appended to `log_path`; returns its exit status."""
+  with open(log_path, "a") as log:
+    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
-  def one(seed: int, method: str) -> None:
+
+def link_shared_base(study: Study, seeds: Sequence[int]) -> None:
+  """seed_<s>/base and seed_<s>/testbed of `study` as relative links to those of study.shared_base."""
+  for s in seeds:
+    for name in ("base", "testbed"):
+      link = os.path.join(study.workdir, f"seed_{s}", name)
+      if not os.path.lexists(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.relpath(os.path.join(study.shared_base, f"seed_{s}", name), os.path.dirname(link)), link)
+
+
+def read_times(workdir: str) -> dict[str, dict[str, float]]:
+  """run_times.json: {"seed_<s>/<method>": {"seconds", "start", "end"}} (epoch seconds; older files: seconds)."""
+  path = os.path.join(workdir, "run_times.json")
+  times = json.load(open(path)) if os.path.exists(path) else {}
+  return {k: v if isinstance(v, dict) else {"seconds": v} for k, v in times.items()}
+
+
+def time_totals(workdirs: Sequence[str]) -> dict[str, float | None]:
+  """Summed run minutes and wall-clock minutes (first start to last finish, idle gaps of a resumed study
+  included) over the runs of `workdirs`; None where nothing was recorded."""
+  times = [t for w in workdirs for t in read_times(w).values()]
+  starts = [t["start"] for t in times if "start" in t]
+  return {"summed_minutes": sum(t["seconds"] for t in times) / 60 if times else None,
+          "wall_minutes": (max(t["end"] for t in times if "end" in t) - min(starts)) / 60 if starts else None}
+
+
+def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], seeds: Sequence[int],
+            eval_every: int, jobs: int, cache_dir: str,
+            runner: Callable[[list[str], str, dict[str, str]], int] = run_train) -> None:
+  """Runs every (study, seed, method) not finished yet: the base runs first (the others start from their base
+  model), then the positive control, then the other methods in `methods` order; a method with another's
+  config (`same_run`) does not run."""
+  order = sorted(["base", *methods], key=lambda m: (m != "base", m != POSITIVE_CONTROL))   # stable otherwise
+  todo = [(st, s, m) for m in order for st in studies for s in seeds if m not in st.same_run
+          and not (m == "base" and st.shared_base) and not finished(run_dir(st.workdir, s, m))]
+  for st in studies:
+    if st.shared_base:
+      link_shared_base(st, seeds)
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  start, lock, done = time.time(), threading.Lock(), []
+  base_ready = {st.base_dir(s): threading.Event() for st in studies for s in seeds}
+  for path, event in base_ready.items():
+    if finished(path):
+      event.set()
+
+  def one(st: Study, seed: int, method: str) -> None:
+    base = st.base_dir(seed)
     if method != "base":
-      base_ready[seed].wait()
-      if not finished(run_dir(workdir, seed, "base")):
-        raise RuntimeError(f"seed {seed}: the base run failed; see {run_dir(workdir, seed, 'base')}/run.log")
-    path = run_dir(workdir, seed, method)
+      base_ready[base].wait()
+      if not finished(base):
+        raise RuntimeError(f"seed {seed}: the base run failed; see {base}/run.log")
+    path = run_dir(st.workdir, seed, method)
     os.makedirs(path, exist_ok=True)
     t0 = time.time()
-    with open(os.path.join(path, "run.log"), "a") as log:
-      rc = subprocess.run(train_command(config_spec, method, seed, workdir, overrides, eval_every), stdout=log,
-                          stderr=subprocess.STDOUT, env=env).returncode
-    if method == "base":
-      base_ready[seed].set()
+    try:
+      rc = runner(train_command(config_spec, method, seed, st.workdir, st.overrides, eval_every),
+                  os.path.join(path, "run.log"), env)
+    finally:
+      if method == "base":
+        base_ready[base].set()
     if rc != 0 or not finished(path):
-      raise RuntimeError(f"seed {seed} {method}: train exited with {rc}; see {path}/run.log")
+      raise RuntimeError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
+                         f"see {path}/run.log")
+    t1 = time.time()
     with lock:
-      done.append(time.time() - t0)
-      times = json.load(open(times_path)) if os.path.exists(times_path) else {}
-      times[f"seed_{seed}/{method}"] = done[-1]
-      with open(times_path, "w") as f:
-        json.dump(times, f, indent=1)
+      done.append(t1 - t0)
+      times = read_times(st.workdir)
+      times[f"seed_{seed}/{method}"] = {"seconds": t1 - t0, "start": t0, "end": t1}
+      files.write_json(os.path.join(st.workdir, "run_times.json"), times, indent=1)
       after = json.load(open(os.path.join(path, "eval_summary.json")))["after"]
-      elapsed = time.time() - start
+      elapsed = t1 - start
       eta = elapsed / len(done) * (len(todo) - len(done))
-      print(f"[study {len(done)}/{len(todo)}] seed {seed} {method}: {done[-1]:.0f}s, IQ {after['iq']:.3f} "
-            f"EQ {after['eq']:.3f} | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
+      print(f"[study {len(done)}/{len(todo)}] {st.label + ' ' if st.label else ''}seed {seed} {method}: "
+            f"{t1 - t0:.0f}s wall, IQ {after['iq']:.3f} EQ {after['eq']:.3f} | elapsed {elapsed / 60:.1f} min, "
+            f"ETA {eta / 60:.1f} min", flush=True)
 
-  print(f"study: {len(todo)} runs to do in {workdir} ({jobs} at a time)", flush=True)
+  print(f"study: {len(todo)} runs to do in {', '.join(st.workdir for st in studies)} ({jobs} at a time)", flush=True)
   with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-    futures = [pool.submit(one, s, m) for s, m in todo]
+    futures = [pool.submit(one, st, s, m) for st, s, m in todo]
     errors = [f.exception() for f in futures if f.exception() is not None]
   if errors:
     raise RuntimeError("; ".join(str(e) for e in errors))
@@ -198,13 +378,15 @@ def run_all(config_spec: str, methods: Sequence[str], seeds: Sequence[int], work
 # ----------------------------------------------------------------------------- report
 
 
-def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, list[dict]]]:
-  """{method: {seed: per-item eval rows of its final evaluation}} for every finished run."""
+def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int],
+              same_run: dict[str, str] | None = None) -> dict[str, dict[int, list[dict]]]:
+  """{method: {seed: per-item eval rows of its final evaluation}} for every finished run (an alias of
+  `same_run` reads its method's run)."""
   out: dict[str, dict[int, list[dict]]] = {}
   for m in ["base", *methods]:
     per_seed = {}
     for s in seeds:
-      path = os.path.join(run_dir(workdir, s, m), "eval", "after.jsonl")
+      path = os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "eval", "after.jsonl")
       if os.path.exists(path):
         per_seed[s] = [json.loads(line) for line in open(path) if line.strip()]
     if len(per_seed) == len(seeds):
@@ -212,15 +394,17 @@ def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> dic
   return out
 
 
-def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
+                same_run: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
   """{method: {"train": {key: [steps, mean over seeds]}, "eval": {key: ...}}} from the runs' metrics.jsonl."""
-  keys = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative", "pass/at_1", "pass/at_G",
-                    "judge/pearson_acoustic", "judge/pearson_semantic"), "eval": ("iq", "eq")}
+  keys = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative",
+                    "diversity/informative_semantic", "pass/at_1", "pass/at_G", "judge/pearson_acoustic",
+                    "judge/pearson_semantic"), "eval": ("iq", "eq")}
   out = {}
   for m in methods:
     series: dict[str, dict[str, dict[int, list[float]]]] = {g: {k: {} for k in ks} for g, ks in keys.items()}
     for s in seeds:
-      path = os.path.join(run_dir(workdir, s, m), "metrics.jsonl")
+      path = os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "metrics.jsonl")
       if not os.path.exists(path):
         continue
       base = os.path.join(run_dir(workdir, s, "base"), "eval_summary.json")
@@ -232,7 +416,7 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int]) -> d
         row = json.loads(line)
         group = "train" if row["split"] == "train" else "eval" if row["split"] in ("eval", "eval_after") else None
         for k in keys.get(group, ()):
-          if k in row:
+          if row.get(k) is not None:
             series[group][k].setdefault(row["step"], []).append(row[k])
     out[m] = {g: {k: [sorted(v), [float(np.mean(v[t])) for t in sorted(v)]] for k, v in ks.items() if v}
               for g, ks in series.items()}
@@ -250,14 +434,47 @@ def summarize(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> d
 
 
 def _cell(v: Sequence[float]) -> str:
-  return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if np.isfinite(v[0]) else "–"
+  return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if v[0] is not None and np.isfinite(v[0]) else "–"
+
+
+def _diff(d: dict[str, Any]) -> str:
+  return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def power_line(power: dict[str, Any] | None) -> str:
+  """The sentence study.md opens with: the positive control's IQ gain and what it means for the verdicts."""
+  if power is None:
+    return (f"**Verdicts unchecked by a positive control**: `{POSITIVE_CONTROL}` did not run, so an "
+            "\"inconclusive\" or \"not reproduced\" verdict may only mean that RL learns nothing at this budget.")
+  gain = f"`{POSITIVE_CONTROL}` − `base` on IQ: {_diff(power)}"
+  if power["powered"]:
+    return f"**Positive control** ({gain}): its CI lies above 0, so RL demonstrably learns at this budget."
+  return (f"**Underpowered**: the positive control ({gain}) has a CI that does not lie above 0, so RL does not "
+          "demonstrably learn at this budget and every verdict below is \"underpowered\" (differences and CIs "
+          "are still shown).")
+
+
+def same_run_note(same_run: dict[str, str]) -> str:
+  groups: dict[str, list[str]] = {}
+  for alias, m in same_run.items():
+    groups.setdefault(m, [m]).append(alias)
+  return " ".join(f"{' and '.join(f'`{n}`' for n in names)} resolve to the same configuration: run once, reported "
+                  "under each name." for names in groups.values())
+
+
+def times_line(times: dict[str, float | None]) -> str:
+  parts = [f"{label}: {times[k]:.0f} min" for k, label in (("summed_minutes", "summed run time"),
+                                                         ("wall_minutes", "wall clock, first start to last finish"))
+           if times.get(k) is not None]
+  return ("Time: " + "; ".join(parts) + ".") if parts else ""
 
 
 def training_rows(curves: dict[str, dict[str, Any]], window: int = 20) -> list[str]:
   """Markdown rows of the runs' training statistics (means over seeds): mean lambda, pass@1 over the first and the
-  last `window` steps, informative groups, and the judge's correlation with the true semantic / acoustic scores."""
-  lines = ["| method | mean λ | pass@1 first → last | informative groups | judge ρ semantic | judge ρ acoustic |",
-           "|---|---|---|---|---|---|"]
+  last `window` steps, informative groups (rewards differ; semantic: the true semantic scores differ), and the
+  judge's correlation with the true semantic / acoustic scores."""
+  lines = ["| method | mean λ | pass@1 first → last | informative groups | semantically informative | "
+           "judge ρ semantic | judge ρ acoustic |", "|---|---|---|---|---|---|---|"]
   fmt = lambda v: f"{v:.2f}" if np.isfinite(v) else "–"
   for m, c in curves.items():
     train = c.get("train", {})
@@ -266,7 +483,8 @@ def training_rows(curves: dict[str, dict[str, Any]], window: int = 20) -> list[s
     mean = lambda k, sl=slice(None): float(np.nanmean(train[k][1][sl])) if k in train else float("nan")
     lines.append(f"| {m} | {fmt(mean('lambda'))} | {fmt(mean('pass/at_1', slice(0, window)))} → "
                  f"{fmt(mean('pass/at_1', slice(-window, None)))} | {fmt(mean('diversity/informative'))} | "
-                 f"{fmt(mean('judge/pearson_semantic'))} | {fmt(mean('judge/pearson_acoustic'))} |")
+                 f"{fmt(mean('diversity/informative_semantic'))} | {fmt(mean('judge/pearson_semantic'))} | "
+                 f"{fmt(mean('judge/pearson_acoustic'))} |")
   return lines
 
 
@@ -274,26 +492,32 @@ SUMMARY_COLUMNS = (("iq", "IQ"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ OOD"),
                    ("intelligibility", "intellig."), ("style", "style"), ("tradeoff", "trade-off"))
 
 
-def summary_markdown(table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]]) -> list[str]:
-  """The compact version (every method in one table, one line per claim) that the README quotes."""
-  lines = ["| method | " + " | ".join(c for _, c in SUMMARY_COLUMNS) + " |", "|---|" + "---|" * len(SUMMARY_COLUMNS)]
-  lines += [f"| {m} | " + " | ".join(_cell(v[k]) for k, _ in SUMMARY_COLUMNS) + " |" for m, v in table.items()]
-  lines += ["", "| claim of the paper | verdict | a − b [95% CI] |", "|---|---|---|"]
+def claims_markdown(claims: list[dict[str, Any]]) -> list[str]:
+  """One line per claim: its verdict and the (at most 3) comparisons that decide it."""
+  lines = ["| claim of the paper | verdict | a − b [95% CI] |", "|---|---|---|"]
+  order = {"not reproduced": 0, UNDERPOWERED: 1, "inconclusive": 1, "reproduced": 2}
   for c in claims:
-    order = {"not reproduced": 0, "inconclusive": 1, "reproduced": 2}   # the comparisons that decide it first
-    shown = sorted(c["comparisons"], key=lambda d: order[d["verdict"]])[:3]
-    diffs = "; ".join(f"{c['a']} − {d['b']}: {100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
-                      for d in shown)
+    shown = sorted(c["comparisons"], key=lambda d: order[d["verdict"]])[:3]   # the comparisons that decide it first
+    diffs = "; ".join(f"{c['a']} − {d['b']}: {_diff(d)}" for d in shown)
     more = f"; … ({len(c['comparisons'])} comparisons in study.md)" if len(c["comparisons"]) > 3 else ""
     lines.append(f"| {c['claim']} ({c['metric']}) | **{c['verdict']}** | {diffs}{more} |")
   return lines
 
 
-def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]],
-             seeds: Sequence[int], minutes: float | None, curves: dict[str, dict[str, Any]]) -> str:
-  lines = [f"# {title}", "", f"Seeds: {list(seeds)}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds "
-           "and eval items (docs/testbed.md). Trade-off = mean of IQ and EQ." +
-           (f" Summed run time: {minutes:.0f} min." if minutes else ""), ""]
+def summary_markdown(table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]]) -> list[str]:
+  """The compact version (every method in one table, one line per claim) that the README quotes."""
+  lines = ["| method | " + " | ".join(c for _, c in SUMMARY_COLUMNS) + " |", "|---|" + "---|" * len(SUMMARY_COLUMNS)]
+  lines += [f"| {m} | " + " | ".join(_cell(v[k]) for k, _ in SUMMARY_COLUMNS) + " |" for m, v in table.items()]
+  return lines + ["", *claims_markdown(claims)]
+
+
+def markdown(out: dict[str, Any]) -> str:
+  """study.md of one study from its report dict (`report`)."""
+  table, claims = out["table"], out["claims"]
+  intro = (f"Seeds: {out['seeds']}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds and eval items "
+           "(docs/testbed.md). Trade-off = mean of IQ and EQ.")
+  lines = [f"# {out['title']}", "", power_line(out["positive_control"]), "",
+           " ".join(filter(None, [intro, same_run_note(out["same_run"]), times_line(out["times"])])), ""]
 
   def table_of(title: str, methods: Sequence[str], columns: Sequence[tuple[str, str]]) -> None:
     lines.extend([f"## {title}", "", "| method | " + " | ".join(c for _, c in columns) + " |",
@@ -311,65 +535,225 @@ def markdown(title: str, table: dict[str, dict[str, list[float]]], claims: list[
             "|---|---|---|---|"]
   for c in claims:
     for i, cmp in enumerate(c["comparisons"]):
-      lines.append(f"| {c['claim'] if i == 0 else ''} | {c['a']} − {cmp['b']} ({c['metric']}) | "
-                   f"{100 * cmp['diff']:+.1f} [{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}] | "
+      lines.append(f"| {c['claim'] if i == 0 else ''} | {c['a']} − {cmp['b']} ({c['metric']}) | {_diff(cmp)} | "
                    f"{cmp['verdict'] if len(c['comparisons']) > 1 else ''} |")
     lines.append(f"| | **verdict** | | **{c['verdict']}** |")
-  lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "", *training_rows(curves),
-            "", "![IQ vs EQ](iq_eq.png)", "", "![lambda and gates](gates.png)", "", "![EQ over training](eq_curve.png)",
-            ""]
+  lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "",
+            *training_rows(out["curves"]), "", "![IQ vs EQ](iq_eq.png)", "", "![lambda and gates](gates.png)", "",
+            "![EQ over training](eq_curve.png)", ""]
   return "\n".join(lines)
 
 
-def plots(workdir: str, table: dict[str, dict[str, list[float]]], curves: dict[str, dict[str, Any]]) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def sweep_markdown(sweep: dict[str, Any]) -> str:
+  """DIR/study.md of a sweep: the positive control per value, claim x value, then each value's verdicts."""
+  field, studies = sweep["field"], sweep["studies"]
+  values = list(studies)
+  lines = [f"# {sweep['title']}", "", f"| {field} | positive control: `{POSITIVE_CONTROL}` − `base` on IQ | power |",
+           "|---|---|---|"]
+  for v, st in studies.items():
+    p = st["positive_control"]
+    lines.append(f"| {v} | {_diff(p) if p else 'not run'} | "
+                 f"{'unchecked' if p is None else 'powered' if p['powered'] else '**underpowered**'} |")
+  lines += ["", " ".join(filter(None, [
+      f"Seeds: {sweep['seeds']}. Each value is a study of its own in `{field}=<value>/` (its study.md has every "
+      "table); values in % as mean [95% CI], paired hierarchical bootstrap (docs/testbed.md). A value whose "
+      "positive control fails has every verdict \"underpowered\".", times_line(sweep["times"])])), "",
+      f"## Claims × {field}", "", "| claim | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
+  claims = list(dict.fromkeys((c["claim"], c["metric"]) for st in studies.values() for c in st["claims"]))
+  for claim, metric in claims:
+    cells = []
+    for st in studies.values():
+      c = next((c for c in st["claims"] if c["claim"] == claim), None)
+      cells.append("–" if c is None else f"**{c['verdict']}**" +
+                   (f" {_diff(c['comparisons'][0])}" if len(c["comparisons"]) == 1 else ""))
+    lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
+  lines += ["", "![each claim's effect against the swept value](sweep.png)", ""]
+  for v, st in studies.items():
+    lines += [f"## {field} = {v}", "", power_line(st["positive_control"]), "",
+              f"Every table: [{field}={v}/study.md]({field}={v}/study.md).", "", *claims_markdown(st["claims"]), ""]
+  return "\n".join(lines)
 
-  fig, ax = plt.subplots(figsize=(8, 6))
-  for m, v in table.items():
-    iq, eq = v["iq"], v["eq"]
-    ax.errorbar(100 * iq[0], 100 * eq[0], xerr=[[100 * (iq[0] - iq[1])], [100 * (iq[2] - iq[0])]],
-                yerr=[[100 * (eq[0] - eq[1])], [100 * (eq[2] - eq[0])]], fmt="o", capsize=3)
-    ax.annotate(m, (100 * iq[0], 100 * eq[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+# ----------------------------------------------------------------------------- figures
+
+METRIC_NAMES = {"iq": "IQ", "eq": "EQ", "tradeoff": "trade-off"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")   # 7 markers x tab20's 20 colours: 140 distinct (colour, marker)
+
+
+def method_style(method: str) -> dict[str, str]:
+  """The colour and marker of `method` in every figure, fixed by its place in config_lib.METHODS (not by the
+  methods a figure happens to show, so a panel without some curves cannot shift the others' colours)."""
+  import matplotlib
+  i = list(config_lib.METHODS).index(method)
+  return {"color": matplotlib.colors.to_hex(matplotlib.colormaps["tab20"](i % 20)), "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _label(method: str, same_run: dict[str, str]) -> str:
+  return " = ".join([method, *(a for a, m in same_run.items() if m == method)])
+
+
+def _legend(fig: Any, methods: Sequence[str], same_run: dict[str, str], title: str = "",
+            extra: Sequence[Any] = ()) -> None:
+  """One legend for the whole figure, entries drawn from method_style (so they match every panel)."""
+  from matplotlib.lines import Line2D
+  handles = [Line2D([], [], lw=1, **method_style(m), label=_label(m, same_run)) for m in methods]
+  fig.legend(handles=handles + list(extra), loc="outside right center", fontsize=7,
+             title=title or None, title_fontsize=7)
+
+
+def iq_eq_figure(table: dict[str, dict[str, list[float]]], same_run: dict[str, str]) -> Any:
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(7, 5.5), layout="constrained")
+  ax = fig.subplots()
+  shown = [m for m in table if m not in same_run]
+  for m in shown:
+    iq, eq = 100 * np.asarray(table[m]["iq"]), 100 * np.asarray(table[m]["eq"])
+    ax.errorbar(iq[0], eq[0], xerr=[[iq[0] - iq[1]], [iq[2] - iq[0]]], yerr=[[eq[0] - eq[1]], [eq[2] - eq[0]]],
+                capsize=3, ms=6, **method_style(m), label=_label(m, same_run))
   ax.set_xlabel("IQ (%)")
   ax.set_ylabel("EQ (%)")
-  ax.set_title("IQ vs EQ per method (95% CI)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "iq_eq.png"), dpi=100)
-  plt.close(fig)
-
-  for name, group, keys in (("gates.png", "train", ("lambda", "gate_direction", "gate_info")),
-                            ("eq_curve.png", "eval", ("eq", "iq"))):
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
-    for ax, key in zip(axes, keys):
-      for m, c in curves.items():
-        if key in c.get(group, {}):
-          ax.plot(*c[group][key], label=m, lw=1)
-      ax.set_title(f"{key} (mean over seeds)")
-      ax.set_xlabel("step")
-    axes[-1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, name), dpi=100)
-    plt.close(fig)
+  ax.set_title("IQ vs EQ per method (mean, 95% CI)")
+  _legend(fig, shown, same_run)
+  return fig
 
 
-def report(workdir: str, title: str, methods: Sequence[str], seeds: Sequence[int],
-           minutes: float | None = None) -> dict[str, Any]:
-  """Writes study.md, study.json and the plots from the finished runs; returns the JSON dict."""
-  rows = load_rows(workdir, methods, seeds)
+CURVE_PANELS = {"gates.png": ("train", (("lambda", "λ (RL weight)"), ("gate_direction", "direction gate"),
+                                         ("gate_info", "information gate"))),
+                "eq_curve.png": ("eval", (("eq", "EQ (%)"), ("iq", "IQ (%)")))}
+
+
+def curves_figure(curves: dict[str, dict[str, Any]], name: str, same_run: dict[str, str]) -> Any:
+  """The panels of CURVE_PANELS[name] over training steps (means over seeds); eval values in %."""
+  from matplotlib.figure import Figure
+  group, keys = CURVE_PANELS[name]
+  fig = Figure(figsize=(4.5 * len(keys), 4), layout="constrained")
+  shown = []
+  for ax, (key, ylabel) in zip(fig.subplots(1, len(keys)), keys):
+    for m, c in curves.items():
+      if m in same_run or key not in c.get(group, {}):
+        continue
+      steps, values = c[group][key]
+      scale = 100 if group == "eval" else 1
+      ax.plot(steps, scale * np.asarray(values), lw=1, ms=4, markevery=max(1, len(steps) // 8), **method_style(m),
+              label=_label(m, same_run))
+      shown.append(m)
+    ax.set_title(f"{ylabel} (mean over seeds)", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+  _legend(fig, list(dict.fromkeys(shown)), same_run)
+  return fig
+
+
+def sweep_figure(sweep: dict[str, Any]) -> Any:
+  """Per claim, each comparison's a − b [CI] against the swept value (values evenly spaced; a value whose positive
+  control failed is shaded)."""
+  from matplotlib.figure import Figure
+  from matplotlib.patches import Patch
+  field, studies = sweep["field"], sweep["studies"]
+  values = list(studies)
+  claims = list(dict.fromkeys(c["claim"] for st in studies.values() for c in st["claims"]))
+  cols = min(3, max(1, len(claims)))
+  rows = max(1, math.ceil(len(claims) / cols))
+  fig = Figure(figsize=(4.8 * cols, 3.6 * rows), layout="constrained")
+  axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+  shown = []
+  for ax, claim in zip(axes, claims):
+    found = [(x, c) for x, st in enumerate(studies.values()) for c in st["claims"] if c["claim"] == claim]
+    bs = list(dict.fromkeys(d["b"] for _, c in found for d in c["comparisons"]))
+    for j, b in enumerate(bs):   # the comparisons side by side around each value
+      pts = [(x + 0.6 * (j - (len(bs) - 1) / 2) / len(bs), d) for x, c in found for d in c["comparisons"]
+             if d["b"] == b]
+      diff = np.array([[d["diff"], d["lo"], d["hi"]] for _, d in pts]) * 100
+      ax.errorbar([x for x, _ in pts], diff[:, 0], yerr=[diff[:, 0] - diff[:, 1], diff[:, 2] - diff[:, 0]], capsize=2,
+                  lw=1, ms=4, label=b, **method_style(b))
+    shown += bs
+    for x, st in enumerate(studies.values()):
+      if st["positive_control"] is not None and not st["positive_control"]["powered"]:
+        ax.axvspan(x - 0.45, x + 0.45, color="0.9", zorder=0)
+    a, metric = found[0][1]["a"], METRIC_NAMES[found[0][1]["metric"]]
+    ax.axhline(0, color="0.4", lw=0.8, ls="--")
+    ax.set_xticks(range(len(values)), values)
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set_xlabel(field)
+    ax.set_ylabel(f"{a} − {bs[0] if len(bs) == 1 else 'b'}, {metric} (%)")
+    ax.set_title(textwrap.fill(claim, 45), fontsize=9)
+  for ax in axes[len(claims):]:
+    ax.set_axis_off()
+  _legend(fig, list(dict.fromkeys(shown)), {}, title="b in a − b",
+          extra=[Patch(color="0.9", label="underpowered value")])
+  return fig
+
+
+def save(fig: Any, path: str) -> None:
+  fig.savefig(path, dpi=100)
+
+
+def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+  """Writes study.md, study.json and the figures of one study from its finished runs; returns the JSON dict."""
+  rows = load_rows(study.workdir, methods, seeds, study.same_run)
   if not rows:
-    raise FileNotFoundError(f"{workdir}: no finished run to report on")
+    raise FileNotFoundError(f"{study.workdir}: no finished run to report on")
+  power = power_check(rows, seeds)
+  same_run = {a: m for a, m in study.same_run.items() if a in rows}
   table = summarize(rows, seeds)
-  claims = evaluate_claims(rows, seeds)
-  curves = load_curves(workdir, [m for m in methods if m in rows], seeds)
-  out = {"title": title, "seeds": list(seeds), "minutes": minutes, "table": table, "claims": claims, "curves": curves}
-  with open(os.path.join(workdir, "study.json"), "w") as f:
-    json.dump(out, f, indent=1)
-  with open(os.path.join(workdir, "study.md"), "w") as f:
-    f.write(markdown(title, table, claims, seeds, minutes, curves))
-  plots(workdir, table, curves)
+  curves = load_curves(study.workdir, [m for m in methods if m in rows], seeds, same_run)
+  out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]), "positive_control": power,
+         "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
+         "curves": curves}
+  files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
+  files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))
+  save(iq_eq_figure(table, same_run), os.path.join(study.workdir, "iq_eq.png"))
+  for name in CURVE_PANELS:
+    save(curves_figure(curves, name, same_run), os.path.join(study.workdir, name))
   return out
+
+
+def sweep_report(workdir: str, what: str, field: str, studies: dict[str, Study], methods: Sequence[str],
+                 seeds: Sequence[int]) -> dict[str, Any]:
+  """Each value's report in its own directory, then DIR/study.md, study.json and sweep.png side by side; `what`
+  is the config spec and overrides of every run."""
+  outs = {v: report(st, f"Study: {what} --config.{field}={v}", methods, seeds) for v, st in studies.items()}
+  sweep = {"title": f"Sweep of {field}: {what}", "field": field, "values": list(studies), "seeds": list(seeds),
+           "times": time_totals([st.workdir for st in studies.values()]),
+           "studies": {v: {k: o[k] for k in ("positive_control", "same_run", "claims", "table")}
+                       for v, o in outs.items()}}
+  files.write_json(os.path.join(workdir, "study.json"), sweep, indent=1)
+  files.write_text(os.path.join(workdir, "study.md"), sweep_markdown(sweep))
+  save(sweep_figure(sweep), os.path.join(workdir, "sweep.png"))
+  return sweep
+
+
+def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: Sequence[str], seeds: Sequence[int],
+              overrides: Sequence[str] = (), sweep: tuple[str, list[Any]] | None = None, eval_every: int = 50,
+              jobs: int = 1, report_only: bool = False,
+              runner: Callable[[list[str], str, dict[str, str]], int] = run_train) -> None:
+  """Runs what is not finished yet (unless `report_only`) and reports: one study in `workdir`, or with `sweep`
+  (field, values) one study per value in workdir/FIELD=V and the sweep's report in `workdir`. `config` is the
+  spec's config with `overrides` applied (the --config.x=y arguments passed on to every run)."""
+  methods = sorted([m for m in methods if m != "base"], key=lambda m: m != POSITIVE_CONTROL)   # it runs first
+  fixed = {f: get_field(config, f) for f in override_fields(overrides)}   # typed as the runs parse them
+  what = " ".join([config_spec, *overrides])
+  if sweep is None:
+    studies = {"": Study(workdir, tuple(overrides), duplicate_runs(config_spec, methods, fixed))}
+  else:
+    field, values = sweep
+    studies = {}
+    for v in values:
+      label = f"{field}={format_value(v)}"
+      first = next(iter(studies.values()), None)
+      studies[format_value(v)] = Study(
+          os.path.join(workdir, label), (*overrides, f"--config.{label}"),
+          duplicate_runs(config_spec, methods, {**fixed, field: v}), label,
+          shared_base=first.workdir if first and field.startswith(REWARD_ONLY_FIELDS) else "")
+  os.makedirs(workdir, exist_ok=True)
+  if not report_only:
+    run_all(config_spec, list(studies.values()), methods, seeds, eval_every, jobs, os.path.join(workdir, "jax_cache"),
+            runner)
+  if sweep is None:
+    report(studies[""], f"Study: {what}", methods, seeds)
+  else:
+    sweep_report(workdir, what, sweep[0], studies, methods, seeds)
+  print(f"wrote {os.path.join(workdir, 'study.md')}", flush=True)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -381,6 +765,8 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Study directory (resumable).")
   flags.DEFINE_string("seeds", "3", "Number of seeds (0..N-1), or a comma-separated list: 3,4,5 (one seed: 7,).")
   flags.DEFINE_string("methods", "", "Comma-separated methods (default: every method of METHODS).")
+  flags.DEFINE_string("sweep", "", "FIELD=V1,V2,...: one study per value of a config field, in DIR/FIELD=V, "
+                      "e.g. testbed.judge_acoustic_noise=0,0.25,0.5.")
   flags.DEFINE_integer("jobs", 1, "Runs in parallel processes.")
   flags.DEFINE_integer("eval_every", 50, "Evaluate every N steps (the EQ-over-training plot).")
   flags.DEFINE_bool("report_only", False, "Only rewrite study.md / study.json / plots.")
@@ -404,17 +790,13 @@ def main(argv: list[str]) -> None:
   unknown = [m for m in methods if m not in config_lib.METHODS]
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; choose from {sorted(config_lib.METHODS)}")
-  methods = [m for m in methods if m != "base"]
-  seeds = parse_seeds(f.seeds)
   overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-  os.makedirs(f.workdir, exist_ok=True)
-  if not f.report_only:
-    run_all(spec, methods, seeds, f.workdir, overrides, f.eval_every, f.jobs)
-  times_path = os.path.join(f.workdir, "run_times.json")
-  minutes = sum(json.load(open(times_path)).values()) / 60 if os.path.exists(times_path) else None
-  title = f"Study: {spec}" + (f" {' '.join(overrides)}" if overrides else "")
-  report(f.workdir, title, methods, seeds, minutes)
-  print(f"wrote {os.path.join(f.workdir, 'study.md')}", flush=True)
+  try:
+    sweep = parse_sweep(f.sweep, f.config, override_fields(overrides)) if f.sweep else None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  run_study(spec, f.config, f.workdir, methods, parse_seeds(f.seeds), overrides, sweep, f.eval_every, f.jobs,
+            f.report_only)
 
 
 if __name__ == "__main__":
