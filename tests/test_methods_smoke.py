@@ -19,10 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(arch: str, method: str, shared: str):
   c = config_lib.load_config_file(os.path.join(ROOT, f"{EXPERIMENTS[arch]}:tiny,{method}"))
-  c.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16))
+  # The smallest models each layout allows (parallel: a shared layer, then the MIMO branch), unrolled: the
+  # matrix is compile-bound.
+  c.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                      scan_layers=False))
   if arch == "parallel":
-    c.model.update(dict(mimo_from_layer=0, num_mimo_layers=1))
-  c.model.scan_layers = False
+    c.model.update(dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=1))
   c.data.prompts_per_step = 4
   c.rollout.group_size = 2
   c.rollout.max_new_tokens = 16
@@ -35,21 +37,25 @@ def _config(arch: str, method: str, shared: str):
 
 @pytest.fixture(scope="module")
 def shared_base(tmp_path_factory):
-  """{arch: dir} with the testbed data and a base model (the `base` method's run, as a study does)."""
-  out = {}
-  for arch in EXPERIMENTS:
-    shared = str(tmp_path_factory.mktemp(f"smoke_{arch}"))
-    c = _config(arch, "base", shared)
-    c.init_checkpoint = ""
-    train.train(c, os.path.join(shared, "base"))
-    out[arch] = shared
-  return out
+  """arch -> dir with the testbed data and a base model (the `base` method's run, as a study does); built on
+  first use, once per architecture and test process."""
+  built = {}
+
+  def get(arch: str) -> str:
+    if arch not in built:
+      shared = str(tmp_path_factory.mktemp(f"smoke_{arch}"))
+      c = _config(arch, "base", shared)
+      c.init_checkpoint = ""
+      train.train(c, os.path.join(shared, "base"))
+      built[arch] = shared
+    return built[arch]
+  return get
 
 
 @pytest.mark.parametrize("method", [m for m in config_lib.METHODS if m != "base"])
 @pytest.mark.parametrize("arch", list(EXPERIMENTS))
 def test_every_method_trains_two_steps(tmp_path, shared_base, arch, method):
-  config = _config(arch, method, shared_base[arch])
+  config = _config(arch, method, shared_base(arch))
   assert config.method == method
   out = train.train(config, str(tmp_path))
   assert int(out["state"].step) == 2

@@ -3,6 +3,7 @@ with a fake train runner, one colour per method in every figure, and a quick end
 a few steps) that is resumed without redoing finished runs."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -349,3 +350,16 @@ def test_one_colour_per_method_in_every_figure():
   assert "dpo_full" not in gates and gates["two_stage"] == {styles["two_stage"]["color"]}
   assert figures[0].axes[0].get_ylabel() == "EQ (%)" and figures[2].axes[0].get_ylabel() == "EQ (%)"
   assert [t.get_text() for t in figures[0].legends[0].get_texts()].count("fixed_plus_vanilla = ablate_text_fixed_0.5")
+
+
+def test_base_run_stays_untrained_whatever_budget_the_overrides_give(tmp_path):
+  """`--config.train.total_steps=N` sets the methods' budget; the base run must still evaluate the base model
+  untrained. Checked with train.py's own flag parsing (--print_config): the last occurrence of a field wins."""
+  steps = {}
+  for method in ("base", "rl_text"):
+    cmd = study.train_command("experiments/vita.py:tiny", method, 0, str(tmp_path), ["--config.train.total_steps=700"],
+                              eval_every=100)
+    out = subprocess.run(cmd + ["--print_config"], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    train_section = out[out.index("\ntrain:"):]
+    steps[method] = int(re.search(r"\n  total_steps: (\d+)", train_section).group(1))
+  assert steps == {"base": 0, "rl_text": 700}

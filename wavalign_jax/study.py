@@ -281,7 +281,10 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
          "--config.train.eval_before=False", f"--config.train.eval_every={eval_every}"]
   if method != "base":
     cmd.append(f"--config.init_checkpoint={os.path.join(run_dir(workdir, seed, 'base'), 'base_model')}")
-  return cmd + list(overrides)
+    return cmd + list(overrides)
+  # The base run evaluates the untrained base model whatever budget the overrides give the methods (the last
+  # occurrence of a --config field wins).
+  return cmd + list(overrides) + ["--config.train.total_steps=0"]
 
 
 def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
