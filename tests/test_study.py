@@ -167,6 +167,23 @@ def test_positive_control_decides_power():
   assert {c["verdict"] for c in unchecked["claims"]} == {"reproduced", "not reproduced"}
 
 
+def test_learning_curve_pairs_each_evaluated_step_with_base(tmp_path):
+  """Two seeds x 4 items. Step 100: the control answers item 0 of each seed right where base did not (+25 points per
+  seed); step 200: items 0 and 1 (+50). A step only one seed evaluated is left out."""
+  base = {s: [dict(iq=0.0, eq=0.5, subset="id", family="lookup") for _ in range(4)] for s in (0, 1)}
+  for s in (0, 1):
+    folder = tmp_path / f"seed_{s}" / "rl_text_exact" / "eval"
+    folder.mkdir(parents=True)
+    for step, right in ((100, 1), (200, 2)):
+      rows = [dict(iq=float(i < right), eq=0.5, subset="id", family="lookup") for i in range(4)]
+      (folder / f"step_{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (tmp_path / "seed_0" / "rl_text_exact" / "eval" / "step_300.jsonl").write_text(json.dumps(base[0][0]) + "\n")
+  curve = study.learning_curve(str(tmp_path), [0, 1], base)
+  assert [p["step"] for p in curve] == [100, 200]
+  assert [p["diff"] for p in curve] == pytest.approx([0.25, 0.5])
+  assert all(p["lo"] <= p["diff"] <= p["hi"] for p in curve)
+
+
 # ----------------------------------------------------------------------------- sweeps, duplicates (fake runner)
 
 
@@ -263,8 +280,10 @@ def test_sweep_layout_shared_base_duplicates_and_resume(tmp_path, capsys, monkey
                                     for m in ("sft", "rl_text", "rl_full", "fixed_plus_vanilla"))
   for cmd in fake.calls:
     value_dir, _, seed = _arg(cmd, "workdir").rpartition("/")[0].rpartition("/seed_")
-    assert cmd[-1] == f"--config.{field}={value_dir.rpartition('=')[2]}" and "--config.train.total_steps=3" in cmd
-    if not _arg(cmd, "config").endswith(",base"):
+    assert f"--config.{field}={value_dir.rpartition('=')[2]}" in cmd and "--config.train.total_steps=3" in cmd
+    if _arg(cmd, "config").endswith(",base"):
+      assert cmd[-1] == "--config.train.total_steps=0"   # the base model is evaluated untrained
+    else:
       assert _arg(cmd, "config.init_checkpoint") == f"{value_dir}/seed_{seed}/base/base_model"
       assert _arg(cmd, "config.testbed.dir") == f"{value_dir}/seed_{seed}/testbed"
   assert os.path.realpath(tmp_path / v5 / "seed_1" / "base") == str(tmp_path / v0 / "seed_1" / "base")

@@ -139,6 +139,25 @@ def power_check(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) ->
   return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "powered": lo > 0}
 
 
+def learning_curve(workdir: str, seeds: Sequence[int], base_rows: dict[int, list[dict]],
+                   method: str = POSITIVE_CONTROL) -> list[dict[str, Any]]:
+  """`method`'s IQ gain over `base` [CI] at every step that every seed evaluated (WORKDIR/eval/step_<n>.jsonl,
+  then after.jsonl at the end), paired by seed and item like the claims: the evidence for a study's budget."""
+  evals: dict[int, dict[int, list[dict]]] = {}
+  for s in seeds:
+    folder = os.path.join(run_dir(workdir, s, method), "eval")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for name in names:
+      if name.startswith("step_") and name.endswith(".jsonl"):
+        evals.setdefault(int(name[5:-6]), {})[s] = [json.loads(line) for line in open(os.path.join(folder, name))]
+  out = []
+  for step in sorted(evals):
+    if len(evals[step]) == len(seeds):
+      d, lo, hi = paired_difference({"a": evals[step], "b": base_rows}, seeds, "a", "b", "iq")
+      out.append({"step": step, "diff": d, "lo": lo, "hi": hi})
+  return out
+
+
 def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int],
                     same_run: dict[str, str] | None = None,
                     power: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -530,6 +549,12 @@ def markdown(out: dict[str, Any]) -> str:
     lines.append("")
 
   lines += ["## Summary", "", *summary_markdown(table, claims), ""]
+  if out.get("learning_curve"):
+    lines += [f"## Learning curve of the positive control (`{POSITIVE_CONTROL}` − `base` on IQ)", "",
+              "| step | " + " | ".join(str(p["step"]) for p in out["learning_curve"]) + " | end |",
+              "|---|" + "---|" * (len(out["learning_curve"]) + 1),
+              "| IQ gain | " + " | ".join(_diff(p) for p in out["learning_curve"]) + " | " +
+              (_diff(out["positive_control"]) if out["positive_control"] else "–") + " |", ""]
   main = [m for m in table if m not in ABLATIONS[1:]]
   table_of("Table 1: IQ (content)", main, TABLE_IQ + (("tradeoff", "trade-off"),))
   table_of("Table 2: EQ (speech) per dimension", main, TABLE_EQ)
@@ -700,8 +725,9 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
   same_run = {a: m for a, m in study.same_run.items() if a in rows}
   table = summarize(rows, seeds)
   curves = load_curves(study.workdir, [m for m in methods if m in rows], seeds, same_run)
+  curve = learning_curve(study.workdir, seeds, rows["base"]) if power is not None else []
   out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]), "positive_control": power,
-         "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
+         "learning_curve": curve, "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
          "curves": curves}
   files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
   files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))
