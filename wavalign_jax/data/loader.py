@@ -68,6 +68,15 @@ def resolve_paths(path: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]
   return ([path] if isinstance(path, str) else list(path)), {}
 
 
+def check_lengths(info: dict[str, Any], buckets: Sequence[int]) -> None:
+  """Refuses, before any batch, a dataset whose longest example (`dataset_info.json`) exceeds every bucket."""
+  longest = info.get("longest", 0)
+  if longest > max(buckets):
+    raise ValueError(f"examples of up to {longest} tokens exceed the largest length bucket {max(buckets)} "
+                     "(data.max_prompt_len + data.max_response_len); rebuild it with `python -m data_pipeline.build "
+                     f"--max_length={max(buckets)}` (longer records are then skipped) or raise the lengths")
+
+
 def _bucket(n: int, buckets: Sequence[int], where: str) -> int:
   i = bisect.bisect_left(buckets, n)
   if i == len(buckets):
@@ -177,6 +186,10 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
     raise ValueError(f"{path}: its shards hold {len(source)} records but {INFO_FILE} says {info['num_records']}; "
                      "the dataset is damaged or was only partly replaced: rebuild it with "
                      "`python -m data_pipeline.build ... --overwrite`")
+  try:
+    check_lengths(info, buckets)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
   usable = len(source) - len(source) % process_count
   if drop_remainder and usable < per_host * process_count:
     raise ValueError(f"{paths}: {len(source)} records cannot fill one global batch of {global_batch_size}")
