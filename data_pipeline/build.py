@@ -243,8 +243,8 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
   try:
     names = [SHARD_PATTERN.format(name=name, index=i, count=num_shards) for i in range(num_shards)]
     writers = [ArrayRecordWriter(os.path.join(tmp_dir, n), "group_size:1") for n in names]
-    written = longest = 0
-    too_long: list[str] = []                  # path:line (tokens) of every skipped record
+    written = longest = too_long = 0
+    too_long_first: list[str] = []            # path:line (tokens) of the first skipped records
     unknown, unknown_records = collections.Counter(), 0
     try:
       for path, line_no, line in iter_lines(inputs):
@@ -252,7 +252,8 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
         if max_length and n > max_length:
           if strict:
             raise ValueError(f"{path}:{line_no}: {n} tokens, longer than --max_length={max_length} (--strict)")
-          too_long.append(f"{path}:{line_no} ({n} tokens)")
+          too_long += 1
+          too_long_first += [f"{path}:{line_no} ({n} tokens)"][:10 - len(too_long_first)]
           continue
         if builder.unknown_words:
           if strict:
@@ -267,12 +268,12 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
       for w in writers:
         w.close()
     if not written:
-      why = (f"all {len(too_long)} records are longer than --max_length={max_length}" if too_long
+      why = (f"all {too_long} records are longer than --max_length={max_length}" if too_long
              else "they hold no records (only blank lines)")
       raise ValueError(f"nothing to write from {', '.join(inputs)}: {why}; {output_dir} is left as it was")
     info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
             "num_records": written, "longest": longest, "max_length": max_length,
-            "skipped_too_long": len(too_long), "skipped_too_long_first": too_long[:10],
+            "skipped_too_long": too_long, "skipped_too_long_first": too_long_first,
             "unknown_words": sum(unknown.values()), "records_with_unknown_words": unknown_records,
             "most_common_unknown_words": dict(unknown.most_common(20)),
             "shards": names, "pad_id": builder.vocab.pad,

@@ -91,6 +91,14 @@ def test_cli_config_errors_are_one_short_message_before_any_work(tmp_path, args,
   assert not workdir.exists()   # no logs/, config.json or testbed
 
 
+def test_study_checks_the_overrides_of_its_runs_before_the_first(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "wavalign_jax.study", "--config=experiments/vita.py:tiny",
+                        f"--workdir={tmp_path / 'study'}", "--config.rollout.group_size=1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and out.stderr.startswith("error: --config.rollout.group_size=1"), out.stderr
+  assert not (tmp_path / "study").exists()
+
+
 def test_cli_refuses_a_read_only_checkpoint_folder_at_start(tmp_path):
   checkpoints = tmp_path / "run" / "checkpoints"
   checkpoints.mkdir(parents=True)
@@ -98,7 +106,8 @@ def test_cli_refuses_a_read_only_checkpoint_folder_at_start(tmp_path):
     out = _train_cli(tmp_path / "run", "--config=experiments/vita.py:tiny")
   assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
   lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"error: --workdir={tmp_path / 'run'}: cannot write in {checkpoints} (")
+  assert len(lines) == 1
+  assert lines[0].startswith(f"error: --workdir={tmp_path / 'run'}: cannot write in {checkpoints} (")
   assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]   # no logs/ either
 
 
@@ -114,7 +123,8 @@ def test_variants():
   assert config_lib.parse_variant("boost, tiny,method=sft", {"model": {"boost"}, "size": {"tiny"}, "method": {"sft"}}) \
       == {"model": "boost", "size": "tiny", "method": "sft"}
   for arg, match in [("tiny,hybird", "did you mean 'hybrid'"), ("method=rl_txt", "did you mean 'rl_text'"),
-                     ("sise=tiny", "did you mean 'size'"), ("tiny,sft,rl_text", "'sft' and 'rl_text' both set the method"),
+                     ("sise=tiny", "did you mean 'size'"),
+                     ("tiny,sft,rl_text", "'sft' and 'rl_text' both set the method"),
                      ("xyz", "choose from model: balance")]:
     with pytest.raises(ConfigError, match=match):
       vita.get_config(arg)
@@ -181,7 +191,8 @@ def _converted_checkpoint(path, arch):
 
 def _dataset(path, **info):
   path.mkdir()
-  (path / "dataset_info.json").write_text(json.dumps({"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], **info}))
+  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], **info}
+  (path / "dataset_info.json").write_text(json.dumps(info))
   return str(path)
 
 

@@ -272,8 +272,8 @@ def test_too_long_records_are_settled_at_build_time(tmp_path):
 
 def test_invalid_utf8_names_file_and_line(tmp_path):
   path = tmp_path / "in.jsonl"
-  path.write_bytes(json.dumps(RECORD).encode() + b"\n" + json.dumps(dict(RECORD, answer="caf\xe9"), ensure_ascii=False).encode("latin-1")
-                   + b"\n")
+  latin1 = json.dumps(dict(RECORD, answer="caf\xe9"), ensure_ascii=False).encode("latin-1")
+  path.write_bytes(json.dumps(RECORD).encode() + b"\n" + latin1 + b"\n")
   builder = B.Builder(make_tokenizer(tmp_path / "tokenizer.json"), ratios=(1, 4), num_audio_codes=NUM_CODES)
   with pytest.raises(ValueError, match=r"in.jsonl:2: not valid UTF-8 \(byte 0xe9 at column \d+\)"):
     B.build(builder, [str(path)], str(tmp_path / "out"))
@@ -288,7 +288,7 @@ def test_unknown_words_are_counted_and_strict_refuses_them(tmp_path):
   assert (info["unknown_words"], info["records_with_unknown_words"]) == (3, 2)
   assert info["most_common_unknown_words"] == {"five": 2, "six": 1}
   assert "3 words in 2 records are outside the tokenizer's vocabulary" in B.summary(info, out)
-  with pytest.raises(ValueError, match=r"in.jsonl:2: words outside the tokenizer's vocabulary \(--strict\): \['five'\]"):
+  with pytest.raises(ValueError, match=r"in.jsonl:2: words outside the tokenizer's vocabulary \(--strict\): \['five'"):
     build_dataset(tmp_path, records, num_shards=1, overwrite=True, strict=True)
   byte_level = tokenizers.Tokenizer(models.BPE())
   assert B.vocab_lib.unknown_id(byte_level) is None   # Qwen-style tokenizers encode any text

@@ -105,8 +105,8 @@ def check_data(config: mlc.ConfigDict) -> None:
   """A real (non-testbed) config names a converted checkpoint and datasets of its architecture and the method's
   kind, whose examples fit the length buckets."""
   if config.data.source not in DATA_SOURCES:
-    raise ConfigError(f"--config.data.source={config.data.source!r}: "
-                      f"{config_lib.did_you_mean(str(config.data.source), DATA_SOURCES)}choose one of {list(DATA_SOURCES)}")
+    hint = config_lib.did_you_mean(str(config.data.source), DATA_SOURCES)
+    raise ConfigError(f"--config.data.source={config.data.source!r}: {hint}choose one of {list(DATA_SOURCES)}")
   if config.data.source != "arrayrecord":
     return
   if not config.init_checkpoint:

@@ -113,7 +113,7 @@ def base_config() -> mlc.ConfigDict:
 
   # --- Data ------------------------------------------------------------------------------------
   c.data = mlc.ConfigDict()
-  c.data.train = ""                 # ArrayRecord path(s) built by data_pipeline (glob allowed)
+  c.data.train = ""                 # a dataset directory built by data_pipeline.build (with dataset_info.json)
   c.data.eval = ""
   c.data.prompts_per_step = 8       # P: prompts per step; the RL batch has P * group_size rows
   c.data.max_prompt_len = 512

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import config_lib
+from wavalign_jax import config_check, config_lib
 
 CLAIMS = (
     # (claim, metric, method a, methods b, relation): a - b on the metric; "greater" / "less" than 0.
@@ -407,6 +407,11 @@ def main(argv: list[str]) -> None:
   methods = [m for m in methods if m != "base"]
   seeds = parse_seeds(f.seeds)
   overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  try:   # the overrides go to every run: check them once, before any run starts
+    for warning in config_check.check(f.config, f.workdir):
+      print(f"warning: {warning}", file=sys.stderr, flush=True)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
   os.makedirs(f.workdir, exist_ok=True)
   if not f.report_only:
     run_all(spec, methods, seeds, f.workdir, overrides, f.eval_every, f.jobs)
