@@ -263,11 +263,12 @@ def test_too_long_records_are_settled_at_build_time(tmp_path):
     build_dataset(tmp_path, records, num_shards=1, overwrite=True, strict=True)
   with pytest.raises(ValueError, match=r"all 1 records are longer than --max_length=60"):
     build_dataset(tmp_path, [dict(RECORD, sft_target_audio=[1] * 80)], num_shards=1, overwrite=True, max_length=60)
-  # kept with max_length=0: a run whose buckets are shorter refuses it when the loader is made, not at the record
+  # kept with max_length=0: a run whose buckets are shorter refuses it at start (config_check), not at the record
   out, info, _ = build_dataset(tmp_path, records, num_shards=1, overwrite=True, max_length=0)
   assert info["num_records"] == 3 and info["longest"] == 2031
+  loader.check_lengths(resolve_paths(out)[1], (512, 2031))
   with pytest.raises(ValueError, match="examples of up to 2031 tokens exceed the largest length bucket 1536"):
-    loader.make_dataset(out, global_batch_size=1, buckets=(512, 1536), process_index=0, process_count=1)
+    loader.check_lengths(resolve_paths(out)[1], (512, 1536))
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path):

@@ -69,7 +69,8 @@ def resolve_paths(path: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]
 
 
 def check_lengths(info: dict[str, Any], buckets: Sequence[int]) -> None:
-  """Refuses, before any batch, a dataset whose longest example (`dataset_info.json`) exceeds every bucket."""
+  """Refuses a dataset whose longest example (`dataset_info.json`) exceeds every bucket: a run checks it at start
+  (config_check), before the loader would meet the record in a batch."""
   longest = info.get("longest", 0)
   if longest > max(buckets):
     raise ValueError(f"examples of up to {longest} tokens exceed the largest length bucket {max(buckets)} "
@@ -186,10 +187,6 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
     raise ValueError(f"{path}: its shards hold {len(source)} records but {INFO_FILE} says {info['num_records']}; "
                      "the dataset is damaged or was only partly replaced: rebuild it with "
                      "`python -m data_pipeline.build ... --overwrite`")
-  try:
-    check_lengths(info, buckets)
-  except ValueError as e:
-    raise ValueError(f"{path}: {e}") from None
   usable = len(source) - len(source) % process_count
   if drop_remainder and usable < per_host * process_count:
     raise ValueError(f"{paths}: {len(source)} records cannot fill one global batch of {global_batch_size}")
