@@ -10,20 +10,27 @@ dpo adds `rejected_text`, `rejected_audio`; optional `answer`/`reference`, `styl
 Audio fields are inline code lists or paths (relative to the JSONL file) to pre-computed
 GLM-4-Voice code files (.npy / .json / .txt).
 
-Layout, token types and loss masks are computed once here; every error names file and line.
+Layout, token types and loss masks are computed once here; every error names file and line. What a run
+could not load is settled here too, not hours into training: records longer than `--max_length` (default:
+the experiment configs' largest length bucket) are skipped and counted, words outside a word-level
+tokenizer's vocabulary are counted (`--strict` refuses both), and a build that would hold no record fails
+and leaves any existing dataset in place.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import shutil
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tokenizers
 
 from data_pipeline import vocab as vocab_lib
+from wavalign_jax import config_lib, files
 from wavalign_jax.data import layouts
 from wavalign_jax.data.records import KINDS, encode_record
 
@@ -31,6 +38,8 @@ AUDIO_PLACEHOLDER = "<|audio|>"
 RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 SHARD_PATTERN = "{name}-{index:05d}-of-{count:05d}.array_record"
 INFO_FILE = "dataset_info.json"
+# The longest example the experiment configs load (prompt + response bucket of experiments/vita.py and kimi.py).
+DEFAULT_MAX_LENGTH = config_lib.length_buckets(config_lib.base_config().data)[-1]
 
 
 def load_codes(value: Any, base_dir: str, field: str) -> list[int]:
@@ -96,6 +105,15 @@ class Builder:
       self.vocab = vocab_lib.parallel_vocab(self.tok, self.tokenizer_path, self.audio_offset, self.num_audio_codes)
     else:
       raise ValueError(f"--arch={self.arch!r}; expected 'interleaved' or 'parallel'")
+    self.unk_id = vocab_lib.unknown_id(self.tok)
+    self.unknown_words: list[str] = []   # of the record being encoded (encode_line)
+
+  def _encode(self, text: str) -> list[int]:
+    """Text ids; words the tokenizer maps to its unknown token are collected in `unknown_words`."""
+    enc = self.tok.encode(text, add_special_tokens=False)
+    if self.unk_id is not None:
+      self.unknown_words += [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == self.unk_id]
+    return enc.ids
 
   @property
   def streams(self) -> tuple[str, ...]:
@@ -120,7 +138,7 @@ class Builder:
           pieces.append(("audio", tuple(audios[used])))
           used += 1
         if part:
-          pieces.append(("text", tuple(vocab_lib.encode(self.tok, part))))
+          pieces.append(("text", tuple(self._encode(part))))
       turns.append(layouts.Turn(m["role"], tuple(pieces)))
     if used == 0 and audios:  # no placeholders: the question audio follows the last user turn's text
       users = [k for k, t in enumerate(turns) if t.role == "user"]
@@ -150,7 +168,7 @@ class Builder:
 
   def _response(self, text: str, audio: Any, base_dir: str, field: str) -> layouts.Example:
     codes = load_codes(audio, base_dir, field)
-    ids = vocab_lib.encode(self.tok, text)
+    ids = self._encode(text)
     if self.arch == "interleaved":
       return layouts.interleaved_response(ids, codes, self.vocab, self.ratios)
     return layouts.parallel_response(ids, codes, self.vocab, self.audio_delay)
@@ -176,7 +194,9 @@ class Builder:
     return {"example": chosen}, meta
 
   def encode_line(self, line: str, path: str, line_no: int) -> tuple[bytes, int]:
-    """(encoded record, longest example length) of one JSONL line; errors name `path:line_no`."""
+    """(encoded record, longest example length) of one JSONL line; errors name `path:line_no`; the words
+    outside the tokenizer's vocabulary are left in `unknown_words`."""
+    self.unknown_words = []
     try:
       record = json.loads(line)
       examples, meta = self.examples(record, os.path.dirname(os.path.abspath(path)))
@@ -187,21 +207,29 @@ class Builder:
 
 
 def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
+  """(path, line number, text) of every non-blank line; a line that is not UTF-8 is an error naming it."""
   for path in paths:
-    with open(path) as f:
-      for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+      for line_no, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                           "re-encode the file as UTF-8") from None
         if line.strip():
           yield path, line_no, line
 
 
 def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: int = 1,
-          max_length: int = 0, name: str = "data", overwrite: bool = False) -> dict[str, Any]:
+          max_length: int = DEFAULT_MAX_LENGTH, name: str = "data", overwrite: bool = False,
+          strict: bool = False) -> dict[str, Any]:
   """Writes `num_shards` ArrayRecord shards (record j goes to shard j % num_shards) and dataset_info.json.
 
-  Records longer than `max_length` (> 0) are skipped and counted in the info file. The dataset is written
-  into a temporary sibling folder and renamed into place only once every record is in: a failed build
-  leaves no partial dataset and an existing one untouched. An existing dataset is replaced only with
-  `overwrite`.
+  Records longer than `max_length` (> 0; 0 = no limit) are skipped and counted in the info file, as are the
+  words outside the tokenizer's vocabulary (they become its unknown token); `strict` refuses both instead,
+  naming the first such record. The dataset is written into a temporary sibling folder and renamed into place
+  only once every record is in: a failed build, or one that would hold no record, leaves no partial dataset and
+  an existing one untouched. An existing dataset is replaced only with `overwrite`.
   """
   from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -215,31 +243,62 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
   try:
     names = [SHARD_PATTERN.format(name=name, index=i, count=num_shards) for i in range(num_shards)]
     writers = [ArrayRecordWriter(os.path.join(tmp_dir, n), "group_size:1") for n in names]
-    written = too_long = 0
+    written = longest = too_long = 0
+    too_long_first: list[str] = []            # path:line (tokens) of the first skipped records
+    unknown, unknown_records = collections.Counter(), 0
     try:
       for path, line_no, line in iter_lines(inputs):
         data, n = builder.encode_line(line, path, line_no)
         if max_length and n > max_length:
+          if strict:
+            raise ValueError(f"{path}:{line_no}: {n} tokens, longer than --max_length={max_length} (--strict)")
           too_long += 1
+          too_long_first += [f"{path}:{line_no} ({n} tokens)"][:10 - len(too_long_first)]
           continue
+        if builder.unknown_words:
+          if strict:
+            raise ValueError(f"{path}:{line_no}: words outside the tokenizer's vocabulary (--strict): "
+                             f"{sorted(set(builder.unknown_words))[:10]}")
+          unknown.update(builder.unknown_words)
+          unknown_records += 1
         writers[written % num_shards].write(data)
         written += 1
+        longest = max(longest, n)
     finally:
       for w in writers:
         w.close()
+    if not written:
+      why = (f"all {too_long} records are longer than --max_length={max_length}" if too_long
+             else "they hold no records (only blank lines)")
+      raise ValueError(f"nothing to write from {', '.join(inputs)}: {why}; {output_dir} is left as it was")
     info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
-            "num_records": written, "skipped_too_long": too_long, "max_length": max_length,
+            "num_records": written, "longest": longest, "max_length": max_length,
+            "skipped_too_long": too_long, "skipped_too_long_first": too_long_first,
+            "unknown_words": sum(unknown.values()), "records_with_unknown_words": unknown_records,
+            "most_common_unknown_words": dict(unknown.most_common(20)),
             "shards": names, "pad_id": builder.vocab.pad,
             "ratios": list(builder.ratios), "audio_delay": builder.audio_delay,
             "vocab": dataclasses.asdict(builder.vocab), "tokenizer": os.path.abspath(builder.tokenizer_path),
             "inputs": [os.path.abspath(p) for p in inputs]}
-    with open(os.path.join(tmp_dir, INFO_FILE), "w") as f:
-      json.dump(info, f, indent=1)
+    files.write_json(os.path.join(tmp_dir, INFO_FILE), info, indent=1)
     _replace_dir(tmp_dir, output_dir)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
   return info
+
+
+def summary(info: dict[str, Any], output_dir: str) -> str:
+  """What a build wrote and what it skipped or altered, for the command line."""
+  lines = [f"wrote {info['num_records']} records (longest {info['longest']} tokens) to {output_dir}"]
+  if info["skipped_too_long"]:
+    lines.append(f"skipped {info['skipped_too_long']} records longer than --max_length={info['max_length']}, "
+                 f"first: {', '.join(info['skipped_too_long_first'][:3])}")
+  if info["unknown_words"]:
+    common = ", ".join(f"{w!r} x{c}" for w, c in list(info["most_common_unknown_words"].items())[:5])
+    lines.append(f"{info['unknown_words']} words in {info['records_with_unknown_words']} records are outside the "
+                 f"tokenizer's vocabulary and became its unknown token (most common: {common}); --strict refuses them")
+  return "\n".join(lines)
 
 
 def _replace_dir(new: str, target: str) -> None:
@@ -254,14 +313,17 @@ def _replace_dir(new: str, target: str) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import flags, logging
+  from absl import flags
   del argv
   f = flags.FLAGS
-  builder = Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
-                    audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
-  info = build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name, overwrite=f.overwrite)
-  logging.info("wrote %d records (%d skipped as longer than %d) to %s", info["num_records"],
-               info["skipped_too_long"], info["max_length"], f.output_dir)
+  try:   # bad input is a message naming the file and line, not a traceback
+    builder = Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
+                      audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
+    info = build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name, overwrite=f.overwrite,
+                 strict=f.strict)
+  except (ValueError, OSError) as e:
+    sys.exit(f"error: {e}")
+  print(summary(info, f.output_dir), flush=True)
 
 
 def define_flags() -> None:
@@ -276,8 +338,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("audio_offset", 152064, "Parallel: id of audio code 0 (kimia_token_offset).")
   flags.DEFINE_integer("num_audio_codes", 16384, "Parallel: number of audio codes.")
   flags.DEFINE_integer("num_shards", 1, "Number of ArrayRecord shards.")
-  flags.DEFINE_integer("max_length", 0, "Skip (and count) records longer than this; 0 = keep all.")
+  flags.DEFINE_integer("max_length", DEFAULT_MAX_LENGTH, "Skip (and count) records whose longest example has more "
+                       "tokens than this; the default is the configs' largest length bucket (data.max_prompt_len + "
+                       "data.max_response_len); 0 = keep all.")
   flags.DEFINE_string("name", "data", "Shard file name prefix.")
+  flags.DEFINE_bool("strict", False, "Refuse (naming file:line) records that the build would otherwise skip "
+                    "(longer than --max_length) or alter (words outside the tokenizer's vocabulary).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --output_dir (only once the new one is "
                     "complete).")
 

@@ -28,6 +28,13 @@ def encode(tok: tokenizers.Tokenizer, text: str) -> list[int]:
   return tok.encode(text, add_special_tokens=False).ids
 
 
+def unknown_id(tok: tokenizers.Tokenizer) -> int | None:
+  """Id of the token that words outside the vocabulary become (word-level, WordPiece, BPE without byte fallback);
+  None for byte-level tokenizers (Qwen's), which encode any text."""
+  unk = getattr(tok.model, "unk_token", None)
+  return tok.token_to_id(unk) if unk else None
+
+
 def interleaved_vocab(tok: tokenizers.Tokenizer, path: str) -> InterleavedVocab:
   first = _id(tok, "<|audio_0|>", path)
   n = 1

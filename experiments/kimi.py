@@ -3,7 +3,7 @@ r"""Kimi-Audio (parallel text and audio streams, shared trunk, MIMO audio branch
 Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over all chips):
   python -m wavalign_jax.convert --arch=kimi_audio --hf_dir=/ckpt/Kimi-Audio-7B-Instruct --out=/ckpt/kimi_jax
   python -m wavalign_jax.train --config=experiments/kimi.py \
-      --config.init_checkpoint=/ckpt/kimi_jax --config.data.train=/data/wavalign_rl_kimi/train-*.arrayrecord \
+      --config.init_checkpoint=/ckpt/kimi_jax --config.data.train=/data/wavalign_rl_kimi \
       --workdir=/runs/kimi_hybrid
   2000 steps x 8 prompts x 4 rollouts; about a day on 8x H100 (rollout-bound).
   "Text tokens" are the text-stream positions, "speech tokens" the audio-stream positions.

@@ -3,7 +3,7 @@ r"""VITA-Audio (interleaved text + audio codes, MCTP heads) post-trained with Wa
 Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over all chips):
   python -m wavalign_jax.convert --arch=vita_audio --hf_dir=/ckpt/VITA-Audio-Balance --out=/ckpt/vita_balance_jax
   python -m wavalign_jax.train --config=experiments/vita.py:balance \
-      --config.init_checkpoint=/ckpt/vita_balance_jax --config.data.train=/data/wavalign_rl/train-*.arrayrecord \
+      --config.init_checkpoint=/ckpt/vita_balance_jax --config.data.train=/data/wavalign_rl \
       --workdir=/runs/vita_hybrid
   2000 steps x 8 prompts x 4 rollouts; about a day on 8x H100 with the default 1024-token rollouts (rollout-bound).
   Expected: the hybrid beats SFT-only and text-token RL on VoiceBench / VStyle (WavAlign paper, Table 2).

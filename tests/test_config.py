@@ -35,3 +35,192 @@ def test_cli_refuses_a_misspelled_field_without_a_traceback_and_prints_the_confi
   assert "did you mean --config.rollout.group_size" in bad.stderr
   shown = run("--print_config", "--config.rollout.group_size=8")
   assert shown.returncode == 0 and "group_size: 8" in shown.stdout
+
+
+# ----------------------------------------------------------------------------- checks before any work
+
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+
+from wavalign_jax import config_check  # noqa: E402
+from wavalign_jax.config_lib import ConfigError  # noqa: E402
+from wavalign_jax.models.config import ModelConfig  # noqa: E402
+
+
+def _train_cli(workdir, *args):
+  return subprocess.run([sys.executable, "-m", "wavalign_jax.train", f"--workdir={workdir}", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def _read_only(path):
+  """`path` (a folder) made unwritable, also for root (the immutable attribute, where chmod does not bind)."""
+  os.chmod(path, 0o555)
+  immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+  try:
+    try:
+      open(os.path.join(path, "probe"), "w").close()
+      pytest.skip("cannot make a read-only folder here")
+    except OSError:
+      pass
+    yield
+  finally:
+    if immutable:
+      subprocess.run(["chattr", "-i", str(path)], check=True)
+    os.chmod(path, 0o755)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config=experiments/vita.py:tiny,hybird"], "config variant 'hybird': did you mean 'hybrid'?"),
+    (["--config=experiments/vita.py:tiny", "--config.rollout.group_size=0"],
+     "--config.rollout.group_size=0: must be an integer >= 1"),
+    (["--config=experiments/vita.py:tiny", "--config.rollout.group_size=1"],
+     "--config.rollout.group_size=1: method 'hybrid' samples rollouts"),
+    (["--config=experiments/vita.py:tiny", "--config.data.prompts_per_step=0"],
+     "--config.data.prompts_per_step=0: must be an integer >= 1"),
+    (["--config=experiments/kimi.py"], "needs a converted checkpoint"),
+])
+def test_cli_config_errors_are_one_short_message_before_any_work(tmp_path, args, expected):
+  """Each was a traceback (or, for group_size=1, a run with lambda stuck at 0); now: a message, exit 1, no files."""
+  workdir = tmp_path / "run"
+  out = _train_cli(workdir, *args)
+  assert out.returncode == 1, out.stderr
+  assert out.stderr.startswith("error: ") and expected in out.stderr, out.stderr
+  assert len(out.stderr.strip().splitlines()) <= 2 and "Traceback" not in out.stderr
+  assert not workdir.exists()   # no logs/, config.json or testbed
+
+
+def test_study_checks_the_overrides_of_its_runs_before_the_first(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "wavalign_jax.study", "--config=experiments/vita.py:tiny",
+                        f"--workdir={tmp_path / 'study'}", "--config.rollout.group_size=1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and out.stderr.startswith("error: --config.rollout.group_size=1"), out.stderr
+  assert not (tmp_path / "study").exists()
+
+
+def test_cli_refuses_a_read_only_checkpoint_folder_at_start(tmp_path):
+  checkpoints = tmp_path / "run" / "checkpoints"
+  checkpoints.mkdir(parents=True)
+  with _read_only(checkpoints):
+    out = _train_cli(tmp_path / "run", "--config=experiments/vita.py:tiny")
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1
+  assert lines[0].startswith(f"error: --workdir={tmp_path / 'run'}: cannot write in {checkpoints} (")
+  assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]   # no logs/ either
+
+
+def test_check_writable_creates_nothing(tmp_path):
+  config_check.check_writable(str(tmp_path / "a" / "b"))
+  (tmp_path / "file").write_text("")
+  assert sorted(os.listdir(tmp_path)) == ["file"]
+  with pytest.raises(ConfigError, match="is not a directory"):
+    config_check.check_writable(str(tmp_path / "file"))
+
+
+def test_variants():
+  assert config_lib.parse_variant("boost, tiny,method=sft", {"model": {"boost"}, "size": {"tiny"}, "method": {"sft"}}) \
+      == {"model": "boost", "size": "tiny", "method": "sft"}
+  for arg, match in [("tiny,hybird", "did you mean 'hybrid'"), ("method=rl_txt", "did you mean 'rl_text'"),
+                     ("sise=tiny", "did you mean 'size'"),
+                     ("tiny,sft,rl_text", "'sft' and 'rl_text' both set the method"),
+                     ("xyz", "choose from model: balance")]:
+    with pytest.raises(ConfigError, match=match):
+      vita.get_config(arg)
+  with pytest.raises(ConfigError, match="did you mean 'tiny'"):
+    kimi.get_config("tiyn")
+
+
+def _tiny(**overrides):
+  c = vita.get_config("tiny")
+  for dotted, value in overrides.items():
+    section, field = dotted.split("__")
+    c[section][field] = value
+  return c
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"rollout__group_size": 0}, "group_size=0: must be an integer >= 1"),
+    ({"rollout__max_new_tokens": -3}, "max_new_tokens=-3"),
+    ({"train__total_steps": -1}, "total_steps=-1: must be an integer >= 0"),
+    ({"data__prompts_per_step": 6, "train__microbatches": 4}, "does not split into --config.train.microbatches=4"),
+    ({"gate__mode": "dynamc"}, "GateConfig.mode 'dynamc'"),
+    ({"reward__kind": "judge"}, "did you mean 'llm_judge'"),
+    ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
+])
+def test_check_refuses(tmp_path, overrides, match):
+  config_check.check(_tiny(), str(tmp_path))
+  with pytest.raises(ConfigError, match=match):
+    config_check.check(_tiny(**overrides), str(tmp_path))
+
+
+def test_group_size_one_is_refused_only_for_methods_that_sample():
+  for method in ("sft", "dpo_text", "base"):   # no rollouts in training
+    c = vita.get_config(f"tiny,{method}")
+    c.rollout.group_size = 1
+    config_check.check_sizes(c)
+  c = vita.get_config("tiny,rl_text")
+  c.rollout.group_size = 1
+  with pytest.raises(ConfigError, match="method 'rl_text' samples rollouts"):
+    config_check.check_sizes(c)
+
+
+@pytest.mark.parametrize("shape, prompts, shards", [
+    ((1, -1, 1), 4, 8),    # FSDP over all 8 devices: 4 prompts cannot be split
+    ((2, -1, 1), 4, 8),    # data 2 x fsdp 4
+    ((1, 2, -1), 4, 2),    # tensor parallelism takes the rest: 2 data shards
+    ((2, 1, 4), 6, 2),
+])
+def test_prompts_over_data_parallel_shards(shape, prompts, shards):
+  """The data-parallel width is mesh data x fsdp with -1 resolved against the 8 devices (tests/conftest.py)."""
+  c = _tiny(mesh__shape=shape, data__prompts_per_step=prompts)
+  warnings = config_check.check_mesh(c)
+  assert bool(warnings) == bool(prompts % shards)
+  if warnings:
+    assert f"does not divide over the {shards} data shards" in warnings[0]
+
+
+def _converted_checkpoint(path, arch):
+  path.mkdir()
+  model = ModelConfig(arch=arch, vocab_size=64, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=1,
+                      num_kv_heads=1, head_dim=8)
+  (path / "model_config.json").write_text(json.dumps({"model": dataclasses.asdict(model)}))
+  return str(path)
+
+
+def _dataset(path, **info):
+  path.mkdir()
+  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], **info}
+  (path / "dataset_info.json").write_text(json.dumps(info))
+  return str(path)
+
+
+def test_real_config_data_is_checked_before_any_work(tmp_path):
+  c = vita.get_config("")
+  with pytest.raises(ConfigError, match="needs a converted checkpoint"):
+    config_check.check_data(c)
+  c.init_checkpoint = str(tmp_path)
+  with pytest.raises(ConfigError, match="is not a converted checkpoint"):
+    config_check.check_data(c)
+  c.init_checkpoint = _converted_checkpoint(tmp_path / "parallel_ckpt", "parallel")
+  with pytest.raises(ConfigError, match="holds a 'parallel' model but the config is for 'interleaved'"):
+    config_check.check_data(c)
+  c.init_checkpoint = _converted_checkpoint(tmp_path / "ckpt", "interleaved")
+  with pytest.raises(ConfigError, match="data.train is empty"):
+    config_check.check_data(c)
+  c.data.train = str(tmp_path / "missing")
+  with pytest.raises(ConfigError, match="missing does not exist"):
+    config_check.check_data(c)
+  c.data.train = _dataset(tmp_path / "sft", kind="sft")
+  with pytest.raises(ConfigError, match="holds 'sft' records; this method needs a --kind=rl dataset"):
+    config_check.check_data(c)
+  # 512 + 1024: the largest bucket of the real configs
+  c.data.train = _dataset(tmp_path / "long", longest=1537)
+  with pytest.raises(ConfigError, match="examples of up to 1537 tokens exceed the largest length bucket 1536"):
+    config_check.check_data(c)
+  c.data.train = _dataset(tmp_path / "good", longest=1536)
+  config_check.check_data(c)
+  c.objective = "dpo"
+  with pytest.raises(ConfigError, match="needs a --kind=dpo dataset"):
+    config_check.check_data(c)

@@ -218,3 +218,78 @@ def test_specials_first_tokenizer(tmp_path, arch):
   word_ids = set(range(len(specials), len(specials) + len(WORDS)))
   assert {int(i) for i in np.flatnonzero(allowed)} - {builder.vocab.begin_of_audio if arch == "interleaved"
                                                        else builder.vocab.text_eos} == word_ids
+
+
+# ----------------------------------------------------------------------------- what a run could not load
+
+
+def _cli_build(tmp_path, *args):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-m", "data_pipeline.build", f"--tokenizer={tmp_path / 'tokenizer.json'}",
+                         "--ratios=1,4", *args], cwd=repo, capture_output=True, text=True, timeout=120)
+
+
+def test_empty_input_never_replaces_a_dataset(tmp_path):
+  out, _, _ = build_dataset(tmp_path, [RECORD] * 3, num_shards=1)
+  before = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)}
+  for lines in ([], ["", "   ", "\t"]):
+    with pytest.raises(ValueError, match=r"nothing to write from .*in.jsonl: they hold no records"):
+      build_dataset(tmp_path, lines, num_shards=1, overwrite=True)
+  # the command line: a one-line error, exit 1, the dataset byte for byte as it was
+  (tmp_path / "blank.jsonl").write_text("\n \n")
+  cli = _cli_build(tmp_path, f"--input={tmp_path / 'blank.jsonl'}", f"--output_dir={out}", "--overwrite")
+  assert cli.returncode == 1 and cli.stderr.startswith("error: nothing to write") and "Traceback" not in cli.stderr
+  assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
+  assert sorted(os.listdir(tmp_path)) == sorted(["in.jsonl", "blank.jsonl", "tokenizer.json", os.path.basename(out)])
+
+
+def test_default_max_length_is_the_configs_largest_bucket():
+  from experiments import kimi, vita
+  largest = {c.data.max_prompt_len + c.data.max_response_len for c in (vita.get_config(), kimi.get_config())}
+  assert largest == {B.DEFAULT_MAX_LENGTH} == {1536}
+
+
+def test_too_long_records_are_settled_at_build_time(tmp_path):
+  # prompt 20 + response 2011: 3 text tokens, 2000 codes, 3 chunks' markers (ratios 1,4: 2 codes per chunk until the
+  # text runs out), <|im_end|> and newline
+  records = [RECORD, dict(RECORD, sft_target_audio=[1] * 2000), RECORD]
+  out, info, _ = build_dataset(tmp_path, records, num_shards=1)
+  assert info["num_records"] == 2 and info["skipped_too_long"] == 1 and info["max_length"] == 1536
+  assert info["skipped_too_long_first"][0].endswith("in.jsonl:2 (2031 tokens)")
+  assert info["longest"] == max(len(RecordSource(resolve_paths(out)[0])[i].examples["example"]) for i in range(2))
+  with pytest.raises(ValueError, match=r"in.jsonl:2: 2031 tokens, longer than --max_length=1536 \(--strict\)"):
+    build_dataset(tmp_path, records, num_shards=1, overwrite=True, strict=True)
+  with pytest.raises(ValueError, match=r"all 1 records are longer than --max_length=60"):
+    build_dataset(tmp_path, [dict(RECORD, sft_target_audio=[1] * 80)], num_shards=1, overwrite=True, max_length=60)
+  # kept with max_length=0: a run whose buckets are shorter refuses it at start (config_check), not at the record
+  out, info, _ = build_dataset(tmp_path, records, num_shards=1, overwrite=True, max_length=0)
+  assert info["num_records"] == 3 and info["longest"] == 2031
+  loader.check_lengths(resolve_paths(out)[1], (512, 2031))
+  with pytest.raises(ValueError, match="examples of up to 2031 tokens exceed the largest length bucket 1536"):
+    loader.check_lengths(resolve_paths(out)[1], (512, 1536))
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+  path = tmp_path / "in.jsonl"
+  latin1 = json.dumps(dict(RECORD, answer="caf\xe9"), ensure_ascii=False).encode("latin-1")
+  path.write_bytes(json.dumps(RECORD).encode() + b"\n" + latin1 + b"\n")
+  builder = B.Builder(make_tokenizer(tmp_path / "tokenizer.json"), ratios=(1, 4), num_audio_codes=NUM_CODES)
+  with pytest.raises(ValueError, match=r"in.jsonl:2: not valid UTF-8 \(byte 0xe9 at column \d+\)"):
+    B.build(builder, [str(path)], str(tmp_path / "out"))
+  assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "tokenizer.json"]
+
+
+def test_unknown_words_are_counted_and_strict_refuses_them(tmp_path):
+  records = [RECORD, dict(RECORD, question_text="what is five", sft_target_text="it is five five"),
+             dict(RECORD, messages=[{"role": "user", "content": "six <|audio|>"}])]
+  out, info, _ = build_dataset(tmp_path, records, num_shards=1)
+  # question_text is metadata (the judge's), not tokenized: two 'five' in one response, 'six' in one prompt
+  assert (info["unknown_words"], info["records_with_unknown_words"]) == (3, 2)
+  assert info["most_common_unknown_words"] == {"five": 2, "six": 1}
+  assert "3 words in 2 records are outside the tokenizer's vocabulary" in B.summary(info, out)
+  with pytest.raises(ValueError, match=r"in.jsonl:2: words outside the tokenizer's vocabulary \(--strict\): \['five'"):
+    build_dataset(tmp_path, records, num_shards=1, overwrite=True, strict=True)
+  byte_level = tokenizers.Tokenizer(models.BPE())
+  assert B.vocab_lib.unknown_id(byte_level) is None   # Qwen-style tokenizers encode any text

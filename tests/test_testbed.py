@@ -266,6 +266,20 @@ def test_generate_writes_readable_dataset(tmp_path, splits):
     generate.read_records(paths["eval_ood"])
 
 
+def test_failed_regeneration_leaves_whole_files_and_no_completion_marker(tmp_path, splits, monkeypatch):
+  """A reader (a second job, a resumed run) meets either the old or the new file, never half of one; testbed.json,
+  which prepare() reads as "these files are complete", is gone until a generation has finished."""
+  paths = generate.generate(str(tmp_path), SPEC)
+  before = open(paths["train"], "rb").read()
+  broken = dict(splits, train=splits["train"] + [{"id": object()}])   # fails to serialise after 1000+ good rows
+  monkeypatch.setattr(tasks, "build_splits", lambda spec: broken)
+  with pytest.raises(TypeError):
+    generate.generate(str(tmp_path), SPEC)
+  assert open(paths["train"], "rb").read() == before
+  assert not os.path.exists(paths["meta"])
+  assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == []   # no temporary files left
+
+
 # ----------------------------------------------------------------------------- judge and metrics
 
 

@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import os
 import sys
+from typing import Iterable
 
 import ml_collections as mlc
 
@@ -45,26 +46,50 @@ METHODS: dict[str, dict[str, object]] = {
 }
 
 
+class ConfigError(ValueError):
+  """A config or command-line mistake: entry points print its message and exit non-zero (no traceback)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+  """'did you mean X? ' for the nearest of `choices` to a misspelled `word`, else ''."""
+  near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+  return f"did you mean {near[0]!r}? " if near else ""
+
+
 def parse_variant(arg: str | None, known: dict[str, set[str]]) -> dict[str, str]:
-  """Parses 'tiny,rl_text' or 'size=tiny,method=rl_text' into {group: value} using the `known` table."""
+  """Parses 'tiny,rl_text' or 'size=tiny,method=rl_text' into {group: value} using the `known` table.
+
+  A misspelled variant raises ConfigError with the nearest valid one (':tiny,hybird' -> 'hybrid')."""
+  choices = "; ".join(f"{g}: {', '.join(sorted(v))}" for g, v in known.items())
   out: dict[str, str] = {}
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
     if "=" in token:
       group, value = token.split("=", 1)
+      if group not in known:
+        raise ConfigError(f"config variant {token!r}: {did_you_mean(group, known)}groups are {sorted(known)}")
     else:
       groups = [g for g, values in known.items() if token in values]
       if len(groups) != 1:
-        raise ValueError(f"config variant {token!r} is not one of {sorted(set().union(*known.values()))}")
+        raise ConfigError(f"config variant {token!r}: {did_you_mean(token, set().union(*known.values()))}"
+                          f"choose from {choices}")
       group, value = groups[0], token
-    if group not in known or value not in known[group]:
-      raise ValueError(f"config variant {group}={value!r}: choose one of {sorted(known.get(group, ()))}")
+    if value not in known[group]:
+      raise ConfigError(f"config variant {token!r}: {did_you_mean(value, known[group])}"
+                        f"choose a {group} from {sorted(known[group])}")
+    if group in out:
+      raise ConfigError(f"config variants {out[group]!r} and {value!r} both set the {group}; give one")
     out[group] = value
   return out
 
 
+def length_buckets(data: mlc.ConfigDict) -> tuple[int, int]:
+  """The loader's padded lengths: the prompt alone and prompt + response (the longest example a run loads)."""
+  return (data.max_prompt_len, data.max_prompt_len + data.max_response_len)
+
+
 def apply_method(config: mlc.ConfigDict, method: str) -> None:
   if method not in METHODS:
-    raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
   config.method = method
   for dotted, value in METHODS[method].items():
     node = config
@@ -88,7 +113,7 @@ def base_config() -> mlc.ConfigDict:
 
   # --- Data ------------------------------------------------------------------------------------
   c.data = mlc.ConfigDict()
-  c.data.train = ""                 # ArrayRecord path(s) built by data_pipeline (glob allowed)
+  c.data.train = ""                 # a dataset directory built by data_pipeline.build (with dataset_info.json)
   c.data.eval = ""
   c.data.prompts_per_step = 8       # P: prompts per step; the RL batch has P * group_size rows
   c.data.max_prompt_len = 512
@@ -258,7 +283,8 @@ def load_config_file(spec: str) -> mlc.ConfigDict:
 
 def unknown_overrides(argv: list[str], flag: str = "config") -> list[str]:
   """Messages for the `--config.a.b=...` arguments of `argv` that name no field of the config."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  spec = next((a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, [*argv[1:], None])
+               if a.startswith(f"--{flag}=") or a == f"--{flag}"), None)
   if spec is None:
     return []
   config = load_config_file(spec)
@@ -277,7 +303,10 @@ def flags_parser(argv: list[str]) -> list[str]:
   """absl flags parser for entry points with a config flag: a misspelled field gets a short message naming
   the flag and the nearest valid fields instead of a traceback; `--print_config` is handled by the caller."""
   from absl import flags
-  messages = unknown_overrides(argv[1:])
+  try:
+    messages = unknown_overrides(argv[1:])
+  except (ConfigError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
   if messages:
     sys.exit("error: " + "\n       ".join(messages) + "\n(`--print_config` lists every field)")
   try:

@@ -54,6 +54,6 @@ def write_json(path: str, obj: Any, **kwargs: Any) -> None:
   write_text(path, dumps(obj, **kwargs))
 
 
-def write_jsonl(path: str, rows: Any) -> None:
-  """One strict JSON object per line, written atomically."""
-  write_text(path, "".join(dumps(r) + "\n" for r in rows))
+def write_jsonl(path: str, rows: Any, **kwargs: Any) -> None:
+  """One strict JSON object per line (`dumps(row, **kwargs)`), written atomically."""
+  write_text(path, "".join(dumps(r, **kwargs) + "\n" for r in rows))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import ml_collections as mlc
 import tokenizers
 
-from wavalign_jax import checkpointing
+from wavalign_jax import checkpointing, config_check, config_lib
 from wavalign_jax.data import loader
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
@@ -56,27 +56,13 @@ def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | Para
 
 def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | None = None) -> RunSetup:
   """`guard` lets the testbed's base-model SFT stop on SIGTERM with a checkpoint (raises Preempted)."""
-  buckets = (config.data.max_prompt_len, config.data.max_prompt_len + config.data.max_response_len)
+  buckets = config_lib.length_buckets(config.data)
+  config_check.check_data(config)
   if config.data.source == "testbed":
     return _setup_testbed(config, workdir, buckets, guard)
-  if config.data.source != "arrayrecord":
-    raise ValueError(f"--config.data.source={config.data.source!r}: choose 'testbed' or 'arrayrecord'")
-  if not config.init_checkpoint:
-    raise ValueError(
-        "this config trains released weights and needs a converted checkpoint: convert the Hugging Face "
-        "weights with `python -m wavalign_jax.convert --arch=... --hf_dir=HF_DIR --out=DIR` and pass "
-        "--config.init_checkpoint=DIR (or use the ':tiny' variant to run the built-in testbed)")
-  if not config.data.train:
-    raise ValueError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
-                     "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
   model_cfg, _ = checkpointing.load_model_config(config.init_checkpoint)
   model_cfg = model_cfg.replace(**{k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model})
-  if model_cfg.arch != config.model.arch:
-    raise ValueError(f"{config.init_checkpoint} holds a {model_cfg.arch!r} model but the config is for "
-                     f"{config.model.arch!r}")
   _, info = loader.resolve_paths(config.data.train)
-  if info.get("arch") != model_cfg.arch:
-    raise ValueError(f"{config.data.train} was built for arch {info.get('arch')!r}, the model is {model_cfg.arch!r}")
   vocab = _vocab_from_info(info, model_cfg.arch)
   if vocab.vocab_size > model_cfg.vocab_size:
     raise ValueError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "

@@ -42,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import config_lib, files
+from wavalign_jax import config_check, config_lib, files
 
 CLAIMS = (
     # (claim, metric, method a, methods b, relation): a - b on the metric; "greater" / "less" than 0.
@@ -820,6 +820,11 @@ def main(argv: list[str]) -> None:
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; choose from {sorted(config_lib.METHODS)}")
   overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  try:   # the overrides go to every run: check them once, before any run starts
+    for warning in config_check.check(f.config, f.workdir):
+      print(f"warning: {warning}", file=sys.stderr, flush=True)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
   try:
     sweep = parse_sweep(f.sweep, f.config, override_fields(overrides)) if f.sweep else None
   except ValueError as e:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -27,8 +28,8 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import (checkpointing, config_lib, gating, log_setup, models, optim, preemption, sharding, steps,
-                          train_state)
+from wavalign_jax import (checkpointing, config_check, config_lib, gating, log_setup, models, optim, preemption,
+                          sharding, steps, train_state)
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
@@ -363,6 +364,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--workdir is required")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  log_setup.quiet_stderr()
+  try:   # before anything is written: a mistake is one line, not a traceback minutes in
+    for warning in config_check.check(_CONFIG.value, _WORKDIR.value):
+      print(f"warning: {warning}", file=sys.stderr, flush=True)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
   log_file = log_setup.quiet_logs(_WORKDIR.value, "train")
   print(f"logs (absl / Orbax INFO and above): {log_file}", flush=True)
   train(_CONFIG.value, _WORKDIR.value)

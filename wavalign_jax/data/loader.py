@@ -68,6 +68,16 @@ def resolve_paths(path: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]
   return ([path] if isinstance(path, str) else list(path)), {}
 
 
+def check_lengths(info: dict[str, Any], buckets: Sequence[int]) -> None:
+  """Refuses a dataset whose longest example (`dataset_info.json`) exceeds every bucket: a run checks it at start
+  (config_check), before the loader would meet the record in a batch."""
+  longest = info.get("longest", 0)
+  if longest > max(buckets):
+    raise ValueError(f"examples of up to {longest} tokens exceed the largest length bucket {max(buckets)} "
+                     "(data.max_prompt_len + data.max_response_len); rebuild it with `python -m data_pipeline.build "
+                     f"--max_length={max(buckets)}` (longer records are then skipped) or raise the lengths")
+
+
 def _bucket(n: int, buckets: Sequence[int], where: str) -> int:
   i = bisect.bisect_left(buckets, n)
   if i == len(buckets):

@@ -3,7 +3,9 @@
   python -m wavalign_jax.testbed.generate --out=/tmp/testbed [--seed=0] [--noise_rate=0.1] ...
 
 testbed.json records the generation arguments, record counts, the vocabulary layout and the fact
-table, so a run's data can be traced back and regenerated bit for bit.
+table, so a run's data can be traced back and regenerated bit for bit. Every file is written atomically
+(wavalign_jax/files.py) and testbed.json, the marker that the files are complete (testbed/prepare.py),
+is removed first and written last: a concurrent reader or a killed generation never leaves half a file.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from absl import app, flags
 
+from wavalign_jax import files
 from wavalign_jax.testbed import tasks, unit_tts, vocab
 
 
@@ -23,12 +26,6 @@ EVAL_DIR = "eval"   # the eval splits, alone in a folder: `evaluate --data=<it>`
 def split_path(out_dir: str, split: str) -> str:
   """Where `generate` writes a split: eval splits under out_dir/eval/, the others in out_dir."""
   return os.path.join(out_dir, EVAL_DIR if split.startswith("eval") else "", f"{split}.jsonl")
-
-
-def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
-  with open(path, "w") as f:
-    for r in records:
-      f.write(json.dumps(r, separators=(",", ":")) + "\n")
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
@@ -50,10 +47,13 @@ def read_records(path: str) -> list[dict[str, Any]]:
 def generate(out_dir: str, spec: tasks.Spec = tasks.Spec()) -> dict[str, str]:
   """Generates the dataset into `out_dir`; returns {name: path} of the files written."""
   os.makedirs(os.path.join(out_dir, EVAL_DIR), exist_ok=True)
+  meta_path = os.path.join(out_dir, "testbed.json")
+  if os.path.exists(meta_path):   # the files stop matching it from the first one rewritten
+    os.remove(meta_path)
   splits = tasks.build_splits(spec)
   paths = {name: split_path(out_dir, name) for name in splits}
   for name, records in splits.items():
-    write_jsonl(paths[name], records)
+    files.write_jsonl(paths[name], records, separators=(",", ":"))
   paths["tokenizer"] = vocab.write_tokenizer(out_dir)
   meta = {
       "spec": dataclasses.asdict(spec),
@@ -64,9 +64,8 @@ def generate(out_dir: str, spec: tasks.Spec = tasks.Spec()) -> dict[str, str]:
       "parallel_vocab": dataclasses.asdict(vocab.parallel_vocab()),
       "facts": tasks.fact_table(spec.seed),
   }
-  paths["meta"] = os.path.join(out_dir, "testbed.json")
-  with open(paths["meta"], "w") as f:
-    json.dump(meta, f, indent=2)
+  paths["meta"] = meta_path
+  files.write_json(meta_path, meta, indent=2)
   return paths
 
 

@@ -14,7 +14,7 @@ import os
 
 from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
 
-from wavalign_jax import tokens
+from wavalign_jax import files, tokens
 from wavalign_jax.testbed import tasks, unit_tts
 
 UNK = "<unk>"
@@ -62,7 +62,7 @@ def write_tokenizer(out_dir: str, num_audio_codes: int = unit_tts.NUM_AUDIO_CODE
   """Writes `out_dir/tokenizer.json` and returns its path."""
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, "tokenizer.json")
-  build_tokenizer(num_audio_codes).save(path)
+  files.write_text(path, build_tokenizer(num_audio_codes).to_str(pretty=True))
   return path
 
 

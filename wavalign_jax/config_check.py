@@ -1,0 +1,163 @@
+"""Checks a training config before any work is done.
+
+A mistake in a config must be a one-line message at start-up, not a traceback minutes or hours into a run
+(after the testbed's base model has trained, at the first checkpoint, when the loader meets a long record).
+`check` raises `config_lib.ConfigError`; the entry points print it as `error: ...` and exit non-zero. It
+creates nothing: the work directory is probed with a temporary file that is removed at once.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import jax
+import ml_collections as mlc
+
+from wavalign_jax import checkpointing, config_lib, sharding, steps
+from wavalign_jax.config_lib import ConfigError
+from wavalign_jax.data import loader
+
+# The smallest valid value of each integer size (0 where 0 means "never" / "all" / "no training").
+MINIMUM = {
+    "data.prompts_per_step": 1, "data.max_prompt_len": 1, "data.max_response_len": 1, "data.num_epochs": 0,
+    "data.worker_count": 0, "rollout.group_size": 1, "rollout.max_new_tokens": 1, "rollout.length_buckets": 1,
+    "rl.num_iterations": 1, "train.total_steps": 0, "train.stop_at_step": 0, "train.microbatches": 1,
+    "train.log_every": 0, "train.checkpoint_every": 0, "train.keep_checkpoints": 1, "train.eval_every": 0,
+    "train.eval_examples": 0, "train.eval_batch_size": 1, "train.analysis_every": 0,
+    "train.analysis_minibatches": 1, "testbed.base_sft_steps": 0, "testbed.base_batch_size": 1,
+    "testbed.base_checkpoint_every": 0,
+}
+OBJECTIVES = ("hybrid", "dpo")
+REWARD_KINDS = ("llm_judge", "testbed", "exact_match")
+DATA_SOURCES = ("testbed", "arrayrecord")
+
+
+def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
+  """Raises ConfigError on the first mistake; returns warnings about settings that work but waste something."""
+  check_sizes(config)
+  _check_choices(config)
+  warnings = check_mesh(config)
+  check_data(config)
+  check_writable(workdir)
+  return warnings
+
+
+def samples(config: mlc.ConfigDict) -> bool:
+  """Whether training draws rollouts: GRPO compares the `rollout.group_size` rollouts of each prompt."""
+  return config.objective != "dpo" and config.gate.mode != "sft_only" and config.train.total_steps > 0
+
+
+def check_sizes(config: mlc.ConfigDict) -> None:
+  for dotted, least in MINIMUM.items():
+    section, field = dotted.split(".")
+    if section not in config or field not in config[section]:
+      continue
+    value = config[section][field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(f"--config.{dotted}={value!r}: must be an integer >= {least}")
+  if samples(config) and config.rollout.group_size < 2:
+    raise ConfigError(
+        f"--config.rollout.group_size={config.rollout.group_size}: method {config.method!r} samples rollouts and "
+        "GRPO scores each against the others of its prompt, so it needs at least 2 (with 1 every advantage is 0 "
+        "and the gate's lambda stays 0)")
+  if config.data.prompts_per_step % config.train.microbatches:
+    raise ConfigError(f"--config.data.prompts_per_step={config.data.prompts_per_step} does not split into "
+                      f"--config.train.microbatches={config.train.microbatches} equal micro-batches")
+
+
+def _check_choices(config: mlc.ConfigDict) -> None:
+  for dotted, value, choices in (("objective", config.objective, OBJECTIVES),
+                                 ("reward.kind", config.reward.kind, REWARD_KINDS)):
+    if value not in choices:
+      raise ConfigError(f"--config.{dotted}={value!r}: {config_lib.did_you_mean(str(value), choices)}"
+                        f"choose one of {list(choices)}")
+  try:   # the objective and gate sections validate their own fields
+    steps.step_config(config)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e)) from None
+
+
+def check_mesh(config: mlc.ConfigDict) -> list[str]:
+  """The mesh fits the devices and the step's prompts split over its data-parallel shards (data x fsdp)."""
+  shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
+  if sorted(axes) != sorted(sharding.MESH_AXES) or len(shape) != len(axes):
+    raise ConfigError(f"--config.mesh: axes {axes} with shape {shape}; give one size for each of "
+                      f"{sharding.MESH_AXES} (-1 = all remaining devices)")
+  try:
+    mesh = sharding.make_mesh(shape, axes)
+  except ValueError as e:
+    raise ConfigError(f"--config.mesh.shape={shape}: {e}") from None
+  prompts, hosts = config.data.prompts_per_step, jax.process_count()
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if prompts % hosts:
+    raise ConfigError(f"--config.data.prompts_per_step={prompts} does not divide over the {hosts} hosts")
+  if hosts > 1 and (prompts // hosts) % shards:
+    # Each host holds its own rows, so they must split evenly over the data shards (steps.batch_sharding).
+    raise ConfigError(f"--config.data.prompts_per_step={prompts}: each of the {hosts} hosts needs a multiple of "
+                      f"the {shards} data shards (mesh data x fsdp)")
+  if prompts % shards:
+    return [f"--config.data.prompts_per_step={prompts} does not divide over the {shards} data shards (mesh data x "
+            "fsdp): the SFT batch is replicated on every shard (correct, but without data parallelism)"]
+  return []
+
+
+def check_data(config: mlc.ConfigDict) -> None:
+  """A real (non-testbed) config names a converted checkpoint and datasets of its architecture and the method's
+  kind, whose examples fit the length buckets."""
+  if config.data.source not in DATA_SOURCES:
+    hint = config_lib.did_you_mean(str(config.data.source), DATA_SOURCES)
+    raise ConfigError(f"--config.data.source={config.data.source!r}: {hint}choose one of {list(DATA_SOURCES)}")
+  if config.data.source != "arrayrecord":
+    return
+  if not config.init_checkpoint:
+    raise ConfigError(
+        "this config trains released weights and needs a converted checkpoint: convert the Hugging Face "
+        "weights with `python -m wavalign_jax.convert --arch=... --hf_dir=HF_DIR --out=DIR` and pass "
+        "--config.init_checkpoint=DIR (or use the ':tiny' variant to run the built-in testbed)")
+  try:
+    arch = checkpointing.load_model_config(config.init_checkpoint)[0].arch
+  except FileNotFoundError as e:
+    raise ConfigError(f"--config.init_checkpoint: {e}") from None
+  if arch != config.model.arch:
+    raise ConfigError(f"--config.init_checkpoint={config.init_checkpoint} holds a {arch!r} model but the config is "
+                      f"for {config.model.arch!r}")
+  if not config.data.train:
+    raise ConfigError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
+                      "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
+  buckets = config_lib.length_buckets(config.data)
+  for name, kind in (("train", "dpo" if config.objective == "dpo" else "rl"), ("eval", "rl")):
+    path = config.data[name]
+    if not path:
+      continue
+    if not os.path.exists(path):
+      raise ConfigError(f"--config.data.{name}={path} does not exist")
+    try:
+      _, info = loader.resolve_paths(path)
+      if not info:
+        raise ValueError("not a dataset directory; build one with `python -m data_pipeline.build`")
+      if info.get("arch") != arch:
+        raise ValueError(f"built for arch {info.get('arch')!r}, the model is {arch!r}")
+      if info.get("kind") != kind:
+        raise ValueError(f"holds {info.get('kind')!r} records; this method needs a --kind={kind} dataset")
+      loader.check_lengths(info, buckets)
+    except ValueError as e:
+      raise ConfigError(f"--config.data.{name}={path}: {e}") from None
+
+
+def check_writable(workdir: str) -> None:
+  """The work directory and its checkpoints/ can take new files (else the first save would fail, steps in)."""
+  workdir = os.path.abspath(workdir)
+  probes = [p for p in (os.path.join(workdir, "checkpoints"), workdir) if os.path.exists(p)]
+  if not probes:   # created by the run: the nearest existing parent must take it
+    parent = workdir
+    while not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    probes = [parent]
+  for path in probes:
+    if not os.path.isdir(path):
+      raise ConfigError(f"--workdir={workdir}: {path} is not a directory")
+    try:
+      with tempfile.TemporaryFile(dir=path):
+        pass
+    except OSError as e:
+      raise ConfigError(f"--workdir={workdir}: cannot write in {path} ({e.strerror})") from None
