@@ -10,7 +10,7 @@ Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over
 
 Built-in testbed (no weights, no data; CPU, about 5 minutes on 2 cores):
   python -m wavalign_jax.train --config=experiments/kimi.py:tiny --workdir=/tmp/kimi_tiny
-  The synthetic spoken-QA task (docs/testbed.md), a tiny base model SFT-trained for 1000 steps, then 200 hybrid
+  The synthetic spoken-QA task (docs/testbed.md), a tiny base model SFT-trained for 1000 steps, then 600 hybrid
   steps; IQ / EQ (every eval row, 95% CIs) before and after. `python -m wavalign_jax.study` compares methods.
 
 Variants after ':' (comma separated): size `tiny`; a method from wavalign_jax/config_lib.py METHODS.

@@ -11,7 +11,7 @@ Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over
 Built-in testbed (no weights, no data needed; CPU, about 3 minutes on 2 cores):
   python -m wavalign_jax.train --config=experiments/vita.py:tiny --workdir=/tmp/vita_tiny
   Generates the synthetic spoken-QA task (docs/testbed.md), SFT-trains a tiny base model (400 steps), then runs
-  200 hybrid steps, printing lambda / gates every step and IQ / EQ (every eval row, 95% CIs) before and after.
+  600 hybrid steps, printing lambda / gates every step and IQ / EQ (every eval row, 95% CIs) before and after.
   Measured (seed 0): IQ 0.436 -> 0.449, EQ 0.813 -> 0.853. Whether that beats the other methods is what
   `python -m wavalign_jax.study` measures (README: the study table).
 

@@ -797,7 +797,8 @@ def define_flags() -> None:
   flags.DEFINE_string("sweep", "", "FIELD=V1,V2,...: one study per value of a config field, in DIR/FIELD=V, "
                       "e.g. testbed.judge_acoustic_noise=0,0.25,0.5.")
   flags.DEFINE_integer("jobs", 1, "Runs in parallel processes.")
-  flags.DEFINE_integer("eval_every", 50, "Evaluate every N steps (the EQ-over-training plot).")
+  flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps (the curves over training and the positive "
+                       "control's learning curve).")
   flags.DEFINE_bool("report_only", False, "Only rewrite study.md / study.json / plots.")
 
 
