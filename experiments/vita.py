@@ -8,12 +8,12 @@ Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over
   2000 steps x 8 prompts x 4 rollouts; about a day on 8x H100 with the default 1024-token rollouts (rollout-bound).
   Expected: the hybrid beats SFT-only and text-token RL on VoiceBench / VStyle (WavAlign paper, Table 2).
 
-Built-in testbed (no weights, no data needed; CPU, about 3 minutes on 2 cores):
+Built-in testbed (no weights, no data needed; CPU, about 10-15 minutes on 2 cores):
   python -m wavalign_jax.train --config=experiments/vita.py:tiny --workdir=/tmp/vita_tiny
   Generates the synthetic spoken-QA task (docs/testbed.md), SFT-trains a tiny base model (400 steps), then runs
   600 hybrid steps, printing lambda / gates every step and IQ / EQ (every eval row, 95% CIs) before and after.
-  Measured (seed 0): IQ 0.436 -> 0.449, EQ 0.813 -> 0.853. Whether that beats the other methods is what
-  `python -m wavalign_jax.study` measures (README: the study table).
+  Measured at the earlier 200-step budget (seed 0): IQ 0.436 -> 0.449, EQ 0.813 -> 0.853. Whether the hybrid
+  beats the other methods is what `python -m wavalign_jax.study` measures (README: the study table).
 
 Variants after ':' (comma separated): model `balance` (default) | `boost` | `plus_vanilla`; size `tiny`;
 a method from wavalign_jax/config_lib.py METHODS (`hybrid` default, `sft`, `rl_text`, `rl_full`, `dpo_text`,
