@@ -382,3 +382,20 @@ def test_base_run_stays_untrained_whatever_budget_the_overrides_give(tmp_path):
     train_section = out[out.index("\ntrain:"):]
     steps[method] = int(re.search(r"\n  total_steps: (\d+)", train_section).group(1))
   assert steps == {"base": 0, "rl_text": 700}
+
+
+def test_time_breakdown_from_run_times_and_metrics(tmp_path):
+  """One run: 100 s wall; step 1 took 30 s (compile), steps 2-3 took 4 s each of which 1 s rollouts, two evals
+  of 5 s: updates 6, rollouts 2, evals 10, other 100 - 30 - 2 - 6 - 10 = 52."""
+  run = tmp_path / "seed_0" / "rl_text"
+  run.mkdir(parents=True)
+  rows = [{"step": 1, "split": "train", "step_time": 30.0, "rollout_time": 0.5},
+          {"step": 2, "split": "train", "step_time": 4.0, "rollout_time": 1.0},
+          {"step": 3, "split": "train", "step_time": 4.0, "rollout_time": 1.0},
+          {"step": 2, "split": "eval", "eval_time": 5.0, "iq": 0.5},
+          {"step": 3, "split": "eval_after", "eval_time": 5.0, "iq": 0.5}]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (tmp_path / "run_times.json").write_text(json.dumps({"seed_0/rl_text": {"seconds": 100.0, "start": 0, "end": 100}}))
+  got = study.time_breakdown(str(tmp_path), ["rl_text"], [0])
+  assert got == {"rl_text": dict(wall=100.0, first_step=30.0, rollouts=2.0, updates=6.0, evals=10.0, other=52.0)}
+  assert study.breakdown_rows(got)[-1].startswith("| all | 1.7 (100%) | 0.5 (30%) |")

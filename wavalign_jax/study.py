@@ -484,6 +484,47 @@ def same_run_note(same_run: dict[str, str]) -> str:
                   "under each name." for names in groups.values())
 
 
+def time_breakdown(workdir: str, methods: Sequence[str], seeds: Sequence[int],
+                   same_run: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+  """Where each method's run time went, in seconds summed over seeds, from run_times.json and the runs'
+  metrics.jsonl: `first_step` (mostly compiling the step and the sampler), `rollouts` (sampling + scoring, later
+  steps), `updates` (the rest of later steps: data, reference log-probs, the jitted step), `evals` and `other`
+  (start-up, the base model's SFT in `base`, checkpoints: the wall time not in any step or evaluation)."""
+  times = read_times(workdir)
+  out = {}
+  for m in ["base", *methods]:
+    if m in (same_run or {}):
+      continue
+    parts = dict(wall=0.0, first_step=0.0, rollouts=0.0, updates=0.0, evals=0.0)
+    for s in seeds:
+      path = os.path.join(run_dir(workdir, s, m), "metrics.jsonl")
+      if f"seed_{s}/{m}" not in times or not os.path.exists(path):
+        continue
+      parts["wall"] += times[f"seed_{s}/{m}"]["seconds"]
+      for line in open(path):
+        row = json.loads(line)
+        if row["split"] != "train":
+          parts["evals"] += row.get("eval_time") or 0.0
+        elif row["step"] == 1:
+          parts["first_step"] += row["step_time"]
+        else:
+          parts["rollouts"] += row.get("rollout_time") or 0.0
+          parts["updates"] += row["step_time"] - (row.get("rollout_time") or 0.0)
+    if parts["wall"]:
+      parts["other"] = parts["wall"] - sum(v for k, v in parts.items() if k != "wall")
+      out[m] = parts
+  return out
+
+
+def breakdown_rows(breakdown: dict[str, dict[str, float]]) -> list[str]:
+  keys = ("wall", "first_step", "rollouts", "updates", "evals", "other")
+  rows = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+  rows += [f"| {m} | " + " | ".join(f"{v[k] / 60:.1f}" for k in keys) + " |" for m, v in breakdown.items()]
+  total = {k: sum(v[k] for v in breakdown.values()) for k in keys}
+  return rows + ["| all | " + " | ".join(f"{total[k] / 60:.1f} ({100 * total[k] / max(total['wall'], 1e-9):.0f}%)"
+                                        for k in keys) + " |"]
+
+
 def times_line(times: dict[str, float | None]) -> str:
   parts = [f"{label}: {times[k]:.0f} min" for k, label in (("summed_minutes", "summed run time"),
                                                          ("wall_minutes", "wall clock, first start to last finish"))
@@ -567,7 +608,9 @@ def markdown(out: dict[str, Any]) -> str:
                    f"{cmp['verdict'] if len(c['comparisons']) > 1 else ''} |")
     lines.append(f"| | **verdict** | | **{c['verdict']}** |")
   lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "",
-            *training_rows(out["curves"]), "", "![IQ vs EQ](iq_eq.png)", "", "![lambda and gates](gates.png)", "",
+            *training_rows(out["curves"]), "",
+            "## Where the time went (minutes, summed over seeds; `study.time_breakdown`)", "",
+            *breakdown_rows(out.get("time_breakdown", {})), "", "![IQ vs EQ](iq_eq.png)", "", "![lambda and gates](gates.png)", "",
             "![EQ over training](eq_curve.png)", ""]
   return "\n".join(lines)
 
@@ -727,7 +770,8 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
   curves = load_curves(study.workdir, [m for m in methods if m in rows], seeds, same_run)
   curve = learning_curve(study.workdir, seeds, rows["base"]) if power is not None else []
   out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]), "positive_control": power,
-         "learning_curve": curve, "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
+         "learning_curve": curve, "time_breakdown": time_breakdown(study.workdir, methods, seeds, same_run),
+         "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
          "curves": curves}
   files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
   files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))
