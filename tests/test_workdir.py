@@ -239,3 +239,13 @@ def test_torn_last_metrics_line_is_dropped_and_rows_are_strict_json(tmp_path, ca
   with pytest.raises(RunError, match=r"metrics.jsonl:2 is not a JSON row"):
     MetricWriter(str(tmp_path), resume_step=3, tensorboard=False)
   assert path.read_text() == '{"step": 1}\n{"step": 2, oops\n{"step": 3}\n'
+
+
+def test_non_finite_testbed_and_reward_knobs_are_refused_at_start_up(tmp_path):
+  from wavalign_jax.errors import RunError
+  config = _config()
+  config.testbed.judge_acoustic_noise = float("nan")
+  config.reward.fallback_score = float("inf")
+  with pytest.raises(RunError, match=r"--config.testbed.judge_acoustic_noise=nan, --config.reward.fallback_score=inf"):
+    train.train(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []

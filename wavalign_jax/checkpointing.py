@@ -1,9 +1,11 @@
-"""Orbax checkpoints: the whole train state plus the data iterator state, keep-N, resume from latest.
+"""Orbax checkpoints: the whole train state plus the data iterator state, keep-N, resume from the newest that
+restores.
 
 Layout of a run's work directory (see WORKSPACE.md):
   WORKDIR/checkpoints/<step>/state   the TrainState pytree (sharded arrays, restored straight onto the mesh)
   WORKDIR/checkpoints/<step>/data    the Grain iterator state (one file per process) so a resumed run sees
                                      exactly the next example
+  WORKDIR/checkpoints.damaged/<step> checkpoints that failed to restore, moved aside by a resume
 A converted / exported model (no optimizer state) is written by `save_params` as DIR/params + DIR/model_config.json.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import grain
@@ -36,6 +39,7 @@ def _short_reason(error: BaseException | None) -> str:
   while error.__cause__ is not None or error.__context__ is not None:
     error = error.__cause__ or error.__context__
   line = next((l.strip() for l in str(error).splitlines() if l.strip()), "")
+  line = re.sub(r"\s*\[tensorstore_spec[^=]*=.*$", "", line)   # TensorStore appends its whole JSON spec
   line = line if len(line) <= 240 else f"{line[:80]} ... {line[-150:]}"   # the code, and the cause at the end
   return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
@@ -48,7 +52,7 @@ def _failed_anywhere(failed: bool) -> bool:
 
 
 class Checkpointer:
-  """Keeps the newest `keep` checkpoints and restores the latest; the caller decides when to save."""
+  """Keeps the newest `keep` checkpoints and restores the newest intact one; the caller decides when to save."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,

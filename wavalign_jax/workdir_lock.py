@@ -22,7 +22,6 @@ from typing import Iterator
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 from wavalign_jax.errors import RunError
@@ -97,7 +96,6 @@ def _acquire(path: str, me: dict) -> None:
       with contextlib.suppress(FileExistsError):
         os.link(aside, path)
     else:
-      logging.warning("taking over the stale lock %s (%s: no such process)", path, _describe(holder))
       print(f"warning: {path} was left by a job that is gone ({_describe(holder)}); taking it over", flush=True)
     os.remove(aside)
 
