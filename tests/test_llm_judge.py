@@ -233,3 +233,23 @@ def test_failure_monitor(caplog):
   with pytest.raises(llm_judge.RewardFailureError, match=r"3/4 items failed at step 8.*llm_judge: timeout"):
     monitor.update(nested, step=8)
   assert monitor.total_failed == 4 and monitor.total_items == 8
+
+
+def test_non_finite_reward_is_a_failed_item(caplog):
+  """A reward function returning NaN / inf: those items are failed (reason named), hold the mean of the finite
+  scores, and count in reward/failed, also through `combine`."""
+  monitor = llm_judge.FailureMonitor(max_failed_fraction=0.5)
+  result = base.RewardResult([1.0, np.nan, 3.0, np.inf], [False, False, False, False], [{}, {}, {}, {}])
+  np.testing.assert_array_equal(result.scores, [1.0, 2.0, 3.0, 2.0])
+  np.testing.assert_array_equal(result.failed, [False, True, False, True])
+  assert monitor.update(result, step=1)["reward/failed"] == 2.0 and "non-finite score" in caplog.text
+
+  class Nan:
+    name = "nan"
+
+    def __call__(self, items):
+      return base.RewardResult(np.full(len(items), np.nan), np.zeros(len(items), bool), [{}] * len(items))
+  combined = base.combine([(1.0, Nan())], items("a", "b"))
+  assert combined.failed.all() and np.isfinite(combined.scores).all()
+  with pytest.raises(llm_judge.RewardFailureError, match="2/2 items failed"):
+    monitor.update(combined)

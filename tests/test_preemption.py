@@ -11,12 +11,13 @@ import struct
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the CLI's flag parser, used by the subprocess)
 
-from wavalign_jax import checkpointing, train
-from wavalign_jax.rewards.base import RewardResult
+from wavalign_jax import checkpointing, optim, train
+from wavalign_jax.errors import NonFiniteStop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 6
@@ -119,21 +120,54 @@ def jax_leaves(tree):
   return jax.tree.leaves(tree)
 
 
-class _NaNRewards:
-  def __init__(self, inner):
-    self.inner = inner
+def _nan_learning_rate_from_step_2(monkeypatch, learning_rate):
+  """The schedule of the optimizer with peak `learning_rate` is NaN at steps 2..4 (finite where optim.validate
+  looks: 0, the end of the warm-up, the end): the loss and the gradient stay finite, only the update is NaN."""
+  make = optim.learning_rate_schedule
 
-  def __call__(self, items):
-    r = self.inner(items)
-    return RewardResult(np.full_like(r.scores, np.nan), r.failed, r.info)
+  def schedule(cfg):
+    inner = make(cfg)
+    if cfg.learning_rate != learning_rate:
+      return inner
+    return lambda count: jnp.where((count >= 2) & (count <= 4), jnp.nan, inner(count))
+  monkeypatch.setattr(optim, "learning_rate_schedule", schedule)
 
 
-def test_consecutive_non_finite_steps_stop_the_run(tmp_path, monkeypatch):
-  make = train.make_reward_fn
-  monkeypatch.setattr(train, "make_reward_fn", lambda *a: _NaNRewards(make(*a)))
+def _all_finite(path):
+  return all(np.isfinite(x).all() for x in jax_leaves(checkpointing.load_host_params(path)))
+
+
+def test_consecutive_non_finite_updates_stop_the_run_with_finite_checkpoints(tmp_path, monkeypatch):
   config = _config()
   config.train.max_consecutive_skips = 3
-  with pytest.raises(FloatingPointError, match=r"3 consecutive steps \(1..3\) had a non-finite loss"):
+  config.train.checkpoint_every = 1
+  _nan_learning_rate_from_step_2(monkeypatch, config.optim.learning_rate)
+  with pytest.raises(NonFiniteStop, match=r"training stopped: 3 consecutive steps \(3..5\) were not finite; the last "
+                                          r"checkpoint, step 4, holds finite parameters") as e:
     train.train(config, str(tmp_path))
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  assert [r["skipped_steps"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+  assert e.value.exit_code == 3 and not os.path.exists(tmp_path / "job.lock")
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]
+  assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 2, 3]
+  # skipped steps log the kept lambda, and the learning rate that was refused
+  assert [r["lambda"] for r in rows[2:]] == [rows[1]["lambda"]] * 3 and [r["lr"] for r in rows[2:]] == [None] * 3
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert steps == [2, 3, 4]
+  for step in steps:
+    assert _all_finite(tmp_path / "checkpoints" / str(step) / "state"), step
+  # the skip count is in the checkpoint: a resume (same config) stops after the next skipped step
+  with pytest.raises(NonFiniteStop, match=r"3 consecutive steps \(3..5\)"):
+    train.train(config, str(tmp_path))
+
+
+def test_base_model_sft_uses_the_same_guard(tmp_path, monkeypatch, capsys):
+  config = _config()
+  config.train.max_consecutive_skips = 2
+  config.testbed.base_checkpoint_every = 1
+  _nan_learning_rate_from_step_2(monkeypatch, config.testbed.base_learning_rate)
+  with pytest.raises(NonFiniteStop, match=r"the testbed's base-model SFT stopped: 2 consecutive steps \(3..4\)"):
+    train.train(config, str(tmp_path))
+  assert "the testbed's base-model SFT step 3: loss, gradient, learning rate or update not finite" in \
+      capsys.readouterr().out
+  assert not os.path.exists(tmp_path / "base_model")
+  sft = tmp_path / "base_model.sft_checkpoints"
+  assert all(_all_finite(sft / s / "state") for s in os.listdir(sft))

@@ -1,4 +1,6 @@
 """The jitted hybrid step on real (tiny) models: sharding invariance and the text-only RL gradient."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,7 +217,56 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   jax.tree.map(np.testing.assert_array_equal, jax.device_get((after.params, after.opt_state, after.gate)),
                (before.params, before.opt_state, before.gate))
   assert int(after.skipped_steps) == 1 and int(after.step) == int(before.step) + 1
+  assert int(after.consecutive_skips) == 1
+  # The logged lambda is the state's (kept) one, not the rejected NaN of the gate update.
+  assert float(metrics["lambda"]) == float(before.gate.lam)
   # The next finite step applies as usual and does not count.
   after, metrics = step(after, batch)
-  assert not bool(metrics["skipped"]) and int(after.skipped_steps) == 1
+  assert not bool(metrics["skipped"]) and int(after.skipped_steps) == 1 and int(after.consecutive_skips) == 0
   assert float(optax.tree.norm(jax.tree.map(jnp.subtract, after.params, before.params))) > 0
+
+
+@pytest.mark.parametrize("case", ["nan_learning_rate", "overflowing_update"])
+def test_step_with_finite_loss_and_gradient_but_non_finite_update_is_skipped(case):
+  """The guard covers the update, not only the loss and the gradient: a NaN learning rate, or an update that
+  overflows to inf, leaves params / moments / gate untouched and counts as skipped (steps.all_finite)."""
+  cfg = models.tiny_config("interleaved")
+  batch = _hybrid_batch(cfg)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  state, _ = _run_on_mesh(cfg, mesh, batch, num_steps=1)
+  if case == "nan_learning_rate":
+    schedule = lambda count: jnp.float32(jnp.nan)
+    optimizer = optax.adamw(schedule)
+  else:   # finite learning rate; the updates (gradient x 1e60) overflow float32
+    schedule = lambda count: jnp.float32(1e-3)
+    optimizer = optax.chain(optax.scale(1e30), optax.scale(1e30))
+  state = state.replace(opt_state=optimizer.init(state.params))
+  before = jax.device_get(state)
+  step = jax.jit(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, steps.StepConfig(), schedule))
+  after, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert bool(metrics["skipped"]) and int(after.skipped_steps) == 1 and int(after.consecutive_skips) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get((after.params, after.opt_state, after.gate)),
+               (before.params, before.opt_state, before.gate))
+  after, _ = step(after, batch)
+  assert int(after.consecutive_skips) == 2 and int(after.skipped_steps) == 2
+
+
+def test_all_finite_is_one_reduction_over_every_float_leaf():
+  tree = {"a": jnp.ones((3,)), "b": [jnp.zeros((2, 2)), jnp.arange(3)], "c": jnp.float32(2.0)}
+  assert bool(steps.all_finite(tree))
+  for path, bad in [("a", jnp.array([1.0, jnp.inf, 0.0])), ("c", jnp.float32(jnp.nan))]:
+    assert not bool(steps.all_finite(dict(tree, **{path: bad})))
+  assert not bool(steps.all_finite(tree, jnp.float32(-jnp.inf)))
+
+
+def test_learning_rate_schedule_is_validated_at_start_up():
+  """1e39 is inf in float32: refused with the field named, before any step (optim.validate)."""
+  from wavalign_jax.errors import RunError
+  optim.validate(optim.OptimConfig(learning_rate=3e38))   # finite in float32: the step's guard handles it
+  for kwargs, field in [(dict(learning_rate=1e39), "optim.learning_rate=1e+39"),
+                        (dict(learning_rate=float("nan")), "optim.learning_rate=nan"),
+                        (dict(end_learning_rate=float("inf")), "optim.end_learning_rate=inf"),
+                        (dict(b2=1.0), "optim.b2=1.0"), (dict(weight_decay=-1.0), "optim.weight_decay=-1.0")]:
+    with pytest.raises(RunError, match=re.escape(field)):
+      optim.validate(optim.OptimConfig(**kwargs))

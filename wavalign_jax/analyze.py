@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import config_lib, evaluate, log_setup, models, sharding
+from wavalign_jax import config_lib, evaluate, files, log_setup, models, sharding
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
 from wavalign_jax.data import loader
 from wavalign_jax.objectives import grpo
@@ -133,10 +133,8 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
         ax.bar(dims, [out["judge_agreement"][d]["spearman"]["value"] for d in dims]),
         ax.set_ylabel("Spearman ρ (judge vs reference)")))
   out["figures"] = figures
-  with open(os.path.join(workdir, "analysis.json"), "w") as f:
-    json.dump(out, f, indent=2)
-  with open(os.path.join(workdir, "analysis.md"), "w") as f:
-    f.write(_markdown(out))
+  files.write_json(os.path.join(workdir, "analysis.json"), out, indent=2)
+  files.write_text(os.path.join(workdir, "analysis.md"), _markdown(out))
   return out
 
 

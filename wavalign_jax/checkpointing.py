@@ -1,9 +1,11 @@
-"""Orbax checkpoints: the whole train state plus the data iterator state, keep-N, resume from latest.
+"""Orbax checkpoints: the whole train state plus the data iterator state, keep-N, resume from the newest that
+restores.
 
 Layout of a run's work directory (see WORKSPACE.md):
   WORKDIR/checkpoints/<step>/state   the TrainState pytree (sharded arrays, restored straight onto the mesh)
   WORKDIR/checkpoints/<step>/data    the Grain iterator state (one file per process) so a resumed run sees
                                      exactly the next example
+  WORKDIR/checkpoints.damaged/<step> checkpoints that failed to restore, moved aside by a resume
 A converted / exported model (no optimizer state) is written by `save_params` as DIR/params + DIR/model_config.json.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import grain
@@ -18,12 +21,38 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
+from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
 
 
+class NoRestorableCheckpoint(RunError):
+  pass
+
+
+def _short_reason(error: BaseException | None) -> str:
+  """The first line of the innermost cause of an error, shortened (Orbax / TensorStore errors wrap the
+  informative one, e.g. "OUT_OF_RANGE ... byte range", in messages of hundreds of lines)."""
+  if error is None:
+    return "failed on another process"
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  line = next((l.strip() for l in str(error).splitlines() if l.strip()), "")
+  line = re.sub(r"\s*\[tensorstore_spec[^=]*=.*$", "", line)   # TensorStore appends its whole JSON spec
+  line = line if len(line) <= 240 else f"{line[:80]} ... {line[-150:]}"   # the code, and the cause at the end
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _failed_anywhere(failed: bool) -> bool:
+  """True on every process if the restore failed on any (each reads its own iterator file)."""
+  if jax.process_count() == 1:
+    return failed
+  return bool(np.any(multihost_utils.process_allgather(np.int32(failed))))
+
+
 class Checkpointer:
-  """Keeps the newest `keep` checkpoints and restores the latest; the caller decides when to save."""
+  """Keeps the newest `keep` checkpoints and restores the newest intact one; the caller decides when to save."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
@@ -44,19 +73,53 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, abstract_state: Any, data_iterator: Any = None, step: int | None = None) -> Any:
-    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding).
+  def restore(self, abstract_state: Any, data_iterator: Any = None) -> Any:
+    """Restores the newest checkpoint that restores onto the shardings carried by `abstract_state`
+    (ShapeDtypeStructs with .sharding); a given `data_iterator` (built with the same arguments as the saved one)
+    is moved in place to the saved position.
 
-    A given `data_iterator` (built with the same arguments as the saved one) is moved in place to
-    the saved position.
+    A checkpoint that fails (a data file truncated by a dying node or a disk error, a missing metadata or
+    iterator file) is reported in one line and the previous one is tried; the failed ones are moved to
+    `<directory>.damaged/` so that the run can save those steps again. Raises NoRestorableCheckpoint naming the
+    steps tried when none restores.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    tried = sorted(self.all_steps(), reverse=True)
+    if not tried:
       raise FileNotFoundError(f"no checkpoint in {self._manager.directory}")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+    for i, step in enumerate(tried):
+      try:
+        state, error = self._manager.restore(step, args=ocp.args.Composite(**items)).state, None
+      except Exception as e:   # whatever the damage, the previous checkpoint may be intact
+        state, error = None, e
+      if _failed_anywhere(error is not None):
+        print(f"checkpoint {step} failed to restore: {_short_reason(error)}", flush=True)
+        continue
+      if i:
+        self._set_aside(tried[:i])
+      return state
+    raise NoRestorableCheckpoint(
+        f"no checkpoint in {self._manager.directory} restores (tried steps {', '.join(map(str, tried))}; the "
+        "reasons are above). Move the directory away to start this run afresh")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves damaged step directories to `<directory>.damaged/<step>` (kept for inspection, out of the way)."""
+    directory = epath.Path(self._manager.directory)
+    damaged = directory.parent / f"{directory.name}.damaged"
+    if jax.process_index() == 0:
+      damaged.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = damaged / str(step)
+        n = 1
+        while target.exists():
+          target, n = damaged / f"{step}.{n}", n + 1
+        (directory / str(step)).rename(target)
+        print(f"moved the damaged checkpoint {step} to {target}", flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpointing.set_aside")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

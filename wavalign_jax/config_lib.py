@@ -175,6 +175,7 @@ def base_config() -> mlc.ConfigDict:
   c.train.stop_at_step = 0             # > 0: exit cleanly (checkpointed) at this step; rerun to continue
   c.train.microbatches = 1             # gradient accumulation: the step's batch in this many sequential pieces
   c.train.max_consecutive_skips = 5    # stop after this many non-finite steps in a row (each is skipped); 0 = never
+  c.train.allow_config_change = False  # resume although experiment fields changed (kept as config.<step>.json)
   c.train.sft_stage_fraction = 0.0     # two-stage baseline: fraction of steps trained with SFT only
   c.train.log_every = 1
   c.train.checkpoint_every = 50

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from wavalign_jax import files
+from wavalign_jax.errors import RunError
+
 # Keys shown on the one-line progress report, in this order (others go to the files only).
 PROGRESS_KEYS = ("loss", "lambda", "lambda_raw", "gate_direction", "gate_info", "reward_mean", "reward_max",
                  "reward_var", "sft_loss", "rl_loss", "reward/failed", "grad_norm", "lr")
@@ -43,7 +46,7 @@ class MetricWriter:
     scalars = {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
     if not self._is_main:
       return scalars
-    self._jsonl.write(json.dumps({"step": int(step), "split": prefix, **scalars}) + "\n")
+    self._jsonl.write(files.dumps({"step": int(step), "split": prefix, **scalars}) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in scalars.items():
@@ -66,15 +69,24 @@ class MetricWriter:
 
 
 def _truncate_jsonl(path: str, resume_step: int) -> None:
-  """Keeps the rows of steps 1..resume_step (step-0 rows only if the run resumes past step 0); atomic."""
+  """Keeps the rows of steps 1..resume_step (step-0 rows only if the run resumes past step 0); atomic.
+
+  A torn last line (the job was killed in the middle of writing it) is dropped with a warning; an unreadable
+  line before it was not written by this writer and stops the run, naming the file and line."""
   if not os.path.exists(path):
     return
   with open(path) as f:
-    rows = [line for line in f if line.strip()]
-  keep = [line for line in rows if 0 < resume_step and json.loads(line)["step"] <= resume_step]
-  if len(keep) == len(rows):
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+    text = f.read()
+  lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+  rows = []
+  for i, (n, line) in enumerate(lines):
+    try:
+      rows.append((json.loads(line), line))
+    except ValueError:
+      if i + 1 < len(lines):
+        raise RunError(f"{path}:{n} is not a JSON row (a torn write can only be the last line); fix or remove "
+                       "that line and rerun") from None
+      print(f"warning: {path}:{n}: dropping a torn last line (the job was killed while writing it)", flush=True)
+  keep = "".join(line + "\n" for row, line in rows if 0 < resume_step and row["step"] <= resume_step)
+  if keep != text:
+    files.write_text(path, keep)

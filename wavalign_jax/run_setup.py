@@ -10,6 +10,7 @@ Two sources of data and weights:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -18,6 +19,7 @@ import tokenizers
 
 from wavalign_jax import checkpointing, config_check, config_lib
 from wavalign_jax.data import loader
+from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -52,6 +54,15 @@ class RunSetup:
 def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | ParallelVocab:
   cls = InterleavedVocab if arch == "interleaved" else ParallelVocab
   return cls(**info["vocab"])
+
+
+def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testbed", "reward")) -> None:
+  """Refuses a NaN / inf in the numbers of the testbed and reward sections at start-up (a NaN judge noise gives
+  NaN rewards for the whole run; comparisons with NaN pass every range check)."""
+  bad = [f"--config.{section}.{key}={value}" for section in sections for key, value in config.get(section, {}).items()
+         if isinstance(value, float) and not math.isfinite(value)]
+  if bad:
+    raise RunError(f"not a finite number: {', '.join(bad)}")
 
 
 def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | None = None) -> RunSetup:

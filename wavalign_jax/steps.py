@@ -45,26 +45,57 @@ def step_config(config: Any) -> StepConfig:
                     gate=gating.GateConfig(**config.gate), dpo=DPOConfig(**config.dpo))
 
 
+def all_finite(*trees: Any) -> jax.Array:
+  """One boolean: every floating-point leaf of `trees` is finite (a single fused reduction on device)."""
+  leaves = [x for x in jax.tree.leaves(trees) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
 def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
                      schedule: optax.Schedule | None, metrics: dict, gate: Any = None) -> tuple[TrainState, dict]:
-  """AdamW update and the new gate, unless the loss or a gradient is not finite.
+  """AdamW update and the new gate, unless anything about the step is not finite.
 
-  A non-finite step changes nothing but the step counter, the RNG and `skipped_steps` (params, optimizer
-  moments and gate stay as they were); the loop stops after `train.max_consecutive_skips` in a row.
+  The check covers the loss, the gradient norm, the learning rate and the results themselves (new params,
+  optimizer moments, gate): a finite loss and gradient with a huge or NaN learning rate still give NaN
+  parameters, and those must never reach a checkpoint. A skipped step changes nothing but the step counter,
+  the RNG and the skip counters (params, moments and gate stay as they were; the logged λ is the kept one);
+  the loop stops after `train.max_consecutive_skips` in a row (`report_skipped`).
   """
   gate = state.gate if gate is None else gate
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  lr = schedule(state.step) if schedule is not None else jnp.zeros((), jnp.float32)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  finite = all_finite(metrics["loss"], grad_norm, lr, params, opt_state, gate)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   params, opt_state, gate = keep((params, opt_state, gate), (state.params, state.opt_state, state.gate))
   metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params), skipped=~finite)
+  if "lambda" in metrics:
+    metrics["lambda"] = gate.lam
   if schedule is not None:
-    metrics["lr"] = schedule(state.step)
+    metrics["lr"] = lr
+  skipped = (~finite).astype(jnp.int32)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, gate=gate,
-                       rng=jax.random.fold_in(state.rng, state.step),
-                       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32)), metrics
+                       rng=jax.random.fold_in(state.rng, state.step), skipped_steps=state.skipped_steps + skipped,
+                       consecutive_skips=(state.consecutive_skips + 1) * skipped), metrics
+
+
+def report_skipped(state: TrainState, limit: int, what: str, last_checkpoint: int | None,
+                   learning_rate_field: str) -> str | None:
+  """After a step: prints one line if it was skipped; returns the stop message once `limit` (> 0) steps in a
+  row were skipped (the caller closes its files and raises errors.NonFiniteStop), else None."""
+  run, now = int(state.consecutive_skips), int(state.step)
+  if not run:
+    return None
+  print(f"{what} step {now}: loss, gradient, learning rate or update not finite; nothing applied "
+        f"({run} in a row, {int(state.skipped_steps)} in all)", flush=True)
+  if not 0 < limit <= run:
+    return None
+  last = (f"the last checkpoint, step {last_checkpoint}, holds finite parameters (no non-finite update is ever "
+          "applied)" if last_checkpoint is not None else "no checkpoint was written yet")
+  return (f"{what} stopped: {run} consecutive steps ({now - run + 1}..{now}) were not finite; {last}. Look at "
+          f"the metrics of those steps (rewards, losses, grad_norm, lr) and lower {learning_rate_field} or check "
+          "the data (train.max_consecutive_skips sets the limit)")
 
 
 # Metrics that are sums over micro-batches (loss shares computed with the step's global counts, token

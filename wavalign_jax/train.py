@@ -28,8 +28,8 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import (checkpointing, config_check, config_lib, gating, log_setup, models, optim, preemption,
-                          sharding, steps, train_state)
+from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, gating, log_setup,
+                          models, optim, preemption, sharding, steps, train_state, workdir_lock)
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
@@ -38,7 +38,7 @@ from wavalign_jax.rewards.base import rollout_items
 from wavalign_jax.rewards.llm_judge import FailureMonitor
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
-from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
+from wavalign_jax.run_setup import RunSetup, check_finite_knobs, make_reward_fn, setup_run
 
 
 # ----------------------------------------------------------------------------- rollouts and rewards
@@ -128,9 +128,7 @@ def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
     return
   writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
   if jax.process_index() == 0 and rows:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(os.path.join(workdir, "eval", f"{name}.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
+    files.write_jsonl(os.path.join(workdir, "eval", f"{name}.jsonl"), rows)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -150,7 +148,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
   SIGTERM / SIGINT end the run after the current step with a checkpoint (then `{"preempted": step}`).
   """
-  with preemption.PreemptionGuard() as guard:
+  with workdir_lock.hold(workdir), preemption.PreemptionGuard() as guard:
     try:
       return _train(config, workdir, guard)
     except preemption.Preempted as e:
@@ -159,11 +157,17 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> dict[str, Any]:
-  os.makedirs(workdir, exist_ok=True)
+  optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
+  optim.validate(optim_cfg)
+  check_finite_knobs(config)
+  # Async saves write from a background thread while the loop goes on with a donated state. On CPU the host
+  # copy Orbax writes from can alias a device buffer, and multi-process CPU collectives (gloo) are not ordered
+  # across threads, so CPU runs (tests, the testbed) save synchronously; accelerators save asynchronously.
+  async_save = jax.default_backend() != "cpu"
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                                    async_save=async_save)
+  config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
   per_host, shards = config.data.prompts_per_step // jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"]
   if jax.process_count() > 1 and per_host % shards:
@@ -171,7 +175,6 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
                      f"{jax.process_count()} hosts needs a multiple of the {shards} data shards (mesh data x fsdp)")
   cfg = steps.step_config(config)
-  optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
   logprob_fn = models.logprob_fn(setup.model_cfg)
   param_sharding = models.param_shardings(setup.model_cfg, mesh)
@@ -180,12 +183,6 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
   abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
-  # Async saves write from a background thread while the loop goes on with a donated state. On CPU the host
-  # copy Orbax writes from can alias a device buffer, and multi-process CPU collectives (gloo) are not ordered
-  # across threads, so CPU runs (tests, the testbed) save synchronously; accelerators save asynchronously.
-  async_save = jax.default_backend() != "cpu"
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                                    async_save=async_save)
   train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
                                 buckets=setup.buckets, seed=config.data.shuffle_seed,
                                 num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
@@ -211,8 +208,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     results["eval_before"] = before[0]
     _log_eval(writer, workdir, 0, "eval_before", "before", before, time.time() - t0)
     if before[0] and jax.process_index() == 0:
-      with open(os.path.join(workdir, "eval_before.json"), "w") as f:
-        json.dump(before[0], f, indent=2)
+      files.write_json(os.path.join(workdir, "eval_before.json"), before[0], indent=2)
 
   if cfg.objective == "dpo":
     step_fn = steps.jit_step(steps.make_dpo_step(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
@@ -235,7 +231,6 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       mesh)
   metrics: dict[str, Any] = {}
   stop_at = min(total, config.train.stop_at_step or total)
-  consecutive_skips = 0
   while int(state.step) < stop_at:
     step = int(state.step)
     t0 = time.time()
@@ -280,18 +275,13 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     crossed = lambda every: every and now // every > step // every
     if crossed(config.train.log_every) or now == total:
       writer.write(now, metrics, total_steps=total)
-    consecutive_skips = consecutive_skips + 1 if metrics.get("skipped") else 0
-    if consecutive_skips:
-      print(f"step {now}: loss or gradients not finite, update skipped ({consecutive_skips} in a row, "
-            f"{int(state.skipped_steps)} in all)", flush=True)
-    if consecutive_skips >= config.train.max_consecutive_skips > 0:
+    stop = steps.report_skipped(state, config.train.max_consecutive_skips, "training", ckpt.latest_step(),
+                                "optim.learning_rate (resuming with another value needs "
+                                "--config.train.allow_config_change=True)")
+    if stop:
       ckpt.close()
       writer.close()
-      raise FloatingPointError(
-          f"{consecutive_skips} consecutive steps ({now - consecutive_skips + 1}..{now}) had a non-finite loss or "
-          f"gradient; nothing was applied in them. Last checkpoint: step {ckpt.latest_step()}. Look at the "
-          "metrics of those steps (rewards, losses) and lower optim.learning_rate or check the data "
-          "(train.max_consecutive_skips sets the limit)")
+      raise errors.NonFiniteStop(stop)
     saved = crossed(config.train.checkpoint_every) or now == stop_at
     if saved:
       ckpt.save(now, state, train_it)
@@ -330,8 +320,7 @@ def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
     return
   before_path = os.path.join(workdir, "eval_before.json")
   before = json.load(open(before_path)) if os.path.exists(before_path) else {}
-  with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
-    json.dump({"before": before, "after": after}, f, indent=2)
+  files.write_json(os.path.join(workdir, "eval_summary.json"), {"before": before, "after": after}, indent=2)
   print("evaluation before -> after: " + ", ".join(
       f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())
       if "/" not in k and not k.endswith(("_lo", "_hi"))),
@@ -370,9 +359,14 @@ def main(argv: list[str]) -> None:
       print(f"warning: {warning}", file=sys.stderr, flush=True)
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
-  log_file = log_setup.quiet_logs(_WORKDIR.value, "train")
-  print(f"logs (absl / Orbax INFO and above): {log_file}", flush=True)
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    with workdir_lock.hold(_WORKDIR.value):   # before the log file: a second job writes nothing
+      log_file = log_setup.quiet_logs(_WORKDIR.value, "train")
+      print(f"logs (absl / Orbax INFO and above): {log_file}", flush=True)
+      train(_CONFIG.value, _WORKDIR.value)
+  except errors.RunError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

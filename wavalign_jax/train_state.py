@@ -21,12 +21,14 @@ class TrainState:
   opt_state: Any
   gate: Any                # gating.GateState: lambda and its statistics
   rng: jax.Array           # uint32[2] raw PRNG key, split once per step
-  skipped_steps: jax.Array  # int32 scalar: steps whose loss or gradients were not finite (nothing applied)
+  skipped_steps: jax.Array  # int32 scalar: steps not applied (non-finite loss, gradient, lr or update)
+  consecutive_skips: jax.Array  # int32 scalar: skipped steps in a row up to now (the stop counts on after a resume)
 
 
 def create(params: Any, optimizer: optax.GradientTransformation, gate: Any, rng: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    gate=gate, rng=rng, skipped_steps=jnp.zeros((), jnp.int32))
+                    gate=gate, rng=rng, skipped_steps=jnp.zeros((), jnp.int32),
+                    consecutive_skips=jnp.zeros((), jnp.int32))
 
 
 def state_shardings(abstract_state: TrainState, param_sharding: Any, optimizer: optax.GradientTransformation,
@@ -39,7 +41,8 @@ def state_shardings(abstract_state: TrainState, param_sharding: Any, optimizer: 
       is_leaf=lambda x: isinstance(x, NamedSharding))
   return TrainState(
       step=replicated, params=param_sharding, opt_state=opt_sharding,
-      gate=jax.tree.map(lambda _: replicated, abstract_state.gate), rng=replicated, skipped_steps=replicated)
+      gate=jax.tree.map(lambda _: replicated, abstract_state.gate), rng=replicated, skipped_steps=replicated,
+      consecutive_skips=replicated)
 
 
 def init_sharded(init_fn: Callable[[], TrainState], param_sharding: Any,

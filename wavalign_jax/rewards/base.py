@@ -30,6 +30,9 @@ def rollout_items(metas: Sequence[dict[str, Any]], contents: Sequence[tuple[Sequ
 
 @dataclasses.dataclass
 class RewardResult:
+  """A non-finite score (a reward bug, a NaN knob) is a failed item: it is marked failed, counted by the
+  FailureMonitor (`reward/failed`), and holds the mean of the batch's finite scores (0 if none) as its fallback,
+  so one bad item neither reaches the gate and the advantages as NaN nor turns the whole step non-finite."""
   scores: np.ndarray              # float32 [N]
   failed: np.ndarray              # bool [N]; a failed item holds the reward's fallback score
   info: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per item: reason, raw reply, ...
@@ -39,6 +42,12 @@ class RewardResult:
     self.failed = np.asarray(self.failed, bool)
     if self.scores.shape != self.failed.shape or self.scores.ndim != 1:
       raise ValueError(f"scores {self.scores.shape} and failed {self.failed.shape} must be equal 1-D shapes")
+    bad = ~np.isfinite(self.scores)
+    if bad.any():
+      self.scores = np.where(bad, self.scores[~bad].mean() if (~bad).any() else 0.0, self.scores).astype(np.float32)
+      self.failed = self.failed | bad
+      if len(self.info) == len(self.scores):
+        self.info = [dict(d, reason="non-finite score") if b else d for d, b in zip(self.info, bad)]
 
 
 class RewardFn(Protocol):

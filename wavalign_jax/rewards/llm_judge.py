@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from wavalign_jax.errors import RunError
 from wavalign_jax.rewards import base
 from wavalign_jax.rewards import judge_cache
 
@@ -332,8 +333,8 @@ class LLMJudge:
     return base.RewardResult(scores, failed, info)
 
 
-class RewardFailureError(RuntimeError):
-  """Too many reward calls failed in one batch to trust its advantages."""
+class RewardFailureError(RunError):
+  """Too many reward calls failed in one batch to trust its advantages (the entry point prints it, exits 1)."""
 
 
 def failure_reasons(info: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ import ml_collections as mlc
 
 from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
 from wavalign_jax.data import loader
+from wavalign_jax.errors import NonFiniteStop
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
 from wavalign_jax.objectives.sft import SFTConfig
@@ -31,6 +32,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   tb = config.testbed
   optim_cfg = optim.OptimConfig(learning_rate=tb.base_learning_rate, warmup_steps=min(20, tb.base_sft_steps // 10),
                                 total_steps=tb.base_sft_steps, weight_decay=0.0, clip_norm=1.0)
+  optim.validate(optim_cfg, {"learning_rate": "testbed.base_learning_rate"})
   optimizer = optim.make_optimizer(optim_cfg)
   cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(**config.sft)), gate=gating.GateConfig(mode="sft_only"))
   rng = jax.random.PRNGKey(tb.seed)
@@ -51,6 +53,11 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   start = time.time()
   for i in range(int(state.step), tb.base_sft_steps):
     state, metrics = step(state, steps.device_put_batch({"sft": next(it)}, mesh))
+    stop = steps.report_skipped(state, config.train.max_consecutive_skips, "the testbed's base-model SFT",
+                                ckpt.latest_step(), "testbed.base_learning_rate")
+    if stop:
+      ckpt.close()
+      raise NonFiniteStop(stop)
     if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps:
       print(f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
             f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True)

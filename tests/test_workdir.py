@@ -1,0 +1,251 @@
+"""A run's work directory survives real clusters: damaged checkpoints, a second job, a changed config, a torn
+metrics line, strict JSON (README "Reliability")."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from wavalign_jax import checkpointing, config_history, train, workdir_lock
+from wavalign_jax.checkpointing import NoRestorableCheckpoint
+from wavalign_jax.config_history import ConfigChanged
+from wavalign_jax.metric_writer import MetricWriter
+from wavalign_jax.workdir_lock import WorkdirLocked
+
+from test_train_loop import _tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL = 4
+
+
+def _config():
+  c = _tiny_config("interleaved", None)
+  c.train.update(total_steps=TOTAL, checkpoint_every=1, keep_checkpoints=TOTAL, eval_before=False)
+  return c
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished tiny run, checkpointed at every step: its work directory."""
+  work = tmp_path_factory.mktemp("finished")
+  train.train(_config(), str(work))
+  return work
+
+
+def _copy_run(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+def _strict(line):
+  def refuse(token):
+    raise ValueError(f"non-standard JSON constant {token}")
+  return json.loads(line, parse_constant=refuse)
+
+
+def _final_params(workdir):
+  return checkpointing.load_host_params(os.path.join(workdir, "checkpoints", str(TOTAL), "state"), key="params")
+
+
+def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_intact_checkpoint(
+    finished_run, tmp_path, capsys):
+  src, config = finished_run, _config()
+  # Every JSON file the run wrote is strict (a NaN metric is null, never a bare NaN).
+  for line in open(src / "metrics.jsonl"):
+    _strict(line)
+  _strict(open(src / "config.json").read())
+  _strict(open(src / "eval_summary.json").read())
+  for line in open(src / "eval" / "after.jsonl"):
+    _strict(line)
+
+  work = _copy_run(src, tmp_path / "damaged")
+  # 4: a data file truncated (a node died mid-write, a disk error); 3: no _METADATA; 2: no iterator file.
+  data_files = [os.path.join(work / "checkpoints/4/state/d", f) for f in os.listdir(work / "checkpoints/4/state/d")]
+  os.truncate(max(data_files, key=os.path.getsize), 10)
+  os.remove(work / "checkpoints/3/state/_METADATA")
+  os.remove(work / "checkpoints/2/data/process_0-of-1.json")
+  # kill -9 while a metric row was being written
+  rows = open(work / "metrics.jsonl").read()
+  with open(work / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "split": "train", "lo')
+  capsys.readouterr()
+
+  resumed = train.train(config, str(work))
+  out = capsys.readouterr().out
+  failed = [line for line in out.splitlines() if "failed to restore" in line]
+  assert [line.split()[1] for line in failed] == ["4", "3", "2"], out
+  assert "byte range" in failed[0] and "process_0-of-1.json" in failed[2]
+  assert all(len(line) < 300 for line in failed) and "Traceback" not in out, failed
+  assert "resumed from checkpoint step 1" in out
+  assert f"{work / 'metrics.jsonl'}" in out and "torn last line" in out
+  assert sorted(os.listdir(work / "checkpoints.damaged")) == ["2", "3", "4"]
+  # Steps 2..4 are redone exactly: the same parameters as the undamaged run, each step logged once.
+  assert int(resumed["state"].step) == TOTAL
+  for a, b in zip(*(jax_leaves(_final_params(w)) for w in (src, work))):
+    np.testing.assert_array_equal(a, b)
+  lines = open(work / "metrics.jsonl").read().splitlines()
+  assert [_strict(line)["step"] for line in lines if '"train"' in line] == [1, 2, 3, 4]
+  assert lines[0] == rows.splitlines()[0]
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
+
+
+def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run, tmp_path):
+  src, config = finished_run, _config()
+  work = _copy_run(src, tmp_path / "all_damaged")
+  for step in range(1, TOTAL + 1):
+    os.remove(work / f"checkpoints/{step}/state/_METADATA")
+  with pytest.raises(NoRestorableCheckpoint, match=r"restores \(tried steps 4, 3, 2, 1;"):
+    train.train(config, str(work))
+  assert sorted(os.listdir(work / "checkpoints")) == ["1", "2", "3", "4"]   # nothing moved or lost
+
+
+def test_resume_with_another_experiment_is_refused_with_the_changed_fields(finished_run, tmp_path):
+  src, config = finished_run, _config()
+  work = _copy_run(src, tmp_path / "changed")
+  saved = open(work / "config.json").read()
+  from wavalign_jax.config_lib import apply_method
+  apply_method(config, "rl_full")
+  config.rollout.group_size = 3
+  config.train.total_steps = 8          # step counts and cadences may change
+  config.train.checkpoint_every = 4
+  with pytest.raises(ConfigChanged) as e:
+    train.train(config, str(work))
+  message = str(e.value)
+  assert "gate.mode: \"dynamic\" -> \"rl_only\"" in message and "method: \"hybrid\" -> \"rl_full\"" in message
+  assert "rl.token_set: \"text\" -> \"all\"" in message and "rollout.group_size: 2 -> 3" in message
+  assert "total_steps" not in message and "checkpoint_every" not in message
+  assert open(work / "config.json").read() == saved and not os.path.exists(work / "job.lock")
+
+
+def test_config_history_keeps_every_config_of_a_run(tmp_path):
+  config = _config()
+  config_history.record(config, str(tmp_path), None)
+  first = open(tmp_path / "config.json").read()
+  config.train.total_steps = 10                            # free: no error, the new config is kept
+  config_history.record(config, str(tmp_path), 4)
+  assert json.load(open(tmp_path / "config.4.json"))["train"]["total_steps"] == 10
+  config_history.record(config, str(tmp_path), 6)          # same as the latest recorded: nothing new
+  assert not os.path.exists(tmp_path / "config.6.json")
+  config.optim.learning_rate = 5e-4
+  with pytest.raises(ConfigChanged, match=r"optim.learning_rate: 0.001 -> 0.0005"):
+    config_history.record(config, str(tmp_path), 8)
+  config.train.allow_config_change = True
+  config_history.record(config, str(tmp_path), 8)
+  assert json.load(open(tmp_path / "config.8.json"))["optim"]["learning_rate"] == 5e-4
+  assert open(tmp_path / "config.json").read() == first   # config.json stays the first
+  config.train.allow_config_change = False                # the latest recorded config is the reference now
+  config_history.record(config, str(tmp_path), 10)
+  assert not os.path.exists(tmp_path / "config.10.json")
+
+
+# ----------------------------------------------------------------------------- one job per work directory
+
+
+@pytest.fixture
+def live_pid():
+  proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  yield proc.pid
+  proc.kill()
+  proc.wait()
+
+
+def _dead_pid():
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def _write_lock(workdir, pid, host=None):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE), "w") as f:
+    json.dump({"host": host or socket.gethostname(), "pid": pid, "start": 1700000000.0}, f)
+
+
+def test_a_second_job_is_refused_and_writes_nothing(tmp_path, live_pid):
+  work = tmp_path / "run"
+  _write_lock(work, live_pid)
+  with pytest.raises(WorkdirLocked, match=rf"in use by another job \(host '{socket.gethostname()}', pid {live_pid}"):
+    train.train(_config(), str(work))
+  assert os.listdir(work) == [workdir_lock.LOCK_FILE]
+  # another host's lock cannot be checked from here: refused as well, whatever the pid
+  _write_lock(work, _dead_pid(), host="other-host")
+  with pytest.raises(WorkdirLocked, match="host 'other-host'"):
+    with workdir_lock.hold(str(work)):
+      pass
+
+
+def test_cli_second_job_stops_at_once_with_a_message(tmp_path, live_pid):
+  work = tmp_path / "run"
+  _write_lock(work, live_pid)
+  proc = subprocess.run([sys.executable, "-m", "wavalign_jax.train", "--config=experiments/vita.py:tiny",
+                         f"--workdir={work}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr
+  assert f"pid {live_pid}" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+  assert os.listdir(work) == [workdir_lock.LOCK_FILE]   # not even the log file
+
+
+def test_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path, capsys):
+  dead = _dead_pid()
+  _write_lock(tmp_path, dead)
+  with workdir_lock.hold(str(tmp_path)):
+    holder = json.load(open(tmp_path / workdir_lock.LOCK_FILE))
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    with workdir_lock.hold(str(tmp_path)):   # re-entrant: main() and train() both hold it
+      pass
+    assert os.path.exists(tmp_path / workdir_lock.LOCK_FILE)
+  assert f"pid {dead}" in capsys.readouterr().out
+  assert not os.path.exists(tmp_path / workdir_lock.LOCK_FILE)
+  # released on errors too
+  with pytest.raises(RuntimeError):
+    with workdir_lock.hold(str(tmp_path)):
+      raise RuntimeError("boom")
+  assert not os.path.exists(tmp_path / workdir_lock.LOCK_FILE)
+
+
+def test_learning_rate_1e39_stops_with_a_message_before_any_checkpoint(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "wavalign_jax.train", "--config=experiments/vita.py:tiny",
+                         f"--workdir={tmp_path}", "--config.optim.learning_rate=1e39"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr
+  assert "--config.optim.learning_rate=1e+39: must be a finite" in proc.stderr
+  assert "Traceback" not in proc.stderr + proc.stdout
+  assert not os.path.exists(tmp_path / "checkpoints" / "1") and not os.path.exists(tmp_path / "job.lock")
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+def test_torn_last_metrics_line_is_dropped_and_rows_are_strict_json(tmp_path, capsys):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "split": "train", "loss": 2.0}\n'
+                  '{"step": 3, "split": "tr')
+  writer = MetricWriter(str(tmp_path), resume_step=2, tensorboard=False)
+  writer.write(3, {"loss": float("nan"), "lr": np.float32(np.inf), "x": 0.5}, echo=False)
+  writer.close()
+  assert f"{path}:3: dropping a torn last line" in capsys.readouterr().out
+  rows = [_strict(line) for line in open(path)]
+  assert rows[-1] == {"step": 3, "split": "train", "loss": None, "lr": None, "x": 0.5} and len(rows) == 3
+  # a damaged line that is not the last was not torn by a kill: named, nothing rewritten
+  path.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
+  from wavalign_jax.errors import RunError
+  with pytest.raises(RunError, match=r"metrics.jsonl:2 is not a JSON row"):
+    MetricWriter(str(tmp_path), resume_step=3, tensorboard=False)
+  assert path.read_text() == '{"step": 1}\n{"step": 2, oops\n{"step": 3}\n'
+
+
+def test_non_finite_testbed_and_reward_knobs_are_refused_at_start_up(tmp_path):
+  from wavalign_jax.errors import RunError
+  config = _config()
+  config.testbed.judge_acoustic_noise = float("nan")
+  config.reward.fallback_score = float("inf")
+  with pytest.raises(RunError, match=r"--config.testbed.judge_acoustic_noise=nan, --config.reward.fallback_score=inf"):
+    train.train(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []

@@ -1,0 +1,109 @@
+"""WORKDIR/config.json and its history: a resumed run continues the experiment it started, or says what changed.
+
+A run records the config it started with in WORKDIR/config.json. A rerun on a work directory that already
+holds training state (checkpoints, or the testbed's base model) compares its config with the latest recorded
+one. Fields that define the experiment (model, layout, method, objective, gates, rollouts, reward, data,
+losses, optimizer, seed, testbed) must be equal, or the run stops listing each change as
+`field: saved -> given`; `--config.train.allow_config_change=True` accepts them. Operational fields (step
+counts, cadences, evaluation, memory and I/O knobs, the mesh) may change freely. Whenever the config differs
+at all, the new one is kept as WORKDIR/config.<step>.json (step: the checkpoint the run resumes from) and
+config.json stays the first, so the history of a run is on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections as mlc
+
+from wavalign_jax import files
+from wavalign_jax.errors import RunError
+
+# Fields that may change on resume: they change when or how things run, not what is trained.
+FREE = (
+    "train.total_steps", "train.stop_at_step", "train.microbatches", "train.max_consecutive_skips",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_before",
+    "train.eval_examples", "train.eval_batch_size", "train.analysis_every", "train.analysis_minibatches",
+    "optim.warmup_steps", "mesh.", "data.worker_count", "rollout.length_buckets",
+    "model.remat", "model.logprob_chunk", "model.attention_impl", "model.attention_block",
+    "reward.timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
+    "reward.max_failed_fraction", "testbed.base_checkpoint_every",
+)
+_ABSENT = "<absent>"
+
+
+class ConfigChanged(RunError):
+  pass
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(node, dict):
+    out = {}
+    for k, v in node.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: node}
+
+
+def _is_free(field: str) -> bool:
+  return any(field == f or (f.endswith(".") and field.startswith(f)) for f in FREE)
+
+
+def as_dict(config: mlc.ConfigDict) -> dict[str, Any]:
+  """The config as written to config.json (tuples as lists, non-finite floats as null)."""
+  return files.finite_or_none(json.loads(config.to_json_best_effort()))
+
+
+def changes(saved: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, given value) of every field that differs, sorted by field."""
+  a, b = _flatten(saved), _flatten(given)
+  return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
+          if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
+def latest(workdir: str) -> tuple[str, dict[str, Any]] | None:
+  """(path, config) of the newest recorded config: config.<step>.json of the highest step, else config.json."""
+  steps = [int(m.group(1)) for name in os.listdir(workdir) if (m := re.fullmatch(r"config\.(\d+)\.json", name))]
+  path = os.path.join(workdir, f"config.{max(steps)}.json" if steps else "config.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return path, json.load(f)
+  except ValueError as e:
+    raise RunError(f"{path} is not valid JSON ({e}): restore it from a copy, or remove it to accept the given "
+                   "config as the run's config") from None
+
+
+def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> None:
+  """Writes config.json for a new run (`resume_step` None); on a resume, checks the config against the latest
+  recorded one and keeps a changed config as config.<resume_step>.json. Every process checks; process 0 writes."""
+  given = as_dict(config)
+  saved = latest(workdir) if resume_step is not None else None
+  if saved is None:
+    _write(os.path.join(workdir, "config.json"), given)
+    return
+  path, old = saved
+  diff = [d for d in changes(old, given) if d[0] != "train.allow_config_change"]   # a switch, not a setting
+  if not diff:
+    return
+  locked = [(k, a, b) for k, a, b in diff if not _is_free(k)]
+  listing = "\n  ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in locked)
+  if locked and not config.train.get("allow_config_change", False):
+    raise ConfigChanged(
+        f"{workdir} holds a run of another experiment (checkpoint step {resume_step}); these fields differ from "
+        f"{path}:\n  {listing}\nRerun with the saved values, use a new --workdir, or pass "
+        "--config.train.allow_config_change=True to continue this run with the new config (it is kept as "
+        f"config.{resume_step}.json)")
+  if locked and jax.process_index() == 0:
+    print(f"warning: continuing from step {resume_step} with a changed config "
+          f"(train.allow_config_change):\n  {listing}", flush=True)
+  _write(os.path.join(workdir, f"config.{resume_step}.json"), given)
+
+
+def _write(path: str, config: dict[str, Any]) -> None:
+  if jax.process_index() == 0:
+    files.write_json(path, config, indent=2)
