@@ -11,7 +11,7 @@ import pytest
 from wavalign_jax import tokenizer as ckpt_tokenizer
 from wavalign_jax.data import layouts
 from wavalign_jax.rewards.base import RewardItem
-from wavalign_jax.testbed import generate, judge, metrics, tasks, unit_tts, vocab
+from wavalign_jax.testbed import answers, generate, judge, metrics, tasks, unit_tts, vocab
 
 R = unit_tts.UNITS_PER_REGISTER
 
@@ -162,13 +162,13 @@ def test_records_valid_serialisable_and_correct(splits):
   assert abs(np.mean([k != "correct" for k in kinds]) - p) <= 4 * np.sqrt(p * (1 - p) / n)
   for r in splits["train"]:
     expected = {"correct": 5, "wrong": None, "hedged": None}[r["reference_kind"]]
-    score = judge.score(r["sft_target_text"], r["answer"])[0]
+    score = answers.score(r["sft_target_text"], r["answer"])[0]
     assert score == 5 if expected else score < 5
     if r["reference_kind"] == "hedged":
       assert r["sft_target_text"] == f"{tasks.HEDGE} {r['answer']}"
   for r in splits["dpo"]:
     tasks.check_record(r, r["id"])
-    assert r["sft_target_text"] == r["answer"] and judge.score(r["rejected_text"], r["answer"])[0] < 5
+    assert r["sft_target_text"] == r["answer"] and answers.score(r["rejected_text"], r["answer"])[0] < 5
     assert unit_tts.intelligibility(r["rejected_audio"], r["rejected_text"], r["style"]) == 1.0
 
 
@@ -292,7 +292,7 @@ def test_failed_regeneration_leaves_whole_files_and_no_completion_marker(tmp_pat
     ("6 7 8", "7", 1), ("7 8", "7", 2),
 ])
 def test_judge_scores(text, answer, expected):
-  assert judge.score(text, answer)[0] == expected
+  assert answers.score(text, answer)[0] == expected
 
 
 def test_judge_reward_fn_semantic_part():
