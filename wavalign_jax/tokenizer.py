@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import tokenizers
 
@@ -45,6 +45,15 @@ def load_tokenizer(directory: str) -> tokenizers.Tokenizer:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found (a Hugging Face `tokenizers` tokenizer.json is needed)")
   return tokenizers.Tokenizer.from_file(path)
+
+
+def decode_text(tok: tokenizers.Tokenizer, text_ids: Sequence[int], *, collapse_whitespace: bool = False) -> str:
+  """The text channel of a response as a string: special tokens (chat markers, audio codes) dropped, the ends
+  stripped. Benchmarks keep the whitespace inside (IFEval checks line breaks); rewards read words, so
+  `collapse_whitespace` turns every run of whitespace into one space (the testbed's word-level tokenizer puts
+  spaces round its newline token)."""
+  text = tok.decode([int(i) for i in text_ids], skip_special_tokens=True)
+  return " ".join(text.split()) if collapse_whitespace else text.strip()
 
 
 def _read_json(path: str) -> dict[str, Any]:
