@@ -30,7 +30,7 @@ VITA_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_audi
 
 def test_interleaved_vocab_reads_ids(tmp_path):
   ids = _write(tmp_path, 40, VITA_SPECIALS, audio_codes=12)
-  v = tok_lib.vocab_for("vita_audio", str(tmp_path), {"vocab_size": 64, "speech_token_offset": 46})
+  v = tok_lib.interleaved_vocab(str(tmp_path), {"vocab_size": 64, "speech_token_offset": 46})
   # 40 base tokens, 6 specials -> specials 40..45, codes 46..57 (hand-computed).
   assert (v.tokenizer_size, v.first_audio_code, v.num_audio_codes) == (58, 46, 12)
   assert v.special_ids == tuple(range(40, 46))
@@ -90,7 +90,7 @@ def _kimi_config(**kw):
 
 def test_parallel_vocab_reads_ids(tmp_path):
   _write(tmp_path, 50, KIMI_SPECIALS, tokenizer_config={"pad_token": "<|im_pad|>"})
-  v = tok_lib.vocab_for("kimi_audio", str(tmp_path), _kimi_config())
+  v = tok_lib.parallel_vocab(str(tmp_path), _kimi_config())
   assert (v.msg_end, v.media_begin, v.media_end, v.text_blank, v.text_eos) == (52, 53, 55, 56, 57)
   assert (v.user_msg_start, v.assistant_msg_start, v.pad) == (58, 59, 60)
   assert (v.tokenizer_size, v.audio_offset, v.num_audio_codes) == (61, 64, 32)

@@ -96,7 +96,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   contents = sampler_lib.response_contents(rollouts, sampling.constraint)
   G, P = sampling.group_size, len(raw["meta"])
   text = lambda ids: tokenizer_lib.decode_text(model.tokenizer, ids, collapse_whitespace=True)
-  result = make_reward_fn(config, None, workdir)(rollout_items(raw["meta"], contents, text))
+  result = make_reward_fn(config, workdir)(rollout_items(raw["meta"], contents, text))
   rewards = result.scores.reshape(P, G)
   if judge_agreement.has_true_scores(result.info):
     on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]

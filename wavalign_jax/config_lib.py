@@ -118,7 +118,6 @@ def base_config() -> mlc.ConfigDict:
 
   # --- Model -----------------------------------------------------------------------------------
   c.model = mlc.ConfigDict()        # ModelConfig fields; overwritten by init_checkpoint's model_config.json
-  c.vocab = mlc.ConfigDict()        # special ids; read from the checkpoint's tokenizer for real weights
 
   # --- Data ------------------------------------------------------------------------------------
   c.data = mlc.ConfigDict()

@@ -105,7 +105,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
                   evaluator=metrics.evaluate)
 
 
-def make_reward_fn(config: mlc.ConfigDict, setup: RunSetup, workdir: str):
+def make_reward_fn(config: mlc.ConfigDict, workdir: str):
   kind = config.reward.kind
   if kind == "testbed":
     from wavalign_jax.testbed.judge import TestbedJudge
