@@ -121,3 +121,18 @@ def test_tokenizer_config_only_and_disagreement(tmp_path):
   _write(tmp_path, 51, KIMI_SPECIALS)  # tokenizer.json now says every special is one id later
   with pytest.raises(ValueError, match="tokenizer_config.json"):
     tok_lib.special_token_ids(str(tmp_path))
+
+
+def test_decode_text_keeps_inner_whitespace_for_benchmarks_and_collapses_it_for_rewards():
+  """Byte-level BPE (Qwen-style) decodes to the exact text: benchmarks (IFEval) see its line breaks, rewards words."""
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  tok.add_special_tokens(["<|im_end|>"])
+  text = "  Two lines:\n\nsecond  line\tend \n"
+  tok.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
+      vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+  end = tok.token_to_id("<|im_end|>")
+  ids = [end, *tok.encode(text, add_special_tokens=False).ids, end]
+  assert tok_lib.decode_text(tok, ids) == "Two lines:\n\nsecond  line\tend"
+  assert tok_lib.decode_text(tok, ids, collapse_whitespace=True) == "Two lines: second line end"
