@@ -33,8 +33,7 @@ from jax.experimental import topologies
 
 from experiments import kimi, vita
 from wavalign_jax import gating, models, optim, sharding, steps, train_state
-from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
-from wavalign_jax.run_setup import RUNTIME_MODEL_FIELDS
+from wavalign_jax.models.config import RUNTIME_FIELDS, kimi_audio_7b, vita_audio_7b
 from wavalign_jax.rollout import sampler as sampler_lib
 
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
@@ -60,7 +59,7 @@ def _experiment(name: str) -> tuple[models.ModelConfig, mlc.ConfigDict]:
   run_setup applies them to a converted checkpoint, and that experiment's config."""
   module, shapes = EXPERIMENTS[name]
   config = module.get_config()
-  return shapes(**{k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}), config
+  return shapes(**{k: config.model[k] for k in RUNTIME_FIELDS if k in config.model}), config
 
 
 def _shape(shape, dtype, sharding_):

@@ -7,21 +7,10 @@ from __future__ import annotations
 
 import tokenizers
 
+from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
 ROLES = ("system", "user", "assistant")
-
-
-def _id(tok: tokenizers.Tokenizer, token: str, path: str) -> int:
-  i = tok.token_to_id(token)
-  if i is None:
-    raise ValueError(f"{path}: tokenizer has no token {token!r} needed by this layout")
-  return i
-
-
-def special_ids(tok: tokenizers.Tokenizer, audio: range = range(0)) -> tuple[int, ...]:
-  """The tokenizer's added tokens (chat markers, blanks, ...) except audio codes: never text, wherever they sit."""
-  return tuple(sorted(i for i in tok.get_added_tokens_decoder() if i not in audio))
 
 
 def encode(tok: tokenizers.Tokenizer, text: str) -> list[int]:
@@ -36,20 +25,10 @@ def unknown_id(tok: tokenizers.Tokenizer) -> int | None:
 
 
 def interleaved_vocab(tok: tokenizers.Tokenizer, path: str) -> InterleavedVocab:
-  first = _id(tok, "<|audio_0|>", path)
-  n = 1
-  while tok.token_to_id(f"<|audio_{n}|>") == first + n:
-    n += 1
-  newline = encode(tok, "\n")
-  if len(newline) != 1:
-    raise ValueError(f"{path}: '\\n' must encode to one token, got {newline}")
-  eot = _id(tok, "<|endoftext|>", path)
+  """The VITA-Audio vocabulary of the tokenizer at `path`, as large as the tokenizer (tokenizer.build_interleaved)."""
   size = tok.get_vocab_size(with_added_tokens=True)
-  return InterleavedVocab(
-      vocab_size=size, tokenizer_size=size, special_ids=special_ids(tok, range(first, first + n)),
-      first_audio_code=first, num_audio_codes=n, begin_of_audio=_id(tok, "<|begin_of_audio|>", path),
-      end_of_audio=_id(tok, "<|end_of_audio|>", path), eos=_id(tok, "<|im_end|>", path), pad=eot, bos=eot,
-      newline=newline[0], im_start=_id(tok, "<|im_start|>", path))
+  return tokenizer_lib.build_interleaved(tokenizer_lib.added_token_ids(tok), tokenizer_size=size, vocab_size=size,
+                                         newline=encode(tok, "\n"), pad=None, where=path)
 
 
 def role_ids(tok: tokenizers.Tokenizer) -> dict[str, list[int]]:
@@ -59,15 +38,12 @@ def role_ids(tok: tokenizers.Tokenizer) -> dict[str, list[int]]:
 
 def parallel_vocab(tok: tokenizers.Tokenizer, path: str, audio_offset: int = 152064,
                    num_audio_codes: int = 16384) -> ParallelVocab:
-  blank = _id(tok, "<|im_kimia_text_blank|>", path)
+  """The Kimi-Audio vocabulary of the tokenizer at `path` with `num_audio_codes` codes from `audio_offset` on
+  (tokenizer.build_parallel); pad is <|endoftext|>, else the text blank."""
+  ids = tokenizer_lib.added_token_ids(tok)
   pad = tok.token_to_id("<|endoftext|>")
-  return ParallelVocab(
-      vocab_size=max(tok.get_vocab_size(with_added_tokens=True), audio_offset + num_audio_codes),
-      tokenizer_size=min(tok.get_vocab_size(with_added_tokens=True), audio_offset),
-      special_ids=special_ids(tok, range(audio_offset, audio_offset + num_audio_codes)), audio_offset=audio_offset,
-      num_audio_codes=num_audio_codes,
-      text_blank=blank, text_eos=_id(tok, "<|im_kimia_text_eos|>", path),
-      media_begin=_id(tok, "<|im_media_begin|>", path), media_end=_id(tok, "<|im_media_end|>", path),
-      msg_end=_id(tok, "<|im_msg_end|>", path), pad=blank if pad is None else pad,
-      user_msg_start=_id(tok, "<|im_kimia_user_msg_start|>", path),
-      assistant_msg_start=_id(tok, "<|im_kimia_assistant_msg_start|>", path))
+  size = tok.get_vocab_size(with_added_tokens=True)
+  return tokenizer_lib.build_parallel(
+      ids, tokenizer_size=size, vocab_size=max(size, audio_offset + num_audio_codes), audio_offset=audio_offset,
+      num_audio_codes=num_audio_codes, pad=ids.get(tokenizer_lib.KIMI_TOKENS["text_blank"]) if pad is None else pad,
+      where=path)

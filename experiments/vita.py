@@ -25,9 +25,9 @@ from wavalign_jax import config_lib
 
 # Ratio schedules [T1, A1, T2, A2, ...] of the released models (A counts the two audio boundary markers).
 MODELS = {
-    "balance": dict(ratios=(1, 4, 3, 8, 4, 10), first_audio_code=151685, fixed_mix=0.7),
-    "boost": dict(ratios=(1, 10, 4, 10), first_audio_code=151685, fixed_mix=0.8),
-    "plus_vanilla": dict(ratios=(1, 10, 4, 10), first_audio_code=151686, fixed_mix=0.5),
+    "balance": dict(ratios=(1, 4, 3, 8, 4, 10)),
+    "boost": dict(ratios=(1, 10, 4, 10)),
+    "plus_vanilla": dict(ratios=(1, 10, 4, 10)),
 }
 
 
@@ -42,8 +42,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                                 scan_layers=True, logprob_chunk=64,   # x every row of a data shard: README memory
                                 attention_impl="xla", attention_block=64))
   c.layout = mlc.ConfigDict(dict(kind="interleaved", ratios=model["ratios"]))
-  c.vocab = mlc.ConfigDict(dict(first_audio_code=model["first_audio_code"]))
-  c.gate.fixed_lambda = model["fixed_mix"]
 
   # --- Data ------------------------------------------------------------------------------------
   c.data.source = "arrayrecord"

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from experiments import kimi, vita
-from wavalign_jax import config_lib
+from wavalign_jax import config_lib, gating
+from wavalign_jax.objectives import DPOConfig, GRPOConfig, SFTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,6 +17,15 @@ def test_tiny_configs_keep_each_method_s_relative_learning_rate():
     hybrid, dpo = module.get_config("tiny,hybrid"), module.get_config("tiny,dpo_text")
     assert hybrid.optim.learning_rate == pytest.approx(1e-4)
     assert dpo.optim.learning_rate == pytest.approx(5 * hybrid.optim.learning_rate)   # 5e-6 : 1e-6 in the recipe
+
+
+def test_objective_sections_hold_the_dataclass_defaults():
+  """A default is written once: the config a run gets and the dataclass built without arguments agree, at the
+  recipe's values (docs/method.md: text-token DPO with beta 0.2)."""
+  c = config_lib.base_config()
+  for section, cls in (("sft", SFTConfig), ("rl", GRPOConfig), ("dpo", DPOConfig), ("gate", gating.GateConfig)):
+    assert cls(**c[section]) == cls(), section
+  assert DPOConfig() == DPOConfig(beta=0.2, token_set="text")
 
 
 def test_misspelled_fields_name_the_flag_and_the_nearest_fields():

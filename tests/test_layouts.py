@@ -44,7 +44,7 @@ def test_interleaved_response_no_text_and_split_roundtrip():
   ex = L.interleaved_response([], [4, 5], IV, ratios=L.BOOST_RATIOS)
   _eq(ex, "tokens", [21, 34, 35, 22, 23, 25], [B, S, S, B, T, T])
   text, codes = list(range(1, 15)), list(range(29, 0, -1))
-  ex = L.interleaved_response(text, codes, IV, ratios=L.BALANCE_RATIOS)
+  ex = L.interleaved_response(text, codes, IV, ratios=(1, 4, 3, 8, 4, 10))
   assert L.interleaved_split(ex.tokens["tokens"], IV) == (text, codes)
 
 

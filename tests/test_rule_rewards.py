@@ -39,30 +39,14 @@ def test_extract_choice(text, expected):
   assert rules.extract_choice(text) == expected
 
 
-def test_multiple_choice_reward_and_bad_reference():
-  r = rules.MultipleChoice()([item("The answer is B.", answer="(B)"), item("A", answer="B"),
-                              item("no idea", answer="C")])
-  np.testing.assert_array_equal(r.scores, [1, 0, 0])
-  with pytest.raises(ValueError, match=r"item 0 field 'answer' = 'Z'"):
-    rules.MultipleChoice()([item("A", answer="Z")])
-  with pytest.raises(ValueError, match=r"item 0 has no field 'answer'"):
-    rules.MultipleChoice()([item("A", reference="A")])
-
-
 def test_length_penalty():
   texts = ["one two three", "w " * 10, "w " * 30]
   r = rules.LengthPenalty(5, per_word=0.1, max_penalty=1.0)([item(t) for t in texts])
   np.testing.assert_allclose(r.scores, [0.0, -0.5, -1.0])  # 0 excess; 5 excess; 25 excess capped
 
 
-def test_format_penalty():
-  texts = ["Sure, it is four.", "**Four**", "", "Four<|im_end|>", "- one\n- two", "# Title\nx"]
-  r = rules.FormatPenalty(penalty=0.5)([item(t) for t in texts])
-  np.testing.assert_array_equal(r.scores, [0, -0.5, -0.5, -0.5, -0.5, -0.5])
-
-
 def test_combine_with_weights():
-  items = [item("The answer is B", answer="B"), item("**A**", answer="B")]
-  r = base.combine([(1.0, rules.MultipleChoice()), (0.5, rules.FormatPenalty())], items)
-  np.testing.assert_allclose(r.scores, [1.0, -0.5])  # 1 + 0.5*0 ; 0 + 0.5*(-1)
-  assert not r.failed.any() and set(r.info[0]) == {"multiple_choice", "format_penalty"}
+  items = [item("B", answer="B"), item("w " * 10, answer="B")]
+  r = base.combine([(1.0, rules.ExactMatch()), (0.5, rules.LengthPenalty(5, per_word=0.2))], items)
+  np.testing.assert_allclose(r.scores, [1.0, -0.5])  # 1 + 0.5*0 ; 0 + 0.5*(-0.2*5)
+  assert not r.failed.any() and set(r.info[0]) == {"exact_match", "length_penalty"}

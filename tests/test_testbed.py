@@ -11,7 +11,7 @@ import pytest
 from wavalign_jax import tokenizer as ckpt_tokenizer
 from wavalign_jax.data import layouts
 from wavalign_jax.rewards.base import RewardItem
-from wavalign_jax.testbed import generate, judge, metrics, tasks, unit_tts, vocab
+from wavalign_jax.testbed import answers, generate, judge, metrics, tasks, unit_tts, vocab
 
 R = unit_tts.UNITS_PER_REGISTER
 
@@ -162,13 +162,13 @@ def test_records_valid_serialisable_and_correct(splits):
   assert abs(np.mean([k != "correct" for k in kinds]) - p) <= 4 * np.sqrt(p * (1 - p) / n)
   for r in splits["train"]:
     expected = {"correct": 5, "wrong": None, "hedged": None}[r["reference_kind"]]
-    score = judge.score(r["sft_target_text"], r["answer"])[0]
+    score = answers.score(r["sft_target_text"], r["answer"])[0]
     assert score == 5 if expected else score < 5
     if r["reference_kind"] == "hedged":
       assert r["sft_target_text"] == f"{tasks.HEDGE} {r['answer']}"
   for r in splits["dpo"]:
     tasks.check_record(r, r["id"])
-    assert r["sft_target_text"] == r["answer"] and judge.score(r["rejected_text"], r["answer"])[0] < 5
+    assert r["sft_target_text"] == r["answer"] and answers.score(r["rejected_text"], r["answer"])[0] < 5
     assert unit_tts.intelligibility(r["rejected_audio"], r["rejected_text"], r["style"]) == 1.0
 
 
@@ -219,7 +219,7 @@ def test_records_fit_both_layouts(splits):
     system, question, answer = enc(r["messages"][0]["content"]), r["audios"][0], enc(r["sft_target_text"])
     prompt = layouts.interleaved_prompt(
         [layouts.Turn.make("system", system), layouts.Turn.make("user", audio=question)], iv, roles)
-    for ratios in (layouts.BOOST_RATIOS, layouts.BALANCE_RATIOS):
+    for ratios in (layouts.BOOST_RATIOS, (1, 4, 3, 8, 4, 10)):   # Boost, Balance
       response = layouts.interleaved_response(answer, r["sft_target_audio"], iv, ratios)
       assert len(layouts.join(prompt, response)) < 96
       assert layouts.interleaved_split(response.tokens["tokens"], iv) == (answer, r["sft_target_audio"])
@@ -254,16 +254,11 @@ def test_longest_response_fits_the_tiny_configs(splits):
 def test_generate_writes_readable_dataset(tmp_path, splits):
   paths = generate.generate(str(tmp_path), SPEC)
   for name in splits:
-    assert generate.read_records(paths[name]) == splits[name]
+    assert [json.loads(line) for line in open(paths[name])] == splits[name]
   assert os.path.dirname(paths["eval_ood"]) == str(tmp_path / "eval")
   meta = json.loads(open(paths["meta"]).read())
   assert meta["counts"] == {k: len(v) for k, v in splits.items()}
   assert meta["facts"] == tasks.fact_table(3) and meta["spec"]["noise_rate"] == 0.2
-  with open(paths["eval_ood"], "a") as f:
-    f.write('{"id": 1}\n')
-  n = len(splits["eval_ood"]) + 1
-  with pytest.raises(ValueError, match=rf"eval_ood.jsonl:{n}: field 'id'"):
-    generate.read_records(paths["eval_ood"])
 
 
 def test_failed_regeneration_leaves_whole_files_and_no_completion_marker(tmp_path, splits, monkeypatch):
@@ -292,7 +287,7 @@ def test_failed_regeneration_leaves_whole_files_and_no_completion_marker(tmp_pat
     ("6 7 8", "7", 1), ("7 8", "7", 2),
 ])
 def test_judge_scores(text, answer, expected):
-  assert judge.score(text, answer)[0] == expected
+  assert answers.score(text, answer)[0] == expected
 
 
 def test_judge_reward_fn_semantic_part():
@@ -414,9 +409,9 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
   specials = (*vocab.VITA_SPECIALS.values(), *vocab.KIMI_SPECIALS.values())
   assert not iv.is_text([tok.token_to_id(n) for n in specials]).any()
   resp = [iv.eos, *ids[:2], iv.begin_of_audio, int(iv.audio_id(3))]
-  assert vocab.decode_text(tok, resp) == " ".join(words[:2])
+  assert ckpt_tokenizer.decode_text(tok, resp, collapse_whitespace=True) == " ".join(words[:2])
   # The checkpoint tokenizer reader resolves the same ids from the written files.
   cfg = vocab.hf_config_fields()
   assert os.path.dirname(path) == str(tmp_path)
-  assert ckpt_tokenizer.vocab_for("vita_audio", str(tmp_path), cfg) == iv
-  assert ckpt_tokenizer.vocab_for("kimi_audio", str(tmp_path), cfg) == pv
+  assert ckpt_tokenizer.interleaved_vocab(str(tmp_path), cfg) == iv
+  assert ckpt_tokenizer.parallel_vocab(str(tmp_path), cfg) == pv

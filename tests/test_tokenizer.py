@@ -30,7 +30,7 @@ VITA_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_audi
 
 def test_interleaved_vocab_reads_ids(tmp_path):
   ids = _write(tmp_path, 40, VITA_SPECIALS, audio_codes=12)
-  v = tok_lib.vocab_for("vita_audio", str(tmp_path), {"vocab_size": 64, "speech_token_offset": 46})
+  v = tok_lib.interleaved_vocab(str(tmp_path), {"vocab_size": 64, "speech_token_offset": 46})
   # 40 base tokens, 6 specials -> specials 40..45, codes 46..57 (hand-computed).
   assert (v.tokenizer_size, v.first_audio_code, v.num_audio_codes) == (58, 46, 12)
   assert v.special_ids == tuple(range(40, 46))
@@ -90,7 +90,7 @@ def _kimi_config(**kw):
 
 def test_parallel_vocab_reads_ids(tmp_path):
   _write(tmp_path, 50, KIMI_SPECIALS, tokenizer_config={"pad_token": "<|im_pad|>"})
-  v = tok_lib.vocab_for("kimi_audio", str(tmp_path), _kimi_config())
+  v = tok_lib.parallel_vocab(str(tmp_path), _kimi_config())
   assert (v.msg_end, v.media_begin, v.media_end, v.text_blank, v.text_eos) == (52, 53, 55, 56, 57)
   assert (v.user_msg_start, v.assistant_msg_start, v.pad) == (58, 59, 60)
   assert (v.tokenizer_size, v.audio_offset, v.num_audio_codes) == (61, 64, 32)
@@ -121,3 +121,18 @@ def test_tokenizer_config_only_and_disagreement(tmp_path):
   _write(tmp_path, 51, KIMI_SPECIALS)  # tokenizer.json now says every special is one id later
   with pytest.raises(ValueError, match="tokenizer_config.json"):
     tok_lib.special_token_ids(str(tmp_path))
+
+
+def test_decode_text_keeps_inner_whitespace_for_benchmarks_and_collapses_it_for_rewards():
+  """Byte-level BPE (Qwen-style) decodes to the exact text: benchmarks (IFEval) see its line breaks, rewards words."""
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  tok.add_special_tokens(["<|im_end|>"])
+  text = "  Two lines:\n\nsecond  line\tend \n"
+  tok.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
+      vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+  end = tok.token_to_id("<|im_end|>")
+  ids = [end, *tok.encode(text, add_special_tokens=False).ids, end]
+  assert tok_lib.decode_text(tok, ids) == "Two lines:\n\nsecond  line\tend"
+  assert tok_lib.decode_text(tok, ids, collapse_whitespace=True) == "Two lines: second line end"

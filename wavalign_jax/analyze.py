@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wavalign_jax import config_lib, evaluate, files, log_setup, models, sharding
+from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
 from wavalign_jax.data import loader
 from wavalign_jax.objectives import grpo
@@ -94,8 +95,8 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   rollouts = hosts.sample_rows(model.params, cfg, prompts, jax.random.PRNGKey(seed), sampling, mesh)
   contents = sampler_lib.response_contents(rollouts, sampling.constraint)
   G, P = sampling.group_size, len(raw["meta"])
-  text = lambda ids: " ".join(evaluate.generate.decode_text(model.tokenizer, ids).split())
-  result = make_reward_fn(config, None, workdir)(rollout_items(raw["meta"], contents, text))
+  text = lambda ids: tokenizer_lib.decode_text(model.tokenizer, ids, collapse_whitespace=True)
+  result = make_reward_fn(config, workdir)(rollout_items(raw["meta"], contents, text))
   rewards = result.scores.reshape(P, G)
   if judge_agreement.has_true_scores(result.info):
     on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]

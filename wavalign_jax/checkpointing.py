@@ -174,10 +174,6 @@ def load_params(directory: str, abstract_params: Any) -> Any:
     return ckptr.restore(path, abstract_params)
 
 
-def tree_size_bytes(tree: Any) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
 def load_host_params(path: str, key: str | None = None) -> Any:
   """Restores the pytree saved at `path` (or only its `key` subtree, e.g. a TrainState's "params") as host
   numpy arrays, shapes and dtypes from the checkpoint's own metadata (export, verification, inspection)."""

@@ -6,13 +6,17 @@ overridden with absl flags (`--config.rl.group_size=8`).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import os
 import sys
-from typing import Iterable
+from typing import Any, Iterable
 
 import ml_collections as mlc
+
+from wavalign_jax import gating
+from wavalign_jax.objectives import DPOConfig, GRPOConfig, SFTConfig
 
 # Each training method of the paper is a small patch of config fields.
 #   lambda = 0: SFT only; lambda = 1: RL only; "fixed": constant lambda; "dynamic": the gated EMA.
@@ -99,6 +103,11 @@ def apply_method(config: mlc.ConfigDict, method: str) -> None:
     node[leaf] = value
 
 
+def _section(defaults: Any) -> mlc.ConfigDict:
+  """A config section of a config dataclass's fields with its defaults: a default is written once, there."""
+  return mlc.ConfigDict(dataclasses.asdict(defaults))
+
+
 def base_config() -> mlc.ConfigDict:
   """The reference recipe (docs/method.md §1) with every section; experiments fill in model and data."""
   c = mlc.ConfigDict()
@@ -109,7 +118,6 @@ def base_config() -> mlc.ConfigDict:
 
   # --- Model -----------------------------------------------------------------------------------
   c.model = mlc.ConfigDict()        # ModelConfig fields; overwritten by init_checkpoint's model_config.json
-  c.vocab = mlc.ConfigDict()        # special ids; read from the checkpoint's tokenizer for real weights
 
   # --- Data ------------------------------------------------------------------------------------
   c.data = mlc.ConfigDict()
@@ -152,17 +160,11 @@ def base_config() -> mlc.ConfigDict:
   c.reward.exclude_failed = False      # keep failed items out of the gate statistics and the advantages
   c.reward.cache_dir = ""              # default WORKDIR/judge_cache
 
-  # --- Objective -------------------------------------------------------------------------------
-  # Field names mirror objectives.SFTConfig / GRPOConfig / DPOConfig and gating.GateConfig one to one.
-  c.sft = mlc.ConfigDict(dict(text_weight=1.0, speech_weight=1.0, aggregation="sample_mean", token_set="all"))
-  c.rl = mlc.ConfigDict(dict(
-      token_set="text", aggregation="seq_mean_token_mean", norm_length=1024, advantage_scale="group",
-      advantage_eps=1e-4, drop_equal_groups=False, kl_estimator="k3", beta_text=0.0, beta_speech=0.0,
-      clip_eps=0.0, clip_eps_high=0.0, num_iterations=1))
-  c.dpo = mlc.ConfigDict(dict(beta=0.2, token_set="text"))
-  c.gate = mlc.ConfigDict(dict(
-      mode="dynamic", lambda_max=0.8, alpha=0.9, direction_slope=5.0, direction_threshold=3.0, info_norm=4.0,
-      hard_gates=False, fixed_lambda=0.5))
+  # --- Objective: the fields and defaults of objectives.SFTConfig / GRPOConfig / DPOConfig, gating.GateConfig ----
+  c.sft = _section(SFTConfig())
+  c.rl = _section(GRPOConfig())
+  c.dpo = _section(DPOConfig())
+  c.gate = _section(gating.GateConfig())
 
   # --- Optimizer (AdamW, docs/method.md §1); the cosine decays over train.total_steps --------------------
   c.optim = mlc.ConfigDict(dict(

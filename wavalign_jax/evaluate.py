@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from data_pipeline import build as build_lib
 from wavalign_jax import checkpointing, config_lib, log_setup, models, sharding, train_state
+from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.evaluation import generate, score, testbed
 from wavalign_jax.export import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
@@ -39,8 +40,6 @@ from wavalign_jax.rewards import llm_judge
 from wavalign_jax.rollout import sampler as sampler_lib
 
 SUITES = ("voicebench", "openaudiobench", "vstyle", "testbed")
-# ModelConfig fields the config may change at evaluation time (numerics only, never the parameter tree).
-EVAL_MODEL_FIELDS = ("dtype", "attention_impl")
 
 
 @dataclasses.dataclass
@@ -117,7 +116,7 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> EvalModel:
   """Parameters, model config and prompt builder for `checkpoint` (see the module docstring)."""
   item, key, model_dir, run_dir = _model_dir(checkpoint, config)
   model_cfg, meta = checkpointing.load_model_config(model_dir)
-  model_cfg = model_cfg.replace(**{k: config.model[k] for k in EVAL_MODEL_FIELDS if k in config.model})
+  model_cfg = model_cfg.with_runtime_fields(config.model, evaluation=True)
   if model_cfg.arch != config.model.arch:
     raise ValueError(f"{model_dir} holds a {model_cfg.arch!r} model but --config is for {config.model.arch!r}")
   testbed_eval = None
@@ -155,7 +154,7 @@ def generate_responses(model: EvalModel, config: mlc.ConfigDict, suite: str, dat
   contents = generate.generate(model.params, model.model_cfg, sampling, prompts, batch_size=batch_size,
                                pad_id=model.builder.vocab.pad, rng=jax.random.PRNGKey(seed), mesh=model.mesh)
   generate.write_responses(out_path, generate.response_records(
-      records, [generate.decode_text(model.tokenizer, t) for t, _ in contents], [c for _, c in contents]))
+      records, [tokenizer_lib.decode_text(model.tokenizer, t) for t, _ in contents], [c for _, c in contents]))
   return len(records)
 
 

@@ -18,6 +18,7 @@ import ml_collections as mlc
 import tokenizers
 
 from wavalign_jax import checkpointing, config_check, config_lib
+from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import loader
 from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
@@ -25,10 +26,6 @@ from wavalign_jax.preemption import PreemptionGuard
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelConstraint
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
-
-# ModelConfig fields a config may override on top of a converted checkpoint's model_config.json.
-RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "logprob_chunk", "attention_impl",
-                        "attention_block")
 
 
 @dataclasses.dataclass
@@ -47,8 +44,8 @@ class RunSetup:
   evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], tuple[dict[str, float], list[dict]]] | None = None
 
   def decode_text(self, text_ids: Sequence[int]) -> str:
-    """The text channel of a response as a string (special tokens dropped)."""
-    return " ".join(self.tokenizer.decode([int(i) for i in text_ids], skip_special_tokens=True).split())
+    """The text channel of a response as rewards and the testbed's metrics read it (words, one space apart)."""
+    return tokenizer_lib.decode_text(self.tokenizer, text_ids, collapse_whitespace=True)
 
 
 def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | ParallelVocab:
@@ -72,7 +69,7 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   if config.data.source == "testbed":
     return _setup_testbed(config, workdir, buckets, guard)
   model_cfg, _ = checkpointing.load_model_config(config.init_checkpoint)
-  model_cfg = model_cfg.replace(**{k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model})
+  model_cfg = model_cfg.with_runtime_fields(config.model)
   _, info = loader.resolve_paths(config.data.train)
   vocab = _vocab_from_info(info, model_cfg.arch)
   if vocab.vocab_size > model_cfg.vocab_size:
@@ -108,7 +105,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
                   evaluator=metrics.evaluate)
 
 
-def make_reward_fn(config: mlc.ConfigDict, setup: RunSetup, workdir: str):
+def make_reward_fn(config: mlc.ConfigDict, workdir: str):
   kind = config.reward.kind
   if kind == "testbed":
     from wavalign_jax.testbed.judge import TestbedJudge

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import tokenizers
 
@@ -45,6 +45,15 @@ def load_tokenizer(directory: str) -> tokenizers.Tokenizer:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found (a Hugging Face `tokenizers` tokenizer.json is needed)")
   return tokenizers.Tokenizer.from_file(path)
+
+
+def decode_text(tok: tokenizers.Tokenizer, text_ids: Sequence[int], *, collapse_whitespace: bool = False) -> str:
+  """The text channel of a response as a string: special tokens (chat markers, audio codes) dropped, the ends
+  stripped. Benchmarks keep the whitespace inside (IFEval checks line breaks); rewards read words, so
+  `collapse_whitespace` turns every run of whitespace into one space (the testbed's word-level tokenizer puts
+  spaces round its newline token)."""
+  text = tok.decode([int(i) for i in text_ids], skip_special_tokens=True)
+  return " ".join(text.split()) if collapse_whitespace else text.strip()
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -110,35 +119,60 @@ def _tokenizer_size(directory: str, ids: dict[str, int]) -> int:
   return max(ids.values()) + 1
 
 
-def interleaved_vocab(directory: str, hf_config: dict[str, Any]) -> InterleavedVocab:
-  """VITA-Audio vocabulary from `directory`/tokenizer.json and the model's config.json dict."""
-  ids = special_token_ids(directory)
-  named = _lookup(ids, VITA_TOKENS, directory)
+def added_token_ids(tok: tokenizers.Tokenizer) -> dict[str, int]:
+  """Added / special token name -> id of a loaded tokenizer."""
+  return {t.content: i for i, t in tok.get_added_tokens_decoder().items()}
+
+
+def build_interleaved(ids: dict[str, int], *, tokenizer_size: int, vocab_size: int, newline: list[int],
+                      pad: int | None, where: str) -> InterleavedVocab:
+  """The VITA-Audio vocabulary of a tokenizer: `ids` its added tokens by name, `vocab_size` the embedding rows,
+  `newline` what "\\n" encodes to, `pad` (default <|endoftext|>); errors name `where`. The one builder both the
+  checkpoint reader (`interleaved_vocab`) and the dataset builder (data_pipeline/vocab.py) use."""
+  named = _lookup(ids, VITA_TOKENS, where)
   codes = sorted((int(m.group(1)), idx) for name, idx in ids.items() if (m := AUDIO_CODE.match(name)))
   if not codes or codes[0][0] != 0:
-    raise ValueError(f"{directory}: no <|audio_0|> token")
+    raise ValueError(f"{where}: no <|audio_0|> token")
   first = codes[0][1]
   gaps = [f"<|audio_{c}|>={idx}" for c, idx in codes if idx != first + c]
   if gaps or [c for c, _ in codes] != list(range(len(codes))):
-    raise ValueError(f"{directory}: audio code tokens are not one contiguous block from {first}: {gaps[:5]}")
-  offset = hf_config.get("speech_token_offset")
-  if offset is not None and int(offset) != first:
-    raise ValueError(f"config.json speech_token_offset {offset} != id of <|audio_0|> {first} in {directory}")
-  vocab_size = int(hf_config["vocab_size"])
+    raise ValueError(f"{where}: audio code tokens are not one contiguous block from {first}: {gaps[:5]}")
   if first + len(codes) > vocab_size:
-    raise ValueError(f"{directory}: audio codes end at {first + len(codes)} > config vocab_size {vocab_size}")
-  newline = load_tokenizer(directory).encode("\n", add_special_tokens=False).ids
+    raise ValueError(f"{where}: audio codes end at {first + len(codes)} > config vocab_size {vocab_size}")
   if len(newline) != 1:
-    raise ValueError(f"{directory}: '\\n' encodes to {newline}, expected one token")
-  pad = _special_by_config(directory, hf_config, ids, "pad_token")
+    raise ValueError(f"{where}: '\\n' encodes to {newline}, expected one token")
   audio = range(first, first + len(codes))
-  vocab = InterleavedVocab(
-      vocab_size=vocab_size, tokenizer_size=_tokenizer_size(directory, ids),
+  return InterleavedVocab(
+      vocab_size=vocab_size, tokenizer_size=tokenizer_size,
       special_ids=tuple(sorted(i for i in ids.values() if i not in audio)), first_audio_code=first,
       num_audio_codes=len(codes), begin_of_audio=named["begin_of_audio"], end_of_audio=named["end_of_audio"],
       eos=named["eos"], pad=named["bos"] if pad is None else pad, bos=named["bos"], newline=newline[0],
       im_start=named["im_start"])
-  if vocab_size == RELEASED_VITA["vocab_size"]:
+
+
+def build_parallel(ids: dict[str, int], *, tokenizer_size: int, vocab_size: int, audio_offset: int,
+                   num_audio_codes: int, pad: int, where: str) -> ParallelVocab:
+  """The Kimi-Audio vocabulary of a tokenizer (`ids` its added tokens by name): audio codes from `audio_offset`
+  on, every other added token special; errors name `where`. Shared like `build_interleaved`."""
+  named = _lookup(ids, KIMI_TOKENS, where)
+  audio = range(audio_offset, audio_offset + num_audio_codes)
+  return ParallelVocab(vocab_size=vocab_size, tokenizer_size=min(tokenizer_size, audio_offset),
+                       special_ids=tuple(sorted(i for i in ids.values() if i not in audio)), audio_offset=audio_offset,
+                       num_audio_codes=num_audio_codes, pad=pad, **named)
+
+
+def interleaved_vocab(directory: str, hf_config: dict[str, Any]) -> InterleavedVocab:
+  """VITA-Audio vocabulary from `directory`/tokenizer.json and the model's config.json dict."""
+  ids = special_token_ids(directory)
+  vocab = build_interleaved(
+      ids, tokenizer_size=_tokenizer_size(directory, ids), vocab_size=int(hf_config["vocab_size"]),
+      newline=load_tokenizer(directory).encode("\n", add_special_tokens=False).ids,
+      pad=_special_by_config(directory, hf_config, ids, "pad_token"), where=directory)
+  offset = hf_config.get("speech_token_offset")
+  if offset is not None and int(offset) != vocab.first_audio_code:
+    raise ValueError(f"config.json speech_token_offset {offset} != id of <|audio_0|> {vocab.first_audio_code} in "
+                     f"{directory}")
+  if vocab.vocab_size == RELEASED_VITA["vocab_size"]:
     for field, want in RELEASED_VITA.items():
       _check(field, getattr(vocab, field), want, f"{directory} (released VITA-Audio vocabulary, docs/method.md §2)")
   return vocab
@@ -147,12 +181,6 @@ def interleaved_vocab(directory: str, hf_config: dict[str, Any]) -> InterleavedV
 def parallel_vocab(directory: str, hf_config: dict[str, Any]) -> ParallelVocab:
   """Kimi-Audio vocabulary from `directory`'s tokenizer files and the model's config.json dict."""
   ids = special_token_ids(directory)
-  named = _lookup(ids, KIMI_TOKENS, directory)
-  for field in ("media_begin", "media_end"):
-    key = f"kimia_{field}"
-    if key in hf_config and int(hf_config[key]) != named[field]:
-      raise ValueError(f"config.json {key} {hf_config[key]} != tokenizer id {named[field]} of "
-                       f"{KIMI_TOKENS[field]} in {directory}")
   for key in ("vocab_size", "kimia_token_offset"):
     if key not in hf_config:
       raise ValueError(f"config.json has no {key!r}: not a Kimi-Audio config")
@@ -160,10 +188,13 @@ def parallel_vocab(directory: str, hf_config: dict[str, Any]) -> ParallelVocab:
   if pad is None:
     raise ValueError(f"{directory}: no pad token (tokenizer_config.json pad_token or config.json pad_token_id)")
   vocab_size, offset = int(hf_config["vocab_size"]), int(hf_config["kimia_token_offset"])
-  specials = tuple(sorted(i for i in ids.values() if not offset <= i < vocab_size))
-  vocab = ParallelVocab(vocab_size=vocab_size, tokenizer_size=min(_tokenizer_size(directory, ids), offset),
-                        special_ids=specials, audio_offset=offset,
-                        num_audio_codes=vocab_size - offset, pad=pad, **named)
+  vocab = build_parallel(ids, tokenizer_size=_tokenizer_size(directory, ids), vocab_size=vocab_size,
+                         audio_offset=offset, num_audio_codes=vocab_size - offset, pad=pad, where=directory)
+  for field in ("media_begin", "media_end"):
+    key = f"kimia_{field}"
+    if key in hf_config and int(hf_config[key]) != getattr(vocab, field):
+      raise ValueError(f"config.json {key} {hf_config[key]} != tokenizer id {getattr(vocab, field)} of "
+                       f"{KIMI_TOKENS[field]} in {directory}")
   num_text = int(text_id_mask(vocab).sum())
   if "num_base_tokens" in hf_config and int(hf_config["num_base_tokens"]) != num_text:
     raise ValueError(f"config.json num_base_tokens {hf_config['num_base_tokens']} != the {num_text} text tokens "
@@ -173,13 +204,3 @@ def parallel_vocab(directory: str, hf_config: dict[str, Any]) -> ParallelVocab:
       _check(field, getattr(vocab, field), want, f"{directory} (released Kimi-Audio vocabulary, docs/method.md §2)")
   return vocab
 
-
-def vocab_for(arch: str, directory: str, hf_config: dict[str, Any] | None = None) -> InterleavedVocab | ParallelVocab:
-  """`arch` is the converter's --arch (vita_audio | kimi_audio); config.json is read from `directory` if not given."""
-  if hf_config is None:
-    hf_config = _read_json(os.path.join(directory, "config.json"))
-  if arch == "vita_audio":
-    return interleaved_vocab(directory, hf_config)
-  if arch == "kimi_audio":
-    return parallel_vocab(directory, hf_config)
-  raise ValueError(f"no audio vocabulary for arch {arch!r} (vita_audio | kimi_audio)")

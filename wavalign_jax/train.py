@@ -222,7 +222,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
                                                      microbatches=config.train.microbatches), state_sharding, mesh)
   # π_old and π_ref forwards, once per rollout batch
   ref_logprobs = sharding.jit_with_rules(logprob_fn, mesh, static_argnums=(2,))
-  reward_fn = make_reward_fn(config, setup, workdir) if cfg.objective == "hybrid" else None
+  reward_fn = make_reward_fn(config, workdir) if cfg.objective == "hybrid" else None
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
   sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
   analysis_every = config.train.analysis_every if cfg.objective == "hybrid" else 0

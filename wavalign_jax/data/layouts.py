@@ -26,7 +26,6 @@ INTERLEAVED_STREAMS = ("tokens",)
 PARALLEL_STREAMS = ("text", "audio")
 ROLES = ("system", "user", "assistant")
 BOOST_RATIOS = (1, 10, 4, 10)
-BALANCE_RATIOS = (1, 4, 3, 8, 4, 10)
 
 _NONE, _TEXT, _SPEECH, _BOUNDARY = (int(t) for t in TokenType)
 

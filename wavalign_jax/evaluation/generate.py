@@ -15,7 +15,6 @@ import os
 from typing import Any, Sequence
 
 import jax
-import tokenizers
 from jax.sharding import Mesh
 
 from data_pipeline import build as build_lib
@@ -102,11 +101,6 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Sampling
                                  shared=True)
     out += sampler_lib.response_contents(rollouts, sampling.constraint)[:n]
   return out
-
-
-def decode_text(tokenizer: tokenizers.Tokenizer, text_ids: Sequence[int]) -> str:
-  """The text channel as a string; special tokens dropped, whitespace inside kept (IFEval checks it)."""
-  return tokenizer.decode([int(i) for i in text_ids], skip_special_tokens=True).strip()
 
 
 def response_records(records: Sequence[dict[str, Any]], texts: Sequence[str],

@@ -9,7 +9,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
+
+
+# The ModelConfig fields a config may set over a checkpoint's model_config.json: how the model computes, never its
+# shape. Each maps to whether evaluation applies it too: it restores the parameters as they were saved (dtype and
+# layer stacking included) and takes no gradients, so only the activation numerics are its own.
+RUNTIME_FIELDS = {"dtype": True, "attention_impl": True, "param_dtype": False, "remat": False, "scan_layers": False,
+                  "logprob_chunk": False, "attention_block": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,11 @@ class ModelConfig:
 
   def replace(self, **kw: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
+
+  def with_runtime_fields(self, model_section: Mapping[str, Any], *, evaluation: bool = False) -> "ModelConfig":
+    """This (a checkpoint's) model config with the RUNTIME_FIELDS a run's `config.model` sets."""
+    return self.replace(**{k: model_section[k] for k, in_eval in RUNTIME_FIELDS.items()
+                           if k in model_section and (in_eval or not evaluation)})
 
   @property
   def streams(self) -> tuple[str, ...]:

@@ -110,11 +110,6 @@ def term_value(term: LossTerm, count: jax.Array | None = None) -> jax.Array:
   return jnp.sum(jnp.where(c > 0, term.sum / jnp.where(c > 0, c, 1.0), 0.0))
 
 
-def add_terms(a: LossTerm, b: LossTerm) -> LossTerm:
-  """Combine the terms of two micro-batches / shards."""
-  return jax.tree.map(jnp.add, a, b)
-
-
 def masked_mean(values: Streams, weights: Streams) -> jax.Array:
   """Token mean over all streams (for metrics)."""
   w = concat_streams(weights)

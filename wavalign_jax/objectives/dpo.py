@@ -18,8 +18,8 @@ from wavalign_jax.objectives import aggregation
 
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
-  beta: float = 0.1
-  token_set: str = "all"   # "all": full-token DPO; "text": text-token DPO
+  beta: float = 0.2
+  token_set: str = "text"   # "text": text-token DPO; "all": full-token DPO
 
   def __post_init__(self):
     if self.token_set not in tokens.TOKEN_SETS:

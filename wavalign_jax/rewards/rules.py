@@ -1,4 +1,4 @@
-"""Rule-based rewards: exact / normalized match, multiple-choice extraction, length and format penalties.
+"""Rule-based rewards: exact / normalized match and a length penalty; the choice extraction of the benchmarks.
 
 Each class implements `base.RewardFn` (never fails an item: rules are deterministic), so they mix
 with the LLM judge through `base.combine([(w1, judge), (w2, ExactMatch()), ...], items)`. The text
@@ -95,22 +95,6 @@ class ExactMatch:
     return _ok(scores)
 
 
-class MultipleChoice:
-  """1 if the option letter extracted from the response equals the reference letter ("B" or "(B)")."""
-
-  def __init__(self, field: str = "answer", *, letters: str = "ABCD", name: str = "multiple_choice"):
-    self.field, self.letters, self.name = field, letters, name
-
-  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
-    scores = []
-    for i, item in enumerate(items):
-      ref = str(_field(item, self.field, i, self.name)).strip().strip("()").upper()
-      if len(ref) != 1 or ref not in self.letters:
-        raise ValueError(f"{self.name}: item {i} field {self.field!r} = {ref!r} is not one of {self.letters!r}")
-      scores.append(float(extract_choice(item.text, self.letters) == ref))
-    return _ok(scores)
-
-
 class LengthPenalty:
   """-min(max_penalty, per_word · (words − max_words)) for responses longer than max_words, else 0.
 
@@ -126,24 +110,3 @@ class LengthPenalty:
   def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
     excess = np.array([max(0, len(it.text.split()) - self.max_words) for it in items], np.float32)
     return _ok(-np.minimum(self.max_penalty, self.per_word * excess))
-
-
-DEFAULT_FORBIDDEN = (r"\*\*", r"^\s*#", r"```", r"^\s*[-*] ", r"<\|[^|]*\|>")  # markup, leaked specials
-
-
-class FormatPenalty:
-  """-penalty when the response is empty (if require_nonempty) or matches any forbidden regex.
-
-  The defaults catch what should not be spoken: Markdown emphasis, headers, code fences, bullet
-  lists, and leaked special tokens such as `<|im_end|>`.
-  """
-
-  def __init__(self, forbidden: Sequence[str] = DEFAULT_FORBIDDEN, *, require_nonempty: bool = True,
-               penalty: float = 1.0, name: str = "format_penalty"):
-    self.forbidden = [re.compile(p, re.MULTILINE) for p in forbidden]
-    self.require_nonempty, self.penalty, self.name = require_nonempty, penalty, name
-
-  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
-    bad = [(self.require_nonempty and not it.text.strip()) or any(p.search(it.text) for p in self.forbidden)
-           for it in items]
-    return _ok([-self.penalty if b else 0.0 for b in bad])

@@ -10,9 +10,7 @@ is removed first and written last: a concurrent reader or a killed generation ne
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any
 
 from absl import app, flags
 
@@ -26,22 +24,6 @@ EVAL_DIR = "eval"   # the eval splits, alone in a folder: `evaluate --data=<it>`
 def split_path(out_dir: str, split: str) -> str:
   """Where `generate` writes a split: eval splits under out_dir/eval/, the others in out_dir."""
   return os.path.join(out_dir, EVAL_DIR if split.startswith("eval") else "", f"{split}.jsonl")
-
-
-def read_records(path: str) -> list[dict[str, Any]]:
-  """Reads and validates a testbed JSONL file; errors name the file and line."""
-  records = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
-      tasks.check_record(record, f"{path}:{n}")
-      records.append(record)
-  return records
 
 
 def generate(out_dir: str, spec: tasks.Spec = tasks.Spec()) -> dict[str, str]:

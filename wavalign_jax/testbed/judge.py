@@ -1,7 +1,7 @@
 """The testbed's judge: a holistic 1-5 score from a reliable semantic part and a noisy acoustic part.
 
 The paper's LLM judge agrees well with humans on content and poorly on acoustics (its Observation 2).
-The testbed models exactly that: the semantic part `score(text, answer)` is exact, the acoustic part
+The testbed models exactly that: the semantic part `answers.score(text, answer)` is exact, the acoustic part
 is the response's true speech quality (testbed/metrics.py EQ, in [0, 1]) seen through Gaussian noise:
   judge = clip((1 - w) * semantic + w * (1 + 4 * (acoustic + noise)), 1, 5),  noise ~ N(0, sigma^2)
 with w = `acoustic_weight` and sigma = `acoustic_noise` (config.testbed.judge_*; docs/testbed.md).
@@ -21,48 +21,14 @@ Scoring is a pure function of its inputs, so it never fails (every item has fail
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
-import re
 from typing import Sequence
 
 import numpy as np
 
 from wavalign_jax.rewards.base import RewardItem, RewardResult
-
-_PUNCT = re.compile(r"[^\w\s]")
-
-
-def normalize(text: str) -> list[str]:
-  """Lower-cased words without punctuation: the unit both the judge and IQ compare."""
-  return _PUNCT.sub(" ", text.lower()).split()
-
-
-def _contains_run(words: list[str], run: list[str]) -> bool:
-  return any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1))
-
-
-def score(text: str, answer: str) -> tuple[float, str]:
-  """(score, reason) of a response text against the reference answer."""
-  pred, ref = normalize(text), normalize(answer)
-  if not pred:
-    return 1.0, "empty"
-  if pred == ref:
-    return 5.0, "exact"
-  if len(pred) == len(ref) == 1 and pred[0].isdigit() and ref[0].isdigit():
-    off = abs(int(pred[0]) - int(ref[0]))
-    if off <= 2:
-      return 5.0 - off, f"off by {off}"
-  if sorted(pred) == sorted(ref):
-    return 3.0, "wrong order"
-  if len(ref) > 1 and len(pred) == len(ref) + 1 and _contains_run(pred, ref):
-    return 3.0, "extra word"
-  common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
-  f1 = 2 * common / (len(pred) + len(ref))
-  if f1 > 0.5:
-    return 2.0, f"partial (f1 {f1:.2f})"
-  return 1.0, "wrong"
+from wavalign_jax.testbed import answers, metrics
 
 
 def observation_noise(seed: int, key: str, text: str, codes: Sequence[int]) -> float:
@@ -85,14 +51,13 @@ class TestbedJudge:
                        f"{self.acoustic_weight} and {self.acoustic_noise} (config.testbed.judge_*)")
 
   def __call__(self, items: Sequence[RewardItem]) -> RewardResult:
-    from wavalign_jax.testbed import metrics   # metrics imports this module's score()
     scores, info = [], []
     for i, item in enumerate(items):
       record = item.prompt
       if not isinstance(record.get("answer"), str) or not isinstance(record.get("style"), str):
         raise ValueError(f"{self.name}: item {i} needs string 'answer' and 'style' in its prompt "
                          f"(keys {sorted(record)})")
-      semantic, reason = score(item.text, record["answer"])
+      semantic, reason = answers.score(item.text, record["answer"])
       acoustic = metrics.speech_scores(record["style"], item.text, item.audio_codes)["eq"]
       observed = acoustic + self.acoustic_noise * observation_noise(
           self.seed, str(record.get("id")), item.text, item.audio_codes)

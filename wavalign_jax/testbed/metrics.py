@@ -7,7 +7,7 @@ audio codes (0-based). Per item:
   style            the audio realises it in the requested style (unit_tts.style_match);
   eq               their mean: the graded speech quality. Both are measured against the *generated*
                    text, so EQ is independent of correctness (a wrong answer spoken well scores high);
-  judge_score      the rule judge's 1-5 semantic score (testbed/judge.py).
+  judge_score      the rule judge's 1-5 semantic score (testbed/answers.py).
 `summary` averages them over all items and per subset (id / ood_style / ood_question), task family
 (arithmetic / lookup) and task; `bootstrap_ci` gives a percentile interval over items.
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from wavalign_jax.testbed import judge, tasks, unit_tts
+from wavalign_jax.testbed import answers, tasks, unit_tts
 
 Item = tuple[dict[str, Any], str, Sequence[int]]
 DIMENSIONS = ("iq", "eq", "intelligibility", "style", "judge_score")
@@ -25,7 +25,7 @@ DIMENSIONS = ("iq", "eq", "intelligibility", "style", "judge_score")
 
 def speech_scores(style: str, text: str, codes: Sequence[int]) -> dict[str, float]:
   """The speech dimensions of one response: intelligibility, style and their mean, EQ (module docstring)."""
-  words = " ".join(judge.normalize(text))
+  words = " ".join(answers.normalize(text))
   intel = unit_tts.intelligibility(codes, words, style)
   match = unit_tts.style_match(codes, words, style)
   return {"eq": 0.5 * (intel + match), "intelligibility": intel, "style": match}
@@ -33,8 +33,8 @@ def speech_scores(style: str, text: str, codes: Sequence[int]) -> dict[str, floa
 
 def item_scores(record: dict[str, Any], text: str, codes: Sequence[int]) -> dict[str, float]:
   """Every per-item dimension of one response (module docstring)."""
-  return {"iq": float(judge.normalize(text) == judge.normalize(record["answer"])),
-          **speech_scores(record["style"], text, codes), "judge_score": judge.score(text, record["answer"])[0]}
+  return {"iq": float(answers.normalize(text) == answers.normalize(record["answer"])),
+          **speech_scores(record["style"], text, codes), "judge_score": answers.score(text, record["answer"])[0]}
 
 
 def _check(items: Sequence[Item]) -> None:

@@ -110,8 +110,3 @@ def hf_config_fields(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> dict[st
   return {"vocab_size": v.vocab_size, "speech_token_offset": v.audio_offset,
           "kimia_token_offset": v.audio_offset, "num_base_tokens": len(text_tokens()),
           "kimia_media_begin": v.media_begin, "kimia_media_end": v.media_end, "pad_token_id": v.pad}
-
-
-def decode_text(tok: Tokenizer, ids) -> str:
-  """Text channel of a response: its word tokens joined by spaces (specials and audio codes dropped)."""
-  return " ".join(tok.decode([int(i) for i in ids], skip_special_tokens=True).split())
