@@ -30,7 +30,7 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipeline import build as build_lib
+from wavalign_jax.data import build as build_lib
 from wavalign_jax import checkpointing, config_lib, log_setup, models, sharding, train_state
 from wavalign_jax.evaluation import generate, score, testbed
 from wavalign_jax.export import resolve_checkpoint

@@ -18,7 +18,7 @@ import jax
 import tokenizers
 from jax.sharding import Mesh
 
-from data_pipeline import build as build_lib
+from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
@@ -61,7 +61,7 @@ def load_prompts(path: str, default_subset: str | None = None) -> list[dict[str,
 
 def layout_prompts(records: Sequence[dict[str, Any]], builder: build_lib.Builder) -> list[layouts.Example]:
   """The model-ready prompt of each record (system/user turns + question audio + assistant header),
-  laid out by data_pipeline's Builder exactly as its training records are."""
+  laid out by the dataset Builder (data/build.py) exactly as its training records are."""
   out = []
   for rec in records:
     try:
