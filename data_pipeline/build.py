@@ -5,11 +5,11 @@ r"""Command line of the dataset builder (wavalign_jax/data/build.py): dialogue J
 """
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import app, flags
 
+from wavalign_jax import cli
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.data.records import KINDS
@@ -40,17 +40,13 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
-  try:   # bad input is a message naming the file and line, not a traceback
-    builder = build_lib.Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
-                                audio_delay=f.audio_delay, audio_offset=f.audio_offset,
-                                num_audio_codes=f.num_audio_codes)
-    info = build_lib.build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name,
-                           overwrite=f.overwrite, strict=f.strict)
-  except (ValueError, OSError) as e:
-    sys.exit(f"error: {e}")
+  # bad input raises ValueError / OSError naming the file and line: cli.run prints it as `error: ...`
+  builder = build_lib.Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
+                              audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
+  info = build_lib.build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name, overwrite=f.overwrite,
+                         strict=f.strict)
   print(build_lib.summary(info, f.output_dir), flush=True)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

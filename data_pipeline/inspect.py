@@ -4,11 +4,11 @@ r"""Command line of the dataset summary (wavalign_jax/data/describe.py): counts,
 """
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from absl import app, flags
 
+from wavalign_jax import cli
 from wavalign_jax.data import describe
 
 
@@ -19,13 +19,9 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m data_pipeline.inspect PATH [--examples=N] [--tokenizer=tokenizer.json]")
-  try:
-    print(describe.report(argv[1], flags.FLAGS.examples, flags.FLAGS.tokenizer))
-  except (ValueError, OSError) as e:
-    sys.exit(f"error: {e}")
+    raise app.UsageError("expected one dataset directory: python -m data_pipeline.inspect PATH [--examples=N]")
+  print(describe.report(argv[1], flags.FLAGS.examples, flags.FLAGS.tokenizer))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

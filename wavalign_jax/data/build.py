@@ -93,6 +93,8 @@ class Builder:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"--kind={self.kind!r}; expected one of {sorted(KINDS)}")
+    if not os.path.isfile(self.tokenizer_path):
+      raise FileNotFoundError(f"tokenizer {self.tokenizer_path} does not exist")
     self.tok = tokenizers.Tokenizer.from_file(self.tokenizer_path)
     if self.arch == "interleaved":
       self.vocab = vocab_lib.interleaved_vocab(self.tok, self.tokenizer_path)

@@ -14,9 +14,9 @@ import json
 import os
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
-from wavalign_jax import files
+from wavalign_jax import cli, files
 from wavalign_jax.testbed import tasks, unit_tts, vocab
 
 
@@ -84,5 +84,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)
