@@ -19,6 +19,7 @@ from wavalign_jax import config_lib, errors, log_setup
 COMMANDS = {
     "wavalign-train": "wavalign_jax.train",
     "wavalign-evaluate": "wavalign_jax.evaluate",
+    "wavalign-generate": "wavalign_jax.generate",
     "wavalign-analyze": "wavalign_jax.analyze",
     "wavalign-study": "wavalign_jax.study",
     "wavalign-convert": "wavalign_jax.convert",
