@@ -4,7 +4,12 @@ r"""Command line of the dataset summary (wavalign_jax/data/describe.py): counts,
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Sequence
+
+if __name__ == "__main__" and not __package__:   # `python data_pipeline/<x>.py`: the repository, not this folder
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # (its inspect.py is not stdlib's)
 
 from absl import app, flags
 

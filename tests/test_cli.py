@@ -1,4 +1,4 @@
-"""The command lines' common frame: console scripts, `error: ...` for user errors, no library import of data_pipeline."""
+"""The command lines' common frame: console scripts, `error: ...` for user errors; the library without data_pipeline."""
 import ast
 import importlib.util
 import os
@@ -35,8 +35,12 @@ def test_console_script_runs_its_module_with_the_same_flags_and_status(tmp_path)
           f"--tokenizer={tmp_path / 'tokenizer.json'}")
   script = _run(str(tmp_path / "bin" / "wavalign-build-data"), *args)
   module = _run("", *args, module="data_pipeline.build")
-  assert script.returncode == module.returncode == 1
-  assert script.stderr == module.stderr == f"error: tokenizer {tmp_path / 'tokenizer.json'} does not exist\n"
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the file path form, from anywhere
+  path = subprocess.run([sys.executable, str(REPO / "data_pipeline" / "build.py"), *args], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert script.returncode == module.returncode == path.returncode == 1
+  assert script.stderr == module.stderr == path.stderr
+  assert script.stderr == f"error: tokenizer {tmp_path / 'tokenizer.json'} does not exist\n"
   unknown = _run(str(tmp_path / "wavalign-nothing"))
   assert unknown.returncode == 1 and unknown.stderr.startswith("error: wavalign-nothing is not one of the commands")
 
