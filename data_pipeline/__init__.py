@@ -1,1 +1,1 @@
-"""Command-line tools: dialogue JSONL -> ArrayRecord shards of laid-out examples, and their inspection."""
+"""Command lines over the dataset builder of wavalign_jax/data/: build.py (JSONL -> ArrayRecord), inspect.py."""

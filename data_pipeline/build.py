@@ -1,333 +1,26 @@
-r"""Dialogue JSONL -> ArrayRecord shards of laid-out, typed examples.
+r"""Command line of the dataset builder (wavalign_jax/data/build.py): dialogue JSONL -> ArrayRecord shards.
 
   python -m data_pipeline.build --input=train.jsonl --output_dir=data/sft --tokenizer=ckpt/tokenizer.json \
       --arch=interleaved --kind=sft --ratios=1,10,4,10 --num_shards=8
-
-Input records (WavAlign schema): `messages` (system/user turns; "<|audio|>" in a content string
-marks where the next entry of `audios` goes, otherwise the audios follow the last user turn's
-text), `audios` (question audio), `question_text`, `sft_target_text`, `sft_target_audio`;
-dpo adds `rejected_text`, `rejected_audio`; optional `answer`/`reference`, `style`, `id`.
-Audio fields are inline code lists or paths (relative to the JSONL file) to pre-computed
-GLM-4-Voice code files (.npy / .json / .txt).
-
-Layout, token types and loss masks are computed once here; every error names file and line. What a run
-could not load is settled here too, not hours into training: records longer than `--max_length` (default:
-the experiment configs' largest length bucket) are skipped and counted, words outside a word-level
-tokenizer's vocabulary are counted (`--strict` refuses both), and a build that would hold no record fails
-and leaves any existing dataset in place.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
-import json
 import os
-import shutil
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
-import tokenizers
+if __name__ == "__main__" and not __package__:   # `python data_pipeline/<x>.py`: the repository, not this folder
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # (its inspect.py is not stdlib's)
 
-from data_pipeline import vocab as vocab_lib
-from wavalign_jax import config_lib, files
+from absl import app, flags
+
+from wavalign_jax import cli
+from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
-from wavalign_jax.data.records import KINDS, encode_record
-
-AUDIO_PLACEHOLDER = "<|audio|>"
-RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
-SHARD_PATTERN = "{name}-{index:05d}-of-{count:05d}.array_record"
-INFO_FILE = "dataset_info.json"
-# The longest example the experiment configs load (prompt + response bucket of experiments/vita.py and kimi.py).
-DEFAULT_MAX_LENGTH = config_lib.length_buckets(config_lib.base_config().data)[-1]
-
-
-def load_codes(value: Any, base_dir: str, field: str) -> list[int]:
-  """Audio codes from an inline list or a code file; raw audio is refused with a how-to."""
-  if isinstance(value, list):
-    if not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
-      raise ValueError(f"field {field!r}: inline audio must be a list of integer code ids")
-    return value
-  if not isinstance(value, str):
-    raise ValueError(f"field {field!r}: expected a list of code ids or a path, got {type(value).__name__}")
-  path = value if os.path.isabs(value) else os.path.join(base_dir, value)
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix in RAW_AUDIO_SUFFIXES:
-    raise ValueError(
-        f"field {field!r}: {value} is raw audio, but this project consumes discrete code ids. Tokenize it outside "
-        "this project with the GLM-4-Voice speech tokenizer (THUDM/glm-4-voice-tokenizer: 16 kHz input, 12.5 Hz, "
-        "16384 codes; PyTorch) and point the field at a .npy/.json/.txt file of code ids or inline the list")
-  if not os.path.exists(path):
-    raise ValueError(f"field {field!r}: audio code file {path} does not exist")
-  if suffix == ".npy":
-    arr = np.load(path)
-  elif suffix == ".json":
-    with open(path) as f:
-      arr = np.asarray(json.load(f))
-  elif suffix == ".txt":
-    with open(path) as f:
-      arr = np.asarray(f.read().replace(",", " ").split(), dtype=np.int64)
-  else:
-    raise ValueError(f"field {field!r}: unsupported code file {path}; use .npy, .json or .txt")
-  arr = np.squeeze(arr)
-  if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"field {field!r}: {path} must hold a 1-D list of integer codes, got {arr.dtype}{arr.shape}")
-  return arr.tolist()
-
-
-def _field(record: dict, name: str, kind: type | tuple[type, ...]) -> Any:
-  if name not in record:
-    raise ValueError(f"missing field {name!r}")
-  if not isinstance(record[name], kind):
-    raise ValueError(f"field {name!r} must be {getattr(kind, '__name__', kind)}, got {type(record[name]).__name__}")
-  return record[name]
-
-
-@dataclasses.dataclass
-class Builder:
-  """Turns one JSON record into an encoded record (bytes) for one architecture and dataset kind."""
-  tokenizer_path: str
-  arch: str = "interleaved"
-  kind: str = "sft"
-  ratios: Sequence[int] = layouts.BOOST_RATIOS
-  audio_delay: int = 6
-  audio_offset: int = 152064        # parallel only (kimia_token_offset)
-  num_audio_codes: int = 16384      # parallel only
-
-  def __post_init__(self):
-    if self.kind not in KINDS:
-      raise ValueError(f"--kind={self.kind!r}; expected one of {sorted(KINDS)}")
-    self.tok = tokenizers.Tokenizer.from_file(self.tokenizer_path)
-    if self.arch == "interleaved":
-      self.vocab = vocab_lib.interleaved_vocab(self.tok, self.tokenizer_path)
-      self.role_ids = vocab_lib.role_ids(self.tok)
-    elif self.arch == "parallel":
-      self.vocab = vocab_lib.parallel_vocab(self.tok, self.tokenizer_path, self.audio_offset, self.num_audio_codes)
-    else:
-      raise ValueError(f"--arch={self.arch!r}; expected 'interleaved' or 'parallel'")
-    self.unk_id = vocab_lib.unknown_id(self.tok)
-    self.unknown_words: list[str] = []   # of the record being encoded (encode_line)
-
-  def _encode(self, text: str) -> list[int]:
-    """Text ids; words the tokenizer maps to its unknown token are collected in `unknown_words`."""
-    enc = self.tok.encode(text, add_special_tokens=False)
-    if self.unk_id is not None:
-      self.unknown_words += [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == self.unk_id]
-    return enc.ids
-
-  @property
-  def streams(self) -> tuple[str, ...]:
-    return layouts.INTERLEAVED_STREAMS if self.arch == "interleaved" else layouts.PARALLEL_STREAMS
-
-  def _turns(self, record: dict, base_dir: str) -> list[layouts.Turn]:
-    messages = _field(record, "messages", list)
-    raw_audios = record.get("audios") or []
-    if not isinstance(raw_audios, list):
-      raise ValueError(f"field 'audios' must be a list of code lists or code-file paths, got "
-                       f"{type(raw_audios).__name__} {str(raw_audios)[:40]!r}")
-    audios = [load_codes(a, base_dir, f"audios[{i}]") for i, a in enumerate(raw_audios)]
-    turns, used = [], 0
-    for k, m in enumerate(messages):
-      if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-        raise ValueError(f"messages[{k}] must be an object with string 'role' and 'content'")
-      pieces = []
-      for j, part in enumerate(m["content"].split(AUDIO_PLACEHOLDER)):
-        if j:
-          if used >= len(audios):
-            raise ValueError(f"messages[{k}]: more {AUDIO_PLACEHOLDER} placeholders than entries in 'audios'")
-          pieces.append(("audio", tuple(audios[used])))
-          used += 1
-        if part:
-          pieces.append(("text", tuple(self._encode(part))))
-      turns.append(layouts.Turn(m["role"], tuple(pieces)))
-    if used == 0 and audios:  # no placeholders: the question audio follows the last user turn's text
-      users = [k for k, t in enumerate(turns) if t.role == "user"]
-      if not users:
-        raise ValueError("'audios' given but 'messages' has no user turn to attach them to")
-      t = turns[users[-1]]
-      turns[users[-1]] = layouts.Turn(t.role, t.pieces + tuple(("audio", tuple(a)) for a in audios))
-    elif used != len(audios):
-      raise ValueError(f"{used} {AUDIO_PLACEHOLDER} placeholders but {len(audios)} entries in 'audios'")
-    return turns
-
-  def _prompt(self, turns: list[layouts.Turn]) -> layouts.Example:
-    if self.arch == "interleaved":
-      return layouts.interleaved_prompt(turns, self.vocab, self.role_ids)
-    system = tuple(p for t in turns if t.role == "system" for p in t.pieces)
-    rest = [t for t in turns if t.role != "system"]
-    first_user = next((k for k, t in enumerate(rest) if t.role == "user"), None)
-    if system and first_user is None:
-      raise ValueError("a system turn needs a user turn to merge into (parallel template)")
-    if system:
-      rest[first_user] = layouts.Turn("user", system + rest[first_user].pieces)
-    return layouts.parallel_prompt(rest, self.vocab)
-
-  def prompt(self, record: dict, base_dir: str) -> layouts.Example:
-    """The laid-out prompt (system/user turns, question audio, assistant header) of one record."""
-    return self._prompt(self._turns(record, base_dir))
-
-  def _response(self, text: str, audio: Any, base_dir: str, field: str) -> layouts.Example:
-    codes = load_codes(audio, base_dir, field)
-    ids = self._encode(text)
-    if self.arch == "interleaved":
-      return layouts.interleaved_response(ids, codes, self.vocab, self.ratios)
-    return layouts.parallel_response(ids, codes, self.vocab, self.audio_delay)
-
-  def examples(self, record: dict, base_dir: str) -> tuple[dict[str, layouts.Example], dict[str, Any]]:
-    """Laid-out examples and reward metadata of one record (raises ValueError naming the field)."""
-    if not isinstance(record, dict):
-      raise ValueError(f"record must be a JSON object, got {type(record).__name__}")
-    prompt = self.prompt(record, base_dir)
-    target_text = _field(record, "sft_target_text", str)
-    chosen = layouts.join(prompt, self._response(target_text, _field(record, "sft_target_audio", (list, str)),
-                                                 base_dir, "sft_target_audio"))
-    meta = {"reference_text": target_text, "style": record.get("style"), "id": record.get("id"),
-            "task": record.get("task"), "subset": record.get("subset"),
-            "answer": record.get("answer", record.get("reference", target_text)),
-            "question_text": _field(record, "question_text", str) if self.kind == "rl"
-                             else record.get("question_text")}
-    if self.kind == "dpo":
-      rejected = layouts.join(prompt, self._response(
-          _field(record, "rejected_text", str), _field(record, "rejected_audio", (list, str)), base_dir,
-          "rejected_audio"))
-      return {"chosen": chosen, "rejected": rejected}, meta
-    return {"example": chosen}, meta
-
-  def encode_line(self, line: str, path: str, line_no: int) -> tuple[bytes, int]:
-    """(encoded record, longest example length) of one JSONL line; errors name `path:line_no`; the words
-    outside the tokenizer's vocabulary are left in `unknown_words`."""
-    self.unknown_words = []
-    try:
-      record = json.loads(line)
-      examples, meta = self.examples(record, os.path.dirname(os.path.abspath(path)))
-    except (ValueError, json.JSONDecodeError) as e:
-      raise ValueError(f"{path}:{line_no}: {e}") from e
-    meta.update(source=path, line=line_no)
-    return encode_record(self.kind, examples, meta), max(len(ex) for ex in examples.values())
-
-
-def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
-  """(path, line number, text) of every non-blank line; a line that is not UTF-8 is an error naming it."""
-  for path in paths:
-    with open(path, "rb") as f:
-      for line_no, raw in enumerate(f, 1):
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise ValueError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                           "re-encode the file as UTF-8") from None
-        if line.strip():
-          yield path, line_no, line
-
-
-def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: int = 1,
-          max_length: int = DEFAULT_MAX_LENGTH, name: str = "data", overwrite: bool = False,
-          strict: bool = False) -> dict[str, Any]:
-  """Writes `num_shards` ArrayRecord shards (record j goes to shard j % num_shards) and dataset_info.json.
-
-  Records longer than `max_length` (> 0; 0 = no limit) are skipped and counted in the info file, as are the
-  words outside the tokenizer's vocabulary (they become its unknown token); `strict` refuses both instead,
-  naming the first such record. The dataset is written into a temporary sibling folder and renamed into place
-  only once every record is in: a failed build, or one that would hold no record, leaves no partial dataset and
-  an existing one untouched. An existing dataset is replaced only with `overwrite`.
-  """
-  from array_record.python.array_record_module import ArrayRecordWriter
-
-  output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
-    raise FileExistsError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it "
-                          "(the old dataset is kept until the new one is complete)")
-  tmp_dir = f"{output_dir}.building-{os.getpid()}"
-  shutil.rmtree(tmp_dir, ignore_errors=True)
-  os.makedirs(tmp_dir)
-  try:
-    names = [SHARD_PATTERN.format(name=name, index=i, count=num_shards) for i in range(num_shards)]
-    writers = [ArrayRecordWriter(os.path.join(tmp_dir, n), "group_size:1") for n in names]
-    written = longest = too_long = 0
-    too_long_first: list[str] = []            # path:line (tokens) of the first skipped records
-    unknown, unknown_records = collections.Counter(), 0
-    try:
-      for path, line_no, line in iter_lines(inputs):
-        data, n = builder.encode_line(line, path, line_no)
-        if max_length and n > max_length:
-          if strict:
-            raise ValueError(f"{path}:{line_no}: {n} tokens, longer than --max_length={max_length} (--strict)")
-          too_long += 1
-          too_long_first += [f"{path}:{line_no} ({n} tokens)"][:10 - len(too_long_first)]
-          continue
-        if builder.unknown_words:
-          if strict:
-            raise ValueError(f"{path}:{line_no}: words outside the tokenizer's vocabulary (--strict): "
-                             f"{sorted(set(builder.unknown_words))[:10]}")
-          unknown.update(builder.unknown_words)
-          unknown_records += 1
-        writers[written % num_shards].write(data)
-        written += 1
-        longest = max(longest, n)
-    finally:
-      for w in writers:
-        w.close()
-    if not written:
-      why = (f"all {too_long} records are longer than --max_length={max_length}" if too_long
-             else "they hold no records (only blank lines)")
-      raise ValueError(f"nothing to write from {', '.join(inputs)}: {why}; {output_dir} is left as it was")
-    info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
-            "num_records": written, "longest": longest, "max_length": max_length,
-            "skipped_too_long": too_long, "skipped_too_long_first": too_long_first,
-            "unknown_words": sum(unknown.values()), "records_with_unknown_words": unknown_records,
-            "most_common_unknown_words": dict(unknown.most_common(20)),
-            "shards": names, "pad_id": builder.vocab.pad,
-            "ratios": list(builder.ratios), "audio_delay": builder.audio_delay,
-            "vocab": dataclasses.asdict(builder.vocab), "tokenizer": os.path.abspath(builder.tokenizer_path),
-            "inputs": [os.path.abspath(p) for p in inputs]}
-    files.write_json(os.path.join(tmp_dir, INFO_FILE), info, indent=1)
-    _replace_dir(tmp_dir, output_dir)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
-  return info
-
-
-def summary(info: dict[str, Any], output_dir: str) -> str:
-  """What a build wrote and what it skipped or altered, for the command line."""
-  lines = [f"wrote {info['num_records']} records (longest {info['longest']} tokens) to {output_dir}"]
-  if info["skipped_too_long"]:
-    lines.append(f"skipped {info['skipped_too_long']} records longer than --max_length={info['max_length']}, "
-                 f"first: {', '.join(info['skipped_too_long_first'][:3])}")
-  if info["unknown_words"]:
-    common = ", ".join(f"{w!r} x{c}" for w, c in list(info["most_common_unknown_words"].items())[:5])
-    lines.append(f"{info['unknown_words']} words in {info['records_with_unknown_words']} records are outside the "
-                 f"tokenizer's vocabulary and became its unknown token (most common: {common}); --strict refuses them")
-  return "\n".join(lines)
-
-
-def _replace_dir(new: str, target: str) -> None:
-  """Moves `new` to `target`; an existing `target` is moved aside first and deleted only afterwards."""
-  old = None
-  if os.path.exists(target):
-    old = f"{target}.old-{os.getpid()}"
-    os.replace(target, old)
-  os.replace(new, target)
-  if old is not None:
-    shutil.rmtree(old)
-
-
-def main(argv: Sequence[str]) -> None:
-  from absl import flags
-  del argv
-  f = flags.FLAGS
-  try:   # bad input is a message naming the file and line, not a traceback
-    builder = Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
-                      audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
-    info = build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name, overwrite=f.overwrite,
-                 strict=f.strict)
-  except (ValueError, OSError) as e:
-    sys.exit(f"error: {e}")
-  print(summary(info, f.output_dir), flush=True)
+from wavalign_jax.data.records import KINDS
 
 
 def define_flags() -> None:
-  from absl import flags
   flags.DEFINE_list("input", None, "JSONL files (WavAlign schema).", required=True)
   flags.DEFINE_string("output_dir", None, "Directory for the shards and dataset_info.json.", required=True)
   flags.DEFINE_string("tokenizer", None, "The checkpoint's tokenizer.json.", required=True)
@@ -338,9 +31,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("audio_offset", 152064, "Parallel: id of audio code 0 (kimia_token_offset).")
   flags.DEFINE_integer("num_audio_codes", 16384, "Parallel: number of audio codes.")
   flags.DEFINE_integer("num_shards", 1, "Number of ArrayRecord shards.")
-  flags.DEFINE_integer("max_length", DEFAULT_MAX_LENGTH, "Skip (and count) records whose longest example has more "
-                       "tokens than this; the default is the configs' largest length bucket (data.max_prompt_len + "
-                       "data.max_response_len); 0 = keep all.")
+  flags.DEFINE_integer("max_length", build_lib.DEFAULT_MAX_LENGTH, "Skip (and count) records whose longest example "
+                       "has more tokens than this; the default is the configs' largest length bucket "
+                       "(data.max_prompt_len + data.max_response_len); 0 = keep all.")
   flags.DEFINE_string("name", "data", "Shard file name prefix.")
   flags.DEFINE_bool("strict", False, "Refuse (naming file:line) records that the build would otherwise skip "
                     "(longer than --max_length) or alter (words outside the tokenizer's vocabulary).")
@@ -348,7 +41,17 @@ def define_flags() -> None:
                     "complete).")
 
 
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  # bad input raises ValueError / OSError naming the file and line: cli.run prints it as `error: ...`
+  builder = build_lib.Builder(f.tokenizer, arch=f.arch, kind=f.kind, ratios=[int(r) for r in f.ratios],
+                              audio_delay=f.audio_delay, audio_offset=f.audio_offset, num_audio_codes=f.num_audio_codes)
+  info = build_lib.build(builder, f.input, f.output_dir, f.num_shards, f.max_length, f.name, overwrite=f.overwrite,
+                         strict=f.strict)
+  print(build_lib.summary(info, f.output_dir), flush=True)
+
+
 if __name__ == "__main__":
-  from absl import app
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -7,8 +7,8 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
-from data_pipeline import build as B
-from data_pipeline import inspect as I
+from wavalign_jax.data import build as B
+from wavalign_jax.data import describe as I
 from wavalign_jax.data import layouts as L
 from wavalign_jax.data import loader
 from wavalign_jax.data.loader import RecordSource, resolve_paths

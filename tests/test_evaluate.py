@@ -15,11 +15,11 @@ import numpy as np
 import optax
 import pytest
 
-from data_pipeline import build as build_lib
 from experiments import kimi, vita
 from tests.fake_judge_server import FakeJudgeServer, chat_reply
 from wavalign_jax import checkpointing, gating, models, train, train_state
 from wavalign_jax import evaluate as evaluate_lib
+from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import common, generate, score, voicebench
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import sampler as sampler_lib

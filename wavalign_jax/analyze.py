@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import config_lib, evaluate, files, log_setup, models, sharding
+from wavalign_jax import cli, evaluate, files, log_setup, models, sharding
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
 from wavalign_jax.data import loader
@@ -191,5 +191,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=config_lib.flags_parser)
+  cli.run(main, define_flags)

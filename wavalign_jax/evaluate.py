@@ -30,9 +30,9 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from data_pipeline import build as build_lib
-from wavalign_jax import checkpointing, config_lib, log_setup, models, sharding, train_state
+from wavalign_jax import checkpointing, cli, log_setup, models, sharding, train_state
 from wavalign_jax import tokenizer as tokenizer_lib
+from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import generate, score, testbed
 from wavalign_jax.export import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
@@ -216,5 +216,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=config_lib.flags_parser)
+  cli.run(main, define_flags)

@@ -128,7 +128,7 @@ def build_interleaved(ids: dict[str, int], *, tokenizer_size: int, vocab_size: i
                       pad: int | None, where: str) -> InterleavedVocab:
   """The VITA-Audio vocabulary of a tokenizer: `ids` its added tokens by name, `vocab_size` the embedding rows,
   `newline` what "\\n" encodes to, `pad` (default <|endoftext|>); errors name `where`. The one builder both the
-  checkpoint reader (`interleaved_vocab`) and the dataset builder (data_pipeline/vocab.py) use."""
+  checkpoint reader (`interleaved_vocab`) and the dataset builder (wavalign_jax/data/vocab.py) use."""
   named = _lookup(ids, VITA_TOKENS, where)
   codes = sorted((int(m.group(1)), idx) for name, idx in ids.items() if (m := AUDIO_CODE.match(name)))
   if not codes or codes[0][0] != 0:

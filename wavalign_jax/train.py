@@ -105,14 +105,10 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
                             shuffle=False, num_epochs=1, process_index=0, process_count=1, drop_remainder=False)
     taken = []
     for raw in it:
-      prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
-      # the last, partial batch is filled with copies of its first row: one compiled shape
-      fill = batch_size - len(raw["meta"])
-      prompts = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], fill, axis=0)]), prompts)
-      rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, jax.random.PRNGKey(seed), greedy, mesh,
-                                   shared=True)
-      for meta, (text_ids, codes) in zip(raw["meta"], sampler_lib.response_contents(rollouts, greedy.constraint)):
-        taken.append((meta, setup.decode_text(text_ids), codes))
+      contents = eval_generate.sample_batch(params, setup.model_cfg, greedy,
+                                            sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"]),
+                                            batch_size=batch_size, rng=jax.random.PRNGKey(seed), mesh=mesh)
+      taken += [(meta, setup.decode_text(text_ids), codes) for meta, (text_ids, codes) in zip(raw["meta"], contents)]
       if num_examples and len(taken) >= num_examples:
         break
     items += taken[:num_examples] if num_examples else taken

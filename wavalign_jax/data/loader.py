@@ -1,4 +1,4 @@
-"""Grain loaders over ArrayRecord shards written by `data_pipeline.build`.
+"""Grain loaders over ArrayRecord shards written by data/build.py (`python -m data_pipeline.build`).
 
 source -> this host's slice -> seeded shuffle (reshuffled every epoch) -> repeat -> decode
 -> [sft packing (first fit, segment ids)] -> batch (global batch / host count) padded to the

@@ -15,9 +15,10 @@ import os
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
-from data_pipeline import build as build_lib
+from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
@@ -60,7 +61,7 @@ def load_prompts(path: str, default_subset: str | None = None) -> list[dict[str,
 
 def layout_prompts(records: Sequence[dict[str, Any]], builder: build_lib.Builder) -> list[layouts.Example]:
   """The model-ready prompt of each record (system/user turns + question audio + assistant header),
-  laid out by data_pipeline's Builder exactly as its training records are."""
+  laid out by the dataset Builder (data/build.py) exactly as its training records are."""
   out = []
   for rec in records:
     try:
@@ -82,9 +83,9 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Sampling
              rng: jax.Array, mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
   """(text ids, 0-based audio codes) of one response to each of `prompts`, `batch_size` at a time.
 
-  Every batch has the same shape (prompts left-padded to the longest one, the last batch filled up
-  with copies of its last prompt and the copies dropped), so the sampler compiles once. Every host
-  passes the same prompts and gets every response (`hosts.sample_rows(shared=True)` on `mesh`).
+  Every batch has the same shape (prompts left-padded to the longest one, the last batch filled up by
+  `sample_batch`), so the sampler compiles once; the batch of prompts start.. samples with
+  `fold_in(rng, start)`.
   """
   if not prompts:
     raise ValueError("no prompts to generate from")
@@ -93,14 +94,29 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Sampling
   length = max(len(p) for p in prompts)
   out: list[tuple[list[int], list[int]]] = []
   for start in range(0, len(prompts), batch_size):
-    chunk = list(prompts[start:start + batch_size])
-    n = len(chunk)
-    chunk += [chunk[-1]] * (batch_size - n)
-    batch = sampler_lib.left_pad_prompts(chunk, pad_id, length)
-    rollouts = hosts.sample_rows(params, model_cfg, batch, jax.random.fold_in(rng, start), sampling, mesh,
-                                 shared=True)
-    out += sampler_lib.response_contents(rollouts, sampling.constraint)[:n]
+    batch = sampler_lib.left_pad_prompts(prompts[start:start + batch_size], pad_id, length)
+    out += sample_batch(params, model_cfg, sampling, batch, batch_size=batch_size,
+                        rng=jax.random.fold_in(rng, start), mesh=mesh)
   return out
+
+
+def sample_batch(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig,
+                 prompts: dict[str, Any], *, batch_size: int, rng: jax.Array,
+                 mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
+  """(text ids, 0-based audio codes) of one response to each row of the left-padded numpy `prompts`
+  (`sampler.left_pad` / `left_pad_prompts`): the eval sampler of training (`train.evaluate`) and of the
+  benchmarks and `python -m wavalign_jax.generate` (`generate`).
+
+  A batch of fewer than `batch_size` rows is filled up with copies of its last row (their responses
+  dropped), so every batch has one compiled shape per prompt length. Every host passes the same prompts
+  and gets every response (`hosts.sample_rows(shared=True)` on `mesh`).
+  """
+  n = len(prompts["valid"])
+  if not 0 < n <= batch_size:
+    raise ValueError(f"{n} prompts for a batch of {batch_size}")
+  prompts = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)]), prompts)
+  rollouts = hosts.sample_rows(params, model_cfg, prompts, rng, sampling, mesh, shared=True)
+  return sampler_lib.response_contents(rollouts, sampling.constraint)[:n]
 
 
 def response_records(records: Sequence[dict[str, Any]], texts: Sequence[str],

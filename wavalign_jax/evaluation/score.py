@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from absl import app
 from absl import flags
 
+from wavalign_jax import cli
 from wavalign_jax.evaluation import common
 from wavalign_jax.evaluation import openaudiobench
 from wavalign_jax.evaluation import report
@@ -95,5 +95,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

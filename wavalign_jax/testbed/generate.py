@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags
+from absl import flags
 
-from wavalign_jax import files
+from wavalign_jax import cli, files
 from wavalign_jax.testbed import tasks, unit_tts, vocab
 
 
@@ -66,5 +66,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

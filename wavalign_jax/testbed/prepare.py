@@ -1,6 +1,6 @@
 """Materialises the testbed for a run: JSONL + tokenizer, then ArrayRecord datasets for one architecture.
 
-The testbed goes through the same data pipeline as real data (data_pipeline.build -> ArrayRecord ->
+The testbed goes through the same data pipeline as real data (data/build.py -> ArrayRecord ->
 Grain), so the main job on the testbed exercises every stage a real run uses. Outputs are cached in
 WORKDIR/testbed and rebuilt when missing or generated with other `tasks.Spec` knobs.
 """
@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from data_pipeline import build as build_lib
+from wavalign_jax.data import build as build_lib
 from wavalign_jax.testbed import generate, tasks, unit_tts
 from wavalign_jax.testbed import vocab as testbed_vocab
 

@@ -4,7 +4,7 @@ Id layout (the order the real checkpoints use): ordinary text tokens (`<unk>`, n
 then the special tokens of both chat templates, then the audio codes `<|audio_0|>` ... as one
 contiguous block ending the vocabulary (no padding rows, so vocab_size = first code + #codes).
 Special tokens carry their upstream names (Qwen / VITA-Audio chat markers, Kimi-Audio `<|im_...|>`
-markers), so readers that resolve ids by name (wavalign_jax/tokenizer.py, data_pipeline/vocab.py)
+markers), so readers that resolve ids by name (wavalign_jax/tokenizer.py, wavalign_jax/data/vocab.py)
 treat the testbed like the real checkpoints. The newline is an ordinary token: the pre-tokenizer
 splits on other whitespace and isolates "\\n", as the chat templates need it after role names.
 """
