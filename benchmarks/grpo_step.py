@@ -24,6 +24,8 @@ from wavalign_jax import gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
+from wavalign_jax.rollout import batch as rl_batch_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.tokens import TokenType
 
@@ -54,7 +56,7 @@ def main(argv):
       create, models.param_shardings(CFG, mesh), optimizer, mesh)
   step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(CFG), optimizer, step_cfg,
                                                   optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
-  sampling = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, sampling=sampler_lib.StreamSampling(0.7, 0.9, 0),
+  sampling = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(0.7, 0.9, 0),
                                         pad_id=0)
   data = np.random.default_rng(0)
   records = []
@@ -66,7 +68,7 @@ def main(argv):
     t1 = time.perf_counter()
     toks = rollouts.tokens["tokens"]
     rewards = ((toks % 2 == 0) & rollouts.mask).sum(1) / np.maximum(rollouts.mask.sum(1), 1)
-    rl = sampler_lib.rl_batch(prompts, rollouts, 0)
+    rl = rl_batch_lib.rl_batch(prompts, rollouts, 0)
     rl.pop("group_ids")
     batch = steps.device_put_batch({"rl": rl, "rewards": rewards.reshape(P, G).astype(np.float32),
                                     "reward_valid": np.ones((P, G), bool)}, mesh)

@@ -35,6 +35,7 @@ from experiments import kimi, vita
 from wavalign_jax import gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
 from wavalign_jax.run_setup import RUNTIME_MODEL_FIELDS
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
@@ -127,7 +128,7 @@ def bench(model: str, n: int) -> None:
     _report("step", compiled, time.perf_counter() - t)
   if "sampler" in FLAGS.parts:
     t = time.perf_counter()
-    sc = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
+    sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
     prompts = {"inputs": {s: _shape((P, Lp), np.int32, data) for s in cfg.streams},
                "valid": _shape((P, Lp), bool, data)}

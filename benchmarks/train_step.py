@@ -17,6 +17,7 @@ from absl import app, flags
 
 from wavalign_jax import config_lib, gating, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import vocab as testbed_vocab
 from wavalign_jax.tokens import TokenType, text_id_mask
@@ -72,7 +73,7 @@ def bench(name: str, repeats: int) -> None:
     return metrics["loss"]
   step_first, step_time = timed(train_call, repeats)
 
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
+  sampling = decode.sampling_config(config.rollout, config.layout, vocab)
   text_ids = np.flatnonzero(text_id_mask(vocab))
   prompt_ids = {s: rng.choice(text_ids, (P, Lp)).astype(np.int32) for s in cfg.streams}
   prompts = {"inputs": prompt_ids, "valid": np.ones((P, Lp), bool)}

@@ -46,15 +46,15 @@ def _config(base_model):
 
 
 def _record_rollouts(calls: list) -> None:
-  """Wraps train.rollout_and_score to keep each step's prompts (meta ids), RL tokens and rewards."""
-  inner = train.rollout_and_score
+  """Wraps rollout.batch.rollout_batch to keep each step's prompts (meta ids), RL tokens and rewards."""
+  inner = train.rl_batch_lib.rollout_batch
 
-  def wrapped(params, setup, raw, *args, **kw):
-    out = inner(params, setup, raw, *args, **kw)
-    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out[0]["inputs"]["tokens"],
-                      rewards=out[2]))
+  def wrapped(params, model_cfg, sampling, raw, *args, **kw):
+    out = inner(params, model_cfg, sampling, raw, *args, **kw)
+    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out.rl["inputs"]["tokens"],
+                      rewards=out.rewards))
     return out
-  train.rollout_and_score = wrapped
+  train.rl_batch_lib.rollout_batch = wrapped
 
 
 def _flat_params(state) -> list[np.ndarray]:
@@ -147,7 +147,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
   ref_dir, mh_dir = tmp_path / "one", tmp_path / "two"
   monkeypatch.setattr(train.loader, "make_loader", _two_host_loader(train.loader.make_loader))
   ref_calls: list = []
-  monkeypatch.setattr(train, "rollout_and_score", train.rollout_and_score)
+  monkeypatch.setattr(train.rl_batch_lib, "rollout_batch", train.rl_batch_lib.rollout_batch)
   _record_rollouts(ref_calls)
   ref = train.train(_config(None), str(ref_dir))
   base_model = str(ref_dir / "base_model")

@@ -140,7 +140,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
                      schedule: optax.Schedule | None = None, *, update_gate: bool = True, microbatches: int = 1):
   """`step(state, batch, rl_start=0) -> (state, metrics)` for the hybrid objective.
 
-  `rl_start` (static in `jit_step`): the RL rows' prompt length - 1 (`sampler.rl_batch`);
+  `rl_start` (static in `jit_step`): the RL rows' prompt length - 1 (`rollout.batch.rl_batch`);
   the output head runs on their completions only. `update_gate=False` reuses the state's λ (later PPO iterations
   on the same rollout batch). `microbatches > 1` accumulates gradients over that many pieces of the batch (same
   result, less memory).

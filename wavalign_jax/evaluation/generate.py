@@ -23,6 +23,8 @@ from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import hosts
+from wavalign_jax.rollout import batch as rl_batch_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 PROMPT_FIELDS = ("messages", "audios")   # consumed by the prompt layout, not copied to the responses
@@ -71,14 +73,14 @@ def layout_prompts(records: Sequence[dict[str, Any]], builder: build_lib.Builder
   return out
 
 
-def eval_sampling(sampling: sampler_lib.SamplingConfig, *, temperature: float = 0.0, top_p: float = 1.0,
-                  max_new_tokens: int | None = None) -> sampler_lib.SamplingConfig:
+def eval_sampling(sampling: decode.SamplingConfig, *, temperature: float = 0.0, top_p: float = 1.0,
+                  max_new_tokens: int | None = None) -> decode.SamplingConfig:
   """One response per prompt with the same sampling on every stream (greedy by default)."""
-  return dataclasses.replace(sampling, group_size=1, sampling=sampler_lib.StreamSampling(temperature, top_p, 0),
+  return dataclasses.replace(sampling, group_size=1, sampling=decode.StreamSampling(temperature, top_p, 0),
                              per_stream=(), max_new_tokens=max_new_tokens or sampling.max_new_tokens)
 
 
-def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig,
+def generate(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfig,
              prompts: Sequence[layouts.Example], *, batch_size: int, pad_id: int,
              rng: jax.Array, mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
   """(text ids, 0-based audio codes) of one response to each of `prompts`, `batch_size` at a time.
@@ -100,7 +102,7 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Sampling
     batch = sampler_lib.left_pad_prompts(chunk, pad_id, length)
     rollouts = hosts.sample_rows(params, model_cfg, batch, jax.random.fold_in(rng, start), sampling, mesh,
                                  shared=True)
-    out += sampler_lib.response_contents(rollouts, sampling.constraint)[:n]
+    out += rl_batch_lib.response_contents(rollouts, sampling.constraint)[:n]
   return out
 
 

@@ -16,12 +16,13 @@ from jax.sharding import Mesh
 from wavalign_jax import sharding, steps
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 
 def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Array,
-                sampling: sampler_lib.SamplingConfig, mesh: Mesh | None = None, *,
-                shared: bool = False) -> sampler_lib.Rollouts:
+                sampling: decode.SamplingConfig, mesh: Mesh | None = None, *,
+                shared: bool = False) -> decode.Rollouts:
   """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
   batch on every host).
 
@@ -41,7 +42,7 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
     prompts = jax.device_put(prompts, steps.batch_sharding(prompts, mesh))
     with sharding.use_rules(mesh):
       return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
-  sampler_lib.validate_prompts(model_cfg, prompts, sampling)
+  decode.validate_prompts(model_cfg, prompts, sampling)
   if not shared:
     prompts = same_prompt_length(prompts)
   rows = steps.batch_sharding(prompts, mesh, process_local=not shared)
