@@ -51,7 +51,7 @@ def main(argv):
               sampling=decode.StreamSampling(0.7, 0.9, 0), pad_id=0)
   configs = {"main": decode.SamplingConfig(**base),
              "mctp": decode.SamplingConfig(**base, decode="mctp",
-                                                mctp_schedule=tuple(int(x) for x in FLAGS.schedule))}
+                                            mctp_schedule=tuple(int(x) for x in FLAGS.schedule))}
 
   def run(name, seed):
     t = time.perf_counter()

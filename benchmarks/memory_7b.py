@@ -32,8 +32,9 @@ from absl import app, flags
 from jax.experimental import topologies
 
 from experiments import kimi, vita
-from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax import models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.run_setup import RUNTIME_MODEL_FIELDS
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -109,7 +110,7 @@ def bench(model: str, n: int) -> None:
   step_cfg = steps.step_config(config)
   param_sharding = models.param_shardings(cfg, mesh)
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
-                                      gating.init_gate_state(step_cfg.gate), jax.random.key(0))
+                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
   abstract = jax.eval_shape(create)
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))

@@ -181,6 +181,16 @@ def test_prompts_over_data_parallel_shards(shape, prompts, shards):
     assert f"does not divide over the {shards} data shards" in warnings[0]
 
 
+def test_renamed_mesh_axes_take_the_roles_in_order():
+  """Other names for the three mesh axes are data, fsdp, tensor in the order given; names must be distinct."""
+  c = _tiny(mesh__shape=(2, -1, 1), mesh__axes=("replica", "shard", "model"), data__prompts_per_step=4)
+  assert config_check.check_mesh(c) == [
+      "--config.data.prompts_per_step=4 does not divide over the 8 data shards (mesh replica x shard): the SFT batch "
+      "is replicated on every shard (correct, but without data parallelism)"]
+  with pytest.raises(ConfigError, match="give one size for each of"):
+    config_check.check_mesh(_tiny(mesh__axes=("replica", "replica", "model")))
+
+
 def _converted_checkpoint(path, arch):
   path.mkdir()
   model = ModelConfig(arch=arch, vocab_size=64, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=1,

@@ -18,10 +18,11 @@ import pytest
 from data_pipeline import build as build_lib
 from experiments import kimi, vita
 from tests.fake_judge_server import FakeJudgeServer, chat_reply
-from wavalign_jax import checkpointing, gating, models, train, train_state
+from wavalign_jax import checkpointing, models, train, train_state
 from wavalign_jax import evaluate as evaluate_lib
 from wavalign_jax.evaluation import common, generate, score, voicebench
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
 from wavalign_jax.run_setup import RunSetup
 from wavalign_jax.testbed import metrics
@@ -62,7 +63,7 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   cfg = _model_cfg(config)
   checkpointing.save_params(os.path.join(run_dir, "base_model"), _init(cfg, 0), cfg)
   trained = _init(cfg, 1)   # differs from the base model: proves the step's params are evaluated
-  state = train_state.create(trained, optax.sgd(0.1), gating.init_gate_state(gating.GateConfig()),
+  state = train_state.create(trained, optax.sgd(0.1), gate_lib.init_gate_state(gate_lib.GateConfig()),
                              jax.random.PRNGKey(0))
   ckpt = checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
   ckpt.save(3, state)

@@ -153,7 +153,7 @@ def base_config() -> mlc.ConfigDict:
   c.reward.cache_dir = ""              # default WORKDIR/judge_cache
 
   # --- Objective -------------------------------------------------------------------------------
-  # Field names mirror objectives.SFTConfig / GRPOConfig / DPOConfig and gating.GateConfig one to one.
+  # Field names mirror objectives.SFTConfig / GRPOConfig / DPOConfig and objectives.gate.GateConfig one to one.
   c.sft = mlc.ConfigDict(dict(text_weight=1.0, speech_weight=1.0, aggregation="sample_mean", token_set="all"))
   c.rl = mlc.ConfigDict(dict(
       token_set="text", aggregation="seq_mean_token_mean", norm_length=1024, advantage_scale="group",

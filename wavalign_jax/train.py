@@ -29,11 +29,12 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, gating, log_setup,
+from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
                           models, optim, preemption, sharding, steps, train_state, workdir_lock)
 from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.rewards.llm_judge import FailureMonitor
 from wavalign_jax.rollout import batch as rl_batch_lib
@@ -135,6 +136,7 @@ class _Steps(NamedTuple):
 
 
 def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> dict[str, Any]:
+  """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
   run.writer = _writer(workdir, int(state.step))
@@ -179,16 +181,17 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-  per_host, shards = config.data.prompts_per_step // jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"]
+  per_host, shards = config.data.prompts_per_step // jax.process_count(), sharding.data_parallel_size(mesh)
   if jax.process_count() > 1 and per_host % shards:
-    # Each host holds its own rows, so they must split evenly over the data shards (steps.batch_sharding).
+    # Each host holds its own rows, so they must split evenly over the data shards (sharding.batch_sharding).
     raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
-                     f"{jax.process_count()} hosts needs a multiple of the {shards} data shards (mesh data x fsdp)")
+                     f"{jax.process_count()} hosts needs a multiple of the {shards} data shards "
+                     f"(mesh {' x '.join(sharding.batch_axes(mesh))})")
   cfg = steps.step_config(config)
   optimizer = optim.make_optimizer(optim_cfg)
   param_sharding = models.param_shardings(setup.model_cfg, mesh)
   rng = jax.random.PRNGKey(config.seed)
-  create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
+  create = lambda params: train_state.create(params, optimizer, gate_lib.init_gate_state(cfg.gate), rng)
   abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
   train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
                                 buckets=setup.buckets, seed=config.data.shuffle_seed,
@@ -224,6 +227,7 @@ def _restore(run: _Run) -> tuple[train_state.TrainState, Any, bool]:
 
 
 def _make_steps(run: _Run) -> _Steps:
+  """The jitted step of the objective, PPO reuse's step, the log-prob forward and the gradient geometry."""
   c, cfg = run.config, run.cfg
   make = lambda step: steps.jit_step(step, run.state_sharding, run.mesh)
   if cfg.objective == "dpo":
@@ -253,7 +257,7 @@ def _dpo_batch(run: _Run, fns: _Steps, raw: dict, ref_params: Any) -> dict:
   """The chosen and rejected halves on the mesh, each with the frozen reference's log-probs."""
   batch = {}
   for half in ("chosen", "rejected"):
-    b = steps.device_put_batch(hosts.same_length(raw[half], run.setup.vocab.pad), run.mesh)
+    b = sharding.device_put_batch(hosts.same_length(raw[half], run.setup.vocab.pad), run.mesh)
     batch[half] = dict(b, ref_logp=_logp(fns.logprobs(ref_params, b)))
   return batch
 
@@ -277,7 +281,7 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: di
     batch.update(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.valid)
     rl_start, extra = rollouts.rl_start, rollouts.metrics
     extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
-  batch = steps.device_put_batch(batch, run.mesh)
+  batch = sharding.device_put_batch(batch, run.mesh)
   if "rl" in batch and ref_params is not None:
     batch["rl"]["ref_logp"] = _logp(fns.logprobs(ref_params, batch["rl"], rl_start))
   return batch, rl_start, extra

@@ -22,9 +22,9 @@ from data_pipeline import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import decode
+from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 
 PROMPT_FIELDS = ("messages", "audios")   # consumed by the prompt layout, not copied to the responses
