@@ -20,10 +20,13 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax import models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig
+from wavalign_jax.rollout import batch as rl_batch_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.tokens import TokenType
 
@@ -46,15 +49,15 @@ def main(argv):
   mesh = sharding.make_mesh((1, -1, 1))
   opt_cfg = optim.OptimConfig(learning_rate=1e-6, warmup_steps=0, total_steps=1000, weight_decay=0.0, clip_norm=1.0)
   optimizer = optim.make_optimizer(opt_cfg)
-  step_cfg = steps.StepConfig(hybrid=HybridConfig(rl=GRPOConfig(token_set="all")), gate=gating.GateConfig(mode="rl_only"))
+  step_cfg = steps.StepConfig(hybrid=HybridConfig(rl=GRPOConfig(token_set="all")), gate=gate_lib.GateConfig(mode="rl_only"))
   rng = jax.random.key(0)
-  create = lambda: train_state.create(models.init_params(CFG, rng), optimizer, gating.init_gate_state(step_cfg.gate),
+  create = lambda: train_state.create(models.init_params(CFG, rng), optimizer, gate_lib.init_gate_state(step_cfg.gate),
                                       jax.random.key(1))
   state, state_sharding = train_state.init_sharded(
       create, models.param_shardings(CFG, mesh), optimizer, mesh)
   step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(CFG), optimizer, step_cfg,
                                                   optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
-  sampling = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, sampling=sampler_lib.StreamSampling(0.7, 0.9, 0),
+  sampling = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(0.7, 0.9, 0),
                                         pad_id=0)
   data = np.random.default_rng(0)
   records = []
@@ -66,9 +69,9 @@ def main(argv):
     t1 = time.perf_counter()
     toks = rollouts.tokens["tokens"]
     rewards = ((toks % 2 == 0) & rollouts.mask).sum(1) / np.maximum(rollouts.mask.sum(1), 1)
-    rl = sampler_lib.rl_batch(prompts, rollouts, 0)
+    rl = rl_batch_lib.rl_batch(prompts, rollouts, 0)
     rl.pop("group_ids")
-    batch = steps.device_put_batch({"rl": rl, "rewards": rewards.reshape(P, G).astype(np.float32),
+    batch = sharding.device_put_batch({"rl": rl, "rewards": rewards.reshape(P, G).astype(np.float32),
                                     "reward_valid": np.ones((P, G), bool)}, mesh)
     state, metrics = step_fn(state, batch, Lp - 1)   # the head scores the completions only
     jax.block_until_ready(metrics["loss"])

@@ -19,6 +19,7 @@ from absl import app, flags
 
 from wavalign_jax import models
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 flags.DEFINE_enum("shape", "tiny", ["tiny", "1b"], "Model size.")
@@ -47,10 +48,10 @@ def main(argv):
   shape = (FLAGS.prompts, FLAGS.prompt_len)
   prompts = {"inputs": {"tokens": rs.randint(0, cfg.vocab_size, shape).astype(np.int32)}, "valid": np.ones(shape, bool)}
   base = dict(max_new_tokens=FLAGS.new_tokens, group_size=FLAGS.group,
-              sampling=sampler_lib.StreamSampling(0.7, 0.9, 0), pad_id=0)
-  configs = {"main": sampler_lib.SamplingConfig(**base),
-             "mctp": sampler_lib.SamplingConfig(**base, decode="mctp",
-                                                mctp_schedule=tuple(int(x) for x in FLAGS.schedule))}
+              sampling=decode.StreamSampling(0.7, 0.9, 0), pad_id=0)
+  configs = {"main": decode.SamplingConfig(**base),
+             "mctp": decode.SamplingConfig(**base, decode="mctp",
+                                            mctp_schedule=tuple(int(x) for x in FLAGS.schedule))}
 
   def run(name, seed):
     t = time.perf_counter()

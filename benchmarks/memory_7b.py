@@ -32,8 +32,10 @@ from absl import app, flags
 from jax.experimental import topologies
 
 from experiments import kimi, vita
-from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax import models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import RUNTIME_FIELDS, kimi_audio_7b, vita_audio_7b
+from wavalign_jax.objectives import gate as gate_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
@@ -107,7 +109,7 @@ def bench(model: str, n: int) -> None:
   step_cfg = steps.step_config(config)
   param_sharding = models.param_shardings(cfg, mesh)
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
-                                      gating.init_gate_state(step_cfg.gate), jax.random.key(0))
+                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
   abstract = jax.eval_shape(create)
   state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
@@ -126,7 +128,7 @@ def bench(model: str, n: int) -> None:
     _report("step", compiled, time.perf_counter() - t)
   if "sampler" in FLAGS.parts:
     t = time.perf_counter()
-    sc = sampler_lib.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
+    sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
     prompts = {"inputs": {s: _shape((P, Lp), np.int32, data) for s in cfg.streams},
                "valid": _shape((P, Lp), bool, data)}

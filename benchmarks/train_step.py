@@ -15,8 +15,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from wavalign_jax import config_lib, gating, models, optim, sharding, steps, train_state
+from wavalign_jax import config_lib, models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives import gate as gate_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import vocab as testbed_vocab
 from wavalign_jax.tokens import TokenType, text_id_mask
@@ -56,12 +58,12 @@ def bench(name: str, repeats: int) -> None:
   mesh = sharding.make_mesh((-1, 1, 1))
   optimizer = optim.make_optimizer(optim.OptimConfig(total_steps=100))
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
-  create = lambda: train_state.create(params, optimizer, gating.init_gate_state(gating.GateConfig()),
+  create = lambda: train_state.create(params, optimizer, gate_lib.init_gate_state(gate_lib.GateConfig()),
                                       jax.random.PRNGKey(0))
   state, state_sharding = train_state.init_sharded(create, models.param_shardings(cfg, mesh), optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer,
                                                steps.StepConfig()), state_sharding, mesh)
-  batch = steps.device_put_batch({
+  batch = sharding.device_put_batch({
       "sft": random_seq_batch(rng, cfg, P, Lp + config.data.max_response_len, Lp),
       "rl": random_seq_batch(rng, cfg, P * G, Lp + N, Lp),
       "rewards": rng.integers(1, 6, (P, G)).astype(np.float32), "reward_valid": np.ones((P, G), bool)}, mesh)
@@ -72,7 +74,7 @@ def bench(name: str, repeats: int) -> None:
     return metrics["loss"]
   step_first, step_time = timed(train_call, repeats)
 
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
+  sampling = decode.sampling_config(config.rollout, config.layout, vocab)
   text_ids = np.flatnonzero(text_id_mask(vocab))
   prompt_ids = {s: rng.choice(text_ids, (P, Lp)).astype(np.int32) for s in cfg.streams}
   prompts = {"inputs": prompt_ids, "valid": np.ones((P, Lp), bool)}

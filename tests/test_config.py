@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from experiments import kimi, vita
-from wavalign_jax import config_lib, gating
-from wavalign_jax.objectives import DPOConfig, GRPOConfig, SFTConfig
+from wavalign_jax import config_lib
+from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ def test_objective_sections_hold_the_dataclass_defaults():
   """A default is written once: the config a run gets and the dataclass built without arguments agree, at the
   recipe's values (docs/method.md: text-token DPO with beta 0.2)."""
   c = config_lib.base_config()
-  for section, cls in (("sft", SFTConfig), ("rl", GRPOConfig), ("dpo", DPOConfig), ("gate", gating.GateConfig)):
+  for section, cls in (("sft", SFTConfig), ("rl", GRPOConfig), ("dpo", DPOConfig), ("gate", GateConfig)):
     assert cls(**c[section]) == cls(), section
   assert DPOConfig() == DPOConfig(beta=0.2, token_set="text")
 
@@ -189,6 +189,16 @@ def test_prompts_over_data_parallel_shards(shape, prompts, shards):
   assert bool(warnings) == bool(prompts % shards)
   if warnings:
     assert f"does not divide over the {shards} data shards" in warnings[0]
+
+
+def test_renamed_mesh_axes_take_the_roles_in_order():
+  """Other names for the three mesh axes are data, fsdp, tensor in the order given; names must be distinct."""
+  c = _tiny(mesh__shape=(2, -1, 1), mesh__axes=("replica", "shard", "model"), data__prompts_per_step=4)
+  assert config_check.check_mesh(c) == [
+      "--config.data.prompts_per_step=4 does not divide over the 8 data shards (mesh replica x shard): the SFT batch "
+      "is replicated on every shard (correct, but without data parallelism)"]
+  with pytest.raises(ConfigError, match="give one size for each of"):
+    config_check.check_mesh(_tiny(mesh__axes=("replica", "replica", "model")))
 
 
 def _converted_checkpoint(path, arch):

@@ -210,10 +210,10 @@ def test_specials_first_tokenizer(tmp_path, arch):
   four = len(specials) + WORDS.index("four")
   assert four in ex.tokens[text_stream].tolist()
   # The sampler's constraint allows exactly the word ids as text.
-  from wavalign_jax.rollout import sampler as sampler_lib
+  from wavalign_jax.rollout import decode
   layout = {"kind": arch, "ratios": (1, 4)} if arch == "interleaved" else {"kind": arch, "audio_delay": 1}
   rollout_cfg = dict(group_size=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8)
-  constraint = sampler_lib.sampling_config(rollout_cfg, layout, builder.vocab).constraint
+  constraint = decode.sampling_config(rollout_cfg, layout, builder.vocab).constraint
   allowed = np.asarray(constraint.allowed(constraint.init(1))[text_stream][0])
   word_ids = set(range(len(specials), len(specials) + len(WORDS)))
   assert {int(i) for i in np.flatnonzero(allowed)} - {builder.vocab.begin_of_audio if arch == "interleaved"

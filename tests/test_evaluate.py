@@ -17,12 +17,13 @@ import pytest
 
 from experiments import kimi, vita
 from tests.fake_judge_server import FakeJudgeServer, chat_reply
-from wavalign_jax import checkpointing, gating, models, train, train_state
+from wavalign_jax import checkpointing, models, train, train_state
 from wavalign_jax import evaluate as evaluate_lib
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import common, generate, score, voicebench
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.objectives import gate as gate_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.run_setup import RunSetup
 from wavalign_jax.testbed import metrics
 from wavalign_jax.testbed import vocab as testbed_vocab
@@ -62,7 +63,7 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   cfg = _model_cfg(config)
   checkpointing.save_params(os.path.join(run_dir, "base_model"), _init(cfg, 0), cfg)
   trained = _init(cfg, 1)   # differs from the base model: proves the step's params are evaluated
-  state = train_state.create(trained, optax.sgd(0.1), gating.init_gate_state(gating.GateConfig()),
+  state = train_state.create(trained, optax.sgd(0.1), gate_lib.init_gate_state(gate_lib.GateConfig()),
                              jax.random.PRNGKey(0))
   ckpt = checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
   ckpt.save(3, state)
@@ -97,7 +98,7 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   builder = build_lib.Builder(os.path.join(jsonl, "tokenizer.json"), arch="interleaved", kind="rl")
   eval_data = str(tmp_path / "eval_id")
   build_lib.build(builder, [eval_id], eval_data)
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab)
+  sampling = decode.sampling_config(config.rollout, config.layout, vocab)
   setup = RunSetup(model_cfg=cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
                    tokenizer=builder.tok, train_data="", eval_data={"eval_id": eval_data}, buckets=(64,),
                    init_checkpoint="", eval_batch_size=n,
@@ -209,7 +210,7 @@ def test_generate_is_batch_invariant(tmp_path):
                   _where=f"r{k}") for k in range(3)]
   prompts = generate.layout_prompts(records, builder)
   assert len({len(p) for p in prompts}) == 3
-  sampling = generate.eval_sampling(sampler_lib.sampling_config(config.rollout, config.layout, builder.vocab),
+  sampling = generate.eval_sampling(decode.sampling_config(config.rollout, config.layout, builder.vocab),
                                     max_new_tokens=6)
   params, rng = _init(cfg, 3), jax.random.PRNGKey(0)
   one = generate.generate(params, cfg, sampling, prompts, batch_size=1, pad_id=builder.vocab.pad, rng=rng)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wavalign_jax.gating import GateConfig, init_gate_state, update_gate
+from wavalign_jax.objectives.gate import GateConfig, init_gate_state, update_gate
 
 
 def sigmoid(x):

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from tests.test_evaluate import _config, _init, _model_cfg
-from wavalign_jax import checkpointing, gating, train_state
+from wavalign_jax import checkpointing, objectives, train_state
 from wavalign_jax import evaluate as evaluate_lib
 from wavalign_jax import generate as generate_cmd
 from wavalign_jax.evaluation import common
@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
   run = str(tmp_path_factory.mktemp("run"))
   cfg = _model_cfg(_config("testbed"))
   checkpointing.save_params(os.path.join(run, "base_model"), _init(cfg, 0), cfg)
-  state = train_state.create(_init(cfg, 1), optax.sgd(0.1), gating.init_gate_state(gating.GateConfig()),
+  state = train_state.create(_init(cfg, 1), optax.sgd(0.1), objectives.init_gate_state(objectives.GateConfig()),
                              jax.random.PRNGKey(0))
   ckpt = checkpointing.Checkpointer(os.path.join(run, "checkpoints"), async_save=False)
   ckpt.save(3, state)

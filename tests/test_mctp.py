@@ -13,7 +13,7 @@ from conftest import FIXTURES
 from wavalign_jax import models
 from wavalign_jax.conversion import config_from_hf, hf_to_params
 from wavalign_jax.rollout import mctp, sampler
-from wavalign_jax.rollout.sampler import SamplingConfig, StreamSampling
+from wavalign_jax.rollout.decode import SamplingConfig, StreamSampling
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
 MODES = ("main", "turbo", "mixed", "boost", "balance", "overflow")

@@ -46,15 +46,15 @@ def _config(base_model):
 
 
 def _record_rollouts(calls: list) -> None:
-  """Wraps train.rollout_and_score to keep each step's prompts (meta ids), RL tokens and rewards."""
-  inner = train.rollout_and_score
+  """Wraps rollout.batch.rollout_batch to keep each step's prompts (meta ids), RL tokens and rewards."""
+  inner = train.rl_batch_lib.rollout_batch
 
-  def wrapped(params, setup, raw, *args, **kw):
-    out = inner(params, setup, raw, *args, **kw)
-    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out[0]["inputs"]["tokens"],
-                      rewards=out[2]))
+  def wrapped(params, model_cfg, sampling, raw, *args, **kw):
+    out = inner(params, model_cfg, sampling, raw, *args, **kw)
+    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out.rl["inputs"]["tokens"],
+                      rewards=out.rewards))
     return out
-  train.rollout_and_score = wrapped
+  train.rl_batch_lib.rollout_batch = wrapped
 
 
 def _flat_params(state) -> list[np.ndarray]:
@@ -78,7 +78,7 @@ def _worker(process_id: int, port: int, workdir: str, base_model: str, out: str)
 def _lengths_worker(process_id: int, port: int, out: str) -> None:
   """Host 0 holds a batch of 40 positions, host 1 one of 80; after `hosts.same_length` both put a (16, 80) global
   batch on the mesh and all-gather it."""
-  from wavalign_jax import sharding, steps
+  from wavalign_jax import sharding
   from wavalign_jax.rollout import hosts
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
@@ -86,7 +86,7 @@ def _lengths_worker(process_id: int, port: int, out: str) -> None:
   rows = np.arange(8 * length, dtype=np.int32).reshape(8, length) + 1000 * process_id
   batch = hosts.same_length({"segment_ids": np.ones((8, length), np.int32), "inputs": {"tokens": rows}}, pad_id=7)
   mesh = sharding.make_mesh((1, -1, 1))
-  on_mesh = steps.device_put_batch(batch, mesh)
+  on_mesh = sharding.device_put_batch(batch, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   gathered = jax.jit(lambda b: b, out_shardings=replicated)(on_mesh)   # all-gathers rows of the common length
   np.savez(out, tokens=np.asarray(gathered["inputs"]["tokens"]), segment_ids=np.asarray(gathered["segment_ids"]))
@@ -147,7 +147,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
   ref_dir, mh_dir = tmp_path / "one", tmp_path / "two"
   monkeypatch.setattr(train.loader, "make_loader", _two_host_loader(train.loader.make_loader))
   ref_calls: list = []
-  monkeypatch.setattr(train, "rollout_and_score", train.rollout_and_score)
+  monkeypatch.setattr(train.rl_batch_lib, "rollout_batch", train.rl_batch_lib.rollout_batch)
   _record_rollouts(ref_calls)
   ref = train.train(_config(None), str(ref_dir))
   base_model = str(ref_dir / "base_model")

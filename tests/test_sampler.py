@@ -538,7 +538,7 @@ def test_nucleus_mask_equals_the_sort_based_definition(top_p):
 def test_trimmed_rl_batch_scores_the_same(vita):
   """The RL batch cut after the longest completion (bucketed), with the head run from the first completion
   target only (start = Lp - 1), gives the same log-probs on every scored position as the full batch."""
-  from wavalign_jax import train
+  from wavalign_jax.rollout import batch
   cfg, params, prompts = vita
   con = constraints.InterleavedConstraint(TIV, RATIOS)
   sc = rollout.SamplingConfig(max_new_tokens=16, group_size=2, sampling=rollout.StreamSampling(1.0, 1.0, 0),
@@ -548,7 +548,7 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   full.pop("group_ids")
   Lp = prompts["valid"].shape[1]
   assert not full["types"]["tokens"][:, :Lp - 1].any()       # nothing to score before the completions
-  trimmed = train.trim_rl_batch(full, Lp, 16, buckets=8)
+  trimmed = batch.trim_rl_batch(full, Lp, 16, buckets=8)
   L = trimmed["segment_ids"].shape[1]
   longest = int(np.asarray(r.lengths).max())
   assert L - Lp == min(16, -(-longest // 2) * 2)              # buckets of 16 / 8 = 2 new tokens

@@ -6,8 +6,9 @@ import re
 import jax
 import numpy as np
 
-from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax import models, optim, sharding, steps, train_state
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives import gate as gate_lib
 
 CFG = ModelConfig(arch="qwen2", vocab_size=512, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=16, dtype="float32", remat="none", logprob_chunk=64)
@@ -22,16 +23,16 @@ def _compile(cfg: ModelConfig, mesh, rows: int, length: int):
              positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
              segment_ids=np.ones((rows, length), np.int32))
   optimizer = optim.make_optimizer(optim.OptimConfig())
-  step_cfg = steps.StepConfig(gate=gating.GateConfig(mode="sft_only"))
+  step_cfg = steps.StepConfig(gate=gate_lib.GateConfig(mode="sft_only"))
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
-                                      gating.init_gate_state(step_cfg.gate), jax.random.key(0))
+                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
   abstract = jax.eval_shape(create)
   state_sharding = train_state.state_shardings(
       abstract, models.param_shardings(cfg, mesh), optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg),
                         state_sharding, mesh)
   return step.lower(train_state.abstract_with_shardings(abstract, state_sharding),
-                    steps.device_put_batch({"sft": seq}, mesh)).compile()
+                    sharding.device_put_batch({"sft": seq}, mesh)).compile()
 
 
 def _analysis(mesh):

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from wavalign_jax import gating, models, optim, sharding, steps, train_state
+from wavalign_jax import models, optim, sharding, steps, train_state
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.hybrid import HybridConfig, make_hybrid_loss
@@ -46,7 +47,7 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
   optimizer = optim.make_optimizer(opt_cfg)
   rng = jax.random.PRNGKey(0)
   param_sharding = models.param_shardings(cfg, mesh)
-  create = lambda: train_state.create(models.init_params(cfg, rng), optimizer, gating.init_gate_state(step_cfg.gate),
+  create = lambda: train_state.create(models.init_params(cfg, rng), optimizer, gate_lib.init_gate_state(step_cfg.gate),
                                       rng)
   state, state_sharding = train_state.init_sharded(create, param_sharding, optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
@@ -54,7 +55,7 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
                         state_sharding, mesh)
   losses = []
   for _ in range(num_steps):
-    state, metrics = step(state, steps.device_put_batch(batch, mesh), rl_start)
+    state, metrics = step(state, sharding.device_put_batch(batch, mesh), rl_start)
     losses.append(float(metrics["loss"]))
   return state, losses
 
@@ -67,7 +68,7 @@ def _gradients_on_mesh(cfg, mesh, batch, lam=0.5):
   adv = np.asarray(grpo.group_advantages(jnp.asarray(batch["rewards"]))).reshape(-1)
   loss_batch = {"sft": batch["sft"], "rl": dict(batch["rl"], advantages=adv)}
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, lam)[0]))
-  return jax.device_get(grad(params, steps.device_put_batch(loss_batch, mesh)))
+  return jax.device_get(grad(params, sharding.device_put_batch(loss_batch, mesh)))
 
 
 # Sharding changes only the order of float32 reductions. Each gradient element is a sum of at most
@@ -270,3 +271,32 @@ def test_learning_rate_schedule_is_validated_at_start_up():
                         (dict(b2=1.0), "optim.b2=1.0"), (dict(weight_decay=-1.0), "optim.weight_decay=-1.0")]:
     with pytest.raises(RunError, match=re.escape(field)):
       optim.validate(optim.OptimConfig(**kwargs))
+
+
+def test_renamed_mesh_axes_shard_and_step_alike():
+  """Mesh axes named otherwise (config `mesh.axes`) take the roles data, fsdp, tensor in order: the rules, the
+  parameter layout, the batch placement and two full steps are those of the default names."""
+  cfg = models.tiny_config("interleaved")
+  batch = _hybrid_batch(cfg)
+  named = sharding.make_mesh((2, 2, 2))
+  renamed = sharding.make_mesh((2, 2, 2), axes=("replica", "shard", "model"))
+  assert sharding.batch_axes(renamed) == ("replica", "shard") and sharding.data_parallel_size(renamed) == 4
+  assert sharding.mesh_shards(renamed, "embed") == 2 and sharding.mesh_shards(renamed, "mlp") == 2
+  rows = sharding.device_put_batch(batch, renamed)["sft"]["segment_ids"]
+  assert rows.sharding.spec[0] == ("replica", "shard") and rows.addressable_shards[0].data.shape[0] == P // 4
+  state_a, losses_a = _run_on_mesh(cfg, named, batch, opt_cfg=PARITY_OPTIM)
+  state_b, losses_b = _run_on_mesh(cfg, renamed, batch, opt_cfg=PARITY_OPTIM)
+  rename = {"data": "replica", "fsdp": "shard", "tensor": "model"}
+  as_renamed = lambda spec: tuple(None if e is None else rename[e] if isinstance(e, str) else
+                                  tuple(rename[a] for a in e) for e in spec)
+  jax.tree.map(lambda a, b: _assert_same_spec(as_renamed(a.sharding.spec), tuple(b.sharding.spec)),
+               state_a.params, state_b.params)
+  np.testing.assert_allclose(losses_b, losses_a, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6),
+               state_a.params, state_b.params)
+
+
+def _assert_same_spec(a: tuple, b: tuple) -> None:
+  pad = lambda s, n: tuple(s) + (None,) * (n - len(s))
+  n = max(len(a), len(b))
+  assert pad(a, n) == pad(b, n)

@@ -29,9 +29,8 @@ from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_di
 from wavalign_jax.data import loader
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
-from wavalign_jax.rewards.base import rollout_items
-from wavalign_jax.rollout import hosts
-from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.rollout import batch as rl_batch_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.run_setup import make_reward_fn
 
 
@@ -90,27 +89,23 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
                                                "checkpoint")))
 
   # 3 and 4. a rollout batch of the checkpoint, scored by the run's reward
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab, cfg.num_mtp_modules)
-  prompts = sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"])
-  rollouts = hosts.sample_rows(model.params, cfg, prompts, jax.random.PRNGKey(seed), sampling, mesh)
-  contents = sampler_lib.response_contents(rollouts, sampling.constraint)
-  G, P = sampling.group_size, len(raw["meta"])
+  sampling = decode.sampling_config(config.rollout, config.layout, model.builder.vocab, cfg.num_mtp_modules)
   text = lambda ids: tokenizer_lib.decode_text(model.tokenizer, ids, collapse_whitespace=True)
-  result = make_reward_fn(config, workdir)(rollout_items(raw["meta"], contents, text))
-  rewards = result.scores.reshape(P, G)
+  batch = rl_batch_lib.rollout_batch(model.params, cfg, sampling, raw, jax.random.PRNGKey(seed),
+                                     make_reward_fn(config, workdir), text, mesh=mesh,
+                                     length_buckets=config.rollout.length_buckets)
+  result, rewards, P = batch.scored, batch.rewards, len(raw["meta"])
   if judge_agreement.has_true_scores(result.info):
     on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]
     out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, f(np.array([i[d] for i in result.info])))
                               for d, f in on_judge_scale.items()}
-  stats = rollout_diversity.content_stats(rewards, contents)
+  stats = rollout_diversity.content_stats(rewards, batch.contents)
   out["rollout_diversity"] = {**rollout_diversity.summary(stats), "reward_mean": float(rewards.mean())}
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
-  rl = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, model.builder.vocab.pad))
-  rl.pop("group_ids")
-  rl["advantages"] = np.asarray(grpo.group_advantages(rewards, scale=config.rl.advantage_scale,
-                                                      eps=config.rl.advantage_eps)).reshape(-1)
+  rl = dict(batch.rl, advantages=np.asarray(grpo.group_advantages(rewards, scale=config.rl.advantage_scale,
+                                                                  eps=config.rl.advantage_eps)).reshape(-1))
   geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(
       logprob_fn, p, b, GRPOConfig(**config.rl), minibatches), mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}

@@ -80,7 +80,7 @@ def _check_choices(config: mlc.ConfigDict) -> None:
 def check_mesh(config: mlc.ConfigDict) -> list[str]:
   """The mesh fits the devices and the step's prompts split over its data-parallel shards (data x fsdp)."""
   shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
-  if sorted(axes) != sorted(sharding.MESH_AXES) or len(shape) != len(axes):
+  if len(set(axes)) != len(sharding.MESH_AXES) or len(shape) != len(axes):
     raise ConfigError(f"--config.mesh: axes {axes} with shape {shape}; give one size for each of "
                       f"{sharding.MESH_AXES} (-1 = all remaining devices)")
   try:
@@ -88,16 +88,16 @@ def check_mesh(config: mlc.ConfigDict) -> list[str]:
   except ValueError as e:
     raise ConfigError(f"--config.mesh.shape={shape}: {e}") from None
   prompts, hosts = config.data.prompts_per_step, jax.process_count()
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  shards, names = sharding.data_parallel_size(mesh), " x ".join(sharding.batch_axes(mesh))
   if prompts % hosts:
     raise ConfigError(f"--config.data.prompts_per_step={prompts} does not divide over the {hosts} hosts")
   if hosts > 1 and (prompts // hosts) % shards:
-    # Each host holds its own rows, so they must split evenly over the data shards (steps.batch_sharding).
+    # Each host holds its own rows, so they must split evenly over the data shards (sharding.batch_sharding).
     raise ConfigError(f"--config.data.prompts_per_step={prompts}: each of the {hosts} hosts needs a multiple of "
-                      f"the {shards} data shards (mesh data x fsdp)")
+                      f"the {shards} data shards (mesh {names})")
   if prompts % shards:
-    return [f"--config.data.prompts_per_step={prompts} does not divide over the {shards} data shards (mesh data x "
-            "fsdp): the SFT batch is replicated on every shard (correct, but without data parallelism)"]
+    return [f"--config.data.prompts_per_step={prompts} does not divide over the {shards} data shards (mesh "
+            f"{names}): the SFT batch is replicated on every shard (correct, but without data parallelism)"]
   return []
 
 

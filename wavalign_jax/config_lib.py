@@ -15,8 +15,7 @@ from typing import Any, Iterable
 
 import ml_collections as mlc
 
-from wavalign_jax import gating
-from wavalign_jax.objectives import DPOConfig, GRPOConfig, SFTConfig
+from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 
 # Each training method of the paper is a small patch of config fields.
 #   lambda = 0: SFT only; lambda = 1: RL only; "fixed": constant lambda; "dynamic": the gated EMA.
@@ -160,11 +159,11 @@ def base_config() -> mlc.ConfigDict:
   c.reward.exclude_failed = False      # keep failed items out of the gate statistics and the advantages
   c.reward.cache_dir = ""              # default WORKDIR/judge_cache
 
-  # --- Objective: the fields and defaults of objectives.SFTConfig / GRPOConfig / DPOConfig, gating.GateConfig ----
+  # --- Objective: the fields and defaults of objectives.SFTConfig / GRPOConfig / DPOConfig / GateConfig ----
   c.sft = _section(SFTConfig())
   c.rl = _section(GRPOConfig())
   c.dpo = _section(DPOConfig())
-  c.gate = _section(gating.GateConfig())
+  c.gate = _section(GateConfig())
 
   # --- Optimizer (AdamW, docs/method.md §1); the cosine decays over train.total_steps --------------------
   c.optim = mlc.ConfigDict(dict(

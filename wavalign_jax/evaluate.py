@@ -30,14 +30,14 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import checkpointing, cli, log_setup, models, sharding, train_state
+from wavalign_jax import checkpointing, cli, log_setup, models, sharding
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import generate, score, testbed
 from wavalign_jax.export import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rewards import llm_judge
-from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.rollout import decode
 
 SUITES = ("voicebench", "openaudiobench", "vstyle", "testbed")
 
@@ -148,7 +148,7 @@ def generate_responses(model: EvalModel, config: mlc.ConfigDict, suite: str, dat
   if max_examples:
     records = records[:max_examples]
   prompts = generate.layout_prompts(records, model.builder)
-  sampling = generate.eval_sampling(sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab,
+  sampling = generate.eval_sampling(decode.sampling_config(config.rollout, config.layout, model.builder.vocab,
                                                                 model.model_cfg.num_mtp_modules),
                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
   contents = generate.generate(model.params, model.model_cfg, sampling, prompts, batch_size=batch_size,

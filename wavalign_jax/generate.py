@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from wavalign_jax import cli, evaluate, log_setup
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.evaluation import generate as generate_lib
-from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.rollout import decode
 
 
 def prompt_records(prompts: Sequence[str], data: str | None, max_examples: int) -> list[dict[str, Any]]:
@@ -51,7 +51,7 @@ def run(config: mlc.ConfigDict, *, checkpoint: str | None, prompts: Sequence[str
     raise app.UsageError("--checkpoint is required (or --config.init_checkpoint)")
   model = evaluate.load_model(checkpoint, config)
   sampling = generate_lib.eval_sampling(
-      sampler_lib.sampling_config(config.rollout, config.layout, model.builder.vocab, model.model_cfg.num_mtp_modules),
+      decode.sampling_config(config.rollout, config.layout, model.builder.vocab, model.model_cfg.num_mtp_modules),
       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
   contents = generate_lib.generate(model.params, model.model_cfg, sampling,
                                    generate_lib.layout_prompts(records, model.builder), batch_size=batch_size,

@@ -23,7 +23,7 @@ from wavalign_jax.data import loader
 from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
-from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelConstraint
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
@@ -33,7 +33,7 @@ class RunSetup:
   model_cfg: ModelConfig
   vocab: InterleavedVocab | ParallelVocab
   constraint: InterleavedConstraint | ParallelConstraint
-  sampling: sampler_lib.SamplingConfig
+  sampling: decode.SamplingConfig
   tokenizer: tokenizers.Tokenizer
   train_data: str
   eval_data: dict[str, str]         # eval set name -> dataset directory (may be empty)
@@ -75,7 +75,7 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   if vocab.vocab_size > model_cfg.vocab_size:
     raise ValueError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                      f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
+  sampling = decode.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
   return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
                   eval_data={"eval": config.data.eval} if config.data.eval else {}, buckets=buckets,
@@ -96,7 +96,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
   if not init_checkpoint:
     init_checkpoint = os.path.join(workdir, "base_model")
     base_model.ensure_base_model(config, model_cfg, data.datasets["base_sft"], buckets, init_checkpoint, guard)
-  sampling = sampler_lib.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
+  sampling = decode.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
   return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=sampling.constraint, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],

@@ -4,7 +4,9 @@ Model code names parameter axes ("embed", "mlp", "heads", ...) and, separately, 
 ("activation_batch", "activation_embed", ...); this table alone decides which mesh axis each maps to.
 Parameters and activations need different names because they shard differently: FSDP splits a weight's
 "embed" axis over `fsdp`, while an activation [batch, length, embed] is split over its batch by
-(data, fsdp) and must not use `fsdp` a second time. No device counts live in model code.
+(data, fsdp) and must not use `fsdp` a second time. No device counts live in model code, and no mesh axis names
+live outside this module: the config's `mesh.axes` may name the three axes differently (`rules_for`), and
+batches are placed over the axes the rules give their rows (`batch_axes`, `device_put_batch`).
 
 The vocabulary tables are never gathered whole (a 168k x 3584 table is 2.2 GiB in float32); the rows move
 instead, gathered over `fsdp` ("activation_logits_batch"):
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -59,6 +61,66 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def rules_for(axis_names: Sequence[str]) -> tuple[tuple[str, Any], ...]:
+  """LOGICAL_RULES on a mesh whose axes are `axis_names` (config `mesh.axes`). The names of MESH_AXES, in any
+  order, keep their roles; other names take the roles data, fsdp and tensor in the order given."""
+  names = tuple(axis_names)
+  if sorted(names) == sorted(MESH_AXES):
+    return LOGICAL_RULES
+  if len(names) != len(MESH_AXES) or len(set(names)) != len(names):
+    raise ValueError(f"mesh axes {names}: need {len(MESH_AXES)} distinct names, one for each of {MESH_AXES}")
+  role = dict(zip(MESH_AXES, names))
+  rename = lambda e: None if e is None else role[e] if isinstance(e, str) else tuple(role[a] for a in e)
+  return tuple((logical, rename(entry)) for logical, entry in LOGICAL_RULES)
+
+
+def mesh_axes(mesh: Mesh, axis: str) -> tuple[str, ...]:
+  """The mesh axes the rules split a dimension named `axis` over on `mesh`."""
+  entry = nn.logical_to_mesh_axes((axis,), rules_for(mesh.axis_names))[0]
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes a batch's rows are split over (the rules' "activation_batch")."""
+  return mesh_axes(mesh, "activation_batch")
+
+
+def mesh_shards(mesh: Mesh, axis: str) -> int:
+  """Into how many pieces the rules split a dimension named `axis` on `mesh` (`shards` inside `use_rules`)."""
+  return _ways(mesh_axes(mesh, axis), mesh.shape)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """Into how many row shards a batch is split on `mesh`."""
+  return mesh_shards(mesh, "activation_batch")
+
+
+def batch_sharding(batch: Any, mesh: Mesh, *, process_local: bool = True) -> Any:
+  """Leading (example) axis over the batch axes (`batch_axes`); per-prompt reward arrays [P, G] likewise.
+
+  `process_local`: the arrays hold this process's rows, so the global batch has process_count times
+  as many. An axis that does not divide the data shards is replicated, which is only right when every
+  process holds the same rows; on several processes that is an error.
+  """
+  axes, n = batch_axes(mesh), data_parallel_size(mesh)
+  hosts = jax.process_count() if process_local else 1
+
+  def spec(x):
+    if x.ndim and (x.shape[0] * hosts) % n == 0:
+      return NamedSharding(mesh, PartitionSpec(axes))
+    if x.ndim and hosts > 1:
+      raise ValueError(f"a global batch of {x.shape[0] * hosts} rows ({x.shape[0]} per process) does not divide "
+                       f"over the {n} data shards (mesh {' x '.join(axes)})")
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(spec, batch)
+
+
+def device_put_batch(batch: Any, mesh: Mesh) -> Any:
+  """Host numpy batch (this process's rows) -> global arrays sharded over the batch axes."""
+  shardings = batch_sharding(batch, mesh)
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
+
+
 def _ways(entry: Any, mesh_shape: Mapping[str, int]) -> int:
   """Into how many pieces a PartitionSpec entry (None, a mesh axis or a tuple of them) splits a dimension."""
   names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
@@ -66,13 +128,13 @@ def _ways(entry: Any, mesh_shape: Mapping[str, int]) -> int:
 
 
 def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int],
-             rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> PartitionSpec:
+             rules: Sequence[tuple[str, Any]] | None = None) -> PartitionSpec:
   """The rules' PartitionSpec for an array of `shape` whose dimensions have logical names `axes`.
 
   A dimension that its mesh axes do not divide gives up its rule and the next rule that fits takes over: VITA's
   168072-entry vocabulary does not split 16 ways, so on 16 devices its heads split along their width
-  ("table_embed") instead."""
-  rules = tuple(rules)
+  ("table_embed") instead. `rules` default to the table on the mesh's axes (`rules_for`)."""
+  rules = rules_for(tuple(mesh_shape)) if rules is None else tuple(rules)
   while True:
     spec = nn.logical_to_mesh_axes(tuple(axes), rules)
     bad = {a for a, size, entry in zip(axes, shape, spec) if size % _ways(entry, mesh_shape)}
@@ -105,7 +167,7 @@ def shards(axis: str) -> int:
 @contextlib.contextmanager
 def use_rules(mesh: Mesh) -> Iterator[None]:
   """Activation sharding constraints of the model mapped onto `mesh` while tracing inside this block."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for(mesh.axis_names)):
     yield
 
 

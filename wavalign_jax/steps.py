@@ -18,10 +18,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from wavalign_jax import gating
 from wavalign_jax import sharding as sharding_lib
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
@@ -34,7 +34,7 @@ from wavalign_jax.train_state import TrainState
 class StepConfig:
   objective: str = "hybrid"          # "hybrid" | "dpo"
   hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
-  gate: gating.GateConfig = dataclasses.field(default_factory=gating.GateConfig)
+  gate: gate_lib.GateConfig = dataclasses.field(default_factory=gate_lib.GateConfig)
   dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
 
 
@@ -42,7 +42,7 @@ def step_config(config: Any) -> StepConfig:
   """The StepConfig of an experiment ConfigDict (its objective, sft, rl, gate and dpo sections)."""
   return StepConfig(objective=config.objective,
                     hybrid=HybridConfig(sft=SFTConfig(**config.sft), rl=GRPOConfig(**config.rl)),
-                    gate=gating.GateConfig(**config.gate), dpo=DPOConfig(**config.dpo))
+                    gate=gate_lib.GateConfig(**config.gate), dpo=DPOConfig(**config.dpo))
 
 
 def all_finite(*trees: Any) -> jax.Array:
@@ -52,11 +52,12 @@ def all_finite(*trees: Any) -> jax.Array:
 
 
 def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
-                     schedule: optax.Schedule | None, metrics: dict, gate: Any = None) -> tuple[TrainState, dict]:
+                     schedule: optax.Schedule | None, metrics: dict, gate: Any = None,
+                     gate_metrics: dict | None = None) -> tuple[TrainState, dict]:
   """AdamW update and the new gate, unless anything about the step is not finite.
 
   The check covers the loss, the gradient norm, the learning rate and the results themselves (new params,
-  optimizer moments, gate): a finite loss and gradient with a huge or NaN learning rate still give NaN
+  optimizer moments, gate and the reward statistics behind it, `gate_metrics`): a finite loss and gradient with a huge or NaN learning rate still give NaN
   parameters, and those must never reach a checkpoint. A skipped step changes nothing but the step counter,
   the RNG and the skip counters (params, moments and gate stay as they were; the logged λ is the kept one);
   the loop stops after `train.max_consecutive_skips` in a row (`report_skipped`).
@@ -66,7 +67,7 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   lr = schedule(state.step) if schedule is not None else jnp.zeros((), jnp.float32)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = all_finite(metrics["loss"], grad_norm, lr, params, opt_state, gate)
+  finite = all_finite(metrics["loss"], grad_norm, lr, params, opt_state, gate, gate_metrics or {})
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   params, opt_state, gate = keep((params, opt_state, gate), (state.params, state.opt_state, state.gate))
   metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params), skipped=~finite)
@@ -140,7 +141,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
                      schedule: optax.Schedule | None = None, *, update_gate: bool = True, microbatches: int = 1):
   """`step(state, batch, rl_start=0) -> (state, metrics)` for the hybrid objective.
 
-  `rl_start` (static in `jit_step`): the RL rows' prompt length - 1 (`sampler.rl_batch`);
+  `rl_start` (static in `jit_step`): the RL rows' prompt length - 1 (`rollout.batch.rl_batch`);
   the output head runs on their completions only. `update_gate=False` reuses the state's λ (later PPO iterations
   on the same rollout batch). `microbatches > 1` accumulates gradients over that many pieces of the batch (same
   result, less memory).
@@ -154,7 +155,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
     if "rl" in batch:
       rewards, valid = batch["rewards"], batch.get("reward_valid")
       if update_gate:
-        gate, metrics = gating.update_gate(state.gate, rewards, valid, cfg.gate)
+        gate, metrics = gate_lib.update_gate(state.gate, rewards, valid, cfg.gate)
       advantages = grpo.group_advantages(rewards, valid, rl_cfg.advantage_scale, rl_cfg.advantage_eps)
       weights = grpo.group_weights(rewards, valid, rl_cfg.drop_equal_groups)
       # Decided on the whole batch, before any micro-batch split separates a group's rows.
@@ -165,7 +166,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
     counts = hybrid_counts(loss_batch, cfg.hybrid)
     grads, loss_metrics = accumulate_gradients(functools.partial(loss_fn, rl_start=rl_start), state.params,
                                                loss_batch, lam, counts, microbatches)
-    return _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics}, gate)
+    return _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics}, gate, metrics)
 
   return step
 
@@ -182,33 +183,6 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
     return _apply_gradients(state, grads, optimizer, schedule, metrics)
 
   return step
-
-
-def batch_sharding(batch: Any, mesh: Mesh, *, process_local: bool = True) -> Any:
-  """Leading (example) axis over ("data", "fsdp"); per-prompt reward arrays [P, G] likewise.
-
-  `process_local`: the arrays hold this process's rows, so the global batch has process_count times
-  as many. An axis that does not divide the data shards is replicated, which is only right when every
-  process holds the same rows; on several processes that is an error.
-  """
-  data_axes = ("data", "fsdp")
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
-  hosts = jax.process_count() if process_local else 1
-
-  def spec(x):
-    if x.ndim and (x.shape[0] * hosts) % n == 0:
-      return NamedSharding(mesh, PartitionSpec(data_axes))
-    if x.ndim and hosts > 1:
-      raise ValueError(f"a global batch of {x.shape[0] * hosts} rows ({x.shape[0]} per process) does not divide "
-                       f"over the {n} data shards (mesh data x fsdp)")
-    return NamedSharding(mesh, PartitionSpec())
-  return jax.tree.map(spec, batch)
-
-
-def device_put_batch(batch: Any, mesh: Mesh) -> Any:
-  """Host numpy batch (this process's rows) -> global arrays sharded over the data axes."""
-  shardings = batch_sharding(batch, mesh)
-  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 
 
 def jit_step(step: Callable, state_sharding: Any, mesh: Mesh) -> Callable:

@@ -14,77 +14,35 @@ killed run resumes with the same lambda, step, optimizer state and the next exam
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections as mlc
-import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, gating, log_setup,
+from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
                           models, optim, preemption, sharding, steps, train_state, workdir_lock)
-from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity
+from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
-from wavalign_jax.rewards.base import rollout_items
 from wavalign_jax.rewards.llm_judge import FailureMonitor
+from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.run_setup import RunSetup, check_finite_knobs, make_reward_fn, setup_run
 
 
-# ----------------------------------------------------------------------------- rollouts and rewards
-
-
-def rollout_and_score(params: Any, setup: RunSetup, raw: dict, rng: jax.Array, reward_fn,
-                      monitor: FailureMonitor | None, step: int, exclude_failed: bool, mesh: Mesh | None = None,
-                      length_buckets: int = 8):
-  """Samples G responses per prompt of this host's batch `raw` and scores them:
-  (rl_batch, rl_start, rewards [P, G], valid [P, G], metrics), all on this host's rows. `rl_start` is the
-  first completion target position (prompt length - 1, one value on every host), the step's `rl_start`."""
-  prompts = hosts.same_prompt_length(sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"]))
-  rollouts = hosts.sample_rows(params, setup.model_cfg, prompts, rng, setup.sampling, mesh)
-  contents = sampler_lib.response_contents(rollouts, setup.constraint)
-  G = setup.sampling.group_size
-  result = reward_fn(rollout_items(raw["meta"], contents, setup.decode_text))
-  metrics = monitor.update(result, step) if monitor is not None else {}
-  P = len(raw["meta"])
-  rewards = result.scores.reshape(P, G)
-  valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
-  lengths = np.asarray(rollouts.lengths)
-  mask = np.asarray(rollouts.mask)
-  forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
-  metrics.update(rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents)))
-  metrics.update(judge_agreement.true_score_summary(result.scores, result.info))
-  if judge_agreement.has_true_scores(result.info):   # the testbed judge: exact answers score semantic 5
-    semantic = np.array([i["semantic"] for i in result.info]).reshape(P, G)
-    metrics.update(rollout_diversity.pass_stats(semantic == 5))
-    metrics["diversity/informative_semantic"] = float(rollout_diversity.informative(semantic).mean())
-  metrics.update(rollout_length=float(lengths.mean()), rollout_truncated=float(np.mean(rollouts.truncated)),
-                 rollout_forced_fraction=float(forced),
-                 rollout_malformed=1.0 - float(np.mean(sampler_lib.well_formed(rollouts, setup.constraint))))
-  batch = jax.device_get(sampler_lib.rl_batch(prompts, rollouts, setup.vocab.pad))
-  batch.pop("group_ids")
-  prompt_len = prompts["valid"].shape[1]
-  batch = trim_rl_batch(batch, prompt_len, setup.sampling.max_new_tokens, length_buckets)
-  return hosts.same_length(batch, setup.vocab.pad), prompt_len - 1, rewards, valid, metrics
-
-
-def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int, buckets: int) -> dict:
-  """Cuts the RL batch [B, Lp + N] (`sampler.rl_batch`) after the longest completion, rounded up to one of
-  `buckets` lengths Lp + k·N/buckets (a few compiled shapes instead of always paying for Lp + N)."""
-  longest = int(np.max(np.sum(np.asarray(batch["segment_ids"])[:, prompt_len:] > 0, axis=1)))
-  step = -(-max_new_tokens // buckets)
-  length = prompt_len + min(max_new_tokens, step * -(-max(longest, 1) // step))
-  return jax.tree.map(lambda x: x[:, :length] if np.ndim(x) >= 2 else x, batch)
+# ----------------------------------------------------------------------------- evaluation
 
 
 def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
@@ -130,15 +88,6 @@ def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
 # ----------------------------------------------------------------------------- the run
 
 
-def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any:
-  if setup.init_checkpoint:
-    abstract = jax.eval_shape(lambda: models.init_params(setup.model_cfg, rng))
-    logging.info("loading parameters from %s", setup.init_checkpoint)
-    return checkpointing.load_params(setup.init_checkpoint,
-                                     train_state.abstract_with_shardings(abstract, param_sharding))
-  return jax.jit(lambda r: models.init_params(setup.model_cfg, r), out_shardings=param_sharding)(rng)
-
-
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the job of `config` in `workdir`; returns the last metrics and the evaluations.
 
@@ -152,7 +101,69 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
       return {"preempted": e.step}
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the phases of one run share: the config, its resolved pieces, the open checkpointer and writer."""
+  config: mlc.ConfigDict
+  workdir: str
+  guard: preemption.PreemptionGuard
+  setup: RunSetup
+  mesh: Mesh
+  cfg: steps.StepConfig
+  ckpt: checkpointing.Checkpointer
+  train_it: Any
+  optimizer: Any
+  schedule: Any
+  logprob_fn: Any
+  param_sharding: Any
+  state_sharding: Any
+  abstract: Any            # the train state's shapes
+  create: Any              # params -> a fresh train state
+  writer: Any = None
+
+
+class _Steps(NamedTuple):
+  """The run's jitted functions."""
+  update: Any              # the train step (hybrid or DPO)
+  reuse: Any               # later PPO iterations on one rollout batch (rl.num_iterations > 1), else None
+  logprobs: Any            # π_old and π_ref forwards, once per rollout batch
+  geometry: Any            # gradient geometry (train.analysis_every)
+
+
 def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> dict[str, Any]:
+  """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
+  run = _set_up(config, workdir, guard)
+  state, ref_params, resumed = _restore(run)
+  run.writer = _writer(workdir, int(state.step))
+  results = _evaluate_before(run, state)
+  fns = _make_steps(run)
+  reward_fn = make_reward_fn(config, workdir) if run.cfg.objective == "hybrid" else None
+  monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
+  total = config.train.total_steps
+  stop_at = min(total, config.train.stop_at_step or total)
+  metrics: dict[str, Any] = {}
+  while int(state.step) < stop_at:
+    step = int(state.step)
+    t0 = time.time()
+    raw = next(run.train_it)
+    if run.cfg.objective == "dpo":
+      batch, rl_start, extra = _dpo_batch(run, fns, raw, ref_params), 0, {}
+    else:
+      batch, rl_start, extra = _hybrid_batch(run, fns, state, raw, ref_params, reward_fn, monitor)
+    if _analysis_due(run, step) and "rl" in batch:   # before the update: same params
+      extra.update(_geometry(run, fns, state, batch))
+    state, metrics = _update(run, fns, state, batch, rl_start, stop_at)
+    metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
+               "step_time": time.time() - t0}
+    _after_step(run, state, metrics, step, stop_at)
+  return _shut_down(run, state, metrics, resumed, stop_at, results)
+
+
+# ----------------------------------------------------------------------------- set-up and restore
+
+
+def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> _Run:
+  """Checks the config, records it (refusing a changed experiment on resume), builds the mesh and the data."""
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   optim.validate(optim_cfg)
   check_finite_knobs(config)
@@ -165,133 +176,193 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-  per_host, shards = config.data.prompts_per_step // jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"]
+  per_host, shards = config.data.prompts_per_step // jax.process_count(), sharding.data_parallel_size(mesh)
   if jax.process_count() > 1 and per_host % shards:
-    # Each host holds its own rows, so they must split evenly over the data shards (steps.batch_sharding).
+    # Each host holds its own rows, so they must split evenly over the data shards (sharding.batch_sharding).
     raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
-                     f"{jax.process_count()} hosts needs a multiple of the {shards} data shards (mesh data x fsdp)")
+                     f"{jax.process_count()} hosts needs a multiple of the {shards} data shards "
+                     f"(mesh {' x '.join(sharding.batch_axes(mesh))})")
   cfg = steps.step_config(config)
-  optimizer, schedule = optim.make_optimizer(optim_cfg), optim.learning_rate_schedule(optim_cfg)
-  logprob_fn = models.logprob_fn(setup.model_cfg)
+  optimizer = optim.make_optimizer(optim_cfg)
   param_sharding = models.param_shardings(setup.model_cfg, mesh)
-
   rng = jax.random.PRNGKey(config.seed)
-  create = lambda params: train_state.create(params, optimizer, gating.init_gate_state(cfg.gate), rng)
+  create = lambda params: train_state.create(params, optimizer, gate_lib.init_gate_state(cfg.gate), rng)
   abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
-  state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
   train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
                                 buckets=setup.buckets, seed=config.data.shuffle_seed,
                                 num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
+  return _Run(config, workdir, guard, setup, mesh, cfg, ckpt, train_it, optimizer,
+              optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
+              train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create)
 
-  resumed = ckpt.latest_step() is not None
-  needs_ref = cfg.objective == "dpo" or cfg.hybrid.rl.uses_kl   # frozen initial params, sharded like the policy
-  if resumed:
-    state = ckpt.restore(train_state.abstract_with_shardings(abstract, state_sharding), train_it)
-    ref_params = _initial_params(setup, param_sharding, rng) if needs_ref else None
+
+def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any:
+  if setup.init_checkpoint:
+    abstract = jax.eval_shape(lambda: models.init_params(setup.model_cfg, rng))
+    logging.info("loading parameters from %s", setup.init_checkpoint)
+    return checkpointing.load_params(setup.init_checkpoint,
+                                     train_state.abstract_with_shardings(abstract, param_sharding))
+  return jax.jit(lambda r: models.init_params(setup.model_cfg, r), out_shardings=param_sharding)(rng)
+
+
+def _restore(run: _Run) -> tuple[train_state.TrainState, Any, bool]:
+  """(state, reference params or None, resumed): the last checkpoint's state and data position, or a fresh state.
+  The reference (DPO, or a KL term) is the frozen initial params, sharded like the policy."""
+  cfg, rng = run.cfg, jax.random.PRNGKey(run.config.seed)
+  needs_ref = cfg.objective == "dpo" or cfg.hybrid.rl.uses_kl
+  if run.ckpt.latest_step() is not None:
+    state = run.ckpt.restore(train_state.abstract_with_shardings(run.abstract, run.state_sharding), run.train_it)
+    ref_params = _initial_params(run.setup, run.param_sharding, rng) if needs_ref else None
     logging.info("resumed from step %d (lambda %.4f)", int(state.step), float(state.gate.lam))
     print(f"resumed from checkpoint step {int(state.step)}, lambda={float(state.gate.lam):.4f}", flush=True)
-  else:
-    params = _initial_params(setup, param_sharding, rng)
-    ref_params = params if needs_ref else None   # `create` copies them into the (donated) state
-    state = jax.jit(create, out_shardings=state_sharding)(params)
+    return state, ref_params, True
+  params = _initial_params(run.setup, run.param_sharding, rng)
+  ref_params = params if needs_ref else None   # `create` copies them into the (donated) state
+  return jax.jit(run.create, out_shardings=run.state_sharding)(params), ref_params, False
 
-  writer = _writer(workdir, int(state.step))
-  total = config.train.total_steps
-  results: dict[str, Any] = {}
-  if int(state.step) == 0 and config.train.eval_before:
-    t0 = time.time()
-    before = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
-    results["eval_before"] = before[0]
-    _log_eval(writer, workdir, 0, "eval_before", "before", before, time.time() - t0)
-    if before[0] and jax.process_index() == 0:
-      files.write_json(os.path.join(workdir, "eval_before.json"), before[0], indent=2)
 
+def _make_steps(run: _Run) -> _Steps:
+  """The jitted step of the objective, PPO reuse's step, the log-prob forward and the gradient geometry."""
+  c, cfg = run.config, run.cfg
+  make = lambda step: steps.jit_step(step, run.state_sharding, run.mesh)
   if cfg.objective == "dpo":
-    step_fn = steps.jit_step(steps.make_dpo_step(logprob_fn, optimizer, cfg, schedule), state_sharding, mesh)
+    update = make(steps.make_dpo_step(run.logprob_fn, run.optimizer, cfg, run.schedule))
   else:
-    step_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule,
-                                                    microbatches=config.train.microbatches), state_sharding, mesh)
+    update = make(steps.make_hybrid_step(run.logprob_fn, run.optimizer, cfg, run.schedule,
+                                         microbatches=c.train.microbatches))
   # PPO-style reuse of a rollout batch: later iterations keep the lambda of the first (rl.num_iterations).
-  reuse_fn = None
+  reuse = None
   if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
-    reuse_fn = steps.jit_step(steps.make_hybrid_step(logprob_fn, optimizer, cfg, schedule, update_gate=False,
-                                                     microbatches=config.train.microbatches), state_sharding, mesh)
-  # π_old and π_ref forwards, once per rollout batch
-  ref_logprobs = sharding.jit_with_rules(logprob_fn, mesh, static_argnums=(2,))
-  reward_fn = make_reward_fn(config, workdir) if cfg.objective == "hybrid" else None
-  monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
-  sft_stage_steps = int(round(config.train.sft_stage_fraction * total))
-  analysis_every = config.train.analysis_every if cfg.objective == "hybrid" else 0
-  geometry_fn = sharding.jit_with_rules(functools.partial(
-      gradient_geometry.geometry, logprob_fn, cfg=cfg.hybrid.rl, num_minibatches=config.train.analysis_minibatches),
-      mesh)
-  metrics: dict[str, Any] = {}
-  stop_at = min(total, config.train.stop_at_step or total)
-  while int(state.step) < stop_at:
-    step = int(state.step)
+    reuse = make(steps.make_hybrid_step(run.logprob_fn, run.optimizer, cfg, run.schedule, update_gate=False,
+                                        microbatches=c.train.microbatches))
+  geometry = sharding.jit_with_rules(functools.partial(
+      gradient_geometry.geometry, run.logprob_fn, cfg=cfg.hybrid.rl, num_minibatches=c.train.analysis_minibatches),
+      run.mesh)
+  return _Steps(update, reuse, sharding.jit_with_rules(run.logprob_fn, run.mesh, static_argnums=(2,)), geometry)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _logp(logprobs: dict) -> dict:
+  return {k: v["logp"] for k, v in logprobs.items()}
+
+
+def _dpo_batch(run: _Run, fns: _Steps, raw: dict, ref_params: Any) -> dict:
+  """The chosen and rejected halves on the mesh, each with the frozen reference's log-probs."""
+  batch = {}
+  for half in ("chosen", "rejected"):
+    b = sharding.device_put_batch(hosts.same_length(raw[half], run.setup.vocab.pad), run.mesh)
+    batch[half] = dict(b, ref_logp=_logp(fns.logprobs(ref_params, b)))
+  return batch
+
+
+def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: dict, ref_params: Any,
+                  reward_fn: Any, monitor: FailureMonitor | None) -> tuple[dict, int, dict[str, float]]:
+  """(batch on the mesh, rl_start, rollout metrics): the reference responses (SFT part) and, past the SFT stage,
+  scored rollouts of the current params (RL part); either is left out where its weight is structurally 0."""
+  step, mode, setup = int(state.step), run.cfg.gate.mode, run.setup
+  in_sft_stage = step < int(round(run.config.train.sft_stage_fraction * run.config.train.total_steps))
+  batch, rl_start, extra = {}, 0, {}
+  if in_sft_stage or mode != "rl_only":
+    batch["sft"] = hosts.same_length(raw["reference"], setup.vocab.pad)
+  if not in_sft_stage and mode != "sft_only":
+    rng_step = jax.random.fold_in(state.rng, 0)
+    t_rollout = time.time()
+    rollouts = rl_batch_lib.rollout_batch(
+        state.params, setup.model_cfg, setup.sampling, raw, rng_step, reward_fn, setup.decode_text, mesh=run.mesh,
+        monitor=monitor, step=step, exclude_failed=run.config.reward.exclude_failed,
+        length_buckets=run.config.rollout.length_buckets)
+    batch.update(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.valid)
+    rl_start, extra = rollouts.rl_start, rollouts.metrics
+    extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
+  batch = sharding.device_put_batch(batch, run.mesh)
+  if "rl" in batch and ref_params is not None:
+    batch["rl"]["ref_logp"] = _logp(fns.logprobs(ref_params, batch["rl"], rl_start))
+  return batch, rl_start, extra
+
+
+def _analysis_due(run: _Run, step: int) -> bool:
+  every = run.config.train.analysis_every if run.cfg.objective == "hybrid" else 0
+  return bool(every) and (step + 1) % every == 0
+
+
+def _geometry(run: _Run, fns: _Steps, state: train_state.TrainState, batch: dict) -> dict[str, float]:
+  """Text- vs speech-token policy-gradient geometry of the step's RL batch (`geometry/...` metrics)."""
+  rl = run.cfg.hybrid.rl
+  adv = grpo.group_advantages(batch["rewards"], batch["reward_valid"], rl.advantage_scale,
+                              rl.advantage_eps).reshape(-1)
+  return {f"geometry/{k}": v for k, v in jax.device_get(
+      fns.geometry(state.params, dict(batch["rl"], advantages=adv))).items()}
+
+
+def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: dict, rl_start: int,
+            stop_at: int) -> tuple[train_state.TrainState, dict]:
+  """The train step; with PPO reuse (rl.num_iterations > 1) further steps on the same rollouts, whose π_old is
+  the training forward of the parameters that made them (not the sampler's)."""
+  step = int(state.step)
+  iterations = (min(run.cfg.hybrid.rl.num_iterations, stop_at - step) if fns.reuse is not None and "rl" in batch
+                else 1)
+  if iterations > 1:
+    old_logp = _logp(fns.logprobs(state.params, batch["rl"], rl_start))
+  state, metrics = fns.update(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
+  for _ in range(iterations - 1):
+    state, later = fns.reuse(state, dict(batch, rl=dict(batch["rl"], old_logp=old_logp)), rl_start)
+    metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
+  return state, metrics
+
+
+def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: int, stop_at: int) -> None:
+  """Logs, stops on too many non-finite steps, checkpoints, honours a preemption signal and evaluates."""
+  c, ckpt, writer = run.config.train, run.ckpt, run.writer
+  now, total = int(state.step), c.total_steps
+  crossed = lambda every: every and now // every > step // every
+  if crossed(c.log_every) or now == total:
+    writer.write(now, metrics, total_steps=total)
+  stop = steps.report_skipped(state, c.max_consecutive_skips, "training", ckpt.latest_step(),
+                              "optim.learning_rate (resuming with another value needs "
+                              "--config.train.allow_config_change=True)")
+  if stop:
+    ckpt.close()
+    writer.close()
+    raise errors.NonFiniteStop(stop)
+  saved = crossed(c.checkpoint_every) or now == stop_at
+  if saved:
+    ckpt.save(now, state, run.train_it)
+  if run.guard.should_stop():
+    if not saved:
+      ckpt.save(now, state, run.train_it)
+    ckpt.close()
+    writer.close()
+    raise preemption.Preempted(now, run.guard.signum, "training")
+  if crossed(c.eval_every) and now < total:
     t0 = time.time()
-    raw = next(train_it)
-    extra: dict[str, float] = {}
-    rl_start = 0
-    if cfg.objective == "dpo":
-      batch = {}
-      for half in ("chosen", "rejected"):
-        b = steps.device_put_batch(hosts.same_length(raw[half], setup.vocab.pad), mesh)
-        batch[half] = dict(b, ref_logp={k: v["logp"] for k, v in ref_logprobs(ref_params, b).items()})
-    else:
-      in_sft_stage = step < sft_stage_steps
-      batch = {}
-      if in_sft_stage or cfg.gate.mode != "rl_only":
-        batch["sft"] = hosts.same_length(raw["reference"], setup.vocab.pad)
-      if not in_sft_stage and cfg.gate.mode != "sft_only":
-        rng_step = jax.random.fold_in(state.rng, 0)
-        t_rollout = time.time()
-        batch["rl"], rl_start, batch["rewards"], batch["reward_valid"], extra = rollout_and_score(
-            state.params, setup, raw, rng_step, reward_fn, monitor, step, config.reward.exclude_failed, mesh,
-            config.rollout.length_buckets)
-        extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
-      batch = steps.device_put_batch(batch, mesh)
-      if "rl" in batch and ref_params is not None:
-        batch["rl"]["ref_logp"] = {k: v["logp"] for k, v in ref_logprobs(ref_params, batch["rl"], rl_start).items()}
-    if analysis_every and (step + 1) % analysis_every == 0 and "rl" in batch:   # before the update: same params
-      adv = grpo.group_advantages(batch["rewards"], batch["reward_valid"], cfg.hybrid.rl.advantage_scale,
-                                  cfg.hybrid.rl.advantage_eps).reshape(-1)
-      extra.update({f"geometry/{k}": v for k, v in jax.device_get(
-          geometry_fn(state.params, dict(batch["rl"], advantages=adv))).items()})
-    iterations = min(cfg.hybrid.rl.num_iterations, stop_at - step) if reuse_fn is not None and "rl" in batch else 1
-    if iterations > 1:   # π_old: the training forward of the parameters that made the rollouts (not the sampler's)
-      old_logp = {k: v["logp"] for k, v in ref_logprobs(state.params, batch["rl"], rl_start).items()}
-    state, metrics = step_fn(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
-    for _ in range(iterations - 1):
-      state, later = reuse_fn(state, dict(batch, rl=dict(batch["rl"], old_logp=old_logp)), rl_start)
-      metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
-    metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
-               "step_time": time.time() - t0}
-    now = int(state.step)
-    crossed = lambda every: every and now // every > step // every
-    if crossed(config.train.log_every) or now == total:
-      writer.write(now, metrics, total_steps=total)
-    stop = steps.report_skipped(state, config.train.max_consecutive_skips, "training", ckpt.latest_step(),
-                                "optim.learning_rate (resuming with another value needs "
-                                "--config.train.allow_config_change=True)")
-    if stop:
-      ckpt.close()
-      writer.close()
-      raise errors.NonFiniteStop(stop)
-    saved = crossed(config.train.checkpoint_every) or now == stop_at
-    if saved:
-      ckpt.save(now, state, train_it)
-    if guard.should_stop():
-      if not saved:
-        ckpt.save(now, state, train_it)
-      ckpt.close()
-      writer.close()
-      raise preemption.Preempted(now, guard.signum, "training")
-    if crossed(config.train.eval_every) and now < total:
-      t0 = time.time()
-      _log_eval(writer, workdir, now, "eval", f"step_{now}",
-                evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh), time.time() - t0)
-  ckpt.close()
+    _log_eval(writer, run.workdir, now, "eval", f"step_{now}",
+              evaluate(state.params, run.setup, c.eval_examples, run.config.seed, run.mesh), time.time() - t0)
+
+
+# ----------------------------------------------------------------------------- evaluation and shutdown
+
+
+def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, Any]:
+  """A fresh run's evaluation before training (train.eval_before): {"eval_before": metrics} or {}."""
+  c = run.config
+  if int(state.step) != 0 or not c.train.eval_before:
+    return {}
+  t0 = time.time()
+  before = evaluate(state.params, run.setup, c.train.eval_examples, c.seed, run.mesh)
+  _log_eval(run.writer, run.workdir, 0, "eval_before", "before", before, time.time() - t0)
+  if before[0] and jax.process_index() == 0:
+    files.write_json(os.path.join(run.workdir, "eval_before.json"), before[0], indent=2)
+  return {"eval_before": before[0]}
+
+
+def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed: bool, stop_at: int,
+               results: dict[str, Any]) -> dict[str, Any]:
+  """Closes the checkpointer, evaluates the finished run (once: a rerun of a finished run reads its summary) and
+  closes the writer; returns the results."""
+  run.ckpt.close()
+  workdir, total = run.workdir, run.config.train.total_steps
   summary_path = os.path.join(workdir, "eval_summary.json")
   if stop_at < total:
     print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
@@ -301,12 +372,12 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
     t0 = time.time()
-    after = evaluate(state.params, setup, config.train.eval_examples, config.seed, mesh)
+    after = evaluate(state.params, run.setup, run.config.train.eval_examples, run.config.seed, run.mesh)
     results["eval_after"] = after[0]
-    _log_eval(writer, workdir, total, "eval_after", "after", after, time.time() - t0)
+    _log_eval(run.writer, workdir, total, "eval_after", "after", after, time.time() - t0)
     if after[0]:
       _write_eval_summary(workdir, after[0])
-  writer.close()
+  run.writer.close()
   return {**results, "metrics": metrics, "state": state}
 
 

@@ -19,7 +19,7 @@ class TrainState:
   step: jax.Array          # int32 scalar: optimizer steps taken
   params: Any
   opt_state: Any
-  gate: Any                # gating.GateState: lambda and its statistics
+  gate: Any                # objectives.gate.GateState: lambda and whether it was set
   rng: jax.Array           # uint32[2] raw PRNG key, split once per step
   skipped_steps: jax.Array  # int32 scalar: steps not applied (non-finite loss, gradient, lr or update)
   consecutive_skips: jax.Array  # int32 scalar: skipped steps in a row up to now (the stop counts on after a resume)

@@ -22,6 +22,8 @@ from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import batch as rl_batch_lib
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -71,14 +73,14 @@ def layout_prompts(records: Sequence[dict[str, Any]], builder: build_lib.Builder
   return out
 
 
-def eval_sampling(sampling: sampler_lib.SamplingConfig, *, temperature: float = 0.0, top_p: float = 1.0,
-                  max_new_tokens: int | None = None) -> sampler_lib.SamplingConfig:
+def eval_sampling(sampling: decode.SamplingConfig, *, temperature: float = 0.0, top_p: float = 1.0,
+                  max_new_tokens: int | None = None) -> decode.SamplingConfig:
   """One response per prompt with the same sampling on every stream (greedy by default)."""
-  return dataclasses.replace(sampling, group_size=1, sampling=sampler_lib.StreamSampling(temperature, top_p, 0),
+  return dataclasses.replace(sampling, group_size=1, sampling=decode.StreamSampling(temperature, top_p, 0),
                              per_stream=(), max_new_tokens=max_new_tokens or sampling.max_new_tokens)
 
 
-def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig,
+def generate(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfig,
              prompts: Sequence[layouts.Example], *, batch_size: int, pad_id: int,
              rng: jax.Array, mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
   """(text ids, 0-based audio codes) of one response to each of `prompts`, `batch_size` at a time.
@@ -100,7 +102,7 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Sampling
   return out
 
 
-def sample_batch(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.SamplingConfig,
+def sample_batch(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfig,
                  prompts: dict[str, Any], *, batch_size: int, rng: jax.Array,
                  mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
   """(text ids, 0-based audio codes) of one response to each row of the left-padded numpy `prompts`
@@ -116,7 +118,7 @@ def sample_batch(params: Any, model_cfg: ModelConfig, sampling: sampler_lib.Samp
     raise ValueError(f"{n} prompts for a batch of {batch_size}")
   prompts = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)]), prompts)
   rollouts = hosts.sample_rows(params, model_cfg, prompts, rng, sampling, mesh, shared=True)
-  return sampler_lib.response_contents(rollouts, sampling.constraint)[:n]
+  return rl_batch_lib.response_contents(rollouts, sampling.constraint)[:n]
 
 
 def response_records(records: Sequence[dict[str, Any]], texts: Sequence[str],

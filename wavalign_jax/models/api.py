@@ -126,7 +126,7 @@ def target_logprobs(params: Params, cfg: ModelConfig, batch: Mapping[str, Any], 
   """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of batch["targets"] (main head only for VITA).
 
   `start` (static) runs the output head on positions start.. only, like TRL's `logits_to_keep`: an RL batch's
-  targets before its completions (`sampler.rl_batch`) carry no loss, and the head is the costliest part of the
+  targets before its completions (`rollout.batch.rl_batch`) carry no loss, and the head is the costliest part of the
   step's log-probs. Positions before `start` get log-prob and entropy 0."""
   out = {}
   for s, h in _forward(params, cfg, batch).items():

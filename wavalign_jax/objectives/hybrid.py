@@ -7,7 +7,7 @@ before), so both architectures share this code.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,7 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
   batch = {"sft": seq_batch, "rl": rl_batch} (WORKSPACE.md contracts; rl_batch also carries
   `advantages` [B], and optionally `old_logp`, `ref_logp`, `sampler_logp`, `seq_weight` [B], `fallback` [B]). A part may be left
   out when its weight is 0 (SFT-only or RL-only runs): it then contributes nothing. `rl_start` (static): the
-  first RL target position that may carry a loss (the prompt length - 1 of a `sampler.rl_batch`).
+  first RL target position that may carry a loss (the prompt length - 1 of a `rollout.batch.rl_batch`).
   """
   def hybrid_loss(params, batch: dict, lambda_t: jax.Array, counts: dict | None = None, rl_start: int = 0):
     _check_batch(batch)

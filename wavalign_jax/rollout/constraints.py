@@ -12,7 +12,7 @@ have stopped are handled by the sampler (it writes pad and TokenType.NONE), not 
 
 `constrained=False` is upstream-faithful free decoding: the sampler applies no mask (nothing is forced),
 while `update` still types the tokens by id class and stops at the stop tokens; a rollout that breaks
-the layout is scored as far as it parses and counted (`sampler.well_formed`).
+the layout is scored as far as it parses and counted (`batch.well_formed`).
 
 Interleaved (VITA-Audio). Ratio list [T1, A1, T2, A2, ...], the last pair repeats. A chunk is
   text (<= T_k ids), <|begin_of_audio|>, codes, <|end_of_audio|>.

@@ -13,15 +13,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from wavalign_jax import sharding, steps
+from wavalign_jax import sharding
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 
 def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Array,
-                sampling: sampler_lib.SamplingConfig, mesh: Mesh | None = None, *,
-                shared: bool = False) -> sampler_lib.Rollouts:
+                sampling: decode.SamplingConfig, mesh: Mesh | None = None, *,
+                shared: bool = False) -> decode.Rollouts:
   """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
   batch on every host).
 
@@ -31,20 +32,20 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   numbers depend on its global position only, so the rollouts of a state are those of one host sampling the
   same global batch.
   """
-  if mesh is not None and mesh.shape["fsdp"] > 1:   # see models.for_decoding: keep FSDP weights scanned
+  if mesh is not None and sharding.mesh_shards(mesh, "embed") > 1:   # models.for_decoding: keep FSDP weights scanned
     sampling = dataclasses.replace(sampling, unstack_layers=False)
   if mesh is None:
     if jax.process_count() > 1:
       raise ValueError("sampling on several hosts needs the mesh")
     return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   if jax.process_count() == 1:   # rows over the data axes, activation rules on, as in the train step
-    prompts = jax.device_put(prompts, steps.batch_sharding(prompts, mesh))
+    prompts = jax.device_put(prompts, sharding.batch_sharding(prompts, mesh))
     with sharding.use_rules(mesh):
       return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
-  sampler_lib.validate_prompts(model_cfg, prompts, sampling)
+  decode.validate_prompts(model_cfg, prompts, sampling)
   if not shared:
     prompts = same_prompt_length(prompts)
-  rows = steps.batch_sharding(prompts, mesh, process_local=not shared)
+  rows = sharding.batch_sharding(prompts, mesh, process_local=not shared)
   on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape if shared else None),
                          prompts, rows)
   with sharding.use_rules(mesh):

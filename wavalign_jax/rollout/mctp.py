@@ -11,7 +11,7 @@ the whole history.
 Who runs at step j, and on how many new rows, is fixed by the schedule and the prompt length, so every
 shape is static: the steps before the schedule becomes periodic are unrolled, the periodic part is one
 `lax.while_loop` over rounds whose body is the unrolled round. Tokens are sampled with the same
-constraint, RNG stream and bookkeeping as the main-only sampler (`sampler.emit`), and each token records
+constraint, RNG stream and bookkeeping as the main-only sampler (`decode.emit`), and each token records
 the head that produced it (`Rollouts.head`). The policy that training scores is the main head: tokens made
 by MCTP modules are off-policy for it (see `rollout.decode` in the README).
 """
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from wavalign_jax import models
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.rollout.sampler import Rollouts, SamplingConfig, emit, finish, init_carry, validate_prompts
+from wavalign_jax.rollout.decode import Rollouts, SamplingConfig, emit, finish, init_carry, validate_prompts
 
 MAIN = -1
 

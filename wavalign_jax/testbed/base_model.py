@@ -15,10 +15,11 @@ import time
 import jax
 import ml_collections as mlc
 
-from wavalign_jax import checkpointing, gating, models, optim, sharding, steps, train_state
+from wavalign_jax import checkpointing, models, optim, sharding, steps, train_state
 from wavalign_jax.data import loader
 from wavalign_jax.errors import NonFiniteStop
 from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives.hybrid import HybridConfig
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.preemption import Preempted, PreemptionGuard
@@ -34,11 +35,11 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
                                 total_steps=tb.base_sft_steps, weight_decay=0.0, clip_norm=1.0)
   optim.validate(optim_cfg, {"learning_rate": "testbed.base_learning_rate"})
   optimizer = optim.make_optimizer(optim_cfg)
-  cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(**config.sft)), gate=gating.GateConfig(mode="sft_only"))
+  cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(**config.sft)), gate=gate_lib.GateConfig(mode="sft_only"))
   rng = jax.random.PRNGKey(tb.seed)
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)   # the run's mesh, activation rules on
   create = lambda: train_state.create(models.init_params(model_cfg, rng), optimizer,
-                                      gating.init_gate_state(cfg.gate), rng)
+                                      gate_lib.init_gate_state(cfg.gate), rng)
   state, state_sharding = train_state.init_sharded(
       create, models.param_shardings(model_cfg, mesh), optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(model_cfg), optimizer, cfg),
@@ -52,7 +53,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   print(f"testbed: SFT-training the base model for {tb.base_sft_steps} steps -> {out_dir}", flush=True)
   start = time.time()
   for i in range(int(state.step), tb.base_sft_steps):
-    state, metrics = step(state, steps.device_put_batch({"sft": next(it)}, mesh))
+    state, metrics = step(state, sharding.device_put_batch({"sft": next(it)}, mesh))
     stop = steps.report_skipped(state, config.train.max_consecutive_skips, "the testbed's base-model SFT",
                                 ckpt.latest_step(), "testbed.base_learning_rate")
     if stop:

@@ -4,8 +4,9 @@ Reference (docs/method.md §1), per prompt p with valid rewards r_p:
   info gate       g_V = clip(var_pop(r_p) / info_norm, 0, 1)      (no spread -> no signal)
   direction gate  g_R = sigmoid(slope · (max r_p − threshold))     (no good rollout -> no target)
   λ_raw,p = λ_max · g_R · g_V;  λ_p = clip(α·λ_prev + (1 − α)·λ_raw,p, 0, λ_max)  (first step: λ_raw,p)
-and the new λ is the mean of λ_p over prompts. The state lives in the train state so a resumed
-run continues with the same λ; the step that computed it uses the new value.
+and the new λ is the mean of λ_p over prompts. The state (λ and whether rewards ever set it) lives in the train
+state so a resumed run continues with the same λ; the step that computed it uses the new value. The statistics
+behind it are the step's metrics, not state.
 """
 from __future__ import annotations
 
@@ -41,15 +42,9 @@ class GateConfig:
 
 
 class GateState(NamedTuple):
-  """λ and the statistics of the step that set it (means over prompts); scalars."""
+  """What the next step reads back; scalars."""
   lam: jax.Array
-  initialized: jax.Array       # bool: λ has been set from rewards at least once
-  lambda_raw: jax.Array
-  gate_direction: jax.Array
-  gate_info: jax.Array
-  reward_mean: jax.Array
-  reward_max: jax.Array
-  reward_var: jax.Array
+  initialized: jax.Array       # bool: λ has been set from rewards at least once (the EMA starts from it)
 
 
 def _static_lambda(cfg: GateConfig) -> float | None:
@@ -58,15 +53,13 @@ def _static_lambda(cfg: GateConfig) -> float | None:
 
 def init_gate_state(cfg: GateConfig) -> GateState:
   lam = _static_lambda(cfg)
-  zero = lambda: jnp.zeros((), jnp.float32)   # one buffer per leaf: the train state is donated
-  return GateState(lam=jnp.asarray(0.0 if lam is None else lam, jnp.float32),
-                   initialized=jnp.asarray(lam is not None), lambda_raw=zero(), gate_direction=zero(),
-                   gate_info=zero(), reward_mean=zero(), reward_max=zero(), reward_var=zero())
+  return GateState(lam=jnp.asarray(0.0 if lam is None else lam, jnp.float32), initialized=jnp.asarray(lam is not None))
 
 
 def update_gate(state: GateState, rewards: jax.Array, valid: jax.Array | None,
                 cfg: GateConfig) -> tuple[GateState, dict[str, jax.Array]]:
-  """New gate state from rewards [P, G] (invalid items excluded); jittable.
+  """New gate state and the step's gate metrics (λ, its raw value, the two gates and the reward statistics
+  behind them, means over prompts) from rewards [P, G] (invalid items excluded); jittable.
 
   Prompts without any valid reward do not count; a batch without any keeps the previous λ.
   """
@@ -102,12 +95,9 @@ def update_gate(state: GateState, rewards: jax.Array, valid: jax.Array | None,
     lam = jnp.where(any_ok, over_prompts(jnp.clip(per_prompt, 0.0, cfg.lambda_max)), state.lam)
     initialized = state.initialized | any_ok
 
-  new_state = GateState(
-      lam=lam, initialized=initialized, lambda_raw=over_prompts(raw), gate_direction=over_prompts(g_dir),
-      gate_info=over_prompts(g_info), reward_mean=jnp.sum(jnp.where(v, r, 0.0)) / jnp.maximum(jnp.sum(v), 1),
-      reward_max=over_prompts(rmax), reward_var=over_prompts(var))
-  metrics = {"lambda": new_state.lam, "lambda_raw": new_state.lambda_raw,
-             "gate_direction": new_state.gate_direction, "gate_info": new_state.gate_info,
-             "reward_mean": new_state.reward_mean, "reward_max": new_state.reward_max,
-             "reward_var": new_state.reward_var, "gate_valid_prompts": n_ok.astype(jnp.float32)}
-  return new_state, metrics
+  metrics = {"lambda": lam, "lambda_raw": over_prompts(raw), "gate_direction": over_prompts(g_dir),
+             "gate_info": over_prompts(g_info),
+             "reward_mean": jnp.sum(jnp.where(v, r, 0.0)) / jnp.maximum(jnp.sum(v), 1),
+             "reward_max": over_prompts(rmax), "reward_var": over_prompts(var),
+             "gate_valid_prompts": n_ok.astype(jnp.float32)}
+  return GateState(lam=lam, initialized=initialized), metrics

@@ -1,0 +1,249 @@
+"""The pieces every decoder shares: sampling settings, token choice and the loop's carry / emit / finish.
+
+Sampling per stream: constraint mask -> temperature -> top-k -> top-p -> categorical; temperature 0
+is greedy. The recorded `logp` of a sampled token is its log-probability under the model's own
+distribution (temperature 1, no top-k/top-p, no constraint mask): exactly what `target_logprobs`
+recomputes from the same parameters, so it serves as pi_old in GRPO / PPO ratios.
+
+A row's response ends with its stop token (<|im_end|> / msg_end / media_end), which is part of
+the completion; rows that hit `max_new_tokens` first are marked truncated. Positions after the
+stop hold the constraint vocabulary's pad id, TokenType.NONE and log-prob 0. Positions whose token the
+constraint forced (one allowed id) are marked in `forced`; `batch.rl_batch` gives them TokenType.NONE, so
+the policy gradient sees only tokens the policy chose. The main-head loop (sampler.py) and the MCTP
+loop (mctp.py) both build on this module, which imports neither.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.rollout.constraints import Constraint, InterleavedConstraint, ParallelConstraint
+from wavalign_jax.tokens import TokenType
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSampling:
+  temperature: float = 0.7   # 0 = greedy
+  top_p: float = 0.9         # 1 = off
+  top_k: int = 0             # 0 = off
+
+  def __post_init__(self):
+    if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+      raise ValueError(f"bad sampling parameters {self}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+
+DECODERS = ("main", "mctp")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Static (hashable) rollout settings; defaults are the WavAlign reference (docs/method.md §1)."""
+  max_new_tokens: int = 1024
+  group_size: int = 4
+  sampling: StreamSampling = StreamSampling()
+  per_stream: tuple[tuple[str, StreamSampling], ...] = ()   # overrides, e.g. (("audio", ...),)
+  constraint: Constraint | None = None   # None: free decoding, no stop token (plain LMs, tests)
+  pad_id: int = 0                        # filler after the stop when there is no constraint
+  decode: str = "main"                   # "main": every token from the main head; "mctp": rollout/mctp.py
+  mctp_schedule: tuple[int, ...] = ()    # [M1, m1, M2, m2, ...] for decode="mctp"
+  unstack_layers: bool = True            # per-layer decode (fast); hosts.sample_rows turns it off under FSDP
+
+  def __post_init__(self):
+    if self.decode not in DECODERS:
+      raise ValueError(f"rollout.decode={self.decode!r}: choose one of {DECODERS} (or 'auto' in the config)")
+    if self.decode == "mctp" and not self.mctp_schedule:
+      raise ValueError("rollout.decode='mctp' needs a schedule (rollout.mctp_schedule, default the layout ratios)")
+
+  def for_stream(self, stream: str) -> StreamSampling:
+    return dict(self.per_stream).get(stream, self.sampling)
+
+  @property
+  def pad(self) -> int:
+    return self.pad_id if self.constraint is None else self.constraint.vocab.pad
+
+
+def kimi_upstream_sampling(**kw: Any) -> SamplingConfig:
+  """Kimi-Audio's own decoding: audio temperature 0.8 / top-k 10, text greedy."""
+  return SamplingConfig(per_stream=(("audio", StreamSampling(0.8, 1.0, 10)),
+                                    ("text", StreamSampling(0.0, 1.0, 0))), **kw)
+
+
+def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
+  """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
+  top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
+  the global ones, `constrained` (default True: the layout's constraint mask), `decode` ("auto": MCTP
+  when the model has MCTP modules, as upstream; "main"; "mctp") and `mctp_schedule` (default: the layout's
+  ratio list, as upstream sets its inference mode)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
+  fields = ("temperature", "top_p", "top_k")
+  base = StreamSampling(**{f: rollout_cfg[f] for f in fields})
+  per_stream = tuple(
+      (s, StreamSampling(**{f: rollout_cfg.get(f"{s}_{f}", rollout_cfg[f]) for f in fields}))
+      for s in ("text", "audio") if any(f"{s}_{f}" in rollout_cfg for f in fields))
+  constrained = bool(rollout_cfg.get("constrained", True))
+  if layout_cfg["kind"] == "interleaved":
+    constraint = InterleavedConstraint(vocab, tuple(layout_cfg["ratios"]), constrained)
+  elif layout_cfg["kind"] == "parallel":
+    constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]), constrained)
+  else:
+    raise ValueError(f"layout.kind={layout_cfg['kind']!r}: expected 'interleaved' or 'parallel'")
+  decode = rollout_cfg.get("decode", "main")
+  if decode == "auto":
+    decode = "mctp" if layout_cfg["kind"] == "interleaved" and num_mtp_modules > 0 else "main"
+  schedule = tuple(rollout_cfg.get("mctp_schedule") or layout_cfg.get("ratios") or ()) if decode == "mctp" else ()
+  return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
+                        sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
+                        mctp_schedule=schedule)
+
+
+class Rollouts(NamedTuple):
+  tokens: dict[str, Any]   # {stream: int32[B, N]}
+  logp: dict[str, Any]     # {stream: float32[B, N]} untempered, unmasked model log-prob of each token
+  types: dict[str, Any]    # {stream: int32[B, N]} TokenType; NONE after the stop
+  mask: Any                # bool[B, N] completion positions (up to and including the stop token)
+  lengths: Any             # int32[B]
+  truncated: Any           # bool[B] reached max_new_tokens without a stop token
+  group_ids: Any           # int32[B] prompt index of each row
+  forced: dict[str, Any]   # {stream: bool[B, N]} the constraint allowed only this token
+  head: Any = None         # int32[B, N] which head made each token: -1 main model, k MCTP module k (mctp only)
+
+
+def _top_p_threshold(sorted_desc, top_p: float):
+  """Smallest logit kept by nucleus sampling, from logits sorted in descending order [B, K]."""
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p       # the top token is always kept
+  return jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+
+
+def nucleus_mask(x, top_p: float):
+  """bool [B, V]: the nucleus of logits `x` without sorting the vocabulary.
+
+  Token i is kept iff the probability mass of the tokens strictly more likely than i is < top_p (the
+  sort-based definition: the top token is always kept, ties share a fate). That set is {p >= t} for the
+  smallest float t with mass(p > t) < top_p; t is found exactly by bisection over the bit patterns of
+  non-negative float32 numbers (ordered like the numbers), 32 masked sums over [B, V] instead of a sort.
+  """
+  p = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
+  lo = jnp.zeros(p.shape[:-1] + (1,), jnp.int32)
+  hi = jnp.max(jax.lax.bitcast_convert_type(p, jnp.int32), axis=-1, keepdims=True)   # mass above max p is 0
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    t = jax.lax.bitcast_convert_type(mid, jnp.float32)
+    ok = jnp.sum(jnp.where(p > t, p, 0.0), axis=-1, keepdims=True) < top_p
+    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+  _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi), unroll=True)   # no inner loop in the decode loop
+  return p >= jax.lax.bitcast_convert_type(hi, jnp.float32)
+
+
+def categorical(key, logits):
+  """One draw per row from softmax(logits) [B, K] (-inf = excluded) by inverting the CDF with one uniform per
+  row. Exact like `jax.random.categorical`, which draws K Gumbel variates per row: on a CPU the random bits
+  for a whole vocabulary cost as much as the model's decode step."""
+  cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
+  return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1)
+
+
+def sample_token(logits, allowed, sp: StreamSampling, key):
+  """One id per row from logits [B, V] under mask `allowed` (or None); returns (ids, model logp)."""
+  model_logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  x = logits.astype(jnp.float32)
+  if allowed is not None:
+    x = jnp.where(allowed, x, -jnp.inf)
+  if sp.temperature == 0:
+    ids = jnp.argmax(x, axis=-1)
+  elif sp.top_k > 0:
+    vals, idx = jax.lax.top_k(x / sp.temperature, min(sp.top_k, x.shape[-1]))
+    if sp.top_p < 1:
+      vals = jnp.where(vals >= _top_p_threshold(vals, sp.top_p), vals, -jnp.inf)
+    pick = categorical(key, vals)
+    ids = jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
+  else:
+    x = x / sp.temperature
+    if sp.top_p < 1:
+      x = jnp.where(nucleus_mask(x, sp.top_p), x, -jnp.inf)
+    ids = categorical(key, x)
+  ids = ids.astype(jnp.int32)
+  return ids, jnp.take_along_axis(model_logp, ids[:, None], axis=-1)[:, 0]
+
+
+def _free_types(streams: Sequence[str], batch: int) -> dict[str, Any]:
+  """Types without a constraint: the audio stream is speech, everything else text."""
+  return {s: jnp.full((batch,), int(TokenType.SPEECH if s == "audio" else TokenType.TEXT), jnp.int32)
+          for s in streams}
+
+
+
+def init_carry(cfg: SamplingConfig, streams: Sequence[str], B: int, N: int) -> dict[str, Any]:
+  """Loop state of a sampler: step, constraint state, stop flags and the [B, N] output buffers."""
+  con = cfg.constraint
+  return dict(
+      i=jnp.zeros((), jnp.int32), state=con.init(B) if con is not None else (),
+      done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
+      tokens={s: jnp.full((B, N), cfg.pad, jnp.int32) for s in streams},
+      logp={s: jnp.zeros((B, N), jnp.float32) for s in streams},
+      types={s: jnp.zeros((B, N), jnp.int32) for s in streams},
+      forced={s: jnp.zeros((B, N), bool) for s in streams})
+
+
+def emit(c: dict[str, Any], logits: dict[str, Any], cfg: SamplingConfig, rng, streams: Sequence[str]):
+  """Samples token i of every row from `logits` {stream: [B, V]} under the constraint and records it.
+
+  Returns the new carry (i + 1) and the emitted tokens {stream: [B]} (pad for rows that have stopped).
+  Row randomness depends on (rng, i) only, so any decoder that calls this once per token reproduces it."""
+  con = cfg.constraint
+  masked = con is not None and con.constrained
+  B = c["done"].shape[0]
+  i, active = c["i"], ~c["done"] & (c["i"] < c["tokens"][streams[0]].shape[1])
+  allowed = con.allowed(c["state"]) if masked else {s: None for s in streams}
+  forced = {s: (jnp.sum(allowed[s], axis=-1) == 1) if masked else jnp.zeros((B,), bool) for s in streams}
+  keys = jax.random.split(jax.random.fold_in(rng, i), len(streams))
+  toks, logp = {}, {}
+  for s, key in zip(streams, keys):
+    toks[s], logp[s] = sample_token(logits[s], allowed[s], cfg.for_stream(s), key)
+  if con is not None:
+    state, types, stop = con.update(c["state"], toks)
+  else:
+    state, types, stop = (), _free_types(streams, B), jnp.zeros((B,), bool)
+  toks = {s: jnp.where(active, t, cfg.pad) for s, t in toks.items()}
+  put = lambda buf, col: {s: buf[s].at[:, i].set(col[s], mode="drop") for s in streams}
+  new = dict(
+      c, i=i + 1, state=state, done=c["done"] | stop, lengths=c["lengths"] + active,
+      tokens=put(c["tokens"], toks),
+      logp=put(c["logp"], {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
+      types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}),
+      forced=put(c["forced"], {s: active & f for s, f in forced.items()}))
+  return new, toks
+
+
+def finish(out: dict[str, Any], cfg: SamplingConfig, N: int, G: int, **extra: Any) -> Rollouts:
+  B = out["done"].shape[0]
+  return Rollouts(tokens=out["tokens"], logp=out["logp"], types=out["types"],
+                  mask=jnp.arange(N)[None, :] < out["lengths"][:, None], lengths=out["lengths"],
+                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G, forced=out["forced"],
+                  **extra)
+
+
+def validate_prompts(model_cfg: ModelConfig, prompts: dict[str, Any], sampling_cfg: SamplingConfig) -> None:
+  """Host-side checks of a prompt batch for `sample`. The left-padding check reads `valid` only where
+  this process holds all of it: callers with arrays spread over several processes check their numpy
+  rows first (hosts.sample_rows)."""
+  missing = set(model_cfg.streams) - set(prompts.get("inputs", {}))
+  if missing or "valid" not in prompts:
+    raise ValueError(f"prompts need 'valid' and inputs for streams {model_cfg.streams}; missing {sorted(missing)}")
+  valid = prompts["valid"]
+  local = not isinstance(valid, jax.core.Tracer) and (not isinstance(valid, jax.Array) or valid.is_fully_addressable)
+  if local and not np.asarray(valid)[:, -1].all():
+    raise ValueError("prompts must be left-padded: the last position of every prompt row must be valid")
+  con = sampling_cfg.constraint
+  expected = {InterleavedConstraint: ("tokens",), ParallelConstraint: ("text", "audio")}.get(type(con))
+  if expected is not None and expected != model_cfg.streams:
+    raise ValueError(f"{type(con).__name__} does not fit arch {model_cfg.arch!r} (streams {model_cfg.streams})")
+
