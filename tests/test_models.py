@@ -296,5 +296,6 @@ def test_sharded_logprobs_and_grads_match_single_device(vocab, head_spec):
   assert sharded["embedding"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
   with sharding.use_rules(mesh):
     (_, got), g_got = f(sharded)
-  assert _maxdiff(got, want) < 1e-5
+  # float32 sums taken in another order across shards: a few ulps of the largest value (log-probs reach ~10)
+  assert _maxdiff(got, want) < 1e-5 * max(1.0, _maxabs(want))
   assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)

@@ -505,6 +505,8 @@ def time_breakdown(workdir: str, methods: Sequence[str], seeds: Sequence[int],
         row = json.loads(line)
         if row["split"] != "train":
           parts["evals"] += row.get("eval_time") or 0.0
+        elif "step_time" not in row:   # a row without timings counts as `other`
+          continue
         elif row["step"] == 1:
           parts["first_step"] += row["step_time"]
         else:
