@@ -395,7 +395,10 @@ def test_parallel_rollouts_follow_delay_blank_stop(kimi):
   cfg, params, prompts = kimi
   delay = 2
   con = constraints.ParallelConstraint(TPV, delay)
-  sc = rollout.kimi_upstream_sampling(max_new_tokens=10, group_size=3, constraint=con)
+  # Kimi-Audio's own decoding: audio temperature 0.8 / top-k 10, text greedy
+  sc = rollout.SamplingConfig(per_stream=(("audio", rollout.StreamSampling(0.8, 1.0, 10)),
+                                          ("text", rollout.StreamSampling(0.0, 1.0, 0))),
+                              max_new_tokens=10, group_size=3, constraint=con)
   r = rollout.sample(params, cfg, prompts, jax.random.key(7), sc)
   t, a = np.asarray(r.tokens["text"]), np.asarray(r.tokens["audio"])
   contents = rollout.response_contents(r, con)

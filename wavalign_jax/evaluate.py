@@ -34,6 +34,8 @@ from wavalign_jax import checkpointing, cli, log_setup, models, sharding
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import generate, score, testbed
+from wavalign_jax.testbed import unit_tts
+from wavalign_jax.testbed import vocab as testbed_vocab
 from wavalign_jax.export import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rewards import llm_judge
@@ -91,8 +93,6 @@ def _builder(config: mlc.ConfigDict, model_cfg: ModelConfig, tokenizer: str, met
   kw: dict[str, Any] = {}
   if model_cfg.arch == "parallel":
     if config.data.source == "testbed":
-      from wavalign_jax.testbed import unit_tts
-      from wavalign_jax.testbed import vocab as testbed_vocab
       kw.update(audio_offset=testbed_vocab.parallel_vocab().audio_offset, num_audio_codes=unit_tts.NUM_AUDIO_CODES)
     elif "kimia_token_offset" in meta.get("hf_config", {}):
       kw.update(audio_offset=int(meta["hf_config"]["kimia_token_offset"]))

@@ -23,8 +23,12 @@ from wavalign_jax.data import loader
 from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
+from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
+from wavalign_jax.rewards.rules import ExactMatch
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelConstraint
+from wavalign_jax.testbed import base_model, metrics, prepare, tasks
+from wavalign_jax.testbed.judge import TestbedJudge
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
 
@@ -84,8 +88,6 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
 
 def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],
                    guard: PreemptionGuard | None) -> RunSetup:
-  from wavalign_jax.testbed import base_model, metrics, prepare, tasks
-
   arch = config.model.arch
   spec = tasks.Spec(**{f.name: config.testbed[f.name] for f in dataclasses.fields(tasks.Spec)})
   data = prepare.prepare(config.testbed.dir or os.path.join(workdir, "testbed"), arch, spec=spec,
@@ -108,14 +110,11 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
 def make_reward_fn(config: mlc.ConfigDict, workdir: str):
   kind = config.reward.kind
   if kind == "testbed":
-    from wavalign_jax.testbed.judge import TestbedJudge
     return TestbedJudge(acoustic_weight=config.testbed.judge_acoustic_weight,
                         acoustic_noise=config.testbed.judge_acoustic_noise, seed=config.seed)
   if kind == "exact_match":
-    from wavalign_jax.rewards.rules import ExactMatch
     return ExactMatch("answer")
   if kind == "llm_judge":
-    from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
     r = config.reward
     settings = JudgeSettings(base_url=r.base_url, model=r.model, api_key_env=r.api_key_env,
                              timeout_s=r.timeout_s, max_retries=r.max_retries, max_in_flight=r.max_in_flight,

@@ -33,6 +33,7 @@ from wavalign_jax import (checkpointing, config_check, config_history, config_li
 from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
+from wavalign_jax.metric_writer import MetricWriter
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.rewards.llm_judge import FailureMonitor
@@ -134,7 +135,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
-  run.writer = _writer(workdir, int(state.step))
+  run.writer = MetricWriter(workdir, resume_step=int(state.step))
   results = _evaluate_before(run, state)
   fns = _make_steps(run)
   reward_fn = make_reward_fn(config, workdir) if run.cfg.objective == "hybrid" else None
@@ -175,13 +176,8 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
                                     async_save=async_save)
   config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
+  config_check.check_mesh(config)   # also for library callers of train(); main() printed its warnings
   mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-  per_host, shards = config.data.prompts_per_step // jax.process_count(), sharding.data_parallel_size(mesh)
-  if jax.process_count() > 1 and per_host % shards:
-    # Each host holds its own rows, so they must split evenly over the data shards (sharding.batch_sharding).
-    raise ValueError(f"--config.data.prompts_per_step={config.data.prompts_per_step}: each of the "
-                     f"{jax.process_count()} hosts needs a multiple of the {shards} data shards "
-                     f"(mesh {' x '.join(sharding.batch_axes(mesh))})")
   cfg = steps.step_config(config)
   optimizer = optim.make_optimizer(optim_cfg)
   param_sharding = models.param_shardings(setup.model_cfg, mesh)
@@ -392,11 +388,6 @@ def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
       f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())
       if "/" not in k and not k.endswith(("_lo", "_hi"))),
       flush=True)
-
-
-def _writer(workdir: str, resume_step: int):
-  from wavalign_jax.metric_writer import MetricWriter
-  return MetricWriter(workdir, resume_step=resume_step)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/vita.py:tiny; "

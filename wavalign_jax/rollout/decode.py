@@ -67,12 +67,6 @@ class SamplingConfig:
     return self.pad_id if self.constraint is None else self.constraint.vocab.pad
 
 
-def kimi_upstream_sampling(**kw: Any) -> SamplingConfig:
-  """Kimi-Audio's own decoding: audio temperature 0.8 / top-k 10, text greedy."""
-  return SamplingConfig(per_stream=(("audio", StreamSampling(0.8, 1.0, 10)),
-                                    ("text", StreamSampling(0.0, 1.0, 0))), **kw)
-
-
 def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
   """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
   top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
