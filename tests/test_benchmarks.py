@@ -1,4 +1,5 @@
-"""Quick versions of the benchmark scripts whose figures the README and docs/performance.md quote: they still run end to end."""
+"""Quick versions of the benchmark scripts whose figures the README and docs/performance.md quote: they still run
+end to end."""
 import json
 import os
 import re
