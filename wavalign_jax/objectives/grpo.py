@@ -23,6 +23,7 @@ from wavalign_jax.objectives.sft import type_weights
 GRPO_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 ADVANTAGE_SCALES = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+
 # How a step combines these metrics of `grpo_loss` over micro-batches (`steps.reduce_micro_metrics`): counts add
 # up, maxima take the max; a metric not named here is a per-micro-batch mean and is averaged.
 METRIC_REDUCERS = {"num_text_tokens": "sum", "num_speech_tokens": "sum", "num_rl_tokens": "sum",
