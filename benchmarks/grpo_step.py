@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from wavalign_jax import models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives.grpo import GRPOConfig
@@ -70,13 +71,12 @@ def main(argv):
     toks = rollouts.tokens["tokens"]
     rewards = ((toks % 2 == 0) & rollouts.mask).sum(1) / np.maximum(rollouts.mask.sum(1), 1)
     rl = rl_batch_lib.rl_batch(prompts, rollouts, 0)
-    rl.pop("group_ids")
-    batch = sharding.device_put_batch({"rl": rl, "rewards": rewards.reshape(P, G).astype(np.float32),
-                                    "reward_valid": np.ones((P, G), bool)}, mesh)
+    batch = sharding.device_put_batch(HybridBatch(rl=rl, rewards=rewards.reshape(P, G).astype(np.float32),
+                                                  reward_valid=np.ones((P, G), bool)), mesh)
     state, metrics = step_fn(state, batch, Lp - 1)   # the head scores the completions only
     jax.block_until_ready(metrics["loss"])
     t2 = time.perf_counter()
-    assert int(np.sum(np.asarray(rl["types"]["tokens"]) != TokenType.NONE)) == P * G * N
+    assert int(np.sum(np.asarray(rl.types["tokens"]) != TokenType.NONE)) == P * G * N
     records.append((t2 - t0, t1 - t0, t2 - t1))
   measured = records[FLAGS.warmup:]
   med = lambda k: statistics.median(r[k] for r in measured)

@@ -54,11 +54,11 @@ def measure(path: str, packing: bool) -> tuple[float, float]:
   start = time.perf_counter()
   for _ in range(flags.FLAGS.batches):
     batch = next(it)
-    seg = batch["segment_ids"]
+    seg = batch.segment_ids
     examples += int(sum(np.unique(row[row > 0]).size for row in seg))
     tokens += int(np.sum(seg > 0))
   dt = time.perf_counter() - start
-  shape = batch["segment_ids"].shape
+  shape = batch.segment_ids.shape
   print(f"packing={packing!s:5}  batch {shape}  {examples / dt:9.1f} examples/s  {tokens / dt:11.0f} tokens/s  "
         f"fill {tokens / (flags.FLAGS.batches * shape[0] * shape[1]):.2f}")
   return examples / dt, tokens / dt

@@ -33,6 +33,7 @@ from jax.experimental import topologies
 
 from experiments import kimi, vita
 from wavalign_jax import models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.models.config import RUNTIME_FIELDS, kimi_audio_7b, vita_audio_7b
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
@@ -68,11 +69,11 @@ def _shape(shape, dtype, sharding_):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_)
 
 
-def _seq_batch(cfg, rows, length, mesh):
+def _seq_batch(cfg, rows, length, mesh, cls=SeqBatch):
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   ints = lambda: _shape((rows, length), np.int32, data)
-  return dict(inputs={s: ints() for s in cfg.streams}, targets={s: ints() for s in cfg.streams},
-              types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
+  return cls(inputs={s: ints() for s in cfg.streams}, targets={s: ints() for s in cfg.streams},
+             types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
 
 
 def _report(name, compiled, seconds):
@@ -121,8 +122,9 @@ def bench(model: str, n: int) -> None:
     step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                  microbatches=config.train.microbatches),
                           state_sharding, mesh)
-    batch = {"sft": _seq_batch(cfg, P, Lp + N, mesh), "rl": _seq_batch(cfg, P * G, Lp + N, mesh),
-             "rewards": _shape((P, G), np.float32, replicated), "reward_valid": _shape((P, G), bool, replicated)}
+    batch = HybridBatch(sft=_seq_batch(cfg, P, Lp + N, mesh), rl=_seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
+                        rewards=_shape((P, G), np.float32, replicated),
+                        reward_valid=_shape((P, G), bool, replicated))
     # The RL rows as train.py builds them: prompt, then completions scored from position Lp - 1 on.
     compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)

@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags
 
 from wavalign_jax import config_lib, models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
@@ -27,13 +28,14 @@ _CONFIGS = flags.DEFINE_list("configs", ["vita", "kimi"], "Experiment files (exp
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the compiling one.")
 
 
-def random_seq_batch(rng: np.random.Generator, cfg: ModelConfig, rows: int, length: int, prompt: int) -> dict:
+def random_seq_batch(rng: np.random.Generator, cfg: ModelConfig, rows: int, length: int, prompt: int,
+                     cls: type[SeqBatch] = SeqBatch) -> SeqBatch:
   inputs = {s: rng.integers(0, cfg.vocab_size, (rows, length)).astype(np.int32) for s in cfg.streams}
   types = {s: np.where(np.arange(length) >= prompt, int(TokenType.TEXT), 0)[None].repeat(rows, 0).astype(np.int32)
            for s in cfg.streams}
-  return dict(inputs=inputs, targets={s: np.roll(v, -1, 1) for s, v in inputs.items()}, types=types,
-              positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
-              segment_ids=np.ones((rows, length), np.int32))
+  return cls(inputs=inputs, targets={s: np.roll(v, -1, 1) for s, v in inputs.items()}, types=types,
+             positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
+             segment_ids=np.ones((rows, length), np.int32))
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -63,10 +65,10 @@ def bench(name: str, repeats: int) -> None:
   state, state_sharding = train_state.init_sharded(create, models.param_shardings(cfg, mesh), optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer,
                                                steps.StepConfig()), state_sharding, mesh)
-  batch = sharding.device_put_batch({
-      "sft": random_seq_batch(rng, cfg, P, Lp + config.data.max_response_len, Lp),
-      "rl": random_seq_batch(rng, cfg, P * G, Lp + N, Lp),
-      "rewards": rng.integers(1, 6, (P, G)).astype(np.float32), "reward_valid": np.ones((P, G), bool)}, mesh)
+  batch = sharding.device_put_batch(HybridBatch(
+      sft=random_seq_batch(rng, cfg, P, Lp + config.data.max_response_len, Lp),
+      rl=random_seq_batch(rng, cfg, P * G, Lp + N, Lp, RLBatch),
+      rewards=rng.integers(1, 6, (P, G)).astype(np.float32), reward_valid=np.ones((P, G), bool)), mesh)
   holder = [state]
 
   def train_call(_):

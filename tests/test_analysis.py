@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
+from wavalign_jax.batches import RLBatch, SeqBatch
 from wavalign_jax.objectives import GRPOConfig
 from wavalign_jax.tokens import TokenType
 
@@ -85,9 +86,9 @@ def test_pass_stats_and_true_score_summary_hand_computed():
 
 def toy_logprob_fn(params, batch):
   out = {}
-  for k, ids in batch["inputs"].items():
+  for k, ids in batch.inputs.items():
     logits = jax.nn.log_softmax(params["w"][k][ids], axis=-1)
-    logp = jnp.take_along_axis(logits, batch["targets"][k][..., None], axis=-1)[..., 0]
+    logp = jnp.take_along_axis(logits, batch.targets[k][..., None], axis=-1)[..., 0]
     out[k] = {"logp": logp, "entropy": jnp.zeros_like(logp)}
   return out
 
@@ -96,7 +97,9 @@ TYPES = {"text": np.array([[N, T, T, T, N], [N, T, T, N, N]], np.int32),
          "audio": np.array([[N, S, S, X, S], [N, X, S, S, N]], np.int32)}
 RNG = np.random.default_rng(0)
 IDS = {k: RNG.integers(0, 5, v.shape).astype(np.int32) for k, v in TYPES.items()}
-BATCH = {"inputs": IDS, "targets": {k: np.roll(v, -1, 1) for k, v in IDS.items()}, "types": TYPES}
+ZEROS = np.zeros(TYPES["text"].shape, np.int32)   # the toy model reads no positions
+BATCH = SeqBatch(inputs=IDS, targets={k: np.roll(v, -1, 1) for k, v in IDS.items()}, types=TYPES, positions=ZEROS,
+                 segment_ids=ZEROS)
 PARAMS = {"w": {k: jnp.asarray(RNG.normal(0, 1, (5, 5)).astype(np.float32)) for k in TYPES}}
 
 
@@ -125,7 +128,8 @@ def test_shift_by_type_and_position():
 
 
 def _rl():
-  return dict(BATCH, advantages=jnp.asarray([1.0, -1.0]), types={k: jnp.asarray(v) for k, v in TYPES.items()})
+  return RLBatch(inputs=BATCH.inputs, targets=BATCH.targets, types={k: jnp.asarray(v) for k, v in TYPES.items()},
+                 positions=ZEROS, segment_ids=ZEROS, advantages=jnp.asarray([1.0, -1.0]))
 
 
 def test_text_and_speech_gradients_add_up_and_are_orthogonal_on_disjoint_parameters():
@@ -144,6 +148,6 @@ def test_snr_hand_case():
   same = jax.tree.map(lambda x: jnp.concatenate([x[:1], x[:1]]), rl)
   geo = gradient_geometry.geometry(toy_logprob_fn, PARAMS, same, GRPOConfig(), num_minibatches=2)
   assert float(geo["snr_all"]) > 1e6
-  flipped = dict(same, advantages=jnp.asarray([1.0, -1.0]))
+  flipped = same.replace(advantages=jnp.asarray([1.0, -1.0]))
   geo = gradient_geometry.geometry(toy_logprob_fn, PARAMS, flipped, GRPOConfig(), num_minibatches=2)
   assert float(geo["snr_all"]) == pytest.approx(0.0, abs=1e-6)

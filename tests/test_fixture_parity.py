@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from conftest import FIXTURES
 from wavalign_jax import models
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.conversion import config_from_hf, hf_to_params
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
@@ -68,14 +69,14 @@ def test_vita_audio_mtp():
   cfg, params, inp, exp = _load("vita_audio_mtp")
   assert (cfg.arch, cfg.num_layers, cfg.num_mtp_modules) == ("interleaved", 2, 2)
   ids, pos = jnp.asarray(inp["input_ids"]), jnp.asarray(inp["position_ids"])
-  batch = dict(inputs={"tokens": ids}, positions=pos, segment_ids=jnp.ones_like(ids),
-               targets={"tokens": jnp.roll(ids, -1, axis=1)})
-  lg, hidden, _ = _run(params, {k: v for k, v in batch.items() if k != "targets"}, cfg)
+  batch = dict(inputs={"tokens": ids}, positions=pos, segment_ids=jnp.ones_like(ids))
+  seq = SeqBatch(**batch, targets={"tokens": jnp.roll(ids, -1, axis=1)}, types={"tokens": jnp.zeros_like(ids)})
+  lg, hidden, _ = _run(params, batch, cfg)
   _close(lg["tokens"], exp["main_logits"])
   _close(hidden["tokens"], exp["main_hidden"])
   # main loss through the chunked target log-probs (the training path), and the MCTP modules
   logp, mtp, mtp_hidden = jax.jit(lambda p: (
-      models.target_logprobs(p, cfg, batch)["tokens"]["logp"], models.mtp_logits(p, cfg, ids, pos),
+      models.target_logprobs(p, cfg, seq)["tokens"]["logp"], models.mtp_logits(p, cfg, ids, pos),
       models.Transformer(cfg).apply({"params": p}, ids, pos, method=models.Transformer.mtp_hidden)))(params)
   np.testing.assert_allclose(-float(logp[:, :-1].mean()), exp["loss_main"], atol=1e-5)
   losses = []

@@ -1,4 +1,5 @@
 """Layouts against hand-written sequences (ids written out by hand from docs/method.md §2)."""
+import jax
 import numpy as np
 import pytest
 
@@ -15,10 +16,6 @@ PV = ParallelVocab(vocab_size=80, tokenizer_size=40, special_ids=(), audio_offse
                    text_eos=42, media_begin=43, media_end=44, msg_end=45, pad=0, user_msg_start=46,
                    assistant_msg_start=47)
 T, S, B = 1, 2, 3
-
-
-def _leaves(tree):
-  return [leaf for v in tree.values() for leaf in _leaves(v)] if isinstance(tree, dict) else [tree]
 
 
 def _eq(ex, stream, ids, types):
@@ -79,18 +76,18 @@ def test_to_sequence_batch_and_packing():
   a = L.Example({"tokens": np.array([10, 11, 12, 13])}, {"tokens": np.array([0, 0, 1, 2])}, 2)
   b = L.Example({"tokens": np.array([20, 21, 22])}, {"tokens": np.array([0, 3, 1])}, 1)
   batch = L.to_sequence_batch([a], 6, pad_id=7)
-  np.testing.assert_array_equal(batch["inputs"]["tokens"], [[10, 11, 12, 13, 7, 7]])
-  np.testing.assert_array_equal(batch["targets"]["tokens"], [[11, 12, 13, 7, 7, 7]])
-  np.testing.assert_array_equal(batch["types"]["tokens"], [[0, 1, 2, 0, 0, 0]])
-  np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 3, 0, 0]])
-  np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(batch.inputs["tokens"], [[10, 11, 12, 13, 7, 7]])
+  np.testing.assert_array_equal(batch.targets["tokens"], [[11, 12, 13, 7, 7, 7]])
+  np.testing.assert_array_equal(batch.types["tokens"], [[0, 1, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(batch.positions, [[0, 1, 2, 3, 0, 0]])
+  np.testing.assert_array_equal(batch.segment_ids, [[1, 1, 1, 1, 0, 0]])
   packed = L.packed_sequence_batch([[a, b], [b]], 8)
-  np.testing.assert_array_equal(packed["inputs"]["tokens"], [[10, 11, 12, 13, 20, 21, 22, 0], [20, 21, 22] + [0] * 5])
-  np.testing.assert_array_equal(packed["targets"]["tokens"], [[11, 12, 13, 0, 21, 22, 0, 0], [21, 22] + [0] * 6])
-  np.testing.assert_array_equal(packed["types"]["tokens"], [[0, 1, 2, 0, 3, 1, 0, 0], [3, 1] + [0] * 6])
-  np.testing.assert_array_equal(packed["positions"], [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 0, 0, 0, 0, 0]])
-  np.testing.assert_array_equal(packed["segment_ids"], [[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
-  for v in _leaves(packed):
+  np.testing.assert_array_equal(packed.inputs["tokens"], [[10, 11, 12, 13, 20, 21, 22, 0], [20, 21, 22] + [0] * 5])
+  np.testing.assert_array_equal(packed.targets["tokens"], [[11, 12, 13, 0, 21, 22, 0, 0], [21, 22] + [0] * 6])
+  np.testing.assert_array_equal(packed.types["tokens"], [[0, 1, 2, 0, 3, 1, 0, 0], [3, 1] + [0] * 6])
+  np.testing.assert_array_equal(packed.positions, [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(packed.segment_ids, [[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
+  for v in jax.tree.leaves(packed):
     assert v.dtype == np.int32
 
 
@@ -98,11 +95,11 @@ def test_parallel_batch_shifts_both_streams():
   ex = L.join(L.parallel_prompt([L.Turn.make("user", [5])], PV), L.parallel_response([7], [0], PV, delay=1))
   batch = L.to_sequence_batch([ex], len(ex) + 1)
   for s in ("text", "audio"):
-    np.testing.assert_array_equal(batch["targets"][s][0, :len(ex) - 1], ex.tokens[s][1:])
+    np.testing.assert_array_equal(batch.targets[s][0, :len(ex) - 1], ex.tokens[s][1:])
   # the last prompt position (assistant_msg_start) predicts the first response token
   n = ex.prompt_len
-  assert batch["types"]["text"][0, n - 1] == T and batch["types"]["audio"][0, n - 1] == S
-  assert batch["types"]["text"][0, n - 2] == 0
+  assert batch.types["text"][0, n - 1] == T and batch.types["audio"][0, n - 1] == S
+  assert batch.types["text"][0, n - 2] == 0
 
 
 @pytest.mark.parametrize("call, match", [
@@ -124,7 +121,6 @@ def test_errors(call, match):
 @pytest.mark.parametrize("arch", ["interleaved"])  # "parallel" works too; left out to keep the file fast
 def test_packed_forward_equals_separate_forward(arch):
   """Segment ids / positions from packing give each example exactly its unpacked log-probs."""
-  import jax
   from wavalign_jax.models import api
   if arch == "interleaved":
     prompt = L.interleaved_prompt([L.Turn.make("user", [5, 6], audio=[1, 2])], IV, ROLE_IDS)

@@ -1,6 +1,7 @@
 """Grain loader: host sharding, epochs, buckets, exact resume (2 simulated hosts, >1 epoch), packing."""
 import itertools
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,7 +29,7 @@ def lengths(dataset):
 
 def _ids(batch):
   """Length of each row's first segment = identity of the example."""
-  return [int(np.sum(row == 1)) for row in batch["segment_ids"]]
+  return [int(np.sum(row == 1)) for row in batch.segment_ids]
 
 
 def _take(it, n):
@@ -36,12 +37,8 @@ def _take(it, n):
 
 
 def _equal(a, b):
-  assert a.keys() == b.keys()
-  for k in a:
-    if isinstance(a[k], dict):
-      _equal(a[k], b[k])
-    else:
-      np.testing.assert_array_equal(a[k], b[k])
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_hosts_epochs_and_buckets(dataset, lengths):
@@ -56,7 +53,7 @@ def test_hosts_epochs_and_buckets(dataset, lengths):
     seen.append(set(ids))
     for b in batches:
       longest = max(_ids(b))
-      assert b["inputs"]["tokens"].shape[1] == min(x for x in kw["buckets"] if x >= longest)
+      assert b.inputs["tokens"].shape[1] == min(x for x in kw["buckets"] if x >= longest)
   assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 10
   assert seen[0] | seen[1] <= set(lengths)
 
@@ -93,10 +90,10 @@ def test_packing_matches_second_code_path(dataset):
   total = 0
   for batch in it:
     rows = []
-    for seg in batch["segment_ids"]:
+    for seg in batch.segment_ids:
       rows.append([by_len[int(np.sum(seg == s))] for s in range(1, seg.max() + 1)])
       total += seg.max()
-    assert batch["positions"].max() < 128
+    assert batch.positions.max() < 128
     _equal(batch, L.packed_sequence_batch(rows, 128, pad_id=resolve_paths(dataset)[1]["pad_id"]))
   assert total == N  # every example packed exactly once in one epoch
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import FIXTURES
 from wavalign_jax import models, sharding
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.conversion import config_from_hf, hf_to_params, params_to_hf
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
@@ -19,13 +20,21 @@ B, L = 2, 9
 def _batch(cfg, key, segment_ids=None, positions=None):
   ks = jax.random.split(key, 4)
   ids = {s: jax.random.randint(k, (B, L), 0, cfg.vocab_size) for s, k in zip(cfg.streams, ks)}
-  batch = dict(inputs=ids, targets={s: jnp.roll(v, -1, axis=1) for s, v in ids.items()},
-               positions=jnp.broadcast_to(jnp.arange(L), (B, L)) if positions is None else positions,
-               segment_ids=jnp.ones((B, L), jnp.int32) if segment_ids is None else segment_ids)
+  features = feature_mask = None
   if cfg.arch == "parallel":
-    batch["features"] = jax.random.normal(ks[3], (B, L, cfg.adaptor_input_dim))
-    batch["feature_mask"] = jnp.zeros((B, L), bool).at[:, 2:5].set(True)
-  return batch
+    features = jax.random.normal(ks[3], (B, L, cfg.adaptor_input_dim))
+    feature_mask = jnp.zeros((B, L), bool).at[:, 2:5].set(True)
+  return SeqBatch(inputs=ids, targets={s: jnp.roll(v, -1, axis=1) for s, v in ids.items()},
+                  types={s: jnp.zeros((B, L), jnp.int32) for s in ids},   # the model reads no types
+                  positions=jnp.broadcast_to(jnp.arange(L), (B, L)) if positions is None else positions,
+                  segment_ids=jnp.ones((B, L), jnp.int32) if segment_ids is None else segment_ids,
+                  features=features, feature_mask=feature_mask)
+
+
+def _model_inputs(batch):
+  """The forward's inputs of a sequence batch, as `models.logits` takes them."""
+  return dict(inputs=batch.inputs, positions=batch.positions, segment_ids=batch.segment_ids,
+              features=batch.features, feature_mask=batch.feature_mask)
 
 
 _logits = jax.jit(models.logits, static_argnums=1)
@@ -52,9 +61,9 @@ def _maxabs(a):
 def _reference_logprobs(params, cfg, batch):
   """Second code path: log_softmax of the materialised full logits."""
   out = {}
-  for s, lg in models.logits(params, cfg, batch).items():
+  for s, lg in models.logits(params, cfg, _model_inputs(batch)).items():
     lp = jax.nn.log_softmax(lg)
-    out[s] = {"logp": jnp.take_along_axis(lp, batch["targets"][s][..., None], -1)[..., 0],
+    out[s] = {"logp": jnp.take_along_axis(lp, batch.targets[s][..., None], -1)[..., 0],
               "entropy": -jnp.sum(jnp.exp(lp) * lp, -1)}
   return out
 
@@ -173,8 +182,8 @@ def test_packed_rows_equal_separate_forwards():
   seg = jnp.array([[1] * n1 + [2] * n2 + [0]] * B)
   pos = jnp.array([list(range(n1)) + list(range(n2)) + [0]] * B)
   packed = _batch(cfg, jax.random.key(1), segment_ids=seg, positions=pos)
-  got = _logits(params, cfg, packed)["tokens"]
-  ids = packed["inputs"]["tokens"]
+  got = _logits(params, cfg, _model_inputs(packed))["tokens"]
+  ids = packed.inputs["tokens"]
   for lo, hi in [(0, n1), (n1, n1 + n2)]:
     alone = dict(inputs={"tokens": ids[:, lo:hi]}, positions=pos[:, lo:hi],
                  segment_ids=jnp.ones((B, hi - lo), jnp.int32))
@@ -192,8 +201,8 @@ def test_bfloat16_compute_close_to_float32(name):
   from safetensors.numpy import load_file
   params = hf_to_params(load_file(str(folder / "model.safetensors")), cfg)
   batch = _batch(cfg, jax.random.key(1))
-  f32 = _logits(params, cfg, batch)
-  bf16 = _logits(params, cfg.replace(dtype="bfloat16"), batch)
+  f32 = _logits(params, cfg, _model_inputs(batch))
+  bf16 = _logits(params, cfg.replace(dtype="bfloat16"), _model_inputs(batch))
   for s in cfg.streams:
     assert bf16[s].dtype == jnp.float32
     diff = float(jnp.abs(bf16[s] - f32[s]).max())
@@ -282,7 +291,7 @@ def test_sharded_logprobs_and_grads_match_single_device(vocab, head_spec):
   cfg = models.tiny_config("parallel", vocab_size=vocab)
   params = _params(cfg)
   batch = jax.tree.map(lambda a: jnp.concatenate([a, a[::-1]]), _batch(cfg, jax.random.key(1)))   # B = 4: divisible by data x fsdp
-  w = jax.random.normal(jax.random.key(2), (2,) + batch["targets"]["text"].shape)
+  w = jax.random.normal(jax.random.key(2), (2,) + batch.targets["text"].shape)
 
   def weighted(p):
     out = models.target_logprobs(p, cfg, batch)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from test_train_loop import _tiny_config  # noqa: E402
 
 from wavalign_jax import train  # noqa: E402
+from wavalign_jax.batches import SeqBatch  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 2
@@ -51,7 +52,7 @@ def _record_rollouts(calls: list) -> None:
 
   def wrapped(params, model_cfg, sampling, raw, *args, **kw):
     out = inner(params, model_cfg, sampling, raw, *args, **kw)
-    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out.rl["inputs"]["tokens"],
+    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out.rl.inputs["tokens"],
                       rewards=out.rewards))
     return out
   train.rl_batch_lib.rollout_batch = wrapped
@@ -84,12 +85,14 @@ def _lengths_worker(process_id: int, port: int, out: str) -> None:
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
   length = 40 if process_id == 0 else 80
   rows = np.arange(8 * length, dtype=np.int32).reshape(8, length) + 1000 * process_id
-  batch = hosts.same_length({"segment_ids": np.ones((8, length), np.int32), "inputs": {"tokens": rows}}, pad_id=7)
+  ones = np.ones((8, length), np.int32)
+  batch = hosts.same_length(SeqBatch(inputs={"tokens": rows}, targets={"tokens": rows}, types={"tokens": ones},
+                                     positions=ones, segment_ids=ones), pad_id=7)
   mesh = sharding.make_mesh((1, -1, 1))
   on_mesh = sharding.device_put_batch(batch, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   gathered = jax.jit(lambda b: b, out_shardings=replicated)(on_mesh)   # all-gathers rows of the common length
-  np.savez(out, tokens=np.asarray(gathered["inputs"]["tokens"]), segment_ids=np.asarray(gathered["segment_ids"]))
+  np.savez(out, tokens=np.asarray(gathered.inputs["tokens"]), segment_ids=np.asarray(gathered.segment_ids))
 
 
 def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:

@@ -9,6 +9,7 @@ from wavalign_jax.objectives import (DPOConfig, GRPOConfig, HybridConfig, LossTe
                                      group_fallback, kl_divergence, make_dpo_loss, make_hybrid_loss, rl_token_weights,
                                      sft_loss,
                                      term_value)
+from wavalign_jax.batches import DPOBatch, HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.tokens import TokenType
 
 N, T, S, X = TokenType.NONE, TokenType.TEXT, TokenType.SPEECH, TokenType.BOUNDARY
@@ -40,6 +41,18 @@ def is_speech(types):
 
 def jx(tree):
   return jax.tree.map(jnp.asarray, tree)
+
+
+def typed(types, cls=SeqBatch, **fields):
+  """A batch of `types` for the losses alone (they read no ids or positions: those are zeros)."""
+  zeros = jnp.zeros(next(iter(types.values())).shape, jnp.int32)
+  ids = {k: zeros for k in types}
+  return cls(inputs=ids, targets=ids, types=jx(types), positions=zeros, segment_ids=zeros, **fields)
+
+
+def rl_batch(types=TYPES, **fields):
+  """The RL batch of the GRPO tests: `types` with the advantages ADV (and `fields`)."""
+  return typed(types, RLBatch, advantages=jnp.asarray(ADV), **fields)
 
 
 # ---------------------------------------------------------------- advantages
@@ -134,12 +147,12 @@ def test_sft_loss_matches_numpy(mode):
     want = (flat(w) * flat(nll)).sum() / flat(w).sum()
   else:  # one masked mean per stream, added 1:1
     want = sum((w[k] * nll[k]).sum() / w[k].sum() for k in nll)
-  got = term_value(sft_loss(jx(LOGP), jx(TYPES), cfg))
+  got = term_value(sft_loss(jx(LOGP), typed(TYPES), cfg))
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_sft_token_set_text_only():
-  got = term_value(sft_loss(jx(LOGP), jx(TYPES), SFTConfig(token_set="text", aggregation="token_mean")))
+  got = term_value(sft_loss(jx(LOGP), typed(TYPES), SFTConfig(token_set="text", aggregation="token_mean")))
   m = flat({k: is_text(t) for k, t in TYPES.items()})
   np.testing.assert_allclose(got, -flat(LOGP)[m].mean(), rtol=1e-5)
 
@@ -199,10 +212,10 @@ def np_grpo(logp, old, ref, types, adv, cfg, sw, group_size=GROUP):
 
 
 def run_grpo(cfg, logp=LOGP, sw=None, group_size=GROUP):
-  term, metrics = grpo_loss(jx(logp), jx(TYPES), jnp.asarray(ADV), cfg,
-                            old_logp=jx(OLD) if cfg.clipping else None, ref_logp=jx(REF),
-                            seq_weight=None if sw is None else jnp.asarray(sw),
-                            fallback=group_fallback(jx(TYPES), cfg.token_set, group_size))
+  batch = rl_batch(old_logp=jx(OLD) if cfg.clipping else None, ref_logp=jx(REF),
+                   seq_weight=None if sw is None else jnp.asarray(sw),
+                   fallback=group_fallback(jx(TYPES), cfg.token_set, group_size))
+  term, metrics = grpo_loss(jx(logp), batch, cfg)
   return term_value(term), metrics
 
 
@@ -237,8 +250,7 @@ def test_grpo_reference_value_is_minus_mean_advantage():
 
 def test_grpo_gradient_only_on_the_token_set():
   def grad(cfg):
-    f = lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg,
-                                        fallback=group_fallback(jx(TYPES), cfg.token_set, GROUP))[0])
+    f = lambda lp: term_value(grpo_loss(lp, rl_batch(fallback=group_fallback(jx(TYPES), cfg.token_set, GROUP)), cfg)[0])
     return jax.grad(f)(jx(LOGP))
   g = grad(GRPOConfig(token_set="text"))
   # Row 0: text tokens only; speech positions get exactly zero.
@@ -255,7 +267,7 @@ def test_grpo_gradient_only_on_the_token_set():
 
 def test_grpo_clipping_gradient_and_fractions():
   cfg = GRPOConfig(token_set="all", clip_eps=0.2, clip_eps_high=0.3, aggregation="token_mean")
-  f = lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg, old_logp=jx(OLD))[0])
+  f = lambda lp: term_value(grpo_loss(lp, rl_batch(old_logp=jx(OLD)), cfg)[0])
   g = flat(jax.grad(f)(jx(LOGP)))
   ratio, a = np.exp(flat(LOGP) - flat(OLD)), ADV[:, None]
   mask = np_rl_mask(TYPES, "all", 1) > 0
@@ -264,7 +276,7 @@ def test_grpo_clipping_gradient_and_fractions():
   np.testing.assert_array_equal(g[mask & clipped], 0.0)
   # Unclipped: d/dlogp of −ratio·A / n_tokens.
   np.testing.assert_allclose(g[mask & ~clipped], (-ratio * a / mask.sum())[mask & ~clipped], rtol=1e-5)
-  _, metrics = grpo_loss(jx(LOGP), jx(TYPES), jnp.asarray(ADV), cfg, old_logp=jx(OLD))
+  _, metrics = grpo_loss(jx(LOGP), rl_batch(old_logp=jx(OLD)), cfg)
   np.testing.assert_allclose(metrics["clip_frac"], clipped[mask].mean(), rtol=1e-6)
 
 
@@ -281,27 +293,27 @@ def test_grpo_first_iteration_is_on_policy_and_logs_the_sampler_gap():
   only feed the gap metric (mean and max |Δ| over the RL tokens)."""
   cfg = GRPOConfig(token_set="all", clip_eps=0.2, num_iterations=2)
   fb = group_fallback(jx(TYPES), "all", GROUP)
-  _, m = grpo_loss(jx(LOGP), jx(TYPES), jnp.asarray(ADV), cfg, sampler_logp=jx(OLD), fallback=fb)
+  _, m = grpo_loss(jx(LOGP), rl_batch(sampler_logp=jx(OLD), fallback=fb), cfg)
   assert float(m["ratio_mean"]) == 1.0 and float(m["clip_frac"]) == 0.0
   mask = np_rl_mask(TYPES, "all", GROUP) > 0
   gap = np.abs(flat(LOGP) - flat(OLD))[mask]
   np.testing.assert_allclose(m["sampler_logp_gap_mean"], gap.mean(), rtol=1e-5)
   np.testing.assert_allclose(m["sampler_logp_gap_max"], gap.max(), rtol=1e-6)
   # The on-policy gradient equals the clipped objective's at ratio 1: −A / n per RL token.
-  g = jax.grad(lambda lp: term_value(grpo_loss(lp, jx(TYPES), jnp.asarray(ADV), cfg, fallback=fb)[0]))(jx(LOGP))
+  g = jax.grad(lambda lp: term_value(grpo_loss(lp, rl_batch(fallback=fb), cfg)[0]))(jx(LOGP))
   per_token = -ADV[:, None] / np.maximum(mask.sum(1, keepdims=True), 1) / 3 * np.ones(mask.shape)
   np.testing.assert_allclose(flat(g)[mask], per_token[mask], rtol=1e-5)
 
 
 def test_grpo_input_errors():
   with pytest.raises(ValueError, match="ref_logp"):
-    grpo_loss(jx(LOGP), jx(TYPES), jnp.asarray(ADV), GRPOConfig(beta_text=0.1))
+    grpo_loss(jx(LOGP), rl_batch(), GRPOConfig(beta_text=0.1))
   with pytest.raises(ValueError, match="token_set"):
     GRPOConfig(token_set="audio")
   with pytest.raises(ValueError, match="num_iterations"):
     GRPOConfig(num_iterations=2)
   with pytest.raises(ValueError, match="types"):
-    grpo_loss(jx(LOGP), {"text": jnp.asarray(TYPES["text"])}, jnp.asarray(ADV), GRPOConfig())
+    grpo_loss(jx(LOGP), rl_batch({"text": TYPES["text"]}), GRPOConfig())
 
 
 # ---------------------------------------------------------------- DPO
@@ -322,9 +334,9 @@ def toy_logprob_fn(params, batch, start=0):
   """Bigram model: logits of each position = params['w'][input id]; differentiable in params. Positions before
   `start` get 0 (the logprob_fn contract)."""
   out = {}
-  for k, ids in batch["inputs"].items():
+  for k, ids in batch.inputs.items():
     logits = jax.nn.log_softmax(params["w"][k][ids], axis=-1)
-    logp = jnp.take_along_axis(logits, batch["targets"][k][..., None], axis=-1)[..., 0]
+    logp = jnp.take_along_axis(logits, batch.targets[k][..., None], axis=-1)[..., 0]
     kept = jnp.arange(ids.shape[1]) >= start
     entropy = -jnp.sum(jnp.exp(logits) * logits, axis=-1)
     out[k] = {"logp": jnp.where(kept, logp, 0.0), "entropy": jnp.where(kept, entropy, 0.0)}
@@ -334,36 +346,35 @@ def toy_logprob_fn(params, batch, start=0):
 PARAMS = {"w": {k: jnp.asarray(RNG.normal(0, 1, (V, V)).astype(np.float32)) for k in TYPES}}
 
 
-def seq_batch(types):
+def seq_batch(types, cls=SeqBatch, **fields):
   ids = {k: jnp.asarray(RNG.integers(0, V, t.shape), jnp.int32) for k, t in types.items()}
-  return {"inputs": ids, "targets": {k: jnp.roll(v, -1, axis=1) for k, v in ids.items()}, "types": jx(types)}
+  zeros = jnp.zeros(next(iter(types.values())).shape, jnp.int32)   # the toy model reads no positions
+  return cls(inputs=ids, targets={k: jnp.roll(v, -1, axis=1) for k, v in ids.items()}, types=jx(types),
+             positions=zeros, segment_ids=zeros, **fields)
 
 
 def hybrid_batch():
-  rl = seq_batch(TYPES)
-  rl.update(advantages=jnp.asarray(ADV), sampler_logp=jx(OLD), ref_logp=jx(REF),
-            seq_weight=jnp.array([1.0, 1.0, 0.0, 1.0]), fallback=group_fallback(jx(TYPES), "text", GROUP))
-  return {"sft": seq_batch({k: np.roll(v, 1, axis=0) for k, v in TYPES.items()}), "rl": rl}
+  rl = seq_batch(TYPES, RLBatch, advantages=jnp.asarray(ADV), sampler_logp=jx(OLD), ref_logp=jx(REF),
+                 seq_weight=jnp.array([1.0, 1.0, 0.0, 1.0]), fallback=group_fallback(jx(TYPES), "text", GROUP))
+  return HybridBatch(sft=seq_batch({k: np.roll(v, 1, axis=0) for k, v in TYPES.items()}), rl=rl)
 
 
 def test_hybrid_lambda_identities():
   cfg = HybridConfig(sft=SFTConfig(aggregation="stream_mean"), rl=GRPOConfig(beta_text=0.1))
   loss_fn, batch = make_hybrid_loss(toy_logprob_fn, cfg), hybrid_batch()
   def part(name):
-    lp = toy_logprob_fn(PARAMS, batch[name])
+    lp = toy_logprob_fn(PARAMS, getattr(batch, name))
     logp = {k: v["logp"] for k, v in lp.items()}
     if name == "sft":
-      return term_value(sft_loss(logp, batch["sft"]["types"], cfg.sft))
-    rl = batch["rl"]
-    return term_value(grpo_loss(logp, rl["types"], rl["advantages"], cfg.rl, ref_logp=rl["ref_logp"],
-                                seq_weight=rl["seq_weight"], fallback=rl["fallback"])[0])
+      return term_value(sft_loss(logp, batch.sft, cfg.sft))
+    return term_value(grpo_loss(logp, batch.rl, cfg.rl)[0])
   sft, rl = part("sft"), part("rl")
   assert float(loss_fn(PARAMS, batch, 0.0)[0]) == float(sft)
   assert float(loss_fn(PARAMS, batch, 1.0)[0]) == float(rl)
   np.testing.assert_allclose(loss_fn(PARAMS, batch, 0.3)[0], 0.7 * sft + 0.3 * rl, rtol=1e-6)
   # λ = 0: the gradient is exactly the SFT gradient.
   g0 = jax.grad(lambda p: loss_fn(p, batch, 0.0)[0])(PARAMS)
-  g_sft = jax.grad(lambda p: make_hybrid_loss(toy_logprob_fn, cfg)(p, {"sft": batch["sft"]}, 0.0)[0])(PARAMS)
+  g_sft = jax.grad(lambda p: make_hybrid_loss(toy_logprob_fn, cfg)(p, HybridBatch(sft=batch.sft), 0.0)[0])(PARAMS)
   jax.tree.map(np.testing.assert_array_equal, g0, g_sft)
 
 
@@ -371,7 +382,7 @@ def test_hybrid_split_batch_equals_whole_batch():
   cfg = HybridConfig(sft=SFTConfig(speech_weight=0.5), rl=GRPOConfig(token_set="all", clip_eps=0.2,
                                                                       num_iterations=2))
   loss_fn, batch = make_hybrid_loss(toy_logprob_fn, cfg), hybrid_batch()
-  batch["rl"]["old_logp"] = jx(OLD)   # a later PPO iteration
+  batch = batch.replace(rl=batch.rl.replace(old_logp=jx(OLD)))   # a later PPO iteration
   halves = [jax.tree.map(lambda x: x[:2], batch), jax.tree.map(lambda x: x[2:], batch)]
   counts = jax.tree.map(jnp.add, *[hybrid_counts(h, cfg) for h in halves])
   np.testing.assert_array_equal(jax.tree.leaves(counts), jax.tree.leaves(hybrid_counts(batch, cfg)))
@@ -386,26 +397,25 @@ def test_hybrid_split_batch_equals_whole_batch():
 def test_hybrid_metrics_and_bad_batch():
   loss_fn, batch = make_hybrid_loss(toy_logprob_fn, HybridConfig()), hybrid_batch()
   _, m = loss_fn(PARAMS, batch, 0.5)
-  ent = toy_logprob_fn(PARAMS, batch["rl"])
+  ent = toy_logprob_fn(PARAMS, batch.rl)
   text = {k: is_text(t) for k, t in TYPES.items()}
   want = flat({k: np.asarray(v["entropy"]) for k, v in ent.items()})[flat(text)].mean()
   np.testing.assert_allclose(m["rl/entropy_text"], want, rtol=1e-5)
   assert float(m["rl/num_fallback_seqs"]) == 1.0 and float(m["rl/num_text_tokens"]) == 4.0
   with pytest.raises(ValueError, match="'sft' and/or an 'rl'"):
-    loss_fn(PARAMS, {"rollouts": batch["rl"]}, 0.5)
+    loss_fn(PARAMS, HybridBatch(), 0.5)
 
 
 def test_make_dpo_loss_text_and_full_token():
   chosen, rejected = seq_batch(TYPES), seq_batch(TYPES)
-  for b in (chosen, rejected):
-    b["ref_logp"] = jx({k: -RNG.uniform(0.1, 3.0, v.shape).astype(np.float32) for k, v in TYPES.items()})
+  ref = [jx({k: -RNG.uniform(0.1, 3.0, v.shape).astype(np.float32) for k, v in TYPES.items()}) for _ in range(2)]
   for token_set, sel in (("text", is_text), ("all", lambda t: t != N)):
     loss, _ = make_dpo_loss(toy_logprob_fn, DPOConfig(beta=0.2, token_set=token_set))(
-        PARAMS, {"chosen": chosen, "rejected": rejected})
+        PARAMS, DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=ref[0], rejected_ref_logp=ref[1]))
     m = flat({k: sel(t) for k, t in TYPES.items()})
-    def summed(b):
+    def summed(b, ref_logp):
       lp = toy_logprob_fn(PARAMS, b)
-      return (flat({k: np.asarray(v["logp"]) for k, v in lp.items()}) * m).sum(1), (flat(b["ref_logp"]) * m).sum(1)
-    (pc, rc), (pr, rr) = summed(chosen), summed(rejected)
+      return (flat({k: np.asarray(v["logp"]) for k, v in lp.items()}) * m).sum(1), (flat(ref_logp) * m).sum(1)
+    (pc, rc), (pr, rr) = summed(chosen, ref[0]), summed(rejected, ref[1])
     margin = 0.2 * ((pc - rc) - (pr - rr))
     np.testing.assert_allclose(loss, np.mean(np.log1p(np.exp(-margin))), rtol=1e-5)

@@ -3,6 +3,7 @@
 Constraint machines are checked by random walks (uniformly random allowed tokens) parsed by an
 independent pure-Python grammar, and against the data pipeline's layouts (wavalign_jax.data.layouts).
 """
+import dataclasses
 import functools
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from wavalign_jax import models, rollout
+from wavalign_jax.batches import RLBatch, SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.rollout import constraints
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
@@ -339,19 +341,19 @@ def _check_rl_batch_and_logp(params, cfg, prompts, r, pad):
   want = _rl_batch_reference(prompts, r, pad)
   for k in ("inputs", "targets", "types"):
     for s in cfg.streams:
-      np.testing.assert_array_equal(np.asarray(batch[k][s]), want[k][s], err_msg=f"{k}/{s}")
+      np.testing.assert_array_equal(np.asarray(getattr(batch, k)[s]), getattr(want, k)[s], err_msg=f"{k}/{s}")
   for k in ("positions", "segment_ids"):
-    np.testing.assert_array_equal(np.asarray(batch[k]), want[k], err_msg=k)
+    np.testing.assert_array_equal(np.asarray(getattr(batch, k)), getattr(want, k), err_msg=k)
   # sampler log-probs == the model's log-softmax at the sampled tokens (full forward of the RL batch)
   lp = models.target_logprobs(params, cfg, batch)
-  completion = _rl_batch_reference(prompts, r, pad, drop_forced=False)["types"]
+  completion = _rl_batch_reference(prompts, r, pad, drop_forced=False).types
   for s in cfg.streams:
     m = completion[s] > 0
     assert m.sum() == int(np.asarray(r.lengths).sum())
-    np.testing.assert_allclose(np.asarray(lp[s]["logp"])[m], np.asarray(batch["sampler_logp"][s])[m], atol=2e-5)
-    np.testing.assert_array_equal(np.asarray(batch["sampler_logp"][s])[~m], 0.0)
+    np.testing.assert_allclose(np.asarray(lp[s]["logp"])[m], np.asarray(batch.sampler_logp[s])[m], atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(batch.sampler_logp[s])[~m], 0.0)
     # Forced positions: in the completion, out of the RL types.
-    assert (np.asarray(batch["types"][s])[m] == 0).sum() == int(np.asarray(r.forced[s]).sum())
+    assert (np.asarray(batch.types[s])[m] == 0).sum() == int(np.asarray(r.forced[s]).sum())
   return batch
 
 
@@ -548,17 +550,16 @@ def test_trimmed_rl_batch_scores_the_same(vita):
                               constraint=con)
   r = jax.device_get(rollout.sample(params, cfg, prompts, jax.random.key(9), sc))
   full = jax.device_get(rollout.rl_batch(prompts, r, TIV.pad))
-  full.pop("group_ids")
   Lp = prompts["valid"].shape[1]
-  assert not full["types"]["tokens"][:, :Lp - 1].any()       # nothing to score before the completions
+  assert not full.types["tokens"][:, :Lp - 1].any()       # nothing to score before the completions
   trimmed = batch.trim_rl_batch(full, Lp, 16, buckets=8)
-  L = trimmed["segment_ids"].shape[1]
+  L = trimmed.segment_ids.shape[1]
   longest = int(np.asarray(r.lengths).max())
   assert L - Lp == min(16, -(-longest // 2) * 2)              # buckets of 16 / 8 = 2 new tokens
-  assert (full["segment_ids"][:, L:] == 0).all()
+  assert (full.segment_ids[:, L:] == 0).all()
   a = models.target_logprobs(params, cfg, full)["tokens"]
   b = models.target_logprobs(params, cfg, trimmed, Lp - 1)["tokens"]
-  m = trimmed["types"]["tokens"] > 0
+  m = trimmed.types["tokens"] > 0
   np.testing.assert_allclose(np.asarray(b["logp"])[m], np.asarray(a["logp"])[:, :L][m], atol=1e-6)
   np.testing.assert_allclose(np.asarray(b["entropy"])[m], np.asarray(a["entropy"])[:, :L][m], atol=1e-5)
   np.testing.assert_array_equal(np.asarray(b["logp"])[:, :Lp - 1], 0.0)
@@ -583,8 +584,10 @@ def test_process_rows_read_from_any_layout(spec):
 def test_pad_sequence_batch_pads_like_the_loader():
   ex = layouts.Example(tokens={"tokens": np.array([5, 6, 7])}, types={"tokens": np.array([1, 2, 2])}, prompt_len=1)
   short, long = layouts.to_sequence_batch([ex], 4, pad_id=9), layouts.to_sequence_batch([ex], 7, pad_id=9)
-  padded = layouts.pad_sequence_batch(dict(short, sampler_logp={"tokens": np.ones((1, 4), np.float32)}), 7, 9)
-  jax.tree.map(np.testing.assert_array_equal, {k: padded[k] for k in long}, long)
-  np.testing.assert_array_equal(padded["sampler_logp"]["tokens"], [[1, 1, 1, 1, 0, 0, 0]])
+  seq_fields = {f.name: getattr(short, f.name) for f in dataclasses.fields(SeqBatch)}
+  rl = RLBatch(**seq_fields, sampler_logp={"tokens": np.ones((1, 4), np.float32)})
+  padded = layouts.pad_sequence_batch(rl, 7, 9)
+  jax.tree.map(np.testing.assert_array_equal, SeqBatch(**{k: getattr(padded, k) for k in seq_fields}), long)
+  np.testing.assert_array_equal(padded.sampler_logp["tokens"], [[1, 1, 1, 1, 0, 0, 0]])
   with pytest.raises(ValueError, match="cannot pad a batch of length 7 to 4"):
     layouts.pad_sequence_batch(long, 4, 9)

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from wavalign_jax import models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch, SeqBatch
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 
@@ -18,10 +19,10 @@ def _compile(cfg: ModelConfig, mesh, rows: int, length: int):
   """The SFT step compiled ahead of time on `mesh`."""
   rng = np.random.default_rng(0)
   ids = rng.integers(0, cfg.vocab_size, (rows, length)).astype(np.int32)
-  seq = dict(inputs={"tokens": ids}, targets={"tokens": np.roll(ids, -1, 1)},
-             types={"tokens": np.where(np.arange(length) >= length // 4, 1, 0)[None].repeat(rows, 0).astype(np.int32)},
-             positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
-             segment_ids=np.ones((rows, length), np.int32))
+  types = np.where(np.arange(length) >= length // 4, 1, 0)[None].repeat(rows, 0).astype(np.int32)
+  seq = SeqBatch(inputs={"tokens": ids}, targets={"tokens": np.roll(ids, -1, 1)}, types={"tokens": types},
+                 positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
+                 segment_ids=np.ones((rows, length), np.int32))
   optimizer = optim.make_optimizer(optim.OptimConfig())
   step_cfg = steps.StepConfig(gate=gate_lib.GateConfig(mode="sft_only"))
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
@@ -32,7 +33,7 @@ def _compile(cfg: ModelConfig, mesh, rows: int, length: int):
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg),
                         state_sharding, mesh)
   return step.lower(train_state.abstract_with_shardings(abstract, state_sharding),
-                    sharding.device_put_batch({"sft": seq}, mesh)).compile()
+                    sharding.device_put_batch(HybridBatch(sft=seq), mesh)).compile()
 
 
 def _analysis(mesh):

@@ -8,17 +8,18 @@ import optax
 import pytest
 
 from wavalign_jax import models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
-from wavalign_jax.objectives.hybrid import HybridConfig, make_hybrid_loss
+from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.tokens import TokenType
 
 P, G, L = 8, 2, 12
 
 
-def _seq_batch(cfg, rng, rows, types_by_stream):
+def _seq_batch(cfg, rng, rows, types_by_stream, cls=SeqBatch):
   ks = jax.random.split(rng, 2)
   inputs = {s: np.asarray(jax.random.randint(ks[0], (rows, L), 0, cfg.vocab_size), np.int32) for s in cfg.streams}
   targets = {s: np.roll(v, -1, axis=1) for s, v in inputs.items()}
@@ -27,8 +28,8 @@ def _seq_batch(cfg, rng, rows, types_by_stream):
     t = np.zeros((rows, L), np.int32)
     t[:, L // 2:-1] = types_by_stream[s]
     types[s] = t
-  return dict(inputs=inputs, targets=targets, types=types,
-              positions=np.tile(np.arange(L, dtype=np.int32), (rows, 1)), segment_ids=np.ones((rows, L), np.int32))
+  return cls(inputs=inputs, targets=targets, types=types,
+             positions=np.tile(np.arange(L, dtype=np.int32), (rows, 1)), segment_ids=np.ones((rows, L), np.int32))
 
 
 def _hybrid_batch(cfg, seed=0):
@@ -36,9 +37,9 @@ def _hybrid_batch(cfg, seed=0):
   types = ({"text": TokenType.TEXT, "audio": TokenType.SPEECH} if cfg.arch == "parallel"
            else {"tokens": TokenType.TEXT})
   sft = _seq_batch(cfg, rng, P, types)
-  rl = _seq_batch(cfg, jax.random.fold_in(rng, 1), P * G, types)
+  rl = _seq_batch(cfg, jax.random.fold_in(rng, 1), P * G, types, RLBatch)
   rewards = np.asarray(jax.random.randint(jax.random.fold_in(rng, 2), (P, G), 1, 6), np.float32)
-  return {"sft": sft, "rl": rl, "rewards": rewards, "reward_valid": np.ones((P, G), bool)}
+  return HybridBatch(sft=sft, rl=rl, rewards=rewards, reward_valid=np.ones((P, G), bool))
 
 
 def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.StepConfig(), opt_cfg=None,
@@ -65,8 +66,8 @@ def _gradients_on_mesh(cfg, mesh, batch, lam=0.5):
   param_sharding = models.param_shardings(cfg, mesh)
   params = jax.jit(lambda r: models.init_params(cfg, r), out_shardings=param_sharding)(jax.random.PRNGKey(0))
   loss_fn = make_hybrid_loss(models.logprob_fn(cfg), HybridConfig())
-  adv = np.asarray(grpo.group_advantages(jnp.asarray(batch["rewards"]))).reshape(-1)
-  loss_batch = {"sft": batch["sft"], "rl": dict(batch["rl"], advantages=adv)}
+  adv = np.asarray(grpo.group_advantages(jnp.asarray(batch.rewards))).reshape(-1)
+  loss_batch = HybridBatch(sft=batch.sft, rl=batch.rl.replace(advantages=adv))
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, lam)[0]))
   return jax.device_get(grad(params, sharding.device_put_batch(loss_batch, mesh)))
 
@@ -130,7 +131,7 @@ def test_step_scoring_only_the_completions_matches_the_whole_rows():
   float32 sums: same losses and, within the bound of the sharding test, the same params; on a (2,2,2) mesh."""
   cfg = models.tiny_config("parallel")
   batch = _hybrid_batch(cfg)
-  assert not any(t[:, :L // 2].any() for t in batch["rl"]["types"].values())
+  assert not any(t[:, :L // 2].any() for t in batch.rl.types.values())
   mesh = sharding.make_mesh((2, 2, 2))
   whole, losses_whole = _run_on_mesh(cfg, mesh, batch, opt_cfg=PARITY_OPTIM)
   window, losses_window = _run_on_mesh(cfg, mesh, batch, opt_cfg=PARITY_OPTIM, rl_start=L // 2)
@@ -147,10 +148,10 @@ def test_text_only_rl_gives_no_gradient_to_the_audio_branch(token_set, expect_ze
   cfg = models.tiny_config("parallel")
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(1))
   batch = _hybrid_batch(cfg, seed=3)
-  rl = dict(batch["rl"], advantages=jnp.asarray(np.linspace(-1.5, 1.5, P * G), jnp.float32))
+  rl = batch.rl.replace(advantages=jnp.asarray(np.linspace(-1.5, 1.5, P * G), jnp.float32))
   loss_fn = make_hybrid_loss(models.logprob_fn(cfg),
                              HybridConfig(rl=GRPOConfig(token_set=token_set)))
-  grads = jax.grad(lambda p: loss_fn(p, {"rl": rl}, 1.0)[0])(params)
+  grads = jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl), 1.0)[0])(params)
   audio_norm = optax.tree.norm({k: grads[k] for k in AUDIO_ONLY})
   text_norm = optax.tree.norm(grads["lm_head"])
   assert float(text_norm) > 1e-4   # the text head learns either way
@@ -165,21 +166,21 @@ def test_interleaved_rl_ignores_speech_positions():
   """With token_set "text", changing the targets at speech positions leaves the RL loss unchanged."""
   cfg = models.tiny_config("interleaved")
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(2))
-  rl = _hybrid_batch(cfg, seed=4)["rl"]
-  types = rl["types"]["tokens"].copy()
+  rl = _hybrid_batch(cfg, seed=4).rl
+  types = rl.types["tokens"].copy()
   types[:, L // 2:L // 2 + 3] = TokenType.SPEECH
   types[:, L // 2 + 3] = TokenType.BOUNDARY
-  rl = dict(rl, types={"tokens": types}, advantages=jnp.asarray(np.linspace(-1, 1, P * G), jnp.float32))
+  rl = rl.replace(types={"tokens": types}, advantages=jnp.asarray(np.linspace(-1, 1, P * G), jnp.float32))
   loss_fn = make_hybrid_loss(models.logprob_fn(cfg), HybridConfig())
   speech = (types == TokenType.SPEECH) | (types == TokenType.BOUNDARY)
-  other_targets = np.where(speech, (rl["targets"]["tokens"] + 7) % cfg.vocab_size, rl["targets"]["tokens"])
-  rl2 = dict(rl, targets={"tokens": other_targets})
-  g1 = jax.grad(lambda p: loss_fn(p, {"rl": rl}, 1.0)[0])(params)
-  g2 = jax.grad(lambda p: loss_fn(p, {"rl": rl2}, 1.0)[0])(params)
+  other_targets = np.where(speech, (rl.targets["tokens"] + 7) % cfg.vocab_size, rl.targets["tokens"])
+  rl2 = rl.replace(targets={"tokens": other_targets})
+  g1 = jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl), 1.0)[0])(params)
+  g2 = jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl2), 1.0)[0])(params)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), g1, g2)
   # ... while the SFT anchor does see them.
-  s1 = loss_fn(params, {"sft": rl}, 0.0)[0]
-  s2 = loss_fn(params, {"sft": rl2}, 0.0)[0]
+  s1 = loss_fn(params, HybridBatch(sft=rl), 0.0)[0]
+  s2 = loss_fn(params, HybridBatch(sft=rl2), 0.0)[0]
   assert abs(float(s1) - float(s2)) > 1e-4
 
 
@@ -202,6 +203,25 @@ def test_gradient_accumulation_matches_one_batch():
     steps.accumulate_gradients(lambda *a: (0.0, {}), {}, {"sft": {"x": np.zeros((8, 2))}}, 0.0, {}, 3)
 
 
+def test_declared_metric_reducers_give_the_name_rules_values():
+  """The micro-batch reductions declared by the objectives (`hybrid.METRIC_REDUCERS`) equal the rules they replace,
+  which went by the names: the loss shares, the counts and "/num_" metrics summed, "_max" ones maxed, the rest
+  averaged."""
+  names = ["lambda", "loss", "sft_loss", "sft_count", "rl_loss", "rl_count", "rl/num_text_tokens",
+           "rl/num_speech_tokens", "rl/num_rl_tokens", "rl/num_fallback_seqs", "rl/ratio_mean", "rl/clip_frac_low",
+           "rl/clip_frac_high", "rl/clip_frac", "rl/kl", "rl/entropy_text", "rl/entropy_speech",
+           "rl/sampler_logp_gap_mean", "rl/sampler_logp_gap_max"]
+  rng = np.random.default_rng(0)
+  per_micro = {k: jnp.asarray(rng.normal(size=4), jnp.float32) for k in names}
+  summed = ("loss", "sft_loss", "rl_loss", "sft_count", "rl_count")
+  old = lambda k, v: (jnp.sum(v, 0) if k in summed or "/num_" in k else jnp.max(v, 0) if k.endswith("_max")
+                      else jnp.mean(v, 0))
+  got = steps.reduce_micro_metrics(per_micro, METRIC_REDUCERS)
+  assert set(got) == set(names)
+  for k, v in per_micro.items():
+    assert float(got[k]) == float(old(k, v)), k
+
+
 def test_non_finite_step_changes_nothing_and_is_counted():
   """A NaN reward makes the loss NaN: params, optimizer moments and gate stay, skipped_steps counts it."""
   cfg = models.tiny_config("interleaved")
@@ -212,7 +232,7 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   opt_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
   optimizer = optim.make_optimizer(opt_cfg)
   step = jax.jit(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, steps.StepConfig()))
-  bad = dict(batch, rewards=np.where(np.arange(P * G).reshape(P, G) == 3, np.nan, batch["rewards"]).astype(np.float32))
+  bad = batch.replace(rewards=np.where(np.arange(P * G).reshape(P, G) == 3, np.nan, batch.rewards).astype(np.float32))
   after, metrics = step(state, bad)
   assert bool(metrics["skipped"]) and not np.isfinite(float(metrics["loss"]))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get((after.params, after.opt_state, after.gate)),
@@ -282,7 +302,7 @@ def test_renamed_mesh_axes_shard_and_step_alike():
   renamed = sharding.make_mesh((2, 2, 2), axes=("replica", "shard", "model"))
   assert sharding.batch_axes(renamed) == ("replica", "shard") and sharding.data_parallel_size(renamed) == 4
   assert sharding.mesh_shards(renamed, "embed") == 2 and sharding.mesh_shards(renamed, "mlp") == 2
-  rows = sharding.device_put_batch(batch, renamed)["sft"]["segment_ids"]
+  rows = sharding.device_put_batch(batch, renamed).sft.segment_ids
   assert rows.sharding.spec[0] == ("replica", "shard") and rows.addressable_shards[0].data.shape[0] == P // 4
   state_a, losses_a = _run_on_mesh(cfg, named, batch, opt_cfg=PARITY_OPTIM)
   state_b, losses_b = _run_on_mesh(cfg, renamed, batch, opt_cfg=PARITY_OPTIM)

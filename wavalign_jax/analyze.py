@@ -81,7 +81,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
     ref = raw["reference"]
     delta = jax.device_get(sharding.jit_with_rules(
         lambda a, b, batch: token_shift.logprob_shift(logprob_fn, a, b, batch), mesh)(base.params, model.params, ref))
-    out["token_shift"] = token_shift.summarize(delta, ref["types"])
+    out["token_shift"] = token_shift.summarize(delta, ref.types)
     rows = np.concatenate([np.abs(delta[s]) for s in sorted(delta)], axis=1)[:8]
     figures["token_shift"] = _plot(os.path.join(workdir, "token_shift.png"), lambda ax: (
         ax.imshow(rows, aspect="auto", cmap="magma"), ax.set_xlabel("position (streams side by side)"),
@@ -104,8 +104,8 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
-  rl = dict(batch.rl, advantages=np.asarray(grpo.group_advantages(rewards, scale=config.rl.advantage_scale,
-                                                                  eps=config.rl.advantage_eps)).reshape(-1))
+  rl = batch.rl.replace(advantages=np.asarray(grpo.group_advantages(rewards, scale=config.rl.advantage_scale,
+                                                                    eps=config.rl.advantage_eps)).reshape(-1))
   geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(
       logprob_fn, p, b, GRPOConfig(**config.rl), minibatches), mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}

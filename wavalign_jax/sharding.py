@@ -116,7 +116,7 @@ def batch_sharding(batch: Any, mesh: Mesh, *, process_local: bool = True) -> Any
 
 
 def device_put_batch(batch: Any, mesh: Mesh) -> Any:
-  """Host numpy batch (this process's rows) -> global arrays sharded over the batch axes."""
+  """Host numpy batch (a `batches` pytree of this process's rows) -> global arrays sharded over the batch axes."""
   shardings = batch_sharding(batch, mesh)
   return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
 

@@ -4,16 +4,14 @@ One step is one pure function `(state, batch) -> (state, metrics)`, jitted over 
 state donated. The gate update and the advantages happen inside the step, from the rewards in the
 batch, so the whole training signal of a step is one XLA program.
 
-Batches (host numpy, WORKSPACE.md contracts):
-  hybrid: {"sft": seq_batch [P, L], "rl": rl_seq_batch [P*G, L'], "rewards": f32[P, G], "reward_valid": bool[P, G]}
-          either part may be absent when its weight is structurally 0 (SFT-only / RL-only methods).
-  dpo:    {"chosen": seq_batch, "rejected": seq_batch} with `ref_logp` in each half.
+Batches (`wavalign_jax.batches`, on the mesh): a `HybridBatch` (sft [P, L], rl [P*G, L'], rewards and
+reward_valid [P, G]; either part None when its weight is structurally 0) or a `DPOBatch`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +19,12 @@ import optax
 from jax.sharding import Mesh
 
 from wavalign_jax import sharding as sharding_lib
+from wavalign_jax.batches import DPOBatch, HybridBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
-from wavalign_jax.objectives.hybrid import HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
+from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.train_state import TrainState
 
@@ -99,9 +98,13 @@ def report_skipped(state: TrainState, limit: int, what: str, last_checkpoint: in
           "the data (train.max_consecutive_skips sets the limit)")
 
 
-# Metrics that are sums over micro-batches (loss shares computed with the step's global counts, token
-# counts); every other metric is a per-micro-batch mean and is averaged.
-_SUMMED = ("loss", "sft_loss", "rl_loss", "sft_count", "rl_count")
+_REDUCE = {"sum": jnp.sum, "max": jnp.max, "mean": jnp.mean}
+
+
+def reduce_micro_metrics(per_micro: dict[str, jax.Array], reducers: Mapping[str, str]) -> dict[str, jax.Array]:
+  """Metrics stacked over micro-batches [k, ...] -> the step's: each by its declared reducer ("sum" | "max" |
+  "mean", e.g. `hybrid.METRIC_REDUCERS`); a metric not declared is a per-micro-batch mean and is averaged."""
+  return {k: _REDUCE[reducers.get(k, "mean")](v, 0) for k, v in per_micro.items()}
 
 
 def _micro_split(tree: Any, k: int) -> Any:
@@ -113,12 +116,13 @@ def _micro_split(tree: Any, k: int) -> Any:
   return jax.tree.map(split, tree)
 
 
-def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, lam: jax.Array, counts: dict,
-                         microbatches: int) -> tuple[Any, dict]:
+def accumulate_gradients(loss_fn: Callable, params: Any, batch: HybridBatch, lam: jax.Array, counts: dict,
+                         microbatches: int, reducers: Mapping[str, str] = METRIC_REDUCERS) -> tuple[Any, dict]:
   """Gradients and metrics of `loss_fn` over the whole batch, computed in `microbatches` sequential pieces.
 
   Each piece's loss is its share of the step loss (global `counts`), so the summed gradients equal
-  those of one big batch while activations only ever exist for one piece.
+  those of one big batch while activations only ever exist for one piece; the pieces' metrics are combined by
+  `reducers` (`reduce_micro_metrics`).
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
@@ -131,10 +135,7 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, lam: jax.A
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   grads, per_micro = jax.lax.scan(body, zeros, _micro_split(batch, microbatches))
-  reduce = lambda k, v: (jnp.sum(v, 0) if k in _SUMMED or "/num_" in k else jnp.max(v, 0) if k.endswith("_max")
-                         else jnp.mean(v, 0))
-  metrics = {k: reduce(k, v) for k, v in per_micro.items()}
-  return grads, metrics
+  return grads, reduce_micro_metrics(per_micro, reducers)
 
 
 def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
@@ -149,20 +150,20 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
   loss_fn = make_hybrid_loss(logprob_fn, cfg.hybrid)
   rl_cfg = cfg.hybrid.rl
 
-  def step(state: TrainState, batch: dict, rl_start: int = 0) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: HybridBatch, rl_start: int = 0) -> tuple[TrainState, dict]:
     gate, metrics = state.gate, {}
-    loss_batch = {k: batch[k] for k in ("sft", "rl") if k in batch}
-    if "rl" in batch:
-      rewards, valid = batch["rewards"], batch.get("reward_valid")
+    loss_batch = HybridBatch(sft=batch.sft)
+    if batch.rl is not None:
+      rewards, valid = batch.rewards, batch.reward_valid
       if update_gate:
         gate, metrics = gate_lib.update_gate(state.gate, rewards, valid, cfg.gate)
       advantages = grpo.group_advantages(rewards, valid, rl_cfg.advantage_scale, rl_cfg.advantage_eps)
       weights = grpo.group_weights(rewards, valid, rl_cfg.drop_equal_groups)
       # Decided on the whole batch, before any micro-batch split separates a group's rows.
-      fallback = grpo.group_fallback(batch["rl"]["types"], rl_cfg.token_set, rewards.shape[1])
-      loss_batch["rl"] = dict(batch["rl"], advantages=advantages.reshape(-1), seq_weight=weights.reshape(-1),
-                              fallback=fallback)
-    lam = gate.lam if "rl" in batch else jnp.zeros((), jnp.float32)
+      fallback = grpo.group_fallback(batch.rl.types, rl_cfg.token_set, rewards.shape[1])
+      loss_batch = loss_batch.replace(rl=batch.rl.replace(advantages=advantages.reshape(-1),
+                                                          seq_weight=weights.reshape(-1), fallback=fallback))
+    lam = gate.lam if batch.rl is not None else jnp.zeros((), jnp.float32)
     counts = hybrid_counts(loss_batch, cfg.hybrid)
     grads, loss_metrics = accumulate_gradients(functools.partial(loss_fn, rl_start=rl_start), state.params,
                                                loss_batch, lam, counts, microbatches)
@@ -177,7 +178,7 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
   rows): both steps take the same arguments, so the loop and `jit_step` treat them alike."""
   loss_fn = make_dpo_loss(logprob_fn, cfg.dpo)
 
-  def step(state: TrainState, batch: dict, rl_start: int = 0) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: DPOBatch, rl_start: int = 0) -> tuple[TrainState, dict]:
     del rl_start
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     return _apply_gradients(state, grads, optimizer, schedule, metrics)

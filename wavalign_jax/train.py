@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
                           models, optim, preemption, sharding, steps, train_state, workdir_lock)
 from wavalign_jax.analysis import gradient_geometry
+from wavalign_jax.batches import DPOBatch, HybridBatch
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.metric_writer import MetricWriter
@@ -151,7 +152,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       batch, rl_start, extra = _dpo_batch(run, fns, raw, ref_params), 0, {}
     else:
       batch, rl_start, extra = _hybrid_batch(run, fns, state, raw, ref_params, reward_fn, monitor)
-    if _analysis_due(run, step) and "rl" in batch:   # before the update: same params
+    if _analysis_due(run, step) and batch.rl is not None:   # hybrid only; before the update: same params
       extra.update(_geometry(run, fns, state, batch))
     state, metrics = _update(run, fns, state, batch, rl_start, stop_at)
     metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
@@ -244,24 +245,23 @@ def _logp(logprobs: dict) -> dict:
   return {k: v["logp"] for k, v in logprobs.items()}
 
 
-def _dpo_batch(run: _Run, fns: _Steps, raw: dict, ref_params: Any) -> dict:
-  """The chosen and rejected halves on the mesh, each with the frozen reference's log-probs."""
-  batch = {}
-  for half in ("chosen", "rejected"):
-    b = sharding.device_put_batch(hosts.same_length(raw[half], run.setup.vocab.pad), run.mesh)
-    batch[half] = dict(b, ref_logp=_logp(fns.logprobs(ref_params, b)))
-  return batch
+def _dpo_batch(run: _Run, fns: _Steps, raw: dict, ref_params: Any) -> DPOBatch:
+  """The chosen and rejected halves on the mesh, with the frozen reference's log-probs of each."""
+  chosen, rejected = (sharding.device_put_batch(hosts.same_length(raw[half], run.setup.vocab.pad), run.mesh)
+                      for half in ("chosen", "rejected"))
+  return DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=_logp(fns.logprobs(ref_params, chosen)),
+                  rejected_ref_logp=_logp(fns.logprobs(ref_params, rejected)))
 
 
 def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: dict, ref_params: Any,
-                  reward_fn: Any, monitor: FailureMonitor | None) -> tuple[dict, int, dict[str, float]]:
+                  reward_fn: Any, monitor: FailureMonitor | None) -> tuple[HybridBatch, int, dict[str, float]]:
   """(batch on the mesh, rl_start, rollout metrics): the reference responses (SFT part) and, past the SFT stage,
   scored rollouts of the current params (RL part); either is left out where its weight is structurally 0."""
   step, mode, setup = int(state.step), run.cfg.gate.mode, run.setup
   in_sft_stage = step < int(round(run.config.train.sft_stage_fraction * run.config.train.total_steps))
-  batch, rl_start, extra = {}, 0, {}
+  batch, rl_start, extra = HybridBatch(), 0, {}
   if in_sft_stage or mode != "rl_only":
-    batch["sft"] = hosts.same_length(raw["reference"], setup.vocab.pad)
+    batch = batch.replace(sft=hosts.same_length(raw["reference"], setup.vocab.pad))
   if not in_sft_stage and mode != "sft_only":
     rng_step = jax.random.fold_in(state.rng, 0)
     t_rollout = time.time()
@@ -269,12 +269,12 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: di
         state.params, setup.model_cfg, setup.sampling, raw, rng_step, reward_fn, setup.decode_text, mesh=run.mesh,
         monitor=monitor, step=step, exclude_failed=run.config.reward.exclude_failed,
         length_buckets=run.config.rollout.length_buckets)
-    batch.update(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.valid)
+    batch = batch.replace(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.valid)
     rl_start, extra = rollouts.rl_start, rollouts.metrics
     extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
   batch = sharding.device_put_batch(batch, run.mesh)
-  if "rl" in batch and ref_params is not None:
-    batch["rl"]["ref_logp"] = _logp(fns.logprobs(ref_params, batch["rl"], rl_start))
+  if batch.rl is not None and ref_params is not None:
+    batch = batch.replace(rl=batch.rl.replace(ref_logp=_logp(fns.logprobs(ref_params, batch.rl, rl_start))))
   return batch, rl_start, extra
 
 
@@ -283,27 +283,26 @@ def _analysis_due(run: _Run, step: int) -> bool:
   return bool(every) and (step + 1) % every == 0
 
 
-def _geometry(run: _Run, fns: _Steps, state: train_state.TrainState, batch: dict) -> dict[str, float]:
+def _geometry(run: _Run, fns: _Steps, state: train_state.TrainState, batch: HybridBatch) -> dict[str, float]:
   """Text- vs speech-token policy-gradient geometry of the step's RL batch (`geometry/...` metrics)."""
   rl = run.cfg.hybrid.rl
-  adv = grpo.group_advantages(batch["rewards"], batch["reward_valid"], rl.advantage_scale,
-                              rl.advantage_eps).reshape(-1)
+  adv = grpo.group_advantages(batch.rewards, batch.reward_valid, rl.advantage_scale, rl.advantage_eps).reshape(-1)
   return {f"geometry/{k}": v for k, v in jax.device_get(
-      fns.geometry(state.params, dict(batch["rl"], advantages=adv))).items()}
+      fns.geometry(state.params, batch.rl.replace(advantages=adv))).items()}
 
 
-def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: dict, rl_start: int,
+def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: HybridBatch | DPOBatch, rl_start: int,
             stop_at: int) -> tuple[train_state.TrainState, dict]:
   """The train step; with PPO reuse (rl.num_iterations > 1) further steps on the same rollouts, whose π_old is
   the training forward of the parameters that made them (not the sampler's)."""
   step = int(state.step)
-  iterations = (min(run.cfg.hybrid.rl.num_iterations, stop_at - step) if fns.reuse is not None and "rl" in batch
-                else 1)
+  iterations = (min(run.cfg.hybrid.rl.num_iterations, stop_at - step)
+                if fns.reuse is not None and batch.rl is not None else 1)   # reuse is hybrid only
   if iterations > 1:
-    old_logp = _logp(fns.logprobs(state.params, batch["rl"], rl_start))
+    old_logp = _logp(fns.logprobs(state.params, batch.rl, rl_start))
   state, metrics = fns.update(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
   for _ in range(iterations - 1):
-    state, later = fns.reuse(state, dict(batch, rl=dict(batch["rl"], old_logp=old_logp)), rl_start)
+    state, later = fns.reuse(state, batch.replace(rl=batch.rl.replace(old_logp=old_logp)), rl_start)
     metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
   return state, metrics
 

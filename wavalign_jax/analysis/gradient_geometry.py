@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wavalign_jax.batches import RLBatch
 from wavalign_jax.objectives import aggregation
 from wavalign_jax.objectives.grpo import GRPOConfig, grpo_loss, rl_token_weights
 
@@ -25,18 +26,19 @@ def _dot(a: Any, b: Any) -> jax.Array:
                                                                                    jax.tree.leaves(b)))
 
 
-def split_gradients(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg: GRPOConfig,
+def split_gradients(logprob_fn: Callable[..., dict], params: Any, rl: RLBatch, cfg: GRPOConfig,
                     token_sets: tuple[str, ...] = ("text", "speech", "all")) -> dict[str, Any]:
-  """{token set: gradient} of the on-policy, token-mean GRPO policy-gradient term (no KL, no clipping)
-  restricted to each token set, all divided by the all-token count, so text + speech == all."""
+  """{token set: gradient} of the on-policy, token-mean GRPO policy-gradient term (no KL, no clipping, no
+  fallback: only `advantages` and `seq_weight` of `rl` count) restricted to each token set, all divided by the
+  all-token count, so text + speech == all."""
   cfg = dataclasses.replace(cfg, aggregation="token_mean", beta_text=0.0, beta_speech=0.0, clip_eps=0.0,
                             clip_eps_high=0.0, num_iterations=1)
-  count = aggregation.aggregate_count(rl_token_weights(rl["types"], "all"), "token_mean", rl.get("seq_weight"))
+  rl = rl.replace(sampler_logp=None, ref_logp=None, old_logp=None, fallback=None)
+  count = aggregation.aggregate_count(rl_token_weights(rl.types, "all"), "token_mean", rl.seq_weight)
 
   def loss(p, token_set):
     lp = {k: v["logp"] for k, v in logprob_fn(p, rl).items()}
-    term, _ = grpo_loss(lp, rl["types"], rl["advantages"], dataclasses.replace(cfg, token_set=token_set),
-                        seq_weight=rl.get("seq_weight"))
+    term, _ = grpo_loss(lp, rl, dataclasses.replace(cfg, token_set=token_set))
     return aggregation.term_value(term, count)
   return {s: jax.grad(loss)(params, s) for s in token_sets}
 
@@ -47,7 +49,7 @@ def _text_speech_all(logprob_fn, params, rl, cfg) -> dict[str, Any]:
   return dict(g, all=jax.tree.map(jnp.add, g["text"], g["speech"]))
 
 
-def geometry(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg: GRPOConfig,
+def geometry(logprob_fn: Callable[..., dict], params: Any, rl: RLBatch, cfg: GRPOConfig,
              num_minibatches: int) -> dict[str, jax.Array]:
   """Scalars: energy_{text,speech,all}, cosine_text_speech, snr_{text,speech,all} over `num_minibatches`
   contiguous row blocks (whole prompt groups when the block size is a multiple of G)."""
@@ -55,7 +57,7 @@ def geometry(logprob_fn: Callable[[Any, dict], dict], params: Any, rl: dict, cfg
   norm = {s: optax.tree.norm(g) for s, g in grads.items()}
   out = {f"energy_{s}": n ** 2 for s, n in norm.items()}
   out["cosine_text_speech"] = _dot(grads["text"], grads["speech"]) / jnp.maximum(norm["text"] * norm["speech"], 1e-30)
-  B = rl["advantages"].shape[0]
+  B = rl.advantages.shape[0]
   if B % num_minibatches:
     raise ValueError(f"{B} rows do not split into {num_minibatches} mini-batches")
   block = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * (B // num_minibatches), B // num_minibatches, 0)

@@ -10,16 +10,19 @@ of docs/method.md §2 live here once:
 * parallel (Kimi-Audio): a text stream and an audio stream of equal length; the audio stream of
   the response is delayed by `delay` blanks.
 
-`to_sequence_batch` / `packed_sequence_batch` turn laid-out examples into the batch dict of the
-WORKSPACE.md contract (inputs / targets / types per stream, positions, segment_ids).
+`to_sequence_batch` / `packed_sequence_batch` turn laid-out examples into the `batches.SeqBatch` of the
+WORKSPACE.md contract (inputs / targets / types per stream, positions, segment_ids): the loader's batches are typed
+from here on.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Mapping, Sequence
 
+import jax
 import numpy as np
 
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
 
 INTERLEAVED_STREAMS = ("tokens",)
@@ -289,8 +292,8 @@ def parallel_split(text_stream: Sequence[int], audio_stream: Sequence[int],
 # ----------------------------------------------------------------------------- batches
 
 
-def packed_sequence_batch(rows: Sequence[Sequence[Example]], length: int, pad_id: int = 0) -> dict:
-  """Batch dict of WORKSPACE.md: row b holds the examples of rows[b] one after another.
+def packed_sequence_batch(rows: Sequence[Sequence[Example]], length: int, pad_id: int = 0) -> SeqBatch:
+  """The sequence batch (host numpy) whose row b holds the examples of rows[b] one after another.
 
   Example k of a row is segment k + 1 with positions restarting at 0; within a segment
   targets[t] = inputs[t + 1] with that token's type; the last position of a segment predicts
@@ -308,13 +311,10 @@ def packed_sequence_batch(rows: Sequence[Sequence[Example]], length: int, pad_id
   if streams is None:
     raise ValueError("packed_sequence_batch got only empty rows")
   shape = (len(rows), length)
-  batch = {
-      "inputs": {s: np.full(shape, pad_id, np.int32) for s in streams},
-      "targets": {s: np.full(shape, pad_id, np.int32) for s in streams},
-      "types": {s: np.zeros(shape, np.int32) for s in streams},
-      "positions": np.zeros(shape, np.int32),
-      "segment_ids": np.zeros(shape, np.int32),
-  }
+  batch = SeqBatch(inputs={s: np.full(shape, pad_id, np.int32) for s in streams},
+                   targets={s: np.full(shape, pad_id, np.int32) for s in streams},
+                   types={s: np.zeros(shape, np.int32) for s in streams},
+                   positions=np.zeros(shape, np.int32), segment_ids=np.zeros(shape, np.int32))
   for b, row in enumerate(rows):
     total = sum(len(ex) for ex in row)
     if total > length:
@@ -324,23 +324,24 @@ def packed_sequence_batch(rows: Sequence[Sequence[Example]], length: int, pad_id
       n = len(ex)
       end = start + n
       for s in streams:
-        batch["inputs"][s][b, start:end] = ex.tokens[s]
-        batch["targets"][s][b, start:end - 1] = ex.tokens[s][1:]
-        batch["types"][s][b, start:end - 1] = ex.types[s][1:]
-      batch["positions"][b, start:end] = np.arange(n)
-      batch["segment_ids"][b, start:end] = k + 1
+        batch.inputs[s][b, start:end] = ex.tokens[s]
+        batch.targets[s][b, start:end - 1] = ex.tokens[s][1:]
+        batch.types[s][b, start:end - 1] = ex.types[s][1:]
+      batch.positions[b, start:end] = np.arange(n)
+      batch.segment_ids[b, start:end] = k + 1
       start = end
   return batch
 
 
-def to_sequence_batch(examples: Sequence[Example], length: int, pad_id: int = 0) -> dict:
+def to_sequence_batch(examples: Sequence[Example], length: int, pad_id: int = 0) -> SeqBatch:
   """One example per row, right-padded to `length` (see `packed_sequence_batch`)."""
   return packed_sequence_batch([[ex] for ex in examples], length, pad_id)
 
 
-def pad_sequence_batch(batch: Mapping, length: int, pad_id: int = 0) -> dict:
-  """A sequence batch (any [B, L, ...] fields) right-padded to `length` positions as `packed_sequence_batch`
-  pads: inputs / targets with pad_id, every other field with 0 (type NONE, segment 0: outside every loss)."""
+def pad_sequence_batch(batch: SeqBatch, length: int, pad_id: int = 0) -> SeqBatch:
+  """A sequence batch (or an `RLBatch`, kept as such: any [B, L, ...] fields) right-padded to `length` positions as
+  `packed_sequence_batch` pads: inputs / targets with pad_id, every other field with 0 (type NONE, segment 0:
+  outside every loss)."""
   def pad(x: np.ndarray, value: int) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[1] == length:
@@ -351,5 +352,5 @@ def pad_sequence_batch(batch: Mapping, length: int, pad_id: int = 0) -> dict:
 
   def field(name: str, value):
     fill = pad_id if name in ("inputs", "targets") else 0
-    return {k: pad(v, fill) for k, v in value.items()} if isinstance(value, Mapping) else pad(value, fill)
-  return {name: field(name, value) for name, value in batch.items()}
+    return jax.tree.map(lambda x: pad(x, fill), value)
+  return batch.replace(**{f.name: field(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)})

@@ -22,6 +22,7 @@ import grain.experimental as grain_exp
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.data.records import Record, decode_record
 
@@ -90,7 +91,9 @@ def _where(record: Record) -> str:
 
 
 class _Collate:
-  """Batch of records -> padded sequence batches of the record kind (picklable for worker processes)."""
+  """Batch of records -> padded sequence batches of the record kind (picklable for worker processes): sft records
+  give a `SeqBatch`; rl records {"prompt", "prompt_lengths", "reference", "meta"} and dpo records {"chosen",
+  "rejected", "meta"}, whose sequence batches are `SeqBatch`es."""
 
   def __init__(self, buckets: Sequence[int], pad_id: int):
     self.buckets, self.pad_id = tuple(buckets), pad_id
@@ -99,7 +102,7 @@ class _Collate:
     longest = max(range(len(examples)), key=lambda i: len(examples[i]))
     return _bucket(len(examples[longest]), self.buckets, _where(records[longest % len(records)]))
 
-  def __call__(self, records: Sequence[Record]) -> dict[str, Any]:
+  def __call__(self, records: Sequence[Record]) -> SeqBatch | dict[str, Any]:
     kind = records[0].kind
     if any(r.kind != kind for r in records):
       raise ValueError(f"mixed record kinds in one batch: {sorted({r.kind for r in records})}")
@@ -140,19 +143,19 @@ class _Flatten:
     return out
 
 
-def _unflatten(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
-  """Packed rows (Grain's `<feature>_segment_ids` / `_positions`) -> the sequence batch dict."""
-  batch: dict[str, Any] = {"inputs": {}, "targets": {}, "types": {}}
+def _unflatten(rows: Sequence[dict[str, np.ndarray]]) -> SeqBatch:
+  """Packed rows (Grain's flat `<group>.<stream>` features with `_segment_ids` / `_positions`) -> the sequence
+  batch: where packing's flat dicts become typed."""
+  groups: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "targets": {}, "types": {}}
   first = None
   for key in rows[0]:
     if key.endswith(("_segment_ids", "_positions")):
       continue
     group, stream = key.split(".", 1)
-    batch[group][stream] = np.stack([r[key] for r in rows]).astype(np.int32)
+    groups[group][stream] = np.stack([r[key] for r in rows]).astype(np.int32)
     first = first or key
-  batch["segment_ids"] = np.stack([r[f"{first}_segment_ids"] for r in rows]).astype(np.int32)
-  batch["positions"] = np.stack([r[f"{first}_positions"] for r in rows]).astype(np.int32)
-  return batch
+  return SeqBatch(**groups, segment_ids=np.stack([r[f"{first}_segment_ids"] for r in rows]).astype(np.int32),
+                  positions=np.stack([r[f"{first}_positions"] for r in rows]).astype(np.int32))
 
 
 def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: Sequence[int],

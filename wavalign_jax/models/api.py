@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.models import vocab_parallel
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
@@ -85,10 +86,10 @@ def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
-def _forward(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
-  hidden, _ = Transformer(cfg).apply(
-      {"params": params}, batch["inputs"], batch["positions"], causal_mask(batch["segment_ids"]),
-      features=batch.get("features"), feature_mask=batch.get("feature_mask"))
+def _forward(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positions: Array, segment_ids: Array,
+             features: Array | None = None, feature_mask: Array | None = None) -> dict[str, Array]:
+  hidden, _ = Transformer(cfg).apply({"params": params}, inputs, positions, causal_mask(segment_ids),
+                                     features=features, feature_mask=feature_mask)
   return hidden
 
 
@@ -97,8 +98,11 @@ def _head_logits(h: Array, kernel: Array, cfg: ModelConfig) -> Array:
 
 
 def logits(params: Params, cfg: ModelConfig, batch: Mapping[str, Any]) -> dict[str, Array]:
-  """Full float32 logits {stream: [B, L, V]} (tests and small shapes only)."""
-  return {s: _head_logits(h, params[HEADS[s]], cfg) for s, h in _forward(params, cfg, batch).items()}
+  """Full float32 logits {stream: [B, L, V]} (tests and small shapes only) of the model inputs in `batch`: "inputs",
+  "positions", "segment_ids" and optional "features" / "feature_mask" (no targets needed)."""
+  hidden = _forward(params, cfg, batch["inputs"], batch["positions"], batch["segment_ids"], batch.get("features"),
+                    batch.get("feature_mask"))
+  return {s: _head_logits(h, params[HEADS[s]], cfg) for s, h in hidden.items()}
 
 
 def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) -> tuple[Array, Array]:
@@ -121,16 +125,16 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   return unchunk(logp), unchunk(ent)
 
 
-def target_logprobs(params: Params, cfg: ModelConfig, batch: Mapping[str, Any], start: int = 0
-                    ) -> dict[str, dict[str, Array]]:
-  """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of batch["targets"] (main head only for VITA).
+def target_logprobs(params: Params, cfg: ModelConfig, batch: SeqBatch, start: int = 0) -> dict[str, dict[str, Array]]:
+  """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of `batch.targets` (main head only for VITA).
 
   `start` (static) runs the output head on positions start.. only, like TRL's `logits_to_keep`: an RL batch's
   targets before its completions (`rollout.batch.rl_batch`) carry no loss, and the head is the costliest part of the
   step's log-probs. Positions before `start` get log-prob and entropy 0."""
   out = {}
-  for s, h in _forward(params, cfg, batch).items():
-    logp, ent = chunked_logprobs(h[:, start:], params[HEADS[s]], batch["targets"][s][:, start:], cfg)
+  hidden = _forward(params, cfg, batch.inputs, batch.positions, batch.segment_ids, batch.features, batch.feature_mask)
+  for s, h in hidden.items():
+    logp, ent = chunked_logprobs(h[:, start:], params[HEADS[s]], batch.targets[s][:, start:], cfg)
     out[s] = {k: jnp.pad(v, ((0, 0), (start, 0))) for k, v in (("logp", logp), ("entropy", ent))}
   return out
 

@@ -2,17 +2,19 @@
 
 Δ = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)), log-probs summed over the
 text tokens (text-token DPO) or all response tokens (full-token DPO). Reference log-probs are
-precomputed per position and stored in the batch (`ref_logp`), so no reference model is loaded.
+precomputed per position and stored in the batch (`DPOBatch.chosen_ref_logp` / `rejected_ref_logp`), so the loss
+needs no reference model.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
+from wavalign_jax.batches import DPOBatch
 from wavalign_jax.objectives import aggregation
 
 
@@ -52,25 +54,24 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   return term, jax.lax.stop_gradient(metrics)
 
 
-def make_dpo_loss(logprob_fn: Callable[[Any, dict], dict], cfg: DPOConfig):
-  """`dpo_loss_fn(params, batch, count=None) -> (loss, metrics)`.
+def make_dpo_loss(logprob_fn: Callable[..., dict], cfg: DPOConfig):
+  """`dpo_loss_fn(params, batch: DPOBatch, count=None) -> (loss, metrics)`.
 
-  batch = {"chosen": seq_batch, "rejected": seq_batch}, each with `ref_logp` {stream: [B, L]};
-  both halves must have the same shapes: they go through the model as one batch of 2B. An
-  optional `pair_weight` [B] scales pairs (0 drops one).
-  `count` is the step's global pair count when the step is split into micro-batches.
+  Both halves must have the same shapes: they go through the model as one batch of 2B. `count` is the step's
+  global pair count when the step is split into micro-batches.
   """
-  def dpo_loss_fn(params, batch: dict, count: jax.Array | None = None):
-    chosen, rejected = batch["chosen"], batch["rejected"]
+  def dpo_loss_fn(params, batch: DPOBatch, count: jax.Array | None = None):
+    concat = lambda a, b: jnp.concatenate([a, b])
     try:
-      both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), chosen, rejected)
+      both = jax.tree.map(concat, batch.chosen, batch.rejected)
     except ValueError as e:
       raise ValueError(f"DPO batch: 'chosen' and 'rejected' must have the same fields and shapes ({e})") from e
-    b = next(iter(chosen["types"].values())).shape[0]
+    b = next(iter(batch.chosen.types.values())).shape[0]
     out = logprob_fn(params, both)
-    seq = sequence_logp({k: v["logp"] for k, v in out.items()}, both["types"], cfg.token_set)
-    ref = sequence_logp(both["ref_logp"], both["types"], cfg.token_set)
-    term, metrics = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], cfg.beta, batch.get("pair_weight"))
+    seq = sequence_logp({k: v["logp"] for k, v in out.items()}, both.types, cfg.token_set)
+    ref = sequence_logp(jax.tree.map(concat, batch.chosen_ref_logp, batch.rejected_ref_logp), both.types,
+                        cfg.token_set)
+    term, metrics = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], cfg.beta, batch.pair_weight)
     loss = aggregation.term_value(term, count)
     return loss, {"loss": loss, **{f"dpo/{k}": v for k, v in metrics.items()}}
   return dpo_loss_fn

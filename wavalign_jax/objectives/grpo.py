@@ -16,12 +16,18 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
+from wavalign_jax.batches import RLBatch
 from wavalign_jax.objectives import aggregation
 from wavalign_jax.objectives.sft import type_weights
 
 GRPO_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 ADVANTAGE_SCALES = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+
+# How a step combines these metrics of `grpo_loss` over micro-batches (`steps.reduce_micro_metrics`): counts add
+# up, maxima take the max; a metric not named here is a per-micro-batch mean and is averaged.
+METRIC_REDUCERS = {"num_text_tokens": "sum", "num_speech_tokens": "sum", "num_rl_tokens": "sum",
+                   "num_fallback_seqs": "sum", "sampler_logp_gap_max": "max"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +141,10 @@ def _completions(types: aggregation.Streams) -> jax.Array:
   return jnp.any(aggregation.concat_streams(types) != tokens.TokenType.NONE, axis=1)
 
 
-def grpo_count(types: aggregation.Streams, cfg: GRPOConfig, seq_weight: jax.Array | None = None,
-               fallback: jax.Array | None = None) -> jax.Array:
-  """The GRPO denominator of a batch, without a forward pass."""
-  return aggregation.aggregate_count(rl_token_weights(types, cfg.token_set, fallback), cfg.aggregation, seq_weight,
-                                     counted=_completions(types))
+def grpo_count(batch: RLBatch, cfg: GRPOConfig) -> jax.Array:
+  """The GRPO denominator of a batch (its types, `seq_weight` and `fallback`), without a forward pass."""
+  return aggregation.aggregate_count(rl_token_weights(batch.types, cfg.token_set, batch.fallback), cfg.aggregation,
+                                     batch.seq_weight, counted=_completions(batch.types))
 
 
 def kl_divergence(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
@@ -155,20 +160,21 @@ def kl_divergence(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.A
   raise ValueError(f"KL estimator {estimator!r}: choose one of {list(KL_ESTIMATORS)}")
 
 
-def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages: jax.Array, cfg: GRPOConfig,
-              *, old_logp: aggregation.Streams | None = None, ref_logp: aggregation.Streams | None = None,
-              seq_weight: jax.Array | None = None, entropy: aggregation.Streams | None = None,
-              fallback: jax.Array | None = None, sampler_logp: aggregation.Streams | None = None,
-              ) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
-  """GRPO loss term and metrics for completions `logp` {stream: [B, L]} with `advantages` [B].
+def grpo_loss(logp: aggregation.Streams, batch: RLBatch, cfg: GRPOConfig, *,
+              entropy: aggregation.Streams | None = None) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
+  """GRPO loss term and metrics for the completions of `batch` whose log-probs are `logp` {stream: [B, L]}.
 
-  `old_logp`: π_old of a later PPO iteration (the training forward's log-probs when the rollout batch was
-  made); without it the step is on-policy (ratio exactly 1, stop-gradient of `logp`), which is also the
-  first iteration with clipping. `ref_logp` is required with β > 0; `seq_weight` [B] scales sequences (0
-  drops one); `fallback` [B] rows use their whole completion (`group_fallback`); `entropy` and
-  `sampler_logp` (the sampler's log-probs of the same tokens) feed metrics only.
+  The batch's `advantages` [B] are required. `old_logp`: π_old of a later PPO iteration (the training forward's
+  log-probs when the rollout batch was made); without it the step is on-policy (ratio exactly 1, stop-gradient of
+  `logp`), which is also the first iteration with clipping. `ref_logp` is required with β > 0; `seq_weight` [B]
+  scales sequences (0 drops one); `fallback` [B] rows use their whole completion (`group_fallback`); `entropy`
+  (of the forward) and `sampler_logp` (the sampler's log-probs of the same tokens) feed metrics only.
   """
+  types, advantages, fallback = batch.types, batch.advantages, batch.fallback
+  old_logp, ref_logp, sampler_logp = batch.old_logp, batch.ref_logp, batch.sampler_logp
   aggregation.check_streams("types", types, logp)
+  if advantages is None:
+    raise ValueError("GRPO needs the rl batch's advantages (the step adds them from the rewards)")
   if advantages.shape != (next(iter(logp.values())).shape[0],):
     raise ValueError(f"advantages shape {advantages.shape} does not match batch size")
   if cfg.uses_kl and ref_logp is None:
@@ -194,7 +200,7 @@ def grpo_loss(logp: aggregation.Streams, types: aggregation.Streams, advantages:
       objective = objective - type_weights(types[k], cfg.beta_text, cfg.beta_speech) * kls[k]
     per_token[k], ratios[k] = -objective, ratio
 
-  term = aggregation.aggregate(per_token, weights, cfg.aggregation, seq_weight=seq_weight,
+  term = aggregation.aggregate(per_token, weights, cfg.aggregation, seq_weight=batch.seq_weight,
                                norm_length=cfg.norm_length, counted=_completions(types))
   metrics = _metrics(types, weights, adv, ratios, kls, entropy, cfg, fallback)
   if sampler_logp is not None:   # sampler (bf16 KV cache) vs training forward on the same tokens, as verl logs it

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.objectives import aggregation
 
 # Config names -> aggregation modes. "sample_mean" (reference): per-sample weighted masked mean,
@@ -43,13 +44,13 @@ def sft_token_weights(types: aggregation.Streams, cfg: SFTConfig) -> dict[str, j
           for k, t in types.items()}
 
 
-def sft_count(types: aggregation.Streams, cfg: SFTConfig) -> jax.Array:
+def sft_count(batch: SeqBatch, cfg: SFTConfig) -> jax.Array:
   """The SFT denominator of a batch, without a forward pass."""
-  return aggregation.aggregate_count(sft_token_weights(types, cfg), SFT_AGGREGATIONS[cfg.aggregation])
+  return aggregation.aggregate_count(sft_token_weights(batch.types, cfg), SFT_AGGREGATIONS[cfg.aggregation])
 
 
-def sft_loss(logp: aggregation.Streams, types: aggregation.Streams, cfg: SFTConfig) -> aggregation.LossTerm:
-  """Weighted NLL of the targets; `logp` {stream: [B, L]} log-probs of each target."""
-  aggregation.check_streams("types", types, logp)
+def sft_loss(logp: aggregation.Streams, batch: SeqBatch, cfg: SFTConfig) -> aggregation.LossTerm:
+  """Weighted NLL of the batch's targets; `logp` {stream: [B, L]} log-probs of each target."""
+  aggregation.check_streams("types", batch.types, logp)
   nll = {k: -v.astype(jnp.float32) for k, v in logp.items()}
-  return aggregation.aggregate(nll, sft_token_weights(types, cfg), SFT_AGGREGATIONS[cfg.aggregation])
+  return aggregation.aggregate(nll, sft_token_weights(batch.types, cfg), SFT_AGGREGATIONS[cfg.aggregation])

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wavalign_jax.analysis import judge_agreement, rollout_diversity
+from wavalign_jax.batches import RLBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rewards.base import RewardFn, RewardResult, rollout_items
@@ -29,7 +30,7 @@ from wavalign_jax.tokens import TokenType
 @dataclasses.dataclass
 class RolloutBatch:
   """One step's rollouts, scored, on this host's rows (host numpy)."""
-  rl: dict[str, Any]             # the RL sequence batch [P*G, L] (`rl_batch`, trimmed), one length on every host
+  rl: RLBatch                    # the RL sequence batch [P*G, L] (`rl_batch`, trimmed), one length on every host
   rl_start: int                  # first completion target position (prompt length - 1): the step's `rl_start`
   rewards: np.ndarray            # f32[P, G]
   valid: np.ndarray              # bool[P, G]: rewards that count (failed judge calls excluded if asked)
@@ -57,7 +58,6 @@ def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig,
   valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
   metrics.update(rollout_metrics(rollouts, sampling.constraint, rewards, contents, result))
   batch = jax.device_get(rl_batch(prompts, rollouts, sampling.pad))
-  batch.pop("group_ids")
   prompt_len = prompts["valid"].shape[1]
   batch = trim_rl_batch(batch, prompt_len, sampling.max_new_tokens, length_buckets)
   return RolloutBatch(hosts.same_length(batch, sampling.pad), prompt_len - 1, rewards, valid, contents, result,
@@ -83,17 +83,17 @@ def rollout_metrics(rollouts: Rollouts, constraint: Constraint, rewards: np.ndar
   return metrics
 
 
-def trim_rl_batch(batch: dict, prompt_len: int, max_new_tokens: int, buckets: int) -> dict:
+def trim_rl_batch(batch: RLBatch, prompt_len: int, max_new_tokens: int, buckets: int) -> RLBatch:
   """Cuts the RL batch [B, Lp + N] (`rl_batch`) after the longest completion, rounded up to one of
   `buckets` lengths Lp + k·N/buckets (a few compiled shapes instead of always paying for Lp + N)."""
-  longest = int(np.max(np.sum(np.asarray(batch["segment_ids"])[:, prompt_len:] > 0, axis=1)))
+  longest = int(np.max(np.sum(np.asarray(batch.segment_ids)[:, prompt_len:] > 0, axis=1)))
   step = -(-max_new_tokens // buckets)
   length = prompt_len + min(max_new_tokens, step * -(-max(longest, 1) // step))
   return jax.tree.map(lambda x: x[:, :length] if np.ndim(x) >= 2 else x, batch)
 
 
 @functools.partial(jax.jit, static_argnames=("pad_id",))
-def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[str, Any]:
+def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> RLBatch:
   """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, [B, Lp + N], as sampled: the
   prompt left-padded to Lp, every row's completion from position Lp on (right-padded after its stop token).
 
@@ -115,15 +115,16 @@ def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> dict[s
     chosen = jnp.where(rollouts.forced[s], int(TokenType.NONE), rollouts.types[s])
     types[s] = nxt(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), chosen], axis=1), 0)
     sampler_logp[s] = nxt(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1), 0.0)
-  batch = dict(inputs=inputs, targets=targets, types=types, sampler_logp=sampler_logp,
-               positions=jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
-               segment_ids=valid.astype(jnp.int32), group_ids=rollouts.group_ids)
+  features = feature_mask = None
   if "features" in prompts:
     f = rep(prompts["features"])
-    batch["features"] = jnp.concatenate([f, jnp.zeros((B, N) + f.shape[2:], f.dtype)], axis=1)
-    batch["feature_mask"] = jnp.concatenate([rep(prompts["feature_mask"]).astype(bool), jnp.zeros((B, N), bool)],
-                                            axis=1) & valid
-  return batch
+    features = jnp.concatenate([f, jnp.zeros((B, N) + f.shape[2:], f.dtype)], axis=1)
+    feature_mask = jnp.concatenate([rep(prompts["feature_mask"]).astype(bool), jnp.zeros((B, N), bool)],
+                                   axis=1) & valid
+  return RLBatch(inputs=inputs, targets=targets, types=types,
+                 positions=jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
+                 segment_ids=valid.astype(jnp.int32), features=features, feature_mask=feature_mask,
+                 sampler_logp=sampler_logp)
 
 
 def response_contents(rollouts: Rollouts, constraint: Constraint) -> list[tuple[list[int], list[int]]]:

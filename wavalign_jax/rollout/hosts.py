@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from wavalign_jax import sharding
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import decode
@@ -66,9 +67,9 @@ def common_length(n: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.int32(n))))
 
 
-def same_length(batch: dict, pad_id: int) -> dict:
-  """A sequence batch right-padded to the longest length any host holds (`common_length`)."""
-  return layouts.pad_sequence_batch(batch, common_length(batch["segment_ids"].shape[1]), pad_id)
+def same_length(batch: SeqBatch, pad_id: int) -> SeqBatch:
+  """A sequence batch (or `RLBatch`) right-padded to the longest length any host holds (`common_length`)."""
+  return layouts.pad_sequence_batch(batch, common_length(batch.segment_ids.shape[1]), pad_id)
 
 
 def same_prompt_length(prompts: dict) -> dict:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wavalign_jax import models
+from wavalign_jax.batches import SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import mctp
@@ -78,9 +79,9 @@ def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: i
   return {"inputs": inputs, "valid": valid}
 
 
-def left_pad(prompt_batch: dict, lengths: np.ndarray) -> dict:
+def left_pad(prompt_batch: SeqBatch, lengths: np.ndarray) -> dict:
   """Right-padded prompt rows (the loader's layout) -> the left-padded layout the sampler needs."""
-  inputs = prompt_batch["inputs"]
+  inputs = prompt_batch.inputs
   L = next(iter(inputs.values())).shape[1]
   shift = L - np.asarray(lengths)
   idx = (np.arange(L)[None, :] - shift[:, None]) % L

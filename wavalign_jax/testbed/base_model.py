@@ -16,6 +16,7 @@ import jax
 import ml_collections as mlc
 
 from wavalign_jax import checkpointing, models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch
 from wavalign_jax.data import loader
 from wavalign_jax.errors import NonFiniteStop
 from wavalign_jax.models.config import ModelConfig
@@ -53,7 +54,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   print(f"testbed: SFT-training the base model for {tb.base_sft_steps} steps -> {out_dir}", flush=True)
   start = time.time()
   for i in range(int(state.step), tb.base_sft_steps):
-    state, metrics = step(state, sharding.device_put_batch({"sft": next(it)}, mesh))
+    state, metrics = step(state, sharding.device_put_batch(HybridBatch(sft=next(it)), mesh))
     stop = steps.report_skipped(state, config.train.max_consecutive_skips, "the testbed's base-model SFT",
                                 ckpt.latest_step(), "testbed.base_learning_rate")
     if stop:

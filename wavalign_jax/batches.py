@@ -1,0 +1,60 @@
+"""The batches the losses and steps read, as typed pytrees (WORKSPACE.md "Contracts between modules").
+
+Batches were dicts with up to seven optional keys, so a misspelt or missing field only surfaced deep inside a
+jitted step. Each kind is declared once here as a `flax.struct` dataclass: a pytree (jax.tree, jit and the batch
+sharding see its arrays; an absent optional part is None, which is no leaf), with every field named and typed.
+They are built where batches are made: `data.layouts` (the loader's sequence batches), `rollout.batch.rl_batch`
+and the train loop; the losses take them as Tunix's take a `TrainExample`. Arrays are host numpy or jax arrays.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flax import struct
+
+Array = Any                   # jax.Array, or host numpy before `sharding.device_put_batch`
+Streams = dict[str, Array]    # {stream: [B, L]} (`ModelConfig.streams`)
+
+
+@struct.dataclass
+class SeqBatch:
+  """What a model forward reads, [B, L] rows (packed rows hold several segments): `models.target_logprobs`."""
+  inputs: Streams               # int32 ids fed to the model
+  targets: Streams              # int32 next-token targets (within a segment)
+  types: Streams                # int32 TokenType of each target (0 = no loss)
+  positions: Array              # int32 [B, L] RoPE positions (restart at 0 in each segment)
+  segment_ids: Array            # int32 [B, L]; 0 = padding
+  features: Array | None = None       # float [B, L, D_in] continuous features (parallel models)
+  feature_mask: Array | None = None   # bool [B, L] positions that carry a feature
+
+
+@struct.dataclass
+class RLBatch(SeqBatch):
+  """Prompt + completion rows of a rollout batch (`rollout.batch.rl_batch`) and what the loop and the step add."""
+  sampler_logp: Streams | None = None   # the sampler's log-probs of the targets (metrics only)
+  ref_logp: Streams | None = None       # frozen reference's log-probs (KL, β > 0)
+  old_logp: Streams | None = None       # π_old of a later PPO iteration (absent: on-policy)
+  advantages: Array | None = None       # f32 [B], added by the step
+  seq_weight: Array | None = None       # f32 [B], 0 drops a row (added by the step)
+  fallback: Array | None = None         # bool [B], the row trains on its whole completion (`grpo.group_fallback`)
+
+
+@struct.dataclass
+class DPOBatch:
+  """Preference pairs: row b of `chosen` against row b of `rejected` (same shapes), with the frozen reference's
+  per-position log-probs of each."""
+  chosen: SeqBatch
+  rejected: SeqBatch
+  chosen_ref_logp: Streams
+  rejected_ref_logp: Streams
+  pair_weight: Array | None = None      # f32 [B], 0 drops a pair
+
+
+@struct.dataclass
+class HybridBatch:
+  """One hybrid step: reference responses (SFT) [P] and rollouts (RL) [P*G] with their rewards [P, G]. A part
+  whose weight is structurally 0 (SFT-only or RL-only methods, the SFT stage) is None."""
+  sft: SeqBatch | None = None
+  rl: RLBatch | None = None
+  rewards: Array | None = None          # f32 [P, G]; rows p*G .. p*G+G-1 of `rl` are prompt p's group
+  reward_valid: Array | None = None     # bool [P, G]: rewards that count
