@@ -8,10 +8,11 @@ Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over
   2000 steps x 8 prompts x 4 rollouts; about a day on 8x H100 (rollout-bound).
   "Text tokens" are the text-stream positions, "speech tokens" the audio-stream positions.
 
-Built-in testbed (no weights, no data; CPU, about 20-30 minutes on 2 cores):
+Built-in testbed (no weights, no data; CPU, about 30-40 minutes on 2 cores):
   python -m wavalign_jax.train --config=experiments/kimi.py:tiny --workdir=/tmp/kimi_tiny
-  The synthetic spoken-QA task (docs/testbed.md), a tiny base model SFT-trained for 1000 steps, then 600 hybrid
-  steps; IQ / EQ (every eval row, 95% CIs) before and after. `python -m wavalign_jax.study` compares methods.
+  The synthetic spoken-QA task (docs/testbed.md), a tiny base model SFT-trained for 1000 steps, then 1600 hybrid
+  steps (the parallel layout's RL learns more slowly than VITA's: docs/testbed.md "The budget"); IQ / EQ (every
+  eval row, 95% CIs) before and after. `python -m wavalign_jax.study` compares methods.
 
 Variants after ':' (comma separated): size `tiny`; a method from wavalign_jax/config_lib.py METHODS.
 """
