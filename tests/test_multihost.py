@@ -98,8 +98,10 @@ def _lengths_worker(process_id: int, port: int, out: str) -> None:
 def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
   """Runs this file as two worker processes (4 fake CPU devices each) and loads what each wrote to outs[i]."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(REPO))
+  # the session's XLA flags (conftest.py: same compiler settings as the one-process reference), 4 devices each
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env = dict(os.environ, XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=4"]),
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   procs = [subprocess.Popen([sys.executable, __file__, args[0], str(i), str(port), *args[1:], str(outs[i])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   logs = [p.communicate(timeout=timeout)[0] for p in procs]
