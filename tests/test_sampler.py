@@ -301,6 +301,57 @@ def test_parallel_greedy_unconstrained_matches_uncached_forward(kimi):
 
 
 
+def test_cache_windows_grow_to_max_new_tokens():
+  assert rollout.sampler.windows(128, 4) == [32, 64, 96, 128]
+  assert rollout.sampler.windows(20, 3) == [8, 16, 20]
+  assert rollout.sampler.windows(10, 4) == [8, 10]       # rounded up to multiples of 8, duplicates merged
+  assert rollout.sampler.windows(5, 4) == [5]
+  assert rollout.sampler.windows(40, 1) == [40]
+
+
+@pytest.mark.parametrize("arch", ["vita", "kimi"])
+def test_shared_prompt_and_grown_cache_match_uncached_forward(arch, request):
+  """Three rows per prompt read one copy of its cache; the completion cache grows twice (8 -> 16 -> 20 slots)
+  while decoding: greedy tokens and log-probs equal full forwards, rows of a prompt agree."""
+  cfg, params, prompts = request.getfixturevalue(arch)
+  con = constraints.InterleavedConstraint(TIV, RATIOS) if arch == "vita" else None
+  sc = rollout.SamplingConfig(max_new_tokens=20, group_size=3, sampling=GREEDY, constraint=con, cache_windows=3)
+  r = rollout.sample(params, cfg, prompts, jax.random.key(0), sc)
+  _assert_matches_reference(r, _greedy_reference(params, cfg, prompts, 20, con, TIV.pad if con else 0), 3,
+                            cfg.streams)
+  assert int(np.asarray(r.lengths).max()) > 16   # the last window was used
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (2, 1, 4)])
+def test_sampling_on_a_mesh_matches_one_device(vita, shape):
+  """Prompts and caches split over the data axes (FSDP > 1: layers stay scanned), heads over tensor: the
+  shared prompt prefix and the grown cache give the rollouts of one device (8 fake devices)."""
+  from wavalign_jax import sharding
+  from wavalign_jax.rollout import hosts
+  cfg, params, prompts = vita
+  sc = rollout.SamplingConfig(max_new_tokens=20, group_size=2, sampling=GREEDY,
+                              constraint=constraints.InterleavedConstraint(TIV, RATIOS), cache_windows=3)
+  want = jax.device_get(rollout.sample(params, cfg, prompts, jax.random.key(2), sc))
+  got = hosts.sample_rows(params, cfg, prompts, jax.random.key(2), sc, sharding.make_mesh(shape))
+  np.testing.assert_array_equal(got.tokens["tokens"], want.tokens["tokens"])
+  np.testing.assert_array_equal(got.lengths, want.lengths)
+  np.testing.assert_allclose(got.logp["tokens"], want.logp["tokens"], atol=2e-5)
+
+
+def test_shared_prefix_holds_each_prompt_once(vita):
+  cfg, params, prompts = vita
+  P, Lp = prompts["valid"].shape
+  _, cache = models.decode(params, cfg, prompts["inputs"], np.zeros((P, Lp), np.int32), models.init_cache(cfg, P, Lp),
+                           valid=prompts["valid"])
+  shared = models.extend_cache(models.share_prefix(cache, 4, 8), 24)
+  layer = shared["trunk"][0]
+  assert layer["prefix_k"].shape == (P, cfg.num_kv_heads, Lp, cfg.head_dim)
+  assert layer["k"].shape == (4 * P, 24, cfg.num_kv_heads, cfg.head_dim)
+  np.testing.assert_array_equal(np.asarray(layer["prefix_k"]), np.asarray(cache["trunk"][0]["k"]).swapaxes(1, 2))
+  np.testing.assert_array_equal(np.asarray(shared["prefix_valid"]), prompts["valid"])
+  assert not np.asarray(shared["valid"]).any() and int(shared["index"]) == 0
+
+
 def _replay_forced(con, r):
   """{stream: bool[B, N]}: positions where the constraint, replayed on the emitted tokens, allowed one id."""
   allowed_fn, update_fn = _jitted(con)

@@ -144,6 +144,9 @@ def base_config() -> mlc.ConfigDict:
   # The RL batch is cut to the longest rollout rounded up to one of this many lengths (compiled shapes);
   # 1 = always the full prompt + max_new_tokens (one compilation: best when compiling dominates, e.g. tiny runs).
   c.rollout.length_buckets = 8
+  # The decode loop grows its completion KV cache in this many steps (one more compiled loop body each), so
+  # a token attends to about what has been written, not a max_new_tokens cache; 1 = one static cache.
+  c.rollout.cache_windows = 4
 
   # --- Reward ----------------------------------------------------------------------------------
   c.reward = mlc.ConfigDict()

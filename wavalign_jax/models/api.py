@@ -10,6 +10,14 @@ Decoding contract (the sampler builds on exactly this):
       Writes slots [index, index + T), query slot i sees slot j iff j <= i and valid[j]; returns
       {stream: float32[B, V]} for the LAST of the T positions and the cache with index += T.
       The caller keeps index + T <= max_len (dynamic_update_slice would clamp silently).
+  cache = extend_cache(cache, max_len)
+      The same cache with room for max_len slots (the new ones empty): a decode loop that grows its cache
+      in steps attends to the slots written so far, not to a whole static cache from the first token.
+  cache = share_prefix(cache, group_size, max_len)
+      After a prefill of P prompts: their cache becomes a prefix shared by G = group_size consecutive rows
+      each (stored once per prompt, heads-major), plus an empty own cache of P*G rows x max_len slots that
+      `decode` then fills one token at a time (slot 0 = the first new token); queries see every valid prefix
+      slot. Prefill P rows instead of P*G, and keep one copy of each prompt's keys and values.
   Pure and jit-friendly: T, B and max_len are static, index is a traced scalar.
 """
 from __future__ import annotations
@@ -152,6 +160,9 @@ def mtp_logits(params: Params, cfg: ModelConfig, tokens: Array, positions: Array
   return [_head_logits(h, params["lm_head"], cfg) for h in hidden]
 
 
+_KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", None)
+
+
 def _stack_sizes(cfg: ModelConfig) -> dict[str, int]:
   if cfg.arch == "parallel":
     return {"trunk": cfg.mimo_from_layer + 1, "text_trunk": cfg.num_layers - cfg.mimo_from_layer - 1,
@@ -164,13 +175,13 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any
   cache: dict[str, Any] = {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((batch_size, max_len), bool)}
   for name, n in _stack_sizes(cfg).items():
     shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-    cache[name] = [{"k": _cache_buffer(shape, cfg), "v": _cache_buffer(shape, cfg)} for _ in range(n)]
+    cache[name] = [{"k": _cache_buffer(shape, cfg.dtype), "v": _cache_buffer(shape, cfg.dtype)} for _ in range(n)]
   return cache
 
 
-def _cache_buffer(shape: tuple[int, ...], cfg: ModelConfig) -> Array:
+def _cache_buffer(shape: tuple[int, ...], dtype: Any) -> Array:
   """A zero KV buffer [B, S, K, D] sharded like the activations (rows over the data axes)."""
-  return constrain(jnp.zeros(shape, cfg.dtype), ("activation_batch", "activation_length", "activation_kv_heads", None))
+  return constrain(jnp.zeros(shape, dtype), _KV_AXES)
 
 
 def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positions: Array,
@@ -179,6 +190,33 @@ def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positi
   """Prefill (T = prompt length) or step (T = 1) with the KV cache; see the module docstring."""
   hidden, cache = decode_hidden(params, cfg, inputs, positions, cache, valid, features, feature_mask)
   return {s: _head_logits(h[:, -1], params[HEADS[s]], cfg) for s, h in hidden.items()}, cache
+
+
+def share_prefix(cache: dict[str, Any], group_size: int, max_len: int) -> dict[str, Any]:
+  """A prefilled cache of P prompts -> the prompts as a shared prefix of P * group_size rows (module docstring)."""
+  P = cache["valid"].shape[0]
+  B = P * group_size
+  prefix_axes = ("activation_batch", "activation_kv_heads", "activation_length", None)
+
+  def layer(kv: dict[str, Array]) -> dict[str, Array]:
+    shape = (B, max_len) + kv["k"].shape[2:]
+    out = {"k": _cache_buffer(shape, kv["k"].dtype), "v": _cache_buffer(shape, kv["v"].dtype)}
+    # Heads-major [P, K, Sp, D]: the decode step's per-prompt dots read it without a transpose per token.
+    out.update({f"prefix_{n}": constrain(kv[n].swapaxes(1, 2), prefix_axes) for n in ("k", "v")})
+    return out
+  stacks = {name: [layer(kv) for kv in layers] for name, layers in cache.items() if name not in ("index", "valid")}
+  return {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((B, max_len), bool),
+          "prefix_valid": cache["valid"], **stacks}
+
+
+def extend_cache(cache: dict[str, Any], max_len: int) -> dict[str, Any]:
+  """`cache` with room for `max_len` slots; the new slots are empty (module docstring)."""
+  grow = lambda x: jnp.pad(x, [(0, 0), (0, max_len - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+  out = dict(cache, valid=grow(cache["valid"]))
+  for name, layers in cache.items():
+    if name not in ("index", "valid", "prefix_valid"):
+      out[name] = [dict(kv, k=constrain(grow(kv["k"]), _KV_AXES), v=constrain(grow(kv["v"]), _KV_AXES)) for kv in layers]
+  return out
 
 
 def for_decoding(params: Params, cfg: ModelConfig, unstack: bool = True) -> tuple[Params, ModelConfig]:
@@ -231,16 +269,21 @@ def decode_hidden(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array],
   if valid is None:
     valid = jnp.ones((B, T), bool)
   cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid.astype(bool), (0, idx))
-  stacks = {k: v for k, v in cache.items() if k not in ("index", "valid")}
-  hidden, new = Transformer(cfg).apply({"params": params}, dict(inputs), positions, _cached_mask(cache_valid, idx, T),
+  mask = _cached_mask(cache_valid, idx, T)
+  if "prefix_valid" in cache:   # every new query sees each valid slot of its prompt
+    prefix = jnp.repeat(cache["prefix_valid"], B // cache["prefix_valid"].shape[0], axis=0)
+    mask = jnp.concatenate([jnp.broadcast_to(prefix[:, None, None, :], (B, 1, T, prefix.shape[1])), mask], axis=-1)
+  meta = ("index", "valid", "prefix_valid")
+  stacks = {k: v for k, v in cache.items() if k not in meta}
+  hidden, new = Transformer(cfg).apply({"params": params}, dict(inputs), positions, mask,
                                        stacks, idx, features=features, feature_mask=feature_mask)
-  return hidden, {"index": idx + T, "valid": cache_valid, **new}
+  return hidden, {**{k: cache[k] for k in meta if k in cache}, "index": idx + T, "valid": cache_valid, **new}
 
 
 def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> list[dict[str, Array]]:
   """One static KV cache {"k","v": [B, max_len, kv_heads, head_dim]} per MCTP module, indexed by anchor slot."""
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return [{"k": _cache_buffer(shape, cfg), "v": _cache_buffer(shape, cfg)} for _ in range(cfg.num_mtp_modules)]
+  return [{"k": _cache_buffer(shape, cfg.dtype), "v": _cache_buffer(shape, cfg.dtype)} for _ in range(cfg.num_mtp_modules)]
 
 
 def mtp_decode(params: Params, cfg: ModelConfig, k: int, tokens: Array, hidden: Array, positions: Array,

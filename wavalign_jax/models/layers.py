@@ -6,8 +6,8 @@ are where bfloat16 loses the accuracy the converted checkpoints need.
 
 A layer is called as `layer(x, aux, cache) -> (x, new_cache)` so that the same class can be
 `nn.scan`-ned (x is the carry, `aux` is broadcast, the per-layer cache is scanned) or looped.
-`aux` = (positions [B,T], mask [B,1,T,S], cache_index []) where S = T without a cache and the cache
-length with one.
+`aux` = (positions [B,T], mask [B,1,T,S], cache_index []) where S = T without a cache; with one, S is the
+number of cache slots: the shared prompt prefix (if the cache has one, api.share_prefix) then the row's own.
 """
 from __future__ import annotations
 
@@ -130,16 +130,33 @@ def _attend_block(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Arra
   return jnp.einsum("bkqs,bksd->bkqd", p, v)
 
 
-def _attend_one(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
+def _attend_one(q: Array, k: Array, v: Array, mask: Array, dtype: Any,
+                prefix: tuple[Array, Array] | None = None) -> Array:
   """`attend` for one query position (a decode step) as broadcast products and reductions over the cache in
-  its stored layout: the batched [1 x D] @ [D x S] dots would first transpose the whole KV cache."""
+  its stored layout: the batched [1 x D] @ [D x S] dots would first transpose the whole KV cache.
+
+  `prefix` = (k, v) [P, K, Sp, D] (heads-major): keys shared by the G = B / P consecutive rows of each prompt,
+  read once per prompt instead of once per row; mask [B, 1, 1, Sp + S] covers the prefix, then k / v."""
   b, _, h, d = q.shape
   kv = k.shape[2]
-  q = (q * (d ** -0.5)).reshape(b, 1, kv, h // kv, d)
+  g = h // kv
+  q = (q * (d ** -0.5)).reshape(b, 1, kv, g, d)
   s = jnp.sum((q * k[:, :, :, None, :]).astype(jnp.float32), axis=-1)          # [B, S, K, G]
+  if prefix is not None:
+    pk, pv = prefix
+    grouped = q.reshape(pk.shape[0], b // pk.shape[0], kv, g, d)               # [P, rows, K, G, D]
+    sp = jnp.einsum("prkgd,pksd->psrkg", grouped, pk, preferred_element_type=jnp.float32)
+    s = jnp.concatenate([sp.reshape(pk.shape[0], pk.shape[2], -1, kv, g).swapaxes(1, 2).reshape(b, -1, kv, g), s],
+                        axis=1)
   s = jnp.where(mask[:, 0, 0, :, None, None], s, _MASK_VALUE)
   p = jax.nn.softmax(s, axis=1).astype(dtype)
-  return jnp.sum(p[..., None] * v[:, :, :, None, :], axis=1).reshape(b, 1, h, d)
+  if prefix is None:
+    return jnp.sum(p[..., None] * v[:, :, :, None, :], axis=1).reshape(b, 1, h, d)
+  n_pre = pk.shape[2]
+  out = jnp.sum(p[:, n_pre:, ..., None] * v[:, :, :, None, :], axis=1)          # [B, K, G, D]
+  pp = p[:, :n_pre].reshape(pk.shape[0], b // pk.shape[0], n_pre, kv, g)
+  out += jnp.einsum("prskg,pksd->prkgd", pp, pv).reshape(b, kv, g, d)
+  return out.reshape(b, 1, h, d)
 
 
 def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implementation: str = "cudnn") -> Array:
@@ -160,13 +177,20 @@ class Attention(nn.Module):
     k = Dense(c, e, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), True, name="k")(x)
     v = Dense(c, e, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), True, name="v")(x)
     q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
-    if cache is not None:  # write the T new slots, then attend over the whole static cache
+    prefix = None
+    if cache is not None:  # write the T new slots, then attend over the whole cache
       start = (0, cache_index, 0, 0)
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-      cache = {"k": k, "v": v}
+      cache = {**cache, "k": k, "v": v}
+      if "prefix_k" in cache:
+        prefix = (cache["prefix_k"].astype(c.dtype), cache["prefix_v"].astype(c.dtype))
     k, v = k.astype(c.dtype), v.astype(c.dtype)
-    if c.attention_impl == "xla":
+    if prefix is not None:   # decode steps (either attention_impl): a fused kernel gains nothing at T = 1
+      if q.shape[1] != 1:
+        raise ValueError(f"a KV cache with a shared prompt prefix is read one token at a time (got {q.shape[1]})")
+      out = _attend_one(q, k, v, mask, c.dtype, prefix)
+    elif c.attention_impl == "xla":
       out = attend(q, k, v, mask, c.dtype, c.attention_block, causal=cache is None, remat=c.remat != "none")
     elif c.attention_impl == "cudnn":
       out = fused_attend(q, k, v, mask, c.dtype)

@@ -52,8 +52,13 @@ class SamplingConfig:
   decode: str = "main"                   # "main": every token from the main head; "mctp": rollout/mctp.py
   mctp_schedule: tuple[int, ...] = ()    # [M1, m1, M2, m2, ...] for decode="mctp"
   unstack_layers: bool = True            # per-layer decode (fast); hosts.sample_rows turns it off under FSDP
+  # The main-head loop grows its completion cache in this many steps (each one more compiled loop body): a
+  # token attends to the prompt and to about the completion written so far, not a whole static cache.
+  cache_windows: int = 4
 
   def __post_init__(self):
+    if self.cache_windows < 1:
+      raise ValueError(f"rollout cache_windows={self.cache_windows}: need >= 1")
     if self.decode not in DECODERS:
       raise ValueError(f"rollout.decode={self.decode!r}: choose one of {DECODERS} (or 'auto' in the config)")
     if self.decode == "mctp" and not self.mctp_schedule:
@@ -70,7 +75,7 @@ class SamplingConfig:
 def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
   """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
   top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
-  the global ones, `constrained` (default True: the layout's constraint mask), `decode` ("auto": MCTP
+  the global ones, `constrained` (default True: the layout's constraint mask), `cache_windows`, `decode` ("auto": MCTP
   when the model has MCTP modules, as upstream; "main"; "mctp") and `mctp_schedule` (default: the layout's
   ratio list, as upstream sets its inference mode)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
   fields = ("temperature", "top_p", "top_k")
@@ -91,7 +96,8 @@ def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modul
   schedule = tuple(rollout_cfg.get("mctp_schedule") or layout_cfg.get("ratios") or ()) if decode == "mctp" else ()
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
                         sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
-                        mctp_schedule=schedule)
+                        mctp_schedule=schedule,
+                        cache_windows=int(rollout_cfg.get("cache_windows", SamplingConfig.cache_windows)))
 
 
 class Rollouts(NamedTuple):

@@ -1,14 +1,18 @@
-"""Group rollouts with a static KV cache: one prefill, then single-token steps in a `lax.while_loop`.
+"""Group rollouts with a static KV cache: one prefill per prompt, then single-token steps in `lax.while_loop`s.
 
-`sample` repeats each of the P left-padded prompts G times (rows p*G .. p*G+G-1 are prompt p's
-group), prefills the cache with the whole prompt and decodes until every row has stopped or
-`max_new_tokens` steps ran. The cache is allocated inside the compiled program and carried by the
-loop, so XLA updates it in place (what donating a cache argument would buy, without a second copy).
-Token choice, the loop's carry and the settings are in decode.py (shared with the MCTP decoder, mctp.py).
+`sample` prefills the cache with the P left-padded prompts once and shares it (`models.share_prefix`):
+the G rows of prompt p (rows p*G .. p*G+G-1, its group) read one copy of its keys and values, and each
+row writes its completion into its own block. Decoding runs until every row has stopped or
+`max_new_tokens` steps ran, in `cache_windows` loops whose completion block grows from one loop to the next,
+so a token attends to the prompt and to a block about the size of what has been written, not a whole static
+cache from the first token. The cache is allocated inside the compiled program and carried by the loops,
+so XLA updates it in place (what donating a cache argument would buy, without a second copy). Token
+choice, the loop's carry and the settings are in decode.py (shared with the MCTP decoder, mctp.py).
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -23,23 +27,28 @@ from wavalign_jax.rollout import mctp
 from wavalign_jax.rollout.decode import Rollouts, SamplingConfig, emit, finish, init_carry, validate_prompts
 
 
+def windows(n: int, count: int) -> list[int]:
+  """The completion-cache sizes of the decode loops: `count` growing ends, the last one n (multiples of 8
+  where n allows); tokens i < ends[j] run in loop j with a cache of ends[j] completion slots."""
+  ends = [min(n, 8 * math.ceil(n * (j + 1) / count / 8)) for j in range(count)]
+  return sorted(set(ends))
+
+
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
 def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
   streams = model_cfg.streams
   G, N = cfg.group_size, cfg.max_new_tokens
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
-  rep = lambda a: jnp.repeat(a, G, axis=0)
-  valid = rep(prompts["valid"].astype(bool))
-  B, Lp = valid.shape
-  prompt_len = valid.sum(axis=1).astype(jnp.int32)
-  cache = models.init_cache(model_cfg, B, Lp + N)
+  valid = prompts["valid"].astype(bool)
+  P, Lp = valid.shape
   logits, cache = models.decode(
-      params, model_cfg, {s: rep(prompts["inputs"][s]) for s in streams},
-      jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32), cache, valid=valid,
-      features=None if "features" not in prompts else rep(prompts["features"]),
-      feature_mask=None if "feature_mask" not in prompts else rep(prompts["feature_mask"]))
-  def cond(c):
-    return (c["i"] < N) & ~jnp.all(c["done"])
+      params, model_cfg, prompts["inputs"], jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
+      models.init_cache(model_cfg, P, Lp), valid=valid, features=prompts.get("features"),
+      feature_mask=prompts.get("feature_mask"))
+  ends = windows(N, cfg.cache_windows)
+  prompt_len = jnp.repeat(valid.sum(axis=1).astype(jnp.int32), G)
+  carry = dict(init_carry(cfg, streams, P * G, N), logits={s: jnp.repeat(v, G, axis=0) for s, v in logits.items()},
+               cache=models.share_prefix(cache, G, ends[0]))
 
   def body(c):
     new, toks = emit(c, c.pop("logits"), cfg, rng, streams)
@@ -47,8 +56,10 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
         params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + c["i"])[:, None], c["cache"])
     return new
 
-  out = jax.lax.while_loop(cond, body, dict(init_carry(cfg, streams, B, N), logits=logits, cache=cache))
-  return finish(out, cfg, N, G)
+  for end in ends:   # token i writes completion slot i; each loop attends over a cache of `end` slots
+    carry = dict(carry, cache=models.extend_cache(carry["cache"], end))
+    carry = jax.lax.while_loop(lambda c, end=end: (c["i"] < end) & ~jnp.all(c["done"]), body, carry)
+  return finish(carry, cfg, N, G)
 
 
 def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
