@@ -120,14 +120,18 @@ def _top_p_threshold(sorted_desc, top_p: float):
 
 
 def nucleus_mask(x, top_p: float):
-  """bool [B, V]: the nucleus of logits `x` without sorting the vocabulary.
+  """bool [B, V]: the nucleus of logits `x` (see `_nucleus`)."""
+  return _nucleus(jax.nn.softmax(x.astype(jnp.float32), axis=-1), top_p)
+
+
+def _nucleus(p, top_p: float):
+  """bool [B, V]: the nucleus of probabilities p, without sorting the vocabulary.
 
   Token i is kept iff the probability mass of the tokens strictly more likely than i is < top_p (the
   sort-based definition: the top token is always kept, ties share a fate). That set is {p >= t} for the
   smallest float t with mass(p > t) < top_p; t is found exactly by bisection over the bit patterns of
   non-negative float32 numbers (ordered like the numbers), 32 masked sums over [B, V] instead of a sort.
   """
-  p = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
   lo = jnp.zeros(p.shape[:-1] + (1,), jnp.int32)
   hi = jnp.max(jax.lax.bitcast_convert_type(p, jnp.int32), axis=-1, keepdims=True)   # mass above max p is 0
 
@@ -142,18 +146,31 @@ def nucleus_mask(x, top_p: float):
   return p >= jax.lax.bitcast_convert_type(hi, jnp.float32)
 
 
-def categorical(key, logits):
-  """One draw per row from softmax(logits) [B, K] (-inf = excluded) by inverting the CDF with one uniform per
-  row. Exact like `jax.random.categorical`, which draws K Gumbel variates per row: on a CPU the random bits
-  for a whole vocabulary cost as much as the model's decode step."""
-  cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
-  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
-  return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1)
+def _last_true(m):
+  """Index of the last True along the last axis (0 where there is none)."""
+  return m.shape[-1] - 1 - jnp.argmax(m[..., ::-1], axis=-1)
+
+
+def categorical(key, probs, block: int = 64):
+  """One draw per row from unnormalised probabilities probs [B, K] (0 = excluded) by inverting the CDF with one
+  uniform per row. Exact like `jax.random.categorical`, which draws K Gumbel variates per row: on a CPU the
+  random bits for a whole vocabulary cost as much as the model's decode step. The CDF is taken in two levels
+  (the sums of blocks of `block` ids, then the chosen block), since a cumulative sum over the whole vocabulary
+  costs several times a reduction on CPU; a draw never lands on an excluded id."""
+  B, K = probs.shape
+  blocks = jnp.pad(probs.astype(jnp.float32), ((0, 0), (0, -K % block))).reshape(B, -1, block)
+  sums = jnp.sum(blocks, axis=-1)                                        # [B, K / block]
+  cdf = jnp.cumsum(sums, axis=-1)
+  u = jax.random.uniform(key, (B,), jnp.float32) * cdf[:, -1]
+  j = jnp.minimum(jnp.sum(cdf <= u[:, None], axis=-1), _last_true(sums > 0))
+  chosen = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]   # [B, block]
+  u = u - jnp.take_along_axis(cdf - sums, j[:, None], axis=1)[:, 0]
+  i = jnp.minimum(jnp.sum(jnp.cumsum(chosen, axis=-1) <= u[:, None], axis=-1), _last_true(chosen > 0))
+  return j * block + i
 
 
 def sample_token(logits, allowed, sp: StreamSampling, key):
   """One id per row from logits [B, V] under mask `allowed` (or None); returns (ids, model logp)."""
-  model_logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   x = logits.astype(jnp.float32)
   if allowed is not None:
     x = jnp.where(allowed, x, -jnp.inf)
@@ -163,15 +180,16 @@ def sample_token(logits, allowed, sp: StreamSampling, key):
     vals, idx = jax.lax.top_k(x / sp.temperature, min(sp.top_k, x.shape[-1]))
     if sp.top_p < 1:
       vals = jnp.where(vals >= _top_p_threshold(vals, sp.top_p), vals, -jnp.inf)
-    pick = categorical(key, vals)
+    pick = categorical(key, jax.nn.softmax(vals, axis=-1))
     ids = jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
   else:
-    x = x / sp.temperature
-    if sp.top_p < 1:
-      x = jnp.where(nucleus_mask(x, sp.top_p), x, -jnp.inf)
-    ids = categorical(key, x)
+    p = jax.nn.softmax(x / sp.temperature, axis=-1)
+    ids = categorical(key, jnp.where(_nucleus(p, sp.top_p), p, 0.0) if sp.top_p < 1 else p)
   ids = ids.astype(jnp.int32)
-  return ids, jnp.take_along_axis(model_logp, ids[:, None], axis=-1)[:, 0]
+  # The model's own log-prob of the token (temperature 1, no mask): its logit minus the log-sum-exp.
+  raw = logits.astype(jnp.float32)
+  logp = jnp.take_along_axis(raw, ids[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(raw, axis=-1)
+  return ids, logp
 
 
 def _free_types(streams: Sequence[str], batch: int) -> dict[str, Any]:
