@@ -244,6 +244,7 @@ def make_tiny(c: mlc.ConfigDict) -> None:
     c.reward.kind = "testbed"
   c.optim.update(dict(learning_rate=c.optim.learning_rate * TINY_LR_SCALE, warmup_steps=5))
   c.rollout.length_buckets = 1       # compiling a step per RL length costs more than the padding saves here
+  c.rollout.cache_windows = 1        # likewise a loop body per cache size, for completions of <= 40 tokens
   # TINY_STEPS of the architecture (capped, so that `base` keeps its 0); every eval row, in big batches.
   c.train.update(dict(total_steps=min(c.train.total_steps, TINY_STEPS[c.model.arch]), checkpoint_every=100,
                       eval_examples=0, eval_batch_size=128))
