@@ -215,7 +215,7 @@ def extend_cache(cache: dict[str, Any], max_len: int) -> dict[str, Any]:
   out = dict(cache, valid=grow(cache["valid"]))
   for name, layers in cache.items():
     if name not in ("index", "valid", "prefix_valid"):
-      out[name] = [dict(kv, k=constrain(grow(kv["k"]), _KV_AXES), v=constrain(grow(kv["v"]), _KV_AXES)) for kv in layers]
+      out[name] = [dict(kv, **{n: constrain(grow(kv[n]), _KV_AXES) for n in ("k", "v")}) for kv in layers]
   return out
 
 
@@ -283,7 +283,7 @@ def decode_hidden(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array],
 def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> list[dict[str, Array]]:
   """One static KV cache {"k","v": [B, max_len, kv_heads, head_dim]} per MCTP module, indexed by anchor slot."""
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return [{"k": _cache_buffer(shape, cfg.dtype), "v": _cache_buffer(shape, cfg.dtype)} for _ in range(cfg.num_mtp_modules)]
+  return [{n: _cache_buffer(shape, cfg.dtype) for n in ("k", "v")} for _ in range(cfg.num_mtp_modules)]
 
 
 def mtp_decode(params: Params, cfg: ModelConfig, k: int, tokens: Array, hidden: Array, positions: Array,

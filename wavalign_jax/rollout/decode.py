@@ -75,8 +75,8 @@ class SamplingConfig:
 def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
   """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
   top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
-  the global ones, `constrained` (default True: the layout's constraint mask), `cache_windows`, `decode` ("auto": MCTP
-  when the model has MCTP modules, as upstream; "main"; "mctp") and `mctp_schedule` (default: the layout's
+  the global ones, `constrained` (default True: the layout's constraint mask), `cache_windows`, `decode` ("auto":
+  MCTP when the model has MCTP modules, as upstream; "main"; "mctp") and `mctp_schedule` (default: the layout's
   ratio list, as upstream sets its inference mode)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
   fields = ("temperature", "top_p", "top_k")
   base = StreamSampling(**{f: rollout_cfg[f] for f in fields})
