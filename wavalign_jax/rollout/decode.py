@@ -171,9 +171,8 @@ def categorical(key, probs, block: int = 64):
 
 def sample_token(logits, allowed, sp: StreamSampling, key):
   """One id per row from logits [B, V] under mask `allowed` (or None); returns (ids, model logp)."""
-  x = logits.astype(jnp.float32)
-  if allowed is not None:
-    x = jnp.where(allowed, x, -jnp.inf)
+  raw = logits.astype(jnp.float32)
+  x = raw if allowed is None else jnp.where(allowed, raw, -jnp.inf)
   if sp.temperature == 0:
     ids = jnp.argmax(x, axis=-1)
   elif sp.top_k > 0:
@@ -187,7 +186,6 @@ def sample_token(logits, allowed, sp: StreamSampling, key):
     ids = categorical(key, jnp.where(_nucleus(p, sp.top_p), p, 0.0) if sp.top_p < 1 else p)
   ids = ids.astype(jnp.int32)
   # The model's own log-prob of the token (temperature 1, no mask): its logit minus the log-sum-exp.
-  raw = logits.astype(jnp.float32)
   logp = jnp.take_along_axis(raw, ids[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(raw, axis=-1)
   return ids, logp
 
