@@ -26,6 +26,9 @@ def _config(arch: str, method: str, shared: str):
   if arch == "parallel":
     c.model.update(dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=1))
   c.data.prompts_per_step = 4
+  # One length bucket (the prompt bucket holds every example): each step program compiles once, not once per
+  # bucket an SFT batch happens to land in.
+  c.data.max_prompt_len += c.data.max_response_len
   c.rollout.group_size = 2
   c.rollout.max_new_tokens = 16
   c.testbed.update(dict(dir=os.path.join(shared, "testbed"), base_sft_steps=4, base_batch_size=8))

@@ -67,8 +67,8 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = all_finite(metrics["loss"], grad_norm, lr, params, opt_state, gate, gate_metrics or {})
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  params, opt_state, gate = keep((params, opt_state, gate), (state.params, state.opt_state, state.gate))
+  params, opt_state, gate = jax.lax.cond(finite, lambda: (params, opt_state, gate),
+                                         lambda: (state.params, state.opt_state, state.gate))
   metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params), skipped=~finite)
   if "lambda" in metrics:
     metrics["lambda"] = gate.lam
