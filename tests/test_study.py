@@ -237,7 +237,8 @@ def _arg(cmd, name):
 
 class FakeTrain:
   """Stands in for train.py: records each command and writes the files a finished run leaves. IQ per item: base
-  answers every other item; rl_text_exact answers every item at judge noise 0 and only base's at 0.5; sft none."""
+  answers every other item; rl_text_exact answers every item up to testbed.sft_wrong_fraction 0.3 and only base's
+  above; sft none."""
 
   def __init__(self):
     self.calls = []
@@ -246,9 +247,9 @@ class FakeTrain:
     self.calls.append(cmd)
     arg = lambda name: _arg(cmd, name)
     method, workdir = arg("config").rpartition(",")[2], arg("workdir")
-    noise = float(arg("config.testbed.judge_acoustic_noise") or 0.5)
+    wrong = float(arg("config.testbed.sft_wrong_fraction") or 0.3)
     assert method == "base" or os.path.exists(os.path.join(os.path.dirname(workdir), "base", "eval_summary.json"))
-    iq = {"base": lambda i: i % 2, "sft": lambda i: 0, "rl_text_exact": lambda i: 1 if noise == 0 else i % 2}.get(
+    iq = {"base": lambda i: i % 2, "sft": lambda i: 0, "rl_text_exact": lambda i: 1 if wrong <= 0.3 else i % 2}.get(
         method, lambda i: i % 2)
     rows = [_item(float(iq(i)), 0.8 - 0.1 * (method == "rl_full")) for i in range(20)]
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -262,10 +263,21 @@ class FakeTrain:
     return 0
 
 
-def test_sweep_layout_shared_base_duplicates_and_resume(tmp_path, capsys, monkeypatch):
+def test_reads_reward_field():
+  """Which runs a reward-only sweep can change: those that draw rollouts scored by that reward."""
+  spec, judge = "experiments/vita.py:tiny", "testbed.judge_acoustic_noise"
+  reads = {m: study.reads_reward_field(spec, m, {}, judge) for m in config_lib.METHODS}
+  assert {m for m, r in reads.items() if not r} == {"base", "sft", "rl_text_exact", "dpo_text", "dpo_full"}
+  assert study.reads_reward_field(spec, "rl_text_exact", {}, "reward.fallback_score")
+  assert not study.reads_reward_field(spec, "hybrid", {"reward.kind": "exact_match"}, judge)
+  assert not study.reads_reward_field(spec, "hybrid", {"train.total_steps": 0}, judge)
+
+
+def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkeypatch):
   """A judge-noise sweep: one study per value in DIR/FIELD=V, the value passed to its runs, each seed's base run
-  shared (a judge field cannot change it), the positive control right after the base runs, a duplicate method run
-  once; reports per value and side by side; a rerun does nothing."""
+  and the runs that never read the judge (sft, the exact-match positive control) shared, the positive control right
+  after the base runs, a duplicate method run once; reports per value and side by side; a rerun does nothing. A
+  sweep of a data field runs everything per value, and a value whose positive control fails is underpowered."""
   spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
   field = "testbed.judge_acoustic_noise"
   methods = ["sft", "rl_text", "rl_full", "fixed_plus_vanilla", "ablate_text_fixed_0.5", "rl_text_exact"]
@@ -275,9 +287,9 @@ def test_sweep_layout_shared_base_duplicates_and_resume(tmp_path, capsys, monkey
   runs = [os.path.relpath(_arg(c, "workdir"), tmp_path) for c in fake.calls]
   v0, v5 = f"{field}=0.0", f"{field}=0.5"
   assert runs[:2] == [f"{v0}/seed_0/base", f"{v0}/seed_1/base"]   # shared: no base run under v5
-  assert runs[2:6] == [f"{v}/seed_{s}/rl_text_exact" for v in (v0, v5) for s in (0, 1)]
-  assert sorted(runs[6:]) == sorted(f"{v}/seed_{s}/{m}" for v in (v0, v5) for s in (0, 1)
-                                    for m in ("sft", "rl_text", "rl_full", "fixed_plus_vanilla"))
+  assert runs[2:4] == [f"{v0}/seed_{s}/rl_text_exact" for s in (0, 1)]   # shared: it does not read the judge
+  assert sorted(runs[4:]) == sorted([f"{v0}/seed_{s}/sft" for s in (0, 1)] + [
+      f"{v}/seed_{s}/{m}" for v in (v0, v5) for s in (0, 1) for m in ("rl_text", "rl_full", "fixed_plus_vanilla")])
   for cmd in fake.calls:
     value_dir, _, seed = _arg(cmd, "workdir").rpartition("/")[0].rpartition("/seed_")
     assert f"--config.{field}={value_dir.rpartition('=')[2]}" in cmd and "--config.train.total_steps=3" in cmd
@@ -286,39 +298,44 @@ def test_sweep_layout_shared_base_duplicates_and_resume(tmp_path, capsys, monkey
     else:
       assert _arg(cmd, "config.init_checkpoint") == f"{value_dir}/seed_{seed}/base/base_model"
       assert _arg(cmd, "config.testbed.dir") == f"{value_dir}/seed_{seed}/testbed"
-  assert os.path.realpath(tmp_path / v5 / "seed_1" / "base") == str(tmp_path / v0 / "seed_1" / "base")
-  assert os.path.realpath(tmp_path / v5 / "seed_1" / "testbed") == str(tmp_path / v0 / "seed_1" / "testbed")
-  assert "[study 22/22] " in capsys.readouterr().out
+  for name in ("base", "testbed", "sft", "rl_text_exact"):
+    assert os.path.realpath(tmp_path / v5 / "seed_1" / name) == str(tmp_path / v0 / "seed_1" / name)
+  assert "[study 18/18] " in capsys.readouterr().out
 
   sweep = json.load(open(tmp_path / "study.json"))
   assert sweep["values"] == ["0.0", "0.5"] and sweep["times"]["wall_minutes"] >= 0
-  assert [sweep["studies"][v]["positive_control"]["powered"] for v in ("0.0", "0.5")] == [True, False]
+  assert [sweep["studies"][v]["positive_control"]["powered"] for v in ("0.0", "0.5")] == [True, True]
   assert sweep["studies"]["0.0"]["same_run"] == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
-  assert {c["verdict"] for c in sweep["studies"]["0.5"]["claims"]} == {"underpowered"}
+  assert sweep["shared_methods"] == ["rl_text_exact", "sft"]
   md = open(tmp_path / "study.md").read()
   print(md)   # the format, for the record (pytest -s)
   assert f"## Claims × {field}" in md and f"## {field} = 0.0" in md and f"## {field} = 0.5" in md
-  assert "| SFT lowers IQ (iq) | **reproduced** -50.0 [" in md and "| **underpowered** -50.0 [" in md
+  assert "| SFT lowers IQ (iq) | **reproduced** -50.0 [" in md
+  assert f"`rl_text_exact`, `sft` never read `{field}`" in md
   assert os.path.getsize(tmp_path / "sweep.png") > 1000
   for v in (v0, v5):
     value_md = open(tmp_path / v / "study.md").read()
     assert "`ablate_text_fixed_0.5` resolve to the same configuration" in value_md
     assert "| ablate_text_fixed_0.5 |" in value_md and "| 0.90 | 0.50 |" in value_md   # informative, semantic
-    assert len(study.read_times(str(tmp_path / v))) == (10 if v == v5 else 12)
-  assert "**Underpowered**" in open(tmp_path / v5 / "study.md").read().splitlines()[2]
+    assert len(study.read_times(str(tmp_path / v))) == (6 if v == v5 else 12)
 
   monkeypatch.setattr(study, "save", lambda fig, path: None)   # the figures were checked above: skip their cost
   again = FakeTrain()
   study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
                   study.parse_sweep(f"{field}=0,0.5", config), runner=again)
   assert again.calls == []
-  # A field that changes the testbed data: every value trains its own base model.
+  # A field that changes the testbed data: every value trains its own base model and runs every method.
   other = FakeTrain()
-  study.run_study(spec, config, str(tmp_path / "wrong"), ["sft"], [0], [],
-                  study.parse_sweep("testbed.sft_wrong_fraction=0.1,0.3", config), runner=other)
+  study.run_study(spec, config, str(tmp_path / "wrong"), ["sft", "rl_text_exact"], [0], [],
+                  study.parse_sweep("testbed.sft_wrong_fraction=0.3,0.5", config), runner=other)
   assert [os.path.relpath(_arg(c, "workdir"), tmp_path / "wrong") for c in other.calls] == [
-      "testbed.sft_wrong_fraction=0.1/seed_0/base", "testbed.sft_wrong_fraction=0.3/seed_0/base",
-      "testbed.sft_wrong_fraction=0.1/seed_0/sft", "testbed.sft_wrong_fraction=0.3/seed_0/sft"]
+      f"testbed.sft_wrong_fraction={v}/seed_0/{m}" for m in ("base", "rl_text_exact", "sft") for v in (0.3, 0.5)]
+  sweep = json.load(open(tmp_path / "wrong" / "study.json"))
+  assert [sweep["studies"][v]["positive_control"]["powered"] for v in ("0.3", "0.5")] == [True, False]
+  assert {c["verdict"] for c in sweep["studies"]["0.5"]["claims"]} == {"underpowered"}
+  assert "| **underpowered** -50.0 [" in open(tmp_path / "wrong" / "study.md").read()
+  assert "**Underpowered**" in open(tmp_path / "wrong" / "testbed.sft_wrong_fraction=0.5" / "study.md"
+                                    ).read().splitlines()[2]
 
 
 # ----------------------------------------------------------------------------- figures

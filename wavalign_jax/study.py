@@ -16,7 +16,8 @@ subset; `--config.x=y` overrides are passed to every run; `--jobs=N` runs N proc
 `--sweep=FIELD=V1,V2,...` repeats the study for each value of one config field: DIR/FIELD=V is a study of its own
 (its runs get --config.FIELD=V); DIR/study.md puts the verdicts side by side and sweep.png plots each claim's
 effect against the value. A judge or reward field cannot change the base model or the testbed data, so its
-values share each seed's base run (links to the first value's).
+values share each seed's base run (links to the first value's), and so do the methods that never read it (no
+rollouts, e.g. `sft`, or another reward, e.g. `rl_text_exact` for a judge field): each runs once.
 
 Outputs in DIR: study.md (the positive control, the paper's three tables as mean [95% CI] per method, a verdict
 per claim), study.json (every number), iq_eq.png, gates.png, eq_curve.png. Confidence intervals are a
@@ -76,8 +77,10 @@ ABLATIONS = ("hybrid", "ablate_all_fixed_0.5", "ablate_text_fixed_0.5", "ablate_
 # Fields every run gets from the study itself (train_command): not sweepable.
 STUDY_FIELDS = ("method", "seed", "init_checkpoint", "testbed.seed", "testbed.dir", "data.shuffle_seed",
                 "train.eval_before", "train.eval_every")
-# Fields that only make the RL reward (run_setup.make_reward_fn): a sweep over one shares the base runs.
-REWARD_ONLY_FIELDS = ("testbed.judge_acoustic_weight", "testbed.judge_acoustic_noise", "reward.")
+# Fields that only make the RL reward (run_setup.make_reward_fn): a sweep over one shares the base runs, and
+# the runs of methods that never call the reward (reads_reward_field).
+JUDGE_FIELDS = ("testbed.judge_acoustic_weight", "testbed.judge_acoustic_noise")
+REWARD_ONLY_FIELDS = (*JUDGE_FIELDS, "reward.")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -265,6 +268,16 @@ def duplicate_runs(config_spec: str, methods: Sequence[str], overrides: dict[str
   return out
 
 
+def reads_reward_field(config_spec: str, method: str, overrides: dict[str, Any], field: str) -> bool:
+  """Whether `method`'s run can depend on the reward-only `field`: it draws rollouts, and for a testbed judge
+  field its reward is that judge."""
+  path, _, variant = config_spec.partition(":")
+  config = config_lib.load_config_file(f"{path}:{','.join(filter(None, [variant, method]))}")
+  for dotted, value in overrides.items():
+    set_field(config, dotted, value)
+  return config_check.samples(config) and (not field.startswith(JUDGE_FIELDS) or config.reward.kind == "testbed")
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -275,10 +288,15 @@ class Study:
   overrides: tuple[str, ...] = ()                   # --config.x=y arguments of every run
   same_run: dict[str, str] = dataclasses.field(default_factory=dict)   # alias -> the method whose run it is
   label: str = ""                                   # the sweep value, in progress lines
-  shared_base: str = ""                             # a study directory whose base runs and testbeds this one links
+  shared_base: str = ""                             # a study directory whose testbeds and base runs this one links
+  shared_methods: tuple[str, ...] = ()              # ... and the runs of these methods (they ignore the value)
 
   def base_dir(self, seed: int) -> str:
     return run_dir(self.shared_base or self.workdir, seed, "base")
+
+  def runs_here(self, method: str) -> bool:
+    """Whether this study runs `method` itself (not another method's run, nor a linked one)."""
+    return method not in self.same_run and not (self.shared_base and method in ("base", *self.shared_methods))
 
 
 def run_dir(workdir: str, seed: int, method: str) -> str:
@@ -313,9 +331,10 @@ def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
 
 
 def link_shared_base(study: Study, seeds: Sequence[int]) -> None:
-  """seed_<s>/base and seed_<s>/testbed of `study` as relative links to those of study.shared_base."""
+  """seed_<s>/testbed, seed_<s>/base and the shared methods' runs of `study` as relative links to those of
+  study.shared_base (a link may point at a run still to come)."""
   for s in seeds:
-    for name in ("base", "testbed"):
+    for name in ("testbed", "base", *study.shared_methods):
       link = os.path.join(study.workdir, f"seed_{s}", name)
       if not os.path.lexists(link):
         os.makedirs(os.path.dirname(link), exist_ok=True)
@@ -343,10 +362,10 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
             runner: Callable[[list[str], str, dict[str, str]], int] = run_train) -> None:
   """Runs every (study, seed, method) not finished yet: the base runs first (the others start from their base
   model), then the positive control, then the other methods in `methods` order; a method with another's
-  config (`same_run`) does not run."""
+  config (`same_run`) or linked from another study (`shared_base`) does not run."""
   order = sorted(["base", *methods], key=lambda m: (m != "base", m != POSITIVE_CONTROL))   # stable otherwise
-  todo = [(st, s, m) for m in order for st in studies for s in seeds if m not in st.same_run
-          and not (m == "base" and st.shared_base) and not finished(run_dir(st.workdir, s, m))]
+  todo = [(st, s, m) for m in order for st in studies for s in seeds
+          if st.runs_here(m) and not finished(run_dir(st.workdir, s, m))]
   for st in studies:
     if st.shared_base:
       link_shared_base(st, seeds)
@@ -617,6 +636,13 @@ def markdown(out: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def shared_note(field: str, methods: Sequence[str] | None) -> str:
+  if not methods:
+    return ""
+  return (f"{', '.join(f'`{m}`' for m in methods)} never read `{field}` (no rollouts, or another reward): each ran "
+          "once per seed, in the first value's directory, and the other values link to that run.")
+
+
 def sweep_markdown(sweep: dict[str, Any]) -> str:
   """DIR/study.md of a sweep: the positive control per value, claim x value, then each value's verdicts."""
   field, studies = sweep["field"], sweep["studies"]
@@ -630,7 +656,8 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
   lines += ["", " ".join(filter(None, [
       f"Seeds: {sweep['seeds']}. Each value is a study of its own in `{field}=<value>/` (its study.md has every "
       "table); values in % as mean [95% CI], paired hierarchical bootstrap (docs/testbed.md). A value whose "
-      "positive control fails has every verdict \"underpowered\".", times_line(sweep["times"])])), "",
+      "positive control fails has every verdict \"underpowered\".", shared_note(field, sweep.get("shared_methods")),
+      times_line(sweep["times"])])), "",
       f"## Claims × {field}", "", "| claim | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
   claims = list(dict.fromkeys((c["claim"], c["metric"]) for st in studies.values() for c in st["claims"]))
   for claim, metric in claims:
@@ -790,6 +817,7 @@ def sweep_report(workdir: str, what: str, field: str, studies: dict[str, Study],
   outs = {v: report(st, f"Study: {what} --config.{field}={v}", methods, seeds) for v, st in studies.items()}
   sweep = {"title": f"Sweep of {field}: {what}", "field": field, "values": list(studies), "seeds": list(seeds),
            "times": time_totals([st.workdir for st in studies.values()]),
+           "shared_methods": list(list(studies.values())[-1].shared_methods),
            "studies": {v: {k: o[k] for k in ("positive_control", "same_run", "claims", "table")}
                        for v, o in outs.items()}}
   files.write_json(os.path.join(workdir, "study.json"), sweep, indent=1)
@@ -813,13 +841,16 @@ def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: S
   else:
     field, values = sweep
     studies = {}
+    reward_only = field.startswith(REWARD_ONLY_FIELDS)
     for v in values:
       label = f"{field}={format_value(v)}"
       first = next(iter(studies.values()), None)
+      same_run = duplicate_runs(config_spec, methods, {**fixed, field: v})
+      shared = (m for m in methods if m not in same_run and not reads_reward_field(config_spec, m, fixed, field))
       studies[format_value(v)] = Study(
-          os.path.join(workdir, label), (*overrides, f"--config.{label}"),
-          duplicate_runs(config_spec, methods, {**fixed, field: v}), label,
-          shared_base=first.workdir if first and field.startswith(REWARD_ONLY_FIELDS) else "")
+          os.path.join(workdir, label), (*overrides, f"--config.{label}"), same_run, label,
+          shared_base=first.workdir if first and reward_only else "",
+          shared_methods=tuple(shared) if first and reward_only else ())
   os.makedirs(workdir, exist_ok=True)
   if not report_only:
     run_all(config_spec, list(studies.values()), methods, seeds, eval_every, jobs, os.path.join(workdir, "jax_cache"),
