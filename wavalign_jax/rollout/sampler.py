@@ -34,32 +34,41 @@ def windows(n: int, count: int) -> list[int]:
   return sorted(set(ends))
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
-  streams = model_cfg.streams
-  G, N = cfg.group_size, cfg.max_new_tokens
-  params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
+def prefill(params, model_cfg: ModelConfig, prompts, cfg: SamplingConfig) -> tuple[dict[str, Any], jax.Array]:
+  """The decode loops' first carry (the prompts' logits per row, the shared-prefix cache with the first window's
+  completion block) and each row's prompt length. `params`, `model_cfg`: as `models.for_decoding` makes them."""
   valid = prompts["valid"].astype(bool)
   P, Lp = valid.shape
+  G, N = cfg.group_size, cfg.max_new_tokens
   logits, cache = models.decode(
       params, model_cfg, prompts["inputs"], jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
       models.init_cache(model_cfg, P, Lp), valid=valid, features=prompts.get("features"),
       feature_mask=prompts.get("feature_mask"))
-  ends = windows(N, cfg.cache_windows)
-  prompt_len = jnp.repeat(valid.sum(axis=1).astype(jnp.int32), G)
-  carry = dict(init_carry(cfg, streams, P * G, N), logits={s: jnp.repeat(v, G, axis=0) for s, v in logits.items()},
-               cache=models.share_prefix(cache, G, ends[0]))
+  carry = dict(init_carry(cfg, model_cfg.streams, P * G, N),
+               logits={s: jnp.repeat(v, G, axis=0) for s, v in logits.items()},
+               cache=models.share_prefix(cache, G, windows(N, cfg.cache_windows)[0]))
+  return carry, jnp.repeat(valid.sum(axis=1).astype(jnp.int32), G)
 
-  def body(c):
-    new, toks = emit(c, c.pop("logits"), cfg, rng, streams)
-    new["logits"], new["cache"] = models.decode(
-        params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + c["i"])[:, None], c["cache"])
-    return new
 
-  for end in ends:   # token i writes completion slot i; each loop attends over a cache of `end` slots
-    carry = dict(carry, cache=models.extend_cache(carry["cache"], end))
+def decode_step(params, model_cfg: ModelConfig, cfg: SamplingConfig, rng, prompt_len: jax.Array,
+                c: dict[str, Any]) -> dict[str, Any]:
+  """One loop iteration: every row emits token i (decode.emit) and the model reads it into the cache."""
+  c = dict(c)
+  new, toks = emit(c, c.pop("logits"), cfg, rng, model_cfg.streams)
+  new["logits"], new["cache"] = models.decode(
+      params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + c["i"])[:, None], c["cache"])
+  return new
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
+def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
+  params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
+  carry, prompt_len = prefill(params, model_cfg, prompts, cfg)
+  body = functools.partial(decode_step, params, model_cfg, cfg, rng, prompt_len)
+  for end in windows(cfg.max_new_tokens, cfg.cache_windows):   # token i writes completion slot i; each loop
+    carry = dict(carry, cache=models.extend_cache(carry["cache"], end))   # attends over a cache of `end` slots
     carry = jax.lax.while_loop(lambda c, end=end: (c["i"] < end) & ~jnp.all(c["done"]), body, carry)
-  return finish(carry, cfg, N, G)
+  return finish(carry, cfg, cfg.max_new_tokens, cfg.group_size)
 
 
 def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
