@@ -26,15 +26,13 @@ import pathlib
 import time
 
 import jax
-import ml_collections as mlc
 import numpy as np
 from absl import app, flags
 from jax.experimental import topologies
 
-from experiments import kimi, vita
+from benchmarks.recipes_7b import experiment, seq_batch, shape_struct
 from wavalign_jax import models, optim, sharding, steps, train_state
-from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
-from wavalign_jax.models.config import RUNTIME_FIELDS, kimi_audio_7b, vita_audio_7b
+from wavalign_jax.batches import HybridBatch, RLBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -51,29 +49,7 @@ flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment
 flags.DEFINE_integer("response_len", None, "Response length (default: the experiment's rollout.max_new_tokens).")
 FLAGS = flags.FLAGS
 
-# "tiny": VITA's experiment on the unit-test model, a quick check of this script (tests/test_benchmarks.py).
-EXPERIMENTS = {"vita": (vita, vita_audio_7b), "kimi": (kimi, kimi_audio_7b),
-               "tiny": (vita, lambda **kw: models.tiny_config("interleaved", **kw))}
 GiB = 2 ** 30
-
-
-def _experiment(name: str) -> tuple[models.ModelConfig, mlc.ConfigDict]:
-  """The released model's shapes with the runtime settings (dtypes, remat, chunks) of experiments/<name>.py, as
-  run_setup applies them to a converted checkpoint, and that experiment's config."""
-  module, shapes = EXPERIMENTS[name]
-  config = module.get_config()
-  return shapes(**{k: config.model[k] for k in RUNTIME_FIELDS if k in config.model}), config
-
-
-def _shape(shape, dtype, sharding_):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_)
-
-
-def _seq_batch(cfg, rows, length, mesh, cls=SeqBatch):
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-  ints = lambda: _shape((rows, length), np.int32, data)
-  return cls(inputs={s: ints() for s in cfg.streams}, targets={s: ints() for s in cfg.streams},
-             types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
 
 
 def _report(name, compiled, seconds):
@@ -99,7 +75,7 @@ def _devices(n: int) -> list:
 
 
 def bench(model: str, n: int) -> None:
-  cfg, config = _experiment(model)
+  cfg, config = experiment(model)
   mesh = sharding.make_mesh((1, n, 1), devices=_devices(n))
   pick = lambda flag, default: default if flag is None else flag
   # Rows must divide over the data shards: the global batch grows with the devices (rows per device constant).
@@ -122,9 +98,9 @@ def bench(model: str, n: int) -> None:
     step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                  microbatches=config.train.microbatches),
                           state_sharding, mesh)
-    batch = HybridBatch(sft=_seq_batch(cfg, P, Lp + N, mesh), rl=_seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
-                        rewards=_shape((P, G), np.float32, replicated),
-                        reward_valid=_shape((P, G), bool, replicated))
+    batch = HybridBatch(sft=seq_batch(cfg, P, Lp + N, mesh), rl=seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
+                        rewards=shape_struct((P, G), np.float32, replicated),
+                        reward_valid=shape_struct((P, G), bool, replicated))
     # The RL rows as train.py builds them: prompt, then completions scored from position Lp - 1 on.
     compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)
@@ -132,8 +108,8 @@ def bench(model: str, n: int) -> None:
     t = time.perf_counter()
     sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    prompts = {"inputs": {s: _shape((P, Lp), np.int32, data) for s in cfg.streams},
-               "valid": _shape((P, Lp), bool, data)}
+    prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
+               "valid": shape_struct((P, Lp), bool, data)}
     params = train_state.abstract_with_shardings(abstract.params, param_sharding)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
     with sharding.use_rules(mesh):

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,3 +37,62 @@ def test_memory_7b_quick():
     assert m, out
     args, temps, total = map(float, m.groups())
     assert total >= args and total >= temps
+
+
+# ----------------------------------------------------------------------------- roofline.py, piece by piece
+# (the whole script compiles a dozen programs per model and device count: too long for the default test run)
+
+def _roofline():
+  sys.path.insert(0, REPO)
+  from benchmarks import roofline
+  return roofline
+
+
+def test_collective_traffic_by_group_size():
+  """Bytes a device sends, from the result shapes and replica groups of an optimised module (ring algorithms)."""
+  hlo = "\n".join([
+      "  %ag = bf16[1024,512]{1,0} all-gather(bf16[128,512]{1,0} %p), channel_id=1, replica_groups=[1,8]<=[8], "
+      "dimensions={0}",
+      "  %rs = f32[64]{0} reduce-scatter(f32[256]{0} %x), channel_id=2, replica_groups={{0,1,2,3},{4,5,6,7}}, "
+      "dimensions={0}, to_apply=%add",
+      "  %ar = (f32[10]{0}, f32[6]{0}) all-reduce(f32[10]{0} %a, f32[6]{0} %b), replica_groups={{0,1},{2,3}}, "
+      "to_apply=%add",
+      "  %ars = f32[8]{0} all-reduce-start(f32[8]{0} %c), replica_groups=[4,2]<=[8], to_apply=%add",
+      "  %ard = f32[8]{0} all-reduce-done(f32[8]{0} %ars)",
+      "  %one = f32[8]{0} all-reduce(f32[8]{0} %d), replica_groups={{0},{1}}, to_apply=%add",
+      "  %add.1 = f32[8]{0} add(f32[8]{0} %e, f32[8]{0} %f)"])
+  traffic = _roofline().collective_traffic(hlo, num_devices=8)
+  assert traffic == {8: 1024 * 512 * 2 * 7 / 8, 4: 64 * 4 * 3, 2: (16 * 4 + 8 * 4) * 2 * 1 / 2}
+
+
+def test_roofline_time_and_depth_extrapolation():
+  roofline = _roofline()
+  hw = roofline.Hardware("test", peak_flops=100.0, hbm=10.0, link=4.0, domain=8, far_link=1.0)
+  t = roofline.seconds({"flops": 200.0, "bytes": 30.0, "comm": {8: 4.0, 64: 2.0}}, hw)
+  assert (t["compute"], t["memory"], t["link"]) == (2.0, 3.0, 1.0 + 2.0) and (t["roofline"], t["limit"]) == (3.0, "memory")
+  # Costs linear in each kind of layer (a + b * trunk + c * audio branch) extrapolate to the real depth.
+  from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
+  for cfg in (vita_audio_7b(), kimi_audio_7b()):
+    variants, extrapolate = roofline.depth_variants(cfg)
+    cost = lambda v: {"flops": 5.0 + 7.0 * v["num_layers"] + 11.0 * v.get("num_mimo_layers", 0),
+                      "bytes": 1.0 + 2.0 * v["num_layers"], "comm": {8: 3.0 * v["num_layers"]}}
+    want = cost(dict(num_layers=cfg.num_layers, num_mimo_layers=cfg.num_mimo_layers))
+    got = extrapolate([cost(v) for v in variants])
+    assert got["flops"] == pytest.approx(want["flops"]) and got["bytes"] == pytest.approx(want["bytes"])
+    assert got["comm"][8] == pytest.approx(want["comm"][8])
+
+
+def test_roofline_loop_free_depths_extrapolate_exactly():
+  """The sampler's compiled FLOPs and bytes at 3 layers equal those extrapolated from 1 and 2 layers (what the
+  script does for the 7B depths), on one device."""
+  import jax
+  from wavalign_jax import models, sharding
+  from wavalign_jax.rollout import decode
+  roofline = _roofline()
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, pad_id=0, unstack_layers=False, cache_windows=1)
+  cfg = models.tiny_config("interleaved", scan_layers=False, attention_block=0)
+  variants, extrapolate = roofline.depth_variants(cfg.replace(num_layers=3))
+  got = extrapolate([roofline.sampler_cost(cfg.replace(**v), mesh, sc, 2, 8, 8, 1) for v in variants])
+  want = roofline.sampler_cost(cfg.replace(num_layers=3), mesh, sc, 2, 8, 8, 1)
+  assert got["flops"] == pytest.approx(want["flops"], rel=1e-9) and got["bytes"] == pytest.approx(want["bytes"], rel=1e-9)

@@ -1,0 +1,263 @@
+r"""A roofline of the 7B recipes on accelerators, from compiled programs, without an accelerator.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=256 python -m benchmarks.roofline \
+      [--models=vita,kimi] [--devices=8,64,256] [--json=roofline.json]
+
+For each model and device count it compiles (for fake CPU devices, FSDP mesh (1, n, 1) as train.py builds it)
+the hybrid step and the main-head sampler of experiments/<model>.py at the 7B shapes (8 prompts x G 4, prompt
+512, completion 1024; one prompt per device beyond 8), reads XLA's cost analysis (FLOPs, bytes accessed) and
+the collectives of the optimised program, and predicts on an H100 and a TPU v5p:
+
+- the step: time at peak = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth, collective traffic / link
+  bandwidth) (perfect overlap: a lower bound), its FLOP/byte ratio, and the MFU bound = model FLOPs (the step
+  without rematerialisation) / (peak x that time);
+- the sampler: the same per decode token (averaged over the completion's cache sizes) and the decode
+  tokens/s per device at the HBM limit (bytes only), plus the prefill.
+
+Loops are counted with their trip counts by construction: XLA's cost analysis counts a loop body once, so
+the programs are compiled without loops (layers unrolled, one log-prob chunk, unblocked attention) at 1 and 2
+layers (Kimi also 1 and 2 audio-branch layers) and the per-layer difference is scaled to the real depth; one
+decode token is the difference between a program with 2 and with 1 decode steps after the prefill, at the
+smallest and the largest completion cache (linear in between). The CPU compiler's FLOPs are those of the
+math; its bytes are those of its fusions (unfused attention scores included: a fused attention kernel would
+not write them), so the memory side is an upper bound of what an accelerator's compiler reaches.
+VITA's MCTP decoder is not modelled (the testbed and these figures decode with the main head).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks.recipes_7b import experiment, seq_batch, shape_struct
+from wavalign_jax import models, optim, sharding, steps, train_state
+from wavalign_jax.batches import HybridBatch, RLBatch
+from wavalign_jax.objectives import gate as gate_lib
+from wavalign_jax.rollout import decode
+from wavalign_jax.rollout import sampler as sampler_lib
+
+flags.DEFINE_list("models", ["vita", "kimi"], "vita and/or kimi (7B), or tiny (a quick check of the script).")
+flags.DEFINE_list("devices", ["8", "64", "256"], "Device counts (XLA_FLAGS must provide the most).")
+flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment's data.max_prompt_len).")
+flags.DEFINE_integer("response_len", None, "Completion length (default: the experiment's rollout.max_new_tokens).")
+flags.DEFINE_string("json", "", "Also write every figure to this file.")
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  name: str
+  peak_flops: float      # dense bf16 FLOP/s per device
+  hbm: float             # HBM bytes/s per device
+  link: float            # collective bytes/s per device inside its fast domain
+  domain: int            # devices in that domain (0: the whole slice)
+  far_link: float        # bytes/s per device between domains
+
+
+# Vendor figures: H100 SXM (989 TFLOP/s dense bf16, 3.35 TB/s HBM3, NVLink 4 450 GB/s per direction inside
+# an 8-GPU node, 400 Gb/s InfiniBand NDR per GPU between nodes); TPU v5p (459 TFLOP/s bf16, 2.765 TB/s HBM,
+# 4,800 Gb/s ICI per chip in a 3D torus spanning the slice).
+HARDWARE = (Hardware("H100 SXM", 989e12, 3.35e12, 450e9, 8, 50e9),
+            Hardware("TPU v5p", 459e12, 2.765e12, 600e9, 0, 600e9))
+
+# Bytes a device sends per byte of a collective's result, for a ring over g devices.
+_TRAFFIC = {"all-gather": lambda g: (g - 1) / g, "reduce-scatter": lambda g: g - 1,
+            "all-reduce": lambda g: 2 * (g - 1) / g, "all-to-all": lambda g: (g - 1) / g,
+            "collective-permute": lambda g: 1.0}
+_COLLECTIVE = re.compile(r"=\s*(.*?)\s(" + "|".join(_TRAFFIC) + r")(?:-start)?\((.*)$")
+_ARRAY = re.compile(r"\b(pred|[su]8|[su]16|[su]32|[su]64|bf16|f16|f32|f64)\[([\d,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+          "s64": 8, "u64": 8, "f64": 8}
+
+
+def collective_traffic(hlo: str, num_devices: int) -> dict[int, float]:
+  """{group size: bytes one device sends} over the collectives of an optimised HLO module (ring algorithms)."""
+  out: dict[int, float] = {}
+  for line in hlo.splitlines():
+    m = _COLLECTIVE.search(line)
+    if not m:
+      continue
+    result, kind, rest = m.groups()
+    size = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _ARRAY.findall(result))
+    groups = re.search(r"replica_groups=(\{\{[\d,]*\}|\[\d+,(\d+)\])", rest)
+    if groups is None:
+      g = num_devices
+    elif groups.group(2):
+      g = int(groups.group(2))
+    else:
+      g = groups.group(1).count(",") + 1
+    if g > 1:
+      out[g] = out.get(g, 0.0) + size * _TRAFFIC[kind](g)
+  return out
+
+
+Cost = dict[str, Any]   # {"flops": float, "bytes": float, "comm": {group size: bytes sent}}
+
+
+def compiled_cost(compiled: Any, num_devices: int) -> Cost:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"]),
+          "comm": collective_traffic(compiled.as_text(), num_devices)}
+
+
+def combine(terms: list[tuple[float, Cost]]) -> Cost:
+  """sum of weight * cost (weights may be negative: differences of programs)."""
+  comm: dict[int, float] = {}
+  for w, c in terms:
+    for g, b in c["comm"].items():
+      comm[g] = comm.get(g, 0.0) + w * b
+  return {"flops": sum(w * c["flops"] for w, c in terms), "bytes": sum(w * c["bytes"] for w, c in terms),
+          "comm": {g: max(b, 0.0) for g, b in comm.items()}}
+
+
+def seconds(cost: Cost, hw: Hardware) -> dict[str, float]:
+  """Compute, HBM and link time of `cost` on one device of `hw`, and their max (the roofline)."""
+  link = sum(b / (hw.link if not hw.domain or g <= hw.domain else hw.far_link) for g, b in cost["comm"].items())
+  out = {"compute": cost["flops"] / hw.peak_flops, "memory": cost["bytes"] / hw.hbm, "link": link}
+  out["roofline"] = max(out.values())
+  out["limit"] = max(("compute", "memory", "link"), key=out.get)
+  return out
+
+
+def depth_variants(cfg: models.ModelConfig) -> tuple[list[dict[str, int]], Callable[[list[Cost]], Cost]]:
+  """Loop-free depths to compile and how their costs extrapolate to `cfg`'s (costs are linear in each
+  kind of layer: trunk, and Kimi's audio branch)."""
+  if cfg.arch == "parallel":   # the audio branch leaves the trunk before its last layer: 2 trunk layers at least
+    variants = [dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=1), dict(num_layers=3, mimo_from_layer=0,
+                num_mimo_layers=1), dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=2)]
+    return variants, lambda c: combine([(1.0, c[0]), (cfg.num_layers - 2, combine([(1, c[1]), (-1, c[0])])),
+                                        (cfg.num_mimo_layers - 1, combine([(1, c[2]), (-1, c[0])]))])
+  return [dict(num_layers=1), dict(num_layers=2)], lambda c: combine(
+      [(1.0, c[0]), (cfg.num_layers - 1, combine([(1, c[1]), (-1, c[0])]))])
+
+
+def step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, Lp: int, N: int) -> Cost:
+  """Per-device cost of one hybrid step of `cfg` (loop-free: see the module docstring)."""
+  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
+  step_cfg = steps.step_config(config)
+  param_sharding = models.param_shardings(cfg, mesh)
+  create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
+                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
+  abstract = jax.eval_shape(create)
+  state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg), state_sharding, mesh)
+  batch = HybridBatch(sft=seq_batch(cfg, P, Lp + N, mesh), rl=seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
+                      rewards=shape_struct((P, G), np.float32, replicated),
+                      reward_valid=shape_struct((P, G), bool, replicated))
+  compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch, Lp - 1).compile()
+  return compiled_cost(compiled, mesh.size)
+
+
+def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, P: int, Lp: int,
+                 cache_size: int, decode_steps: int) -> Cost:
+  """Per-device cost of the sampler's prefill, a completion cache of `cache_size` slots and `decode_steps`
+  decode-loop iterations (sampler.prefill / decode_step, as sampler._sample runs them)."""
+  def program(params, prompts, rng):
+    params, model_cfg = models.for_decoding(params, cfg, sc.unstack_layers)
+    carry, prompt_len = sampler_lib.prefill(params, model_cfg, prompts, sc)
+    carry = dict(carry, cache=models.extend_cache(carry["cache"], cache_size))
+    for _ in range(decode_steps):
+      carry = sampler_lib.decode_step(params, model_cfg, sc, rng, prompt_len, carry)
+    return carry
+
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
+             "valid": shape_struct((P, Lp), bool, data)}
+  if cfg.arch == "parallel" and cfg.adaptor_input_dim:
+    prompts.update(features=shape_struct((P, Lp, cfg.adaptor_input_dim), np.float32, data),
+                   feature_mask=shape_struct((P, Lp), bool, data))
+  abstract = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+  params = train_state.abstract_with_shardings(abstract, models.param_shardings(cfg, mesh))
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+  with sharding.use_rules(mesh):
+    return compiled_cost(jax.jit(program).lower(params, prompts, rng).compile(), mesh.size)
+
+
+def bench(model: str, n: int) -> dict[str, Any]:
+  cfg, config = experiment(model)
+  mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
+  P = max(config.data.prompts_per_step, n)   # rows must divide over the data shards (rows per device constant)
+  G = config.rollout.group_size
+  Lp = FLAGS.prompt_len or config.data.max_prompt_len
+  N = FLAGS.response_len or config.rollout.max_new_tokens
+  variants, extrapolate = depth_variants(cfg)
+  loop_free = lambda **kw: cfg.replace(scan_layers=False, attention_block=0, logprob_chunk=Lp + N, **kw)
+  t0 = time.perf_counter()
+  step = extrapolate([step_cost(loop_free(**v), config, mesh, P, G, Lp, N) for v in variants])
+  model_step = extrapolate([step_cost(loop_free(remat="none", **v), config, mesh, P, G, Lp, N) for v in variants])
+  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False,
+                             cache_windows=config.rollout.cache_windows)
+  ends = sampler_lib.windows(N, sc.cache_windows)
+  per_size = {}
+  for size in sorted({ends[0], ends[-1]}):
+    one, two = ([sampler_cost(loop_free(**v), mesh, sc, P, Lp, size, k) for v in variants] for k in (1, 2))
+    per_size[size] = (extrapolate(one), extrapolate([combine([(1, b), (-1, a)]) for a, b in zip(one, two)]))
+  (lo, (prefill_lo, token_lo)), (hi, (_, token_hi)) = min(per_size.items()), max(per_size.items())
+  prefill = combine([(1, prefill_lo), (-1, token_lo)])
+  # Token i runs with the cache of its window: costs linear in the cache size between the two measured ones.
+  at = lambda s: token_lo if hi == lo else combine([((hi - s) / (hi - lo), token_lo), ((s - lo) / (hi - lo), token_hi)])
+  starts = [0, *ends[:-1]]
+  token = combine([((end - start) / N, at(end)) for start, end in zip(starts, ends)])
+  out = {"model": model, "devices": n, "prompts": P, "group": G, "prompt_len": Lp, "completion_len": N,
+         "params": sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: models.init_params(
+             cfg, jax.random.key(0))))), "compile_seconds": time.perf_counter() - t0,
+         "step": step, "step_model_flops": model_step["flops"], "prefill": prefill, "decode_token": token,
+         "hardware": {}}
+  for hw in HARDWARE:
+    st, tok, pre = seconds(step, hw), seconds(token, hw), seconds(prefill, hw)
+    rows_per_device = P * G / n
+    out["hardware"][hw.name] = {
+        "step": st, "step_mfu_bound": model_step["flops"] / (hw.peak_flops * st["roofline"]),
+        "decode_token": tok, "prefill": pre,
+        "decode_tokens_per_s_hbm": rows_per_device / tok["memory"],
+        "decode_tokens_per_s": rows_per_device / tok["roofline"],
+        "sampler_seconds": pre["roofline"] + N * tok["roofline"]}
+  return out
+
+
+def report(r: dict[str, Any]) -> None:
+  step, tok = r["step"], r["decode_token"]
+  print(f"{r['model']} ({r['params'] / 1e9:.2f}B params) on {r['devices']} devices, mesh (1, {r['devices']}, 1): "
+        f"{r['prompts']} prompts x {r['group']}, prompt {r['prompt_len']}, completion {r['completion_len']} "
+        f"(compiled in {r['compile_seconds']:.0f}s)", flush=True)
+  print(f"  step per device: {step['flops'] / 1e12:.1f} TFLOP ({r['step_model_flops'] / 1e12:.1f} without remat), "
+        f"{step['bytes'] / 1e9:.1f} GB HBM, {sum(step['comm'].values()) / 1e9:.1f} GB sent; "
+        f"{step['flops'] / step['bytes']:.0f} FLOP/byte")
+  print(f"  decode token per device: {tok['flops'] / 1e9:.2f} GFLOP, {tok['bytes'] / 1e9:.2f} GB HBM, "
+        f"{sum(tok['comm'].values()) / 1e9:.2f} GB sent; {tok['flops'] / tok['bytes']:.1f} FLOP/byte")
+  for name, h in r["hardware"].items():
+    st, tk = h["step"], h["decode_token"]
+    print(f"  {name:9s} step {st['roofline']:.2f} s ({st['limit']}; compute {st['compute']:.2f}, memory "
+          f"{st['memory']:.2f}, link {st['link']:.2f}), MFU bound {100 * h['step_mfu_bound']:.0f}% | decode "
+          f"{1e3 * tk['roofline']:.1f} ms/token ({tk['limit']}), {h['decode_tokens_per_s_hbm']:.0f} tokens/s per "
+          f"device at the HBM limit, {h['decode_tokens_per_s']:.0f} at the roofline | rollouts "
+          f"{h['sampler_seconds']:.1f} s", flush=True)
+
+
+def main(argv):
+  del argv
+  results = []
+  for model in FLAGS.models:
+    for n in (int(d) for d in FLAGS.devices):
+      if n > jax.device_count():
+        raise app.UsageError(f"{n} devices requested, {jax.device_count()} present: set "
+                             f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+      results.append(bench(model, n))
+      report(results[-1])
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
