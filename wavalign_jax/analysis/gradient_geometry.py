@@ -57,14 +57,14 @@ def geometry(logprob_fn: Callable[..., dict], params: Any, rl: RLBatch, cfg: GRP
   norm = {s: optax.tree.norm(g) for s, g in grads.items()}
   out = {f"energy_{s}": n ** 2 for s, n in norm.items()}
   out["cosine_text_speech"] = _dot(grads["text"], grads["speech"]) / jnp.maximum(norm["text"] * norm["speech"], 1e-30)
-  B = rl.advantages.shape[0]
-  if B % num_minibatches:
-    raise ValueError(f"{B} rows do not split into {num_minibatches} mini-batches")
-  block = lambda x, i: jax.lax.dynamic_slice_in_dim(x, i * (B // num_minibatches), B // num_minibatches, 0)
-  per = [_text_speech_all(logprob_fn, params, jax.tree.map(lambda x: block(x, i), rl), cfg)
-         for i in range(num_minibatches)]
+  B, k = rl.advantages.shape[0], num_minibatches
+  if B % k:
+    raise ValueError(f"{B} rows do not split into {k} mini-batches")
+  blocks = jax.tree.map(lambda x: x.reshape((k, B // k) + x.shape[1:]), rl)
+  # One compiled body for the k mini-batches (a Python loop would compile k copies of two backward passes).
+  per = jax.lax.map(lambda b: _text_speech_all(logprob_fn, params, b, cfg), blocks)   # {set: [k, ...] leaves}
   for s in ("text", "speech", "all"):
-    mean = jax.tree.map(lambda *g: sum(g) / num_minibatches, *[p[s] for p in per])
-    var = sum(optax.tree.norm(jax.tree.map(jnp.subtract, p[s], mean)) ** 2 for p in per) / num_minibatches
+    mean = jax.tree.map(lambda g: g.mean(0), per[s])
+    var = optax.tree.norm(jax.tree.map(jnp.subtract, per[s], mean)) ** 2 / k   # mean over k of |g_i - mean|^2
     out[f"snr_{s}"] = optax.tree.norm(mean) / jnp.maximum(jnp.sqrt(var), 1e-30)
   return out
