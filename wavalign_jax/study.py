@@ -249,16 +249,22 @@ def parse_sweep(arg: str, config: mlc.ConfigDict, overridden: Sequence[str] = ()
   return field, values
 
 
+def method_config(config_spec: str, method: str, overrides: dict[str, Any]) -> mlc.ConfigDict:
+  """The resolved config of one run: the spec's variant, the method, then `overrides` {dotted field: value}."""
+  path, _, variant = config_spec.partition(":")
+  config = config_lib.load_config_file(f"{path}:{','.join(filter(None, [variant, method]))}")
+  for dotted, value in overrides.items():
+    set_field(config, dotted, value)
+  return config
+
+
 def duplicate_runs(config_spec: str, methods: Sequence[str], overrides: dict[str, Any]) -> dict[str, str]:
   """{method: the earlier method of `methods` whose run it reuses}, for methods whose resolved configs (the
   spec's variant + the method + `overrides`) are identical in everything but `method`."""
-  path, _, variant = config_spec.partition(":")
   seen: dict[str, str] = {}
   out = {}
   for m in methods:
-    config = config_lib.load_config_file(f"{path}:{','.join(filter(None, [variant, m]))}")
-    for dotted, value in overrides.items():
-      set_field(config, dotted, value)
+    config = method_config(config_spec, m, overrides)
     del config["method"]
     key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
     if key in seen:
@@ -271,10 +277,7 @@ def duplicate_runs(config_spec: str, methods: Sequence[str], overrides: dict[str
 def reads_reward_field(config_spec: str, method: str, overrides: dict[str, Any], field: str) -> bool:
   """Whether `method`'s run can depend on the reward-only `field`: it draws rollouts, and for a testbed judge
   field its reward is that judge."""
-  path, _, variant = config_spec.partition(":")
-  config = config_lib.load_config_file(f"{path}:{','.join(filter(None, [variant, method]))}")
-  for dotted, value in overrides.items():
-    set_field(config, dotted, value)
+  config = method_config(config_spec, method, overrides)
   return config_check.samples(config) and (not field.startswith(JUDGE_FIELDS) or config.reward.kind == "testbed")
 
 
