@@ -30,10 +30,8 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import topologies
 
-from benchmarks.recipes_7b import experiment, seq_batch, shape_struct
-from wavalign_jax import models, optim, sharding, steps, train_state
-from wavalign_jax.batches import HybridBatch, RLBatch
-from wavalign_jax.objectives import gate as gate_lib
+from benchmarks.recipes_7b import experiment, hybrid_step, shape_struct
+from wavalign_jax import sharding
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -82,27 +80,14 @@ def bench(model: str, n: int) -> None:
   P = max(pick(FLAGS.prompts, config.data.prompts_per_step), n)
   G, Lp = pick(FLAGS.group, config.rollout.group_size), pick(FLAGS.prompt_len, config.data.max_prompt_len)
   N = pick(FLAGS.response_len, config.rollout.max_new_tokens)
-  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
-  step_cfg = steps.step_config(config)
-  param_sharding = models.param_shardings(cfg, mesh)
-  create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
-                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
-  abstract = jax.eval_shape(create)
-  state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
-  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  step, state, batch = hybrid_step(cfg, config, mesh, P, G, Lp, N)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"{model} ({n_params / 1e9:.2f}B params) on {n} {FLAGS.target} devices, mesh (1, {n}, 1), {P} prompts x "
         f"{G} rollouts", flush=True)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   if "step" in FLAGS.parts:
     t = time.perf_counter()
-    step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
-                                                 microbatches=config.train.microbatches),
-                          state_sharding, mesh)
-    batch = HybridBatch(sft=seq_batch(cfg, P, Lp + N, mesh), rl=seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
-                        rewards=shape_struct((P, G), np.float32, replicated),
-                        reward_valid=shape_struct((P, G), bool, replicated))
-    # The RL rows as train.py builds them: prompt, then completions scored from position Lp - 1 on.
-    compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch, Lp - 1).compile()
+    compiled = step.lower(state, batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)
   if "sampler" in FLAGS.parts:
     t = time.perf_counter()
@@ -110,7 +95,7 @@ def bench(model: str, n: int) -> None:
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
     prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
                "valid": shape_struct((P, Lp), bool, data)}
-    params = train_state.abstract_with_shardings(abstract.params, param_sharding)
+    params = state.params   # placed as the step's parameters are
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
     with sharding.use_rules(mesh):
       compiled = sampler_lib._sample.lower(params, cfg, prompts, rng, sc).compile()

@@ -2,13 +2,16 @@
 shapes with an experiment's runtime settings, and abstract batches on a mesh."""
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import ml_collections as mlc
 import numpy as np
 
 from experiments import kimi, vita
-from wavalign_jax import models
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax import models, optim, steps, train_state
+from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
+from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.models.config import RUNTIME_FIELDS, kimi_audio_7b, vita_audio_7b
 
 # "tiny": VITA's experiment on the unit-test model, a quick check of this script (tests/test_benchmarks.py).
@@ -33,3 +36,23 @@ def seq_batch(cfg, rows, length, mesh, cls=SeqBatch):
   ints = lambda: shape_struct((rows, length), np.int32, data)
   return cls(inputs={s: ints() for s in cfg.streams}, targets={s: ints() for s in cfg.streams},
              types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
+
+
+def hybrid_step(cfg: models.ModelConfig, config: mlc.ConfigDict, mesh: Any, P: int, G: int, Lp: int,
+                N: int) -> tuple[Any, Any, HybridBatch]:
+  """The hybrid step as train.py jits it for `cfg` on `mesh` (state donated), its abstract state (with the
+  state's shardings) and an abstract batch of P prompts x G rollouts of Lp + N positions; lower it with
+  `rl_start` Lp - 1 (the RL rows scored from their completions on, as train.py builds them)."""
+  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
+  step_cfg = steps.step_config(config)
+  create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
+                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
+  abstract = jax.eval_shape(create)
+  state_sharding = train_state.state_shardings(abstract, models.param_shardings(cfg, mesh), optimizer, mesh)
+  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
+                                               microbatches=config.train.microbatches), state_sharding, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch = HybridBatch(sft=seq_batch(cfg, P, Lp + N, mesh), rl=seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
+                      rewards=shape_struct((P, G), np.float32, replicated),
+                      reward_valid=shape_struct((P, G), bool, replicated))
+  return step, train_state.abstract_with_shardings(abstract, state_sharding), batch

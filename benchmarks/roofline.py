@@ -41,10 +41,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks.recipes_7b import experiment, seq_batch, shape_struct  # noqa: E402
-from wavalign_jax import models, optim, sharding, steps, train_state  # noqa: E402
-from wavalign_jax.batches import HybridBatch, RLBatch  # noqa: E402
-from wavalign_jax.objectives import gate as gate_lib  # noqa: E402
+from benchmarks.recipes_7b import experiment, hybrid_step, shape_struct  # noqa: E402
+from wavalign_jax import models, sharding, train_state  # noqa: E402
 from wavalign_jax.rollout import decode  # noqa: E402
 from wavalign_jax.rollout import sampler as sampler_lib  # noqa: E402
 
@@ -146,20 +144,8 @@ def depth_variants(cfg: models.ModelConfig) -> tuple[list[dict[str, int]], Calla
 
 def step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, Lp: int, N: int) -> Cost:
   """Per-device cost of one hybrid step of `cfg` (loop-free: see the module docstring)."""
-  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
-  step_cfg = steps.step_config(config)
-  param_sharding = models.param_shardings(cfg, mesh)
-  create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
-                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
-  abstract = jax.eval_shape(create)
-  state_sharding = train_state.state_shardings(abstract, param_sharding, optimizer, mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg), state_sharding, mesh)
-  batch = HybridBatch(sft=seq_batch(cfg, P, Lp + N, mesh), rl=seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
-                      rewards=shape_struct((P, G), np.float32, replicated),
-                      reward_valid=shape_struct((P, G), bool, replicated))
-  compiled = step.lower(train_state.abstract_with_shardings(abstract, state_sharding), batch, Lp - 1).compile()
-  return compiled_cost(compiled, mesh.size)
+  step, state, batch = hybrid_step(cfg, config, mesh, P, G, Lp, N)
+  return compiled_cost(step.lower(state, batch, Lp - 1).compile(), mesh.size)
 
 
 def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, P: int, Lp: int,
