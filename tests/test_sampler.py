@@ -352,6 +352,29 @@ def test_shared_prefix_holds_each_prompt_once(vita):
   assert not np.asarray(shared["valid"]).any() and int(shared["index"]) == 0
 
 
+def test_several_tokens_through_a_shared_prefix_match_an_unshared_cache(vita):
+  """The MCTP catch-up reads the shared prefix with T > 1 new tokens at once (layers._attend_prefix): the hidden
+  states of T = 1, then T = 3 tokens per row equal those of a cache that holds each row's own copy of its prompt."""
+  cfg, params, prompts = vita
+  G = 2
+  P, Lp = prompts["valid"].shape
+  positions = np.maximum(np.cumsum(prompts["valid"], axis=1) - 1, 0).astype(np.int32)
+  prefill = lambda rows, rep: models.decode(params, cfg, {"tokens": np.repeat(prompts["inputs"]["tokens"], rep, 0)},
+                                            np.repeat(positions, rep, 0), models.init_cache(cfg, rows, Lp),
+                                            valid=np.repeat(prompts["valid"], rep, 0))[1]
+  shared = models.share_prefix(prefill(P, 1), G, 8)
+  own = models.extend_cache(prefill(P * G, G), Lp + 8)
+  rng = np.random.default_rng(0)
+  start = positions[:, -1].repeat(G) + 1
+  for T in (1, 3):
+    tokens = {"tokens": rng.integers(0, cfg.vocab_size, (P * G, T)).astype(np.int32)}
+    pos = start[:, None] + np.arange(T)[None]
+    h_shared, shared = models.decode_hidden(params, cfg, tokens, pos, shared)
+    h_own, own = models.decode_hidden(params, cfg, tokens, pos, own)
+    np.testing.assert_allclose(np.asarray(h_shared["tokens"]), np.asarray(h_own["tokens"]), atol=2e-5, rtol=0)
+    start = start + T
+
+
 def _replay_forced(con, r):
   """{stream: bool[B, N]}: positions where the constraint, replayed on the emitted tokens, allowed one id."""
   allowed_fn, update_fn = _jitted(con)

@@ -159,6 +159,26 @@ def _attend_one(q: Array, k: Array, v: Array, mask: Array, dtype: Any,
   return out.reshape(b, 1, h, d)
 
 
+def _attend_prefix(q: Array, k: Array, v: Array, mask: Array, dtype: Any, prefix: tuple[Array, Array]) -> Array:
+  """T >= 1 new queries against a shared prompt prefix (k, v [P, K, Sp, D], heads-major) and each row's own
+  block k / v [B, S, K, D]; mask [B, 1, T, Sp + S]. The MCTP decoder's catch-up forward (rollout/mctp.py) reads
+  the prefix with several tokens at once; single tokens take `_attend_one`."""
+  b, t, h, d = q.shape
+  pk, pv = prefix
+  n_prompts, kv, n_pre = pk.shape[0], k.shape[2], pk.shape[2]
+  g = h // kv
+  q = (q * (d ** -0.5)).reshape(b, t, kv, g, d)
+  grouped = q.reshape(n_prompts, b // n_prompts, t, kv, g, d)
+  sp = jnp.einsum("prtkgd,pksd->prtkgs", grouped, pk, preferred_element_type=jnp.float32).reshape(b, t, kv, g, n_pre)
+  so = jnp.einsum("btkgd,bskd->btkgs", q, k, preferred_element_type=jnp.float32)
+  s = jnp.where(mask[:, 0, :, None, None, :], jnp.concatenate([sp, so], axis=-1), _MASK_VALUE)
+  p = jax.nn.softmax(s, axis=-1).astype(dtype)
+  pp = p[..., :n_pre].reshape(n_prompts, b // n_prompts, t, kv, g, n_pre)
+  out = jnp.einsum("prtkgs,pksd->prtkgd", pp, pv).reshape(b, t, kv, g, d)
+  out += jnp.einsum("btkgs,bskd->btkgd", p[..., n_pre:], v)
+  return out.reshape(b, t, h, d)
+
+
 def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implementation: str = "cudnn") -> Array:
   """Same contract as `attend` through jax.nn.dot_product_attention (cuDNN flash attention on GPU).
   Rows with no allowed key (padding queries) are implementation-defined; their outputs are unused."""
@@ -187,9 +207,8 @@ class Attention(nn.Module):
         prefix = (cache["prefix_k"].astype(c.dtype), cache["prefix_v"].astype(c.dtype))
     k, v = k.astype(c.dtype), v.astype(c.dtype)
     if prefix is not None:   # decode steps (either attention_impl): a fused kernel gains nothing at T = 1
-      if q.shape[1] != 1:
-        raise ValueError(f"a KV cache with a shared prompt prefix is read one token at a time (got {q.shape[1]})")
-      out = _attend_one(q, k, v, mask, c.dtype, prefix)
+      out = (_attend_one(q, k, v, mask, c.dtype, prefix) if q.shape[1] == 1 else
+             _attend_prefix(q, k, v, mask, c.dtype, prefix))
     elif c.attention_impl == "xla":
       out = attend(q, k, v, mask, c.dtype, c.attention_block, causal=cache is None, remat=c.remat != "none")
     elif c.attention_impl == "cudnn":

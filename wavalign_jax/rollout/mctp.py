@@ -6,7 +6,8 @@ consecutive 'm' uses module k; an 'm' past the last module runs the main model a
 MCTP tokens are never verified: the main model catches up on every token made since its last step in
 one multi-token forward at its next 'M'. Module k keeps its own KV cache over "anchor" slots t (it reads
 the previous stage's hidden state at t and embeds the token at t + k + 1); on its first call it processes
-the whole history.
+the whole history. As in the main-head sampler, the P prompts are prefilled once and the G rows of a group read
+one copy of their prompt's keys and values (`models.share_prefix`); each row's main cache holds its completion.
 
 Who runs at step j, and on how many new rows, is fixed by the schedule and the prompt length, so every
 shape is static: the steps before the schedule becomes periodic are unrolled, the periodic part is one
@@ -80,33 +81,42 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
   G, N = cfg.group_size, cfg.max_new_tokens
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
-  valid = rep(prompts["valid"].astype(bool))
+  prompt_valid = prompts["valid"].astype(bool)
+  valid = rep(prompt_valid)
   B, Lp = valid.shape
   period = sum(schedule[-2:])
   full_plan = plan(schedule, model_cfg.num_mtp_modules, Lp, N + 2 * period)
-  p = min(periodic_split(full_plan, period), N)
+  p = max(1, min(periodic_split(full_plan, period), N))   # step 0, the prefill, is always unrolled
   S = Lp + N + period                        # slots: the loop's last round may run past N (outputs dropped)
   pad_left = Lp - valid.sum(axis=1).astype(jnp.int32)
   slot_valid = jnp.concatenate([valid, jnp.ones((B, S - Lp), bool)], axis=1)
   seq = jnp.concatenate([rep(prompts["inputs"]["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
   d = model_cfg.hidden_size
-  carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq, cache=models.init_cache(model_cfg, B, S),
-               mtp_cache=models.init_mtp_cache(model_cfg, B, S),
+  carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq, mtp_cache=models.init_mtp_cache(model_cfg, B, S),
                hidden=[jnp.zeros((B, S, d), model_cfg.dtype) for _ in range(max(model_cfg.num_mtp_modules, 1))],
                head=jnp.full((B, N), MAIN, jnp.int32))
   slice_ = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
   put_rows = lambda buf, start, rows: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=1)
 
-  def run(c, step: Step):
-    """Step c["i"] = j with the static `step`: the head's logits for token j, then sample and record it."""
+  def run(c, step: Step, prefill: bool = False):
+    """Step c["i"] = j with the static `step`: the head's logits for token j, then sample and record it. The
+    prefill (step 0) runs the main model on the P prompts and makes their cache a prefix shared by each group."""
     j = c["i"]
     L, T = Lp + j, step.rows
-    if step.head == MAIN:
+    if prefill:
+      start = 0
+      hidden, cache = models.decode_hidden(
+          params, model_cfg, prompts["inputs"], jnp.arange(Lp)[None] - pad_left[::G, None],
+          models.init_cache(model_cfg, B // G, Lp), valid=prompt_valid)
+      c["cache"] = models.share_prefix(cache, G, S - Lp)   # the completion block: slots Lp .. S - 1
+      h = rep(hidden["tokens"])
+    elif step.head == MAIN:
       start = L - T
       hidden, c["cache"] = models.decode_hidden(
           params, model_cfg, {"tokens": slice_(c["seq"], start, T)}, start + jnp.arange(T)[None] - pad_left[:, None],
           c["cache"], valid=slice_(slot_valid, start, T))
       h = hidden["tokens"]
+    if step.head == MAIN:
       if model_cfg.num_mtp_modules:
         c["hidden"][0] = put_rows(c["hidden"][0], start, h)
     else:
@@ -122,8 +132,8 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
     c["seq"] = put_rows(c["seq"], L, toks["tokens"][:, None])
     return c
 
-  carry = dict(carry)
-  for step in full_plan[:p]:                # unrolled prefix: prefill and the schedule's first rounds
+  carry = run(dict(carry), full_plan[0], prefill=True)
+  for step in full_plan[1:p]:               # unrolled prefix: the schedule's first rounds
     carry = run(carry, step)
   body_steps = full_plan[p:p + period]
 
