@@ -53,7 +53,9 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 
-from wavalign_jax import config_check  # noqa: E402
+import jax  # noqa: E402
+
+from wavalign_jax import config_check, sharding  # noqa: E402
 from wavalign_jax.config_lib import ConfigError  # noqa: E402
 from wavalign_jax.models.config import ModelConfig  # noqa: E402
 
@@ -199,6 +201,17 @@ def test_renamed_mesh_axes_take_the_roles_in_order():
       "is replicated on every shard (correct, but without data parallelism)"]
   with pytest.raises(ConfigError, match="give one size for each of"):
     config_check.check_mesh(_tiny(mesh__axes=("replica", "replica", "model")))
+
+
+def test_mesh_over_the_first_num_devices():
+  """mesh.num_devices = N: the mesh spans the first N of the 8 devices, -1 resolved against N; more than there
+  are is a config error naming the flag."""
+  c = _tiny(mesh__shape=(1, -1, 1), mesh__num_devices=2, data__prompts_per_step=4)
+  mesh = sharding.config_mesh(c.mesh)
+  assert mesh.shape == {"data": 1, "fsdp": 2, "tensor": 1} and list(mesh.devices.flat) == jax.devices()[:2]
+  assert config_check.check_mesh(c) == []            # 4 prompts over 2 shards; over all 8 this would warn
+  with pytest.raises(ConfigError, match=r"--config.mesh.num_devices=9: a mesh over the first 9 devices .* 8 devices"):
+    config_check.check_mesh(_tiny(mesh__num_devices=9))
 
 
 def _converted_checkpoint(path, arch):

@@ -26,6 +26,7 @@ def _config(arch: str, method: str, shared: str):
   if arch == "parallel":
     c.model.update(dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=1))
   c.data.prompts_per_step = 4
+  c.mesh.num_devices = 1   # one of the 8 fake CPU devices: sharding has its own tests, this matrix is about methods
   # One length bucket (the prompt bucket holds every example): each step program compiles once, not once per
   # bucket an SFT batch happens to land in.
   c.data.max_prompt_len += c.data.max_response_len

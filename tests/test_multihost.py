@@ -39,6 +39,7 @@ def _config(base_model):
   c = _tiny_config("interleaved", base_model)
   c.train.update(dict(total_steps=STEPS, checkpoint_every=STEPS, eval_examples=4, eval_before=False))
   c.data.prompts_per_step = 16   # each host's 8 rows over the 8 data shards (train.train refuses fewer)
+  c.mesh.num_devices = 0         # every device of the hosts
   # No warmup: the first step (varied rewards) moves the params. eps = 1 keeps AdamW linear in the
   # gradient: with 1e-8, gradients near 0 update by +-lr depending on their rounding (the two runs reduce
   # in different orders), and those params change the second step's rollouts.

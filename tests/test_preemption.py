@@ -26,7 +26,7 @@ OVERRIDES = {
     "model.num_kv_heads": 1, "model.head_dim": 16, "data.prompts_per_step": 4, "rollout.group_size": 2,
     "rollout.max_new_tokens": 16, "testbed.base_sft_steps": 12, "testbed.base_batch_size": 8,
     "testbed.base_checkpoint_every": 4, "train.total_steps": TOTAL, "train.checkpoint_every": 4,
-    "train.eval_examples": 4, "optim.learning_rate": 1e-3,
+    "train.eval_examples": 4, "optim.learning_rate": 1e-3, "mesh.num_devices": 1,
 }
 
 

@@ -62,7 +62,8 @@ def _study(workdir, *extra):
          "--config.testbed.base_sft_steps=4", "--config.train.total_steps=2", "--config.train.eval_examples=8",
          "--config.model.num_layers=1", "--config.rollout.max_new_tokens=16",
          "--config.data.prompts_per_step=2", "--config.rollout.group_size=2", *extra]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # one CPU device: the study's own setting
+  # One CPU device (the study's own setting), compiled without LLVM's optimisation passes like every test program.
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
   return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -26,6 +26,9 @@ def _tiny_config(arch: str, base_model: str | None):
   c.testbed.base_batch_size = 8
   c.train.update(dict(total_steps=4, checkpoint_every=2, eval_examples=4))
   c.optim.learning_rate = 1e-3
+  # One of the 8 fake CPU devices (about half the compile and run time); the resume test and test_multihost run
+  # on all of them, test_train_step checks that sharding changes no value.
+  c.mesh.num_devices = 1
   if base_model:
     c.init_checkpoint = base_model
   return c
@@ -33,14 +36,18 @@ def _tiny_config(arch: str, base_model: str | None):
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])
 def test_stopped_run_resumes_with_same_state(tmp_path, arch):
+  """On all 8 devices: the checkpoint holds FSDP-sharded params and optimizer moments."""
   straight = tmp_path / "straight"
-  full = train.train(_tiny_config(arch, None), str(straight))
+  config = _tiny_config(arch, None)
+  config.mesh.num_devices = 0
+  full = train.train(config, str(straight))
   base_model = str(straight / "base_model")
   assert os.path.exists(os.path.join(base_model, "model_config.json"))
   assert sorted(int(s) for s in os.listdir(straight / "checkpoints") if s.isdigit()) == [2, 4]
 
   interrupted = tmp_path / "interrupted"
   config = _tiny_config(arch, base_model)
+  config.mesh.num_devices = 0
   config.train.stop_at_step = 2
   first = train.train(config, str(interrupted))
   assert int(first["state"].step) == 2

@@ -84,9 +84,10 @@ def check_mesh(config: mlc.ConfigDict) -> list[str]:
     raise ConfigError(f"--config.mesh: axes {axes} with shape {shape}; give one size for each of "
                       f"{sharding.MESH_AXES} (-1 = all remaining devices)")
   try:
-    mesh = sharding.make_mesh(shape, axes)
+    mesh = sharding.config_mesh(config.mesh)
   except ValueError as e:
-    raise ConfigError(f"--config.mesh.shape={shape}: {e}") from None
+    raise ConfigError(f"--config.mesh.shape={shape}, --config.mesh.num_devices="
+                      f"{config.mesh.get('num_devices', 0)}: {e}") from None
   prompts, hosts = config.data.prompts_per_step, jax.process_count()
   shards, names = sharding.data_parallel_size(mesh), " x ".join(sharding.batch_axes(mesh))
   if prompts % hosts:

@@ -194,7 +194,8 @@ def base_config() -> mlc.ConfigDict:
   # --- Parallelism -----------------------------------------------------------------------------
   # FSDP over every device by default (a 7B model with AdamW state does not fit replicated);
   # e.g. (2, -1, 1) adds data parallelism across 2 groups, (1, -1, 4) tensor parallelism.
-  c.mesh = mlc.ConfigDict(dict(shape=(1, -1, 1), axes=("data", "fsdp", "tensor")))
+  # num_devices > 0: the mesh over the first N devices only (one process; debugging, the unit tests).
+  c.mesh = mlc.ConfigDict(dict(shape=(1, -1, 1), axes=("data", "fsdp", "tensor"), num_devices=0))
   return c
 
 

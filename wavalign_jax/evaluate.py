@@ -131,7 +131,7 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> EvalModel:
   if builder.vocab.vocab_size > model_cfg.vocab_size:
     raise ValueError(f"{tokenizer}: vocabulary of {builder.vocab.vocab_size} ids does not fit the model's "
                      f"{model_cfg.vocab_size} embedding rows ({model_dir})")
-  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+  mesh = sharding.config_mesh(config.mesh)
   return EvalModel(params=_load_params(item, key, model_cfg, mesh, model_dir), model_cfg=model_cfg,
                    builder=builder, tokenizer=builder.tok, model_dir=model_dir, mesh=mesh, testbed_eval=testbed_eval)
 

@@ -203,3 +203,16 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, have {len(devices)}")
   return Mesh(np.asarray(devices).reshape(shape), tuple(axes))
+
+
+def config_mesh(mesh_cfg: Any) -> Mesh:
+  """The mesh of a run's `config.mesh`: `shape` over every device, or over the first `num_devices` (> 0) of a
+  single-process job (a debugging run on part of a host; the tests' end-to-end runs on one of 8 fake CPU
+  devices)."""
+  n = mesh_cfg.get("num_devices", 0)
+  if n <= 0:
+    return make_mesh(mesh_cfg.shape, mesh_cfg.axes)
+  if jax.process_count() > 1 or n > jax.device_count():
+    raise ValueError(f"a mesh over the first {n} devices needs one process with at least {n} devices "
+                     f"(have {jax.process_count()} processes, {jax.device_count()} devices)")
+  return make_mesh(mesh_cfg.shape, mesh_cfg.axes, jax.devices()[:n])

@@ -178,7 +178,7 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
   config_check.check_mesh(config)   # also for library callers of train(); main() printed its warnings
-  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+  mesh = sharding.config_mesh(config.mesh)
   cfg = steps.step_config(config)
   optimizer = optim.make_optimizer(optim_cfg)
   param_sharding = models.param_shardings(setup.model_cfg, mesh)
