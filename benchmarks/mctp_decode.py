@@ -7,6 +7,13 @@ r"""MCTP decoding vs main-head decoding: generated tokens/s of the same model, i
 Random weights and free decoding (no constraint, no stop), so every row generates exactly --new_tokens
 tokens and both decoders do the same amount of output. The MCTP schedule defaults to VITA-Audio Boost's
 [1, 10, 4, 10]. Runs alternate main / mctp --repeats times; medians are printed with their ratio.
+
+Then the cost of each piece, timed alone at a cache filled to the prompt plus half the new tokens (each with its
+head's logits): a main step on one new token, the main model's catch-up forward over the m + 1 tokens made since
+its last step, and one MCTP module step. From those, the speed-up one period of the schedule's last pair [M, m]
+allows: (M + m) main steps against one catch-up, M - 1 main steps and m module steps. MCTP pays off when the
+catch-up costs about one step, i.e. when a decode step is bound by reading the weights (batch 1, accelerators),
+not by arithmetic (many rows on a CPU): compare --prompts=1 --group=1 with the default 8 rows.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -73,6 +81,67 @@ def main(argv):
     print(f"  {name:5s} {rate[name]:8.1f} tokens/s  median {statistics.median(times[name]):.3f}s  "
           f"first call {first[name]:.1f}s (compile + run)")
   print(f"  mctp / main = {rate['mctp'] / rate['main']:.2f}x")
+  print_breakdown(params, cfg, FLAGS.prompts * FLAGS.group, FLAGS.prompt_len + FLAGS.new_tokens // 2,
+                  FLAGS.prompt_len + FLAGS.new_tokens, tuple(int(x) for x in FLAGS.schedule), FLAGS.repeats)
+
+
+def _median_seconds(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))   # compile
+  times = []
+  for _ in range(max(repeats, 3)):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def step_costs(params, cfg: ModelConfig, rows: int, filled: int, slots: int, catch_up: int,
+               repeats: int) -> dict[str, float]:
+  """Median seconds of a main step (1 token), the main catch-up (`catch_up` tokens) and an MCTP module step
+  (1 anchor), each with its head's logits, against caches of `slots` slots filled up to `filled`."""
+  params, cfg = models.for_decoding(params, cfg)
+  cache = dict(models.init_cache(cfg, rows, slots), index=jnp.asarray(filled, jnp.int32))
+  cache["valid"] = jnp.arange(slots)[None].repeat(rows, 0) < filled
+  cache_valid = cache["valid"]
+  mtp_cache = models.init_mtp_cache(cfg, rows, slots)[0]
+  tokens = jnp.ones((rows, catch_up), jnp.int32)
+  positions = filled + jnp.arange(catch_up, dtype=jnp.int32)[None].repeat(rows, 0)
+
+  @jax.jit
+  def main_step(params, cache, tokens, positions):
+    hidden, _ = models.decode_hidden(params, cfg, {"tokens": tokens}, positions, cache)
+    return models.head_logits(params, cfg, "tokens", hidden["tokens"][:, -1])
+
+  @jax.jit
+  def module_step(params, cache, tokens, positions):
+    hidden = jnp.zeros((rows, 1, cfg.hidden_size), cfg.dtype)
+    h, _ = models.mtp_decode(params, cfg, 0, tokens, hidden, positions, cache, cache_valid, filled)
+    return models.head_logits(params, cfg, "tokens", h[:, -1])
+
+  return {"main": _median_seconds(main_step, (params, cache, tokens[:, :1], positions[:, :1]), repeats),
+          "catch_up": _median_seconds(main_step, (params, cache, tokens, positions), repeats),
+          "module": _median_seconds(module_step, (params, mtp_cache, tokens[:, :1], positions[:, :1]), repeats)}
+
+
+def period_speedup(costs: dict[str, float], main_steps: int, module_steps: int) -> float:
+  """Main-only time over MCTP time for one period [M, m] of the schedule (sampling left out: equal per token)."""
+  mctp = costs["catch_up"] + (main_steps - 1) * costs["main"] + module_steps * costs["module"]
+  return (main_steps + module_steps) * costs["main"] / mctp
+
+
+def print_breakdown(params, cfg: ModelConfig, rows: int, filled: int, slots: int, schedule: tuple[int, ...],
+                    repeats: int) -> None:
+  M, m = schedule[-2:]
+  m = min(m, cfg.num_mtp_modules)   # past the last module the main model runs (rollout/mctp.py)
+  costs = step_costs(params, cfg, rows, filled, slots, m + 1, repeats)
+  print(f"  per call at {filled} filled slots, {rows} rows: main step {costs['main'] * 1e3:.1f} ms, "
+        f"catch-up over {m + 1} tokens {costs['catch_up'] * 1e3:.1f} ms "
+        f"({costs['catch_up'] / (m + 1) * 1e3:.1f} ms = {costs['catch_up'] / (m + 1) / costs['main']:.2f} main "
+        f"steps per accepted token), MCTP module step {costs['module'] * 1e3:.1f} ms "
+        f"({costs['module'] / costs['main']:.2f} main steps)")
+  print(f"  bound from these costs for the period [{M}, {m}]: {period_speedup(costs, M, m):.2f}x "
+        f"(with a catch-up as cheap as one main step, as when the weight reads dominate: "
+        f"{period_speedup(dict(costs, catch_up=costs['main']), M, m):.2f}x)")
 
 
 if __name__ == "__main__":

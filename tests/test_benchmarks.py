@@ -12,7 +12,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args: str, devices: int = 1) -> str:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  # Compiled without LLVM's optimisation passes, like every test program (tests/conftest.py): figures are checked
+  # for consistency here, not measured.
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
   out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr
   return out.stdout
@@ -37,6 +40,17 @@ def test_memory_7b_quick():
     assert m, out
     args, temps, total = map(float, m.groups())
     assert total >= args and total >= temps
+
+
+def test_mctp_decode_quick():
+  """Both decoders, then the per-call costs and the bound they give for the schedule's last period [4, 10]."""
+  out = _run("benchmarks.mctp_decode", "--shape=tiny", "--prompts=1", "--group=2", "--prompt_len=8",
+             "--new_tokens=4", "--repeats=1")
+  costs = re.search(r"main step ([\d.]+) ms, catch-up over 11 tokens ([\d.]+) ms .* MCTP module step ([\d.]+) ms", out)
+  bound = re.search(r"for the period \[4, 10\]: ([\d.]+)x", out)
+  assert costs and bound and "mctp / main =" in out, out
+  main, catch_up, module = map(float, costs.groups())
+  assert float(bound.group(1)) == pytest.approx(14 * main / (catch_up + 3 * main + 10 * module), abs=0.01 + 0.1 / main)
 
 
 # ----------------------------------------------------------------------------- roofline.py, piece by piece
