@@ -17,7 +17,8 @@ Decoding contract (the sampler builds on exactly this):
       After a prefill of P prompts: their cache becomes a prefix shared by G = group_size consecutive rows
       each (stored once per prompt, heads-major), plus an empty own cache of P*G rows x max_len slots that
       `decode` then fills (slot 0 = the first new token; one token per step, several in the MCTP decoder's
-      catch-up); queries see every valid prefix slot. Prefill P rows instead of P*G, and keep one copy of each prompt's keys and values.
+      catch-up); queries see every valid prefix slot. Prefill P rows instead of P*G, and keep one copy of each
+      prompt's keys and values.
   Pure and jit-friendly: T, B and max_len are static, index is a traced scalar.
 """
 from __future__ import annotations
