@@ -4,6 +4,7 @@ a few steps) that is resumed without redoing finished runs."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -94,12 +95,18 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   assert config["init_checkpoint"] == str(tmp_path / "seed_0" / "base" / "base_model")
   assert config["testbed"]["dir"] == str(tmp_path / "seed_0" / "testbed") and config["train"]["total_steps"] == 2
 
-  # Resume: finished runs are kept, a run without its summary is redone.
-  os.remove(tmp_path / "seed_0" / "sft" / "eval_summary.json")
-  again = _study(tmp_path)
+  # Resume from an export (no weights): finished runs are kept, a run without its summary is redone, and the
+  # base model it needs is retrained first and must evaluate exactly as before (training is deterministic).
+  exported = tmp_path / "exported"
+  study.study_export.export_results(str(tmp_path), str(exported), study.REPORT_METRICS, [])
+  assert not (exported / "seed_0" / "base" / "base_model").exists() and (exported / "seed_0" / "sft").is_dir()
+  os.remove(exported / "seed_0" / "sft" / "eval_summary.json")
+  again = _study(exported)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "study: 1 runs to do" in again.stdout and "seed 0 sft" in again.stdout
-  assert json.load(open(tmp_path / "study.json"))["table"]["rl_text"] == report["table"]["rl_text"]
+  assert "study: 2 runs to do" in again.stdout and "retraining it" in again.stdout
+  assert "seed 0 base" in again.stdout and "seed 0 sft" in again.stdout
+  assert not (exported / "seed_0" / "base" / study.EXPORTED_SUMMARY).exists()
+  assert json.load(open(exported / "study.json"))["table"]["rl_text"] == report["table"]["rl_text"]
 
 
 def test_study_refuses_a_config_with_a_method(tmp_path):
@@ -241,8 +248,9 @@ class FakeTrain:
   answers every other item; rl_text_exact answers every item up to testbed.sft_wrong_fraction 0.3 and only base's
   above; sft none."""
 
-  def __init__(self):
+  def __init__(self, base_shift: float = 0.0):
     self.calls = []
+    self.base_shift = base_shift   # added to base's IQ: a base model retrained differently
 
   def __call__(self, cmd, log_path, env):
     self.calls.append(cmd)
@@ -260,8 +268,68 @@ class FakeTrain:
       f.writelines(json.dumps({"split": "train", "step": t, "lambda": 1.0, "diversity/informative": 0.9,
                                "diversity/informative_semantic": 0.5, "pass/at_1": 0.3}) + "\n" for t in (1, 2))
     with open(os.path.join(workdir, "eval_summary.json"), "w") as f:
-      json.dump({"after": {"iq": np.mean([r["iq"] for r in rows]), "eq": 0.8}}, f)
+      json.dump({"after": {"iq": np.mean([r["iq"] for r in rows]) + self.base_shift * (method == "base"),
+                           "eq": 0.8}}, f)
+    if method == "base":
+      os.makedirs(os.path.join(workdir, "base_model"), exist_ok=True)
+    os.makedirs(os.path.join(workdir, "checkpoints", "3"), exist_ok=True)
     return 0
+
+
+def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_from_it(tmp_path):
+  """An export keeps finished runs' records and the reports, not checkpoints, base models, testbed data or
+  unfinished runs, and never overwrites; continuing from it retrains each base model still needed and refuses
+  to go on when the retrained one evaluates differently from the exported one."""
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  work, dest = tmp_path / "work", tmp_path / "exported"
+  study.run_study(spec, config, str(work), ["rl_text_exact"], [0, 1], runner=FakeTrain())
+  for s in (0, 1):
+    os.makedirs(work / f"seed_{s}" / "testbed")
+    os.makedirs(work / f"seed_{s}" / "sft" / "checkpoints" / "2")   # interrupted: no summary
+    for m in ("base", "rl_text_exact"):
+      (work / f"seed_{s}" / m / "run.log").write_text("log\n")
+      (work / f"seed_{s}" / m / "eval" / "step_100.jsonl").write_text('{"iq": 1.0}\n')
+      with open(work / f"seed_{s}" / m / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"split": "train", "step": 3, "lambda": 0.5, "loss": 1.0}) + "\n")
+  export = lambda: study.study_export.export_results(str(work), str(dest), study.REPORT_METRICS,
+                                                    [study.POSITIVE_CONTROL])
+  runs = export()
+  assert runs == [f"seed_{s}/{m}" for s in (0, 1) for m in ("base", "rl_text_exact")]
+  kept = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, names in os.walk(dest) for n in names)
+  assert kept == sorted(["run_times.json", "study.json", "study.md", "iq_eq.png", "gates.png", "eq_curve.png"] + [
+      f"seed_{s}/{m}/{f}" for s in (0, 1) for m in ("base", "rl_text_exact")
+      for f in ("eval_summary.json", "metrics.jsonl", "eval/after.jsonl")] + [
+      f"seed_{s}/rl_text_exact/eval/step_100.jsonl" for s in (0, 1)])   # the positive control's learning curve
+  last = json.loads(open(dest / "seed_0" / "base" / "metrics.jsonl").read().splitlines()[-1])
+  assert last == {"split": "train", "step": 3, "lambda": 0.5}   # the columns the report reads
+  assert not os.path.exists(f"{dest}.partial")
+  with pytest.raises(FileExistsError, match="exported"):
+    export()
+  assert study.load_rows(str(dest), ["rl_text_exact"], [0, 1]) == study.load_rows(str(work), ["rl_text_exact"],
+                                                                                    [0, 1])
+  # A report of the export alone: nothing runs.
+  study.run_study(spec, config, str(dest), ["rl_text_exact", "sft"], [0, 1], report_only=True, runner=None)
+  assert json.load(open(dest / "study.json"))["unfinished"] == ["sft"]
+  assert "**Incomplete**: `sft` has not finished" in open(dest / "study.md").read()
+
+  other = tmp_path / "other"
+  shutil.copytree(dest, other, symlinks=True)
+  fake = FakeTrain()
+  study.run_study(spec, config, str(dest), ["rl_text_exact", "sft"], [0, 1], runner=fake)
+  assert [os.path.relpath(_arg(c, "workdir"), dest) for c in fake.calls] == [
+      "seed_0/base", "seed_1/base", "seed_0/sft", "seed_1/sft"]
+  assert not os.path.exists(dest / "seed_0" / "base" / study.EXPORTED_SUMMARY)
+  # Only a seed with a run to do retrains its base model (seed 1 has finished), and the study refuses to go on
+  # from a base model that evaluates differently from the exported one.
+  shutil.rmtree(other / "seed_1")
+  shutil.copytree(dest / "seed_1", other / "seed_1", symlinks=True)
+  shutil.rmtree(other / "seed_1" / "base" / "base_model")
+  fake = FakeTrain(base_shift=0.05)
+  with pytest.raises(RuntimeError, match="does not evaluate as the exported one did"):
+    study.run_study(spec, config, str(other), ["rl_text_exact", "sft"], [0, 1], runner=fake)
+  assert [os.path.relpath(_arg(c, "workdir"), other) for c in fake.calls] == ["seed_0/base"]
+  assert os.path.exists(other / "seed_0" / "base" / "eval_summary.retrained.json")
+  assert not os.path.exists(other / "seed_0" / "base" / "eval_summary.json")
 
 
 def test_reads_reward_field():
@@ -323,6 +391,14 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   monkeypatch.setattr(study, "save", lambda fig, path: None)   # the figures were checked above: skip their cost
   again = FakeTrain()
   study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
+                  study.parse_sweep(f"{field}=0,0.5", config), runner=again)
+  assert again.calls == []
+  # An export keeps the shared runs as links into the first value's copy, and a rerun from it does nothing.
+  dest = tmp_path / "exported"
+  study.study_export.export_results(str(tmp_path), str(dest), study.REPORT_METRICS, [study.POSITIVE_CONTROL])
+  assert os.path.islink(dest / v5 / "seed_1" / "base") and not os.path.lexists(dest / v5 / "seed_1" / "testbed")
+  assert os.path.realpath(dest / v5 / "seed_1" / "sft") == str(dest / v0 / "seed_1" / "sft")
+  study.run_study(spec, config, str(dest), methods, [0, 1], ["--config.train.total_steps=3"],
                   study.parse_sweep(f"{field}=0,0.5", config), runner=again)
   assert again.calls == []
   # A field that changes the testbed data: every value trains its own base model and runs every method.

@@ -10,8 +10,10 @@ model once (the `base` run, which also evaluates it) and runs every method of co
 as its own `python -m wavalign_jax.train` process in DIR/seed_<s>/<method>; the positive control
 `rl_text_exact` goes first. Methods whose resolved configs are identical run once and are reported under every
 name. It is resumable: a finished run (its eval_summary.json exists) is not redone and an interrupted one
-resumes from its checkpoint, so rerunning the command continues a killed study. `--methods=` / `--seeds=` pick a
-subset; `--config.x=y` overrides are passed to every run; `--jobs=N` runs N processes at once.
+resumes from its checkpoint, so rerunning the command continues a killed study. `--export=DEST` copies the
+results without the weights (small enough to commit); a study continues from such a copy too (study_export.py).
+`--methods=` / `--seeds=` pick a subset; `--config.x=y` overrides are passed to every run; `--jobs=N` runs N
+processes at once.
 
 `--sweep=FIELD=V1,V2,...` repeats the study for each value of one config field: DIR/FIELD=V is a study of its own
 (its runs get --config.FIELD=V); DIR/study.md puts the verdicts side by side and sweep.png plots each claim's
@@ -43,7 +45,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import cli, config_check, config_lib, files
+from wavalign_jax import cli, config_check, config_lib, files, study_export
 
 CLAIMS = (
     # (claim, metric, method a, methods b, relation): a - b on the metric; "greater" / "less" than 0.
@@ -310,6 +312,39 @@ def finished(path: str) -> bool:
   return os.path.exists(os.path.join(path, "eval_summary.json"))
 
 
+EXPORTED_SUMMARY = "eval_summary.exported.json"   # a retrained base run's summary before it was retrained
+
+
+def bases_to_retrain(studies: Sequence[Study], todo: Sequence[tuple[Study, int, str]]) -> list[tuple[Study, int]]:
+  """(study, seed) of each finished base run whose base model is gone (a study continued from an export,
+  study_export.py) while a run of its seed is still to do."""
+  out = {}
+  for st, s, m in todo:
+    base = st.base_dir(s)
+    if m != "base" and finished(base) and not os.path.exists(os.path.join(base, "base_model")):
+      owner = next(o for o in studies if o.runs_here("base") and o.base_dir(s) == base)
+      out[base] = (owner, s)
+  return list(out.values())
+
+
+def check_retrained_base(path: str) -> None:
+  """After a base run retrained from an export: its evaluation must equal the exported one, which the seed's
+  finished runs started from; otherwise the run stays unfinished and the study stops, saying why."""
+  old = os.path.join(path, EXPORTED_SUMMARY)
+  if not os.path.exists(old):
+    return
+  before, now = (json.load(open(p))["after"] for p in (old, os.path.join(path, "eval_summary.json")))
+  if before != now:
+    os.replace(os.path.join(path, "eval_summary.json"), os.path.join(path, "eval_summary.retrained.json"))
+    differ = [f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted(before.keys() | now.keys())
+              if before.get(k) != now.get(k)]
+    raise RuntimeError(
+        f"{path}: the retrained base model does not evaluate as the exported one did ({'; '.join(differ[:3])}); "
+        "the seed's finished runs started from the exported one, so runs from this one would not be comparable. "
+        f"Rerun the whole seed (delete {os.path.dirname(path)}) or continue where the study was exported from")
+  os.remove(old)
+
+
 def train_command(config_spec: str, method: str, seed: int, workdir: str, overrides: Sequence[str],
                   eval_every: int) -> list[str]:
   """The train.py command line of one run (the base run trains the seed's base model into its workdir)."""
@@ -369,6 +404,12 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
   order = sorted(["base", *methods], key=lambda m: (m != "base", m != POSITIVE_CONTROL))   # stable otherwise
   todo = [(st, s, m) for m in order for st in studies for s in seeds
           if st.runs_here(m) and not finished(run_dir(st.workdir, s, m))]
+  retrain = bases_to_retrain(studies, todo)
+  for st, s in retrain:
+    base = st.base_dir(s)
+    print(f"seed {s}: {base} has no base model (an exported study): retraining it", flush=True)
+    os.replace(os.path.join(base, "eval_summary.json"), os.path.join(base, EXPORTED_SUMMARY))
+  todo = [(st, s, "base") for st, s in retrain] + todo
   for st in studies:
     if st.shared_base:
       link_shared_base(st, seeds)
@@ -392,6 +433,8 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     try:
       rc = runner(train_command(config_spec, method, seed, st.workdir, st.overrides, eval_every),
                   os.path.join(path, "run.log"), env)
+      if method == "base" and rc == 0 and finished(path):
+        check_retrained_base(path)
     finally:
       if method == "base":
         base_ready[base].set()
@@ -438,12 +481,18 @@ def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int],
   return out
 
 
+# The metrics.jsonl columns the report reads: the curves (load_curves) and the time breakdown (time_breakdown).
+CURVE_KEYS = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative",
+                        "diversity/informative_semantic", "pass/at_1", "pass/at_G", "judge/pearson_acoustic",
+                        "judge/pearson_semantic"), "eval": ("iq", "eq")}
+REPORT_METRICS = ("step", "split", "step_time", "rollout_time", "eval_time", *CURVE_KEYS["train"],
+                  *CURVE_KEYS["eval"])
+
+
 def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
                 same_run: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
   """{method: {"train": {key: [steps, mean over seeds]}, "eval": {key: ...}}} from the runs' metrics.jsonl."""
-  keys = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative",
-                    "diversity/informative_semantic", "pass/at_1", "pass/at_G", "judge/pearson_acoustic",
-                    "judge/pearson_semantic"), "eval": ("iq", "eq")}
+  keys = CURVE_KEYS
   out = {}
   for m in methods:
     series: dict[str, dict[str, dict[int, list[float]]]] = {g: {k: {} for k in ks} for g, ks in keys.items()}
@@ -603,8 +652,12 @@ def markdown(out: dict[str, Any]) -> str:
   table, claims = out["table"], out["claims"]
   intro = (f"Seeds: {out['seeds']}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds and eval items "
            "(docs/testbed.md). Trade-off = mean of IQ and EQ.")
-  lines = [f"# {out['title']}", "", power_line(out["positive_control"]), "",
-           " ".join(filter(None, [intro, same_run_note(out["same_run"]), times_line(out["times"])])), ""]
+  lines = [f"# {out['title']}", "", power_line(out["positive_control"]), ""]
+  if out.get("unfinished"):
+    lines += [f"**Incomplete**: {', '.join(f'`{m}`' for m in out['unfinished'])} "
+              f"{'has' if len(out['unfinished']) == 1 else 'have'} not finished on every seed yet and "
+              f"{'is' if len(out['unfinished']) == 1 else 'are'} left out (rerun the study's command to continue).", ""]
+  lines += [" ".join(filter(None, [intro, same_run_note(out["same_run"]), times_line(out["times"])])), ""]
 
   def table_of(title: str, methods: Sequence[str], columns: Sequence[tuple[str, str]]) -> None:
     lines.extend([f"## {title}", "", "| method | " + " | ".join(c for _, c in columns) + " |",
@@ -804,7 +857,7 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
   out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]), "positive_control": power,
          "learning_curve": curve, "time_breakdown": time_breakdown(study.workdir, methods, seeds, same_run),
          "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
-         "curves": curves}
+         "curves": curves, "unfinished": [m for m in methods if m not in rows]}
   files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
   files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))
   save(iq_eq_figure(table, same_run), os.path.join(study.workdir, "iq_eq.png"))
@@ -880,6 +933,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps (the curves over training and the positive "
                        "control's learning curve).")
   flags.DEFINE_bool("report_only", False, "Only rewrite study.md / study.json / plots.")
+  flags.DEFINE_string("export", "", "Then copy the results without checkpoints, models or data to this new "
+                      "directory (small enough to commit; a study continues from it: study_export.py).")
 
 
 def parse_seeds(arg: str) -> list[int]:
@@ -910,8 +965,13 @@ def main(argv: list[str]) -> None:
     sweep = parse_sweep(f.sweep, f.config, override_fields(overrides)) if f.sweep else None
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if f.export and os.path.lexists(f.export):   # before hours of runs, not after
+    raise app.UsageError(f"--export={f.export} exists; export into a new directory")
   run_study(spec, f.config, f.workdir, methods, parse_seeds(f.seeds), overrides, sweep, f.eval_every, f.jobs,
             f.report_only)
+  if f.export:
+    runs = study_export.export_results(f.workdir, f.export, REPORT_METRICS, (POSITIVE_CONTROL,))
+    print(f"exported {len(runs)} finished runs to {f.export}", flush=True)
 
 
 if __name__ == "__main__":
