@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import ml_collections as mlc
 
+from wavalign_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError: where configs are made)
 from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 
 # Each training method of the paper is a small patch of config fields.
@@ -47,10 +48,6 @@ METHODS: dict[str, dict[str, object]] = {
     # differ only by judge noise no longer gets full-size advantages.
     "ablate_text_dynamic_batch_std": {"gate.mode": "dynamic", "rl.token_set": "text", "rl.advantage_scale": "batch"},
 }
-
-
-class ConfigError(ValueError):
-  """A config or command-line mistake: entry points print its message and exit non-zero (no traceback)."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

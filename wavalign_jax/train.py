@@ -411,12 +411,9 @@ def main(argv: list[str]) -> None:
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   log_setup.quiet_stderr()
-  try:   # before anything is written: a mistake is one line, not a traceback minutes in
+  try:   # a config mistake (errors.ConfigError) before anything is written: one line, not a traceback minutes in
     for warning in config_check.check(_CONFIG.value, _WORKDIR.value):
       print(f"warning: {warning}", file=sys.stderr, flush=True)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
-  try:
     with workdir_lock.hold(_WORKDIR.value):   # before the log file: a second job writes nothing
       log_file = log_setup.quiet_logs(_WORKDIR.value, "train")
       print(f"logs (absl / Orbax INFO and above): {log_file}", flush=True)
