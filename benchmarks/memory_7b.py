@@ -26,11 +26,10 @@ import pathlib
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 from jax.experimental import topologies
 
-from benchmarks.recipes_7b import experiment, hybrid_step, shape_struct
+from benchmarks.recipes_7b import experiment, hybrid_step, sampler_prompts
 from wavalign_jax import sharding
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -92,9 +91,7 @@ def bench(model: str, n: int) -> None:
   if "sampler" in FLAGS.parts:
     t = time.perf_counter()
     sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
-    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
-               "valid": shape_struct((P, Lp), bool, data)}
+    prompts = sampler_prompts(cfg, mesh, P, Lp)
     params = state.params   # placed as the step's parameters are
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
     with sharding.use_rules(mesh):

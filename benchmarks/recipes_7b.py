@@ -38,6 +38,18 @@ def seq_batch(cfg, rows, length, mesh, cls=SeqBatch):
              types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
 
 
+def sampler_prompts(cfg: models.ModelConfig, mesh: Any, P: int, Lp: int) -> dict[str, Any]:
+  """Abstract prompts for the sampler as rollout/hosts.py passes them: P rows of Lp positions over the data
+  shards, with Kimi's continuous audio features where the model has the adaptor."""
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
+             "valid": shape_struct((P, Lp), bool, data)}
+  if cfg.arch == "parallel" and cfg.adaptor_input_dim:
+    prompts.update(features=shape_struct((P, Lp, cfg.adaptor_input_dim), np.float32, data),
+                   feature_mask=shape_struct((P, Lp), bool, data))
+  return prompts
+
+
 def hybrid_step(cfg: models.ModelConfig, config: mlc.ConfigDict, mesh: Any, P: int, G: int, Lp: int,
                 N: int) -> tuple[Any, Any, HybridBatch]:
   """The hybrid step as train.py jits it for `cfg` on `mesh` (state donated), its abstract state (with the

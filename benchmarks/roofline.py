@@ -38,10 +38,9 @@ from typing import Any, Callable
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks.recipes_7b import experiment, hybrid_step, shape_struct  # noqa: E402
+from benchmarks.recipes_7b import experiment, hybrid_step, sampler_prompts  # noqa: E402
 from wavalign_jax import models, sharding, train_state  # noqa: E402
 from wavalign_jax.rollout import decode  # noqa: E402
 from wavalign_jax.rollout import sampler as sampler_lib  # noqa: E402
@@ -160,13 +159,8 @@ def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, 
       carry = sampler_lib.decode_step(params, model_cfg, sc, rng, prompt_len, carry)
     return carry
 
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
-             "valid": shape_struct((P, Lp), bool, data)}
-  if cfg.arch == "parallel" and cfg.adaptor_input_dim:
-    prompts.update(features=shape_struct((P, Lp, cfg.adaptor_input_dim), np.float32, data),
-                   feature_mask=shape_struct((P, Lp), bool, data))
+  prompts = sampler_prompts(cfg, mesh, P, Lp)
   abstract = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
   params = train_state.abstract_with_shardings(abstract, models.param_shardings(cfg, mesh))
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)

@@ -1,6 +1,5 @@
 """`python -m wavalign_jax.analyze` end to end on a tiny testbed run of each architecture."""
 import json
-import os
 
 import pytest
 

@@ -190,7 +190,7 @@ def test_voicebench_generation_and_scoring(tmp_path):
     assert float(rows["advbench"][0]) == pytest.approx(adv, abs=0.006)
     overall = next(v for k, v in rows.items() if k.startswith("overall"))
     assert float(overall[0]) == pytest.approx((80 + mmsu + adv) / 3, abs=0.006)
-    assert f"VoiceBench/commoneval: 4.00 (1-5, n=2, judge failures=0)" in lines
+    assert "VoiceBench/commoneval: 4.00 (1-5, n=2, judge failures=0)" in lines
 
     # score.py reads the same file to the same report; re-scoring hits the judge cache.
     assert score.score_file("voicebench", os.path.join(out, "responses-voicebench.jsonl"),

@@ -10,7 +10,6 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import FIXTURES
-from wavalign_jax import models
 from wavalign_jax.conversion import config_from_hf, hf_to_params
 from wavalign_jax.rollout import mctp, sampler
 from wavalign_jax.rollout.decode import SamplingConfig, StreamSampling
