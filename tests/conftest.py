@@ -1,10 +1,12 @@
 """Shared pytest setup.
 
 8 fake CPU devices (set before jax is imported) so sharding tests can build real meshes, a session-wide
-persistent compilation cache, the long end-to-end tests scheduled first, and a `highest_precision` fixture for
+persistent compilation cache, the long end-to-end tests scheduled first, a `highest_precision` fixture for
 tests that compare against float32 upstream fixtures (accelerators default to TF32 / bf16 matmul passes, which
-exceed the 1e-4 fixture tolerance on their own).
+exceed the 1e-4 fixture tolerance on their own), and the tiny testbed run's config with one base model per
+architecture for the whole session (`tiny_config`, `tiny_base`).
 """
+import fcntl
 import os
 import pathlib
 import tempfile
@@ -22,6 +24,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
+
+from wavalign_jax import train  # noqa: E402
+from wavalign_jax.config_lib import apply_method, base_config, make_tiny  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -49,3 +54,50 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if item.path.name == "test_methods_smoke.py":
       item.add_marker(pytest.mark.xdist_group(f"smoke_{item.callspec.params['arch']}"))
+
+
+def tiny_config(arch: str, base: str | None = None):
+  """The hybrid method on the testbed at unit-test sizes. `base`: a `tiny_base` directory whose base model and
+  testbed data the run starts from; without it the run generates both in its work directory."""
+  c = base_config()
+  c.model.arch = arch
+  c.layout = {"kind": arch, "ratios": (1, 10, 4, 10)} if arch == "interleaved" else {"kind": arch, "audio_delay": 2}
+  apply_method(c, "hybrid")
+  make_tiny(c)
+  c.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16))
+  if arch == "parallel":
+    c.model.update(dict(mimo_from_layer=0, num_mimo_layers=1))
+  c.data.prompts_per_step = 4
+  c.rollout.group_size = 2
+  c.rollout.max_new_tokens = 16
+  c.testbed.base_sft_steps = 10
+  c.testbed.base_batch_size = 8
+  c.train.update(dict(total_steps=4, checkpoint_every=2, eval_examples=4))
+  c.optim.learning_rate = 1e-3
+  # One of the 8 fake CPU devices (about half the compile and run time); the resume test and test_multihost run
+  # on all of them, test_train_step checks that sharding changes no value.
+  c.mesh.num_devices = 1
+  if base:
+    c.init_checkpoint = os.path.join(base, "base", "base_model")
+    c.testbed.dir = os.path.join(base, "testbed")
+  return c
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+  """arch -> a directory with `tiny_config(arch)`'s testbed data and base model, built once per test session and
+  shared by the xdist workers (the first to ask builds it under a file lock; the others wait, then read it).
+  Runs must not change the testbed's knobs (they would regenerate the shared data)."""
+  def get(arch: str) -> str:
+    root = os.path.join(tempfile.gettempdir(), "wavalign_jax_tests_base", _SESSION, arch)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not os.path.exists(os.path.join(root, "ready")):
+        config = tiny_config(arch)
+        config.testbed.dir = os.path.join(root, "testbed")
+        config.train.total_steps = 0
+        train.train(config, os.path.join(root, "base"))
+        open(os.path.join(root, "ready"), "w").close()
+    return root
+  return get

@@ -3,13 +3,13 @@ import json
 
 import pytest
 
-from test_train_loop import _tiny_config
+from conftest import tiny_config
 from wavalign_jax import analyze, train
 
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])
-def test_analyze_a_testbed_run(tmp_path, arch):
-  config = _tiny_config(arch, None)
+def test_analyze_a_testbed_run(tmp_path, tiny_base, arch):
+  config = tiny_config(arch, tiny_base(arch))
   config.train.update(total_steps=2, checkpoint_every=2)
   train.train(config, str(tmp_path / "run"))
   scores = tmp_path / "scores.jsonl"

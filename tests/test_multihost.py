@@ -16,7 +16,6 @@ host (`hosts.same_length`); `test_hosts_agree_on_batch_lengths` puts batches of 
 import json
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from test_train_loop import _tiny_config  # noqa: E402
+from conftest import tiny_config  # noqa: E402
 
 from wavalign_jax import train  # noqa: E402
 from wavalign_jax.batches import SeqBatch  # noqa: E402
@@ -35,8 +34,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 2
 
 
-def _config(base_model):
-  c = _tiny_config("interleaved", base_model)
+def _config(base: str):
+  c = tiny_config("interleaved", base)
   c.train.update(dict(total_steps=STEPS, checkpoint_every=STEPS, eval_examples=4, eval_before=False))
   c.data.prompts_per_step = 16   # each host's 8 rows over the 8 data shards (train.train refuses fewer)
   c.mesh.num_devices = 0         # every device of the hosts
@@ -64,13 +63,13 @@ def _flat_params(state) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(multihost_utils.process_allgather(state.params, tiled=True))]
 
 
-def _worker(process_id: int, port: int, workdir: str, base_model: str, out: str) -> None:
+def _worker(process_id: int, port: int, workdir: str, base: str, out: str) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
   assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
   calls: list = []
   _record_rollouts(calls)
-  result = train.train(_config(base_model), workdir)
+  result = train.train(_config(base), workdir)
   np.savez(out, lam=float(result["state"].gate.lam), eval_after=json.dumps(result["eval_after"]),
            num_params=len(_flat_params(result["state"])),
            **{f"param_{i}": p for i, p in enumerate(_flat_params(result["state"]))},
@@ -149,17 +148,15 @@ def _train_lines(workdir) -> list[dict]:
   return [l for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if l["split"] == "train"]
 
 
-def test_two_processes_match_one(tmp_path, monkeypatch):
+def test_two_processes_match_one(tmp_path, monkeypatch, tiny_base):
   ref_dir, mh_dir = tmp_path / "one", tmp_path / "two"
   monkeypatch.setattr(train.loader, "make_loader", _two_host_loader(train.loader.make_loader))
   ref_calls: list = []
   monkeypatch.setattr(train.rl_batch_lib, "rollout_batch", train.rl_batch_lib.rollout_batch)
   _record_rollouts(ref_calls)
-  ref = train.train(_config(None), str(ref_dir))
-  base_model = str(ref_dir / "base_model")
-
-  shutil.copytree(ref_dir / "testbed", mh_dir / "testbed")   # same data; no two processes generating it
-  hosts = _spawn(["train", str(mh_dir), base_model], [tmp_path / f"host{i}.npz" for i in range(2)])
+  base = tiny_base("interleaved")   # one base model and testbed: no two processes generating them
+  ref = train.train(_config(base), str(ref_dir))
+  hosts = _spawn(["train", str(mh_dir), base], [tmp_path / f"host{i}.npz" for i in range(2)])
 
   # Each host sampled and scored exactly its own half of every global batch, as one process did.
   assert len(ref_calls) == STEPS

@@ -13,6 +13,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from wavalign_jax import config_lib, study
+from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,28 +22,28 @@ def test_hierarchical_bootstrap_hand_computed():
   """Two seeds with constant items a and b: a draw is a, (a+b)/2 or b with probabilities 1/4, 1/2, 1/4, so the
   95% interval is [a, b] around the estimate (a+b)/2. One seed reduces to the item bootstrap: items 0 and 1 give
   [0, 1]. NaN items (outside a stratum) are ignored."""
-  assert study.hierarchical_bootstrap([np.full(5, 0.2), np.full(3, 0.6)]) == pytest.approx((0.4, 0.2, 0.6))
-  assert study.hierarchical_bootstrap([np.array([0.0, 1.0, np.nan])]) == pytest.approx((0.5, 0.0, 1.0))
+  assert claims.hierarchical_bootstrap([np.full(5, 0.2), np.full(3, 0.6)]) == pytest.approx((0.4, 0.2, 0.6))
+  assert claims.hierarchical_bootstrap([np.array([0.0, 1.0, np.nan])]) == pytest.approx((0.5, 0.0, 1.0))
   values = (np.random.default_rng(0).random(3000) < 0.3).astype(float)
-  est, lo, hi = study.hierarchical_bootstrap([values])
+  est, lo, hi = claims.hierarchical_bootstrap([values])
   normal = 1.96 * values.std() / np.sqrt(len(values))
   assert abs((hi - lo) / 2 - normal) < 0.1 * normal
   with pytest.raises(ValueError, match="at least one item"):
-    study.hierarchical_bootstrap([np.array([np.nan])])
+    claims.hierarchical_bootstrap([np.array([np.nan])])
 
 
 def test_verdicts_and_strata():
-  assert study.verdict(0.01, 0.2, "greater") == "reproduced"
-  assert study.verdict(-0.2, -0.01, "greater") == "not reproduced"
-  assert study.verdict(-0.01, 0.2, "greater") == "inconclusive"
-  assert study.verdict(-0.2, -0.01, "less") == "reproduced"
-  assert study.verdict(0.01, 0.2, "less") == "not reproduced"
+  assert claims.verdict(0.01, 0.2, "greater") == "reproduced"
+  assert claims.verdict(-0.2, -0.01, "greater") == "not reproduced"
+  assert claims.verdict(-0.01, 0.2, "greater") == "inconclusive"
+  assert claims.verdict(-0.2, -0.01, "less") == "reproduced"
+  assert claims.verdict(0.01, 0.2, "less") == "not reproduced"
   rows = [{"iq": 1.0, "eq": 0.5, "subset": "id", "family": "lookup"},
           {"iq": 0.0, "eq": 0.9, "subset": "ood_style", "family": "arithmetic"}]
-  np.testing.assert_array_equal(study.item_values(rows, "id/iq"), [1.0, np.nan])
-  np.testing.assert_array_equal(study.item_values(rows, "ood/eq"), [np.nan, 0.9])
-  np.testing.assert_array_equal(study.item_values(rows, "arithmetic/iq"), [np.nan, 0.0])
-  np.testing.assert_array_equal(study.item_values(rows, "tradeoff"), [0.75, 0.45])
+  np.testing.assert_array_equal(claims.item_values(rows, "id/iq"), [1.0, np.nan])
+  np.testing.assert_array_equal(claims.item_values(rows, "ood/eq"), [np.nan, 0.9])
+  np.testing.assert_array_equal(claims.item_values(rows, "arithmetic/iq"), [np.nan, 0.0])
+  np.testing.assert_array_equal(claims.item_values(rows, "tradeoff"), [0.75, 0.45])
 
 
 def test_claims_from_rows():
@@ -50,11 +51,11 @@ def test_claims_from_rows():
   item = lambda iq: {"iq": iq, "eq": 0.5, "subset": "id", "family": "lookup"}
   rows = {"base": {0: [item(1.0)] * 4, 1: [item(1.0)] * 4}, "sft": {0: [item(0.0)] * 4, 1: [item(1.0)] * 2 +
                                                                      [item(0.0)] * 2}}
-  claims = {c["claim"]: c for c in study.evaluate_claims(rows, [0, 1])}
-  assert set(claims) == {"SFT keeps or raises EQ", "SFT lowers IQ"}
-  lowers = claims["SFT lowers IQ"]
+  by_claim = {c["claim"]: c for c in claims.evaluate_claims(rows, [0, 1])}
+  assert set(by_claim) == {"SFT keeps or raises EQ", "SFT lowers IQ"}
+  lowers = by_claim["SFT lowers IQ"]
   assert lowers["verdict"] == "reproduced" and lowers["comparisons"][0]["diff"] == pytest.approx(-0.75)
-  assert claims["SFT keeps or raises EQ"]["verdict"] == "inconclusive"   # no difference at all
+  assert by_claim["SFT keeps or raises EQ"]["verdict"] == "inconclusive"   # no difference at all
 
 
 def _study(workdir, *extra):
@@ -85,7 +86,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   md = open(tmp_path / "study.md").read()
   assert "| sft |" in md and "**verdict**" in md and "Table 3" in md
   assert md.splitlines()[2].startswith("**Verdicts unchecked by a positive control**") and "wall clock" in md
-  times = study.read_times(str(tmp_path))
+  times = runner.read_times(str(tmp_path))
   assert set(times) == {"seed_0/base", "seed_0/sft", "seed_0/rl_text"}
   assert all(t["end"] - t["start"] == pytest.approx(t["seconds"]) for t in times.values())
   for png in ("iq_eq.png", "gates.png", "eq_curve.png"):
@@ -98,14 +99,14 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   # Resume from an export (no weights): finished runs are kept, a run without its summary is redone, and the
   # base model it needs is retrained first and must evaluate exactly as before (training is deterministic).
   exported = tmp_path / "exported"
-  study.study_export.export_results(str(tmp_path), str(exported), study.REPORT_METRICS, [])
+  export.export_results(str(tmp_path), str(exported), report.REPORT_METRICS, [])
   assert not (exported / "seed_0" / "base" / "base_model").exists() and (exported / "seed_0" / "sft").is_dir()
   os.remove(exported / "seed_0" / "sft" / "eval_summary.json")
   again = _study(exported)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "study: 2 runs to do" in again.stdout and "retraining it" in again.stdout
   assert "seed 0 base" in again.stdout and "seed 0 sft" in again.stdout
-  assert not (exported / "seed_0" / "base" / study.EXPORTED_SUMMARY).exists()
+  assert not (exported / "seed_0" / "base" / runner.EXPORTED_SUMMARY).exists()
   assert json.load(open(exported / "study.json"))["table"]["rl_text"] == report["table"]["rl_text"]
 
 
@@ -133,9 +134,9 @@ def _hand_rows(control_gain: bool):
 
 
 def _out(rows, seeds=(0, 1)):
-  power = study.power_check(rows, seeds)
+  power = claims.power_check(rows, seeds)
   return {"title": "Study: hand-made", "seeds": list(seeds), "times": {}, "positive_control": power, "same_run": {},
-          "table": study.summarize(rows, seeds), "claims": study.evaluate_claims(rows, seeds, power=power),
+          "table": report.summarize(rows, seeds), "claims": claims.evaluate_claims(rows, seeds, power=power),
           "curves": {}}
 
 
@@ -147,11 +148,11 @@ def test_positive_control_decides_power():
   assert p["powered"] and p["diff"] == pytest.approx(0.5) and 0 < p["lo"] < 0.5 < p["hi"]
   # the same paired bootstrap as the claims: rl_text_exact - base on IQ, items 0/1 within each seed
   rows = _hand_rows(True)
-  assert (p["diff"], p["lo"], p["hi"]) == study.hierarchical_bootstrap(
-      [study.item_values(rows["rl_text_exact"][s], "iq") - study.item_values(rows["base"][s], "iq") for s in (0, 1)])
+  assert (p["diff"], p["lo"], p["hi"]) == claims.hierarchical_bootstrap(
+      [claims.item_values(rows["rl_text_exact"][s], "iq") - claims.item_values(rows["base"][s], "iq") for s in (0, 1)])
   verdicts = {c["claim"]: c["verdict"] for c in powered["claims"]}
   assert verdicts == {"SFT lowers IQ": "reproduced", "SFT keeps or raises EQ": "not reproduced"}
-  md = study.markdown(powered).splitlines()
+  md = report.markdown(powered).splitlines()
   assert md[0] == "# Study: hand-made" and md[2].startswith("**Positive control** (`rl_text_exact` − `base` on IQ: "
                                                                 "+50.0 [")
 
@@ -161,17 +162,17 @@ def test_positive_control_decides_power():
     assert c["verdict"] == "underpowered" and {d["verdict"] for d in c["comparisons"]} == {"underpowered"}
   lowers = next(c for c in weak["claims"] if c["claim"] == "SFT lowers IQ")
   assert lowers["comparisons"][0]["diff"] == pytest.approx(-0.5)
-  md = study.markdown(weak)
+  md = report.markdown(weak)
   assert md.splitlines()[2].startswith("**Underpowered**") and "not reproduced" not in md and "reproduced" not in md
   assert "| SFT lowers IQ (iq) | **underpowered** | sft − base: -50.0 [-" in md
-  summary = "\n".join(study.summary_markdown(weak["table"], weak["claims"]))
+  summary = "\n".join(report.summary_markdown(weak["table"], weak["claims"]))
   assert "**underpowered**" in summary and "reproduced" not in summary
 
   rows = _hand_rows(True)
   del rows["rl_text_exact"]
   unchecked = _out(rows)
   assert unchecked["positive_control"] is None
-  assert study.markdown(unchecked).splitlines()[2].startswith("**Verdicts unchecked by a positive control**")
+  assert report.markdown(unchecked).splitlines()[2].startswith("**Verdicts unchecked by a positive control**")
   assert {c["verdict"] for c in unchecked["claims"]} == {"reproduced", "not reproduced"}
 
 
@@ -186,7 +187,7 @@ def test_learning_curve_pairs_each_evaluated_step_with_base(tmp_path):
       rows = [dict(iq=float(i < right), eq=0.5, subset="id", family="lookup") for i in range(4)]
       (folder / f"step_{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   (tmp_path / "seed_0" / "rl_text_exact" / "eval" / "step_300.jsonl").write_text(json.dumps(base[0][0]) + "\n")
-  curve = study.learning_curve(str(tmp_path), [0, 1], base)
+  curve = report.learning_curve(str(tmp_path), [0, 1], base)
   assert [p["step"] for p in curve] == [100, 200]
   assert [p["diff"] for p in curve] == pytest.approx([0.25, 0.5])
   assert all(p["lo"] <= p["diff"] <= p["hi"] for p in curve)
@@ -197,12 +198,12 @@ def test_learning_curve_pairs_each_evaluated_step_with_base(tmp_path):
 
 def test_parse_sweep():
   config = config_lib.load_config_file("experiments/vita.py:tiny")
-  assert study.parse_sweep("testbed.judge_acoustic_noise=0,0.25,0.5", config) == (
+  assert sweep.parse_sweep("testbed.judge_acoustic_noise=0,0.25,0.5", config) == (
       "testbed.judge_acoustic_noise", [0.0, 0.25, 0.5])
-  field, values = study.parse_sweep("train.total_steps=200,600", config)
+  field, values = sweep.parse_sweep("train.total_steps=200,600", config)
   assert values == [200, 600] and all(type(v) is int for v in values)
-  assert study.parse_sweep("rl.drop_equal_groups=false,true", config)[1] == [False, True]
-  assert study.parse_sweep("rl.token_set=text,all", config)[1] == ["text", "all"]
+  assert sweep.parse_sweep("rl.drop_equal_groups=false,true", config)[1] == [False, True]
+  assert sweep.parse_sweep("rl.token_set=text,all", config)[1] == ["text", "all"]
   for arg, message in [("testbed.judge_noise=0,1", "no field 'testbed.judge_noise'; did you mean "
                                                    "testbed.judge_acoustic_noise"),
                        ("testbed.judge_acoustic_noise=0,loud", "'loud' is not a float"),
@@ -214,9 +215,9 @@ def test_parse_sweep():
                        ("mesh.shape=1,2", "holds a tuple"),
                        ("testbed.judge_acoustic_noise=nan", "not finite")]:
     with pytest.raises(ValueError, match=message):
-      study.parse_sweep(arg, config)
+      sweep.parse_sweep(arg, config)
   with pytest.raises(ValueError, match="set by --config.train.total_steps"):
-    study.parse_sweep("train.total_steps=1,2", config, ["train.total_steps"])
+    sweep.parse_sweep("train.total_steps=1,2", config, ["train.total_steps"])
 
 
 def test_sweep_cli_error_is_a_message(tmp_path):
@@ -232,8 +233,8 @@ def test_duplicate_runs():
   for every method makes every text-token fixed mix the same run)."""
   methods = [m for m in config_lib.METHODS if m != "base"]
   for spec in ("experiments/vita.py:tiny", "experiments/kimi.py:tiny"):
-    assert study.duplicate_runs(spec, methods, {}) == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
-  assert study.duplicate_runs("experiments/vita.py:tiny", methods, {"gate.fixed_lambda": 0.7}) == {
+    assert sweep.duplicate_runs(spec, methods, {}) == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
+  assert sweep.duplicate_runs("experiments/vita.py:tiny", methods, {"gate.fixed_lambda": 0.7}) == {
       m: "fixed_balance" for m in ("fixed_boost", "fixed_plus_vanilla", "ablate_text_fixed_0.5",
                                    "ablate_text_fixed_0.3")}
 
@@ -291,9 +292,9 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
       (work / f"seed_{s}" / m / "eval" / "step_100.jsonl").write_text('{"iq": 1.0}\n')
       with open(work / f"seed_{s}" / m / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"split": "train", "step": 3, "lambda": 0.5, "loss": 1.0}) + "\n")
-  export = lambda: study.study_export.export_results(str(work), str(dest), study.REPORT_METRICS,
-                                                    [study.POSITIVE_CONTROL])
-  runs = export()
+  do_export = lambda: export.export_results(str(work), str(dest), report.REPORT_METRICS,
+                                                    [claims.POSITIVE_CONTROL])
+  runs = do_export()
   assert runs == [f"seed_{s}/{m}" for s in (0, 1) for m in ("base", "rl_text_exact")]
   kept = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, names in os.walk(dest) for n in names)
   assert kept == sorted(["run_times.json", "study.json", "study.md", "iq_eq.png", "gates.png", "eq_curve.png"] + [
@@ -304,8 +305,8 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   assert last == {"split": "train", "step": 3, "lambda": 0.5}   # the columns the report reads
   assert not os.path.exists(f"{dest}.partial")
   with pytest.raises(FileExistsError, match="exported"):
-    export()
-  assert study.load_rows(str(dest), ["rl_text_exact"], [0, 1]) == study.load_rows(str(work), ["rl_text_exact"],
+    do_export()
+  assert report.load_rows(str(dest), ["rl_text_exact"], [0, 1]) == report.load_rows(str(work), ["rl_text_exact"],
                                                                                     [0, 1])
   # A report of the export alone: nothing runs.
   study.run_study(spec, config, str(dest), ["rl_text_exact", "sft"], [0, 1], report_only=True, runner=None)
@@ -318,7 +319,7 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   study.run_study(spec, config, str(dest), ["rl_text_exact", "sft"], [0, 1], runner=fake)
   assert [os.path.relpath(_arg(c, "workdir"), dest) for c in fake.calls] == [
       "seed_0/base", "seed_1/base", "seed_0/sft", "seed_1/sft"]
-  assert not os.path.exists(dest / "seed_0" / "base" / study.EXPORTED_SUMMARY)
+  assert not os.path.exists(dest / "seed_0" / "base" / runner.EXPORTED_SUMMARY)
   # Only a seed with a run to do retrains its base model (seed 1 has finished), and the study refuses to go on
   # from a base model that evaluates differently from the exported one.
   shutil.rmtree(other / "seed_1")
@@ -335,11 +336,11 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
 def test_reads_reward_field():
   """Which runs a reward-only sweep can change: those that draw rollouts scored by that reward."""
   spec, judge = "experiments/vita.py:tiny", "testbed.judge_acoustic_noise"
-  reads = {m: study.reads_reward_field(spec, m, {}, judge) for m in config_lib.METHODS}
+  reads = {m: sweep.reads_reward_field(spec, m, {}, judge) for m in config_lib.METHODS}
   assert {m for m, r in reads.items() if not r} == {"base", "sft", "rl_text_exact", "dpo_text", "dpo_full"}
-  assert study.reads_reward_field(spec, "rl_text_exact", {}, "reward.fallback_score")
-  assert not study.reads_reward_field(spec, "hybrid", {"reward.kind": "exact_match"}, judge)
-  assert not study.reads_reward_field(spec, "hybrid", {"train.total_steps": 0}, judge)
+  assert sweep.reads_reward_field(spec, "rl_text_exact", {}, "reward.fallback_score")
+  assert not sweep.reads_reward_field(spec, "hybrid", {"reward.kind": "exact_match"}, judge)
+  assert not sweep.reads_reward_field(spec, "hybrid", {"train.total_steps": 0}, judge)
 
 
 def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkeypatch):
@@ -352,7 +353,7 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   methods = ["sft", "rl_text", "rl_full", "fixed_plus_vanilla", "ablate_text_fixed_0.5", "rl_text_exact"]
   fake = FakeTrain()
   study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
-                  study.parse_sweep(f"{field}=0,0.5", config), runner=fake)
+                  sweep.parse_sweep(f"{field}=0,0.5", config), runner=fake)
   runs = [os.path.relpath(_arg(c, "workdir"), tmp_path) for c in fake.calls]
   v0, v5 = f"{field}=0.0", f"{field}=0.5"
   assert runs[:2] == [f"{v0}/seed_0/base", f"{v0}/seed_1/base"]   # shared: no base run under v5
@@ -371,11 +372,11 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
     assert os.path.realpath(tmp_path / v5 / "seed_1" / name) == str(tmp_path / v0 / "seed_1" / name)
   assert "[study 18/18] " in capsys.readouterr().out
 
-  sweep = json.load(open(tmp_path / "study.json"))
-  assert sweep["values"] == ["0.0", "0.5"] and sweep["times"]["wall_minutes"] >= 0
-  assert [sweep["studies"][v]["positive_control"]["powered"] for v in ("0.0", "0.5")] == [True, True]
-  assert sweep["studies"]["0.0"]["same_run"] == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
-  assert sweep["shared_methods"] == ["rl_text_exact", "sft"]
+  out = json.load(open(tmp_path / "study.json"))
+  assert out["values"] == ["0.0", "0.5"] and out["times"]["wall_minutes"] >= 0
+  assert [out["studies"][v]["positive_control"]["powered"] for v in ("0.0", "0.5")] == [True, True]
+  assert out["studies"]["0.0"]["same_run"] == {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
+  assert out["shared_methods"] == ["rl_text_exact", "sft"]
   md = open(tmp_path / "study.md").read()
   print(md)   # the format, for the record (pytest -s)
   assert f"## Claims × {field}" in md and f"## {field} = 0.0" in md and f"## {field} = 0.5" in md
@@ -386,30 +387,30 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
     value_md = open(tmp_path / v / "study.md").read()
     assert "`ablate_text_fixed_0.5` resolve to the same configuration" in value_md
     assert "| ablate_text_fixed_0.5 |" in value_md and "| 0.90 | 0.50 |" in value_md   # informative, semantic
-    assert len(study.read_times(str(tmp_path / v))) == (6 if v == v5 else 12)
+    assert len(runner.read_times(str(tmp_path / v))) == (6 if v == v5 else 12)
 
-  monkeypatch.setattr(study, "save", lambda fig, path: None)   # the figures were checked above: skip their cost
+  monkeypatch.setattr(figures, "save", lambda fig, path: None)   # the figures were checked above: skip their cost
   again = FakeTrain()
   study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
-                  study.parse_sweep(f"{field}=0,0.5", config), runner=again)
+                  sweep.parse_sweep(f"{field}=0,0.5", config), runner=again)
   assert again.calls == []
   # An export keeps the shared runs as links into the first value's copy, and a rerun from it does nothing.
   dest = tmp_path / "exported"
-  study.study_export.export_results(str(tmp_path), str(dest), study.REPORT_METRICS, [study.POSITIVE_CONTROL])
+  export.export_results(str(tmp_path), str(dest), report.REPORT_METRICS, [claims.POSITIVE_CONTROL])
   assert os.path.islink(dest / v5 / "seed_1" / "base") and not os.path.lexists(dest / v5 / "seed_1" / "testbed")
   assert os.path.realpath(dest / v5 / "seed_1" / "sft") == str(dest / v0 / "seed_1" / "sft")
   study.run_study(spec, config, str(dest), methods, [0, 1], ["--config.train.total_steps=3"],
-                  study.parse_sweep(f"{field}=0,0.5", config), runner=again)
+                  sweep.parse_sweep(f"{field}=0,0.5", config), runner=again)
   assert again.calls == []
   # A field that changes the testbed data: every value trains its own base model and runs every method.
   other = FakeTrain()
   study.run_study(spec, config, str(tmp_path / "wrong"), ["sft", "rl_text_exact"], [0], [],
-                  study.parse_sweep("testbed.sft_wrong_fraction=0.3,0.5", config), runner=other)
+                  sweep.parse_sweep("testbed.sft_wrong_fraction=0.3,0.5", config), runner=other)
   assert [os.path.relpath(_arg(c, "workdir"), tmp_path / "wrong") for c in other.calls] == [
       f"testbed.sft_wrong_fraction={v}/seed_0/{m}" for m in ("base", "rl_text_exact", "sft") for v in (0.3, 0.5)]
-  sweep = json.load(open(tmp_path / "wrong" / "study.json"))
-  assert [sweep["studies"][v]["positive_control"]["powered"] for v in ("0.3", "0.5")] == [True, False]
-  assert {c["verdict"] for c in sweep["studies"]["0.5"]["claims"]} == {"underpowered"}
+  out = json.load(open(tmp_path / "wrong" / "study.json"))
+  assert [out["studies"][v]["positive_control"]["powered"] for v in ("0.3", "0.5")] == [True, False]
+  assert {c["verdict"] for c in out["studies"]["0.5"]["claims"]} == {"underpowered"}
   assert "| **underpowered** -50.0 [" in open(tmp_path / "wrong" / "study.md").read()
   assert "**Underpowered**" in open(tmp_path / "wrong" / "testbed.sft_wrong_fraction=0.5" / "study.md"
                                     ).read().splitlines()[2]
@@ -438,7 +439,7 @@ def _artist_colours(fig):
 def test_one_colour_per_method_in_every_figure():
   """Every method keeps one colour and marker (unique over METHODS) in every figure and legend, also when an
   earlier method has no curve in a panel (DPO has no lambda: it used to shift the colour cycle)."""
-  styles = {m: study.method_style(m) for m in config_lib.METHODS}
+  styles = {m: figures.method_style(m) for m in config_lib.METHODS}
   assert len({s["color"] for s in styles.values()}) == len(styles) <= 20
   methods = ["base", "dpo_full", "hybrid", "two_stage", "fixed_balance", "fixed_plus_vanilla", "ablate_text_fixed_0.5"]
   table = {m: {"iq": [0.4 + 0.01 * i, 0.3, 0.5], "eq": [0.8, 0.7, 0.9]} for i, m in enumerate(methods)}
@@ -446,23 +447,23 @@ def test_one_colour_per_method_in_every_figure():
                                                                                       "gate_info")},
                 "eval": {"iq": [[0, 2], [0.4, 0.5]], "eq": [[0, 2], [0.8, 0.9]]}} for m in methods[1:]}
   same_run = {"ablate_text_fixed_0.5": "fixed_plus_vanilla"}
-  claims = [{"claim": "dynamic > fixed mixes", "metric": "tradeoff", "a": "hybrid", "comparisons": [
+  claim_rows = [{"claim": "dynamic > fixed mixes", "metric": "tradeoff", "a": "hybrid", "comparisons": [
       {"b": b, "diff": 0.01, "lo": -0.01, "hi": 0.03, "verdict": "inconclusive"} for b in methods[3:6]]}]
-  sweep = {"field": "testbed.judge_acoustic_noise", "studies": {v: {"claims": claims, "positive_control": None}
-                                                                for v in ("0.0", "0.5")}}
-  figures = [study.iq_eq_figure(table, same_run), study.curves_figure(curves, "gates.png", same_run),
-             study.curves_figure(curves, "eq_curve.png", same_run), study.sweep_figure(sweep)]
+  sweep_out = {"field": "testbed.judge_acoustic_noise",
+               "studies": {v: {"claims": claim_rows, "positive_control": None} for v in ("0.0", "0.5")}}
+  figs = [figures.iq_eq_figure(table, same_run), figures.curves_figure(curves, "gates.png", same_run),
+          figures.curves_figure(curves, "eq_curve.png", same_run), figures.sweep_figure(sweep_out)]
   seen = {}
-  for fig in figures:
+  for fig in figs:
     for label, colours in _artist_colours(fig).items():
       assert colours == {styles[label]["color"]}, (label, colours)
       seen.setdefault(label, 0)
       seen[label] += 1
   assert seen["two_stage"] == 4 and seen["hybrid"] == 3 and "dpo_full" in seen   # plotted and checked
-  gates = _artist_colours(figures[1])
+  gates = _artist_colours(figs[1])
   assert "dpo_full" not in gates and gates["two_stage"] == {styles["two_stage"]["color"]}
-  assert figures[0].axes[0].get_ylabel() == "EQ (%)" and figures[2].axes[0].get_ylabel() == "EQ (%)"
-  assert [t.get_text() for t in figures[0].legends[0].get_texts()].count("fixed_plus_vanilla = ablate_text_fixed_0.5")
+  assert figs[0].axes[0].get_ylabel() == "EQ (%)" and figs[2].axes[0].get_ylabel() == "EQ (%)"
+  assert [t.get_text() for t in figs[0].legends[0].get_texts()].count("fixed_plus_vanilla = ablate_text_fixed_0.5")
 
 
 def test_base_run_stays_untrained_whatever_budget_the_overrides_give(tmp_path):
@@ -470,7 +471,7 @@ def test_base_run_stays_untrained_whatever_budget_the_overrides_give(tmp_path):
   untrained. Checked with train.py's own flag parsing (--print_config): the last occurrence of a field wins."""
   steps = {}
   for method in ("base", "rl_text"):
-    cmd = study.train_command("experiments/vita.py:tiny", method, 0, str(tmp_path), ["--config.train.total_steps=700"],
+    cmd = runner.train_command("experiments/vita.py:tiny", method, 0, str(tmp_path), ["--config.train.total_steps=700"],
                               eval_every=100)
     out = subprocess.run(cmd + ["--print_config"], capture_output=True, text=True, check=True, cwd=REPO).stdout
     train_section = out[out.index("\ntrain:"):]
@@ -490,6 +491,6 @@ def test_time_breakdown_from_run_times_and_metrics(tmp_path):
           {"step": 3, "split": "eval_after", "eval_time": 5.0, "iq": 0.5}]
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   (tmp_path / "run_times.json").write_text(json.dumps({"seed_0/rl_text": {"seconds": 100.0, "start": 0, "end": 100}}))
-  got = study.time_breakdown(str(tmp_path), ["rl_text"], [0])
+  got = report.time_breakdown(str(tmp_path), ["rl_text"], [0])
   assert got == {"rl_text": dict(wall=100.0, first_step=30.0, rollouts=2.0, updates=6.0, evals=10.0, other=52.0)}
-  assert study.breakdown_rows(got)[-1].startswith("| all | 1.7 (100%) | 0.5 (30%) |")
+  assert report.breakdown_rows(got)[-1].startswith("| all | 1.7 (100%) | 0.5 (30%) |")

@@ -4,34 +4,24 @@ import json
 import pytest
 
 from fake_judge_server import FakeJudgeServer, Reply, chat_reply
-from test_train_loop import _tiny_config
+from conftest import tiny_config
 from wavalign_jax import train
 from wavalign_jax.rewards.llm_judge import RewardFailureError
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-  """A tiny testbed base model, trained once for this module (no RL steps)."""
-  workdir = tmp_path_factory.mktemp("base")
-  config = _tiny_config("interleaved", None)
-  config.train.total_steps = 0
-  train.train(config, str(workdir))
-  return str(workdir / "base_model")
-
-
-def _judge_config(base_model: str, url: str, **reward):
-  config = _tiny_config("interleaved", base_model)
+def _judge_config(tiny_base, url: str, **reward):
+  config = tiny_config("interleaved", tiny_base("interleaved"))
   config.reward.update(dict(kind="llm_judge", base_url=url, api_key_env="", max_retries=0, timeout_s=10.0,
                             max_in_flight=4, **reward))
   config.train.update(dict(total_steps=2, checkpoint_every=2))
   return config
 
 
-def test_failed_judge_calls_are_counted_and_excluded(tmp_path, base_model):
+def test_failed_judge_calls_are_counted_and_excluded(tmp_path, tiny_base):
   # Every third request fails with a 500; the others score 4 or 2 alternately.
   handler = lambda body, i: Reply(500, b"boom") if i % 3 == 2 else chat_reply(f"<score>{4 if i % 2 else 2}</score>")
   with FakeJudgeServer(handler) as server:
-    train.train(_judge_config(base_model, server.base_url, exclude_failed=True, max_failed_fraction=0.5),
+    train.train(_judge_config(tiny_base, server.base_url, exclude_failed=True, max_failed_fraction=0.5),
                 str(tmp_path))
     rows = 4 * 2 * 2   # prompts x group x steps
     assert len(server.requests) == rows
@@ -45,7 +35,7 @@ def test_failed_judge_calls_are_counted_and_excluded(tmp_path, base_model):
     assert 2.0 <= l["reward_mean"] <= 4.0 and l["reward_mean"] != 2.5
 
 
-def test_too_many_judge_failures_stop_the_run(tmp_path, base_model):
+def test_too_many_judge_failures_stop_the_run(tmp_path, tiny_base):
   with FakeJudgeServer(lambda body, i: Reply(503, b"unavailable")) as server:
     with pytest.raises(RewardFailureError, match="failed"):
-      train.train(_judge_config(base_model, server.base_url, max_failed_fraction=0.25), str(tmp_path))
+      train.train(_judge_config(tiny_base, server.base_url, max_failed_fraction=0.25), str(tmp_path))

@@ -7,38 +7,14 @@ import numpy as np
 import pytest
 
 from wavalign_jax import train
-from wavalign_jax.config_lib import apply_method, base_config, make_tiny
-
-
-def _tiny_config(arch: str, base_model: str | None):
-  c = base_config()
-  c.model.arch = arch
-  c.layout = {"kind": arch, "ratios": (1, 10, 4, 10)} if arch == "interleaved" else {"kind": arch, "audio_delay": 2}
-  apply_method(c, "hybrid")
-  make_tiny(c)
-  c.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16))
-  if arch == "parallel":
-    c.model.update(dict(mimo_from_layer=0, num_mimo_layers=1))
-  c.data.prompts_per_step = 4
-  c.rollout.group_size = 2
-  c.rollout.max_new_tokens = 16
-  c.testbed.base_sft_steps = 10
-  c.testbed.base_batch_size = 8
-  c.train.update(dict(total_steps=4, checkpoint_every=2, eval_examples=4))
-  c.optim.learning_rate = 1e-3
-  # One of the 8 fake CPU devices (about half the compile and run time); the resume test and test_multihost run
-  # on all of them, test_train_step checks that sharding changes no value.
-  c.mesh.num_devices = 1
-  if base_model:
-    c.init_checkpoint = base_model
-  return c
+from conftest import tiny_config
 
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])
 def test_stopped_run_resumes_with_same_state(tmp_path, arch):
   """On all 8 devices: the checkpoint holds FSDP-sharded params and optimizer moments."""
   straight = tmp_path / "straight"
-  config = _tiny_config(arch, None)
+  config = tiny_config(arch)
   config.mesh.num_devices = 0
   full = train.train(config, str(straight))
   base_model = str(straight / "base_model")
@@ -46,7 +22,8 @@ def test_stopped_run_resumes_with_same_state(tmp_path, arch):
   assert sorted(int(s) for s in os.listdir(straight / "checkpoints") if s.isdigit()) == [2, 4]
 
   interrupted = tmp_path / "interrupted"
-  config = _tiny_config(arch, base_model)
+  config = tiny_config(arch)
+  config.init_checkpoint, config.testbed.dir = base_model, str(straight / "testbed")
   config.mesh.num_devices = 0
   config.train.stop_at_step = 2
   first = train.train(config, str(interrupted))
@@ -79,10 +56,10 @@ def test_stopped_run_resumes_with_same_state(tmp_path, arch):
 
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])
-def test_kl_to_the_initial_policy_from_the_loop(tmp_path, arch):
+def test_kl_to_the_initial_policy_from_the_loop(tmp_path, tiny_base, arch):
   """β > 0: reference log-probs from a frozen copy of the initial params, once per rollout batch. At step 1 the
   policy is the reference (KL exactly 0); after an update (the warm-up's first lr is 0) it is not."""
-  config = _tiny_config(arch, None)
+  config = tiny_config(arch, tiny_base(arch))
   config.rl.beta_text, config.rl.beta_speech = 0.01, 0.01
   config.train.update(total_steps=3, checkpoint_every=3, analysis_every=2)
   train.train(config, str(tmp_path))
@@ -101,8 +78,8 @@ def test_kl_to_the_initial_policy_from_the_loop(tmp_path, arch):
   assert rows[0]["rl/sampler_logp_gap_max"] < 1e-3
 
 
-def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path):
-  config = _tiny_config("interleaved", None)
+def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
+  config = tiny_config("interleaved", tiny_base("interleaved"))
   config.rl.clip_eps, config.rl.num_iterations = 0.2, 2
   config.train.update(total_steps=4, checkpoint_every=4)
   out = train.train(config, str(tmp_path))

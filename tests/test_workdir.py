@@ -16,23 +16,23 @@ from wavalign_jax.config_history import ConfigChanged
 from wavalign_jax.metric_writer import MetricWriter
 from wavalign_jax.workdir_lock import WorkdirLocked
 
-from test_train_loop import _tiny_config
+from conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 4
 
 
-def _config():
-  c = _tiny_config("interleaved", None)
+def _config(base: str | None = None):
+  c = tiny_config("interleaved", base)
   c.train.update(total_steps=TOTAL, checkpoint_every=1, keep_checkpoints=TOTAL, eval_before=False)
   return c
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, tiny_base):
   """A finished tiny run, checkpointed at every step: its work directory."""
   work = tmp_path_factory.mktemp("finished")
-  train.train(_config(), str(work))
+  train.train(_config(tiny_base("interleaved")), str(work))
   return work
 
 
@@ -52,8 +52,8 @@ def _final_params(workdir):
 
 
 def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_intact_checkpoint(
-    finished_run, tmp_path, capsys):
-  src, config = finished_run, _config()
+    finished_run, tiny_base, tmp_path, capsys):
+  src, config = finished_run, _config(tiny_base("interleaved"))
   # Every JSON file the run wrote is strict (a NaN metric is null, never a bare NaN).
   for line in open(src / "metrics.jsonl"):
     _strict(line)
@@ -97,8 +97,8 @@ def jax_leaves(tree):
   return jax.tree.leaves(tree)
 
 
-def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run, tmp_path):
-  src, config = finished_run, _config()
+def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run, tiny_base, tmp_path):
+  src, config = finished_run, _config(tiny_base("interleaved"))
   work = _copy_run(src, tmp_path / "all_damaged")
   for step in range(1, TOTAL + 1):
     os.remove(work / f"checkpoints/{step}/state/_METADATA")
@@ -107,8 +107,8 @@ def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run
   assert sorted(os.listdir(work / "checkpoints")) == ["1", "2", "3", "4"]   # nothing moved or lost
 
 
-def test_resume_with_another_experiment_is_refused_with_the_changed_fields(finished_run, tmp_path):
-  src, config = finished_run, _config()
+def test_resume_with_another_experiment_is_refused_with_the_changed_fields(finished_run, tiny_base, tmp_path):
+  src, config = finished_run, _config(tiny_base("interleaved"))
   work = _copy_run(src, tmp_path / "changed")
   saved = open(work / "config.json").read()
   from wavalign_jax.config_lib import apply_method

@@ -76,8 +76,10 @@ def init_params(cfg: ModelConfig, rng: Array) -> Params:
   return nn.unbox(_init_boxed(cfg, rng))
 
 
+@functools.lru_cache(maxsize=16)
 def _abstract_boxed(cfg: ModelConfig) -> Params:
-  """Parameter shapes, each boxed with its logical axis names (no computation)."""
+  """Parameter shapes, each boxed with its logical axis names (no computation; cached: tracing the init takes
+  about a second, and every run asks for it several times)."""
   return jax.eval_shape(functools.partial(_init_boxed, cfg), jax.random.key(0))
 
 

@@ -6,11 +6,11 @@ continue the study from it.
 copies the study's reports and run_times.json and, of every finished run, what the report reads: config.json,
 eval_summary.json, eval/after.jsonl (the per-item rows the confidence intervals resample), the positive control's
 eval/step_<n>.jsonl (its learning curve) and metrics.jsonl cut to the columns the report reads
-(study.REPORT_METRICS). Left out: checkpoints, base models, testbed data, the compilation cache, logs and
+(report.REPORT_METRICS). Left out: checkpoints, base models, testbed data, the compilation cache, logs and
 unfinished runs (about 0.5 MB per 1600-step run instead of about 10 MB plus the weights).
 
 `--report_only --workdir=COPY` reports from the copy; `--workdir=COPY` without it continues the study there: a seed
-whose base run finished but whose base model is gone retrains it first (study.run_all), and refuses to go on
+whose base run finished but whose base model is gone retrains it first (runner.run_all), and refuses to go on
 unless the retrained base model evaluates exactly as the exported one did (the finished runs started from it).
 """
 from __future__ import annotations

@@ -1,0 +1,344 @@
+"""A study's report from its finished runs: the tables (mean [95% CI] per method), the claims' verdicts, the
+positive control and its learning curve, training statistics and where the time went; study.md and study.json."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from wavalign_jax import files
+from wavalign_jax.study import figures
+from wavalign_jax.study.claims import (POSITIVE_CONTROL, UNDERPOWERED, evaluate_claims, hierarchical_bootstrap,
+                                       item_values, paired_difference, power_check)
+from wavalign_jax.study.runner import Study, read_times, run_dir, time_totals
+
+TABLE_IQ = (("iq", "IQ (all)"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ out-of-dist."),
+            ("arithmetic/iq", "IQ arithmetic"), ("lookup/iq", "IQ lookup"))
+TABLE_EQ = (("eq", "EQ"), ("intelligibility", "intelligibility"), ("style", "style"), ("ood/eq", "EQ out-of-dist."))
+ABLATIONS = ("hybrid", "ablate_all_fixed_0.5", "ablate_text_fixed_0.5", "ablate_text_fixed_0.3",
+             "ablate_all_dynamic", "ablate_text_dynamic_no_ema", "ablate_text_dynamic_batch_std")
+
+
+def learning_curve(workdir: str, seeds: Sequence[int], base_rows: dict[int, list[dict]],
+                   method: str = POSITIVE_CONTROL) -> list[dict[str, Any]]:
+  """`method`'s IQ gain over `base` [CI] at every step that every seed evaluated (WORKDIR/eval/step_<n>.jsonl,
+  then after.jsonl at the end), paired by seed and item like the claims: the evidence for a study's budget."""
+  evals: dict[int, dict[int, list[dict]]] = {}
+  for s in seeds:
+    folder = os.path.join(run_dir(workdir, s, method), "eval")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for name in names:
+      if name.startswith("step_") and name.endswith(".jsonl"):
+        evals.setdefault(int(name[5:-6]), {})[s] = [json.loads(line) for line in open(os.path.join(folder, name))]
+  out = []
+  for step in sorted(evals):
+    if len(evals[step]) == len(seeds):
+      d, lo, hi = paired_difference({"a": evals[step], "b": base_rows}, seeds, "a", "b", "iq")
+      out.append({"step": step, "diff": d, "lo": lo, "hi": hi})
+  return out
+
+
+def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int],
+              same_run: dict[str, str] | None = None) -> dict[str, dict[int, list[dict]]]:
+  """{method: {seed: per-item eval rows of its final evaluation}} for every finished run (an alias of
+  `same_run` reads its method's run)."""
+  out: dict[str, dict[int, list[dict]]] = {}
+  for m in ["base", *methods]:
+    per_seed = {}
+    for s in seeds:
+      path = os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "eval", "after.jsonl")
+      if os.path.exists(path):
+        per_seed[s] = [json.loads(line) for line in open(path) if line.strip()]
+    if len(per_seed) == len(seeds):
+      out[m] = per_seed
+  return out
+
+
+# The metrics.jsonl columns the report reads: the curves (load_curves) and the time breakdown (time_breakdown).
+CURVE_KEYS = {"train": ("lambda", "gate_direction", "gate_info", "diversity/informative",
+                        "diversity/informative_semantic", "pass/at_1", "pass/at_G", "judge/pearson_acoustic",
+                        "judge/pearson_semantic"), "eval": ("iq", "eq")}
+REPORT_METRICS = ("step", "split", "step_time", "rollout_time", "eval_time", *CURVE_KEYS["train"],
+                  *CURVE_KEYS["eval"])
+
+
+def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
+                same_run: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+  """{method: {"train": {key: [steps, mean over seeds]}, "eval": {key: ...}}} from the runs' metrics.jsonl."""
+  keys = CURVE_KEYS
+  out = {}
+  for m in methods:
+    series: dict[str, dict[str, dict[int, list[float]]]] = {g: {k: {} for k in ks} for g, ks in keys.items()}
+    for s in seeds:
+      path = os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "metrics.jsonl")
+      if not os.path.exists(path):
+        continue
+      base = os.path.join(run_dir(workdir, s, "base"), "eval_summary.json")
+      if os.path.exists(base):   # the curve starts at the base model
+        for k, v in json.load(open(base))["after"].items():
+          if k in keys["eval"]:
+            series["eval"][k].setdefault(0, []).append(v)
+      for line in open(path):
+        row = json.loads(line)
+        group = "train" if row["split"] == "train" else "eval" if row["split"] in ("eval", "eval_after") else None
+        for k in keys.get(group, ()):
+          if row.get(k) is not None:
+            series[group][k].setdefault(row["step"], []).append(row[k])
+    out[m] = {g: {k: [sorted(v), [float(np.mean(v[t])) for t in sorted(v)]] for k, v in ks.items() if v}
+              for g, ks in series.items()}
+  return out
+
+
+def summarize(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
+  """{method: {metric: [mean, lo, hi]}} for every table metric."""
+  metrics = [k for k, _ in TABLE_IQ + TABLE_EQ] + ["tradeoff"]
+
+  def stat(values: list[np.ndarray]) -> list[float]:   # NaN where a seed has no item in the stratum
+    return list(hierarchical_bootstrap(values)) if all(np.isfinite(v).any() for v in values) else [np.nan] * 3
+
+  return {m: {k: stat([item_values(per_seed[s], k) for s in seeds]) for k in metrics} for m, per_seed in rows.items()}
+
+
+def _cell(v: Sequence[float]) -> str:
+  return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if v[0] is not None and np.isfinite(v[0]) else "–"
+
+
+def _diff(d: dict[str, Any]) -> str:
+  return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def power_line(power: dict[str, Any] | None) -> str:
+  """The sentence study.md opens with: the positive control's IQ gain and what it means for the verdicts."""
+  if power is None:
+    return (f"**Verdicts unchecked by a positive control**: `{POSITIVE_CONTROL}` did not run, so an "
+            "\"inconclusive\" or \"not reproduced\" verdict may only mean that RL learns nothing at this budget.")
+  gain = f"`{POSITIVE_CONTROL}` − `base` on IQ: {_diff(power)}"
+  if power["powered"]:
+    return f"**Positive control** ({gain}): its CI lies above 0, so RL demonstrably learns at this budget."
+  return (f"**Underpowered**: the positive control ({gain}) has a CI that does not lie above 0, so RL does not "
+          "demonstrably learn at this budget and every verdict below is \"underpowered\" (differences and CIs "
+          "are still shown).")
+
+
+def same_run_note(same_run: dict[str, str]) -> str:
+  groups: dict[str, list[str]] = {}
+  for alias, m in same_run.items():
+    groups.setdefault(m, [m]).append(alias)
+  return " ".join(f"{' and '.join(f'`{n}`' for n in names)} resolve to the same configuration: run once, reported "
+                  "under each name." for names in groups.values())
+
+
+def time_breakdown(workdir: str, methods: Sequence[str], seeds: Sequence[int],
+                   same_run: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+  """Where each method's run time went, in seconds summed over seeds, from run_times.json and the runs'
+  metrics.jsonl: `first_step` (mostly compiling the step and the sampler), `rollouts` (sampling + scoring, later
+  steps), `updates` (the rest of later steps: data, reference log-probs, the jitted step), `evals` and `other`
+  (start-up, the base model's SFT in `base`, checkpoints: the wall time not in any step or evaluation)."""
+  times = read_times(workdir)
+  out = {}
+  for m in ["base", *methods]:
+    if m in (same_run or {}):
+      continue
+    parts = dict(wall=0.0, first_step=0.0, rollouts=0.0, updates=0.0, evals=0.0)
+    for s in seeds:
+      path = os.path.join(run_dir(workdir, s, m), "metrics.jsonl")
+      if f"seed_{s}/{m}" not in times or not os.path.exists(path):
+        continue
+      parts["wall"] += times[f"seed_{s}/{m}"]["seconds"]
+      for line in open(path):
+        row = json.loads(line)
+        if row["split"] != "train":
+          parts["evals"] += row.get("eval_time") or 0.0
+        elif "step_time" not in row:   # a row without timings counts as `other`
+          continue
+        elif row["step"] == 1:
+          parts["first_step"] += row["step_time"]
+        else:
+          parts["rollouts"] += row.get("rollout_time") or 0.0
+          parts["updates"] += row["step_time"] - (row.get("rollout_time") or 0.0)
+    if parts["wall"]:
+      parts["other"] = parts["wall"] - sum(v for k, v in parts.items() if k != "wall")
+      out[m] = parts
+  return out
+
+
+def breakdown_rows(breakdown: dict[str, dict[str, float]]) -> list[str]:
+  keys = ("wall", "first_step", "rollouts", "updates", "evals", "other")
+  rows = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+  rows += [f"| {m} | " + " | ".join(f"{v[k] / 60:.1f}" for k in keys) + " |" for m, v in breakdown.items()]
+  total = {k: sum(v[k] for v in breakdown.values()) for k in keys}
+  return rows + ["| all | " + " | ".join(f"{total[k] / 60:.1f} ({100 * total[k] / max(total['wall'], 1e-9):.0f}%)"
+                                        for k in keys) + " |"]
+
+
+def times_line(times: dict[str, float | None]) -> str:
+  parts = [f"{label}: {times[k]:.0f} min" for k, label in (("summed_minutes", "summed run time"),
+                                                         ("wall_minutes", "wall clock, first start to last finish"))
+           if times.get(k) is not None]
+  return ("Time: " + "; ".join(parts) + ".") if parts else ""
+
+
+def training_rows(curves: dict[str, dict[str, Any]], window: int = 20) -> list[str]:
+  """Markdown rows of the runs' training statistics (means over seeds): mean lambda, pass@1 over the first and the
+  last `window` steps, informative groups (rewards differ; semantic: the true semantic scores differ), and the
+  judge's correlation with the true semantic / acoustic scores."""
+  lines = ["| method | mean λ | pass@1 first → last | informative groups | semantically informative | "
+           "judge ρ semantic | judge ρ acoustic |", "|---|---|---|---|---|---|---|"]
+  fmt = lambda v: f"{v:.2f}" if np.isfinite(v) else "–"
+  for m, c in curves.items():
+    train = c.get("train", {})
+    if "lambda" not in train:
+      continue
+    mean = lambda k, sl=slice(None): float(np.nanmean(train[k][1][sl])) if k in train else float("nan")
+    lines.append(f"| {m} | {fmt(mean('lambda'))} | {fmt(mean('pass/at_1', slice(0, window)))} → "
+                 f"{fmt(mean('pass/at_1', slice(-window, None)))} | {fmt(mean('diversity/informative'))} | "
+                 f"{fmt(mean('diversity/informative_semantic'))} | {fmt(mean('judge/pearson_semantic'))} | "
+                 f"{fmt(mean('judge/pearson_acoustic'))} |")
+  return lines
+
+
+SUMMARY_COLUMNS = (("iq", "IQ"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ OOD"), ("eq", "EQ"),
+                   ("intelligibility", "intellig."), ("style", "style"), ("tradeoff", "trade-off"))
+
+
+def claims_markdown(claims: list[dict[str, Any]]) -> list[str]:
+  """One line per claim: its verdict and the (at most 3) comparisons that decide it."""
+  lines = ["| claim of the paper | verdict | a − b [95% CI] |", "|---|---|---|"]
+  order = {"not reproduced": 0, UNDERPOWERED: 1, "inconclusive": 1, "reproduced": 2}
+  for c in claims:
+    shown = sorted(c["comparisons"], key=lambda d: order[d["verdict"]])[:3]   # the comparisons that decide it first
+    diffs = "; ".join(f"{c['a']} − {d['b']}: {_diff(d)}" for d in shown)
+    more = f"; … ({len(c['comparisons'])} comparisons in study.md)" if len(c["comparisons"]) > 3 else ""
+    lines.append(f"| {c['claim']} ({c['metric']}) | **{c['verdict']}** | {diffs}{more} |")
+  return lines
+
+
+def summary_markdown(table: dict[str, dict[str, list[float]]], claims: list[dict[str, Any]]) -> list[str]:
+  """The compact version (every method in one table, one line per claim) that the README quotes."""
+  lines = ["| method | " + " | ".join(c for _, c in SUMMARY_COLUMNS) + " |", "|---|" + "---|" * len(SUMMARY_COLUMNS)]
+  lines += [f"| {m} | " + " | ".join(_cell(v[k]) for k, _ in SUMMARY_COLUMNS) + " |" for m, v in table.items()]
+  return lines + ["", *claims_markdown(claims)]
+
+
+def markdown(out: dict[str, Any]) -> str:
+  """study.md of one study from its report dict (`report`)."""
+  table, claims = out["table"], out["claims"]
+  intro = (f"Seeds: {out['seeds']}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds and eval items "
+           "(docs/testbed.md). Trade-off = mean of IQ and EQ.")
+  lines = [f"# {out['title']}", "", power_line(out["positive_control"]), ""]
+  if out.get("unfinished"):
+    lines += [f"**Incomplete**: {', '.join(f'`{m}`' for m in out['unfinished'])} "
+              f"{'has' if len(out['unfinished']) == 1 else 'have'} not finished on every seed yet and "
+              f"{'is' if len(out['unfinished']) == 1 else 'are'} left out (rerun the study's command to continue).", ""]
+  lines += [" ".join(filter(None, [intro, same_run_note(out["same_run"]), times_line(out["times"])])), ""]
+
+  def table_of(title: str, methods: Sequence[str], columns: Sequence[tuple[str, str]]) -> None:
+    lines.extend([f"## {title}", "", "| method | " + " | ".join(c for _, c in columns) + " |",
+                  "|---|" + "---|" * len(columns)])
+    lines.extend(f"| {m} | " + " | ".join(_cell(table[m][k]) for k, _ in columns) + " |"
+                 for m in methods if m in table)
+    lines.append("")
+
+  lines += ["## Summary", "", *summary_markdown(table, claims), ""]
+  if out.get("learning_curve"):
+    lines += [f"## Learning curve of the positive control (`{POSITIVE_CONTROL}` − `base` on IQ)", "",
+              "| step | " + " | ".join(str(p["step"]) for p in out["learning_curve"]) + " | end |",
+              "|---|" + "---|" * (len(out["learning_curve"]) + 1),
+              "| IQ gain | " + " | ".join(_diff(p) for p in out["learning_curve"]) + " | " +
+              (_diff(out["positive_control"]) if out["positive_control"] else "–") + " |", ""]
+  main = [m for m in table if m not in ABLATIONS[1:]]
+  table_of("Table 1: IQ (content)", main, TABLE_IQ + (("tradeoff", "trade-off"),))
+  table_of("Table 2: EQ (speech) per dimension", main, TABLE_EQ)
+  table_of("Table 3: ablations", ABLATIONS, (("iq", "IQ"), ("eq", "EQ"), ("tradeoff", "trade-off")))
+  lines += ["## The paper's claims", "", "| claim | comparison (a − b) | difference [95% CI] | verdict |",
+            "|---|---|---|---|"]
+  for c in claims:
+    for i, cmp in enumerate(c["comparisons"]):
+      lines.append(f"| {c['claim'] if i == 0 else ''} | {c['a']} − {cmp['b']} ({c['metric']}) | {_diff(cmp)} | "
+                   f"{cmp['verdict'] if len(c['comparisons']) > 1 else ''} |")
+    lines.append(f"| | **verdict** | | **{c['verdict']}** |")
+  lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "",
+            *training_rows(out["curves"]), "",
+            "## Where the time went (minutes, summed over seeds; `study/report.py` time_breakdown)", "",
+            *breakdown_rows(out.get("time_breakdown", {})), "", "![IQ vs EQ](iq_eq.png)", "",
+            "![lambda and gates](gates.png)", "",
+            "![EQ over training](eq_curve.png)", ""]
+  return "\n".join(lines)
+
+
+def shared_note(field: str, methods: Sequence[str] | None) -> str:
+  if not methods:
+    return ""
+  return (f"{', '.join(f'`{m}`' for m in methods)} never read `{field}` (no rollouts, or another reward): each ran "
+          "once per seed, in the first value's directory, and the other values link to that run.")
+
+
+def sweep_markdown(sweep: dict[str, Any]) -> str:
+  """DIR/study.md of a sweep: the positive control per value, claim x value, then each value's verdicts."""
+  field, studies = sweep["field"], sweep["studies"]
+  values = list(studies)
+  lines = [f"# {sweep['title']}", "", f"| {field} | positive control: `{POSITIVE_CONTROL}` − `base` on IQ | power |",
+           "|---|---|---|"]
+  for v, st in studies.items():
+    p = st["positive_control"]
+    lines.append(f"| {v} | {_diff(p) if p else 'not run'} | "
+                 f"{'unchecked' if p is None else 'powered' if p['powered'] else '**underpowered**'} |")
+  lines += ["", " ".join(filter(None, [
+      f"Seeds: {sweep['seeds']}. Each value is a study of its own in `{field}=<value>/` (its study.md has every "
+      "table); values in % as mean [95% CI], paired hierarchical bootstrap (docs/testbed.md). A value whose "
+      "positive control fails has every verdict \"underpowered\".", shared_note(field, sweep.get("shared_methods")),
+      times_line(sweep["times"])])), "",
+      f"## Claims × {field}", "", "| claim | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
+  claims = list(dict.fromkeys((c["claim"], c["metric"]) for st in studies.values() for c in st["claims"]))
+  for claim, metric in claims:
+    cells = []
+    for st in studies.values():
+      c = next((c for c in st["claims"] if c["claim"] == claim), None)
+      cells.append("–" if c is None else f"**{c['verdict']}**" +
+                   (f" {_diff(c['comparisons'][0])}" if len(c["comparisons"]) == 1 else ""))
+    lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
+  lines += ["", "![each claim's effect against the swept value](sweep.png)", ""]
+  for v, st in studies.items():
+    lines += [f"## {field} = {v}", "", power_line(st["positive_control"]), "",
+              f"Every table: [{field}={v}/study.md]({field}={v}/study.md).", "", *claims_markdown(st["claims"]), ""]
+  return "\n".join(lines)
+
+
+def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+  """Writes study.md, study.json and the figures of one study from its finished runs; returns the JSON dict."""
+  rows = load_rows(study.workdir, methods, seeds, study.same_run)
+  if not rows:
+    raise FileNotFoundError(f"{study.workdir}: no finished run to report on")
+  power = power_check(rows, seeds)
+  same_run = {a: m for a, m in study.same_run.items() if a in rows}
+  table = summarize(rows, seeds)
+  curves = load_curves(study.workdir, [m for m in methods if m in rows], seeds, same_run)
+  curve = learning_curve(study.workdir, seeds, rows["base"]) if power is not None else []
+  out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]), "positive_control": power,
+         "learning_curve": curve, "time_breakdown": time_breakdown(study.workdir, methods, seeds, same_run),
+         "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
+         "curves": curves, "unfinished": [m for m in methods if m not in rows]}
+  files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
+  files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))
+  figures.save(figures.iq_eq_figure(table, same_run), os.path.join(study.workdir, "iq_eq.png"))
+  for name in figures.CURVE_PANELS:
+    figures.save(figures.curves_figure(curves, name, same_run), os.path.join(study.workdir, name))
+  return out
+
+
+def sweep_report(workdir: str, what: str, field: str, studies: dict[str, Study], methods: Sequence[str],
+                 seeds: Sequence[int]) -> dict[str, Any]:
+  """Each value's report in its own directory, then DIR/study.md, study.json and sweep.png side by side; `what`
+  is the config spec and overrides of every run."""
+  outs = {v: report(st, f"Study: {what} --config.{field}={v}", methods, seeds) for v, st in studies.items()}
+  sweep = {"title": f"Sweep of {field}: {what}", "field": field, "values": list(studies), "seeds": list(seeds),
+           "times": time_totals([st.workdir for st in studies.values()]),
+           "shared_methods": list(list(studies.values())[-1].shared_methods),
+           "studies": {v: {k: o[k] for k in ("positive_control", "same_run", "claims", "table")}
+                       for v, o in outs.items()}}
+  files.write_json(os.path.join(workdir, "study.json"), sweep, indent=1)
+  files.write_text(os.path.join(workdir, "study.md"), sweep_markdown(sweep))
+  figures.save(figures.sweep_figure(sweep), os.path.join(workdir, "sweep.png"))
+  return sweep

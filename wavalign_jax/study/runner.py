@@ -1,0 +1,192 @@
+"""Running a study: one `python -m wavalign_jax.train` process per (seed, method) in DIR/seed_<s>/<method>, the
+base runs first, N at a time, resumable (a run is finished when its eval_summary.json exists), and per-run times."""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from wavalign_jax import files
+from wavalign_jax.study.claims import POSITIVE_CONTROL
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """One study directory: a plain study's DIR, or one value's DIR/FIELD=V of a sweep."""
+  workdir: str
+  overrides: tuple[str, ...] = ()                   # --config.x=y arguments of every run
+  same_run: dict[str, str] = dataclasses.field(default_factory=dict)   # alias -> the method whose run it is
+  label: str = ""                                   # the sweep value, in progress lines
+  shared_base: str = ""                             # a study directory whose testbeds and base runs this one links
+  shared_methods: tuple[str, ...] = ()              # ... and the runs of these methods (they ignore the value)
+
+  def base_dir(self, seed: int) -> str:
+    return run_dir(self.shared_base or self.workdir, seed, "base")
+
+  def runs_here(self, method: str) -> bool:
+    """Whether this study runs `method` itself (not another method's run, nor a linked one)."""
+    return method not in self.same_run and not (self.shared_base and method in ("base", *self.shared_methods))
+
+
+def run_dir(workdir: str, seed: int, method: str) -> str:
+  return os.path.join(workdir, f"seed_{seed}", method)
+
+
+def finished(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "eval_summary.json"))
+
+
+EXPORTED_SUMMARY = "eval_summary.exported.json"   # a retrained base run's summary before it was retrained
+
+
+def bases_to_retrain(studies: Sequence[Study], todo: Sequence[tuple[Study, int, str]]) -> list[tuple[Study, int]]:
+  """(study, seed) of each finished base run whose base model is gone (a study continued from an export,
+  study/export.py) while a run of its seed is still to do."""
+  out = {}
+  for st, s, m in todo:
+    base = st.base_dir(s)
+    if m != "base" and finished(base) and not os.path.exists(os.path.join(base, "base_model")):
+      owner = next(o for o in studies if o.runs_here("base") and o.base_dir(s) == base)
+      out[base] = (owner, s)
+  return list(out.values())
+
+
+def check_retrained_base(path: str) -> None:
+  """After a base run retrained from an export: its evaluation must equal the exported one, which the seed's
+  finished runs started from; otherwise the run stays unfinished and the study stops, saying why."""
+  old = os.path.join(path, EXPORTED_SUMMARY)
+  if not os.path.exists(old):
+    return
+  before, now = (json.load(open(p))["after"] for p in (old, os.path.join(path, "eval_summary.json")))
+  if before != now:
+    os.replace(os.path.join(path, "eval_summary.json"), os.path.join(path, "eval_summary.retrained.json"))
+    differ = [f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted(before.keys() | now.keys())
+              if before.get(k) != now.get(k)]
+    raise RuntimeError(
+        f"{path}: the retrained base model does not evaluate as the exported one did ({'; '.join(differ[:3])}); "
+        "the seed's finished runs started from the exported one, so runs from this one would not be comparable. "
+        f"Rerun the whole seed (delete {os.path.dirname(path)}) or continue where the study was exported from")
+  os.remove(old)
+
+
+def train_command(config_spec: str, method: str, seed: int, workdir: str, overrides: Sequence[str],
+                  eval_every: int) -> list[str]:
+  """The train.py command line of one run (the base run trains the seed's base model into its workdir)."""
+  seed_dir = os.path.join(workdir, f"seed_{seed}")
+  path, _, variant = config_spec.partition(":")
+  cmd = [sys.executable, "-m", "wavalign_jax.train", f"--config={path}:{','.join(filter(None, [variant, method]))}",
+         f"--workdir={run_dir(workdir, seed, method)}", f"--config.seed={seed}", f"--config.testbed.seed={seed}",
+         f"--config.data.shuffle_seed={seed}", f"--config.testbed.dir={os.path.join(seed_dir, 'testbed')}",
+         "--config.train.eval_before=False", f"--config.train.eval_every={eval_every}"]
+  if method != "base":
+    cmd.append(f"--config.init_checkpoint={os.path.join(run_dir(workdir, seed, 'base'), 'base_model')}")
+    return cmd + list(overrides)
+  # The base run evaluates the untrained base model whatever budget the overrides give the methods (the last
+  # occurrence of a --config field wins).
+  return cmd + list(overrides) + ["--config.train.total_steps=0"]
+
+
+def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
+  """One train process, its output appended to `log_path`; returns its exit status."""
+  with open(log_path, "a") as log:
+    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def link_shared_base(study: Study, seeds: Sequence[int]) -> None:
+  """seed_<s>/testbed, seed_<s>/base and the shared methods' runs of `study` as relative links to those of
+  study.shared_base (a link may point at a run still to come)."""
+  for s in seeds:
+    for name in ("testbed", "base", *study.shared_methods):
+      link = os.path.join(study.workdir, f"seed_{s}", name)
+      if not os.path.lexists(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.relpath(os.path.join(study.shared_base, f"seed_{s}", name), os.path.dirname(link)), link)
+
+
+def read_times(workdir: str) -> dict[str, dict[str, float]]:
+  """run_times.json: {"seed_<s>/<method>": {"seconds", "start", "end"}} (epoch seconds; older files: seconds)."""
+  path = os.path.join(workdir, "run_times.json")
+  times = json.load(open(path)) if os.path.exists(path) else {}
+  return {k: v if isinstance(v, dict) else {"seconds": v} for k, v in times.items()}
+
+
+def time_totals(workdirs: Sequence[str]) -> dict[str, float | None]:
+  """Summed run minutes and wall-clock minutes (first start to last finish, idle gaps of a resumed study
+  included) over the runs of `workdirs`; None where nothing was recorded."""
+  times = [t for w in workdirs for t in read_times(w).values()]
+  starts = [t["start"] for t in times if "start" in t]
+  return {"summed_minutes": sum(t["seconds"] for t in times) / 60 if times else None,
+          "wall_minutes": (max(t["end"] for t in times if "end" in t) - min(starts)) / 60 if starts else None}
+
+
+def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], seeds: Sequence[int],
+            eval_every: int, jobs: int, cache_dir: str,
+            runner: Callable[[list[str], str, dict[str, str]], int] = run_train) -> None:
+  """Runs every (study, seed, method) not finished yet: the base runs first (the others start from their base
+  model), then the positive control, then the other methods in `methods` order; a method with another's
+  config (`same_run`) or linked from another study (`shared_base`) does not run."""
+  order = sorted(["base", *methods], key=lambda m: (m != "base", m != POSITIVE_CONTROL))   # stable otherwise
+  todo = [(st, s, m) for m in order for st in studies for s in seeds
+          if st.runs_here(m) and not finished(run_dir(st.workdir, s, m))]
+  retrain = bases_to_retrain(studies, todo)
+  for st, s in retrain:
+    base = st.base_dir(s)
+    print(f"seed {s}: {base} has no base model (an exported study): retraining it", flush=True)
+    os.replace(os.path.join(base, "eval_summary.json"), os.path.join(base, EXPORTED_SUMMARY))
+  todo = [(st, s, "base") for st, s in retrain] + todo
+  for st in studies:
+    if st.shared_base:
+      link_shared_base(st, seeds)
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  start, lock, done = time.time(), threading.Lock(), []
+  base_ready = {st.base_dir(s): threading.Event() for st in studies for s in seeds}
+  for path, event in base_ready.items():
+    if finished(path):
+      event.set()
+
+  def one(st: Study, seed: int, method: str) -> None:
+    base = st.base_dir(seed)
+    if method != "base":
+      base_ready[base].wait()
+      if not finished(base):
+        raise RuntimeError(f"seed {seed}: the base run failed; see {base}/run.log")
+    path = run_dir(st.workdir, seed, method)
+    os.makedirs(path, exist_ok=True)
+    t0 = time.time()
+    try:
+      rc = runner(train_command(config_spec, method, seed, st.workdir, st.overrides, eval_every),
+                  os.path.join(path, "run.log"), env)
+      if method == "base" and rc == 0 and finished(path):
+        check_retrained_base(path)
+    finally:
+      if method == "base":
+        base_ready[base].set()
+    if rc != 0 or not finished(path):
+      raise RuntimeError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
+                         f"see {path}/run.log")
+    t1 = time.time()
+    with lock:
+      done.append(t1 - t0)
+      times = read_times(st.workdir)
+      times[f"seed_{seed}/{method}"] = {"seconds": t1 - t0, "start": t0, "end": t1}
+      files.write_json(os.path.join(st.workdir, "run_times.json"), times, indent=1)
+      after = json.load(open(os.path.join(path, "eval_summary.json")))["after"]
+      elapsed = t1 - start
+      eta = elapsed / len(done) * (len(todo) - len(done))
+      print(f"[study {len(done)}/{len(todo)}] {st.label + ' ' if st.label else ''}seed {seed} {method}: "
+            f"{t1 - t0:.0f}s wall, IQ {after['iq']:.3f} EQ {after['eq']:.3f} | elapsed {elapsed / 60:.1f} min, "
+            f"ETA {eta / 60:.1f} min", flush=True)
+
+  print(f"study: {len(todo)} runs to do in {', '.join(st.workdir for st in studies)} ({jobs} at a time)", flush=True)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    futures = [pool.submit(one, st, s, m) for st, s, m in todo]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+  if errors:
+    raise RuntimeError("; ".join(str(e) for e in errors))
