@@ -74,15 +74,15 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   out = _study(tmp_path)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "study: 3 runs to do" in out.stdout and "[study 3/3]" in out.stdout and "s wall" in out.stdout
-  report = json.load(open(tmp_path / "study.json"))
-  assert set(report["table"]) == {"base", "sft", "rl_text"}
-  for method, metrics in report["table"].items():
+  result = json.load(open(tmp_path / "study.json"))
+  assert set(result["table"]) == {"base", "sft", "rl_text"}
+  for method, metrics in result["table"].items():
     rows = [json.loads(l) for l in open(tmp_path / "seed_0" / method / "eval" / "after.jsonl")]
     assert len(rows) == 16   # 8 rows of each eval set
     mean, lo, hi = metrics["iq"]
     assert mean == pytest.approx(np.mean([r["iq"] for r in rows])) and lo <= mean <= hi
-  assert {c["claim"] for c in report["claims"]} == {"SFT keeps or raises EQ", "SFT lowers IQ"}
-  assert "lambda" in report["curves"]["rl_text"]["train"] and "eq" in report["curves"]["sft"]["eval"]
+  assert {c["claim"] for c in result["claims"]} == {"SFT keeps or raises EQ", "SFT lowers IQ"}
+  assert "lambda" in result["curves"]["rl_text"]["train"] and "eq" in result["curves"]["sft"]["eval"]
   md = open(tmp_path / "study.md").read()
   assert "| sft |" in md and "**verdict**" in md and "Table 3" in md
   assert md.splitlines()[2].startswith("**Verdicts unchecked by a positive control**") and "wall clock" in md
@@ -107,7 +107,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   assert "study: 2 runs to do" in again.stdout and "retraining it" in again.stdout
   assert "seed 0 base" in again.stdout and "seed 0 sft" in again.stdout
   assert not (exported / "seed_0" / "base" / runner.EXPORTED_SUMMARY).exists()
-  assert json.load(open(exported / "study.json"))["table"]["rl_text"] == report["table"]["rl_text"]
+  assert json.load(open(exported / "study.json"))["table"]["rl_text"] == result["table"]["rl_text"]
 
 
 def test_study_refuses_a_config_with_a_method(tmp_path):

@@ -68,8 +68,8 @@ def export_results(workdir: str, dest: str, metric_keys: Sequence[str], curve_me
       else:
         os.rmdir(out)
       continue
-    for d in list(dirs):
-      if d in LEFT_OUT or os.path.islink(os.path.join(root, d)):
+    for d in list(dirs):   # (the copy itself may be built inside the study directory)
+      if d in LEFT_OUT or os.path.islink(os.path.join(root, d)) or os.path.samefile(os.path.join(root, d), tmp):
         dirs.remove(d)
     for name in [*names, *(d for d in os.listdir(root) if os.path.islink(os.path.join(root, d)))]:
       path = os.path.join(root, name)
