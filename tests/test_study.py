@@ -99,7 +99,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
   # Resume from an export (no weights): finished runs are kept, a run without its summary is redone, and the
   # base model it needs is retrained first and must evaluate exactly as before (training is deterministic).
   exported = tmp_path / "exported"
-  export.export_results(str(tmp_path), str(exported), report.REPORT_METRICS, [])
+  export.export_results(str(tmp_path), str(exported))
   assert not (exported / "seed_0" / "base" / "base_model").exists() and (exported / "seed_0" / "sft").is_dir()
   os.remove(exported / "seed_0" / "sft" / "eval_summary.json")
   again = _study(exported)
@@ -292,8 +292,7 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
       (work / f"seed_{s}" / m / "eval" / "step_100.jsonl").write_text('{"iq": 1.0}\n')
       with open(work / f"seed_{s}" / m / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"split": "train", "step": 3, "lambda": 0.5, "loss": 1.0}) + "\n")
-  do_export = lambda: export.export_results(str(work), str(dest), report.REPORT_METRICS,
-                                                    [claims.POSITIVE_CONTROL])
+  do_export = lambda: export.export_results(str(work), str(dest))
   runs = do_export()
   assert runs == [f"seed_{s}/{m}" for s in (0, 1) for m in ("base", "rl_text_exact")]
   kept = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, names in os.walk(dest) for n in names)
@@ -396,7 +395,7 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   assert again.calls == []
   # An export keeps the shared runs as links into the first value's copy, and a rerun from it does nothing.
   dest = tmp_path / "exported"
-  export.export_results(str(tmp_path), str(dest), report.REPORT_METRICS, [claims.POSITIVE_CONTROL])
+  export.export_results(str(tmp_path), str(dest))
   assert os.path.islink(dest / v5 / "seed_1" / "base") and not os.path.lexists(dest / v5 / "seed_1" / "testbed")
   assert os.path.realpath(dest / v5 / "seed_1" / "sft") == str(dest / v0 / "seed_1" / "sft")
   study.run_study(spec, config, str(dest), methods, [0, 1], ["--config.train.total_steps=3"],

@@ -9,8 +9,6 @@ from ml_collections import config_flags
 
 from wavalign_jax import cli, config_check, config_lib
 from wavalign_jax.study import export, run_study
-from wavalign_jax.study.claims import POSITIVE_CONTROL
-from wavalign_jax.study.report import REPORT_METRICS
 from wavalign_jax.study.sweep import override_fields, parse_sweep
 
 def define_flags() -> None:
@@ -60,7 +58,7 @@ def main(argv: list[str]) -> None:
   run_study(spec, f.config, f.workdir, methods, parse_seeds(f.seeds), overrides, sweep, f.eval_every, f.jobs,
             f.report_only)
   if f.export:
-    runs = export.export_results(f.workdir, f.export, REPORT_METRICS, (POSITIVE_CONTROL,))
+    runs = export.export_results(f.workdir, f.export)
     print(f"exported {len(runs)} finished runs to {f.export}", flush=True)
 
 

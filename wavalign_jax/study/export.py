@@ -19,9 +19,11 @@ import glob
 import json
 import os
 import shutil
-from typing import Sequence
 
 from wavalign_jax import files
+from wavalign_jax.study.claims import POSITIVE_CONTROL
+from wavalign_jax.study.report import REPORT_METRICS
+from wavalign_jax.study.runner import finished
 
 LEFT_OUT = frozenset({"testbed", "jax_cache"})   # study-level folders an export leaves out
 
@@ -30,7 +32,7 @@ def _run_dir(path: str) -> bool:
   return os.path.basename(os.path.dirname(path)).startswith("seed_")
 
 
-def _copy_run(src: str, dst: str, metric_keys: Sequence[str], with_steps: bool) -> None:
+def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   os.makedirs(os.path.join(dst, "eval"))
   names = ["config.json", "eval_summary.json", "eval/after.jsonl"]
   if with_steps:
@@ -41,14 +43,14 @@ def _copy_run(src: str, dst: str, metric_keys: Sequence[str], with_steps: bool) 
   metrics = os.path.join(src, "metrics.jsonl")
   if os.path.exists(metrics):
     rows = (json.loads(line) for line in open(metrics) if line.strip())
-    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), ({k: r[k] for k in metric_keys if k in r} for r in rows))
+    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), ({k: r[k] for k in REPORT_METRICS if k in r} for r in rows))
 
 
-def export_results(workdir: str, dest: str, metric_keys: Sequence[str], curve_methods: Sequence[str]) -> list[str]:
+def export_results(workdir: str, dest: str) -> list[str]:
   """Copies the results of the study in `workdir` to `dest` (which must not exist yet): the runs' metrics.jsonl
-  cut to `metric_keys`, eval/step_<n>.jsonl of `curve_methods` only. Returns the finished runs copied, relative
-  to `workdir`. Links (a sweep's shared runs) stay relative links. The copy is built next to `dest` and renamed
-  into place, so an interrupted export leaves no half copy at `dest`."""
+  cut to REPORT_METRICS, eval/step_<n>.jsonl of the positive control only (its learning curve). Returns the
+  finished runs copied, relative to `workdir`. Links (a sweep's shared runs) stay relative links. The copy is
+  built next to `dest` and renamed into place, so an interrupted export leaves no half copy at `dest`."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir={workdir}: no such study directory")
   if os.path.lexists(dest):
@@ -62,8 +64,8 @@ def export_results(workdir: str, dest: str, metric_keys: Sequence[str], curve_me
     os.makedirs(out, exist_ok=True)
     if _run_dir(root):
       dirs[:] = []
-      if os.path.exists(os.path.join(root, "eval_summary.json")):
-        _copy_run(root, out, metric_keys, os.path.basename(root) in curve_methods)
+      if finished(root):
+        _copy_run(root, out, os.path.basename(root) == POSITIVE_CONTROL)
         runs.append(os.path.relpath(root, workdir))
       else:
         os.rmdir(out)
