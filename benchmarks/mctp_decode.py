@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import mctp_pieces
 from wavalign_jax import models
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import decode
@@ -100,48 +101,29 @@ def step_costs(params, cfg: ModelConfig, rows: int, filled: int, slots: int, cat
   """Median seconds of a main step (1 token), the main catch-up (`catch_up` tokens) and an MCTP module step
   (1 anchor), each with its head's logits, against caches of `slots` slots filled up to `filled`."""
   params, cfg = models.for_decoding(params, cfg)
-  cache = dict(models.init_cache(cfg, rows, slots), index=jnp.asarray(filled, jnp.int32))
-  cache["valid"] = jnp.arange(slots)[None].repeat(rows, 0) < filled
-  cache_valid = cache["valid"]
-  mtp_cache = models.init_mtp_cache(cfg, rows, slots)[0]
+  cache, mtp_cache = mctp_pieces.caches(cfg, rows, filled, slots)
   tokens = jnp.ones((rows, catch_up), jnp.int32)
   positions = filled + jnp.arange(catch_up, dtype=jnp.int32)[None].repeat(rows, 0)
-
-  @jax.jit
-  def main_step(params, cache, tokens, positions):
-    hidden, _ = models.decode_hidden(params, cfg, {"tokens": tokens}, positions, cache)
-    return models.head_logits(params, cfg, "tokens", hidden["tokens"][:, -1])
-
-  @jax.jit
-  def module_step(params, cache, tokens, positions):
-    hidden = jnp.zeros((rows, 1, cfg.hidden_size), cfg.dtype)
-    h, _ = models.mtp_decode(params, cfg, 0, tokens, hidden, positions, cache, cache_valid, filled)
-    return models.head_logits(params, cfg, "tokens", h[:, -1])
-
-  return {"main": _median_seconds(main_step, (params, cache, tokens[:, :1], positions[:, :1]), repeats),
-          "catch_up": _median_seconds(main_step, (params, cache, tokens, positions), repeats),
-          "module": _median_seconds(module_step, (params, mtp_cache, tokens[:, :1], positions[:, :1]), repeats)}
-
-
-def period_speedup(costs: dict[str, float], main_steps: int, module_steps: int) -> float:
-  """Main-only time over MCTP time for one period [M, m] of the schedule (sampling left out: equal per token)."""
-  mctp = costs["catch_up"] + (main_steps - 1) * costs["main"] + module_steps * costs["module"]
-  return (main_steps + module_steps) * costs["main"] / mctp
+  main = jax.jit(lambda p, c, t, pos: mctp_pieces.main_step(p, cfg, c, t, pos))
+  module = jax.jit(lambda p, c, v, t, pos: mctp_pieces.module_step(p, cfg, c, v, filled, t, pos))
+  return {"main": _median_seconds(main, (params, cache, tokens[:, :1], positions[:, :1]), repeats),
+          "catch_up": _median_seconds(main, (params, cache, tokens, positions), repeats),
+          "module": _median_seconds(module, (params, mtp_cache, cache["valid"], tokens[:, :1], positions[:, :1]),
+                                    repeats)}
 
 
 def print_breakdown(params, cfg: ModelConfig, rows: int, filled: int, slots: int, schedule: tuple[int, ...],
                     repeats: int) -> None:
-  M, m = schedule[-2:]
-  m = min(m, cfg.num_mtp_modules)   # past the last module the main model runs (rollout/mctp.py)
+  M, m = mctp_pieces.last_period(schedule, cfg.num_mtp_modules)
   costs = step_costs(params, cfg, rows, filled, slots, m + 1, repeats)
   print(f"  per call at {filled} filled slots, {rows} rows: main step {costs['main'] * 1e3:.1f} ms, "
         f"catch-up over {m + 1} tokens {costs['catch_up'] * 1e3:.1f} ms "
         f"({costs['catch_up'] / (m + 1) * 1e3:.1f} ms = {costs['catch_up'] / (m + 1) / costs['main']:.2f} main "
         f"steps per accepted token), MCTP module step {costs['module'] * 1e3:.1f} ms "
         f"({costs['module'] / costs['main']:.2f} main steps)")
-  print(f"  bound from these costs for the period [{M}, {m}]: {period_speedup(costs, M, m):.2f}x "
+  print(f"  bound from these costs for the period [{M}, {m}]: {mctp_pieces.period_speedup(costs, M, m):.2f}x "
         f"(with a catch-up as cheap as one main step, as when the weight reads dominate: "
-        f"{period_speedup(dict(costs, catch_up=costs['main']), M, m):.2f}x)")
+        f"{mctp_pieces.period_speedup(dict(costs, catch_up=costs['main']), M, m):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ For each model and device count, the hybrid step is built as `train.py` builds i
 kimi.py (their model runtime settings: bf16 compute, fp32 params and AdamW moments, remat full, log-prob chunk;
 their objective, optimizer, batch and lengths: 8 prompts x G 4, prompt 512, response 1024, i.e. 32 RL rows + 8 SFT
 rows; the RL rows scored from their completions on) on an FSDP mesh (1, n, 1), activation rules on, the state
-donated; and the sampler for 32 rows x (512 + 1024). On more than 8 devices the prompts grow to one per device
-(the rows per device stay those of 8 devices).
+donated; the main-head sampler for 32 rows x (512 + 1024), and VITA's MCTP sampler (the experiment's schedule).
+On more than 8 devices the prompts grow to one per device (the rows per device stay those of 8 devices).
 XLA's memory analysis gives per-device arguments + temporaries (+ outputs not aliased to donated inputs)
 and its cost analysis per-device FLOPs (a loop body counts once: the step's layer scan is one layer, the
 sampler's figure is one decode step of one layer; compare them across device counts, not as totals).
@@ -31,13 +31,14 @@ from jax.experimental import topologies
 
 from benchmarks.recipes_7b import experiment, hybrid_step, sampler_prompts
 from wavalign_jax import sharding
-from wavalign_jax.rollout import decode
+from wavalign_jax.rollout import decode, mctp
 from wavalign_jax.rollout import sampler as sampler_lib
 
 flags.DEFINE_list("devices", ["8", "16", "64"], "Device counts (fake CPU devices; XLA_FLAGS must provide the most).")
 flags.DEFINE_list("models", ["vita", "kimi"], "vita (VITA-Audio-Balance, 10 MCTP layers) and/or kimi (Kimi-Audio); "
                   "tiny: a quick check of the script.")
-flags.DEFINE_list("parts", ["step", "sampler"], "What to compile.")
+flags.DEFINE_list("parts", ["step", "sampler", "mctp"], "What to compile (mctp: VITA's MCTP sampler, models with "
+                  "MCTP modules only).")
 flags.DEFINE_enum("target", "cpu", ["cpu", "a100_40gb", "h100_80gb"],
                   "Compile for fake CPU devices, or for that GPU (deviceless; gpu_targets/<target>.txtpb).")
 flags.DEFINE_integer("prompts", None, "Prompts per step (at least one per device; default: the experiment's).")
@@ -88,15 +89,19 @@ def bench(model: str, n: int) -> None:
     t = time.perf_counter()
     compiled = step.lower(state, batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)
-  if "sampler" in FLAGS.parts:
-    t = time.perf_counter()
-    sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
-    prompts = sampler_prompts(cfg, mesh, P, Lp)
-    params = state.params   # placed as the step's parameters are
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    with sharding.use_rules(mesh):
-      compiled = sampler_lib._sample.lower(params, cfg, prompts, rng, sc).compile()
-    _report("sampler", compiled, time.perf_counter() - t)
+  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
+  prompts = sampler_prompts(cfg, mesh, P, Lp)
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+  samplers = {"sampler": lambda: sampler_lib._sample.lower(state.params, cfg, prompts, rng, sc)}
+  if cfg.num_mtp_modules:   # the schedule the experiment decodes with (rollout/decode.sampling_config)
+    schedule = tuple(config.rollout.mctp_schedule or config.layout.ratios)
+    samplers["mctp"] = lambda: mctp._sample_mctp.lower(state.params, cfg, prompts, rng, sc, schedule)
+  for part, lower in samplers.items():   # the parameters placed as the step's are
+    if part in FLAGS.parts:
+      t = time.perf_counter()
+      with sharding.use_rules(mesh):
+        compiled = lower().compile()
+      _report(part, compiled, time.perf_counter() - t)
 
 
 def main(argv):

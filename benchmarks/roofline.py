@@ -21,7 +21,10 @@ decode token is the difference between a program with 2 and with 1 decode steps 
 smallest and the largest completion cache (linear in between). The CPU compiler's FLOPs are those of the
 math; its bytes are those of its fusions (unfused attention scores included: a fused attention kernel would
 not write them), so the memory side is an upper bound of what an accelerator's compiler reaches.
-VITA's MCTP decoder is not modelled (the testbed and these figures decode with the main head).
+VITA's MCTP decoding (its 10 modules, the experiment's schedule) is predicted from its pieces
+(benchmarks/mctp_pieces.py): a main step, the catch-up over the m + 1 tokens of a period [M, m] and a module step,
+each compiled alone against caches filled to the middle of the completion; its speed-up over the main head is
+that of one period at the roofline, and its decode tokens/s the main head's times that speed-up.
 """
 from __future__ import annotations
 
@@ -38,8 +41,10 @@ from typing import Any, Callable
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks import mctp_pieces  # noqa: E402
 from benchmarks.recipes_7b import experiment, hybrid_step, sampler_prompts  # noqa: E402
 from wavalign_jax import models, sharding, train_state  # noqa: E402
 from wavalign_jax.rollout import decode  # noqa: E402
@@ -168,6 +173,33 @@ def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, 
     return compiled_cost(jax.jit(program).lower(params, prompts, rng).compile(), mesh.size)
 
 
+def _with_shardings(fn: Callable[[], Any], mesh: Any) -> Any:
+  """Abstract values of what `fn()` returns, placed as the activation rules on `mesh` place them."""
+  with sharding.use_rules(mesh):
+    placed = jax.jit(fn).lower().compile().output_shardings
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(fn), placed)
+
+
+def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots: int,
+               catch_up: int) -> dict[str, Cost]:
+  """Per-device costs of MCTP decoding's pieces (mctp_pieces.py: "main", "catch_up" over `catch_up` tokens,
+  "module") on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
+  compute dtype as the sampler converts them once per call."""
+  abstract = train_state.abstract_with_shardings(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))),
+                                                 models.param_shardings(cfg, mesh))
+  decoding = jax.eval_shape(lambda p: models.for_decoding(p, cfg, unstack=False)[0], abstract)
+  params = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d.dtype, sharding=a.sharding), abstract, decoding)
+  cache, mtp_cache = _with_shardings(lambda: mctp_pieces.caches(cfg, rows, filled, slots), mesh)
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  new = lambda t: jax.ShapeDtypeStruct((rows, t), np.int32, sharding=data)   # tokens or positions [rows, t]
+  main = lambda p, c, t, pos: mctp_pieces.main_step(p, cfg, c, t, pos)
+  module = lambda p, c, v, t, pos: mctp_pieces.module_step(p, cfg, c, v, filled, t, pos)
+  with sharding.use_rules(mesh):
+    cost = lambda fn, *args: compiled_cost(jax.jit(fn).lower(params, *args).compile(), mesh.size)
+    return {"main": cost(main, cache, new(1), new(1)), "catch_up": cost(main, cache, new(catch_up), new(catch_up)),
+            "module": cost(module, mtp_cache, cache["valid"], new(1), new(1))}
+
+
 def bench(model: str, n: int) -> dict[str, Any]:
   cfg, config = experiment(model)
   mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
@@ -198,6 +230,10 @@ def bench(model: str, n: int) -> dict[str, Any]:
              cfg, jax.random.key(0))))), "compile_seconds": time.perf_counter() - t0,
          "step": step, "step_model_flops": model_step["flops"], "prefill": prefill, "decode_token": token,
          "hardware": {}}
+  if cfg.num_mtp_modules:
+    M, m = mctp_pieces.last_period(config.rollout.mctp_schedule or tuple(config.layout.ratios), cfg.num_mtp_modules)
+    pieces = [mctp_costs(loop_free(**v), mesh, P * G, Lp + N // 2, Lp + N, m + 1) for v in variants]
+    out["mctp"] = {"period": [M, m], **{k: extrapolate([p[k] for p in pieces]) for k in pieces[0]}}
   for hw in HARDWARE:
     st, tok, pre = seconds(step, hw), seconds(token, hw), seconds(prefill, hw)
     rows_per_device = P * G / n
@@ -207,6 +243,13 @@ def bench(model: str, n: int) -> dict[str, Any]:
         "decode_tokens_per_s_hbm": rows_per_device / tok["memory"],
         "decode_tokens_per_s": rows_per_device / tok["roofline"],
         "sampler_seconds": pre["roofline"] + N * tok["roofline"]}
+    if "mctp" in out:
+      piece = {k: seconds(out["mctp"][k], hw)["roofline"] for k in ("main", "catch_up", "module")}
+      speedup = mctp_pieces.period_speedup(piece, *out["mctp"]["period"])
+      out["hardware"][hw.name]["mctp"] = {
+          "catch_up_per_token_in_main_steps": piece["catch_up"] / (out["mctp"]["period"][1] + 1) / piece["main"],
+          "module_in_main_steps": piece["module"] / piece["main"], "speedup": speedup,
+          "decode_tokens_per_s": speedup * rows_per_device / tok["roofline"]}
   return out
 
 
@@ -227,6 +270,11 @@ def report(r: dict[str, Any]) -> None:
           f"{1e3 * tk['roofline']:.1f} ms/token ({tk['limit']}), {h['decode_tokens_per_s_hbm']:.0f} tokens/s per "
           f"device at the HBM limit, {h['decode_tokens_per_s']:.0f} at the roofline | rollouts "
           f"{h['sampler_seconds']:.1f} s", flush=True)
+    if "mctp" in h:
+      mc, (M, m) = h["mctp"], r["mctp"]["period"]
+      print(f"  {'':9s} MCTP period [{M}, {m}]: catch-up {mc['catch_up_per_token_in_main_steps']:.2f} main steps per "
+            f"token, module step {mc['module_in_main_steps']:.2f} main steps -> {mc['speedup']:.2f}x the main head, "
+            f"{mc['decode_tokens_per_s']:.0f} tokens/s per device", flush=True)
 
 
 def main(argv):

@@ -68,6 +68,9 @@ def tiny_config(arch: str, base: str | None = None):
   if arch == "parallel":
     c.model.update(dict(mimo_from_layer=0, num_mimo_layers=1))
   c.data.prompts_per_step = 4
+  # One length bucket (the prompt bucket holds every example): each step program compiles once per run, not once
+  # per bucket an SFT batch happens to land in.
+  c.data.max_prompt_len += c.data.max_response_len
   c.rollout.group_size = 2
   c.rollout.max_new_tokens = 16
   c.testbed.base_sft_steps = 10

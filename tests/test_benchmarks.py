@@ -32,10 +32,11 @@ def test_grpo_step_quick():
 
 
 def test_memory_7b_quick():
-  """The ahead-of-time memory report of the step and the sampler, on the unit-test model over 8 CPU devices."""
-  out = _run("benchmarks.memory_7b", "--models=tiny", "--devices=8", "--prompt_len=16", "--response_len=16",
+  """The ahead-of-time memory report of the step, the sampler and the MCTP sampler, on the unit-test model over 8
+  CPU devices."""
+  out = _run("benchmarks.memory_7b", "--models=tiny", "--devices=8", "--prompt_len=8", "--response_len=4",
              devices=8)
-  for part in ("step", "sampler"):
+  for part in ("step", "sampler", "mctp"):
     m = re.search(rf"{part}\s+per device: args\s+([\d.]+) GiB\s+temps\s+([\d.]+) GiB\s+total\s+([\d.]+) GiB", out)
     assert m, out
     args, temps, total = map(float, m.groups())
@@ -110,3 +111,23 @@ def test_roofline_loop_free_depths_extrapolate_exactly():
   got = extrapolate([roofline.sampler_cost(cfg.replace(**v), mesh, sc, 2, 8, 8, 1) for v in variants])
   want = roofline.sampler_cost(cfg.replace(num_layers=3), mesh, sc, 2, 8, 8, 1)
   assert got["flops"] == pytest.approx(want["flops"], rel=1e-9) and got["bytes"] == pytest.approx(want["bytes"], rel=1e-9)
+
+
+def test_roofline_mctp_pieces():
+  """The catch-up's FLOPs grow by the same amount per token it re-reads (one token's trunk work; the head runs on
+  the last token only), a module step (one layer) reads less than a main step (three), and one period's speed-up
+  follows from the pieces' times by hand."""
+  import jax
+  from wavalign_jax import models, sharding
+  from benchmarks import mctp_pieces
+  roofline = _roofline()
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  cfg = models.tiny_config("interleaved", num_layers=3, scan_layers=False, attention_block=0)
+  two, three, four = (roofline.mctp_costs(cfg, mesh, rows=2, filled=8, slots=12, catch_up=t) for t in (2, 3, 4))
+  assert two["main"]["flops"] == four["main"]["flops"] and two["module"]["flops"] == four["module"]["flops"]
+  per_token = four["catch_up"]["flops"] - three["catch_up"]["flops"]
+  assert per_token > 0 and three["catch_up"]["flops"] - two["catch_up"]["flops"] == pytest.approx(per_token, rel=1e-9)
+  assert two["module"]["bytes"] < two["main"]["bytes"] < two["catch_up"]["bytes"]
+  assert mctp_pieces.period_speedup({"main": 1.0, "catch_up": 2.0, "module": 0.25}, 4, 10) == \
+      pytest.approx(14 / (2.0 + 3 * 1.0 + 10 * 0.25))
+  assert mctp_pieces.last_period((1, 10, 4, 10), 2) == (4, 2)

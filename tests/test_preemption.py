@@ -27,6 +27,7 @@ OVERRIDES = {
     "rollout.max_new_tokens": 16, "testbed.base_sft_steps": 12, "testbed.base_batch_size": 8,
     "testbed.base_checkpoint_every": 4, "train.total_steps": TOTAL, "train.checkpoint_every": 4,
     "train.eval_examples": 4, "optim.learning_rate": 1e-3, "mesh.num_devices": 1,
+    "data.max_prompt_len": 80,   # one length bucket (prompt 40 + response 40): one step program per process
 }
 
 

@@ -62,7 +62,9 @@ def _study(workdir, *extra):
   cmd = [sys.executable, "-m", "wavalign_jax.study", "--config=experiments/vita.py:tiny", "--seeds=1",
          "--methods=sft,rl_text", f"--workdir={workdir}", "--eval_every=2",
          "--config.testbed.base_sft_steps=4", "--config.train.total_steps=2", "--config.train.eval_examples=8",
-         "--config.model.num_layers=1", "--config.rollout.max_new_tokens=16",
+         "--config.model.num_layers=1", "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+         "--config.model.num_heads=2", "--config.model.num_kv_heads=1", "--config.model.head_dim=16",
+         "--config.data.max_prompt_len=80", "--config.rollout.max_new_tokens=16",
          "--config.data.prompts_per_step=2", "--config.rollout.group_size=2", *extra]
   # One CPU device (the study's own setting), compiled without LLVM's optimisation passes like every test program.
   env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")

@@ -11,25 +11,19 @@ from conftest import tiny_config
 
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])
-def test_stopped_run_resumes_with_same_state(tmp_path, arch):
+def test_stopped_run_resumes_with_same_state(tmp_path, tiny_base, arch):
   """On all 8 devices: the checkpoint holds FSDP-sharded params and optimizer moments."""
-  straight = tmp_path / "straight"
-  config = tiny_config(arch)
-  config.mesh.num_devices = 0
-  full = train.train(config, str(straight))
-  base_model = str(straight / "base_model")
-  assert os.path.exists(os.path.join(base_model, "model_config.json"))
+  def config(**train_fields):
+    c = tiny_config(arch, tiny_base(arch))
+    c.mesh.num_devices = 0
+    c.train.update(train_fields)
+    return c
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  full = train.train(config(), str(straight))
   assert sorted(int(s) for s in os.listdir(straight / "checkpoints") if s.isdigit()) == [2, 4]
-
-  interrupted = tmp_path / "interrupted"
-  config = tiny_config(arch)
-  config.init_checkpoint, config.testbed.dir = base_model, str(straight / "testbed")
-  config.mesh.num_devices = 0
-  config.train.stop_at_step = 2
-  first = train.train(config, str(interrupted))
+  first = train.train(config(stop_at_step=2), str(interrupted))
   assert int(first["state"].step) == 2
-  config.train.stop_at_step = 0
-  resumed = train.train(config, str(interrupted))
+  resumed = train.train(config(), str(interrupted))
 
   a, b = full["state"], resumed["state"]
   assert int(a.step) == int(b.step) == 4

@@ -34,7 +34,7 @@ from wavalign_jax import checkpointing, cli, log_setup, models, sharding
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import generate, score, testbed
-from wavalign_jax.testbed import unit_tts
+from wavalign_jax.testbed import base_model, unit_tts
 from wavalign_jax.testbed import vocab as testbed_vocab
 from wavalign_jax.export import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
@@ -63,7 +63,7 @@ def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None
   if key is None:
     return item, key, checkpoint, None
   run_dir = os.path.dirname(os.path.dirname(os.path.dirname(item)))   # RUN/checkpoints/<step>/state
-  model_dir = config.init_checkpoint or os.path.join(run_dir, "base_model")
+  model_dir = config.init_checkpoint or base_model.path(run_dir)
   if not os.path.exists(os.path.join(model_dir, "model_config.json")):
     raise FileNotFoundError(
         f"{checkpoint} is a training checkpoint, which stores no model config; it is taken from the checkpoint "

@@ -96,7 +96,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
   model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": data.vocab.vocab_size})
   init_checkpoint = config.init_checkpoint
   if not init_checkpoint:
-    init_checkpoint = os.path.join(workdir, "base_model")
+    init_checkpoint = base_model.path(workdir)
     base_model.ensure_base_model(config, model_cfg, data.datasets["base_sft"], buckets, init_checkpoint, guard)
   sampling = decode.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from wavalign_jax import files
 from wavalign_jax.study.claims import POSITIVE_CONTROL
+from wavalign_jax.testbed import base_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ def bases_to_retrain(studies: Sequence[Study], todo: Sequence[tuple[Study, int, 
   out = {}
   for st, s, m in todo:
     base = st.base_dir(s)
-    if m != "base" and finished(base) and not os.path.exists(os.path.join(base, "base_model")):
+    if m != "base" and finished(base) and not os.path.exists(base_model.path(base)):
       owner = next(o for o in studies if o.runs_here("base") and o.base_dir(s) == base)
       out[base] = (owner, s)
   return list(out.values())
@@ -85,7 +86,7 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
          f"--config.data.shuffle_seed={seed}", f"--config.testbed.dir={os.path.join(seed_dir, 'testbed')}",
          "--config.train.eval_before=False", f"--config.train.eval_every={eval_every}"]
   if method != "base":
-    cmd.append(f"--config.init_checkpoint={os.path.join(run_dir(workdir, seed, 'base'), 'base_model')}")
+    cmd.append(f"--config.init_checkpoint={base_model.path(run_dir(workdir, seed, 'base'))}")
     return cmd + list(overrides)
   # The base run evaluates the untrained base model whatever budget the overrides give the methods (the last
   # occurrence of a --config field wins).

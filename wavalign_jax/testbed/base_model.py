@@ -26,6 +26,12 @@ from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.preemption import Preempted, PreemptionGuard
 
 
+def path(run_dir: str) -> str:
+  """Where a testbed run without `init_checkpoint` saves its base model, and where the runs started from it
+  (a study's methods, `evaluate` of its checkpoints) find it."""
+  return os.path.join(run_dir, "base_model")
+
+
 def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: str, buckets: tuple[int, ...],
                       out_dir: str, guard: PreemptionGuard | None = None) -> None:
   """Trains and saves the base model into `out_dir` unless it is already there (resuming a stopped SFT)."""
