@@ -93,8 +93,8 @@ def bench(model: str, n: int) -> None:
   prompts = sampler_prompts(cfg, mesh, P, Lp)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
   samplers = {"sampler": lambda: sampler_lib._sample.lower(state.params, cfg, prompts, rng, sc)}
-  if cfg.num_mtp_modules:   # the schedule the experiment decodes with (rollout/decode.sampling_config)
-    schedule = tuple(config.rollout.mctp_schedule or config.layout.ratios)
+  if cfg.num_mtp_modules:
+    schedule = decode.mctp_schedule(config.rollout, config.layout)
     samplers["mctp"] = lambda: mctp._sample_mctp.lower(state.params, cfg, prompts, rng, sc, schedule)
   for part, lower in samplers.items():   # the parameters placed as the step's are
     if part in FLAGS.parts:

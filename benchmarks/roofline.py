@@ -152,6 +152,12 @@ def step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, L
   return compiled_cost(step.lower(state, batch, Lp - 1).compile(), mesh.size)
 
 
+def _abstract_params(cfg: models.ModelConfig, mesh: Any) -> Any:
+  """`cfg`'s parameters as abstract values placed as train.py places them on `mesh`."""
+  return train_state.abstract_with_shardings(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))),
+                                             models.param_shardings(cfg, mesh))
+
+
 def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, P: int, Lp: int,
                  cache_size: int, decode_steps: int) -> Cost:
   """Per-device cost of the sampler's prefill, a completion cache of `cache_size` slots and `decode_steps`
@@ -166,8 +172,7 @@ def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, 
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   prompts = sampler_prompts(cfg, mesh, P, Lp)
-  abstract = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
-  params = train_state.abstract_with_shardings(abstract, models.param_shardings(cfg, mesh))
+  params = _abstract_params(cfg, mesh)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
   with sharding.use_rules(mesh):
     return compiled_cost(jax.jit(program).lower(params, prompts, rng).compile(), mesh.size)
@@ -185,8 +190,7 @@ def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots
   """Per-device costs of MCTP decoding's pieces (mctp_pieces.py: "main", "catch_up" over `catch_up` tokens,
   "module") on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
   compute dtype as the sampler converts them once per call."""
-  abstract = train_state.abstract_with_shardings(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))),
-                                                 models.param_shardings(cfg, mesh))
+  abstract = _abstract_params(cfg, mesh)
   decoding = jax.eval_shape(lambda p: models.for_decoding(p, cfg, unstack=False)[0], abstract)
   params = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d.dtype, sharding=a.sharding), abstract, decoding)
   cache, mtp_cache = _with_shardings(lambda: mctp_pieces.caches(cfg, rows, filled, slots), mesh)
@@ -231,7 +235,7 @@ def bench(model: str, n: int) -> dict[str, Any]:
          "step": step, "step_model_flops": model_step["flops"], "prefill": prefill, "decode_token": token,
          "hardware": {}}
   if cfg.num_mtp_modules:
-    M, m = mctp_pieces.last_period(config.rollout.mctp_schedule or tuple(config.layout.ratios), cfg.num_mtp_modules)
+    M, m = mctp_pieces.last_period(decode.mctp_schedule(config.rollout, config.layout), cfg.num_mtp_modules)
     pieces = [mctp_costs(loop_free(**v), mesh, P * G, Lp + N // 2, Lp + N, m + 1) for v in variants]
     out["mctp"] = {"period": [M, m], **{k: extrapolate([p[k] for p in pieces]) for k in pieces[0]}}
   for hw in HARDWARE:

@@ -56,6 +56,12 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.xdist_group(f"smoke_{item.callspec.params['arch']}"))
 
 
+def one_length_bucket(c) -> None:
+  """The prompt bucket holds every example (config_lib.length_buckets): each step program compiles once per run,
+  not once per bucket an SFT batch happens to land in."""
+  c.data.max_prompt_len += c.data.max_response_len
+
+
 def tiny_config(arch: str, base: str | None = None):
   """The hybrid method on the testbed at unit-test sizes. `base`: a `tiny_base` directory whose base model and
   testbed data the run starts from; without it the run generates both in its work directory."""
@@ -68,9 +74,7 @@ def tiny_config(arch: str, base: str | None = None):
   if arch == "parallel":
     c.model.update(dict(mimo_from_layer=0, num_mimo_layers=1))
   c.data.prompts_per_step = 4
-  # One length bucket (the prompt bucket holds every example): each step program compiles once per run, not once
-  # per bucket an SFT batch happens to land in.
-  c.data.max_prompt_len += c.data.max_response_len
+  one_length_bucket(c)
   c.rollout.group_size = 2
   c.rollout.max_new_tokens = 16
   c.testbed.base_sft_steps = 10

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import one_length_bucket
 from wavalign_jax import config_lib, train
 
 EXPERIMENTS = {"interleaved": "experiments/vita.py", "parallel": "experiments/kimi.py"}
@@ -27,9 +28,7 @@ def _config(arch: str, method: str, shared: str):
     c.model.update(dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=1))
   c.data.prompts_per_step = 4
   c.mesh.num_devices = 1   # one of the 8 fake CPU devices: sharding has its own tests, this matrix is about methods
-  # One length bucket (the prompt bucket holds every example): each step program compiles once, not once per
-  # bucket an SFT batch happens to land in.
-  c.data.max_prompt_len += c.data.max_response_len
+  one_length_bucket(c)
   c.rollout.group_size = 2
   c.rollout.max_new_tokens = 16
   c.testbed.update(dict(dir=os.path.join(shared, "testbed"), base_sft_steps=4, base_batch_size=8))

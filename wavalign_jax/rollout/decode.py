@@ -72,6 +72,12 @@ class SamplingConfig:
     return self.pad_id if self.constraint is None else self.constraint.vocab.pad
 
 
+def mctp_schedule(rollout_cfg: Any, layout_cfg: Any) -> tuple[int, ...]:
+  """The MCTP schedule [M1, m1, ...] a config decodes with: rollout.mctp_schedule, else the layout's ratio list
+  (as upstream sets its inference mode)."""
+  return tuple(rollout_cfg.get("mctp_schedule") or layout_cfg.get("ratios") or ())
+
+
 def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
   """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
   top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
@@ -93,7 +99,7 @@ def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modul
   decode = rollout_cfg.get("decode", "main")
   if decode == "auto":
     decode = "mctp" if layout_cfg["kind"] == "interleaved" and num_mtp_modules > 0 else "main"
-  schedule = tuple(rollout_cfg.get("mctp_schedule") or layout_cfg.get("ratios") or ()) if decode == "mctp" else ()
+  schedule = mctp_schedule(rollout_cfg, layout_cfg) if decode == "mctp" else ()
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
                         sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
                         mctp_schedule=schedule,
