@@ -1,7 +1,7 @@
 r"""Ahead-of-time memory and FLOPs of the real 7B configs, per device, without weights or running anything.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=64 python -m benchmarks.memory_7b [--devices=8,16,64]
-      [--models=vita,kimi] [--parts=step,sampler]
+      [--models=vita,kimi] [--parts=step,sampler] [--gather_weights]
   JAX_PLATFORMS=cpu,cuda JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python -m benchmarks.memory_7b --target=a100_40gb
 
 `--target=cpu` (default) compiles for fake CPU devices. The CPU compiler runs bfloat16 arithmetic in float32
@@ -14,7 +14,9 @@ For each model and device count, the hybrid step is built as `train.py` builds i
 kimi.py (their model runtime settings: bf16 compute, fp32 params and AdamW moments, remat full, log-prob chunk;
 their objective, optimizer, batch and lengths: 8 prompts x G 4, prompt 512, response 1024, i.e. 32 RL rows + 8 SFT
 rows; the RL rows scored from their completions on) on an FSDP mesh (1, n, 1), activation rules on, the state
-donated; the main-head sampler for 32 rows x (512 + 1024), and VITA's MCTP sampler (the experiment's schedule).
+donated; the main-head sampler for 32 rows x (512 + 1024), and VITA's MCTP sampler (the experiment's schedule);
+`--gather_weights`: the samplers read the weights gathered once per rollout call (`rollout.gather_weights`), a
+compute-dtype copy held besides the train state (its size is printed with them).
 On more than 8 devices the prompts grow to one per device (the rows per device stay those of 8 devices).
 XLA's memory analysis gives per-device arguments + temporaries (+ outputs not aliased to donated inputs)
 and its cost analysis per-device FLOPs (a loop body counts once: the step's layer scan is one layer, the
@@ -22,6 +24,7 @@ sampler's figure is one decode step of one layer; compare them across device cou
 """
 from __future__ import annotations
 
+import math
 import pathlib
 import time
 
@@ -29,7 +32,7 @@ import jax
 from absl import app, flags
 from jax.experimental import topologies
 
-from benchmarks.recipes_7b import experiment, hybrid_step, sampler_prompts
+from benchmarks.recipes_7b import experiment, hybrid_step, sampler_params, sampler_prompts
 from wavalign_jax import sharding
 from wavalign_jax.rollout import decode, mctp
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -41,6 +44,8 @@ flags.DEFINE_list("parts", ["step", "sampler", "mctp"], "What to compile (mctp: 
                   "MCTP modules only).")
 flags.DEFINE_enum("target", "cpu", ["cpu", "a100_40gb", "h100_80gb"],
                   "Compile for fake CPU devices, or for that GPU (deviceless; gpu_targets/<target>.txtpb).")
+flags.DEFINE_bool("gather_weights", False, "The samplers with the weights gathered once per rollout call "
+                  "(rollout.gather_weights) instead of FSDP-split.")
 flags.DEFINE_integer("prompts", None, "Prompts per step (at least one per device; default: the experiment's).")
 flags.DEFINE_integer("group", None, "Rollouts per prompt (default: the experiment's).")
 flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment's data.max_prompt_len).")
@@ -89,17 +94,22 @@ def bench(model: str, n: int) -> None:
     t = time.perf_counter()
     compiled = step.lower(state, batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)
-  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False)  # as hosts.py
+  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False,   # as hosts.py
+                             gather_weights=FLAGS.gather_weights)
   prompts = sampler_prompts(cfg, mesh, P, Lp)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-  samplers = {"sampler": lambda: sampler_lib._sample.lower(state.params, cfg, prompts, rng, sc)}
+  params = sampler_params(cfg, mesh, sc.gather_weights)   # placed as the step's are, or gathered
+  if sc.gather_weights:
+    resident = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    print(f"  (besides the sampler: the train state's {resident / GiB:.2f} GiB per device)", flush=True)
+  samplers = {"sampler": lambda: sampler_lib._sample.lower(params, cfg, prompts, rng, sc)}
   if cfg.num_mtp_modules:
     schedule = decode.mctp_schedule(config.rollout, config.layout)
-    samplers["mctp"] = lambda: mctp._sample_mctp.lower(state.params, cfg, prompts, rng, sc, schedule)
-  for part, lower in samplers.items():   # the parameters placed as the step's are
+    samplers["mctp"] = lambda: mctp._sample_mctp.lower(params, cfg, prompts, rng, sc, schedule)
+  for part, lower in samplers.items():
     if part in FLAGS.parts:
       t = time.perf_counter()
-      with sharding.use_rules(mesh):
+      with sharding.use_rules(mesh, sc.gather_weights):
         compiled = lower().compile()
       _report(part, compiled, time.perf_counter() - t)
 

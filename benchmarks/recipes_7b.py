@@ -38,6 +38,15 @@ def seq_batch(cfg, rows, length, mesh, cls=SeqBatch):
              types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
 
 
+def sampler_params(cfg: models.ModelConfig, mesh: Any, gathered: bool = False) -> Any:
+  """`cfg`'s parameters as abstract values placed as train.py places them on `mesh` (what the sampler reads);
+  `gathered`: as `models.gather_for_decoding` hands them to it (`rollout.gather_weights`)."""
+  abstract = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+  if gathered:
+    abstract = jax.eval_shape(lambda p: models.in_compute_dtype(p, cfg), abstract)
+  return train_state.abstract_with_shardings(abstract, models.param_shardings(cfg, mesh, gathered))
+
+
 def sampler_prompts(cfg: models.ModelConfig, mesh: Any, P: int, Lp: int) -> dict[str, Any]:
   """Abstract prompts for the sampler as rollout/hosts.py passes them: P rows of Lp positions over the data
   shards, with Kimi's continuous audio features where the model has the adaptor."""

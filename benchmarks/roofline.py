@@ -1,7 +1,7 @@
 r"""A roofline of the 7B recipes on accelerators, from compiled programs, without an accelerator.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=256 python -m benchmarks.roofline \
-      [--models=vita,kimi] [--devices=8,64,256] [--json=roofline.json]
+      [--models=vita,kimi] [--devices=8,64,256] [--gather_weights] [--json=roofline.json]
 
 For each model and device count it compiles (for fake CPU devices, FSDP mesh (1, n, 1) as train.py builds it)
 the hybrid step and the main-head sampler of experiments/<model>.py at the 7B shapes (8 prompts x G 4, prompt
@@ -12,7 +12,9 @@ the collectives of the optimised program, and predicts on an H100 and a TPU v5p:
   bandwidth) (perfect overlap: a lower bound), its FLOP/byte ratio, and the MFU bound = model FLOPs (the step
   without rematerialisation) / (peak x that time);
 - the sampler: the same per decode token (averaged over the completion's cache sizes) and the decode
-  tokens/s per device at the HBM limit (bytes only), plus the prefill.
+  tokens/s per device at the HBM limit (bytes only), plus the prefill. `--gather_weights`: with the weights
+  gathered once per rollout call (`rollout.gather_weights`; the gather is counted with the prefill) instead of
+  all-gathered by FSDP at every decode token.
 
 Loops are counted with their trip counts by construction: XLA's cost analysis counts a loop body once, so
 the programs are compiled without loops (layers unrolled, one log-prob chunk, unblocked attention) at 1 and 2
@@ -45,8 +47,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import mctp_pieces  # noqa: E402
-from benchmarks.recipes_7b import experiment, hybrid_step, sampler_prompts  # noqa: E402
-from wavalign_jax import models, sharding, train_state  # noqa: E402
+from benchmarks.recipes_7b import experiment, hybrid_step, sampler_params, sampler_prompts  # noqa: E402
+from wavalign_jax import models, sharding  # noqa: E402
 from wavalign_jax.rollout import decode  # noqa: E402
 from wavalign_jax.rollout import sampler as sampler_lib  # noqa: E402
 
@@ -54,6 +56,8 @@ flags.DEFINE_list("models", ["vita", "kimi"], "vita and/or kimi (7B), or tiny (a
 flags.DEFINE_list("devices", ["8", "64", "256"], "Device counts (XLA_FLAGS must provide the most).")
 flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment's data.max_prompt_len).")
 flags.DEFINE_integer("response_len", None, "Completion length (default: the experiment's rollout.max_new_tokens).")
+flags.DEFINE_bool("gather_weights", False, "The sampler with the weights gathered once per rollout call "
+                  "(rollout.gather_weights; the gather counts in the prefill) instead of at every decode token.")
 flags.DEFINE_string("json", "", "Also write every figure to this file.")
 FLAGS = flags.FLAGS
 
@@ -111,7 +115,7 @@ Cost = dict[str, Any]   # {"flops": float, "bytes": float, "comm": {group size: 
 def compiled_cost(compiled: Any, num_devices: int) -> Cost:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"]),
+  return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0)),
           "comm": collective_traffic(compiled.as_text(), num_devices)}
 
 
@@ -152,16 +156,18 @@ def step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, L
   return compiled_cost(step.lower(state, batch, Lp - 1).compile(), mesh.size)
 
 
-def _abstract_params(cfg: models.ModelConfig, mesh: Any) -> Any:
-  """`cfg`'s parameters as abstract values placed as train.py places them on `mesh`."""
-  return train_state.abstract_with_shardings(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))),
-                                             models.param_shardings(cfg, mesh))
+def gather_cost(cfg: models.ModelConfig, mesh: Any) -> Cost:
+  """Per-device cost of gathering the weights once per rollout call (`models.gather_for_decoding`)."""
+  gather = jax.jit(lambda p: models.in_compute_dtype(p, cfg),
+                   out_shardings=models.param_shardings(cfg, mesh, gathered=True))
+  return compiled_cost(gather.lower(sampler_params(cfg, mesh)).compile(), mesh.size)
 
 
 def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, P: int, Lp: int,
                  cache_size: int, decode_steps: int) -> Cost:
   """Per-device cost of the sampler's prefill, a completion cache of `cache_size` slots and `decode_steps`
-  decode-loop iterations (sampler.prefill / decode_step, as sampler._sample runs them)."""
+  decode-loop iterations (sampler.prefill / decode_step, as sampler._sample runs them); with
+  `sc.gather_weights`, on weights gathered once per call (the gather itself is `gather_cost`)."""
   def program(params, prompts, rng):
     params, model_cfg = models.for_decoding(params, cfg, sc.unstack_layers)
     carry, prompt_len = sampler_lib.prefill(params, model_cfg, prompts, sc)
@@ -172,9 +178,9 @@ def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, 
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   prompts = sampler_prompts(cfg, mesh, P, Lp)
-  params = _abstract_params(cfg, mesh)
+  params = sampler_params(cfg, mesh, sc.gather_weights)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-  with sharding.use_rules(mesh):
+  with sharding.use_rules(mesh, sc.gather_weights):
     return compiled_cost(jax.jit(program).lower(params, prompts, rng).compile(), mesh.size)
 
 
@@ -186,11 +192,11 @@ def _with_shardings(fn: Callable[[], Any], mesh: Any) -> Any:
 
 
 def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots: int,
-               catch_up: int) -> dict[str, Cost]:
+               catch_up: int, gathered: bool = False) -> dict[str, Cost]:
   """Per-device costs of MCTP decoding's pieces (mctp_pieces.py: "main", "catch_up" over `catch_up` tokens,
   "module") on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
-  compute dtype as the sampler converts them once per call."""
-  abstract = _abstract_params(cfg, mesh)
+  compute dtype as the sampler converts them once per call (`gathered`: and gathered, `rollout.gather_weights`)."""
+  abstract = sampler_params(cfg, mesh, gathered)
   decoding = jax.eval_shape(lambda p: models.for_decoding(p, cfg, unstack=False)[0], abstract)
   params = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d.dtype, sharding=a.sharding), abstract, decoding)
   cache, mtp_cache = _with_shardings(lambda: mctp_pieces.caches(cfg, rows, filled, slots), mesh)
@@ -198,7 +204,7 @@ def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots
   new = lambda t: jax.ShapeDtypeStruct((rows, t), np.int32, sharding=data)   # tokens or positions [rows, t]
   main = lambda p, c, t, pos: mctp_pieces.main_step(p, cfg, c, t, pos)
   module = lambda p, c, v, t, pos: mctp_pieces.module_step(p, cfg, c, v, filled, t, pos)
-  with sharding.use_rules(mesh):
+  with sharding.use_rules(mesh, gathered):
     cost = lambda fn, *args: compiled_cost(jax.jit(fn).lower(params, *args).compile(), mesh.size)
     return {"main": cost(main, cache, new(1), new(1)), "catch_up": cost(main, cache, new(catch_up), new(catch_up)),
             "module": cost(module, mtp_cache, cache["valid"], new(1), new(1))}
@@ -217,7 +223,7 @@ def bench(model: str, n: int) -> dict[str, Any]:
   step = extrapolate([step_cost(loop_free(**v), config, mesh, P, G, Lp, N) for v in variants])
   model_step = extrapolate([step_cost(loop_free(remat="none", **v), config, mesh, P, G, Lp, N) for v in variants])
   sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False,
-                             cache_windows=config.rollout.cache_windows)
+                             cache_windows=config.rollout.cache_windows, gather_weights=FLAGS.gather_weights)
   ends = sampler_lib.windows(N, sc.cache_windows)
   per_size = {}
   for size in sorted({ends[0], ends[-1]}):
@@ -233,10 +239,13 @@ def bench(model: str, n: int) -> dict[str, Any]:
          "params": sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: models.init_params(
              cfg, jax.random.key(0))))), "compile_seconds": time.perf_counter() - t0,
          "step": step, "step_model_flops": model_step["flops"], "prefill": prefill, "decode_token": token,
-         "hardware": {}}
+         "gather_weights": sc.gather_weights, "hardware": {}}
+  if sc.gather_weights:   # once per rollout call, before the prefill
+    prefill = out["prefill"] = combine([(1, prefill), (1, gather_cost(cfg, mesh))])
   if cfg.num_mtp_modules:
     M, m = mctp_pieces.last_period(decode.mctp_schedule(config.rollout, config.layout), cfg.num_mtp_modules)
-    pieces = [mctp_costs(loop_free(**v), mesh, P * G, Lp + N // 2, Lp + N, m + 1) for v in variants]
+    pieces = [mctp_costs(loop_free(**v), mesh, P * G, Lp + N // 2, Lp + N, m + 1, sc.gather_weights)
+              for v in variants]
     out["mctp"] = {"period": [M, m], **{k: extrapolate([p[k] for p in pieces]) for k in pieces[0]}}
   for hw in HARDWARE:
     st, tok, pre = seconds(step, hw), seconds(token, hw), seconds(prefill, hw)
@@ -260,7 +269,8 @@ def bench(model: str, n: int) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
   step, tok = r["step"], r["decode_token"]
   print(f"{r['model']} ({r['params'] / 1e9:.2f}B params) on {r['devices']} devices, mesh (1, {r['devices']}, 1): "
-        f"{r['prompts']} prompts x {r['group']}, prompt {r['prompt_len']}, completion {r['completion_len']} "
+        f"{r['prompts']} prompts x {r['group']}, prompt {r['prompt_len']}, completion {r['completion_len']}"
+        f"{', weights gathered once per rollout call' if r['gather_weights'] else ''} "
         f"(compiled in {r['compile_seconds']:.0f}s)", flush=True)
   print(f"  step per device: {step['flops'] / 1e12:.1f} TFLOP ({r['step_model_flops'] / 1e12:.1f} without remat), "
         f"{step['bytes'] / 1e9:.1f} GB HBM, {sum(step['comm'].values()) / 1e9:.1f} GB sent; "

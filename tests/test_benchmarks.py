@@ -33,9 +33,10 @@ def test_grpo_step_quick():
 
 def test_memory_7b_quick():
   """The ahead-of-time memory report of the step, the sampler and the MCTP sampler, on the unit-test model over 8
-  CPU devices."""
+  CPU devices; the samplers with the weights gathered once per call (the FSDP-split ones are test_roofline's)."""
   out = _run("benchmarks.memory_7b", "--models=tiny", "--devices=8", "--prompt_len=8", "--response_len=4",
-             devices=8)
+             "--gather_weights", devices=8)
+  assert re.search(r"besides the sampler: the train state's [\d.]+ GiB per device", out), out
   for part in ("step", "sampler", "mctp"):
     m = re.search(rf"{part}\s+per device: args\s+([\d.]+) GiB\s+temps\s+([\d.]+) GiB\s+total\s+([\d.]+) GiB", out)
     assert m, out
@@ -111,6 +112,33 @@ def test_roofline_loop_free_depths_extrapolate_exactly():
   got = extrapolate([roofline.sampler_cost(cfg.replace(**v), mesh, sc, 2, 8, 8, 1) for v in variants])
   want = roofline.sampler_cost(cfg.replace(num_layers=3), mesh, sc, 2, 8, 8, 1)
   assert got["flops"] == pytest.approx(want["flops"], rel=1e-9) and got["bytes"] == pytest.approx(want["bytes"], rel=1e-9)
+
+
+def test_roofline_weights_gathered_once_per_call():
+  """rollout.gather_weights on an FSDP mesh of 8: a decode token no longer all-gathers the weights (what it still
+  sends is the activations'), and the gather once per call sends (n - 1) / n of every weight that FSDP splits and
+  the gathered layout does not, in the compute dtype (counted by hand from the two layouts)."""
+  import dataclasses
+  import jax
+  from wavalign_jax import models, sharding
+  from wavalign_jax.rollout import decode
+  roofline = _roofline()
+  mesh = sharding.make_mesh((1, 8, 1))
+  cfg = models.tiny_config("interleaved", scan_layers=False, attention_block=0, hidden_size=64, intermediate_size=128)
+  sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, pad_id=0, unstack_layers=False, cache_windows=1)
+  sent = {}
+  for gathered in (False, True):
+    one, two = (roofline.sampler_cost(cfg, mesh, dataclasses.replace(sc, gather_weights=gathered), 8, 8, 8, k)
+                for k in (1, 2))
+    sent[gathered] = sum(two["comm"].values()) - sum(one["comm"].values())   # one decode token
+  assert 0 < sent[True] < sent[False] / 10
+
+  uses_fsdp = lambda s: any(e == "fsdp" or (isinstance(e, tuple) and "fsdp" in e) for e in s.spec)
+  abstract = jax.eval_shape(lambda: models.in_compute_dtype(models.init_params(cfg, jax.random.key(0)), cfg))
+  split, whole = (jax.tree.leaves(models.param_shardings(cfg, mesh, g)) for g in (False, True))
+  want = sum(a.size * a.dtype.itemsize * 7 / 8 for a, s, w in zip(jax.tree.leaves(abstract), split, whole)
+             if uses_fsdp(s) and not uses_fsdp(w))
+  assert want > 0 and roofline.gather_cost(cfg, mesh)["comm"] == {8: pytest.approx(want)}
 
 
 def test_roofline_mctp_pieces():

@@ -338,6 +338,32 @@ def test_sampling_on_a_mesh_matches_one_device(vita, shape):
   np.testing.assert_allclose(got.logp["tokens"], want.logp["tokens"], atol=2e-5)
 
 
+def test_weights_gathered_once_per_call_sample_as_fsdp_split_ones(vita):
+  """rollout.gather_weights: weights split over fsdp and gathered once per rollout call give the rollouts of the
+  split weights the loop all-gathers at every token; gathered, no weight is split over fsdp but the output heads
+  along the vocabulary (8 fake devices, mesh (2, 2, 2))."""
+  from wavalign_jax import sharding
+  from wavalign_jax.rollout import hosts
+  cfg, params, prompts = vita
+  mesh = sharding.make_mesh((2, 2, 2))
+  split = jax.device_put(params, models.param_shardings(cfg, mesh))
+  sc = rollout.SamplingConfig(max_new_tokens=20, group_size=2, sampling=GREEDY,
+                              constraint=constraints.InterleavedConstraint(TIV, RATIOS), cache_windows=3)
+  want = hosts.sample_rows(split, cfg, prompts, jax.random.key(2), sc, mesh)
+  got = hosts.sample_rows(split, cfg, prompts, jax.random.key(2), dataclasses.replace(sc, gather_weights=True), mesh)
+  np.testing.assert_array_equal(got.tokens["tokens"], want.tokens["tokens"])
+  np.testing.assert_array_equal(got.lengths, want.lengths)
+  np.testing.assert_allclose(got.logp["tokens"], want.logp["tokens"], atol=2e-5)
+
+  uses_fsdp = lambda x: any(e == "fsdp" or (isinstance(e, tuple) and "fsdp" in e) for e in x.sharding.spec)
+  gathered = models.gather_for_decoding(split, cfg, mesh)
+  axes = jax.tree.leaves(models.param_logical_axes(cfg), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert sum(uses_fsdp(x) for x in jax.tree.leaves(split)) > len(axes) // 2   # the weights really were split
+  for names, x in zip(axes, jax.tree.leaves(gathered)):
+    assert not uses_fsdp(x) or {"vocab", "table_embed"} & set(names), names
+  assert any(uses_fsdp(x) for x in jax.tree.leaves(gathered["lm_head"]))   # the head keeps its vocabulary split
+
+
 def test_shared_prefix_holds_each_prompt_once(vita):
   cfg, params, prompts = vita
   P, Lp = prompts["valid"].shape

@@ -19,6 +19,18 @@ from wavalign_jax.tokens import TokenType
 P, G, L = 8, 2, 12
 
 
+# Sharding changes only the order of float32 reductions. Each gradient element is a sum of at most
+# n ~ B*L*d ~ 10^4 products; reordering such a sum moves it by ~ sqrt(n)·u·sum|terms| with u = 6e-8,
+# i.e. up to ~1e-5 of the sum of magnitudes, which cancellation can make larger than the largest element
+# of a leaf; 1e-4 of that element leaves this margin (measured: <= 5e-7). A sharding bug (a missing or
+# doubled reduction over a mesh axis) moves elements by O(1) of that scale.
+GRAD_RTOL = 1e-4
+# Optimizer for parameter comparisons after reordered reductions (see test_step_on_8_devices_matches_1_device)
+# and the bound on how far two steps can move parameters apart for gradient noise of GRAD_RTOL.
+PARITY_OPTIM = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10, eps=1e-2)
+PARAM_ATOL = 2 * PARITY_OPTIM.learning_rate / PARITY_OPTIM.eps * GRAD_RTOL * PARITY_OPTIM.clip_norm
+
+
 def _seq_batch(cfg, rng, rows, types_by_stream, cls=SeqBatch):
   ks = jax.random.split(rng, 2)
   inputs = {s: np.asarray(jax.random.randint(ks[0], (rows, L), 0, cfg.vocab_size), np.int32) for s in cfg.streams}
@@ -42,9 +54,10 @@ def _hybrid_batch(cfg, seed=0):
   return HybridBatch(sft=sft, rl=rl, rewards=rewards, reward_valid=np.ones((P, G), bool))
 
 
-def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.StepConfig(), opt_cfg=None,
-                 rl_start=0):
-  opt_cfg = opt_cfg or optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
+def _step_on_mesh(cfg, mesh, microbatches=1, step_cfg=steps.StepConfig()):
+  """(initial state, jitted step) on `mesh`, with PARITY_OPTIM: the tests that only need some step of a model on a
+  mesh then build the very program a parity test compiled (the session's cache hands it over, no new compile)."""
+  opt_cfg = PARITY_OPTIM
   optimizer = optim.make_optimizer(opt_cfg)
   rng = jax.random.PRNGKey(0)
   param_sharding = models.param_shardings(cfg, mesh)
@@ -54,6 +67,11 @@ def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.S
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                optim.learning_rate_schedule(opt_cfg), microbatches=microbatches),
                         state_sharding, mesh)
+  return state, step
+
+
+def _run_on_mesh(cfg, mesh, batch, num_steps=2, microbatches=1, step_cfg=steps.StepConfig(), rl_start=0):
+  state, step = _step_on_mesh(cfg, mesh, microbatches, step_cfg)
   losses = []
   for _ in range(num_steps):
     state, metrics = step(state, sharding.device_put_batch(batch, mesh), rl_start)
@@ -72,16 +90,6 @@ def _gradients_on_mesh(cfg, mesh, batch, lam=0.5):
   return jax.device_get(grad(params, sharding.device_put_batch(loss_batch, mesh)))
 
 
-# Sharding changes only the order of float32 reductions. Each gradient element is a sum of at most
-# n ~ B*L*d ~ 10^4 products; reordering such a sum moves it by ~ sqrt(n)·u·sum|terms| with u = 6e-8,
-# i.e. up to ~1e-5 of the sum of magnitudes, which cancellation can make larger than the largest element
-# of a leaf; 1e-4 of that element leaves this margin (measured: <= 5e-7). A sharding bug (a missing or
-# doubled reduction over a mesh axis) moves elements by O(1) of that scale.
-GRAD_RTOL = 1e-4
-# Optimizer for parameter comparisons after reordered reductions (see test_step_on_8_devices_matches_1_device)
-# and the bound on how far two steps can move parameters apart for gradient noise of GRAD_RTOL.
-PARITY_OPTIM = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10, eps=1e-2)
-PARAM_ATOL = 2 * PARITY_OPTIM.learning_rate / PARITY_OPTIM.eps * GRAD_RTOL * PARITY_OPTIM.clip_norm
 
 
 @pytest.mark.parametrize("arch", ["interleaved", "parallel"])
@@ -111,11 +119,10 @@ def test_step_on_8_devices_matches_1_device(arch):
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   cfg = models.tiny_config(arch)
   batch = _hybrid_batch(cfg)
-  opt_cfg = PARITY_OPTIM
   one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   eight = sharding.make_mesh((2, 2, 2))
-  state1, losses1 = _run_on_mesh(cfg, one, batch, opt_cfg=opt_cfg)
-  state8, losses8 = _run_on_mesh(cfg, eight, batch, opt_cfg=opt_cfg)
+  state1, losses1 = _run_on_mesh(cfg, one, batch)
+  state8, losses8 = _run_on_mesh(cfg, eight, batch)
   # The params really are spread over the 8 devices (fsdp on "embed", tensor on heads / mlp / vocab).
   emb = state8.params["embedding"]
   assert len(emb.sharding.device_set) == 8 and emb.addressable_shards[0].data.size < emb.size
@@ -133,8 +140,8 @@ def test_step_scoring_only_the_completions_matches_the_whole_rows():
   batch = _hybrid_batch(cfg)
   assert not any(t[:, :L // 2].any() for t in batch.rl.types.values())
   mesh = sharding.make_mesh((2, 2, 2))
-  whole, losses_whole = _run_on_mesh(cfg, mesh, batch, opt_cfg=PARITY_OPTIM)
-  window, losses_window = _run_on_mesh(cfg, mesh, batch, opt_cfg=PARITY_OPTIM, rl_start=L // 2)
+  whole, losses_whole = _run_on_mesh(cfg, mesh, batch)
+  window, losses_window = _run_on_mesh(cfg, mesh, batch, rl_start=L // 2)
   np.testing.assert_allclose(losses_window, losses_whole, rtol=GRAD_RTOL)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=PARAM_ATOL),
                window.params, whole.params)
@@ -192,9 +199,8 @@ def test_gradient_accumulation_matches_one_batch():
   # "token_mean" SFT makes per-sample weights unequal across micro-batches: a plain average of
   # micro-batch losses would be wrong, only global counts give the same answer.
   step_cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(aggregation="token_mean")))
-  whole, losses1 = _run_on_mesh(cfg, one, batch, num_steps=1, step_cfg=step_cfg, opt_cfg=PARITY_OPTIM)
-  micro, losses4 = _run_on_mesh(cfg, one, batch, num_steps=1, microbatches=4, step_cfg=step_cfg,
-                                opt_cfg=PARITY_OPTIM)
+  whole, losses1 = _run_on_mesh(cfg, one, batch, num_steps=1, step_cfg=step_cfg)
+  micro, losses4 = _run_on_mesh(cfg, one, batch, num_steps=1, microbatches=4, step_cfg=step_cfg)
   np.testing.assert_allclose(losses4, losses1, rtol=GRAD_RTOL)
   # Accumulation reorders the same float32 sums as sharding does: the same bound applies (one step).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=PARAM_ATOL / 2),
@@ -227,13 +233,11 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   cfg = models.tiny_config("interleaved")
   batch = _hybrid_batch(cfg)
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  state, _ = _run_on_mesh(cfg, mesh, batch, num_steps=1)
+  state, step = _step_on_mesh(cfg, mesh)
+  state, _ = step(state, sharding.device_put_batch(batch, mesh), 0)
   before = jax.device_get(state)
-  opt_cfg = optim.OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10)
-  optimizer = optim.make_optimizer(opt_cfg)
-  step = jax.jit(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, steps.StepConfig()))
   bad = batch.replace(rewards=np.where(np.arange(P * G).reshape(P, G) == 3, np.nan, batch.rewards).astype(np.float32))
-  after, metrics = step(state, bad)
+  after, metrics = step(state, sharding.device_put_batch(bad, mesh), 0)
   assert bool(metrics["skipped"]) and not np.isfinite(float(metrics["loss"]))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get((after.params, after.opt_state, after.gate)),
                (before.params, before.opt_state, before.gate))
@@ -242,7 +246,7 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   # The logged lambda is the state's (kept) one, not the rejected NaN of the gate update.
   assert float(metrics["lambda"]) == float(before.gate.lam)
   # The next finite step applies as usual and does not count.
-  after, metrics = step(after, batch)
+  after, metrics = step(after, sharding.device_put_batch(batch, mesh), 0)
   assert not bool(metrics["skipped"]) and int(after.skipped_steps) == 1 and int(after.consecutive_skips) == 0
   assert float(optax.tree.norm(jax.tree.map(jnp.subtract, after.params, before.params))) > 0
 
@@ -304,8 +308,8 @@ def test_renamed_mesh_axes_shard_and_step_alike():
   assert sharding.mesh_shards(renamed, "embed") == 2 and sharding.mesh_shards(renamed, "mlp") == 2
   rows = sharding.device_put_batch(batch, renamed).sft.segment_ids
   assert rows.sharding.spec[0] == ("replica", "shard") and rows.addressable_shards[0].data.shape[0] == P // 4
-  state_a, losses_a = _run_on_mesh(cfg, named, batch, opt_cfg=PARITY_OPTIM)
-  state_b, losses_b = _run_on_mesh(cfg, renamed, batch, opt_cfg=PARITY_OPTIM)
+  state_a, losses_a = _run_on_mesh(cfg, named, batch)
+  state_b, losses_b = _run_on_mesh(cfg, renamed, batch)
   rename = {"data": "replica", "fsdp": "shard", "tensor": "model"}
   as_renamed = lambda spec: tuple(None if e is None else rename[e] if isinstance(e, str) else
                                   tuple(rename[a] for a in e) for e in spec)

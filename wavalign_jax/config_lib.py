@@ -144,6 +144,10 @@ def base_config() -> mlc.ConfigDict:
   # The decode loop grows its completion KV cache in this many steps (one more compiled loop body each), so
   # a token attends to about what has been written, not a max_new_tokens cache; 1 = one static cache.
   c.rollout.cache_windows = 4
+  # On a mesh with FSDP, gather the weights once per rollout call instead of at every decode token (the 7B roofline:
+  # decoding is bound by that per-token all-gather, docs/performance.md). Memory: a compute-dtype copy of the
+  # weights per device (divided over the tensor axis) during rollouts; off where that does not fit (40 GB devices).
+  c.rollout.gather_weights = False
 
   # --- Reward ----------------------------------------------------------------------------------
   c.reward = mlc.ConfigDict()

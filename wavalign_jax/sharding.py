@@ -74,6 +74,13 @@ def rules_for(axis_names: Sequence[str]) -> tuple[tuple[str, Any], ...]:
   return tuple((logical, rename(entry)) for logical, entry in LOGICAL_RULES)
 
 
+def gathered_rules(axis_names: Sequence[str]) -> tuple[tuple[str, Any], ...]:
+  """`rules_for(axis_names)` for weights gathered once per rollout call (`rollout.gather_weights`): "embed", FSDP's
+  split of a weight, is whole, so a decode loop reads local weights instead of all-gathering them at every token.
+  The output heads keep their vocabulary split ("vocab"); the input embedding becomes whole in width."""
+  return tuple((logical, None if logical == "embed" else entry) for logical, entry in rules_for(axis_names))
+
+
 def mesh_axes(mesh: Mesh, axis: str) -> tuple[str, ...]:
   """The mesh axes the rules split a dimension named `axis` over on `mesh`."""
   entry = nn.logical_to_mesh_axes((axis,), rules_for(mesh.axis_names))[0]
@@ -165,9 +172,11 @@ def shards(axis: str) -> int:
 
 
 @contextlib.contextmanager
-def use_rules(mesh: Mesh) -> Iterator[None]:
-  """Activation sharding constraints of the model mapped onto `mesh` while tracing inside this block."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for(mesh.axis_names)):
+def use_rules(mesh: Mesh, gathered: bool = False) -> Iterator[None]:
+  """Activation sharding constraints of the model mapped onto `mesh` while tracing inside this block;
+  `gathered`: with the weights whole over the FSDP axis (`gathered_rules`)."""
+  rules = gathered_rules(mesh.axis_names) if gathered else rules_for(mesh.axis_names)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
 
 

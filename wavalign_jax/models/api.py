@@ -34,6 +34,7 @@ from wavalign_jax.batches import SeqBatch
 from wavalign_jax.models import vocab_parallel
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
+from wavalign_jax import sharding
 from wavalign_jax.sharding import constrain, spec_for
 
 Array = jax.Array
@@ -88,11 +89,14 @@ def param_logical_axes(cfg: ModelConfig) -> Params:
   return nn.get_partition_spec(_abstract_boxed(cfg))
 
 
-def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, gathered: bool = False) -> Params:
   """NamedSharding of every parameter on `mesh`: its logical axes through the rules table (`sharding.spec_for`:
-  a dimension its mesh axes do not divide falls back to the next rule that fits)."""
+  a dimension its mesh axes do not divide falls back to the next rule that fits). `gathered`: as a decode loop
+  reads them after `gather_for_decoding` (`sharding.gathered_rules`: whole over the FSDP axis but for the output
+  heads' vocabulary split)."""
   boxed = _abstract_boxed(cfg)
-  spec = lambda axes, p: jax.sharding.NamedSharding(mesh, spec_for(tuple(axes), p.shape, mesh.shape))
+  rules = sharding.gathered_rules(mesh.axis_names) if gathered else None
+  spec = lambda axes, p: jax.sharding.NamedSharding(mesh, spec_for(tuple(axes), p.shape, mesh.shape, rules))
   return jax.tree.map(spec, nn.get_partition_spec(boxed), nn.unbox(boxed),
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
@@ -222,18 +226,37 @@ def extend_cache(cache: dict[str, Any], max_len: int) -> dict[str, Any]:
   return out
 
 
+def in_compute_dtype(params: Params, cfg: ModelConfig) -> Params:
+  """Matrices in the compute dtype (a decode loop then reads bf16 weights instead of converting the float32 master
+  copy at every token); vectors such as norm scales stay."""
+  dtype = jnp.dtype(cfg.dtype)
+  return jax.tree.map(lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      params)
+
+
+@functools.lru_cache(maxsize=8)
+def _gather(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Callable[[Params], Params]:
+  return jax.jit(functools.partial(in_compute_dtype, cfg=cfg), out_shardings=param_shardings(cfg, mesh, gathered=True))
+
+
+def gather_for_decoding(params: Params, cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
+  """The weights a rollout call decodes with, gathered once (`rollout.gather_weights`): in the compute dtype and
+  whole over the FSDP axis but for the output heads' vocabulary split (`param_shardings(gathered=True)`). Each
+  device then holds a compute-dtype copy of the weights (divided over the tensor axis) for the call, and the
+  decode loop, traced inside `sharding.use_rules(mesh, gathered=True)`, no longer all-gathers every layer's
+  weights at every token (docs/performance.md)."""
+  return _gather(cfg, mesh)(params)
+
+
 def for_decoding(params: Params, cfg: ModelConfig, unstack: bool = True) -> tuple[Params, ModelConfig]:
-  """Parameters and config for a decode loop, made once per rollout call: matrices in the compute dtype (a
-  loop then reads bf16 weights instead of converting the float32 master copy at every token; vectors such as
-  norm scales stay) and, with `unstack`, scanned layer stacks split into per-layer parameters
+  """Parameters and config for a decode loop, made once per rollout call: matrices in the compute dtype
+  (`in_compute_dtype`) and, with `unstack`, scanned layer stacks split into per-layer parameters
   (`scan_layers=False`), so each layer's KV cache is its own buffer, updated in place.
 
   Do not unstack FSDP-sharded parameters: with the layers unrolled inside the token loop, XLA hoists every
   layer's all-gather out of the loop, i.e. holds all weights gathered (measured: 52 GiB of temporaries per
   device for the 7B VITA sampler on 8 devices, 9.6 GiB scanned)."""
-  dtype = jnp.dtype(cfg.dtype)
-  params = jax.tree.map(lambda x: x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x,
-                        params)
+  params = in_compute_dtype(params, cfg)
   if not (unstack and cfg.scan_layers):
     return params, cfg
 

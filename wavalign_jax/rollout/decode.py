@@ -55,6 +55,9 @@ class SamplingConfig:
   # The main-head loop grows its completion cache in this many steps (each one more compiled loop body): a
   # token attends to the prompt and to about the completion written so far, not a whole static cache.
   cache_windows: int = 4
+  # On a mesh with FSDP: gather the weights once per rollout call (hosts.sample_rows) instead of all-gathering each
+  # layer's weights at every token; costs a compute-dtype copy of the weights per device for the call.
+  gather_weights: bool = False
 
   def __post_init__(self):
     if self.cache_windows < 1:
@@ -103,7 +106,8 @@ def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modul
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
                         sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
                         mctp_schedule=schedule,
-                        cache_windows=int(rollout_cfg.get("cache_windows", SamplingConfig.cache_windows)))
+                        cache_windows=int(rollout_cfg.get("cache_windows", SamplingConfig.cache_windows)),
+                        gather_weights=bool(rollout_cfg.get("gather_weights", False)))
 
 
 class Rollouts(NamedTuple):

@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from wavalign_jax import sharding
+from wavalign_jax import models, sharding
 from wavalign_jax.batches import SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
@@ -33,15 +33,19 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   numbers depend on its global position only, so the rollouts of a state are those of one host sampling the
   same global batch.
   """
-  if mesh is not None and sharding.mesh_shards(mesh, "embed") > 1:   # models.for_decoding: keep FSDP weights scanned
-    sampling = dataclasses.replace(sampling, unstack_layers=False)
   if mesh is None:
     if jax.process_count() > 1:
       raise ValueError("sampling on several hosts needs the mesh")
     return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
+  fsdp = sharding.mesh_shards(mesh, "embed") > 1
+  if fsdp:   # models.for_decoding: keep FSDP weights scanned
+    sampling = dataclasses.replace(sampling, unstack_layers=False)
+  gathered = fsdp and sampling.gather_weights
+  if gathered:   # once per call: the decode loop then reads local weights (models.gather_for_decoding)
+    params = models.gather_for_decoding(params, model_cfg, mesh)
   if jax.process_count() == 1:   # rows over the data axes, activation rules on, as in the train step
     prompts = jax.device_put(prompts, sharding.batch_sharding(prompts, mesh))
-    with sharding.use_rules(mesh):
+    with sharding.use_rules(mesh, gathered):
       return jax.device_get(sampler_lib.sample(params, model_cfg, prompts, rng, sampling))
   decode.validate_prompts(model_cfg, prompts, sampling)
   if not shared:
@@ -49,7 +53,7 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   rows = sharding.batch_sharding(prompts, mesh, process_local=not shared)
   on_mesh = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, x.shape if shared else None),
                          prompts, rows)
-  with sharding.use_rules(mesh):
+  with sharding.use_rules(mesh, gathered):
     rollouts = sampler_lib.sample(params, model_cfg, on_mesh, rng, sampling)
   if shared:
     return multihost_utils.process_allgather(rollouts, tiled=True)
