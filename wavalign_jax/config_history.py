@@ -28,7 +28,7 @@ FREE = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_before",
     "train.eval_examples", "train.eval_batch_size", "train.analysis_every", "train.analysis_minibatches",
     "optim.warmup_steps", "mesh.", "data.worker_count", "rollout.length_buckets",
-    "rollout.cache_windows",
+    "rollout.cache_windows", "rollout.gather_weights",
     "model.remat", "model.logprob_chunk", "model.attention_impl", "model.attention_block",
     "reward.timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
     "reward.max_failed_fraction", "testbed.base_checkpoint_every",
