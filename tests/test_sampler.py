@@ -322,10 +322,10 @@ def test_shared_prompt_and_grown_cache_match_uncached_forward(arch, request):
   assert int(np.asarray(r.lengths).max()) > 16   # the last window was used
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 2), (2, 1, 4)])
-def test_sampling_on_a_mesh_matches_one_device(vita, shape):
-  """Prompts and caches split over the data axes (FSDP > 1: layers stay scanned), heads over tensor: the
-  shared prompt prefix and the grown cache give the rollouts of one device (8 fake devices)."""
+def test_sampling_on_a_mesh_matches_one_device(vita):
+  """Prompts and caches split over the data axes, heads over tensor: the shared prompt prefix and the grown cache
+  give the rollouts of one device (8 fake devices; FSDP-split weights are the next test's)."""
+  shape = (2, 1, 4)
   from wavalign_jax import sharding
   from wavalign_jax.rollout import hosts
   cfg, params, prompts = vita
@@ -338,10 +338,10 @@ def test_sampling_on_a_mesh_matches_one_device(vita, shape):
   np.testing.assert_allclose(got.logp["tokens"], want.logp["tokens"], atol=2e-5)
 
 
-def test_weights_gathered_once_per_call_sample_as_fsdp_split_ones(vita):
-  """rollout.gather_weights: weights split over fsdp and gathered once per rollout call give the rollouts of the
-  split weights the loop all-gathers at every token; gathered, no weight is split over fsdp but the output heads
-  along the vocabulary (8 fake devices, mesh (2, 2, 2))."""
+def test_fsdp_split_weights_and_weights_gathered_once_per_call_sample_as_one_device(vita):
+  """FSDP-split weights (the training layout; layers stay scanned) on a (2, 2, 2) mesh, all-gathered by the loop at
+  every token or, with rollout.gather_weights, once per call, give the rollouts of one device; gathered, no weight
+  is split over fsdp but the output heads along the vocabulary."""
   from wavalign_jax import sharding
   from wavalign_jax.rollout import hosts
   cfg, params, prompts = vita
@@ -349,11 +349,13 @@ def test_weights_gathered_once_per_call_sample_as_fsdp_split_ones(vita):
   split = jax.device_put(params, models.param_shardings(cfg, mesh))
   sc = rollout.SamplingConfig(max_new_tokens=20, group_size=2, sampling=GREEDY,
                               constraint=constraints.InterleavedConstraint(TIV, RATIOS), cache_windows=3)
-  want = hosts.sample_rows(split, cfg, prompts, jax.random.key(2), sc, mesh)
-  got = hosts.sample_rows(split, cfg, prompts, jax.random.key(2), dataclasses.replace(sc, gather_weights=True), mesh)
-  np.testing.assert_array_equal(got.tokens["tokens"], want.tokens["tokens"])
-  np.testing.assert_array_equal(got.lengths, want.lengths)
-  np.testing.assert_allclose(got.logp["tokens"], want.logp["tokens"], atol=2e-5)
+  want = jax.device_get(rollout.sample(params, cfg, prompts, jax.random.key(2), sc))
+  for gather in (False, True):
+    got = hosts.sample_rows(split, cfg, prompts, jax.random.key(2), dataclasses.replace(sc, gather_weights=gather),
+                            mesh)
+    np.testing.assert_array_equal(got.tokens["tokens"], want.tokens["tokens"])
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_allclose(got.logp["tokens"], want.logp["tokens"], atol=2e-5)
 
   uses_fsdp = lambda x: any(e == "fsdp" or (isinstance(e, tuple) and "fsdp" in e) for e in x.sharding.spec)
   gathered = models.gather_for_decoding(split, cfg, mesh)
