@@ -47,16 +47,20 @@ def fixtures_dir() -> pathlib.Path:
 
 # The end-to-end tests (whole training runs, several processes) first: xdist hands tests to its workers in
 # collection order, so a long test collected last keeps one worker busy long after the other has finished.
-_LONG_FIRST = ("test_multihost.py", "test_analyze.py", "test_preemption.py", "test_train_loop.py", "test_study.py")
+_LONG_FIRST = ("test_multihost.py", "test_analyze.py", "test_preemption.py", "test_train_loop.py", "test_study.py",
+               "test_train_step.py", "test_methods_smoke.py")
 
 
 def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.path.name not in _LONG_FIRST)   # stable: the order within each group stays
-  # The method smoke matrix on one worker per architecture (pytest.ini: --dist=loadgroup), so each architecture's
-  # shared base model is built once and each step program compiled once, not once per worker.
+  # On one worker each (pytest.ini: --dist=loadgroup), so that what their tests share is built once, not once per
+  # worker: the method smoke matrix per architecture (its base model; each step program), and test_train_step (the
+  # programs its tests share with the parity tests, which come first).
   for item in items:
     if item.path.name == "test_methods_smoke.py":
       item.add_marker(pytest.mark.xdist_group(f"smoke_{item.callspec.params['arch']}"))
+    elif item.path.name == "test_train_step.py":
+      item.add_marker(pytest.mark.xdist_group("train_step"))
 
 
 def one_length_bucket(c) -> None:
