@@ -1,5 +1,5 @@
-"""The 7B recipes as the ahead-of-time benchmarks compile them (memory_7b.py, roofline.py): the released models'
-shapes with an experiment's runtime settings, and abstract batches on a mesh."""
+"""The 7B recipes as the benchmarks compile and run them (memory_7b.py, roofline.py, measure_7b.py): the released
+models' shapes with an experiment's runtime settings, abstract batches on a mesh, and random ones to run."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +12,8 @@ from experiments import kimi, vita
 from wavalign_jax import models, optim, steps, train_state
 from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.objectives import gate as gate_lib
-from wavalign_jax.models.config import RUNTIME_FIELDS, kimi_audio_7b, vita_audio_7b
+from wavalign_jax.models.config import RUNTIME_FIELDS, ModelConfig, kimi_audio_7b, vita_audio_7b
+from wavalign_jax.tokens import TokenType
 
 # "tiny": VITA's experiment on the unit-test model, a quick check of this script (tests/test_benchmarks.py).
 EXPERIMENTS = {"vita": (vita, vita_audio_7b), "kimi": (kimi, kimi_audio_7b),
@@ -36,6 +37,16 @@ def seq_batch(cfg, rows, length, mesh, cls=SeqBatch):
   ints = lambda: shape_struct((rows, length), np.int32, data)
   return cls(inputs={s: ints() for s in cfg.streams}, targets={s: ints() for s in cfg.streams},
              types={s: ints() for s in cfg.streams}, positions=ints(), segment_ids=ints())
+
+
+def random_seq_batch(rng: np.random.Generator, cfg: ModelConfig, rows: int, length: int, prompt: int,
+                     cls: type[SeqBatch] = SeqBatch) -> SeqBatch:
+  inputs = {s: rng.integers(0, cfg.vocab_size, (rows, length)).astype(np.int32) for s in cfg.streams}
+  types = {s: np.where(np.arange(length) >= prompt, int(TokenType.TEXT), 0)[None].repeat(rows, 0).astype(np.int32)
+           for s in cfg.streams}
+  return cls(inputs=inputs, targets={s: np.roll(v, -1, 1) for s, v in inputs.items()}, types=types,
+             positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
+             segment_ids=np.ones((rows, length), np.int32))
 
 
 def sampler_params(cfg: models.ModelConfig, mesh: Any, gathered: bool = False) -> Any:

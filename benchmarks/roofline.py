@@ -30,30 +30,26 @@ that of one period at the roofline, and its decode tokens/s the main head's time
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
-import re
 import time
-from typing import Any, Callable
+from typing import Any
 
-# The programs are compiled for their HLO only (cost analysis, collectives): skip LLVM's optimisation of the machine
-# code, most of a 7B program's CPU compile time. Set before jax is imported.
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+import jax
+from absl import app, flags
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from benchmarks import mctp_pieces  # noqa: E402
-from benchmarks.recipes_7b import experiment, hybrid_step, sampler_params, sampler_prompts  # noqa: E402
-from wavalign_jax import models, sharding  # noqa: E402
-from wavalign_jax.rollout import decode  # noqa: E402
-from wavalign_jax.rollout import sampler as sampler_lib  # noqa: E402
+from benchmarks import mctp_pieces
+from benchmarks.costs import HARDWARE, combine, depth_variants, gather_cost, mctp_costs, sampler_cost, seconds, step_cost
+from benchmarks.recipes_7b import experiment
+from wavalign_jax import models, sharding
+from wavalign_jax.rollout import decode
+from wavalign_jax.rollout import sampler as sampler_lib
 
 flags.DEFINE_list("models", ["vita", "kimi"], "vita and/or kimi (7B), or tiny (a quick check of the script).")
 flags.DEFINE_list("devices", ["8", "64", "256"], "Device counts (XLA_FLAGS must provide the most).")
+flags.DEFINE_integer("num_layers", None, "Trunk layers (default: the released model's; benchmarks/measure_7b.py "
+                     "measures shallower steps on one device).")
+flags.DEFINE_integer("mtp_modules", None, "MCTP modules (default: the released model's).")
 flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment's data.max_prompt_len).")
 flags.DEFINE_integer("response_len", None, "Completion length (default: the experiment's rollout.max_new_tokens).")
 flags.DEFINE_bool("gather_weights", False, "The sampler with the weights gathered once per rollout call "
@@ -62,156 +58,10 @@ flags.DEFINE_string("json", "", "Also write every figure to this file.")
 FLAGS = flags.FLAGS
 
 
-@dataclasses.dataclass(frozen=True)
-class Hardware:
-  name: str
-  peak_flops: float      # dense bf16 FLOP/s per device
-  hbm: float             # HBM bytes/s per device
-  link: float            # collective bytes/s per device inside its fast domain
-  domain: int            # devices in that domain (0: the whole slice)
-  far_link: float        # bytes/s per device between domains
-
-
-# Vendor figures: H100 SXM (989 TFLOP/s dense bf16, 3.35 TB/s HBM3, NVLink 4 450 GB/s per direction inside
-# an 8-GPU node, 400 Gb/s InfiniBand NDR per GPU between nodes); TPU v5p (459 TFLOP/s bf16, 2.765 TB/s HBM,
-# 4,800 Gb/s ICI per chip in a 3D torus spanning the slice).
-HARDWARE = (Hardware("H100 SXM", 989e12, 3.35e12, 450e9, 8, 50e9),
-            Hardware("TPU v5p", 459e12, 2.765e12, 600e9, 0, 600e9))
-
-# Bytes a device sends per byte of a collective's result, for a ring over g devices.
-_TRAFFIC = {"all-gather": lambda g: (g - 1) / g, "reduce-scatter": lambda g: g - 1,
-            "all-reduce": lambda g: 2 * (g - 1) / g, "all-to-all": lambda g: (g - 1) / g,
-            "collective-permute": lambda g: 1.0}
-_COLLECTIVE = re.compile(r"=\s*(.*?)\s(" + "|".join(_TRAFFIC) + r")(?:-start)?\((.*)$")
-_ARRAY = re.compile(r"\b(pred|[su]8|[su]16|[su]32|[su]64|bf16|f16|f32|f64)\[([\d,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-          "s64": 8, "u64": 8, "f64": 8}
-
-
-def collective_traffic(hlo: str, num_devices: int) -> dict[int, float]:
-  """{group size: bytes one device sends} over the collectives of an optimised HLO module (ring algorithms)."""
-  out: dict[int, float] = {}
-  for line in hlo.splitlines():
-    m = _COLLECTIVE.search(line)
-    if not m:
-      continue
-    result, kind, rest = m.groups()
-    size = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _ARRAY.findall(result))
-    groups = re.search(r"replica_groups=(\{\{[\d,]*\}|\[\d+,(\d+)\])", rest)
-    if groups is None:
-      g = num_devices
-    elif groups.group(2):
-      g = int(groups.group(2))
-    else:
-      g = groups.group(1).count(",") + 1
-    if g > 1:
-      out[g] = out.get(g, 0.0) + size * _TRAFFIC[kind](g)
-  return out
-
-
-Cost = dict[str, Any]   # {"flops": float, "bytes": float, "comm": {group size: bytes sent}}
-
-
-def compiled_cost(compiled: Any, num_devices: int) -> Cost:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0)),
-          "comm": collective_traffic(compiled.as_text(), num_devices)}
-
-
-def combine(terms: list[tuple[float, Cost]]) -> Cost:
-  """sum of weight * cost (weights may be negative: differences of programs)."""
-  comm: dict[int, float] = {}
-  for w, c in terms:
-    for g, b in c["comm"].items():
-      comm[g] = comm.get(g, 0.0) + w * b
-  return {"flops": sum(w * c["flops"] for w, c in terms), "bytes": sum(w * c["bytes"] for w, c in terms),
-          "comm": {g: max(b, 0.0) for g, b in comm.items()}}
-
-
-def seconds(cost: Cost, hw: Hardware) -> dict[str, float]:
-  """Compute, HBM and link time of `cost` on one device of `hw`, and their max (the roofline)."""
-  link = sum(b / (hw.link if not hw.domain or g <= hw.domain else hw.far_link) for g, b in cost["comm"].items())
-  out = {"compute": cost["flops"] / hw.peak_flops, "memory": cost["bytes"] / hw.hbm, "link": link}
-  out["roofline"] = max(out.values())
-  out["limit"] = max(("compute", "memory", "link"), key=out.get)
-  return out
-
-
-def depth_variants(cfg: models.ModelConfig) -> tuple[list[dict[str, int]], Callable[[list[Cost]], Cost]]:
-  """Loop-free depths to compile and how their costs extrapolate to `cfg`'s (costs are linear in each
-  kind of layer: trunk, and Kimi's audio branch)."""
-  if cfg.arch == "parallel":   # the audio branch leaves the trunk before its last layer: 2 trunk layers at least
-    variants = [dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=1), dict(num_layers=3, mimo_from_layer=0,
-                num_mimo_layers=1), dict(num_layers=2, mimo_from_layer=0, num_mimo_layers=2)]
-    return variants, lambda c: combine([(1.0, c[0]), (cfg.num_layers - 2, combine([(1, c[1]), (-1, c[0])])),
-                                        (cfg.num_mimo_layers - 1, combine([(1, c[2]), (-1, c[0])]))])
-  return [dict(num_layers=1), dict(num_layers=2)], lambda c: combine(
-      [(1.0, c[0]), (cfg.num_layers - 1, combine([(1, c[1]), (-1, c[0])]))])
-
-
-def step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, Lp: int, N: int) -> Cost:
-  """Per-device cost of one hybrid step of `cfg` (loop-free: see the module docstring)."""
-  step, state, batch = hybrid_step(cfg, config, mesh, P, G, Lp, N)
-  return compiled_cost(step.lower(state, batch, Lp - 1).compile(), mesh.size)
-
-
-def gather_cost(cfg: models.ModelConfig, mesh: Any) -> Cost:
-  """Per-device cost of gathering the weights once per rollout call (`models.gather_for_decoding`)."""
-  gather = jax.jit(lambda p: models.in_compute_dtype(p, cfg),
-                   out_shardings=models.param_shardings(cfg, mesh, gathered=True))
-  return compiled_cost(gather.lower(sampler_params(cfg, mesh)).compile(), mesh.size)
-
-
-def sampler_cost(cfg: models.ModelConfig, mesh: Any, sc: decode.SamplingConfig, P: int, Lp: int,
-                 cache_size: int, decode_steps: int) -> Cost:
-  """Per-device cost of the sampler's prefill, a completion cache of `cache_size` slots and `decode_steps`
-  decode-loop iterations (sampler.prefill / decode_step, as sampler._sample runs them); with
-  `sc.gather_weights`, on weights gathered once per call (the gather itself is `gather_cost`)."""
-  def program(params, prompts, rng):
-    params, model_cfg = models.for_decoding(params, cfg, sc.unstack_layers)
-    carry, prompt_len = sampler_lib.prefill(params, model_cfg, prompts, sc)
-    carry = dict(carry, cache=models.extend_cache(carry["cache"], cache_size))
-    for _ in range(decode_steps):
-      carry = sampler_lib.decode_step(params, model_cfg, sc, rng, prompt_len, carry)
-    return carry
-
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  prompts = sampler_prompts(cfg, mesh, P, Lp)
-  params = sampler_params(cfg, mesh, sc.gather_weights)
-  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-  with sharding.use_rules(mesh, sc.gather_weights):
-    return compiled_cost(jax.jit(program).lower(params, prompts, rng).compile(), mesh.size)
-
-
-def _with_shardings(fn: Callable[[], Any], mesh: Any) -> Any:
-  """Abstract values of what `fn()` returns, placed as the activation rules on `mesh` place them."""
-  with sharding.use_rules(mesh):
-    placed = jax.jit(fn).lower().compile().output_shardings
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(fn), placed)
-
-
-def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots: int,
-               catch_up: int, gathered: bool = False) -> dict[str, Cost]:
-  """Per-device costs of MCTP decoding's pieces (mctp_pieces.py: "main", "catch_up" over `catch_up` tokens,
-  "module") on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
-  compute dtype as the sampler converts them once per call (`gathered`: and gathered, `rollout.gather_weights`)."""
-  abstract = sampler_params(cfg, mesh, gathered)
-  decoding = jax.eval_shape(lambda p: models.for_decoding(p, cfg, unstack=False)[0], abstract)
-  params = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d.dtype, sharding=a.sharding), abstract, decoding)
-  cache, mtp_cache = _with_shardings(lambda: mctp_pieces.caches(cfg, rows, filled, slots), mesh)
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-  new = lambda t: jax.ShapeDtypeStruct((rows, t), np.int32, sharding=data)   # tokens or positions [rows, t]
-  main = lambda p, c, t, pos: mctp_pieces.main_step(p, cfg, c, t, pos)
-  module = lambda p, c, v, t, pos: mctp_pieces.module_step(p, cfg, c, v, filled, t, pos)
-  with sharding.use_rules(mesh, gathered):
-    cost = lambda fn, *args: compiled_cost(jax.jit(fn).lower(params, *args).compile(), mesh.size)
-    return {"main": cost(main, cache, new(1), new(1)), "catch_up": cost(main, cache, new(catch_up), new(catch_up)),
-            "module": cost(module, mtp_cache, cache["valid"], new(1), new(1))}
-
-
 def bench(model: str, n: int) -> dict[str, Any]:
   cfg, config = experiment(model)
+  cfg = cfg.replace(num_layers=FLAGS.num_layers or cfg.num_layers,
+                    num_mtp_modules=cfg.num_mtp_modules if FLAGS.mtp_modules is None else FLAGS.mtp_modules)
   mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
   P = max(config.data.prompts_per_step, n)   # rows must divide over the data shards (rows per device constant)
   G = config.rollout.group_size
@@ -293,6 +143,9 @@ def report(r: dict[str, Any]) -> None:
 
 def main(argv):
   del argv
+  # The programs are compiled for their HLO only (cost analysis, collectives): skip LLVM's optimisation of the
+  # machine code, most of a 7B program's CPU compile time. Set before jax starts its backend.
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
   results = []
   for model in FLAGS.models:
     for n in (int(d) for d in FLAGS.devices):

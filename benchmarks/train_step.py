@@ -15,27 +15,18 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks.recipes_7b import random_seq_batch
 from wavalign_jax import config_lib, models, optim, sharding, steps, train_state
-from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
+from wavalign_jax.batches import HybridBatch, RLBatch
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import vocab as testbed_vocab
-from wavalign_jax.tokens import TokenType, text_id_mask
+from wavalign_jax.tokens import text_id_mask
 
 _CONFIGS = flags.DEFINE_list("configs", ["vita", "kimi"], "Experiment files (experiments/<name>.py:tiny).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the compiling one.")
-
-
-def random_seq_batch(rng: np.random.Generator, cfg: ModelConfig, rows: int, length: int, prompt: int,
-                     cls: type[SeqBatch] = SeqBatch) -> SeqBatch:
-  inputs = {s: rng.integers(0, cfg.vocab_size, (rows, length)).astype(np.int32) for s in cfg.streams}
-  types = {s: np.where(np.arange(length) >= prompt, int(TokenType.TEXT), 0)[None].repeat(rows, 0).astype(np.int32)
-           for s in cfg.streams}
-  return cls(inputs=inputs, targets={s: np.roll(v, -1, 1) for s, v in inputs.items()}, types=types,
-             positions=np.arange(length, dtype=np.int32)[None].repeat(rows, 0),
-             segment_ids=np.ones((rows, length), np.int32))
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

@@ -55,13 +55,13 @@ def test_mctp_decode_quick():
   assert float(bound.group(1)) == pytest.approx(14 * main / (catch_up + 3 * main + 10 * module), abs=0.01 + 0.1 / main)
 
 
-# ----------------------------------------------------------------------------- roofline.py, piece by piece
+# ----------------------------------------------------------------------------- costs.py (roofline.py's pieces)
 # (the whole script compiles a dozen programs per model and device count: too long for the default test run)
 
-def _roofline():
+def _costs():
   sys.path.insert(0, REPO)
-  from benchmarks import roofline
-  return roofline
+  from benchmarks import costs
+  return costs
 
 
 def test_collective_traffic_by_group_size():
@@ -77,19 +77,19 @@ def test_collective_traffic_by_group_size():
       "  %ard = f32[8]{0} all-reduce-done(f32[8]{0} %ars)",
       "  %one = f32[8]{0} all-reduce(f32[8]{0} %d), replica_groups={{0},{1}}, to_apply=%add",
       "  %add.1 = f32[8]{0} add(f32[8]{0} %e, f32[8]{0} %f)"])
-  traffic = _roofline().collective_traffic(hlo, num_devices=8)
+  traffic = _costs().collective_traffic(hlo, num_devices=8)
   assert traffic == {8: 1024 * 512 * 2 * 7 / 8, 4: 64 * 4 * 3, 2: (16 * 4 + 8 * 4) * 2 * 1 / 2}
 
 
 def test_roofline_time_and_depth_extrapolation():
-  roofline = _roofline()
-  hw = roofline.Hardware("test", peak_flops=100.0, hbm=10.0, link=4.0, domain=8, far_link=1.0)
-  t = roofline.seconds({"flops": 200.0, "bytes": 30.0, "comm": {8: 4.0, 64: 2.0}}, hw)
+  costs = _costs()
+  hw = costs.Hardware("test", peak_flops=100.0, hbm=10.0, link=4.0, domain=8, far_link=1.0)
+  t = costs.seconds({"flops": 200.0, "bytes": 30.0, "comm": {8: 4.0, 64: 2.0}}, hw)
   assert (t["compute"], t["memory"], t["link"]) == (2.0, 3.0, 1.0 + 2.0) and (t["roofline"], t["limit"]) == (3.0, "memory")
   # Costs linear in each kind of layer (a + b * trunk + c * audio branch) extrapolate to the real depth.
   from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
   for cfg in (vita_audio_7b(), kimi_audio_7b()):
-    variants, extrapolate = roofline.depth_variants(cfg)
+    variants, extrapolate = costs.depth_variants(cfg)
     cost = lambda v: {"flops": 5.0 + 7.0 * v["num_layers"] + 11.0 * v.get("num_mimo_layers", 0),
                       "bytes": 1.0 + 2.0 * v["num_layers"], "comm": {8: 3.0 * v["num_layers"]}}
     want = cost(dict(num_layers=cfg.num_layers, num_mimo_layers=cfg.num_mimo_layers))
@@ -104,13 +104,13 @@ def test_roofline_loop_free_depths_extrapolate_exactly():
   import jax
   from wavalign_jax import models, sharding
   from wavalign_jax.rollout import decode
-  roofline = _roofline()
+  costs = _costs()
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, pad_id=0, unstack_layers=False, cache_windows=1)
   cfg = models.tiny_config("interleaved", scan_layers=False, attention_block=0)
-  variants, extrapolate = roofline.depth_variants(cfg.replace(num_layers=3))
-  got = extrapolate([roofline.sampler_cost(cfg.replace(**v), mesh, sc, 2, 8, 8, 1) for v in variants])
-  want = roofline.sampler_cost(cfg.replace(num_layers=3), mesh, sc, 2, 8, 8, 1)
+  variants, extrapolate = costs.depth_variants(cfg.replace(num_layers=3))
+  got = extrapolate([costs.sampler_cost(cfg.replace(**v), mesh, sc, 2, 8, 8, 1) for v in variants])
+  want = costs.sampler_cost(cfg.replace(num_layers=3), mesh, sc, 2, 8, 8, 1)
   assert got["flops"] == pytest.approx(want["flops"], rel=1e-9) and got["bytes"] == pytest.approx(want["bytes"], rel=1e-9)
 
 
@@ -122,13 +122,13 @@ def test_roofline_weights_gathered_once_per_call():
   import jax
   from wavalign_jax import models, sharding
   from wavalign_jax.rollout import decode
-  roofline = _roofline()
+  costs = _costs()
   mesh = sharding.make_mesh((1, 8, 1))
   cfg = models.tiny_config("interleaved", scan_layers=False, attention_block=0, hidden_size=64, intermediate_size=128)
   sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, pad_id=0, unstack_layers=False, cache_windows=1)
   sent = {}
   for gathered in (False, True):
-    one, two = (roofline.sampler_cost(cfg, mesh, dataclasses.replace(sc, gather_weights=gathered), 8, 8, 8, k)
+    one, two = (costs.sampler_cost(cfg, mesh, dataclasses.replace(sc, gather_weights=gathered), 8, 8, 8, k)
                 for k in (1, 2))
     sent[gathered] = sum(two["comm"].values()) - sum(one["comm"].values())   # one decode token
   assert 0 < sent[True] < sent[False] / 10
@@ -138,7 +138,7 @@ def test_roofline_weights_gathered_once_per_call():
   split, whole = (jax.tree.leaves(models.param_shardings(cfg, mesh, g)) for g in (False, True))
   want = sum(a.size * a.dtype.itemsize * 7 / 8 for a, s, w in zip(jax.tree.leaves(abstract), split, whole)
              if uses_fsdp(s) and not uses_fsdp(w))
-  assert want > 0 and roofline.gather_cost(cfg, mesh)["comm"] == {8: pytest.approx(want)}
+  assert want > 0 and costs.gather_cost(cfg, mesh)["comm"] == {8: pytest.approx(want)}
 
 
 def test_roofline_mctp_pieces():
@@ -148,10 +148,10 @@ def test_roofline_mctp_pieces():
   import jax
   from wavalign_jax import models, sharding
   from benchmarks import mctp_pieces
-  roofline = _roofline()
+  costs = _costs()
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   cfg = models.tiny_config("interleaved", num_layers=3, scan_layers=False, attention_block=0)
-  two, three, four = (roofline.mctp_costs(cfg, mesh, rows=2, filled=8, slots=12, catch_up=t) for t in (2, 3, 4))
+  two, three, four = (costs.mctp_costs(cfg, mesh, rows=2, filled=8, slots=12, catch_up=t) for t in (2, 3, 4))
   assert two["main"]["flops"] == four["main"]["flops"] and two["module"]["flops"] == four["module"]["flops"]
   per_token = four["catch_up"]["flops"] - three["catch_up"]["flops"]
   assert per_token > 0 and three["catch_up"]["flops"] - two["catch_up"]["flops"] == pytest.approx(per_token, rel=1e-9)
@@ -159,3 +159,28 @@ def test_roofline_mctp_pieces():
   assert mctp_pieces.period_speedup({"main": 1.0, "catch_up": 2.0, "module": 0.25}, 4, 10) == \
       pytest.approx(14 / (2.0 + 3 * 1.0 + 10 * 0.25))
   assert mctp_pieces.last_period((1, 10, 4, 10), 2) == (4, 2)
+
+
+def test_measure_7b_quick():
+  """The on-accelerator script on the unit-test model on the CPU: every part's figures, the step's MFU from its
+  model FLOPs and time, and the decode bytes per token counted by hand from the config (every trunk and head
+  weight once, the KV cache up to the prompt plus the completion: one cache window)."""
+  out = _run("benchmarks.measure_7b", "--model=tiny", "--step_layers=1", "--prompt_len=4", "--response_len=4",
+             "--repeats=1", "--parts=ceilings,step,decode")
+  rows = {r["part"]: r for r in map(json.loads, (line for line in out.splitlines() if line.startswith("{")))}
+  assert set(rows) == {"ceilings", "step", "decode"} and not any("error" in r for r in rows.values()), out
+  step = rows["step"]
+  assert step["mfu"] == pytest.approx(step["model_flops"] / step["step_s"] / step["peak_flops"], rel=1e-9)
+  assert step["model_flops"] > 6 * step["params"] * 8 * 4 * 4   # at least 6 N per RL completion token
+  sys.path.insert(0, REPO)
+  from benchmarks import measure_7b
+  from wavalign_jax import models
+  from wavalign_jax.rollout import decode
+  cfg = models.tiny_config("interleaved")
+  h, i, hd, nq, nkv = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+  layer = h * hd * (2 * nq + 2 * nkv) + hd * (nq + 2 * nkv) + 3 * h * i + 2 * h
+  weights = cfg.num_layers * layer + h + h * cfg.vocab_size
+  cache = 2 * cfg.num_layers * 32 * nkv * hd * (4 + 4)
+  sc = decode.SamplingConfig(max_new_tokens=4, group_size=4, pad_id=0, cache_windows=1)
+  assert measure_7b.decode_bytes_per_token(cfg, 32, 4, sc) == 4 * (weights + cache)   # float32 unit-test model
+  assert rows["decode"]["mctp_speedup"] > 0 and rows["decode"]["min_bytes_per_token"] > weights
