@@ -41,11 +41,16 @@ def _config():
 
 
 def _run_until(workdir, marker: str | None):
-  """Runs the CLI; sends SIGTERM once a stdout line contains `marker`. Returns (exit code, stdout)."""
-  cmd = [sys.executable, "-m", "wavalign_jax.train", "--config=experiments/vita.py:tiny", f"--workdir={workdir}"]
+  """Runs the CLI; sends SIGTERM once a stdout line contains `marker`. Returns (exit code, stdout).
+
+  The CLI keeps its compiled programs where `train.compilation_cache_dir` says (the session's cache, which the
+  in-process run filled), not where the environment's JAX_COMPILATION_CACHE_DIR points: `<workdir>.decoy_cache`,
+  which must stay empty."""
+  cmd = [sys.executable, "-m", "wavalign_jax.train", "--config=experiments/vita.py:tiny", f"--workdir={workdir}",
+         f"--config.train.compilation_cache_dir={os.environ['JAX_COMPILATION_CACHE_DIR']}"]
   cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=f"{workdir}.decoy_cache"))
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -114,6 +119,8 @@ def test_sigterm_during_base_sft_and_training_resumes_exactly(tmp_path):
   code, out = _run_until(work, None)
   assert code == 0 and "already holds a finished run" in out, out
   assert len([json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]) == len(rows)
+  decoy = work + ".decoy_cache"
+  assert not (os.path.exists(decoy) and os.listdir(decoy)), "the CLI compiled into the environment's cache"
 
 
 def jax_leaves(tree):

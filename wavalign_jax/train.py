@@ -398,6 +398,13 @@ _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed
                                  "TPU pods / GPU clusters; coordinator and process ids come from the environment).")
 
 
+def configure_process(config: mlc.ConfigDict) -> None:
+  """Process-wide settings of a launch, before its first compile: XLA's persistent compilation cache
+  (`train.compilation_cache_dir`), so that a restarted job reuses the programs its last launch compiled."""
+  if config.train.get("compilation_cache_dir"):
+    jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -410,6 +417,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--workdir is required")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  configure_process(_CONFIG.value)
   log_setup.quiet_stderr()
   try:   # a config mistake (errors.ConfigError) before anything is written: one line, not a traceback minutes in
     for warning in config_check.check(_CONFIG.value, _WORKDIR.value):
