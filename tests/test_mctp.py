@@ -27,8 +27,8 @@ def fixture():
   return cfg, params, dict(np.load(folder / "generate_mtp.npz"))
 
 
-def _greedy(n):
-  return SamplingConfig(max_new_tokens=n, group_size=1, sampling=StreamSampling(0.0, 1.0, 0), pad_id=0)
+def _greedy(n, group_size=1):
+  return SamplingConfig(max_new_tokens=n, group_size=group_size, sampling=StreamSampling(0.0, 1.0, 0), pad_id=0)
 
 
 def _prompts(gen, which):
@@ -55,17 +55,19 @@ def test_schedule_expansion_and_plan_match_the_fixture(fixture):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_mctp_generation_matches_upstream(fixture, mode):
-  """Both prompts in one left-padded batch (lengths 12 and 32): padding must not change a token."""
+  """Both prompts in one left-padded batch (lengths 12 and 32): padding must not change a token. Two greedy rows
+  per prompt, which share the prompt's main cache and the modules' prompt anchors: each must be upstream's."""
   cfg, params, gen = fixture
-  n = int(gen["max_new_tokens"])
-  r = jax.device_get(mctp.sample_mctp(params, cfg, _prompts(gen, (0, 1)), jax.random.key(0), _greedy(n),
+  n, G = int(gen["max_new_tokens"]), 2
+  r = jax.device_get(mctp.sample_mctp(params, cfg, _prompts(gen, (0, 1)), jax.random.key(0), _greedy(n, G),
                                       gen[f"mode_{mode}_schedule"].tolist()))
   for i in (0, 1):
     want = gen[f"mode_{mode}_tokens_{i}"]
-    np.testing.assert_array_equal(r.tokens["tokens"][i], want, err_msg=f"{mode} prompt {i}")
-    np.testing.assert_array_equal(r.head[i], gen[f"mode_{mode}_head_{i}"])
     ref = np.asarray(jax.nn.log_softmax(jnp.asarray(gen[f"mode_{mode}_logits_{i}"]), axis=-1))[np.arange(n), want]
-    np.testing.assert_allclose(r.logp["tokens"][i], ref, atol=2 * TOL, rtol=0)
+    for row in (i * G, i * G + 1):
+      np.testing.assert_array_equal(r.tokens["tokens"][row], want, err_msg=f"{mode} prompt {i} row {row}")
+      np.testing.assert_array_equal(r.head[row], gen[f"mode_{mode}_head_{i}"])
+      np.testing.assert_allclose(r.logp["tokens"][row], ref, atol=2 * TOL, rtol=0)
   assert int(r.lengths.min()) == n and r.truncated.all()
 
 

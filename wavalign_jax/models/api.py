@@ -312,13 +312,34 @@ def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> list[dict
   return [{n: _cache_buffer(shape, cfg.dtype) for n in ("k", "v")} for _ in range(cfg.num_mtp_modules)]
 
 
+def share_mtp_prefix(cache: dict[str, Array], prefix_valid: Array, group_size: int,
+                     max_len: int) -> dict[str, Array]:
+  """Module k's cache after its first A anchors were run on the P prompts ({"k","v": [P, A, K, D]}; prefix_valid
+  [P, A]) -> those anchors as a prefix shared by each prompt's `group_size` rows, and an empty block of
+  `max_len` - A anchor slots per row for the rest (mtp_decode reads both)."""
+  P, A = prefix_valid.shape
+  shape = (P * group_size, max_len - A) + cache["k"].shape[2:]
+  prefix_axes = ("activation_batch", "activation_kv_heads", "activation_length", None)
+  return {"k": _cache_buffer(shape, cache["k"].dtype), "v": _cache_buffer(shape, cache["v"].dtype),
+          **{f"prefix_{n}": constrain(cache[n].swapaxes(1, 2), prefix_axes) for n in ("k", "v")},
+          "prefix_valid": prefix_valid}
+
+
 def mtp_decode(params: Params, cfg: ModelConfig, k: int, tokens: Array, hidden: Array, positions: Array,
                cache: dict[str, Array], slot_valid: Array, index: Array) -> tuple[Array, dict[str, Array]]:
   """MCTP module k on the T anchors [index, index + T) (static T): post-norm hidden [B, T, d] and its cache.
 
   tokens [B, T]: the token k+1 slots after each anchor; hidden [B, T, d]: the previous stage at the anchors
   (the main model's post-norm hidden for k = 0); positions [B, T]: RoPE positions of those tokens;
-  slot_valid [B, S]: anchors that may be attended (prompt padding is not)."""
-  T = tokens.shape[1]
-  return Transformer(cfg).apply({"params": params}, k, tokens, hidden, positions,
-                                _cached_mask(slot_valid, index, T), cache, index, method=Transformer.mtp_decode)
+  slot_valid [B, S]: anchors that may be attended (prompt padding is not). With a shared prefix of A anchors
+  (`share_mtp_prefix`), the cache's own block holds anchors A .. S - 1 and every new anchor sees the prefix."""
+  B, T = tokens.shape
+  mask, own_index = _cached_mask(slot_valid, index, T), index
+  if "prefix_valid" in cache:
+    A = cache["prefix_valid"].shape[1]
+    own_index = index - A
+    prefix = jnp.repeat(cache["prefix_valid"], B // cache["prefix_valid"].shape[0], axis=0)
+    mask = jnp.concatenate([jnp.broadcast_to(prefix[:, None, None, :], (B, 1, T, A)),
+                            _cached_mask(slot_valid[:, A:], own_index, T)], axis=-1)
+  return Transformer(cfg).apply({"params": params}, k, tokens, hidden, positions, mask, cache, own_index,
+                                method=Transformer.mtp_decode)

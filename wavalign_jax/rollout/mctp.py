@@ -8,6 +8,9 @@ one multi-token forward at its next 'M'. Module k keeps its own KV cache over "a
 the previous stage's hidden state at t and embeds the token at t + k + 1); on its first call it processes
 the whole history. As in the main-head sampler, the P prompts are prefilled once and the G rows of a group read
 one copy of their prompt's keys and values (`models.share_prefix`); each row's main cache holds its completion.
+Likewise each module's prompt anchors (those whose token t + k + 1 is a prompt token) run once per prompt in
+the prefill and are read by the group as a shared prefix of the module's cache (`models.share_mtp_prefix`), so
+a module's first call covers only the anchors after them (`share_prompt_anchors`).
 
 Who runs at step j, and on how many new rows, is fixed by the schedule and the prompt length, so every
 shape is static: the steps before the schedule becomes periodic are unrolled, the periodic part is one
@@ -67,6 +70,18 @@ def plan(schedule: Sequence[int], num_modules: int, prompt_len: int, n: int) -> 
   return steps
 
 
+def share_prompt_anchors(steps: list[Step], prompt_len: int) -> list[Step]:
+  """`steps` with each module's first call cut to the anchors after the prompt's: module k's anchors t whose token
+  t + k + 1 is a prompt token are the same for a group's G rows, so the prefill runs them once per prompt."""
+  out, seen = [], set()
+  for step in steps:
+    if step.head != MAIN and step.head not in seen:
+      seen.add(step.head)
+      step = Step(step.head, step.rows - max(prompt_len - step.head - 1, 0))
+    out.append(step)
+  return out
+
+
 def periodic_split(steps: list[Step], period: int) -> int:
   """Smallest p such that steps[p:] repeats with `period` (len(steps) if it never does)."""
   p = len(steps)
@@ -85,22 +100,41 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
   valid = rep(prompt_valid)
   B, Lp = valid.shape
   period = sum(schedule[-2:])
-  full_plan = plan(schedule, model_cfg.num_mtp_modules, Lp, N + 2 * period)
+  full_plan = share_prompt_anchors(plan(schedule, model_cfg.num_mtp_modules, Lp, N + 2 * period), Lp)
   p = max(1, min(periodic_split(full_plan, period), N))   # step 0, the prefill, is always unrolled
   S = Lp + N + period                        # slots: the loop's last round may run past N (outputs dropped)
   pad_left = Lp - valid.sum(axis=1).astype(jnp.int32)
   slot_valid = jnp.concatenate([valid, jnp.ones((B, S - Lp), bool)], axis=1)
   seq = jnp.concatenate([rep(prompts["inputs"]["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
   d = model_cfg.hidden_size
-  carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq, mtp_cache=models.init_mtp_cache(model_cfg, B, S),
+  carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq,
                hidden=[jnp.zeros((B, S, d), model_cfg.dtype) for _ in range(max(model_cfg.num_mtp_modules, 1))],
                head=jnp.full((B, N), MAIN, jnp.int32))
   slice_ = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
   put_rows = lambda buf, start, rows: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), start, axis=1)
 
+  def prompt_anchors(c, h):
+    """Each module's prompt anchors (`share_prompt_anchors`) on the P prompts, in module order (module k reads
+    module k - 1's output), kept as prefixes of their caches shared by each group; h: the prompts' main hidden."""
+    own = models.init_mtp_cache(model_cfg, B, S)
+    caches = []
+    for k in range(model_cfg.num_mtp_modules):
+      A = Lp - k - 1
+      if A < 1:   # a prompt shorter than the module's offset: nothing to share
+        caches.append(own[k])
+        continue
+      h, cache = models.mtp_decode(params, model_cfg, k, prompts["inputs"]["tokens"][:, k + 1:k + 1 + A], h[:, :A],
+                                   k + 1 + jnp.arange(A)[None] - pad_left[::G, None],
+                                   models.init_mtp_cache(model_cfg, B // G, A)[k], prompt_valid[:, :A], 0)
+      caches.append(models.share_mtp_prefix(cache, prompt_valid[:, :A], G, S))
+      if k + 1 < model_cfg.num_mtp_modules:   # its last prompt anchor is module k + 1's first own one
+        c["hidden"][k + 1] = put_rows(c["hidden"][k + 1], 0, rep(h))
+    c["mtp_cache"] = caches
+
   def run(c, step: Step, prefill: bool = False):
     """Step c["i"] = j with the static `step`: the head's logits for token j, then sample and record it. The
-    prefill (step 0) runs the main model on the P prompts and makes their cache a prefix shared by each group."""
+    prefill (step 0) runs the main model and the modules' prompt anchors on the P prompts and makes their caches
+    prefixes shared by each group."""
     j = c["i"]
     L, T = Lp + j, step.rows
     if prefill:
@@ -109,6 +143,7 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
           params, model_cfg, prompts["inputs"], jnp.arange(Lp)[None] - pad_left[::G, None],
           models.init_cache(model_cfg, B // G, Lp), valid=prompt_valid)
       c["cache"] = models.share_prefix(cache, G, S - Lp)   # the completion block: slots Lp .. S - 1
+      prompt_anchors(c, hidden["tokens"])
       h = rep(hidden["tokens"])
     elif step.head == MAIN:
       start = L - T
