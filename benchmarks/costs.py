@@ -26,7 +26,7 @@ class Hardware:
   hbm: float             # HBM bytes/s per device
   link: float            # collective bytes/s per device inside its fast domain
   domain: int            # devices in that domain (0: the whole slice)
-  far_link: float        # bytes/s per device between domains
+  far_link: float        # bytes/s per device for a group whose devices span several domains (ids // domain)
   match: str = ""        # a piece of jax's device_kind naming this device (benchmarks/measure_7b.py)
 
 
@@ -47,28 +47,42 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, 
           "s64": 8, "u64": 8, "f64": 8}
 
 
-def collective_traffic(hlo: str, num_devices: int) -> dict[int, float]:
-  """{group size: bytes one device sends} over the collectives of an optimised HLO module (ring algorithms)."""
-  out: dict[int, float] = {}
+def first_group(replica_groups: str | None, num_devices: int) -> tuple[int, ...]:
+  """Device ids of a collective's first replica group, from its `replica_groups=` attribute: explicit
+  (`{{0,1},{2,3}}`; `{}` or none: every device) or iota (`[G,S]<=[dims]`, optionally transposed `T(perm)`:
+  arange(prod(dims)).reshape(dims).transpose(perm).reshape(G, S))."""
+  explicit = re.match(r"\{\{([\d,]*)\}", replica_groups or "")
+  if replica_groups is None or (explicit and not explicit.group(1)):
+    return tuple(range(num_devices))
+  if explicit:
+    return tuple(int(x) for x in explicit.group(1).split(","))
+  iota = re.match(r"\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", replica_groups)
+  dims = [int(x) for x in iota.group(3).split(",")]
+  ids = np.arange(math.prod(dims)).reshape(dims)
+  if iota.group(4):
+    ids = ids.transpose([int(x) for x in iota.group(4).split(",")])
+  return tuple(ids.reshape(int(iota.group(1)), int(iota.group(2)))[0].tolist())
+
+
+def collective_traffic(hlo: str, num_devices: int) -> dict[str, float]:
+  """{group: bytes one device sends} over the collectives of an optimised HLO module (ring algorithms); a group
+  is named by its first replica group's device ids ("0,8,16"): the members tell whether it crosses a node."""
+  out: dict[str, float] = {}
   for line in hlo.splitlines():
     m = _COLLECTIVE.search(line)
     if not m:
       continue
     result, kind, rest = m.groups()
     size = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _ARRAY.findall(result))
-    groups = re.search(r"replica_groups=(\{\{[\d,]*\}|\[\d+,(\d+)\])", rest)
-    if groups is None:
-      g = num_devices
-    elif groups.group(2):
-      g = int(groups.group(2))
-    else:
-      g = groups.group(1).count(",") + 1
-    if g > 1:
-      out[g] = out.get(g, 0.0) + size * _TRAFFIC[kind](g)
+    groups = re.search(r"replica_groups=(\{\{[\d,]*\}|\{\}|\[\d+,\d+\]<=\[[\d,]+\](?:T\([\d,]+\))?)", rest)
+    members = first_group(groups.group(1) if groups else None, num_devices)
+    if len(members) > 1:
+      key = ",".join(map(str, members))
+      out[key] = out.get(key, 0.0) + size * _TRAFFIC[kind](len(members))
   return out
 
 
-Cost = dict[str, Any]   # {"flops": float, "bytes": float, "comm": {group size: bytes sent}}
+Cost = dict[str, Any]   # {"flops": float, "bytes": float, "comm": {group's device ids: bytes sent}}
 
 
 def compiled_cost(compiled: Any, num_devices: int) -> Cost:
@@ -80,7 +94,7 @@ def compiled_cost(compiled: Any, num_devices: int) -> Cost:
 
 def combine(terms: list[tuple[float, Cost]]) -> Cost:
   """sum of weight * cost (weights may be negative: differences of programs)."""
-  comm: dict[int, float] = {}
+  comm: dict[str, float] = {}
   for w, c in terms:
     for g, b in c["comm"].items():
       comm[g] = comm.get(g, 0.0) + w * b
@@ -90,7 +104,8 @@ def combine(terms: list[tuple[float, Cost]]) -> Cost:
 
 def seconds(cost: Cost, hw: Hardware) -> dict[str, float]:
   """Compute, HBM and link time of `cost` on one device of `hw`, and their max (the roofline)."""
-  link = sum(b / (hw.link if not hw.domain or g <= hw.domain else hw.far_link) for g, b in cost["comm"].items())
+  crosses = lambda group: hw.domain and len({int(i) // hw.domain for i in group.split(",")}) > 1
+  link = sum(b / (hw.far_link if crosses(g) else hw.link) for g, b in cost["comm"].items())
   out = {"compute": cost["flops"] / hw.peak_flops, "memory": cost["bytes"] / hw.hbm, "link": link}
   out["roofline"] = max(out.values())
   out["limit"] = max(("compute", "memory", "link"), key=out.get)

@@ -1,9 +1,10 @@
 r"""A roofline of the 7B recipes on accelerators, from compiled programs, without an accelerator.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=256 python -m benchmarks.roofline \
-      [--models=vita,kimi] [--devices=8,64,256] [--gather_weights] [--json=roofline.json]
+      [--models=vita,kimi] [--devices=8,64,256] [--fsdp=8] [--gather_weights] [--json=roofline.json]
 
-For each model and device count it compiles (for fake CPU devices, FSDP mesh (1, n, 1) as train.py builds it)
+For each model and device count it compiles (for fake CPU devices, FSDP mesh (1, n, 1) as train.py builds it;
+`--fsdp=8`: (n / 8, 8, 1), FSDP inside each group of 8 and data parallel across them)
 the hybrid step and the main-head sampler of experiments/<model>.py at the 7B shapes (8 prompts x G 4, prompt
 512, completion 1024; one prompt per device beyond 8), reads XLA's cost analysis (FLOPs, bytes accessed) and
 the collectives of the optimised program, and predicts on an H100 and a TPU v5p:
@@ -50,6 +51,8 @@ flags.DEFINE_list("devices", ["8", "64", "256"], "Device counts (XLA_FLAGS must 
 flags.DEFINE_integer("num_layers", None, "Trunk layers (default: the released model's; benchmarks/measure_7b.py "
                      "measures shallower steps on one device).")
 flags.DEFINE_integer("mtp_modules", None, "MCTP modules (default: the released model's).")
+flags.DEFINE_integer("fsdp", 0, "FSDP group size: mesh (n / fsdp, fsdp, 1), data parallel across the groups "
+                     "(e.g. 8: FSDP inside an 8-GPU node); 0: FSDP over all n devices.")
 flags.DEFINE_integer("prompt_len", None, "Prompt length (default: the experiment's data.max_prompt_len).")
 flags.DEFINE_integer("response_len", None, "Completion length (default: the experiment's rollout.max_new_tokens).")
 flags.DEFINE_bool("gather_weights", False, "The sampler with the weights gathered once per rollout call "
@@ -62,7 +65,8 @@ def bench(model: str, n: int) -> dict[str, Any]:
   cfg, config = experiment(model)
   cfg = cfg.replace(num_layers=FLAGS.num_layers or cfg.num_layers,
                     num_mtp_modules=cfg.num_mtp_modules if FLAGS.mtp_modules is None else FLAGS.mtp_modules)
-  mesh = sharding.make_mesh((1, n, 1), devices=jax.devices()[:n])
+  fsdp = FLAGS.fsdp or n
+  mesh = sharding.make_mesh((n // fsdp, fsdp, 1), devices=jax.devices()[:n])
   P = max(config.data.prompts_per_step, n)   # rows must divide over the data shards (rows per device constant)
   G = config.rollout.group_size
   Lp = FLAGS.prompt_len or config.data.max_prompt_len
@@ -85,7 +89,8 @@ def bench(model: str, n: int) -> dict[str, Any]:
   at = lambda s: token_lo if hi == lo else combine([((hi - s) / (hi - lo), token_lo), ((s - lo) / (hi - lo), token_hi)])
   starts = [0, *ends[:-1]]
   token = combine([((end - start) / N, at(end)) for start, end in zip(starts, ends)])
-  out = {"model": model, "devices": n, "prompts": P, "group": G, "prompt_len": Lp, "completion_len": N,
+  out = {"model": model, "devices": n, "mesh": tuple(mesh.devices.shape), "prompts": P, "group": G,
+         "prompt_len": Lp, "completion_len": N,
          "params": sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: models.init_params(
              cfg, jax.random.key(0))))), "compile_seconds": time.perf_counter() - t0,
          "step": step, "step_model_flops": model_step["flops"], "prefill": prefill, "decode_token": token,
@@ -118,7 +123,7 @@ def bench(model: str, n: int) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
   step, tok = r["step"], r["decode_token"]
-  print(f"{r['model']} ({r['params'] / 1e9:.2f}B params) on {r['devices']} devices, mesh (1, {r['devices']}, 1): "
+  print(f"{r['model']} ({r['params'] / 1e9:.2f}B params) on {r['devices']} devices, mesh {r['mesh']}: "
         f"{r['prompts']} prompts x {r['group']}, prompt {r['prompt_len']}, completion {r['completion_len']}"
         f"{', weights gathered once per rollout call' if r['gather_weights'] else ''} "
         f"(compiled in {r['compile_seconds']:.0f}s)", flush=True)

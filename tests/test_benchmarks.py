@@ -64,8 +64,9 @@ def _costs():
   return costs
 
 
-def test_collective_traffic_by_group_size():
-  """Bytes a device sends, from the result shapes and replica groups of an optimised module (ring algorithms)."""
+def test_collective_traffic_by_group():
+  """Bytes a device sends, from the result shapes and replica groups of an optimised module (ring algorithms),
+  by the device ids of the first group (iota groups expanded by hand, transposed ones too)."""
   hlo = "\n".join([
       "  %ag = bf16[1024,512]{1,0} all-gather(bf16[128,512]{1,0} %p), channel_id=1, replica_groups=[1,8]<=[8], "
       "dimensions={0}",
@@ -76,26 +77,29 @@ def test_collective_traffic_by_group_size():
       "  %ars = f32[8]{0} all-reduce-start(f32[8]{0} %c), replica_groups=[4,2]<=[8], to_apply=%add",
       "  %ard = f32[8]{0} all-reduce-done(f32[8]{0} %ars)",
       "  %one = f32[8]{0} all-reduce(f32[8]{0} %d), replica_groups={{0},{1}}, to_apply=%add",
-      "  %add.1 = f32[8]{0} add(f32[8]{0} %e, f32[8]{0} %f)"])
+      "  %add.1 = f32[8]{0} add(f32[8]{0} %e, f32[8]{0} %f)",
+      "  %ag2 = f32[16]{0} all-gather(f32[4]{0} %g), replica_groups=[2,4]<=[4,2]T(1,0), dimensions={0}"])
   traffic = _costs().collective_traffic(hlo, num_devices=8)
-  assert traffic == {8: 1024 * 512 * 2 * 7 / 8, 4: 64 * 4 * 3, 2: (16 * 4 + 8 * 4) * 2 * 1 / 2}
+  assert traffic == {"0,1,2,3,4,5,6,7": 1024 * 512 * 2 * 7 / 8, "0,1,2,3": 64 * 4 * 3,
+                     "0,1": (16 * 4 + 8 * 4) * 2 * 1 / 2, "0,2,4,6": 16 * 4 * 3 / 4}
 
 
 def test_roofline_time_and_depth_extrapolation():
   costs = _costs()
   hw = costs.Hardware("test", peak_flops=100.0, hbm=10.0, link=4.0, domain=8, far_link=1.0)
-  t = costs.seconds({"flops": 200.0, "bytes": 30.0, "comm": {8: 4.0, 64: 2.0}}, hw)
+  # Inside one domain of 8 (ids 8..15) at the link's rate; across domains (0, 8, 16) at the far link's.
+  t = costs.seconds({"flops": 200.0, "bytes": 30.0, "comm": {"8,9,10,11,12,13,14,15": 4.0, "0,8,16": 2.0}}, hw)
   assert (t["compute"], t["memory"], t["link"]) == (2.0, 3.0, 1.0 + 2.0) and (t["roofline"], t["limit"]) == (3.0, "memory")
   # Costs linear in each kind of layer (a + b * trunk + c * audio branch) extrapolate to the real depth.
   from wavalign_jax.models.config import kimi_audio_7b, vita_audio_7b
   for cfg in (vita_audio_7b(), kimi_audio_7b()):
     variants, extrapolate = costs.depth_variants(cfg)
     cost = lambda v: {"flops": 5.0 + 7.0 * v["num_layers"] + 11.0 * v.get("num_mimo_layers", 0),
-                      "bytes": 1.0 + 2.0 * v["num_layers"], "comm": {8: 3.0 * v["num_layers"]}}
+                      "bytes": 1.0 + 2.0 * v["num_layers"], "comm": {"0,1": 3.0 * v["num_layers"]}}
     want = cost(dict(num_layers=cfg.num_layers, num_mimo_layers=cfg.num_mimo_layers))
     got = extrapolate([cost(v) for v in variants])
     assert got["flops"] == pytest.approx(want["flops"]) and got["bytes"] == pytest.approx(want["bytes"])
-    assert got["comm"][8] == pytest.approx(want["comm"][8])
+    assert got["comm"]["0,1"] == pytest.approx(want["comm"]["0,1"])
 
 
 def test_roofline_loop_free_depths_extrapolate_exactly():
@@ -138,7 +142,7 @@ def test_roofline_weights_gathered_once_per_call():
   split, whole = (jax.tree.leaves(models.param_shardings(cfg, mesh, g)) for g in (False, True))
   want = sum(a.size * a.dtype.itemsize * 7 / 8 for a, s, w in zip(jax.tree.leaves(abstract), split, whole)
              if uses_fsdp(s) and not uses_fsdp(w))
-  assert want > 0 and costs.gather_cost(cfg, mesh)["comm"] == {8: pytest.approx(want)}
+  assert want > 0 and costs.gather_cost(cfg, mesh)["comm"] == {"0,1,2,3,4,5,6,7": pytest.approx(want)}
 
 
 def test_roofline_mctp_pieces():
