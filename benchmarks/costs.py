@@ -47,20 +47,37 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, 
           "s64": 8, "u64": 8, "f64": 8}
 
 
+_MESH_GROUPS = re.compile(r"mesh\[([^\]]*)\](?:,\s*device_ids=\(\[([\d,]+)\](?:T\(([\d,]+)\))?\))?\s*\{([^}]*)\}")
+
+
+def _iota(dims: list[int], perm: str | None) -> np.ndarray:
+  ids = np.arange(math.prod(dims)).reshape(dims)
+  return ids.transpose([int(x) for x in perm.split(",")]) if perm else ids
+
+
 def first_group(replica_groups: str | None, num_devices: int) -> tuple[int, ...]:
-  """Device ids of a collective's first replica group, from its `replica_groups=` attribute: explicit
-  (`{{0,1},{2,3}}`; `{}` or none: every device) or iota (`[G,S]<=[dims]`, optionally transposed `T(perm)`:
-  arange(prod(dims)).reshape(dims).transpose(perm).reshape(G, S))."""
-  explicit = re.match(r"\{\{([\d,]*)\}", replica_groups or "")
-  if replica_groups is None or (explicit and not explicit.group(1)):
+  """Device ids of a collective's first replica group, from what follows `replica_groups=`: explicit
+  (`{{0,1},{2,3}}`; `{}` or none: every device), iota (`[G,S]<=[dims]`, optionally transposed `T(perm)`:
+  arange(prod(dims)).reshape(dims).transpose(perm).reshape(G, S)), or mesh axes (`mesh['a'=4,'b'=2],
+  device_ids=([dims]T(perm)) {'a'}`: the devices along the listed axes, the others at index 0)."""
+  text = replica_groups or ""
+  explicit = re.match(r"\{\{([\d,]*)\}", text)
+  if not text or text.startswith("{}") or (explicit and not explicit.group(1)):
     return tuple(range(num_devices))
   if explicit:
     return tuple(int(x) for x in explicit.group(1).split(","))
-  iota = re.match(r"\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", replica_groups)
-  dims = [int(x) for x in iota.group(3).split(",")]
-  ids = np.arange(math.prod(dims)).reshape(dims)
-  if iota.group(4):
-    ids = ids.transpose([int(x) for x in iota.group(4).split(",")])
+  mesh = _MESH_GROUPS.match(text)
+  if mesh:
+    axes = [(name.strip().strip("'"), int(size)) for name, size in (a.split("=") for a in mesh.group(1).split(","))]
+    sizes = [size for _, size in axes]
+    ids = (_iota([int(x) for x in mesh.group(2).split(",")], mesh.group(3)) if mesh.group(2)
+           else np.arange(math.prod(sizes))).reshape(sizes)
+    over = {a.strip().strip("'") for a in mesh.group(4).split(",")}
+    return tuple(ids[tuple(slice(None) if name in over else 0 for name, _ in axes)].reshape(-1).tolist())
+  iota = re.match(r"\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", text)
+  if not iota:
+    raise ValueError(f"replica_groups={text[:80]!r}: a format benchmarks/costs.py does not read")
+  ids = _iota([int(x) for x in iota.group(3).split(",")], iota.group(4))
   return tuple(ids.reshape(int(iota.group(1)), int(iota.group(2)))[0].tolist())
 
 
@@ -74,7 +91,7 @@ def collective_traffic(hlo: str, num_devices: int) -> dict[str, float]:
       continue
     result, kind, rest = m.groups()
     size = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _ARRAY.findall(result))
-    groups = re.search(r"replica_groups=(\{\{[\d,]*\}|\{\}|\[\d+,\d+\]<=\[[\d,]+\](?:T\([\d,]+\))?)", rest)
+    groups = re.search(r"replica_groups=(.*)", rest)
     members = first_group(groups.group(1) if groups else None, num_devices)
     if len(members) > 1:
       key = ",".join(map(str, members))

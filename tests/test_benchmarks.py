@@ -78,10 +78,16 @@ def test_collective_traffic_by_group():
       "  %ard = f32[8]{0} all-reduce-done(f32[8]{0} %ars)",
       "  %one = f32[8]{0} all-reduce(f32[8]{0} %d), replica_groups={{0},{1}}, to_apply=%add",
       "  %add.1 = f32[8]{0} add(f32[8]{0} %e, f32[8]{0} %f)",
-      "  %ag2 = f32[16]{0} all-gather(f32[4]{0} %g), replica_groups=[2,4]<=[4,2]T(1,0), dimensions={0}"])
+      "  %ag2 = f32[16]{0} all-gather(f32[4]{0} %g), replica_groups=[2,4]<=[4,2]T(1,0), dimensions={0}",
+      # mesh-axes groups (XLA's newer form): a mesh (data 2, fsdp 4) listed as axes [4, 1, 2] over devices
+      # arange(8).reshape(2, 4).T; the fsdp axis is 'axis_0' -> devices 0..3, the data axis 'axis_2' -> 0 and 4
+      "  %ag3 = f32[32]{0} all-gather(f32[8]{0} %h), channel_id=3, replica_groups=mesh['axis_0'=4,'axis_1'=1,"
+      "'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_0'}, dimensions={0}, use_global_device_ids=true",
+      "  %ar3 = f32[100]{0} all-reduce(f32[100]{0} %i), channel_id=4, replica_groups=mesh['axis_0'=4,'axis_1'=1,"
+      "'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_2'}, use_global_device_ids=true, to_apply=%add"])
   traffic = _costs().collective_traffic(hlo, num_devices=8)
-  assert traffic == {"0,1,2,3,4,5,6,7": 1024 * 512 * 2 * 7 / 8, "0,1,2,3": 64 * 4 * 3,
-                     "0,1": (16 * 4 + 8 * 4) * 2 * 1 / 2, "0,2,4,6": 16 * 4 * 3 / 4}
+  assert traffic == {"0,1,2,3,4,5,6,7": 1024 * 512 * 2 * 7 / 8, "0,1,2,3": 64 * 4 * 3 + 32 * 4 * 3 / 4,
+                     "0,1": (16 * 4 + 8 * 4) * 2 * 1 / 2, "0,2,4,6": 16 * 4 * 3 / 4, "0,4": 100 * 4 * 2 * 1 / 2}
 
 
 def test_roofline_time_and_depth_extrapolation():
