@@ -199,19 +199,30 @@ def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positi
   return {s: _head_logits(h[:, -1], params[HEADS[s]], cfg) for s, h in hidden.items()}, cache
 
 
+def _shared_layer(kv: dict[str, Array], rows: int, own_slots: int) -> dict[str, Array]:
+  """One layer's prefilled keys / values {"k","v": [P, Sp, K, D]} as a prefix shared by `rows` rows (P groups)
+  and an empty own block of `own_slots` slots per row."""
+  shape = (rows, own_slots) + kv["k"].shape[2:]
+  out = {"k": _cache_buffer(shape, kv["k"].dtype), "v": _cache_buffer(shape, kv["v"].dtype)}
+  # Heads-major [P, K, Sp, D]: the decode step's per-prompt dots read it without a transpose per token.
+  prefix_axes = ("activation_batch", "activation_kv_heads", "activation_length", None)
+  out.update({f"prefix_{n}": constrain(kv[n].swapaxes(1, 2), prefix_axes) for n in ("k", "v")})
+  return out
+
+
+def _with_prefix(mask: Array, prefix_valid: Array) -> Array:
+  """mask [B, 1, T, S] over a row's own slots, preceded by its group's prefix slots (prefix_valid [P, Sp]):
+  every new query sees each valid prefix slot."""
+  B, _, T, _ = mask.shape
+  prefix = jnp.repeat(prefix_valid, B // prefix_valid.shape[0], axis=0)
+  return jnp.concatenate([jnp.broadcast_to(prefix[:, None, None, :], (B, 1, T, prefix.shape[1])), mask], axis=-1)
+
+
 def share_prefix(cache: dict[str, Any], group_size: int, max_len: int) -> dict[str, Any]:
   """A prefilled cache of P prompts -> the prompts as a shared prefix of P * group_size rows (module docstring)."""
-  P = cache["valid"].shape[0]
-  B = P * group_size
-  prefix_axes = ("activation_batch", "activation_kv_heads", "activation_length", None)
-
-  def layer(kv: dict[str, Array]) -> dict[str, Array]:
-    shape = (B, max_len) + kv["k"].shape[2:]
-    out = {"k": _cache_buffer(shape, kv["k"].dtype), "v": _cache_buffer(shape, kv["v"].dtype)}
-    # Heads-major [P, K, Sp, D]: the decode step's per-prompt dots read it without a transpose per token.
-    out.update({f"prefix_{n}": constrain(kv[n].swapaxes(1, 2), prefix_axes) for n in ("k", "v")})
-    return out
-  stacks = {name: [layer(kv) for kv in layers] for name, layers in cache.items() if name not in ("index", "valid")}
+  B = cache["valid"].shape[0] * group_size
+  stacks = {name: [_shared_layer(kv, B, max_len) for kv in layers]
+            for name, layers in cache.items() if name not in ("index", "valid")}
   return {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((B, max_len), bool),
           "prefix_valid": cache["valid"], **stacks}
 
@@ -296,9 +307,8 @@ def decode_hidden(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array],
     valid = jnp.ones((B, T), bool)
   cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid.astype(bool), (0, idx))
   mask = _cached_mask(cache_valid, idx, T)
-  if "prefix_valid" in cache:   # every new query sees each valid slot of its prompt
-    prefix = jnp.repeat(cache["prefix_valid"], B // cache["prefix_valid"].shape[0], axis=0)
-    mask = jnp.concatenate([jnp.broadcast_to(prefix[:, None, None, :], (B, 1, T, prefix.shape[1])), mask], axis=-1)
+  if "prefix_valid" in cache:
+    mask = _with_prefix(mask, cache["prefix_valid"])
   meta = ("index", "valid", "prefix_valid")
   stacks = {k: v for k, v in cache.items() if k not in meta}
   hidden, new = Transformer(cfg).apply({"params": params}, dict(inputs), positions, mask,
@@ -318,11 +328,7 @@ def share_mtp_prefix(cache: dict[str, Array], prefix_valid: Array, group_size: i
   [P, A]) -> those anchors as a prefix shared by each prompt's `group_size` rows, and an empty block of
   `max_len` - A anchor slots per row for the rest (mtp_decode reads both)."""
   P, A = prefix_valid.shape
-  shape = (P * group_size, max_len - A) + cache["k"].shape[2:]
-  prefix_axes = ("activation_batch", "activation_kv_heads", "activation_length", None)
-  return {"k": _cache_buffer(shape, cache["k"].dtype), "v": _cache_buffer(shape, cache["v"].dtype),
-          **{f"prefix_{n}": constrain(cache[n].swapaxes(1, 2), prefix_axes) for n in ("k", "v")},
-          "prefix_valid": prefix_valid}
+  return {**_shared_layer(cache, P * group_size, max_len - A), "prefix_valid": prefix_valid}
 
 
 def mtp_decode(params: Params, cfg: ModelConfig, k: int, tokens: Array, hidden: Array, positions: Array,
@@ -333,13 +339,11 @@ def mtp_decode(params: Params, cfg: ModelConfig, k: int, tokens: Array, hidden: 
   (the main model's post-norm hidden for k = 0); positions [B, T]: RoPE positions of those tokens;
   slot_valid [B, S]: anchors that may be attended (prompt padding is not). With a shared prefix of A anchors
   (`share_mtp_prefix`), the cache's own block holds anchors A .. S - 1 and every new anchor sees the prefix."""
-  B, T = tokens.shape
+  T = tokens.shape[1]
   mask, own_index = _cached_mask(slot_valid, index, T), index
   if "prefix_valid" in cache:
     A = cache["prefix_valid"].shape[1]
     own_index = index - A
-    prefix = jnp.repeat(cache["prefix_valid"], B // cache["prefix_valid"].shape[0], axis=0)
-    mask = jnp.concatenate([jnp.broadcast_to(prefix[:, None, None, :], (B, 1, T, A)),
-                            _cached_mask(slot_valid[:, A:], own_index, T)], axis=-1)
+    mask = _with_prefix(_cached_mask(slot_valid[:, A:], own_index, T), cache["prefix_valid"])
   return Transformer(cfg).apply({"params": params}, k, tokens, hidden, positions, mask, cache, own_index,
                                 method=Transformer.mtp_decode)
