@@ -141,6 +141,21 @@ def depth_variants(cfg: models.ModelConfig) -> tuple[list[dict[str, int]], Calla
       [(1.0, c[0]), (cfg.num_layers - 1, combine([(1, c[1]), (-1, c[0])]))])
 
 
+def loop_free(cfg: models.ModelConfig, length: int, **overrides: Any) -> models.ModelConfig:
+  """`cfg` compiled without loops (layers unrolled, unblocked attention, one log-prob chunk of `length`), so that
+  XLA's cost analysis counts everything once (roofline.py's docstring)."""
+  return cfg.replace(scan_layers=False, attention_block=0, logprob_chunk=length, **overrides)
+
+
+def extrapolated_step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, Lp: int, N: int,
+                           **overrides: Any) -> Cost:
+  """Per-device cost of one hybrid step of `cfg` at its depth, from its loop-free programs at the depths of
+  `depth_variants`; `overrides` (e.g. remat="none": the model FLOPs) change the config of each."""
+  variants, extrapolate = depth_variants(cfg)
+  return extrapolate([step_cost(loop_free(cfg, Lp + N, **overrides, **v), config, mesh, P, G, Lp, N)
+                      for v in variants])
+
+
 def step_cost(cfg: models.ModelConfig, config: Any, mesh: Any, P: int, G: int, Lp: int, N: int) -> Cost:
   """Per-device cost of one hybrid step of `cfg` (loop-free: see the module docstring)."""
   step, state, batch = hybrid_step(cfg, config, mesh, P, G, Lp, N)

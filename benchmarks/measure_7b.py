@@ -39,10 +39,9 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import costs
-from benchmarks.recipes_7b import experiment, random_seq_batch
-from wavalign_jax import models, optim, sharding, steps, train_state
+from benchmarks.recipes_7b import experiment, jitted_hybrid_step, random_seq_batch
+from wavalign_jax import models, sharding
 from wavalign_jax.batches import HybridBatch, RLBatch
-from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -112,15 +111,10 @@ def _shapes() -> tuple[models.ModelConfig, Any, int, int, int, int]:
 
 
 def _step_setup(cfg: models.ModelConfig, config: Any, P: int, G: int, Lp: int, N: int):
-  """The hybrid step (as recipes_7b / train.py build it), a fresh state and a random batch on one device."""
+  """The hybrid step (recipes_7b.jitted_hybrid_step), a fresh state and a random batch on one device."""
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
-  step_cfg = steps.step_config(config)
-  create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
-                                      gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
-  state, state_sharding = train_state.init_sharded(create, models.param_shardings(cfg, mesh), optimizer, mesh)
-  step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
-                                               microbatches=config.train.microbatches), state_sharding, mesh)
+  step, create, state_sharding = jitted_hybrid_step(cfg, config, mesh)
+  state = jax.jit(create, out_shardings=state_sharding)()
   rng = np.random.default_rng(0)
   batch = sharding.device_put_batch(HybridBatch(
       sft=random_seq_batch(rng, cfg, P, Lp + N, Lp), rl=random_seq_batch(rng, cfg, P * G, Lp + N, Lp, RLBatch),
@@ -166,10 +160,8 @@ def model_flops(cfg: models.ModelConfig, config: Any, P: int, G: int, Lp: int, N
   """FLOPs of one step without rematerialisation, as roofline.py counts them: the loop-free programs at 1 and 2
   layers extrapolated to `cfg`'s depth, compiled for the host's CPU (the FLOPs are the math's, the same on every
   backend; an accelerator's client may not analyse a program it did not run)."""
-  variants, extrapolate = costs.depth_variants(cfg)
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
-  loop_free = lambda **kw: cfg.replace(scan_layers=False, attention_block=0, logprob_chunk=Lp + N, remat="none", **kw)
-  return extrapolate([costs.step_cost(loop_free(**v), config, mesh, P, G, Lp, N) for v in variants])["flops"]
+  return costs.extrapolated_step_cost(cfg, config, mesh, P, G, Lp, N, remat="none")["flops"]
 
 
 def _hardware() -> costs.Hardware:

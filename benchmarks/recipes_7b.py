@@ -70,19 +70,27 @@ def sampler_prompts(cfg: models.ModelConfig, mesh: Any, P: int, Lp: int) -> dict
   return prompts
 
 
-def hybrid_step(cfg: models.ModelConfig, config: mlc.ConfigDict, mesh: Any, P: int, G: int, Lp: int,
-                N: int) -> tuple[Any, Any, HybridBatch]:
-  """The hybrid step as train.py jits it for `cfg` on `mesh` (state donated), its abstract state (with the
-  state's shardings) and an abstract batch of P prompts x G rollouts of Lp + N positions; lower it with
-  `rl_start` Lp - 1 (the RL rows scored from their completions on, as train.py builds them)."""
+def jitted_hybrid_step(cfg: models.ModelConfig, config: mlc.ConfigDict, mesh: Any) -> tuple[Any, Any, Any]:
+  """The hybrid step as train.py jits it for `cfg` on `mesh` (state donated; call it with `rl_start` Lp - 1, the
+  RL rows scored from their completions on, as train.py builds them), the fresh train state's initialiser and the
+  state's shardings."""
   optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
   step_cfg = steps.step_config(config)
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
                                       gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))
-  abstract = jax.eval_shape(create)
-  state_sharding = train_state.state_shardings(abstract, models.param_shardings(cfg, mesh), optimizer, mesh)
+  state_sharding = train_state.state_shardings(jax.eval_shape(create), models.param_shardings(cfg, mesh),
+                                               optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                microbatches=config.train.microbatches), state_sharding, mesh)
+  return step, create, state_sharding
+
+
+def hybrid_step(cfg: models.ModelConfig, config: mlc.ConfigDict, mesh: Any, P: int, G: int, Lp: int,
+                N: int) -> tuple[Any, Any, HybridBatch]:
+  """`jitted_hybrid_step`'s step, its abstract state (with the state's shardings) and an abstract batch of P
+  prompts x G rollouts of Lp + N positions, to lower with `rl_start` Lp - 1."""
+  step, create, state_sharding = jitted_hybrid_step(cfg, config, mesh)
+  abstract = jax.eval_shape(create)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch = HybridBatch(sft=seq_batch(cfg, P, Lp + N, mesh), rl=seq_batch(cfg, P * G, Lp + N, mesh, RLBatch),
                       rewards=shape_struct((P, G), np.float32, replicated),

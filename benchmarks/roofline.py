@@ -40,7 +40,8 @@ import jax
 from absl import app, flags
 
 from benchmarks import mctp_pieces
-from benchmarks.costs import HARDWARE, combine, depth_variants, gather_cost, mctp_costs, sampler_cost, seconds, step_cost
+from benchmarks.costs import (HARDWARE, combine, depth_variants, extrapolated_step_cost, gather_cost, loop_free,
+                              mctp_costs, sampler_cost, seconds)
 from benchmarks.recipes_7b import experiment
 from wavalign_jax import models, sharding
 from wavalign_jax.rollout import decode
@@ -72,16 +73,15 @@ def bench(model: str, n: int) -> dict[str, Any]:
   Lp = FLAGS.prompt_len or config.data.max_prompt_len
   N = FLAGS.response_len or config.rollout.max_new_tokens
   variants, extrapolate = depth_variants(cfg)
-  loop_free = lambda **kw: cfg.replace(scan_layers=False, attention_block=0, logprob_chunk=Lp + N, **kw)
   t0 = time.perf_counter()
-  step = extrapolate([step_cost(loop_free(**v), config, mesh, P, G, Lp, N) for v in variants])
-  model_step = extrapolate([step_cost(loop_free(remat="none", **v), config, mesh, P, G, Lp, N) for v in variants])
+  step = extrapolated_step_cost(cfg, config, mesh, P, G, Lp, N)
+  model_step = extrapolated_step_cost(cfg, config, mesh, P, G, Lp, N, remat="none")
   sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False,
                              cache_windows=config.rollout.cache_windows, gather_weights=FLAGS.gather_weights)
   ends = sampler_lib.windows(N, sc.cache_windows)
   per_size = {}
   for size in sorted({ends[0], ends[-1]}):
-    one, two = ([sampler_cost(loop_free(**v), mesh, sc, P, Lp, size, k) for v in variants] for k in (1, 2))
+    one, two = ([sampler_cost(loop_free(cfg, Lp + N, **v), mesh, sc, P, Lp, size, k) for v in variants] for k in (1, 2))
     per_size[size] = (extrapolate(one), extrapolate([combine([(1, b), (-1, a)]) for a, b in zip(one, two)]))
   (lo, (prefill_lo, token_lo)), (hi, (_, token_hi)) = min(per_size.items()), max(per_size.items())
   prefill = combine([(1, prefill_lo), (-1, token_lo)])
@@ -99,7 +99,7 @@ def bench(model: str, n: int) -> dict[str, Any]:
     prefill = out["prefill"] = combine([(1, prefill), (1, gather_cost(cfg, mesh))])
   if cfg.num_mtp_modules:
     M, m = mctp_pieces.last_period(decode.mctp_schedule(config.rollout, config.layout), cfg.num_mtp_modules)
-    pieces = [mctp_costs(loop_free(**v), mesh, P * G, Lp + N // 2, Lp + N, m + 1, sc.gather_weights)
+    pieces = [mctp_costs(loop_free(cfg, Lp + N, **v), mesh, P * G, Lp + N // 2, Lp + N, m + 1, sc.gather_weights)
               for v in variants]
     out["mctp"] = {"period": [M, m], **{k: extrapolate([p[k] for p in pieces]) for k in pieces[0]}}
   for hw in HARDWARE:
