@@ -158,7 +158,7 @@ def test_text_only_rl_gives_no_gradient_to_the_audio_branch(token_set, expect_ze
   rl = batch.rl.replace(advantages=jnp.asarray(np.linspace(-1.5, 1.5, P * G), jnp.float32))
   loss_fn = make_hybrid_loss(models.logprob_fn(cfg),
                              HybridConfig(rl=GRPOConfig(token_set=token_set)))
-  grads = jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl), 1.0)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl), 1.0)[0]))(params)
   audio_norm = optax.tree.norm({k: grads[k] for k in AUDIO_ONLY})
   text_norm = optax.tree.norm(grads["lm_head"])
   assert float(text_norm) > 1e-4   # the text head learns either way
@@ -182,12 +182,13 @@ def test_interleaved_rl_ignores_speech_positions():
   speech = (types == TokenType.SPEECH) | (types == TokenType.BOUNDARY)
   other_targets = np.where(speech, (rl.targets["tokens"] + 7) % cfg.vocab_size, rl.targets["tokens"])
   rl2 = rl.replace(targets={"tokens": other_targets})
-  g1 = jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl), 1.0)[0])(params)
-  g2 = jax.grad(lambda p: loss_fn(p, HybridBatch(rl=rl2), 1.0)[0])(params)
+  # one program for both batches (jitted: op by op, the loss would compile each of its ~200 operations)
+  rl_grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, HybridBatch(rl=b), 1.0)[0]))
+  g1, g2 = rl_grad(params, rl), rl_grad(params, rl2)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), g1, g2)
   # ... while the SFT anchor does see them.
-  s1 = loss_fn(params, HybridBatch(sft=rl), 0.0)[0]
-  s2 = loss_fn(params, HybridBatch(sft=rl2), 0.0)[0]
+  sft_loss = jax.jit(lambda p, b: loss_fn(p, HybridBatch(sft=b), 0.0)[0])
+  s1, s2 = sft_loss(params, rl), sft_loss(params, rl2)
   assert abs(float(s1) - float(s2)) > 1e-4
 
 
