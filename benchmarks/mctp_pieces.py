@@ -21,7 +21,7 @@ def caches(cfg: ModelConfig, rows: int, filled: int, slots: int) -> tuple[dict[s
   """The main model's KV cache of `slots` slots, its first `filled` written, and module 0's cache."""
   cache = dict(models.init_cache(cfg, rows, slots), index=jnp.asarray(filled, jnp.int32))
   cache["valid"] = jnp.arange(slots)[None].repeat(rows, 0) < filled
-  return cache, models.init_mtp_cache(cfg, rows, slots)[0]
+  return cache, models.init_mtp_cache(cfg, rows, slots)
 
 
 def main_step(params: Any, cfg: ModelConfig, cache: Mapping[str, Any], tokens: jax.Array,

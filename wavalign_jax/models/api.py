@@ -316,10 +316,11 @@ def decode_hidden(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array],
   return hidden, {**{k: cache[k] for k in meta if k in cache}, "index": idx + T, "valid": cache_valid, **new}
 
 
-def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> list[dict[str, Array]]:
-  """One static KV cache {"k","v": [B, max_len, kv_heads, head_dim]} per MCTP module, indexed by anchor slot."""
+def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Array]:
+  """An MCTP module's empty static KV cache {"k","v": [B, max_len, kv_heads, head_dim]}, indexed by anchor slot
+  (every module's has this shape)."""
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return [{n: _cache_buffer(shape, cfg.dtype) for n in ("k", "v")} for _ in range(cfg.num_mtp_modules)]
+  return {n: _cache_buffer(shape, cfg.dtype) for n in ("k", "v")}
 
 
 def share_mtp_prefix(cache: dict[str, Array], prefix_valid: Array, group_size: int,

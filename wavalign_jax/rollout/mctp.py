@@ -116,16 +116,15 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
   def prompt_anchors(c, h):
     """Each module's prompt anchors (`share_prompt_anchors`) on the P prompts, in module order (module k reads
     module k - 1's output), kept as prefixes of their caches shared by each group; h: the prompts' main hidden."""
-    own = models.init_mtp_cache(model_cfg, B, S)
     caches = []
     for k in range(model_cfg.num_mtp_modules):
       A = Lp - k - 1
       if A < 1:   # a prompt shorter than the module's offset: nothing to share
-        caches.append(own[k])
+        caches.append(models.init_mtp_cache(model_cfg, B, S))
         continue
       h, cache = models.mtp_decode(params, model_cfg, k, prompts["inputs"]["tokens"][:, k + 1:k + 1 + A], h[:, :A],
                                    k + 1 + jnp.arange(A)[None] - pad_left[::G, None],
-                                   models.init_mtp_cache(model_cfg, B // G, A)[k], prompt_valid[:, :A], 0)
+                                   models.init_mtp_cache(model_cfg, B // G, A), prompt_valid[:, :A], 0)
       caches.append(models.share_mtp_prefix(cache, prompt_valid[:, :A], G, S))
       if k + 1 < model_cfg.num_mtp_modules:   # its last prompt anchor is module k + 1's first own one
         c["hidden"][k + 1] = put_rows(c["hidden"][k + 1], 0, rep(h))
