@@ -198,9 +198,9 @@ def _with_shardings(fn: Callable[[], Any], mesh: Any) -> Any:
 
 
 def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots: int,
-               catch_up: int, gathered: bool = False) -> dict[str, Cost]:
+               catch_up: int, anchors: int, gathered: bool = False) -> dict[str, Cost]:
   """Per-device costs of MCTP decoding's pieces (mctp_pieces.py: "main", "catch_up" over `catch_up` tokens,
-  "module") on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
+  "module" over `anchors` anchors) on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
   compute dtype as the sampler converts them once per call (`gathered`: and gathered, `rollout.gather_weights`)."""
   abstract = sampler_params(cfg, mesh, gathered)
   decoding = jax.eval_shape(lambda p: models.for_decoding(p, cfg, unstack=False)[0], abstract)
@@ -213,4 +213,4 @@ def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots
   with sharding.use_rules(mesh, gathered):
     cost = lambda fn, *args: compiled_cost(jax.jit(fn).lower(params, *args).compile(), mesh.size)
     return {"main": cost(main, cache, new(1), new(1)), "catch_up": cost(main, cache, new(catch_up), new(catch_up)),
-            "module": cost(module, mtp_cache, cache["valid"], new(1), new(1))}
+            "module": cost(module, mtp_cache, cache["valid"], new(anchors), new(anchors))}

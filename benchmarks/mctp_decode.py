@@ -96,30 +96,32 @@ def _median_seconds(fn, args, repeats: int) -> float:
   return statistics.median(times)
 
 
-def step_costs(params, cfg: ModelConfig, rows: int, filled: int, slots: int, catch_up: int,
+def step_costs(params, cfg: ModelConfig, rows: int, filled: int, slots: int, catch_up: int, anchors: int,
                repeats: int) -> dict[str, float]:
-  """Median seconds of a main step (1 token), the main catch-up (`catch_up` tokens) and an MCTP module step
-  (1 anchor), each with its head's logits, against caches of `slots` slots filled up to `filled`."""
+  """Median seconds of a main step (1 token), the main catch-up (`catch_up` tokens) and an MCTP module call
+  (`anchors` anchors), each with its head's logits, against caches of `slots` slots filled up to `filled`."""
   params, cfg = models.for_decoding(params, cfg)
+  slots = max(slots, filled + max(catch_up, anchors))   # room for the longest piece's new slots
   cache, mtp_cache = mctp_pieces.caches(cfg, rows, filled, slots)
-  tokens = jnp.ones((rows, catch_up), jnp.int32)
-  positions = filled + jnp.arange(catch_up, dtype=jnp.int32)[None].repeat(rows, 0)
+  tokens = jnp.ones((rows, max(catch_up, anchors)), jnp.int32)
+  positions = filled + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None].repeat(rows, 0)
   main = jax.jit(lambda p, c, t, pos: mctp_pieces.main_step(p, cfg, c, t, pos))
   module = jax.jit(lambda p, c, v, t, pos: mctp_pieces.module_step(p, cfg, c, v, filled, t, pos))
   return {"main": _median_seconds(main, (params, cache, tokens[:, :1], positions[:, :1]), repeats),
-          "catch_up": _median_seconds(main, (params, cache, tokens, positions), repeats),
-          "module": _median_seconds(module, (params, mtp_cache, cache["valid"], tokens[:, :1], positions[:, :1]),
-                                    repeats)}
+          "catch_up": _median_seconds(main, (params, cache, tokens[:, :catch_up], positions[:, :catch_up]), repeats),
+          "module": _median_seconds(module, (params, mtp_cache, cache["valid"], tokens[:, :anchors],
+                                             positions[:, :anchors]), repeats)}
 
 
 def print_breakdown(params, cfg: ModelConfig, rows: int, filled: int, slots: int, schedule: tuple[int, ...],
                     repeats: int) -> None:
   M, m = mctp_pieces.last_period(schedule, cfg.num_mtp_modules)
-  costs = step_costs(params, cfg, rows, filled, slots, m + 1, repeats)
+  anchors = mctp_pieces.period_anchors(M, m)
+  costs = step_costs(params, cfg, rows, filled, slots, m + 1, anchors, repeats)
   print(f"  per call at {filled} filled slots, {rows} rows: main step {costs['main'] * 1e3:.1f} ms, "
         f"catch-up over {m + 1} tokens {costs['catch_up'] * 1e3:.1f} ms "
         f"({costs['catch_up'] / (m + 1) * 1e3:.1f} ms = {costs['catch_up'] / (m + 1) / costs['main']:.2f} main "
-        f"steps per accepted token), MCTP module step {costs['module'] * 1e3:.1f} ms "
+        f"steps per accepted token), MCTP module call over {anchors} anchors {costs['module'] * 1e3:.1f} ms "
         f"({costs['module'] / costs['main']:.2f} main steps)")
   print(f"  bound from these costs for the period [{M}, {m}]: {mctp_pieces.period_speedup(costs, M, m):.2f}x "
         f"(with a catch-up as cheap as one main step, as when the weight reads dominate: "

@@ -3,8 +3,10 @@ period from their costs. benchmarks/mctp_decode.py times them on this machine; b
 them on accelerators from their compiled FLOPs and bytes.
 
 One period [M, m] of the schedule (rollout/mctp.py) makes M + m tokens with one catch-up forward of the main
-model over the m + 1 tokens made since its last step, M - 1 main steps and m module steps; main-head decoding
-makes them with M + m main steps. Sampling costs the same per token either way and is left out.
+model over the m + 1 tokens made since its last step, M - 1 main steps and m module calls, each over the M + m
+anchors made since that module's previous call (a module runs once per period and its KV cache must hold every
+anchor: `mctp.plan`); main-head decoding makes them with M + m main steps. Sampling costs the same per token
+either way and is left out.
 """
 from __future__ import annotations
 
@@ -34,16 +36,21 @@ def main_step(params: Any, cfg: ModelConfig, cache: Mapping[str, Any], tokens: j
 
 def module_step(params: Any, cfg: ModelConfig, mtp_cache: Mapping[str, Any], slot_valid: jax.Array, filled: int,
                 tokens: jax.Array, positions: jax.Array) -> jax.Array:
-  """MCTP module 0 on one anchor per row, after `filled` anchors, and the text head's logits (every module
-  has the same shape: one decoder layer, then the shared head)."""
+  """MCTP module 0 on T anchors per row [B, T] (a period's: `period_anchors`), after `filled` anchors, and the
+  text head's logits of the last (every module has the same shape: one decoder layer, then the shared head)."""
   hidden = jnp.zeros(tokens.shape + (cfg.hidden_size,), cfg.dtype)
   h, _ = models.mtp_decode(params, cfg, 0, tokens, hidden, positions, dict(mtp_cache), slot_valid, filled)
   return models.head_logits(params, cfg, "tokens", h[:, -1])
 
 
+def period_anchors(main_steps: int, module_steps: int) -> int:
+  """Anchors a module call covers once the schedule is periodic: those of the whole period [M, m]."""
+  return main_steps + module_steps
+
+
 def period_speedup(costs: Mapping[str, float], main_steps: int, module_steps: int) -> float:
   """Main-head time over MCTP time for one period [M, m], from the seconds of a main step, the catch-up over
-  m + 1 tokens and a module step."""
+  m + 1 tokens and a module call over the period's M + m anchors."""
   mctp = costs["catch_up"] + (main_steps - 1) * costs["main"] + module_steps * costs["module"]
   return (main_steps + module_steps) * costs["main"] / mctp
 

@@ -25,7 +25,8 @@ smallest and the largest completion cache (linear in between). The CPU compiler'
 math; its bytes are those of its fusions (unfused attention scores included: a fused attention kernel would
 not write them), so the memory side is an upper bound of what an accelerator's compiler reaches.
 VITA's MCTP decoding (its 10 modules, the experiment's schedule) is predicted from its pieces
-(benchmarks/mctp_pieces.py): a main step, the catch-up over the m + 1 tokens of a period [M, m] and a module step,
+(benchmarks/mctp_pieces.py): a main step, the catch-up over the m + 1 tokens of a period [M, m] and a module call
+over the period's M + m anchors,
 each compiled alone against caches filled to the middle of the completion; its speed-up over the main head is
 that of one period at the roofline, and its decode tokens/s the main head's times that speed-up.
 """
@@ -99,8 +100,8 @@ def bench(model: str, n: int) -> dict[str, Any]:
     prefill = out["prefill"] = combine([(1, prefill), (1, gather_cost(cfg, mesh))])
   if cfg.num_mtp_modules:
     M, m = mctp_pieces.last_period(decode.mctp_schedule(config.rollout, config.layout), cfg.num_mtp_modules)
-    pieces = [mctp_costs(loop_free(cfg, Lp + N, **v), mesh, P * G, Lp + N // 2, Lp + N, m + 1, sc.gather_weights)
-              for v in variants]
+    pieces = [mctp_costs(loop_free(cfg, Lp + N, **v), mesh, P * G, Lp + N // 2, Lp + N, m + 1,
+                         mctp_pieces.period_anchors(M, m), sc.gather_weights) for v in variants]
     out["mctp"] = {"period": [M, m], **{k: extrapolate([p[k] for p in pieces]) for k in pieces[0]}}
   for hw in HARDWARE:
     st, tok, pre = seconds(step, hw), seconds(token, hw), seconds(prefill, hw)

@@ -45,10 +45,12 @@ def test_memory_7b_quick():
 
 
 def test_mctp_decode_quick():
-  """Both decoders, then the per-call costs and the bound they give for the schedule's last period [4, 10]."""
+  """Both decoders, then the per-call costs and the bound they give for the schedule's last period [4, 10] (a
+  module call covers the period's 14 anchors)."""
   out = _run("benchmarks.mctp_decode", "--shape=tiny", "--prompts=1", "--group=2", "--prompt_len=8",
              "--new_tokens=4", "--repeats=1")
-  costs = re.search(r"main step ([\d.]+) ms, catch-up over 11 tokens ([\d.]+) ms .* MCTP module step ([\d.]+) ms", out)
+  costs = re.search(r"main step ([\d.]+) ms, catch-up over 11 tokens ([\d.]+) ms .* MCTP module call over 14 anchors "
+                    r"([\d.]+) ms", out)
   bound = re.search(r"for the period \[4, 10\]: ([\d.]+)x", out)
   assert costs and bound and "mctp / main =" in out, out
   main, catch_up, module = map(float, costs.groups())
@@ -158,22 +160,24 @@ def test_roofline_weights_gathered_once_per_call():
 
 def test_roofline_mctp_pieces():
   """The catch-up's FLOPs grow by the same amount per token it re-reads (one token's trunk work; the head runs on
-  the last token only), a module step (one layer) reads less than a main step (three), and one period's speed-up
-  follows from the pieces' times by hand."""
+  the last token only), a module call's FLOPs by one layer's per anchor, a module call (one layer) reads less than
+  a main step (three), and one period's speed-up follows from the pieces' times by hand."""
   import jax
   from wavalign_jax import models, sharding
   from benchmarks import mctp_pieces
   costs = _costs()
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   cfg = models.tiny_config("interleaved", num_layers=3, scan_layers=False, attention_block=0)
-  two, three, four = (costs.mctp_costs(cfg, mesh, rows=2, filled=8, slots=12, catch_up=t) for t in (2, 3, 4))
-  assert two["main"]["flops"] == four["main"]["flops"] and two["module"]["flops"] == four["module"]["flops"]
-  per_token = four["catch_up"]["flops"] - three["catch_up"]["flops"]
-  assert per_token > 0 and three["catch_up"]["flops"] - two["catch_up"]["flops"] == pytest.approx(per_token, rel=1e-9)
-  assert two["module"]["bytes"] < two["main"]["bytes"] < two["catch_up"]["bytes"]
+  one, two, three = (costs.mctp_costs(cfg, mesh, rows=2, filled=8, slots=12, catch_up=t, anchors=t)
+                     for t in (2, 3, 4))   # several tokens each (one takes the single-query attention)
+  assert one["main"]["flops"] == three["main"]["flops"]
+  for piece in ("catch_up", "module"):
+    per_token = three[piece]["flops"] - two[piece]["flops"]
+    assert per_token > 0 and two[piece]["flops"] - one[piece]["flops"] == pytest.approx(per_token, rel=1e-9), piece
+  assert one["module"]["bytes"] < one["main"]["bytes"] < one["catch_up"]["bytes"]
   assert mctp_pieces.period_speedup({"main": 1.0, "catch_up": 2.0, "module": 0.25}, 4, 10) == \
       pytest.approx(14 / (2.0 + 3 * 1.0 + 10 * 0.25))
-  assert mctp_pieces.last_period((1, 10, 4, 10), 2) == (4, 2)
+  assert mctp_pieces.last_period((1, 10, 4, 10), 2) == (4, 2) and mctp_pieces.period_anchors(4, 10) == 14
 
 
 def test_measure_7b_quick():
