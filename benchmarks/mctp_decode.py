@@ -10,8 +10,9 @@ tokens and both decoders do the same amount of output. The MCTP schedule default
 
 Then the cost of each piece, timed alone at a cache filled to the prompt plus half the new tokens (each with its
 head's logits): a main step on one new token, the main model's catch-up forward over the m + 1 tokens made since
-its last step, and one MCTP module step. From those, the speed-up one period of the schedule's last pair [M, m]
-allows: (M + m) main steps against one catch-up, M - 1 main steps and m module steps. MCTP pays off when the
+its last step, and one MCTP module call over the period's M + m anchors (each module runs once per period and
+catches up on every anchor since its last call). From those, the speed-up one period of the schedule's last pair
+[M, m] allows: (M + m) main steps against one catch-up, M - 1 main steps and m module calls. MCTP pays off when the
 catch-up costs about one step, i.e. when a decode step is bound by reading the weights (batch 1, accelerators),
 not by arithmetic (many rows on a CPU): compare --prompts=1 --group=1 with the default 8 rows.
 """

@@ -143,7 +143,7 @@ def report(r: dict[str, Any]) -> None:
     if "mctp" in h:
       mc, (M, m) = h["mctp"], r["mctp"]["period"]
       print(f"  {'':9s} MCTP period [{M}, {m}]: catch-up {mc['catch_up_per_token_in_main_steps']:.2f} main steps per "
-            f"token, module step {mc['module_in_main_steps']:.2f} main steps -> {mc['speedup']:.2f}x the main head, "
+            f"token, module call {mc['module_in_main_steps']:.2f} main steps -> {mc['speedup']:.2f}x the main head, "
             f"{mc['decode_tokens_per_s']:.0f} tokens/s per device", flush=True)
 
 
