@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the CLI's flag parser, used by the subprocess)
 
-from wavalign_jax import checkpointing, optim, train
+from wavalign_jax import checkpointing, optim, steps, train
 from wavalign_jax.errors import NonFiniteStop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,12 +168,19 @@ def test_consecutive_non_finite_updates_stop_the_run_with_finite_checkpoints(tmp
 
 
 def test_base_model_sft_uses_the_same_guard(tmp_path, monkeypatch, capsys):
+  """... and the run's mesh: `mesh.num_devices` = 1 of the 8 fake devices, as training does (it once built every
+  device's mesh)."""
   config = _config()
   config.train.max_consecutive_skips = 2
   config.testbed.base_checkpoint_every = 1
   _nan_learning_rate_from_step_2(monkeypatch, config.testbed.base_learning_rate)
+  meshes = []
+  jit_step = steps.jit_step
+  monkeypatch.setattr(steps, "jit_step", lambda fn, sharding, mesh, **kw: meshes.append(mesh) or
+                      jit_step(fn, sharding, mesh, **kw))
   with pytest.raises(NonFiniteStop, match=r"the testbed's base-model SFT stopped: 2 consecutive steps \(3..4\)"):
     train.train(config, str(tmp_path))
+  assert meshes and all(m.size == config.mesh.num_devices == 1 for m in meshes)
   assert "the testbed's base-model SFT step 3: loss, gradient, learning rate or update not finite" in \
       capsys.readouterr().out
   assert not os.path.exists(tmp_path / "base_model")

@@ -44,7 +44,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   optimizer = optim.make_optimizer(optim_cfg)
   cfg = steps.StepConfig(hybrid=HybridConfig(sft=SFTConfig(**config.sft)), gate=gate_lib.GateConfig(mode="sft_only"))
   rng = jax.random.PRNGKey(tb.seed)
-  mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)   # the run's mesh, activation rules on
+  mesh = sharding.config_mesh(config.mesh)   # the run's mesh (mesh.num_devices included), activation rules on
   create = lambda: train_state.create(models.init_params(model_cfg, rng), optimizer,
                                       gate_lib.init_gate_state(cfg.gate), rng)
   state, state_sharding = train_state.init_sharded(
