@@ -200,8 +200,9 @@ def _with_shardings(fn: Callable[[], Any], mesh: Any) -> Any:
 def mctp_costs(cfg: models.ModelConfig, mesh: Any, rows: int, filled: int, slots: int,
                catch_up: int, anchors: int, gathered: bool = False) -> dict[str, Cost]:
   """Per-device costs of MCTP decoding's pieces (mctp_pieces.py: "main", "catch_up" over `catch_up` tokens,
-  "module" over `anchors` anchors) on `rows` rows against caches of `slots` slots filled to `filled`, with the parameters in the
-  compute dtype as the sampler converts them once per call (`gathered`: and gathered, `rollout.gather_weights`)."""
+  "module" over `anchors` anchors) on `rows` rows against caches of `slots` slots filled to `filled`, with the
+  parameters in the compute dtype as the sampler converts them once per call (`gathered`: and gathered,
+  `rollout.gather_weights`)."""
   abstract = sampler_params(cfg, mesh, gathered)
   decoding = jax.eval_shape(lambda p: models.for_decoding(p, cfg, unstack=False)[0], abstract)
   params = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d.dtype, sharding=a.sharding), abstract, decoding)

@@ -174,10 +174,12 @@ def test_base_model_sft_uses_the_same_guard(tmp_path, monkeypatch, capsys):
   config.train.max_consecutive_skips = 2
   config.testbed.base_checkpoint_every = 1
   _nan_learning_rate_from_step_2(monkeypatch, config.testbed.base_learning_rate)
-  meshes = []
-  jit_step = steps.jit_step
-  monkeypatch.setattr(steps, "jit_step", lambda fn, sharding, mesh, **kw: meshes.append(mesh) or
-                      jit_step(fn, sharding, mesh, **kw))
+  meshes, jit_step = [], steps.jit_step
+
+  def recording_jit_step(fn, state_sharding, mesh):
+    meshes.append(mesh)
+    return jit_step(fn, state_sharding, mesh)
+  monkeypatch.setattr(steps, "jit_step", recording_jit_step)
   with pytest.raises(NonFiniteStop, match=r"the testbed's base-model SFT stopped: 2 consecutive steps \(3..4\)"):
     train.train(config, str(tmp_path))
   assert meshes and all(m.size == config.mesh.num_devices == 1 for m in meshes)
