@@ -37,36 +37,39 @@ flags.DEFINE_integer("prompts", 8, "Prompts per step.")
 flags.DEFINE_integer("group", 4, "Completions per prompt.")
 flags.DEFINE_integer("prompt_len", 64, "Prompt tokens.")
 flags.DEFINE_integer("completion_len", 128, "Completion tokens (exact).")
+flags.DEFINE_bool("keep_logits", True, "model.logprob_keep_logits: keep the head's logits for the backward pass "
+                  "(as the peer's autograd does) instead of recomputing them.")
 FLAGS = flags.FLAGS
 
 CFG = ModelConfig(arch="qwen2", vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=64, dtype="float32", remat="none", logprob_chunk=64,
-                 scan_layers=False)
+                  scan_layers=False)
 
 
 def main(argv):
   del argv
   P, G, Lp, N = FLAGS.prompts, FLAGS.group, FLAGS.prompt_len, FLAGS.completion_len
+  cfg = CFG.replace(logprob_keep_logits=FLAGS.keep_logits)
   mesh = sharding.make_mesh((1, -1, 1))
   opt_cfg = optim.OptimConfig(learning_rate=1e-6, warmup_steps=0, total_steps=1000, weight_decay=0.0, clip_norm=1.0)
   optimizer = optim.make_optimizer(opt_cfg)
   step_cfg = steps.StepConfig(hybrid=HybridConfig(rl=GRPOConfig(token_set="all")), gate=gate_lib.GateConfig(mode="rl_only"))
   rng = jax.random.key(0)
-  create = lambda: train_state.create(models.init_params(CFG, rng), optimizer, gate_lib.init_gate_state(step_cfg.gate),
+  create = lambda: train_state.create(models.init_params(cfg, rng), optimizer, gate_lib.init_gate_state(step_cfg.gate),
                                       jax.random.key(1))
   state, state_sharding = train_state.init_sharded(
-      create, models.param_shardings(CFG, mesh), optimizer, mesh)
-  step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(CFG), optimizer, step_cfg,
+      create, models.param_shardings(cfg, mesh), optimizer, mesh)
+  step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                   optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
   sampling = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(0.7, 0.9, 0),
                                         pad_id=0)
   data = np.random.default_rng(0)
   records = []
   for i in range(FLAGS.warmup + FLAGS.steps):
-    prompts = {"inputs": {"tokens": data.integers(3, CFG.vocab_size, (P, Lp)).astype(np.int32)},
+    prompts = {"inputs": {"tokens": data.integers(3, cfg.vocab_size, (P, Lp)).astype(np.int32)},
                "valid": np.ones((P, Lp), bool)}
     t0 = time.perf_counter()
-    rollouts = jax.device_get(sampler_lib.sample(state.params, CFG, prompts, jax.random.fold_in(rng, i), sampling))
+    rollouts = jax.device_get(sampler_lib.sample(state.params, cfg, prompts, jax.random.fold_in(rng, i), sampling))
     t1 = time.perf_counter()
     toks = rollouts.tokens["tokens"]
     rewards = ((toks % 2 == 0) & rollouts.mask).sum(1) / np.maximum(rollouts.mask.sum(1), 1)

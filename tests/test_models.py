@@ -74,16 +74,19 @@ def test_chunked_logprobs_match_full_logits_and_grads():
   batch = _batch(cfg, jax.random.key(1))
   w = jax.random.normal(jax.random.key(2), (2, B, L))
 
-  def weighted(fn, p):
-    out = fn(p, cfg, batch)
+  def weighted(fn, c, p):
+    out = fn(p, c, batch)
     return sum(jnp.sum(o["logp"] * w[0] + o["entropy"] * w[1]) for o in out.values()), out
 
-  grad = lambda fn: jax.jit(jax.value_and_grad(functools.partial(weighted, fn), has_aux=True))(params)
+  grad = lambda fn, c=cfg: jax.jit(jax.value_and_grad(functools.partial(weighted, fn, c), has_aux=True))(params)
   (_, got), g_got = grad(models.target_logprobs)
   (_, want), g_want = grad(_reference_logprobs)
   assert got["text"]["logp"].shape == (B, L) and got["audio"]["entropy"].dtype == jnp.float32
   assert _maxdiff(got, want) < 1e-5
   assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)   # float32 noise on gradients of order 10
+  # The backward pass from the forward's kept logits instead of recomputed ones: the same closed form.
+  (_, kept), g_kept = grad(models.target_logprobs, cfg.replace(logprob_keep_logits=True))
+  assert _maxdiff(kept, want) < 1e-5 and _maxdiff(g_kept, g_want) < 1e-5 * _maxabs(g_want)
   assert float(jnp.abs(g_got["trunk"]["layers"]["attn"]["q"]["kernel"]).max()) > 1e-3  # gradients flow
   # entropy not differentiated (a symbolic zero in the closed-form backward): the log-prob gradients alone
   logp_only = lambda fn, p: sum(jnp.sum(o["logp"] * w[0]) for o in fn(p, cfg, batch).values())

@@ -30,7 +30,7 @@ FREE = (
     "train.eval_examples", "train.eval_batch_size", "train.analysis_every", "train.analysis_minibatches",
     "optim.warmup_steps", "mesh.", "data.worker_count", "rollout.length_buckets",
     "rollout.cache_windows", "rollout.gather_weights",
-    "model.remat", "model.logprob_chunk", "model.attention_impl", "model.attention_block",
+    "model.remat", "model.logprob_chunk", "model.logprob_keep_logits", "model.attention_impl", "model.attention_block",
     "reward.timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
     "reward.max_failed_fraction", "testbed.base_checkpoint_every",
 )

@@ -124,7 +124,8 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   """log p(target) and entropy, float32 [B, L], `cfg.logprob_chunk` positions at a time.
 
   Each chunk's logits live only inside one scan step (`vocab_parallel.target_logprob_entropy` recomputes them in
-  the backward pass), so neither pass holds more than [B, chunk, V] float32 logits (split over the vocabulary)."""
+  the backward pass), so neither pass holds more than [B, chunk, V] float32 logits (split over the vocabulary);
+  `cfg.logprob_keep_logits` keeps every chunk's logits for the backward pass instead ([B, L, V] float32)."""
   B, L, d = h.shape
   n = -(-L // max(1, min(cfg.logprob_chunk, L)))
   c = -(-L // n)                        # n chunks of equal size <= logprob_chunk: padding < n positions
@@ -134,7 +135,8 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   hs = constrain(jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, d).swapaxes(0, 1),
                  (None, "activation_batch", None, "activation_embed"))
   ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
-  stats = lambda x: vocab_parallel.target_logprob_entropy(x[0], kernel, x[1], cfg.dtype)
+  stats = lambda x: vocab_parallel.target_logprob_entropy(x[0], kernel, x[1], cfg.dtype,
+                                                                   cfg.logprob_keep_logits)
   _, (logp, ent) = jax.lax.scan(lambda _, x: (None, stats(x)), None, (hs, ts))
   unchunk = lambda a: constrain(a.swapaxes(0, 1).reshape(B, n * c)[:, :L], ("activation_batch", "activation_length"))
   return unchunk(logp), unchunk(ent)

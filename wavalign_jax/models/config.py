@@ -16,7 +16,7 @@ from typing import Any, Mapping
 # shape. Each maps to whether evaluation applies it too: it restores the parameters as they were saved (dtype and
 # layer stacking included) and takes no gradients, so only the activation numerics are its own.
 RUNTIME_FIELDS = {"dtype": True, "attention_impl": True, "param_dtype": False, "remat": False, "scan_layers": False,
-                  "logprob_chunk": False, "attention_block": False}
+                  "logprob_chunk": False, "logprob_keep_logits": False, "attention_block": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,8 @@ class ModelConfig:
   remat: str = "none"           # "none" | "full" | "dots" (rematerialisation policy per layer)
   scan_layers: bool = True      # nn.scan over identical layers (faster compile, stacked params)
   logprob_chunk: int = 256      # positions per chunk when computing target log-probs
+  logprob_keep_logits: bool = False  # keep the chunks' float32 logits for the backward pass instead of
+                                     # recomputing them: one head product less, [rows, scored positions, V] f32
   attention_impl: str = "xla"   # "xla" (dot-product); "cudnn" uses jax.nn.dot_product_attention on GPU
   attention_block: int = 64     # "xla": queries per block; bounds the float32 scores at [block, length] per
                                 # head and, without a KV cache, skips the keys after each block (causal); 0 = off

@@ -56,29 +56,33 @@ def _stats(lg: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
   return target_logit - lse, lse - jnp.sum(p * lg, axis=-1), p, is_target
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def target_logprob_entropy(h: Array, kernel: Array, targets: Array, dtype: Any) -> tuple[Array, Array]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def target_logprob_entropy(h: Array, kernel: Array, targets: Array, dtype: Any,
+                           keep_logits: bool = False) -> tuple[Array, Array]:
   """log p(targets) and the entropy of the head's distribution, float32 [...], for h [..., d], targets [...].
 
   The target's logit is a masked sum over the vocabulary rather than a gather: a local reduction on each
-  vocabulary slice plus one all-reduce. The backward pass recomputes the logits from (h, kernel) and writes
-  d logits in closed form, so no [..., V] array outlives a call (this replaces a rematerialised autodiff,
-  which kept the vocabulary-sized comparison mask and several float32 logits copies alive)."""
+  vocabulary slice plus one all-reduce. The backward pass writes d logits in closed form from the logits, which it
+  recomputes from (h, kernel) so that no [..., V] array outlives a call (this replaces a rematerialised autodiff,
+  which kept the vocabulary-sized comparison mask and several float32 logits copies alive); `keep_logits` keeps
+  the forward's float32 logits for it instead (one head product less, at [..., V] float32 of memory)."""
   logp, entropy, _, _ = _stats(_padded_logits(h, kernel, dtype), targets)
   return logp, entropy
 
 
-def _fwd(h, kernel, targets, dtype):
+def _fwd(h, kernel, targets, dtype, keep_logits):
   h, kernel, targets = h.value, kernel.value, targets.value   # (symbolic_zeros=True wraps the primals)
-  return target_logprob_entropy(h, kernel, targets, dtype), (h, kernel, targets)
+  lg = _padded_logits(h, kernel, dtype)
+  logp, entropy, _, _ = _stats(lg, targets)
+  return (logp, entropy), (h, kernel, targets, lg if keep_logits else None)
 
 
-def _bwd(dtype, res, g):
+def _bwd(dtype, keep_logits, res, g):
   """d logp/d lg = onehot - p;  d entropy/d lg = -p (lg - E_p[lg]). An output nobody differentiates (the entropy,
   unless an entropy term is in the loss) arrives as a symbolic zero and costs nothing."""
-  h, kernel, targets = res
+  h, kernel, targets, kept = res
   g_logp, g_entropy = (None if isinstance(x, jax.custom_derivatives.SymbolicZero) else x for x in g)
-  lg = _padded_logits(h, kernel, dtype)
+  lg = kept if keep_logits else _padded_logits(h, kernel, dtype)
   _, _, p, is_target = _stats(lg, targets)
   terms = []
   if g_logp is not None:
