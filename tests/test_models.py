@@ -104,7 +104,7 @@ def test_query_blocked_attention_matches_all_at_once(causal, remat):
   from wavalign_jax.models.layers import attend
   ks = jax.random.split(jax.random.key(0), 4)
   b, t, h, kv, d = 2, 10, 4, 2, 8
-  q, k, v = (jax.random.normal(key, (b, t, n, d)) for key, n in zip(ks, (h, kv, kv)))
+  q, k, v = (jax.random.normal(key, shape) for key, shape in zip(ks, ((b, t, h, d), (b, kv, t, d), (b, kv, t, d))))
   mask = jnp.tril(jnp.ones((t, t), bool))[None, None].repeat(b, 0)
   mask = mask.at[1, 0, 3].set(False)                       # row 1, query 3 sees nothing
   # A query with no allowed key gets some finite output (uniform weights over the keys it reads); nothing uses
@@ -217,7 +217,7 @@ def test_fused_attention_wiring_matches_einsum_attention():
   from wavalign_jax.models import layers
   ks = jax.random.split(jax.random.key(0), 3)
   q = jax.random.normal(ks[0], (2, 5, 4, 8))
-  k, v = jax.random.normal(ks[1], (2, 7, 2, 8)), jax.random.normal(ks[2], (2, 7, 2, 8))
+  k, v = jax.random.normal(ks[1], (2, 2, 7, 8)), jax.random.normal(ks[2], (2, 2, 7, 8))   # heads-major
   mask = (jnp.arange(7)[None, :] <= jnp.arange(5)[:, None] + 2)[None, None] & jnp.array(
       [[True] * 7, [False] * 2 + [True] * 5])[:, None, None, :]
   want = layers.attend(q, k, v, mask, jnp.float32)

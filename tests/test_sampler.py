@@ -374,8 +374,8 @@ def test_shared_prefix_holds_each_prompt_once(vita):
   shared = models.extend_cache(models.share_prefix(cache, 4, 8), 24)
   layer = shared["trunk"][0]
   assert layer["prefix_k"].shape == (P, cfg.num_kv_heads, Lp, cfg.head_dim)
-  assert layer["k"].shape == (4 * P, 24, cfg.num_kv_heads, cfg.head_dim)
-  np.testing.assert_array_equal(np.asarray(layer["prefix_k"]), np.asarray(cache["trunk"][0]["k"]).swapaxes(1, 2))
+  assert layer["k"].shape == (4 * P, cfg.num_kv_heads, 24, cfg.head_dim)
+  np.testing.assert_array_equal(np.asarray(layer["prefix_k"]), np.asarray(cache["trunk"][0]["k"]))
   np.testing.assert_array_equal(np.asarray(shared["prefix_valid"]), prompts["valid"])
   assert not np.asarray(shared["valid"]).any() and int(shared["index"]) == 0
 

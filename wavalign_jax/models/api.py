@@ -3,7 +3,7 @@
 Decoding contract (the sampler builds on exactly this):
   cache = init_cache(cfg, batch_size, max_len)
       {"index": int32[] next slot to write, "valid": bool[B, max_len] slots that may be attended,
-       <stack>: {"k","v": cfg.dtype[n_layers, B, max_len, kv_heads, head_dim]}}
+       <stack>: [{"k","v": cfg.dtype[B, kv_heads, max_len, head_dim]} per layer]}  (heads-major)
   logits, cache = decode(params, cfg, inputs, positions, cache, valid=None, features=None, feature_mask=None)
       inputs {stream: int32[B, T]}, positions int32[B, T] (RoPE positions: for a left-padded prompt
       use cumsum(valid) - 1), valid bool[B, T] (False = padding, never attended; default all True).
@@ -15,7 +15,7 @@ Decoding contract (the sampler builds on exactly this):
       in steps attends to the slots written so far, not to a whole static cache from the first token.
   cache = share_prefix(cache, group_size, max_len)
       After a prefill of P prompts: their cache becomes a prefix shared by G = group_size consecutive rows
-      each (stored once per prompt, heads-major), plus an empty own cache of P*G rows x max_len slots that
+      each (stored once per prompt), plus an empty own cache of P*G rows x max_len slots that
       `decode` then fills (slot 0 = the first new token; one token per step, several in the MCTP decoder's
       catch-up); queries see every valid prefix slot. Prefill P rows instead of P*G, and keep one copy of each
       prompt's keys and values.
@@ -169,7 +169,7 @@ def mtp_logits(params: Params, cfg: ModelConfig, tokens: Array, positions: Array
   return [_head_logits(h, params["lm_head"], cfg) for h in hidden]
 
 
-_KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", None)
+_KV_AXES = ("activation_batch", "activation_kv_heads", "activation_length", None)
 
 
 def _stack_sizes(cfg: ModelConfig) -> dict[str, int]:
@@ -183,13 +183,13 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any
   """Empty static-shape KV cache (layout in the module docstring)."""
   cache: dict[str, Any] = {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((batch_size, max_len), bool)}
   for name, n in _stack_sizes(cfg).items():
-    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
     cache[name] = [{"k": _cache_buffer(shape, cfg.dtype), "v": _cache_buffer(shape, cfg.dtype)} for _ in range(n)]
   return cache
 
 
 def _cache_buffer(shape: tuple[int, ...], dtype: Any) -> Array:
-  """A zero KV buffer [B, S, K, D] sharded like the activations (rows over the data axes)."""
+  """A zero KV buffer [B, K, S, D] sharded like the activations (rows over the data axes)."""
   return constrain(jnp.zeros(shape, dtype), _KV_AXES)
 
 
@@ -202,13 +202,12 @@ def decode(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array], positi
 
 
 def _shared_layer(kv: dict[str, Array], rows: int, own_slots: int) -> dict[str, Array]:
-  """One layer's prefilled keys / values {"k","v": [P, Sp, K, D]} as a prefix shared by `rows` rows (P groups)
+  """One layer's prefilled keys / values {"k","v": [P, K, Sp, D]} as a prefix shared by `rows` rows (P groups)
   and an empty own block of `own_slots` slots per row."""
-  shape = (rows, own_slots) + kv["k"].shape[2:]
+  _, heads, _, dim = kv["k"].shape
+  shape = (rows, heads, own_slots, dim)
   out = {"k": _cache_buffer(shape, kv["k"].dtype), "v": _cache_buffer(shape, kv["v"].dtype)}
-  # Heads-major [P, K, Sp, D]: the decode step's per-prompt dots read it without a transpose per token.
-  prefix_axes = ("activation_batch", "activation_kv_heads", "activation_length", None)
-  out.update({f"prefix_{n}": constrain(kv[n].swapaxes(1, 2), prefix_axes) for n in ("k", "v")})
+  out.update({f"prefix_{n}": constrain(kv[n], _KV_AXES) for n in ("k", "v")})
   return out
 
 
@@ -231,11 +230,12 @@ def share_prefix(cache: dict[str, Any], group_size: int, max_len: int) -> dict[s
 
 def extend_cache(cache: dict[str, Any], max_len: int) -> dict[str, Any]:
   """`cache` with room for `max_len` slots; the new slots are empty (module docstring)."""
-  grow = lambda x: jnp.pad(x, [(0, 0), (0, max_len - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-  out = dict(cache, valid=grow(cache["valid"]))
+  def grow(x, axis):   # the slot axis: 1 of valid [B, S], 2 of k / v [B, K, S, D]
+    return jnp.pad(x, [(0, max_len - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)])
+  out = dict(cache, valid=grow(cache["valid"], 1))
   for name, layers in cache.items():
     if name not in ("index", "valid", "prefix_valid"):
-      out[name] = [dict(kv, **{n: constrain(grow(kv[n]), _KV_AXES) for n in ("k", "v")}) for kv in layers]
+      out[name] = [dict(kv, **{n: constrain(grow(kv[n], 2), _KV_AXES) for n in ("k", "v")}) for kv in layers]
   return out
 
 
@@ -319,15 +319,15 @@ def decode_hidden(params: Params, cfg: ModelConfig, inputs: Mapping[str, Array],
 
 
 def init_mtp_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Array]:
-  """An MCTP module's empty static KV cache {"k","v": [B, max_len, kv_heads, head_dim]}, indexed by anchor slot
+  """An MCTP module's empty static KV cache {"k","v": [B, kv_heads, max_len, head_dim]}, indexed by anchor slot
   (every module's has this shape)."""
-  shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   return {n: _cache_buffer(shape, cfg.dtype) for n in ("k", "v")}
 
 
 def share_mtp_prefix(cache: dict[str, Array], prefix_valid: Array, group_size: int,
                      max_len: int) -> dict[str, Array]:
-  """Module k's cache after its first A anchors were run on the P prompts ({"k","v": [P, A, K, D]}; prefix_valid
+  """Module k's cache after its first A anchors were run on the P prompts ({"k","v": [P, K, A, D]}; prefix_valid
   [P, A]) -> those anchors as a prefix shared by each prompt's `group_size` rows, and an empty block of
   `max_len` - A anchor slots per row for the rest (mtp_decode reads both)."""
   P, A = prefix_valid.shape

@@ -8,6 +8,9 @@ A layer is called as `layer(x, aux, cache) -> (x, new_cache)` so that the same c
 `nn.scan`-ned (x is the carry, `aux` is broadcast, the per-layer cache is scanned) or looped.
 `aux` = (positions [B,T], mask [B,1,T,S], cache_index []) where S = T without a cache; with one, S is the
 number of cache slots: the shared prompt prefix (if the cache has one, api.share_prefix) then the row's own.
+Keys and values are heads-major [B, K, S, D] from the projection on (and so in the KV cache): a decode step's
+scores and weighted sums are then batched dots over (row, KV head) on contiguous slots, with no transpose of
+the cache per token.
 """
 from __future__ import annotations
 
@@ -90,22 +93,21 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
 
 def attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, block: int = 0, causal: bool = False,
            remat: bool = False) -> Array:
-  """GQA softmax attention. q [B,T,H,D], k/v [B,S,K,D], mask bool [B,1,T,S] -> [B,T,H,D].
+  """GQA softmax attention. q [B,T,H,D], k/v [B,K,S,D] (heads-major), mask bool [B,1,T,S] -> [B,T,H,D].
 
   With 0 < block < T the queries go `block` at a time, so the float32 scores [B, H, T, S] never exist whole.
   `causal` (S = T and no query may see a later key: training, no KV cache) lets block i read only the keys up
   to its last query: about half the work of the full square, exactly the same result. `remat` recomputes a
   block's scores in the backward pass instead of keeping them.
 
-  The operands are put heads-major once ([B, K, T*G, D]: the G query heads of a KV head as consecutive rows of
+  The queries are put heads-major once ([B, K, T*G, D]: the G query heads of a KV head as consecutive rows of
   each position), so every block is two plain batched matmuls on contiguous slices, with no transposes."""
   b, t, h, d = q.shape
   if t == 1:
     return _attend_one(q, k, v, mask, dtype)
-  kv = k.shape[2]
+  kv = k.shape[1]
   g = h // kv                                                           # query head k*G + j uses KV head k
   q = (q * (d ** -0.5)).reshape(b, t, kv, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * g, d)
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)               # [B, K, S, D]
   one = functools.partial(_attend_block, dtype=dtype)
   if remat:
     one = jax.checkpoint(one)
@@ -132,56 +134,55 @@ def _attend_block(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Arra
 
 def _attend_one(q: Array, k: Array, v: Array, mask: Array, dtype: Any,
                 prefix: tuple[Array, Array] | None = None) -> Array:
-  """`attend` for one query position (a decode step) as broadcast products and reductions over the cache in
-  its stored layout: the batched [1 x D] @ [D x S] dots would first transpose the whole KV cache.
+  """`attend` for one query position (a decode step): per (row, KV head), [G x D] @ [D x S] and back.
 
-  `prefix` = (k, v) [P, K, Sp, D] (heads-major): keys shared by the G = B / P consecutive rows of each prompt,
-  read once per prompt instead of once per row; mask [B, 1, 1, Sp + S] covers the prefix, then k / v."""
+  `prefix` = (k, v) [P, K, Sp, D]: keys shared by the G = B / P consecutive rows of each prompt, read once per
+  prompt instead of once per row; mask [B, 1, 1, Sp + S] covers the prefix, then k / v."""
   b, _, h, d = q.shape
-  kv = k.shape[2]
+  kv = k.shape[1]
   g = h // kv
-  q = (q * (d ** -0.5)).reshape(b, 1, kv, g, d)
-  s = jnp.sum((q * k[:, :, :, None, :]).astype(jnp.float32), axis=-1)          # [B, S, K, G]
+  q = (q * (d ** -0.5)).reshape(b, kv, g, d)
+  s = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32)        # [B, K, G, S]
   if prefix is not None:
     pk, pv = prefix
-    grouped = q.reshape(pk.shape[0], b // pk.shape[0], kv, g, d)               # [P, rows, K, G, D]
-    sp = jnp.einsum("prkgd,pksd->psrkg", grouped, pk, preferred_element_type=jnp.float32)
-    s = jnp.concatenate([sp.reshape(pk.shape[0], pk.shape[2], -1, kv, g).swapaxes(1, 2).reshape(b, -1, kv, g), s],
-                        axis=1)
-  s = jnp.where(mask[:, 0, 0, :, None, None], s, _MASK_VALUE)
-  p = jax.nn.softmax(s, axis=1).astype(dtype)
+    grouped = q.reshape(pk.shape[0], b // pk.shape[0], kv, g, d)                     # [P, rows, K, G, D]
+    sp = jnp.einsum("prkgd,pksd->prkgs", grouped, pk, preferred_element_type=jnp.float32)
+    s = jnp.concatenate([sp.reshape(b, kv, g, -1), s], axis=-1)
+  p = jax.nn.softmax(jnp.where(mask, s, _MASK_VALUE), axis=-1).astype(dtype)         # mask [B, 1, 1, S]
   if prefix is None:
-    return jnp.sum(p[..., None] * v[:, :, :, None, :], axis=1).reshape(b, 1, h, d)
+    return jnp.einsum("bkgs,bksd->bkgd", p, v).reshape(b, 1, h, d)
   n_pre = pk.shape[2]
-  out = jnp.sum(p[:, n_pre:, ..., None] * v[:, :, :, None, :], axis=1)          # [B, K, G, D]
-  pp = p[:, :n_pre].reshape(pk.shape[0], b // pk.shape[0], n_pre, kv, g)
-  out += jnp.einsum("prskg,pksd->prkgd", pp, pv).reshape(b, kv, g, d)
+  out = jnp.einsum("bkgs,bksd->bkgd", p[..., n_pre:], v)
+  pp = p[..., :n_pre].reshape(pk.shape[0], b // pk.shape[0], kv, g, n_pre)
+  out += jnp.einsum("prkgs,pksd->prkgd", pp, pv).reshape(b, kv, g, d)
   return out.reshape(b, 1, h, d)
 
 
 def _attend_prefix(q: Array, k: Array, v: Array, mask: Array, dtype: Any, prefix: tuple[Array, Array]) -> Array:
-  """T >= 1 new queries against a shared prompt prefix (k, v [P, K, Sp, D], heads-major) and each row's own
-  block k / v [B, S, K, D]; mask [B, 1, T, Sp + S]. The MCTP decoder's catch-up forward (rollout/mctp.py) reads
+  """T >= 1 new queries against a shared prompt prefix (k, v [P, K, Sp, D]) and each row's own block k / v
+  [B, K, S, D]; mask [B, 1, T, Sp + S]. The MCTP decoder's catch-up forward (rollout/mctp.py) reads
   the prefix with several tokens at once; single tokens take `_attend_one`."""
   b, t, h, d = q.shape
   pk, pv = prefix
-  n_prompts, kv, n_pre = pk.shape[0], k.shape[2], pk.shape[2]
+  n_prompts, kv, n_pre = pk.shape[0], k.shape[1], pk.shape[2]
   g = h // kv
   q = (q * (d ** -0.5)).reshape(b, t, kv, g, d)
   grouped = q.reshape(n_prompts, b // n_prompts, t, kv, g, d)
   sp = jnp.einsum("prtkgd,pksd->prtkgs", grouped, pk, preferred_element_type=jnp.float32).reshape(b, t, kv, g, n_pre)
-  so = jnp.einsum("btkgd,bskd->btkgs", q, k, preferred_element_type=jnp.float32)
+  so = jnp.einsum("btkgd,bksd->btkgs", q, k, preferred_element_type=jnp.float32)
   s = jnp.where(mask[:, 0, :, None, None, :], jnp.concatenate([sp, so], axis=-1), _MASK_VALUE)
   p = jax.nn.softmax(s, axis=-1).astype(dtype)
   pp = p[..., :n_pre].reshape(n_prompts, b // n_prompts, t, kv, g, n_pre)
   out = jnp.einsum("prtkgs,pksd->prtkgd", pp, pv).reshape(b, t, kv, g, d)
-  out += jnp.einsum("btkgs,bskd->btkgd", p[..., n_pre:], v)
+  out += jnp.einsum("btkgs,bksd->btkgd", p[..., n_pre:], v)
   return out.reshape(b, t, h, d)
 
 
 def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implementation: str = "cudnn") -> Array:
-  """Same contract as `attend` through jax.nn.dot_product_attention (cuDNN flash attention on GPU).
-  Rows with no allowed key (padding queries) are implementation-defined; their outputs are unused."""
+  """Same contract as `attend` through jax.nn.dot_product_attention (cuDNN flash attention on GPU), which takes
+  k / v [B, S, K, D]. Rows with no allowed key (padding queries) are implementation-defined; their outputs are
+  unused."""
+  k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
 
 
@@ -197,9 +198,10 @@ class Attention(nn.Module):
     k = Dense(c, e, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), True, name="k")(x)
     v = Dense(c, e, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), True, name="v")(x)
     q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)                                # heads-major [B, K, T, D]
     prefix = None
     if cache is not None:  # write the T new slots, then attend over the whole cache
-      start = (0, cache_index, 0, 0)
+      start = (0, 0, cache_index, 0)
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       cache = {**cache, "k": k, "v": v}
@@ -256,7 +258,7 @@ _REMAT_POLICIES = {
 
 class Stack(nn.Module):
   """`num_layers` identical decoder layers, scanned (params stacked on a leading "layers" axis) or
-  looped (params `layer_{i}`). The cache, when given, is a list of per-layer {"k","v": [B, S, K, D]} in
+  looped (params `layer_{i}`). The cache, when given, is a list of per-layer {"k","v": [B, K, S, D]} in
   both modes. Decode loops use the looped form (`api.for_decoding`): each layer's cache buffer is then
   updated in place, while a scan would slice and re-stack (copy) the whole cache at every token."""
   cfg: ModelConfig
