@@ -74,19 +74,16 @@ def test_chunked_logprobs_match_full_logits_and_grads():
   batch = _batch(cfg, jax.random.key(1))
   w = jax.random.normal(jax.random.key(2), (2, B, L))
 
-  def weighted(fn, c, p):
-    out = fn(p, c, batch)
+  def weighted(fn, p):
+    out = fn(p, cfg, batch)
     return sum(jnp.sum(o["logp"] * w[0] + o["entropy"] * w[1]) for o in out.values()), out
 
-  grad = lambda fn, c=cfg: jax.jit(jax.value_and_grad(functools.partial(weighted, fn, c), has_aux=True))(params)
+  grad = lambda fn: jax.jit(jax.value_and_grad(functools.partial(weighted, fn), has_aux=True))(params)
   (_, got), g_got = grad(models.target_logprobs)
   (_, want), g_want = grad(_reference_logprobs)
   assert got["text"]["logp"].shape == (B, L) and got["audio"]["entropy"].dtype == jnp.float32
   assert _maxdiff(got, want) < 1e-5
   assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)   # float32 noise on gradients of order 10
-  # The backward pass from the forward's kept logits instead of recomputed ones: the same closed form.
-  (_, kept), g_kept = grad(models.target_logprobs, cfg.replace(logprob_keep_logits=True))
-  assert _maxdiff(kept, want) < 1e-5 and _maxdiff(g_kept, g_want) < 1e-5 * _maxabs(g_want)
   assert float(jnp.abs(g_got["trunk"]["layers"]["attn"]["q"]["kernel"]).max()) > 1e-3  # gradients flow
   # entropy not differentiated (a symbolic zero in the closed-form backward): the log-prob gradients alone
   logp_only = lambda fn, p: sum(jnp.sum(o["logp"] * w[0]) for o in fn(p, cfg, batch).values())
@@ -95,6 +92,33 @@ def test_chunked_logprobs_match_full_logits_and_grads():
   assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)
   one_chunk = jax.jit(models.target_logprobs, static_argnums=1)(params, cfg.replace(logprob_chunk=64), batch)
   assert _maxdiff(one_chunk, want) < 1e-5                # chunk larger than L
+
+
+@pytest.mark.parametrize("keep_logits", [False, True])
+def test_head_logprob_backward_with_recomputed_or_kept_logits(keep_logits):
+  """The head's closed-form backward (vocab_parallel) against autodiff of log_softmax, from logits recomputed in
+  the backward pass or kept from the forward (`model.logprob_keep_logits`): the same gradients, and one head
+  product less in the program when they are kept (forward, d_h, d_kernel; a recompute adds one)."""
+  from wavalign_jax.models import vocab_parallel
+  ks = jax.random.split(jax.random.key(0), 4)
+  h, kernel = jax.random.normal(ks[0], (3, 5, 8)), jax.random.normal(ks[1], (8, 11))
+  targets, w = jax.random.randint(ks[2], (3, 5), 0, 11), jax.random.normal(ks[3], (2, 3, 5))
+
+  def reference(h, kernel):
+    lp = jax.nn.log_softmax(h @ kernel)
+    logp = jnp.take_along_axis(lp, targets[..., None], -1)[..., 0]
+    return jnp.sum(logp * w[0] - jnp.sum(jnp.exp(lp) * lp, -1) * w[1])
+
+  def closed_form(h, kernel):
+    logp, entropy = vocab_parallel.target_logprob_entropy(h, kernel, targets, jnp.float32, keep_logits)
+    return jnp.sum(logp * w[0] + entropy * w[1])
+
+  got, want = (jax.value_and_grad(f, argnums=(0, 1))(h, kernel) for f in (closed_form, reference))
+  assert abs(float(got[0] - want[0])) < 1e-5 * abs(float(want[0]))
+  for a, e in zip(got[1], want[1]):
+    np.testing.assert_allclose(a, e, rtol=0, atol=1e-5 * float(jnp.abs(e).max()))
+  dots = str(jax.make_jaxpr(jax.grad(closed_form, argnums=(0, 1)))(h, kernel)).count("dot_general")
+  assert dots == (3 if keep_logits else 4)
 
 
 @pytest.mark.parametrize("causal,remat", [(False, False), (True, False), (True, True)])
