@@ -2,6 +2,7 @@ r"""One GRPO step at the shape of the TRL peer (../shared/bench in the project's
 "Speed against TRL"): generation, reward, advantages, loss forward/backward, AdamW.
 
   python -m benchmarks.grpo_step [--steps=5] [--warmup=1]
+  python -m benchmarks.grpo_step --vocab=32768 --completion_len=192   # the larger shape (peer: --vocab=32768 --completion-len=192)
 
 Model: Qwen2 hidden 256 x 4 layers, 4 heads / 2 KV heads, MLP 704, vocab 4096, float32, random weights.
 Work: 8 prompts x G 4, prompt 64 tokens, every completion exactly 128 tokens (no stop token), temperature
@@ -37,6 +38,7 @@ flags.DEFINE_integer("prompts", 8, "Prompts per step.")
 flags.DEFINE_integer("group", 4, "Completions per prompt.")
 flags.DEFINE_integer("prompt_len", 64, "Prompt tokens.")
 flags.DEFINE_integer("completion_len", 128, "Completion tokens (exact).")
+flags.DEFINE_integer("vocab", 4096, "Vocabulary size (the peer's --vocab).")
 flags.DEFINE_bool("keep_logits", True, "model.logprob_keep_logits: keep the head's logits for the backward pass "
                   "(as the peer's autograd does) instead of recomputing them.")
 FLAGS = flags.FLAGS
@@ -49,7 +51,7 @@ CFG = ModelConfig(arch="qwen2", vocab_size=4096, hidden_size=256, intermediate_s
 def main(argv):
   del argv
   P, G, Lp, N = FLAGS.prompts, FLAGS.group, FLAGS.prompt_len, FLAGS.completion_len
-  cfg = CFG.replace(logprob_keep_logits=FLAGS.keep_logits)
+  cfg = CFG.replace(vocab_size=FLAGS.vocab, logprob_keep_logits=FLAGS.keep_logits)
   mesh = sharding.make_mesh((1, -1, 1))
   opt_cfg = optim.OptimConfig(learning_rate=1e-6, warmup_steps=0, total_steps=1000, weight_decay=0.0, clip_norm=1.0)
   optimizer = optim.make_optimizer(opt_cfg)
