@@ -293,7 +293,7 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
       (work / f"seed_{s}" / m / "run.log").write_text("log\n")
       (work / f"seed_{s}" / m / "eval" / "step_100.jsonl").write_text('{"iq": 1.0}\n')
       with open(work / f"seed_{s}" / m / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"split": "train", "step": 3, "lambda": 0.5, "loss": 1.0}) + "\n")
+        f.write(json.dumps({"split": "train", "step": 3, "lambda": 0.12345678901, "loss": 1.0}) + "\n")
   do_export = lambda: export.export_results(str(work), str(dest))
   runs = do_export()
   assert runs == [f"seed_{s}/{m}" for s in (0, 1) for m in ("base", "rl_text_exact")]
@@ -303,7 +303,7 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
       for f in ("eval_summary.json", "metrics.jsonl", "eval/after.jsonl")] + [
       f"seed_{s}/rl_text_exact/eval/step_100.jsonl" for s in (0, 1)])   # the positive control's learning curve
   last = json.loads(open(dest / "seed_0" / "base" / "metrics.jsonl").read().splitlines()[-1])
-  assert last == {"split": "train", "step": 3, "lambda": 0.5}   # the columns the report reads
+  assert last == {"split": "train", "step": 3, "lambda": 0.123457}   # the columns the report reads, 6 digits
   assert not os.path.exists(f"{dest}.partial")
   with pytest.raises(FileExistsError, match="exported"):
     do_export()

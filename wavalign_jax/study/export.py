@@ -6,8 +6,10 @@ continue the study from it.
 copies the study's reports and run_times.json and, of every finished run, what the report reads: config.json,
 eval_summary.json, eval/after.jsonl (the per-item rows the confidence intervals resample), the positive control's
 eval/step_<n>.jsonl (its learning curve) and metrics.jsonl cut to the columns the report reads
-(report.REPORT_METRICS). Left out: checkpoints, base models, testbed data, the compilation cache, logs and
-unfinished runs (about 0.5 MB per 1600-step run instead of about 10 MB plus the weights).
+(report.REPORT_METRICS), its numbers to 6 significant digits (float32 values and host timings written with 17;
+the report shows at most 4). Left out: checkpoints, base models, testbed data, the compilation cache, logs and
+unfinished runs (about 0.65 MB per 1600-step run instead of about 10 MB plus the weights; the positive
+control's learning curve adds about 3.7 MB).
 
 `--report_only --workdir=COPY` reports from the copy; `--workdir=COPY` without it continues the study there: a seed
 whose base run finished but whose base model is gone retrains it first (runner.run_all), and refuses to go on
@@ -19,6 +21,7 @@ import glob
 import json
 import os
 import shutil
+from typing import Any
 
 from wavalign_jax import files
 from wavalign_jax.study.claims import POSITIVE_CONTROL
@@ -32,6 +35,11 @@ def _run_dir(path: str) -> bool:
   return os.path.basename(os.path.dirname(path)).startswith("seed_")
 
 
+def compact(value: Any) -> Any:
+  """A metric as an export writes it: a float to 6 significant digits, anything else as it is."""
+  return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
 def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   os.makedirs(os.path.join(dst, "eval"))
   names = ["config.json", "eval_summary.json", "eval/after.jsonl"]
@@ -43,7 +51,7 @@ def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   metrics = os.path.join(src, "metrics.jsonl")
   if os.path.exists(metrics):
     rows = (json.loads(line) for line in open(metrics) if line.strip())
-    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), ({k: r[k] for k in REPORT_METRICS if k in r} for r in rows))
+    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), ({k: compact(r[k]) for k in REPORT_METRICS if k in r} for r in rows))
 
 
 def export_results(workdir: str, dest: str) -> list[str]:
