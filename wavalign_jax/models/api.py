@@ -135,8 +135,8 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   hs = constrain(jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, d).swapaxes(0, 1),
                  (None, "activation_batch", None, "activation_embed"))
   ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
-  stats = lambda x: vocab_parallel.target_logprob_entropy(x[0], kernel, x[1], cfg.dtype,
-                                                                   cfg.logprob_keep_logits)
+  keep = cfg.logprob_keep_logits
+  stats = lambda x: vocab_parallel.target_logprob_entropy(x[0], kernel, x[1], cfg.dtype, keep)
   _, (logp, ent) = jax.lax.scan(lambda _, x: (None, stats(x)), None, (hs, ts))
   unchunk = lambda a: constrain(a.swapaxes(0, 1).reshape(B, n * c)[:, :L], ("activation_batch", "activation_length"))
   return unchunk(logp), unchunk(ent)
