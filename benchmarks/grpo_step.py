@@ -2,7 +2,8 @@ r"""One GRPO step at the shape of the TRL peer (../shared/bench in the project's
 "Speed against TRL"): generation, reward, advantages, loss forward/backward, AdamW.
 
   python -m benchmarks.grpo_step [--steps=5] [--warmup=1]
-  python -m benchmarks.grpo_step --vocab=32768 --completion_len=192   # the larger shape (peer: --vocab=32768 --completion-len=192)
+  python -m benchmarks.grpo_step --vocab=32768 --completion_len=192   # the larger shape
+      (the peer's: --vocab=32768 --completion-len=192)
 
 Model: Qwen2 hidden 256 x 4 layers, 4 heads / 2 KV heads, MLP 704, vocab 4096, float32, random weights.
 Work: 8 prompts x G 4, prompt 64 tokens, every completion exactly 128 tokens (no stop token), temperature

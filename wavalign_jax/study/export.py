@@ -51,7 +51,8 @@ def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   metrics = os.path.join(src, "metrics.jsonl")
   if os.path.exists(metrics):
     rows = (json.loads(line) for line in open(metrics) if line.strip())
-    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), ({k: compact(r[k]) for k in REPORT_METRICS if k in r} for r in rows))
+    kept = ({k: compact(r[k]) for k in REPORT_METRICS if k in r} for r in rows)
+    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), kept)
 
 
 def export_results(workdir: str, dest: str) -> list[str]:
