@@ -1,4 +1,5 @@
 """Atomic writes and strict JSON (wavalign_jax/files.py)."""
+import gzip
 import json
 import os
 
@@ -28,3 +29,22 @@ def test_jsonl_rows(tmp_path):
   path = str(tmp_path / "rows.jsonl")
   files.write_jsonl(path, [{"a": 1}, {"a": float("nan")}])
   assert [json.loads(line) for line in open(path)] == [{"a": 1}, {"a": None}]
+
+
+def test_compressed_jsonl_reads_back_and_is_the_same_bytes_each_time(tmp_path):
+  """A `.gz` name writes gzip (a study export's form): the rows read back, the decompressed text is the plain
+  file's, and rewriting the same rows gives the same bytes (no time stamp), so committed exports do not churn."""
+  rows = [{"id": "a", "iq": 1.0}, {"id": "b", "iq": 0.0}]
+  plain, packed = str(tmp_path / "r.jsonl"), str(tmp_path / "r.jsonl.gz")
+  files.write_jsonl(plain, rows)
+  files.write_jsonl(packed, rows)
+  first = open(packed, "rb").read()
+  assert gzip.decompress(first) == open(plain, "rb").read()
+  assert files.read_jsonl(packed) == files.read_jsonl(plain) == rows
+  files.write_jsonl(packed, rows)
+  assert open(packed, "rb").read() == first
+  assert files.existing_jsonl(plain) == plain   # the plain file wins where both exist
+  os.remove(plain)
+  assert files.existing_jsonl(plain) == packed
+  os.remove(packed)
+  assert files.existing_jsonl(plain) is None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from wavalign_jax import config_lib, study
+from wavalign_jax import config_lib, files, study
 from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,15 +300,19 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   kept = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, names in os.walk(dest) for n in names)
   assert kept == sorted(["run_times.json", "study.json", "study.md", "iq_eq.png", "gates.png", "eq_curve.png"] + [
       f"seed_{s}/{m}/{f}" for s in (0, 1) for m in ("base", "rl_text_exact")
-      for f in ("eval_summary.json", "metrics.jsonl", "eval/after.jsonl")] + [
-      f"seed_{s}/rl_text_exact/eval/step_100.jsonl" for s in (0, 1)])   # the positive control's learning curve
-  last = json.loads(open(dest / "seed_0" / "base" / "metrics.jsonl").read().splitlines()[-1])
+      for f in ("eval_summary.json", "metrics.jsonl.gz", "eval/after.jsonl.gz")] + [
+      f"seed_{s}/rl_text_exact/eval/step_100.jsonl.gz" for s in (0, 1)])   # the positive control's learning curve
+  last = files.read_jsonl(str(dest / "seed_0" / "base" / "metrics.jsonl.gz"))[-1]
   assert last == {"split": "train", "step": 3, "lambda": 0.123457}   # the columns the report reads, 6 digits
   assert not os.path.exists(f"{dest}.partial")
   with pytest.raises(FileExistsError, match="exported"):
     do_export()
-  assert report.load_rows(str(dest), ["rl_text_exact"], [0, 1]) == report.load_rows(str(work), ["rl_text_exact"],
-                                                                                    [0, 1])
+  rows = report.load_rows(str(work), ["rl_text_exact"], [0, 1])
+  assert report.load_rows(str(dest), ["rl_text_exact"], [0, 1]) == rows   # read from the compressed copies
+  curve = report.learning_curve(str(work), [0, 1], rows["base"])
+  assert [c["step"] for c in curve] == [100] and report.learning_curve(str(dest), [0, 1], rows["base"]) == curve
+  curves = report.load_curves(str(dest), ["rl_text_exact"], [0, 1])["rl_text_exact"]["train"]
+  assert curves["lambda"] == [[1, 2, 3], [1.0, 1.0, 0.123457]]
   # A report of the export alone: nothing runs.
   study.run_study(spec, config, str(dest), ["rl_text_exact", "sft"], [0, 1], report_only=True, runner=None)
   assert json.load(open(dest / "study.json"))["unfinished"] == ["sft"]

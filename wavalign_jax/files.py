@@ -1,4 +1,5 @@
-"""Files a reader may meet while they are written: atomic writes and strict JSON.
+"""Files a reader may meet while they are written: atomic writes and strict JSON (gzip-compressed where the name
+says so).
 
 A killed job or a second reader (a study, a loader, a resumed run) must never see half a file, so whole
 files are written to a temporary name in the same directory and renamed into place (`os.replace` is atomic
@@ -7,6 +8,7 @@ infinite ratio) becomes `null`, never the bare `NaN` that standard JSON readers 
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -32,14 +34,14 @@ def dumps(obj: Any, **kwargs: Any) -> str:
   return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically: a temporary file in the same directory, flushed, then renamed."""
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically: a temporary file in the same directory, flushed, then renamed."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -49,11 +51,30 @@ def write_text(path: str, text: str) -> None:
     raise
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` atomically; gzip-compressed when `path` ends in `.gz`, with no time stamp in
+  the header, so the same text always gives the same bytes (committed files do not change when rewritten)."""
+  data = text.encode()
+  write_bytes(path, gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
+
+
 def write_json(path: str, obj: Any, **kwargs: Any) -> None:
   """Strict JSON (`dumps`) written atomically (`write_text`)."""
   write_text(path, dumps(obj, **kwargs))
 
 
 def write_jsonl(path: str, rows: Any, **kwargs: Any) -> None:
-  """One strict JSON object per line (`dumps(row, **kwargs)`), written atomically."""
+  """One strict JSON object per line (`dumps(row, **kwargs)`), written atomically (`write_text`: gzip for `.gz`)."""
   write_text(path, "".join(dumps(r, **kwargs) + "\n" for r in rows))
+
+
+def existing_jsonl(path: str) -> str | None:
+  """`path`, or where it is absent its compressed copy `path.gz` (a study export's, study/export.py); None when
+  there is neither."""
+  return next((p for p in (path, f"{path}.gz") if os.path.exists(p)), None)
+
+
+def read_jsonl(path: str) -> list[Any]:
+  """The rows of a JSONL file (gzip-compressed when its name ends in `.gz`); blank lines are skipped."""
+  with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+    return [json.loads(line) for line in f if line.strip()]

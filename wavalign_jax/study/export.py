@@ -7,9 +7,10 @@ copies the study's reports and run_times.json and, of every finished run, what t
 eval_summary.json, eval/after.jsonl (the per-item rows the confidence intervals resample), the positive control's
 eval/step_<n>.jsonl (its learning curve) and metrics.jsonl cut to the columns the report reads
 (report.REPORT_METRICS), its numbers to 6 significant digits (float32 values and host timings written with 17;
-the report shows at most 4). Left out: checkpoints, base models, testbed data, the compilation cache, logs and
-unfinished runs (about 0.65 MB per 1600-step run instead of about 10 MB plus the weights; the positive
-control's learning curve adds about 3.7 MB).
+the report shows at most 4). The JSONL files are stored gzip-compressed (`after.jsonl.gz`, ...: mostly repeated
+keys, about 1/20 of the size); the report reads either form (files.existing_jsonl). Left out: checkpoints, base
+models, testbed data, the compilation cache, logs and unfinished runs (about 90 kB per 1600-step run instead of
+about 10 MB plus the weights; the positive control's learning curve adds about 0.1 MB).
 
 `--report_only --workdir=COPY` reports from the copy; `--workdir=COPY` without it continues the study there: a seed
 whose base run finished but whose base model is gone retrains it first (runner.run_all), and refuses to go on
@@ -18,7 +19,6 @@ unless the retrained base model evaluates exactly as the exported one did (the f
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 from typing import Any
@@ -42,17 +42,20 @@ def compact(value: Any) -> Any:
 
 def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   os.makedirs(os.path.join(dst, "eval"))
-  names = ["config.json", "eval_summary.json", "eval/after.jsonl"]
-  if with_steps:
-    names += [os.path.relpath(p, src) for p in sorted(glob.glob(os.path.join(src, "eval", "step_*.jsonl")))]
-  for name in names:
+  for name in ("config.json", "eval_summary.json"):
     if os.path.exists(os.path.join(src, name)):
       shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
-  metrics = os.path.join(src, "metrics.jsonl")
-  if os.path.exists(metrics):
-    rows = (json.loads(line) for line in open(metrics) if line.strip())
-    kept = ({k: compact(r[k]) for k in REPORT_METRICS if k in r} for r in rows)
-    files.write_jsonl(os.path.join(dst, "metrics.jsonl"), kept)
+  rows = ["eval/after.jsonl"]
+  if with_steps:   # (a run continued from an export holds some of them compressed already)
+    rows += sorted({os.path.relpath(p, src).removesuffix(".gz")
+                    for p in glob.glob(os.path.join(src, "eval", "step_*.jsonl*"))})
+  for name in [*rows, "metrics.jsonl"]:
+    path = files.existing_jsonl(os.path.join(src, name))
+    if path is not None:
+      kept = files.read_jsonl(path)
+      if name == "metrics.jsonl":
+        kept = [{k: compact(r[k]) for k in REPORT_METRICS if k in r} for r in kept]
+      files.write_jsonl(os.path.join(dst, f"{name}.gz"), kept)
 
 
 def export_results(workdir: str, dest: str) -> list[str]:

@@ -29,9 +29,10 @@ def learning_curve(workdir: str, seeds: Sequence[int], base_rows: dict[int, list
   for s in seeds:
     folder = os.path.join(run_dir(workdir, s, method), "eval")
     names = os.listdir(folder) if os.path.isdir(folder) else []
-    for name in names:
-      if name.startswith("step_") and name.endswith(".jsonl"):
-        evals.setdefault(int(name[5:-6]), {})[s] = [json.loads(line) for line in open(os.path.join(folder, name))]
+    for name in names:   # step_<n>.jsonl, or step_<n>.jsonl.gz in an export
+      if name.startswith("step_") and name.endswith((".jsonl", ".jsonl.gz")):
+        step = int(name[5:].split(".")[0])
+        evals.setdefault(step, {})[s] = files.read_jsonl(os.path.join(folder, name))
   out = []
   for step in sorted(evals):
     if len(evals[step]) == len(seeds):
@@ -48,9 +49,10 @@ def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int],
   for m in ["base", *methods]:
     per_seed = {}
     for s in seeds:
-      path = os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "eval", "after.jsonl")
-      if os.path.exists(path):
-        per_seed[s] = [json.loads(line) for line in open(path) if line.strip()]
+      run = run_dir(workdir, s, (same_run or {}).get(m, m))
+      path = files.existing_jsonl(os.path.join(run, "eval", "after.jsonl"))
+      if path is not None:
+        per_seed[s] = files.read_jsonl(path)
     if len(per_seed) == len(seeds):
       out[m] = per_seed
   return out
@@ -72,16 +74,15 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
   for m in methods:
     series: dict[str, dict[str, dict[int, list[float]]]] = {g: {k: {} for k in ks} for g, ks in keys.items()}
     for s in seeds:
-      path = os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "metrics.jsonl")
-      if not os.path.exists(path):
+      path = files.existing_jsonl(os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "metrics.jsonl"))
+      if path is None:
         continue
       base = os.path.join(run_dir(workdir, s, "base"), "eval_summary.json")
       if os.path.exists(base):   # the curve starts at the base model
         for k, v in json.load(open(base))["after"].items():
           if k in keys["eval"]:
             series["eval"][k].setdefault(0, []).append(v)
-      for line in open(path):
-        row = json.loads(line)
+      for row in files.read_jsonl(path):
         group = "train" if row["split"] == "train" else "eval" if row["split"] in ("eval", "eval_after") else None
         for k in keys.get(group, ()):
           if row.get(k) is not None:
@@ -143,12 +144,11 @@ def time_breakdown(workdir: str, methods: Sequence[str], seeds: Sequence[int],
       continue
     parts = dict(wall=0.0, first_step=0.0, rollouts=0.0, updates=0.0, evals=0.0)
     for s in seeds:
-      path = os.path.join(run_dir(workdir, s, m), "metrics.jsonl")
-      if f"seed_{s}/{m}" not in times or not os.path.exists(path):
+      path = files.existing_jsonl(os.path.join(run_dir(workdir, s, m), "metrics.jsonl"))
+      if f"seed_{s}/{m}" not in times or path is None:
         continue
       parts["wall"] += times[f"seed_{s}/{m}"]["seconds"]
-      for line in open(path):
-        row = json.loads(line)
+      for row in files.read_jsonl(path):
         if row["split"] != "train":
           parts["evals"] += row.get("eval_time") or 0.0
         elif "step_time" not in row:   # a row without timings counts as `other`
