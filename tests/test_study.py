@@ -220,6 +220,10 @@ def test_parse_sweep():
       sweep.parse_sweep(arg, config)
   with pytest.raises(ValueError, match="set by --config.train.total_steps"):
     sweep.parse_sweep("train.total_steps=1,2", config, ["train.total_steps"])
+  # The report shows numbers ascending whatever the command's order (its first value owns the shared runs).
+  assert report.shown_order(["0.5", "0.0", "0.25"]) == ["0.0", "0.25", "0.5"]
+  assert report.shown_order(["600", "200"]) == ["200", "600"]
+  assert report.shown_order(["text", "all"]) == ["text", "all"]
 
 
 def test_sweep_cli_error_is_a_message(tmp_path):

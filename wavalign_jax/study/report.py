@@ -328,12 +328,23 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
   return out
 
 
+def shown_order(values: list[str]) -> list[str]:
+  """Sweep values in the order the tables and the figure show them: ascending where every value is a number (the
+  first value of the command owns the shared runs, so a sweep that continues a study lists that study's value
+  first, e.g. 0.5,0,0.25), else as the command gave them."""
+  try:
+    return sorted(values, key=float)
+  except ValueError:
+    return values
+
+
 def sweep_report(workdir: str, what: str, field: str, studies: dict[str, Study], methods: Sequence[str],
                  seeds: Sequence[int]) -> dict[str, Any]:
   """Each value's report in its own directory, then DIR/study.md, study.json and sweep.png side by side; `what`
   is the config spec and overrides of every run."""
   outs = {v: report(st, f"Study: {what} --config.{field}={v}", methods, seeds) for v, st in studies.items()}
-  sweep = {"title": f"Sweep of {field}: {what}", "field": field, "values": list(studies), "seeds": list(seeds),
+  outs = {v: outs[v] for v in shown_order(list(outs))}
+  sweep = {"title": f"Sweep of {field}: {what}", "field": field, "values": list(outs), "seeds": list(seeds),
            "times": time_totals([st.workdir for st in studies.values()]),
            "shared_methods": list(list(studies.values())[-1].shared_methods),
            "studies": {v: {k: o[k] for k in ("positive_control", "same_run", "claims", "table")}
