@@ -246,10 +246,15 @@ def test_non_finite_step_changes_nothing_and_is_counted():
   assert int(after.consecutive_skips) == 1
   # The logged lambda is the state's (kept) one, not the rejected NaN of the gate update.
   assert float(metrics["lambda"]) == float(before.gate.lam)
-  # The next finite step applies as usual and does not count.
+  # The next finite step applies as usual and does not count; it logs the learning rate the optimizer applies, at
+  # its own update count (1: the skipped step did not advance it), not at the train state's step (2).
+  counts = [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(after.opt_state, "count")]   # Adam's, schedule's
+  schedule = optim.learning_rate_schedule(PARITY_OPTIM)
+  assert counts == [1, 1] and int(after.step) == 2 and float(schedule(1)) != float(schedule(2))
   after, metrics = step(after, sharding.device_put_batch(batch, mesh), 0)
   assert not bool(metrics["skipped"]) and int(after.skipped_steps) == 1 and int(after.consecutive_skips) == 0
   assert float(optax.tree.norm(jax.tree.map(jnp.subtract, after.params, before.params))) > 0
+  assert float(metrics["lr"]) == float(schedule(1))
 
 
 @pytest.mark.parametrize("case", ["nan_learning_rate", "overflowing_update"])

@@ -58,12 +58,16 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   The check covers the loss, the gradient norm, the learning rate and the results themselves (new params,
   optimizer moments, gate and the reward statistics behind it, `gate_metrics`): a finite loss and gradient with a huge or NaN learning rate still give NaN
   parameters, and those must never reach a checkpoint. A skipped step changes nothing but the step counter,
-  the RNG and the skip counters (params, moments and gate stay as they were; the logged λ is the kept one);
+  the RNG and the skip counters (params, moments and gate stay as they were; the logged λ is the kept one; the
+  schedule's count is the optimizer's, so the learning rate of later steps runs `skipped_steps` behind `step`);
   the loop stops after `train.max_consecutive_skips` in a row (`report_skipped`).
   """
   gate = state.gate if gate is None else gate
   grad_norm = optax.tree.norm(grads)
-  lr = schedule(state.step) if schedule is not None else jnp.zeros((), jnp.float32)
+  # The learning rate this update applies: the schedule at the optimizer's own count, which a skipped step does not
+  # advance (its state is kept), so the count is the steps applied so far, not `state.step`.
+  applied = state.step - state.skipped_steps
+  lr = schedule(applied) if schedule is not None else jnp.zeros((), jnp.float32)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = all_finite(metrics["loss"], grad_norm, lr, params, opt_state, gate, gate_metrics or {})
