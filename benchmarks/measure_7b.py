@@ -21,8 +21,8 @@ device, in this order, each part printed (and appended to --json) as soon as it 
 - the train step with `attention_impl="cudnn"` (GPUs): its loss against the "xla" step's on the same state
   and batch (the fused kernel must compute the same function) and its time.
 
-Compare with `python -m benchmarks.roofline --devices=1 --num_layers=<the same>` (its H200 row: the prediction
-from a CPU compile of the same programs).
+Compare with `python -m benchmarks.roofline --devices=1 --num_layers=<the same> --mtp_modules=0` (its H200 row:
+the prediction from a CPU compile of the same programs).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ For each model and device count it compiles (for fake CPU devices, FSDP mesh (1,
 `--fsdp=8`: (n / 8, 8, 1), FSDP inside each group of 8 and data parallel across them)
 the hybrid step and the main-head sampler of experiments/<model>.py at the 7B shapes (8 prompts x G 4, prompt
 512, completion 1024; one prompt per device beyond 8), reads XLA's cost analysis (FLOPs, bytes accessed) and
-the collectives of the optimised program, and predicts on an H100 and a TPU v5p:
+the collectives of the optimised program, and predicts on an H100, an H200 and a TPU v5p:
 
 - the step: time at peak = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth, collective traffic / link
   bandwidth) (perfect overlap: a lower bound), its FLOP/byte ratio, and the MFU bound = model FLOPs (the step

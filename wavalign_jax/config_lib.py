@@ -2,7 +2,7 @@
 
 `experiments/vita.py` and `experiments/kimi.py` build a ConfigDict from these and pick variants from
 the string after ':' (e.g. `--config=experiments/vita.py:tiny,rl_text`). Every field can then be
-overridden with absl flags (`--config.rl.group_size=8`).
+overridden with absl flags (`--config.rollout.group_size=8`).
 """
 from __future__ import annotations
 
