@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from wavalign_jax import config_lib, files, study
+from wavalign_jax import config_lib, files, provenance, study
 from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,9 +255,10 @@ class FakeTrain:
   answers every other item; rl_text_exact answers every item up to testbed.sft_wrong_fraction 0.3 and only base's
   above; sft none."""
 
-  def __init__(self, base_shift: float = 0.0):
+  def __init__(self, base_shift: float = 0.0, commit: str = "a" * 40):
     self.calls = []
     self.base_shift = base_shift   # added to base's IQ: a base model retrained differently
+    self.commit = commit           # the launch record's code (provenance.py)
 
   def __call__(self, cmd, log_path, env):
     self.calls.append(cmd)
@@ -269,6 +270,7 @@ class FakeTrain:
         method, lambda i: i % 2)
     rows = [_item(float(iq(i)), 0.8 - 0.1 * (method == "rl_full")) for i in range(20)]
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    files.write_jsonl(os.path.join(workdir, provenance.FILE), [*provenance.read(workdir), {"commit": self.commit}])
     with open(os.path.join(workdir, "eval", "after.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
@@ -304,7 +306,7 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   kept = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, names in os.walk(dest) for n in names)
   assert kept == sorted(["run_times.json", "study.json", "study.md", "iq_eq.png", "gates.png", "eq_curve.png"] + [
       f"seed_{s}/{m}/{f}" for s in (0, 1) for m in ("base", "rl_text_exact")
-      for f in ("eval_summary.json", "metrics.jsonl.gz", "eval/after.jsonl.gz")] + [
+      for f in ("eval_summary.json", "metrics.jsonl.gz", "eval/after.jsonl.gz", "launches.jsonl.gz")] + [
       f"seed_{s}/rl_text_exact/eval/step_100.jsonl.gz" for s in (0, 1)])   # the positive control's learning curve
   last = files.read_jsonl(str(dest / "seed_0" / "base" / "metrics.jsonl.gz"))[-1]
   assert last == {"split": "train", "step": 3, "lambda": 0.123457}   # the columns the report reads, 6 digits
@@ -334,8 +336,9 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   shutil.rmtree(other / "seed_1")
   shutil.copytree(dest / "seed_1", other / "seed_1", symlinks=True)
   shutil.rmtree(other / "seed_1" / "base" / "base_model")
-  fake = FakeTrain(base_shift=0.05)
-  with pytest.raises(RuntimeError, match="does not evaluate as the exported one did"):
+  fake = FakeTrain(base_shift=0.05, commit="b" * 40)
+  with pytest.raises(RuntimeError, match=f"does not evaluate as the exported one did.*made at {'a' * 40}, this one "
+                                         f"at {'b' * 40}"):
     study.run_study(spec, config, str(other), ["rl_text_exact", "sft"], [0, 1], runner=fake)
   assert [os.path.relpath(_arg(c, "workdir"), other) for c in fake.calls] == ["seed_0/base"]
   assert os.path.exists(other / "seed_0" / "base" / "eval_summary.retrained.json")
@@ -391,6 +394,10 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   assert f"## Claims × {field}" in md and f"## {field} = 0.0" in md and f"## {field} = 0.5" in md
   assert "| SFT lowers IQ (iq) | **reproduced** -50.0 [" in md
   assert f"`rl_text_exact`, `sft` never read `{field}`" in md
+  assert "Code: every run that recorded its launches was made at commit aaaaaaaaaa (18 runs)." in md   # links once
+  assert report.code_line({"a" * 40: 2, "b" * 40 + "+dirty": 1}) == (
+      "Code: the runs were made at 2 versions of the code, aaaaaaaaaa (2 runs), bbbbbbbbbb+dirty (1 run): compare "
+      "across them with care.")
   assert os.path.getsize(tmp_path / "sweep.png") > 1000
   for v in (v0, v5):
     value_md = open(tmp_path / v / "study.md").read()

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from wavalign_jax import train
+from wavalign_jax import provenance, train
 from conftest import tiny_config
 
 
@@ -38,6 +38,9 @@ def test_stopped_run_resumes_with_same_state(tmp_path, tiny_base):
   lines = [json.loads(l) for l in open(interrupted / "metrics.jsonl")]
   steps = [l["step"] for l in lines if l["split"] == "train"]
   assert steps == [1, 2, 3, 4]
+  launches = provenance.read(str(interrupted))   # one record per launch, with the code it ran
+  assert [l["start_step"] for l in launches] == [0, 2]
+  assert launches[0]["commit"] == provenance.code_version()["commit"] and launches[0]["processes"] == 1
   for l in lines:
     if l["split"] == "train":
       for key in ("lambda", "lambda_raw", "gate_direction", "gate_info", "reward_max", "reward_var"):

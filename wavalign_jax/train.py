@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
-                          models, optim, preemption, sharding, steps, train_state, workdir_lock)
+                          models, optim, preemption, provenance, sharding, steps, train_state, workdir_lock)
 from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.batches import DPOBatch, HybridBatch
 from wavalign_jax.data import loader
@@ -176,6 +176,7 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                                     async_save=async_save)
   config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
+  provenance.record_launch(workdir, ckpt.latest_step() or 0)
   setup = setup_run(config, workdir, guard)
   config_check.check_mesh(config)   # also for library callers of train(); main() printed its warnings
   mesh = sharding.config_mesh(config.mesh)

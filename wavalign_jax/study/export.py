@@ -5,7 +5,8 @@ continue the study from it.
 
 copies the study's reports and run_times.json and, of every finished run, what the report reads: config.json,
 eval_summary.json, eval/after.jsonl (the per-item rows the confidence intervals resample), the positive control's
-eval/step_<n>.jsonl (its learning curve) and metrics.jsonl cut to the columns the report reads
+eval/step_<n>.jsonl (its learning curve), launches.jsonl (the code each launch ran) and metrics.jsonl cut to the
+columns the report reads
 (report.REPORT_METRICS), its numbers to 6 significant digits (float32 values and host timings written with 17;
 the report shows at most 4). The JSONL files are stored gzip-compressed (`after.jsonl.gz`, ...: mostly repeated
 keys, about 1/20 of the size); the report reads either form (files.existing_jsonl). Left out: checkpoints, base
@@ -23,7 +24,7 @@ import os
 import shutil
 from typing import Any
 
-from wavalign_jax import files
+from wavalign_jax import files, provenance
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.study.report import REPORT_METRICS
 from wavalign_jax.study.runner import finished
@@ -49,7 +50,7 @@ def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   if with_steps:   # (a run continued from an export holds some of them compressed already)
     rows += sorted({os.path.relpath(p, src).removesuffix(".gz")
                     for p in glob.glob(os.path.join(src, "eval", "step_*.jsonl*"))})
-  for name in [*rows, "metrics.jsonl"]:
+  for name in [*rows, "metrics.jsonl", provenance.FILE]:
     path = files.existing_jsonl(os.path.join(src, name))
     if path is not None:
       kept = files.read_jsonl(path)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from wavalign_jax import files
+from wavalign_jax import files, provenance
 from wavalign_jax.study import figures
 from wavalign_jax.study.claims import (POSITIVE_CONTROL, UNDERPOWERED, evaluate_claims, hierarchical_bootstrap,
                                        item_values, paired_difference, power_check)
@@ -173,6 +173,27 @@ def breakdown_rows(breakdown: dict[str, dict[str, float]]) -> list[str]:
                                         for k in keys) + " |"]
 
 
+def run_commits(workdirs: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> dict[str, int]:
+  """{code: runs} over the runs of the studies in `workdirs` that recorded their launches (provenance.py): each
+  run once (a sweep's shared runs are links), a run resumed at another commit under each."""
+  out: dict[str, int] = {}
+  runs = {os.path.realpath(run_dir(w, s, m)) for w in workdirs for m in ["base", *methods] for s in seeds}
+  for path in sorted(runs):
+    for code in provenance.commits(provenance.read(path)):
+      out[code] = out.get(code, 0) + 1
+  return out
+
+
+def code_line(commits: dict[str, int]) -> str:
+  """The sentence naming the code a study's runs were made at ("" where no run recorded it)."""
+  if not commits:
+    return ""
+  named = ", ".join(f"{code[:10]}{code[40:]} ({n} run{'s' * (n != 1)})" for code, n in commits.items())
+  if len(commits) == 1:
+    return f"Code: every run that recorded its launches was made at commit {named}."
+  return f"Code: the runs were made at {len(commits)} versions of the code, {named}: compare across them with care."
+
+
 def times_line(times: dict[str, float | None]) -> str:
   parts = [f"{label}: {times[k]:.0f} min" for k, label in (("summed_minutes", "summed run time"),
                                                          ("wall_minutes", "wall clock, first start to last finish"))
@@ -232,7 +253,8 @@ def markdown(out: dict[str, Any]) -> str:
     lines += [f"**Incomplete**: {', '.join(f'`{m}`' for m in out['unfinished'])} "
               f"{'has' if len(out['unfinished']) == 1 else 'have'} not finished on every seed yet and "
               f"{'is' if len(out['unfinished']) == 1 else 'are'} left out (rerun the study's command to continue).", ""]
-  lines += [" ".join(filter(None, [intro, same_run_note(out["same_run"]), times_line(out["times"])])), ""]
+  lines += [" ".join(filter(None, [intro, same_run_note(out["same_run"]), times_line(out["times"]),
+                                   code_line(out.get("commits", {}))])), ""]
 
   def table_of(title: str, methods: Sequence[str], columns: Sequence[tuple[str, str]]) -> None:
     lines.extend([f"## {title}", "", "| method | " + " | ".join(c for _, c in columns) + " |",
@@ -289,7 +311,7 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
       f"Seeds: {sweep['seeds']}. Each value is a study of its own in `{field}=<value>/` (its study.md has every "
       "table); values in % as mean [95% CI], paired hierarchical bootstrap (docs/testbed.md). A value whose "
       "positive control fails has every verdict \"underpowered\".", shared_note(field, sweep.get("shared_methods")),
-      times_line(sweep["times"])])), "",
+      times_line(sweep["times"]), code_line(sweep.get("commits", {}))])), "",
       f"## Claims × {field}", "", "| claim | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
   claims = list(dict.fromkeys((c["claim"], c["metric"]) for st in studies.values() for c in st["claims"]))
   for claim, metric in claims:
@@ -316,7 +338,8 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
   table = summarize(rows, seeds)
   curves = load_curves(study.workdir, [m for m in methods if m in rows], seeds, same_run)
   curve = learning_curve(study.workdir, seeds, rows["base"]) if power is not None else []
-  out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]), "positive_control": power,
+  out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]),
+         "commits": run_commits([study.workdir], methods, seeds), "positive_control": power,
          "learning_curve": curve, "time_breakdown": time_breakdown(study.workdir, methods, seeds, same_run),
          "same_run": same_run, "table": table, "claims": evaluate_claims(rows, seeds, same_run, power),
          "curves": curves, "unfinished": [m for m in methods if m not in rows]}
@@ -346,6 +369,7 @@ def sweep_report(workdir: str, what: str, field: str, studies: dict[str, Study],
   outs = {v: outs[v] for v in shown_order(list(outs))}
   sweep = {"title": f"Sweep of {field}: {what}", "field": field, "values": list(outs), "seeds": list(seeds),
            "times": time_totals([st.workdir for st in studies.values()]),
+           "commits": run_commits([st.workdir for st in studies.values()], methods, seeds),
            "shared_methods": list(list(studies.values())[-1].shared_methods),
            "studies": {v: {k: o[k] for k in ("positive_control", "same_run", "claims", "table")}
                        for v, o in outs.items()}}

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from wavalign_jax import files
+from wavalign_jax import files, provenance
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.testbed import base_model
 
@@ -69,10 +69,17 @@ def check_retrained_base(path: str) -> None:
     os.replace(os.path.join(path, "eval_summary.json"), os.path.join(path, "eval_summary.retrained.json"))
     differ = [f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted(before.keys() | now.keys())
               if before.get(k) != now.get(k)]
+    launches = provenance.read(path)   # the retraining launch last
+    unrecorded = "a commit it did not record"
+    made = ", ".join(provenance.commits(launches[:-1])) or unrecorded
     raise RuntimeError(
         f"{path}: the retrained base model does not evaluate as the exported one did ({'; '.join(differ[:3])}); "
         "the seed's finished runs started from the exported one, so runs from this one would not be comparable. "
-        f"Rerun the whole seed (delete {os.path.dirname(path)}) or continue where the study was exported from")
+        f"The exported base model was made at {made}, this one at "
+        f"{provenance.code_name(launches[-1]) if launches else unrecorded}: the "
+        "testbed's training is deterministic for one commit on one machine type, and a change in the code's "
+        f"numerics gives another base model. Continue at the exported commit, or rerun the whole seed (delete "
+        f"{os.path.dirname(path)})")
   os.remove(old)
 
 
