@@ -48,3 +48,12 @@ def test_compressed_jsonl_reads_back_and_is_the_same_bytes_each_time(tmp_path):
   assert files.existing_jsonl(plain) == packed
   os.remove(packed)
   assert files.existing_jsonl(plain) is None
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+  """Atomic writes go through a temporary file that mkstemp makes 0600; the file in place must be readable as one
+  written by open() would be (the process umask), for the other users of a shared cluster."""
+  plain = tmp_path / "plain.txt"
+  plain.write_text("x")
+  files.write_json(str(tmp_path / "a.json"), {"v": 1})
+  assert os.stat(tmp_path / "a.json").st_mode & 0o777 == os.stat(plain).st_mode & 0o777

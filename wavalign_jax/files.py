@@ -34,12 +34,24 @@ def dumps(obj: Any, **kwargs: Any) -> str:
   return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+# The permissions `open(path, "w")` would give a new file. mkstemp makes its file 0600, which a rename keeps: other
+# users and services of a shared cluster could not read the run's files.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically: a temporary file in the same directory, flushed, then renamed."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
+    os.fchmod(fd, _FILE_MODE)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
