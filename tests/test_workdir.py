@@ -120,13 +120,32 @@ def test_resume_with_another_experiment_is_refused_with_the_changed_fields(finis
   config.rollout.group_size = 3
   config.train.total_steps = 8          # step counts and cadences may change
   config.train.checkpoint_every = 4
+  config.data.worker_count = 1          # operational, but the checkpointed data position would not restore
   with pytest.raises(ConfigChanged) as e:
     train.train(config, str(work))
   message = str(e.value)
   assert "gate.mode: \"dynamic\" -> \"rl_only\"" in message and "method: \"hybrid\" -> \"rl_full\"" in message
   assert "rl.token_set: \"text\" -> \"all\"" in message and "rollout.group_size: 2 -> 3" in message
+  assert "data.worker_count: 0 -> 1" in message
   assert "total_steps" not in message and "checkpoint_every" not in message
   assert open(work / "config.json").read() == saved and not os.path.exists(work / "job.lock")
+
+
+@pytest.mark.parametrize("made", ["testbed", "base_model", "base_model.sft_checkpoints"])
+def test_relaunch_before_the_first_checkpoint_checks_the_config_once_testbed_state_exists(tmp_path, made):
+  """A launch killed before its first checkpoint may already have made the testbed's data, base model or the base
+  model's SFT checkpoints from its config: a relaunch with another experiment is refused, not trained on them."""
+  config = _config()
+  config_history.record(config, str(tmp_path), None)   # what the first launch wrote
+  os.makedirs(tmp_path / made)
+  config.testbed.base_sft_steps += 1
+  config.optim.learning_rate *= 2
+  with pytest.raises(ConfigChanged) as e:
+    train.train(config, str(tmp_path))
+  assert "testbed.base_sft_steps: " in str(e.value) and "optim.learning_rate: " in str(e.value)
+  assert not os.path.exists(tmp_path / "config.0.json")
+  shutil.rmtree(tmp_path / made)   # nothing made yet: a relaunch may fix its config freely
+  assert not train._holds_testbed_state(str(tmp_path))
 
 
 def test_config_history_keeps_every_config_of_a_run(tmp_path):

@@ -1,8 +1,8 @@
 """WORKDIR/config.json and its history: a resumed run continues the experiment it started, or says what changed.
 
 A run records the config it started with in WORKDIR/config.json. A rerun on a work directory that already
-holds training state (checkpoints, or the testbed's base model) compares its config with the latest recorded
-one. Fields that define the experiment (model, layout, method, objective, gates, rollouts, reward, data,
+holds training state (checkpoints; before the first one, the testbed's data, base model or its SFT checkpoints:
+train._holds_testbed_state) compares its config with the latest recorded one. Fields that define the experiment (model, layout, method, objective, gates, rollouts, reward, data,
 losses, optimizer, seed, testbed) must be equal, or the run stops listing each change as
 `field: saved -> given`; `--config.train.allow_config_change=True` accepts them. Operational fields (step
 counts, cadences, evaluation, memory and I/O knobs, the mesh) may change freely. Whenever the config differs
@@ -28,12 +28,14 @@ FREE = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
     "train.eval_every", "train.eval_before",
     "train.eval_examples", "train.eval_batch_size", "train.analysis_every", "train.analysis_minibatches",
-    "optim.warmup_steps", "mesh.", "data.worker_count", "rollout.length_buckets",
+    "optim.warmup_steps", "mesh.", "rollout.length_buckets",
     "rollout.cache_windows", "rollout.gather_weights",
     "model.remat", "model.logprob_chunk", "model.logprob_keep_logits", "model.attention_impl", "model.attention_block",
     "reward.timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
     "reward.max_failed_fraction", "testbed.base_checkpoint_every",
 )
+# Not free although operational: `data.worker_count` (the data iterator's checkpointed position differs between
+# in-process and worker-process loading, so a checkpoint of one cannot be restored into the other).
 _ABSENT = "<absent>"
 
 

@@ -41,6 +41,7 @@ from wavalign_jax.rewards.llm_judge import FailureMonitor
 from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
+from wavalign_jax.testbed import base_model
 from wavalign_jax.run_setup import RunSetup, check_finite_knobs, make_reward_fn, setup_run
 
 
@@ -175,8 +176,11 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   async_save = jax.default_backend() != "cpu"
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                                     async_save=async_save)
-  config_history.record(config, workdir, ckpt.latest_step())   # refuses a changed experiment on resume
-  provenance.record_launch(workdir, ckpt.latest_step() or 0)
+  resume_step = ckpt.latest_step()
+  if resume_step is None and _holds_testbed_state(workdir):
+    resume_step = 0   # relaunched before the first checkpoint, after the testbed's data or base model were made
+  config_history.record(config, workdir, resume_step)   # refuses a changed experiment on resume
+  provenance.record_launch(workdir, resume_step or 0)
   setup = setup_run(config, workdir, guard)
   config_check.check_mesh(config)   # also for library callers of train(); main() printed its warnings
   mesh = sharding.config_mesh(config.mesh)
@@ -192,6 +196,13 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   return _Run(config, workdir, guard, setup, mesh, cfg, ckpt, train_it, optimizer,
               optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
               train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create)
+
+
+def _holds_testbed_state(workdir: str) -> bool:
+  """Whether an earlier launch made testbed state from its config in `workdir` (data, base model, or the base
+  model's SFT checkpoints): a relaunch must then run the same experiment, as a resume from a checkpoint must."""
+  made = (os.path.join(workdir, "testbed"), base_model.path(workdir), base_model.path(workdir) + ".sft_checkpoints")
+  return any(os.path.exists(p) for p in made)
 
 
 def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any:
