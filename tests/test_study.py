@@ -13,6 +13,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from wavalign_jax import config_lib, files, provenance, study
+from wavalign_jax.errors import ConfigError
 from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -304,7 +305,8 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   runs = do_export()
   assert runs == [f"seed_{s}/{m}" for s in (0, 1) for m in ("base", "rl_text_exact")]
   kept = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, names in os.walk(dest) for n in names)
-  assert kept == sorted(["run_times.json", "study.json", "study.md", "iq_eq.png", "gates.png", "eq_curve.png"] + [
+  assert kept == sorted(["run_times.json", "study.json", "study.md", "iq_eq.png", "gates.png", "eq_curve.png",
+                         "study_command.json"] + [
       f"seed_{s}/{m}/{f}" for s in (0, 1) for m in ("base", "rl_text_exact")
       for f in ("eval_summary.json", "metrics.jsonl.gz", "eval/after.jsonl.gz", "launches.jsonl.gz")] + [
       f"seed_{s}/rl_text_exact/eval/step_100.jsonl.gz" for s in (0, 1)])   # the positive control's learning curve
@@ -409,6 +411,12 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   again = FakeTrain()
   study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=3"],
                   sweep.parse_sweep(f"{field}=0,0.5", config), runner=again)
+  assert again.calls == []
+  # Other settings would put new runs beside the finished ones under one report: refused, naming them.
+  with pytest.raises(ConfigError, match=r"overrides: \[\"--config.train.total_steps=3\"\] -> "
+                                        r"\[\"--config.train.total_steps=6\"\]\n  eval_every: 50 -> 20"):
+    study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=6"],
+                    sweep.parse_sweep(f"{field}=0,0.5", config), eval_every=20, runner=again)
   assert again.calls == []
   # An export keeps the shared runs as links into the first value's copy, and a rerun from it does nothing.
   dest = tmp_path / "exported"

@@ -52,6 +52,10 @@ def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: S
   (field, values) one study per value in workdir/FIELD=V and the sweep's report in `workdir`. `config` is the
   spec's config with `overrides` applied (the --config.x=y arguments passed on to every run)."""
   methods = sorted([m for m in methods if m != "base"], key=lambda m: m != POSITIVE_CONTROL)   # it runs first
+  workdir = os.path.abspath(workdir)   # the runs' locked paths (testbed.dir, init_checkpoint) spelled one way
+  os.makedirs(workdir, exist_ok=True)
+  runner_lib.check_command(workdir, {"config": config_spec, "overrides": sorted(overrides), "eval_every": eval_every,
+                                     "sweep": sweep[0] if sweep else None}, write=not report_only)
   fixed = {f: get_field(config, f) for f in override_fields(overrides)}   # typed as the runs parse them
   what = " ".join([config_spec, *overrides])
   if sweep is None:
@@ -69,7 +73,6 @@ def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: S
           os.path.join(workdir, label), (*overrides, f"--config.{label}"), same_run, label,
           shared_base=first.workdir if first and reward_only else "",
           shared_methods=tuple(shared) if first and reward_only else ())
-  os.makedirs(workdir, exist_ok=True)
   if not report_only:
     runner_lib.run_all(config_spec, list(studies.values()), methods, seeds, eval_every, jobs,
                        os.path.join(workdir, "jax_cache"), runner)

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from wavalign_jax import files, provenance
+from wavalign_jax import errors, files, provenance
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.testbed import base_model
 
@@ -37,6 +37,28 @@ class Study:
 
 def run_dir(workdir: str, seed: int, method: str) -> str:
   return os.path.join(workdir, f"seed_{seed}", method)
+
+
+COMMAND_FILE = "study_command.json"
+
+
+def check_command(workdir: str, command: dict[str, Any], write: bool) -> None:
+  """DIR/study_command.json: what every run of the study is started with (the config spec, the --config overrides,
+  --eval_every, the swept field). A rerun with other values would keep the finished runs of the old command beside
+  new runs of the new one under one report (finished runs are never rerun), so it is refused, naming the
+  differences; methods, seeds and sweep values may be added. Written by the first command that runs (`write`)."""
+  path = os.path.join(workdir, COMMAND_FILE)
+  if not os.path.exists(path):
+    if write:
+      files.write_json(path, command, indent=1)
+    return
+  saved = json.load(open(path))
+  differ = [f"{k}: {json.dumps(saved.get(k))} -> {json.dumps(v)}" for k, v in command.items() if saved.get(k) != v]
+  if differ:
+    raise errors.ConfigError(
+        f"{workdir} holds a study started with other settings ({path}):\n  " + "\n  ".join(differ) +
+        "\nIts finished runs would be reported beside runs of these settings. Rerun with the saved settings, or "
+        "use a new --workdir")
 
 
 def finished(path: str) -> bool:
