@@ -5,8 +5,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -518,3 +521,56 @@ def test_time_breakdown_from_run_times_and_metrics(tmp_path):
   got = report.time_breakdown(str(tmp_path), ["rl_text"], [0])
   assert got == {"rl_text": dict(wall=100.0, first_step=30.0, rollouts=2.0, updates=6.0, evals=10.0, other=52.0)}
   assert report.breakdown_rows(got)[-1].startswith("| all | 1.7 (100%) | 0.5 (30%) |")
+
+
+_STAND_IN = r"""
+import json, os, signal, sys, time
+path, method = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.join(path, "eval"), exist_ok=True)
+def finish():
+  with open(os.path.join(path, "eval", "after.jsonl"), "w") as f:
+    f.write(json.dumps({"id": "a", "iq": 1.0, "eq": 1.0}) + "\n")
+  with open(os.path.join(path, "eval_summary.json"), "w") as f:
+    json.dump({"after": {"iq": 1.0, "eq": 1.0}}, f)
+if method == "base":
+  os.makedirs(os.path.join(path, "base_model"), exist_ok=True)
+  finish()
+  sys.exit(0)
+got = []
+for s in (signal.SIGINT, signal.SIGTERM):
+  signal.signal(s, lambda signum, frame: got.append(signum))
+open(os.path.join(path, "started"), "w").close()
+deadline = time.time() + 60
+while not got and time.time() < deadline:
+  time.sleep(0.05)
+time.sleep(0.5)   # a second signal would arrive meanwhile
+with open(os.path.join(path, "signals"), "w") as f:
+  json.dump(got, f)
+sys.exit(0)   # like train when preempted: a checkpoint, no eval_summary.json
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_study_after_its_running_run_checkpointed(tmp_path, monkeypatch, signum):
+  """Ctrl-C or SIGTERM while a run trains: the train process gets the signal exactly once (twice would stop it
+  without a checkpoint), no queued run starts, and the study ends with StudyStopped (the CLI's exit status 0)."""
+  monkeypatch.setattr(runner, "train_command", lambda spec, method, seed, workdir, overrides, eval_every: [
+      sys.executable, "-c", _STAND_IN, runner.run_dir(workdir, seed, method), method])
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  started = tmp_path / "seed_0" / "rl_text_exact" / "started"
+
+  def send_when_started():
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signum)
+
+  handler = signal.getsignal(signum)
+  sender = threading.Thread(target=send_when_started)
+  sender.start()
+  with pytest.raises(runner.StudyStopped, match=f"{signal.Signals(signum).name} received.*1 of 3 runs finished"):
+    study.run_study(spec, config, str(tmp_path), ["rl_text_exact", "sft"], [0], runner=runner.run_train)
+  sender.join()
+  assert json.load(open(tmp_path / "seed_0" / "rl_text_exact" / "signals")) == [int(signum)]
+  assert not os.path.exists(tmp_path / "seed_0" / "sft")
+  assert signal.getsignal(signum) is handler   # the study's handler is gone

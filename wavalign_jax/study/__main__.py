@@ -8,7 +8,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wavalign_jax import cli, config_check, config_lib
-from wavalign_jax.study import export, run_study
+from wavalign_jax.study import export, run_study, runner
 from wavalign_jax.study.sweep import override_fields, parse_sweep
 
 def define_flags() -> None:
@@ -55,8 +55,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from None
   if f.export and os.path.lexists(f.export):   # before hours of runs, not after
     raise app.UsageError(f"--export={f.export} exists; export into a new directory")
-  run_study(spec, f.config, f.workdir, methods, parse_seeds(f.seeds), overrides, sweep, f.eval_every, f.jobs,
-            f.report_only)
+  try:
+    run_study(spec, f.config, f.workdir, methods, parse_seeds(f.seeds), overrides, sweep, f.eval_every, f.jobs,
+              f.report_only)
+  except runner.StudyStopped as e:
+    print(e, flush=True)
+    return
   if f.export:
     runs = export.export_results(f.workdir, f.export)
     print(f"exported {len(runs)} finished runs to {f.export}", flush=True)

@@ -6,13 +6,14 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
 
-from wavalign_jax import errors, files, provenance
+from wavalign_jax import errors, files, preemption, provenance
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.testbed import base_model
 
@@ -122,10 +123,35 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
   return cmd + list(overrides) + ["--config.train.total_steps=0"]
 
 
+_RUNNING: set[subprocess.Popen] = set()   # the train processes of run_train, for run_all to pass a signal on
+_RUNNING_LOCK = threading.Lock()
+
+
 def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
-  """One train process, its output appended to `log_path`; returns its exit status."""
+  """One train process, its output appended to `log_path`; returns its exit status. It runs in a session of its
+  own, so a Ctrl-C at the terminal reaches the study alone, which passes it on once (run_all): a train process
+  that received it twice would stop at once instead of saving a checkpoint."""
   with open(log_path, "a") as log:
-    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with _RUNNING_LOCK:
+      _RUNNING.add(proc)
+    try:
+      return proc.wait()
+    finally:
+      with _RUNNING_LOCK:
+        _RUNNING.discard(proc)
+
+
+def _signal_running(signum: int) -> None:
+  with _RUNNING_LOCK:
+    for proc in _RUNNING:
+      if proc.poll() is None:
+        proc.send_signal(signum)
+
+
+class StudyStopped(Exception):
+  """SIGTERM / SIGINT stopped the study after its running runs saved their checkpoints (the command line prints the
+  message and exits 0, as train does when preempted)."""
 
 
 def link_shared_base(study: Study, seeds: Sequence[int]) -> None:
@@ -185,8 +211,10 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     base = st.base_dir(seed)
     if method != "base":
       base_ready[base].wait()
-      if not finished(base):
+      if guard.signum is None and not finished(base):
         raise RuntimeError(f"seed {seed}: the base run failed; see {base}/run.log")
+    if guard.signum is not None:   # stopping: no new run starts
+      return
     path = run_dir(st.workdir, seed, method)
     os.makedirs(path, exist_ok=True)
     t0 = time.time()
@@ -198,6 +226,8 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     finally:
       if method == "base":
         base_ready[base].set()
+    if rc == 0 and not finished(path) and guard.signum is not None:   # preempted with a checkpoint
+      return
     if rc != 0 or not finished(path):
       raise RuntimeError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
                          f"see {path}/run.log")
@@ -215,8 +245,19 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
             f"ETA {eta / 60:.1f} min", flush=True)
 
   print(f"study: {len(todo)} runs to do in {', '.join(st.workdir for st in studies)} ({jobs} at a time)", flush=True)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+  # SIGTERM / SIGINT: the running train processes get the signal once (they save a checkpoint and exit), no new run
+  # starts, and the study ends saying so; a second signal stops the study at once (the default handlers are back).
+  with preemption.PreemptionGuard() as guard, concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     futures = [pool.submit(one, st, s, m) for st, s, m in todo]
-    errors = [f.exception() for f in futures if f.exception() is not None]
-  if errors:
-    raise RuntimeError("; ".join(str(e) for e in errors))
+    passed_on = False
+    while concurrent.futures.wait(futures, timeout=0.2).not_done:
+      if guard.signum is not None and not passed_on:
+        _signal_running(guard.signum)
+        passed_on = True
+    failures = [f.exception() for f in futures if f.exception() is not None]
+  if failures:
+    raise RuntimeError("; ".join(str(e) for e in failures))
+  if guard.signum is not None and len(done) < len(todo):
+    raise StudyStopped(f"{signal.Signals(guard.signum).name} received: the study stopped after its running runs "
+                       f"saved their checkpoints ({len(done)} of {len(todo)} runs finished); rerun the same command "
+                       "to continue")
