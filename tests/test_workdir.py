@@ -3,6 +3,7 @@ metrics line, strict JSON (README "Reliability")."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from wavalign_jax import checkpointing, config_history, train, workdir_lock
+from wavalign_jax import checkpointing, config_history, preemption, train, workdir_lock
 from wavalign_jax.checkpointing import NoRestorableCheckpoint
 from wavalign_jax.config_history import ConfigChanged
 from wavalign_jax.metric_writer import MetricWriter
@@ -272,3 +273,29 @@ def test_non_finite_testbed_and_reward_knobs_are_refused_at_start_up(tmp_path):
   with pytest.raises(RunError, match=r"--config.testbed.judge_acoustic_noise=nan, --config.reward.fallback_score=inf"):
     train.train(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+def test_an_evaluation_owed_at_a_preempted_step_runs_on_resume(tiny_base, tmp_path, monkeypatch):
+  """A preemption signal during a step that crosses `train.eval_every` saves the checkpoint and stops before that
+  step's evaluation; the resumed run evaluates that step first, so the curve keeps the point (and only once)."""
+  config = _config(tiny_base("interleaved"))
+  config.train.update(eval_every=2, eval_examples=8)
+  polls = []
+
+  def stop_after_step_2(guard):   # PreemptionGuard.should_stop, polled after every step: a SIGTERM during step 2
+    polls.append(1)
+    if len(polls) == 2:
+      guard.signum = signal.SIGTERM
+    return guard.signum is not None
+
+  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_after_step_2)
+  assert train.train(config, str(tmp_path)) == {"preempted": 2}
+  assert not os.path.exists(tmp_path / "eval" / "step_2.jsonl")
+  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda guard: False)
+  train.train(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [(r["step"], r["split"]) for r in rows if r["split"] != "train"] == [(2, "eval"), (4, "eval_after")]
+  assert os.path.exists(tmp_path / "eval" / "step_2.jsonl")
+  # A finished run is left alone.
+  train.train(config, str(tmp_path))
+  assert [json.loads(line) for line in open(tmp_path / "metrics.jsonl")] == rows

@@ -31,10 +31,11 @@ class MetricWriter:
     self._start = time.time()
     self._jsonl = None
     self._tb = None
+    self.resumed_rows: list[dict[str, Any]] = []   # the rows kept from earlier launches (process 0)
     if self._is_main:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
-      _truncate_jsonl(path, resume_step)
+      self.resumed_rows = _truncate_jsonl(path, resume_step)
       self._jsonl = open(path, "a")
       if tensorboard:
         from tensorboardX import SummaryWriter  # imported lazily: optional at inference time
@@ -68,13 +69,13 @@ class MetricWriter:
       self._tb.close()
 
 
-def _truncate_jsonl(path: str, resume_step: int) -> None:
-  """Keeps the rows of steps 1..resume_step (step-0 rows only if the run resumes past step 0); atomic.
+def _truncate_jsonl(path: str, resume_step: int) -> list[dict[str, Any]]:
+  """Keeps the rows of steps 1..resume_step (step-0 rows only if the run resumes past step 0); atomic. Returns them.
 
   A torn last line (the job was killed in the middle of writing it) is dropped with a warning; an unreadable
   line before it was not written by this writer and stops the run, naming the file and line."""
   if not os.path.exists(path):
-    return
+    return []
   with open(path) as f:
     text = f.read()
   lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -87,6 +88,8 @@ def _truncate_jsonl(path: str, resume_step: int) -> None:
         raise RunError(f"{path}:{n} is not a JSON row (a torn write can only be the last line); fix or remove "
                        "that line and rerun") from None
       print(f"warning: {path}:{n}: dropping a torn last line (the job was killed while writing it)", flush=True)
-  keep = "".join(line + "\n" for row, line in rows if 0 < resume_step and row["step"] <= resume_step)
+  kept = [(row, line) for row, line in rows if 0 < resume_step and row["step"] <= resume_step]
+  keep = "".join(line + "\n" for _, line in kept)
   if keep != text:
     files.write_text(path, keep)
+  return [row for row, _ in kept]

@@ -24,7 +24,9 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections as mlc
+import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
@@ -139,6 +141,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   state, ref_params, resumed = _restore(run)
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
   results = _evaluate_before(run, state)
+  _evaluate_missed(run, state)
   fns = _make_steps(run)
   reward_fn = make_reward_fn(config, workdir) if run.cfg.objective == "hybrid" else None
   monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
@@ -362,6 +365,23 @@ def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, Any]
   if before[0] and jax.process_index() == 0:
     files.write_json(os.path.join(run.workdir, "eval_before.json"), before[0], indent=2)
   return {"eval_before": before[0]}
+
+
+def _evaluate_missed(run: _Run, state: train_state.TrainState) -> None:
+  """On resume, the evaluation the last launch owed: it crossed a multiple of `train.eval_every` and saved its
+  checkpoint, then stopped before evaluating (a preemption signal during that step, a kill during the evaluation).
+  Without it the eval curve, and a study's learning curve, would lack that point."""
+  c, now = run.config.train, int(state.step)
+  if not c.eval_every or not 0 < now < c.total_steps:
+    return
+  last = max((r["step"] for r in run.writer.resumed_rows if r["split"] == "eval"), default=0)
+  owed = now // c.eval_every > last // c.eval_every
+  if jax.process_count() > 1:   # process 0 read metrics.jsonl; every process takes part in the evaluation
+    owed = bool(multihost_utils.broadcast_one_to_all(np.int32(owed)))
+  if owed:
+    t0 = time.time()
+    _log_eval(run.writer, run.workdir, now, "eval", f"step_{now}",
+              evaluate(state.params, run.setup, c.eval_examples, run.config.seed, run.mesh), time.time() - t0)
 
 
 def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed: bool, stop_at: int,
