@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -187,10 +189,10 @@ def _dead_pid():
   return proc.pid
 
 
-def _write_lock(workdir, pid, host=None):
+def _write_lock(workdir, pid, host=None, **fields):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, workdir_lock.LOCK_FILE), "w") as f:
-    json.dump({"host": host or socket.gethostname(), "pid": pid, "start": 1700000000.0}, f)
+    json.dump({"host": host or socket.gethostname(), "pid": pid, "start": 1700000000.0, **fields}, f)
 
 
 def test_a_second_job_is_refused_and_writes_nothing(tmp_path, live_pid):
@@ -199,10 +201,52 @@ def test_a_second_job_is_refused_and_writes_nothing(tmp_path, live_pid):
   with pytest.raises(WorkdirLocked, match=rf"in use by another job \(host '{socket.gethostname()}', pid {live_pid}"):
     train.train(_config(), str(work))
   assert os.listdir(work) == [workdir_lock.LOCK_FILE]
-  # another host's lock cannot be checked from here: refused as well, whatever the pid
-  _write_lock(work, _dead_pid(), host="other-host")
-  with pytest.raises(WorkdirLocked, match="host 'other-host'"):
-    with workdir_lock.hold(str(work)):
+
+
+@pytest.mark.parametrize("where", [dict(host="other-host"), dict(pid_ns="another-container")])
+def test_a_lock_no_pid_can_check_is_held_while_renewed_and_taken_over_when_not(tmp_path, monkeypatch, capsys, where):
+  """Another host's lock, or one from another pid namespace on this host (containers sharing the host's name; the
+  holder may even have our pid): whether its job lives is seen from the lock's renewals, not from its pid."""
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  monkeypatch.setattr(workdir_lock, "LEASE_S", 2.0)   # far above the renewals' 0.05 s, even on a loaded machine
+  lock = tmp_path / workdir_lock.LOCK_FILE
+  _write_lock(tmp_path, os.getpid(), **where)
+  stop = threading.Event()
+
+  def holder_alive():   # the holder's heartbeat
+    while not stop.wait(0.05):
+      os.utime(lock)
+
+  alive = threading.Thread(target=holder_alive)
+  alive.start()
+  try:
+    with pytest.raises(WorkdirLocked, match=f"pid {os.getpid()}"):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+  finally:
+    stop.set()
+    alive.join()
+  assert json.load(open(lock))["pid"] == os.getpid() and json.load(open(lock))["host"] == where.get(
+      "host", socket.gethostname())   # still the other job's
+  # Its job is gone: the lock stays untouched for LEASE_S and is taken over.
+  with workdir_lock.hold(str(tmp_path)):
+    assert json.load(open(lock))["host"] == socket.gethostname()
+    first = os.stat(lock).st_mtime_ns
+    time.sleep(0.3)
+    assert os.stat(lock).st_mtime_ns > first   # and renewed by its new holder
+  assert "taking it over" in capsys.readouterr().out and not lock.exists()
+
+
+def test_without_hard_links_the_lock_is_an_exclusive_create(tmp_path, monkeypatch, live_pid):
+  """Filesystems without hard links (gcsfuse, s3fs): the lock is still taken once, and a second job refused."""
+  def no_links(src, dst):
+    raise PermissionError(1, "Operation not permitted")
+  monkeypatch.setattr(os, "link", no_links)
+  with workdir_lock.hold(str(tmp_path)):
+    assert json.load(open(tmp_path / workdir_lock.LOCK_FILE))["pid"] == os.getpid()
+  _write_lock(tmp_path, live_pid)
+  with pytest.raises(WorkdirLocked, match=f"pid {live_pid}"):
+    with workdir_lock.hold(str(tmp_path)):
       pass
 
 

@@ -1,13 +1,18 @@
-"""One job per work directory: WORKDIR/job.lock names the job that holds it (host, pid, start time).
+"""One job per work directory: WORKDIR/job.lock names the job that holds it (host, pid namespace, pid, start).
 
 Two jobs on one work directory (a scheduler's double launch, a rerun while the first job lives) would write
 the same checkpoints and metric rows. The lock is a file created atomically (written under a temporary name,
-then hard-linked into place, which fails if the file exists), so of two jobs starting together exactly one
-wins, and the loser stops before writing anything. A lock whose job is gone on this host (its pid is not
-alive, e.g. after kill -9) is taken over with a warning; a lock from another host cannot be checked from here,
-so the message says how to remove it once that job is known to be dead. On several hosts only process 0 locks
-(the work directory is shared) and every process learns the outcome. The lock is removed when the job ends:
-finished, preempted or failed.
+then hard-linked into place, which fails if the file exists; on a filesystem without hard links, an exclusive
+create), so of two jobs starting together exactly one wins, and the loser stops before writing anything.
+
+Whether the holder still lives: on this host and in this pid namespace, its pid tells (a lock whose pid is gone,
+e.g. after kill -9, is taken over with a warning). From another host, or another pid namespace on the same host
+(containers sharing the host's network, hence its name, each with their own pids), a pid says nothing, so the
+holder renews its lock's modification time every HEARTBEAT_S seconds: a new job watches the lock for up to
+LEASE_S seconds, stops as soon as it is renewed, and takes it over if it is not (a job killed on another machine,
+a restarted container). Only changes of the time are compared, never the clocks of two machines. On several hosts
+only process 0 locks (the work directory is shared) and every process learns the outcome. The lock is removed
+when the job ends: finished, preempted or failed.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from typing import Iterator
 
@@ -27,6 +33,8 @@ from jax.experimental import multihost_utils
 from wavalign_jax.errors import RunError
 
 LOCK_FILE = "job.lock"
+HEARTBEAT_S = 10.0   # how often a holder renews its lock
+LEASE_S = 60.0       # a lock unrenewed this long (watched from another host or pid namespace) is a dead job's
 _held: dict[str, int] = {}   # lock path -> nesting depth in this process (main() and train() both hold it)
 
 
@@ -42,6 +50,42 @@ def _alive(pid: int) -> bool:
   except PermissionError:   # exists, owned by another user
     return True
   return True
+
+
+def _pid_namespace() -> str | None:
+  """This process's pid namespace (Linux: the inode of /proc/self/ns/pid), None where there is none to read."""
+  try:
+    return str(os.stat("/proc/self/ns/pid").st_ino)
+  except OSError:
+    return None
+
+
+def _renewed(path: str, holder: dict) -> bool:
+  """Watches the lock at `path` for up to LEASE_S seconds: True as soon as its holder renews it (or another job
+  replaces it), False if it stays untouched (its job is gone)."""
+  try:
+    first = os.stat(path).st_mtime_ns
+  except FileNotFoundError:
+    return False
+  print(f"{path} is held by {_describe(holder)}, which cannot be checked from here: watching for up to "
+        f"{LEASE_S:.0f} s whether that job renews it", flush=True)
+  deadline = time.monotonic() + LEASE_S
+  while time.monotonic() < deadline:
+    time.sleep(min(HEARTBEAT_S / 4, max(0.0, deadline - time.monotonic())))
+    try:
+      if os.stat(path).st_mtime_ns != first or _read(path) != holder:
+        return True
+    except FileNotFoundError:
+      return True   # released: the loop in _acquire tries again
+  return False
+
+
+def _renew(path: str, me: dict, stop: threading.Event) -> None:
+  """The holder's heartbeat: touches its lock every HEARTBEAT_S seconds while it is still its own."""
+  while not stop.wait(HEARTBEAT_S):
+    if _read(path) == me:
+      with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _describe(holder: dict) -> str:
@@ -69,6 +113,14 @@ def _try_create(path: str, me: dict) -> bool:
     return True
   except FileExistsError:
     return False
+  except OSError:   # no hard links here (gcsfuse, s3fs, ...): an exclusive create (a reader may see it empty)
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      json.dump(me, f)
+    return True
   finally:
     os.remove(tmp)
 
@@ -78,8 +130,12 @@ def _acquire(path: str, me: dict) -> None:
     holder = _read(path)
     if holder is None:   # released meanwhile
       continue
-    stale = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and (
-        holder["pid"] == me["pid"] or not _alive(holder["pid"]))   # own pid: a restarted container
+    # A lock written before pid namespaces were recorded counts as this namespace's.
+    here = holder.get("host") == me["host"] and holder.get("pid_ns", me["pid_ns"]) == me["pid_ns"]
+    if here and isinstance(holder.get("pid"), int):
+      stale = holder["pid"] == me["pid"] or not _alive(holder["pid"])   # own pid: the holder was this pid's
+    else:
+      stale = bool(holder) and not _renewed(path, holder)
     if not stale:
       raise WorkdirLocked(
           f"{os.path.dirname(path)} is in use by another job ({_describe(holder) if holder else 'unreadable lock'}"
@@ -111,7 +167,7 @@ def hold(workdir: str) -> Iterator[None]:
     finally:
       _held[path] -= 1
     return
-  me = {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time()}
+  me = {"host": socket.gethostname(), "pid_ns": _pid_namespace(), "pid": os.getpid(), "start": time.time()}
   error = None
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -124,9 +180,13 @@ def hold(workdir: str) -> Iterator[None]:
   if error is not None:
     raise error
   _held[path] = 1
+  stop = threading.Event()
+  if jax.process_index() == 0:
+    threading.Thread(target=_renew, args=(path, me, stop), daemon=True, name="job.lock heartbeat").start()
   try:
     yield
   finally:
+    stop.set()
     del _held[path]
     if jax.process_index() == 0 and _read(path) == me:
       os.remove(path)
