@@ -160,9 +160,13 @@ def _tiny(**overrides):
     ({"gate__mode": "dynamc"}, "GateConfig.mode 'dynamc'"),
     ({"reward__kind": "judge"}, "did you mean 'llm_judge'"),
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
+    ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
+     "stop_at_step=3: with --config.rl.num_iterations=2"),
 ])
 def test_check_refuses(tmp_path, overrides, match):
   config_check.check(_tiny(), str(tmp_path))
+  reuse = dict(rl__num_iterations=2, rl__clip_eps=0.2)
+  config_check.check(_tiny(**reuse, train__stop_at_step=4), str(tmp_path))   # at a rollout batch's end
   with pytest.raises(ConfigError, match=match):
     config_check.check(_tiny(**overrides), str(tmp_path))
 
