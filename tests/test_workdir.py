@@ -170,6 +170,12 @@ def test_config_history_keeps_every_config_of_a_run(tmp_path):
   config.train.allow_config_change = False                # the latest recorded config is the reference now
   config_history.record(config, str(tmp_path), 10)
   assert not os.path.exists(tmp_path / "config.10.json")
+  # The checkpoints moved away: a new run, whose history must not be an earlier attempt's config.8.json.
+  config = _config()
+  config_history.record(config, str(tmp_path), None)
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]
+  config_history.record(config, str(tmp_path), 2)
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]
 
 
 # ----------------------------------------------------------------------------- one job per work directory

@@ -87,7 +87,11 @@ def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> Non
   recorded one and keeps a changed config as config.<resume_step>.json. Every process checks; process 0 writes."""
   given = as_dict(config)
   saved = latest(workdir) if resume_step is not None else None
-  if saved is None:
+  if saved is None:   # a new run: the configs of an earlier attempt without training state go with it
+    if jax.process_index() == 0 and os.path.isdir(workdir):
+      for name in os.listdir(workdir):
+        if re.fullmatch(r"config\.\d+\.json", name):
+          os.remove(os.path.join(workdir, name))
     _write(os.path.join(workdir, "config.json"), given)
     return
   path, old = saved
