@@ -53,6 +53,18 @@ def synthetic_qwen2(out_dir: str, n_params: float, seed: int = 0) -> int:
   return sum(int(np.prod(s)) for s in shapes.values())
 
 
+def round_trip(source: str, exported: str) -> str:
+  """'identical (N tensors)' when every tensor of `exported` equals `source`'s bit for bit; raises otherwise."""
+  want = dict(safetensors_io.CheckpointReader(source).iter_tensors())
+  got = dict(safetensors_io.CheckpointReader(exported).iter_tensors())
+  if set(got) != set(want):
+    raise AssertionError(f"exported tensors differ in names: {sorted(set(got) ^ set(want))[:5]}")
+  for name, value in want.items():
+    if got[name].dtype != value.dtype or not np.array_equal(got[name].view(np.uint16), value.view(np.uint16)):
+      raise AssertionError(f"{name}: the exported tensor differs from the source")
+  return f"identical ({len(want)} tensors)"
+
+
 def run_measured(args: list[str]) -> tuple[float, float]:
   """Runs `python -m <args>` in a fresh process; returns (peak RSS GiB of that process, seconds)."""
   code = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
@@ -95,6 +107,8 @@ def main() -> None:
     rss, sec = run_measured(["wavalign_jax.export", "--arch=qwen2", f"--checkpoint={tmp}/ckpt",
                              f"--out={tmp}/exported"])
     rows.append((f"export {n / 1e9:.2f}B", src_gib, rss, sec))
+    if a.dtype == "bfloat16":   # the measured work was right: bf16 -> Orbax -> bf16 gives the source bit for bit
+      print(f"round trip: {round_trip(hf, os.path.join(tmp, 'exported'))}", flush=True)
     target_gib = n * (2 if a.dtype == "bfloat16" else 4) / 2**30
     print(f"\n{'run':<22}{'bf16 source GiB':>16}{'peak RSS GiB':>14}{'seconds':>9}   (target params {a.dtype}: "
           f"{target_gib:.2f} GiB)")

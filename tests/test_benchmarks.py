@@ -62,6 +62,50 @@ def test_mctp_decode_quick():
   assert lo - 0.005 <= float(bound.group(1)) <= hi + 0.005, (lo, hi, out)
 
 
+def test_train_step_quick():
+  """The tiny testbed's step and rollouts: the figures agree with each other (tokens per second are the step's
+  tokens over its time; a rollout is at most max_new tokens long)."""
+  out = _run("benchmarks.train_step", "--configs=vita", "--repeats=1")
+  head = re.search(r"P=(\d+) G=(\d+) prompt=(\d+) new=(\d+)", out)
+  step = re.search(r"step\s+([\d.]+) ms\s+\(([\d,]+) tokens/s", out)
+  roll = re.search(r"call\s+([\d.]+) ms\s+([\d,]+) generated tokens/s\s+\(mean ([\d.]+) tokens per rollout", out)
+  assert head and step and roll, out
+  P, G, prompt, new = map(int, head.groups())
+  num = lambda text: float(text.replace(",", ""))
+  assert 0 < num(roll.group(3)) <= new
+  # Printed to 0.1 ms and 0.1 tokens: the rates follow from the other figures within their rounding.
+  call_s, mean = num(roll.group(1)) / 1e3, num(roll.group(3))
+  assert num(roll.group(2)) == pytest.approx(P * G * mean / call_s, rel=0.05e-3 / call_s + 0.05 / mean + 1e-3)
+  assert num(step.group(2)) * num(step.group(1)) / 1e3 > P * G * (prompt + new)   # the RL part and the SFT part
+
+
+def test_rollout_throughput_quick():
+  out = _run("benchmarks.rollout_throughput", "--arch=interleaved,parallel", "--prompts=1", "--group=2",
+             "--prompt_len=8", "--new_tokens=4", "--repeats=1")
+  rows = re.findall(r"(\w+)\s+rows=2 .* (\d+) tokens/s\s+(\d+) steps/s\s+mean length ([\d.]+)", out)
+  assert [r[0] for r in rows] == ["interleaved", "parallel"], out
+  for _, tokens, steps, mean in rows:
+    assert 0 < float(mean) <= 4 and int(tokens) <= 2 * int(steps) + 1   # at most one token per row and step
+
+
+def test_loader_throughput_quick():
+  """Both loaders over the synthetic records: packing fills its batches more than padding each example."""
+  out = _run("benchmarks.loader_throughput", "--records=16", "--batch=4", "--batches=2")
+  fill = dict(re.findall(r"packing=(\w+)\s+batch \(4, \d+\).* fill ([\d.]+)", out))
+  assert set(fill) == {"False", "True"}, out
+  assert 0 < float(fill["False"]) < float(fill["True"]) <= 1
+
+
+def test_convert_memory_quick():
+  """Converter and exporter peak memory on the smallest synthetic checkpoint; the benchmark checks that the export
+  reproduces the source tensors bit for bit."""
+  out = _run("benchmarks.convert_memory", "--params=1")
+  assert re.search(r"round trip: identical \(\d+ tensors\)", out), out
+  rows = dict((name, float(rss)) for name, rss in re.findall(r"^(fixture|convert|export) .*?\s([\d.]+)\s+[\d.]+$",
+                                                               out, re.M))
+  assert set(rows) == {"fixture", "convert", "export"} and all(v > 0 for v in rows.values()), out
+
+
 # ----------------------------------------------------------------------------- costs.py (roofline.py's pieces)
 # (the whole script compiles a dozen programs per model and device count: too long for the default test run)
 
