@@ -523,6 +523,18 @@ def test_time_breakdown_from_run_times_and_metrics(tmp_path):
   assert report.breakdown_rows(got)[-1].startswith("| all | 1.7 (100%) | 0.5 (30%) |")
 
 
+def test_curves_count_a_row_logged_twice_once(tmp_path):
+  """A run killed between its final evaluation's row and eval_summary.json logs that row again when rerun: the
+  mean over seeds must not weigh that seed twice (1.0 and 0.0 on two seeds: 0.5, not 2/3)."""
+  for seed, iq, times in ((0, 1.0, 2), (1, 0.0, 1)):
+    run = tmp_path / f"seed_{seed}" / "rl_text"
+    run.mkdir(parents=True)
+    rows = [{"step": 1, "split": "train", "lambda": 0.25}] + [{"step": 1, "split": "eval_after", "iq": iq}] * times
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  curves = report.load_curves(str(tmp_path), ["rl_text"], [0, 1])["rl_text"]
+  assert curves["eval"]["iq"] == [[1], [0.5]] and curves["train"]["lambda"] == [[1], [0.25]]
+
+
 _STAND_IN = r"""
 import json, os, signal, sys, time
 path, method = sys.argv[1], sys.argv[2]

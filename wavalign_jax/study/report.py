@@ -82,11 +82,14 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
         for k, v in json.load(open(base))["after"].items():
           if k in keys["eval"]:
             series["eval"][k].setdefault(0, []).append(v)
-      for row in files.read_jsonl(path):
+      points = {}   # one value per (group, key, step) of this seed: a row logged twice (a kill between the final
+      for row in files.read_jsonl(path):   # evaluation's row and eval_summary.json, then a rerun) counts once
         group = "train" if row["split"] == "train" else "eval" if row["split"] in ("eval", "eval_after") else None
         for k in keys.get(group, ()):
           if row.get(k) is not None:
-            series[group][k].setdefault(row["step"], []).append(row[k])
+            points[group, k, row["step"]] = row[k]
+      for (group, k, step), value in points.items():
+        series[group][k].setdefault(step, []).append(value)
     out[m] = {g: {k: [sorted(v), [float(np.mean(v[t])) for t in sorted(v)]] for k, v in ks.items() if v}
               for g, ks in series.items()}
   return out
