@@ -75,6 +75,8 @@ def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_inta
   os.truncate(max(data_files, key=os.path.getsize), 10)
   os.remove(work / "checkpoints/3/state/_METADATA")
   os.remove(work / "checkpoints/2/data/process_0-of-1.json")
+  # killed while Orbax wrote step 5: its temporary directory is left behind
+  os.makedirs(work / "checkpoints" / "5.orbax-checkpoint-tmp-1733" / "state")
   # kill -9 while a metric row was being written
   rows = open(work / "metrics.jsonl").read()
   with open(work / "metrics.jsonl", "a") as f:
@@ -90,6 +92,7 @@ def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_inta
   assert "resumed from checkpoint step 1" in out
   assert f"{work / 'metrics.jsonl'}" in out and "torn last line" in out
   assert sorted(os.listdir(work / "checkpoints.damaged")) == ["2", "3", "4"]
+  assert not any("tmp" in name for name in os.listdir(work / "checkpoints"))   # the interrupted save removed
   # Steps 2..4 are redone exactly: the same parameters as the undamaged run, each step logged once.
   assert int(resumed["state"].step) == TOTAL
   for a, b in zip(*(jax_leaves(_final_params(w)) for w in (src, work))):

@@ -55,8 +55,10 @@ class Checkpointer:
   """Keeps the newest `keep` checkpoints and restores the newest intact one; the caller decides when to save."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    # cleanup_tmp_directories: a save killed midway leaves <step>.orbax-checkpoint-tmp-*; never restored, but removed.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
-                                           enable_async_checkpointing=async_save, create=True)
+                                           enable_async_checkpointing=async_save, create=True,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                           item_names=("state", "data"))
 
