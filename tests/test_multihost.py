@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from conftest import tiny_config  # noqa: E402
 
-from wavalign_jax import train  # noqa: E402
+from wavalign_jax import checkpointing, train  # noqa: E402
 from wavalign_jax.batches import SeqBatch  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -74,6 +74,17 @@ def _worker(process_id: int, port: int, workdir: str, base: str, out: str) -> No
            num_params=len(_flat_params(result["state"])),
            **{f"param_{i}": p for i, p in enumerate(_flat_params(result["state"]))},
            **{f"{k}_{s}": c[k] for s, c in enumerate(calls) for k in c})
+
+
+def _base_worker(process_id: int, port: int, workdir: str, out: str) -> None:
+  """A testbed run without a base model on two processes: both generate the testbed, train the base model together
+  and save it (gathered on every process, written once), then evaluate it."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  config = _config("")
+  config.train.total_steps = 0   # the base model only, evaluated
+  result = train.train(config, workdir)
+  np.savez(out, eval_after=json.dumps(result["eval_after"]))
 
 
 def _lengths_worker(process_id: int, port: int, out: str) -> None:
@@ -148,6 +159,20 @@ def _train_lines(workdir) -> list[dict]:
   return [l for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if l["split"] == "train"]
 
 
+def test_two_processes_train_and_save_the_testbed_base_model(tmp_path):
+  """Without a base model, two processes SFT-train it together and save it once (each gathers the whole params:
+  they span both processes' devices); both then evaluate the same model."""
+  work = tmp_path / "run"
+  hosts = _spawn(["base", str(work)], [tmp_path / f"host{i}.npz" for i in range(2)])
+  after = [json.loads(str(h["eval_after"])) for h in hosts]
+  assert after[0] == after[1] and "iq" in after[0]
+  meta = json.load(open(work / "base_model" / "model_config.json"))
+  assert meta["steps"] == _config("").testbed.base_sft_steps
+  params = checkpointing.load_host_params(str(work / "base_model" / "params"))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  assert not (work / "base_model.tmp").exists() and not (work / "base_model.sft_checkpoints").exists()
+
+
 def test_two_processes_match_one(tmp_path, monkeypatch, tiny_base):
   ref_dir, mh_dir = tmp_path / "one", tmp_path / "two"
   monkeypatch.setattr(train.loader, "make_loader", _two_host_loader(train.loader.make_loader))
@@ -193,5 +218,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch, tiny_base):
 if __name__ == "__main__":
   if sys.argv[1] == "lengths":
     _lengths_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  elif sys.argv[1] == "base":
+    _base_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
   else:
     _worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])

@@ -153,7 +153,8 @@ def save_params(directory: str, params: Any, model_cfg: ModelConfig, extra: dict
   with ocp.Checkpointer(handler) as ckptr:
     ckptr.save(path / "params", args=ocp.args.PyTreeSave(params), force=True)
   meta = {"model": dataclasses.asdict(model_cfg), **(extra or {})}
-  (path / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+  if jax.process_index() == 0:   # (every process of a multi-process save calls this)
+    (path / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_model_config(directory: str) -> tuple[ModelConfig, dict[str, Any]]:

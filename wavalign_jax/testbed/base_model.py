@@ -13,6 +13,7 @@ import shutil
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections as mlc
 
 from wavalign_jax import checkpointing, models, optim, sharding, steps, train_state
@@ -76,9 +77,18 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
       ckpt.close()
       raise Preempted(i + 1, guard.signum, "the testbed's base-model SFT")
   ckpt.close()
+  # On several processes: each gathers the whole params (an array spans every process's devices), all take part in
+  # Orbax's save (it writes from process 0), and process 0 alone clears and renames the shared directories.
+  several = jax.process_count() > 1
+  params = multihost_utils.process_allgather(state.params, tiled=True) if several else jax.device_get(state.params)
   tmp = out_dir + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  checkpointing.save_params(tmp, jax.device_get(state.params), model_cfg,
-                            extra={"source": "testbed base SFT", "steps": tb.base_sft_steps})
-  os.replace(tmp, out_dir)
-  shutil.rmtree(ckpt_dir, ignore_errors=True)
+  if jax.process_index() == 0:
+    shutil.rmtree(tmp, ignore_errors=True)
+  if several:
+    multihost_utils.sync_global_devices("testbed base model: temporary directory cleared")
+  checkpointing.save_params(tmp, params, model_cfg, extra={"source": "testbed base SFT", "steps": tb.base_sft_steps})
+  if jax.process_index() == 0:
+    os.replace(tmp, out_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+  if several:
+    multihost_utils.sync_global_devices("testbed base model saved")
