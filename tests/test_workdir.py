@@ -246,6 +246,20 @@ def test_a_lock_no_pid_can_check_is_held_while_renewed_and_taken_over_when_not(t
   assert "taking it over" in capsys.readouterr().out and not lock.exists()
 
 
+def test_a_lock_released_while_watched_is_taken(tmp_path, monkeypatch):
+  """The other host's job ends while this one watches its lock: this job then takes the free directory."""
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  monkeypatch.setattr(workdir_lock, "LEASE_S", 30.0)
+  _write_lock(tmp_path, 1, host="other-host")
+  release = threading.Timer(0.3, os.remove, [tmp_path / workdir_lock.LOCK_FILE])
+  release.start()
+  t0 = time.monotonic()
+  with workdir_lock.hold(str(tmp_path)):
+    assert json.load(open(tmp_path / workdir_lock.LOCK_FILE))["host"] == socket.gethostname()
+  release.join()
+  assert time.monotonic() - t0 < 30   # not after the lease: as soon as it was released
+
+
 def test_without_hard_links_the_lock_is_an_exclusive_create(tmp_path, monkeypatch, live_pid):
   """Filesystems without hard links (gcsfuse, s3fs): the lock is still taken once, and a second job refused."""
   def no_links(src, dst):

@@ -76,7 +76,7 @@ def _renewed(path: str, holder: dict) -> bool:
       if os.stat(path).st_mtime_ns != first or _read(path) != holder:
         return True
     except FileNotFoundError:
-      return True   # released: the loop in _acquire tries again
+      return True   # released (the caller tries again)
   return False
 
 
@@ -136,6 +136,8 @@ def _acquire(path: str, me: dict) -> None:
       stale = holder["pid"] == me["pid"] or not _alive(holder["pid"])   # own pid: the holder was this pid's
     else:
       stale = bool(holder) and not _renewed(path, holder)
+      if not stale and _read(path) is None:   # released while watched: try to create it again
+        continue
     if not stale:
       raise WorkdirLocked(
           f"{os.path.dirname(path)} is in use by another job ({_describe(holder) if holder else 'unreadable lock'}"
