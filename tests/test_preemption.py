@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the CLI's flag parser, used by the subprocess)
 
-from wavalign_jax import checkpointing, optim, steps, train
+from wavalign_jax import checkpointing, optim, preemption, steps, train
 from wavalign_jax.errors import NonFiniteStop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,3 +188,18 @@ def test_base_model_sft_uses_the_same_guard(tmp_path, monkeypatch, capsys):
   assert not os.path.exists(tmp_path / "base_model")
   sft = tmp_path / "base_model.sft_checkpoints"
   assert all(_all_finite(sft / s / "state") for s in os.listdir(sft))
+
+
+def test_a_second_sigterm_is_still_intercepted_a_second_ctrl_c_is_not():
+  """Slurm or systemd signal every process of a job, and a study passes its signal on: a train process may get
+  SIGTERM twice and must still save its checkpoint. A second Ctrl-C stops at once, as a user expects."""
+  before = signal.getsignal(signal.SIGINT)
+  with preemption.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.signum == signal.SIGTERM and guard.should_stop()
+    assert signal.getsignal(signal.SIGTERM) == guard._handle   # still intercepted
+  with preemption.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert guard.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before   # the next Ctrl-C goes to the process's own handler

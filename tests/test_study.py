@@ -537,7 +537,7 @@ def test_curves_count_a_row_logged_twice_once(tmp_path):
 
 _STAND_IN = r"""
 import json, os, signal, sys, time
-path, method = sys.argv[1], sys.argv[2]
+path, method, slow = sys.argv[1], sys.argv[2], sys.argv[3]
 os.makedirs(os.path.join(path, "eval"), exist_ok=True)
 def finish():
   with open(os.path.join(path, "eval", "after.jsonl"), "w") as f:
@@ -546,6 +546,7 @@ def finish():
     json.dump({"after": {"iq": 1.0, "eq": 1.0}}, f)
 if method == "base":
   os.makedirs(os.path.join(path, "base_model"), exist_ok=True)
+if method != slow:
   finish()
   sys.exit(0)
 got = []
@@ -562,14 +563,18 @@ sys.exit(0)   # like train when preempted: a checkpoint, no eval_summary.json
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_study_after_its_running_run_checkpointed(tmp_path, monkeypatch, signum):
+@pytest.mark.parametrize("signum, slow, seeds, finished", [(signal.SIGINT, "rl_text_exact", [0], 1),
+                                                             (signal.SIGTERM, "rl_text_exact", [0], 1),
+                                                             (signal.SIGTERM, "base", [0, 1], 0)])
+def test_a_signal_stops_the_study_after_its_running_run_checkpointed(tmp_path, monkeypatch, signum, slow, seeds,
+                                                                      finished):
   """Ctrl-C or SIGTERM while a run trains: the train process gets the signal exactly once (twice would stop it
-  without a checkpoint), no queued run starts, and the study ends with StudyStopped (the CLI's exit status 0)."""
+  without a checkpoint), no queued run starts, and the study ends with StudyStopped (the CLI's exit status 0). The
+  stop during a base run lets go of the runs waiting for a base model that will not be made (seed 1's)."""
   monkeypatch.setattr(runner, "train_command", lambda spec, method, seed, workdir, overrides, eval_every: [
-      sys.executable, "-c", _STAND_IN, runner.run_dir(workdir, seed, method), method])
+      sys.executable, "-c", _STAND_IN, runner.run_dir(workdir, seed, method), method, slow])
   spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
-  started = tmp_path / "seed_0" / "rl_text_exact" / "started"
+  started = tmp_path / "seed_0" / slow / "started"
 
   def send_when_started():
     deadline = time.time() + 60
@@ -580,9 +585,11 @@ def test_a_signal_stops_the_study_after_its_running_run_checkpointed(tmp_path, m
   handler = signal.getsignal(signum)
   sender = threading.Thread(target=send_when_started)
   sender.start()
-  with pytest.raises(runner.StudyStopped, match=f"{signal.Signals(signum).name} received.*1 of 3 runs finished"):
-    study.run_study(spec, config, str(tmp_path), ["rl_text_exact", "sft"], [0], runner=runner.run_train)
+  total = 3 * len(seeds)
+  with pytest.raises(runner.StudyStopped, match=f"{signal.Signals(signum).name} received.*{finished} of {total} runs "
+                                                "finished"):
+    study.run_study(spec, config, str(tmp_path), ["rl_text_exact", "sft"], seeds, runner=runner.run_train)
   sender.join()
-  assert json.load(open(tmp_path / "seed_0" / "rl_text_exact" / "signals")) == [int(signum)]
-  assert not os.path.exists(tmp_path / "seed_0" / "sft")
+  assert json.load(open(tmp_path / "seed_0" / slow / "signals")) == [int(signum)]
+  assert not os.path.exists(tmp_path / "seed_0" / "sft") and not os.path.exists(tmp_path / "seed_1")
   assert signal.getsignal(signum) is handler   # the study's handler is gone

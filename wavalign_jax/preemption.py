@@ -3,8 +3,10 @@
 Schedulers (Slurm, Kubernetes, Borg, preemptible / spot VMs) send SIGTERM and allow a grace period
 before killing the job. The handler only records the signal; the training loops poll `should_stop`
 after each step, save, and raise `Preempted`, which the entry point turns into exit status 0 with a
-message. A second signal is not intercepted (the default handlers are restored by the first), so
-pressing Ctrl-C twice still stops a run at once.
+message. SIGTERM stays intercepted: a scheduler that signals every process of the job (Slurm, systemd's
+control group) and a study passing the signal on may both reach a train process, and a second SIGTERM must
+not kill it while it saves (the scheduler's SIGKILL ends the grace period). After a SIGINT the default
+handlers are back, so pressing Ctrl-C twice still stops a run at once.
 
 On several hosts only some processes may receive the signal; `should_stop` is a collective (every
 process calls it after every step), so all processes agree on the same step and write the same checkpoint.
@@ -54,8 +56,10 @@ class PreemptionGuard:
 
   def _handle(self, signum: int, frame) -> None:
     del frame
-    self.signum = signum
-    self._restore()
+    if self.signum is None:
+      self.signum = signum
+    if signum == signal.SIGINT:   # a second Ctrl-C stops at once; SIGTERM stays intercepted
+      self._restore()
 
   def should_stop(self) -> bool:
     """True on every process once any process has received a signal (a collective on several hosts)."""

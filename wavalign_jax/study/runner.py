@@ -124,6 +124,7 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
 
 
 _RUNNING: set[subprocess.Popen] = set()   # the train processes of run_train, for run_all to pass a signal on
+_PASSED_ON: list[int] = []                # the signals passed on so far (a process started after gets them too)
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -135,6 +136,8 @@ def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     with _RUNNING_LOCK:
       _RUNNING.add(proc)
+      for signum in _PASSED_ON:
+        proc.send_signal(signum)
     try:
       return proc.wait()
     finally:
@@ -142,8 +145,9 @@ def run_train(cmd: list[str], log_path: str, env: dict[str, str]) -> int:
         _RUNNING.discard(proc)
 
 
-def _signal_running(signum: int) -> None:
+def _pass_on(signum: int) -> None:
   with _RUNNING_LOCK:
+    _PASSED_ON.append(signum)
     for proc in _RUNNING:
       if proc.poll() is None:
         proc.send_signal(signum)
@@ -213,7 +217,9 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
       base_ready[base].wait()
       if guard.signum is None and not finished(base):
         raise RuntimeError(f"seed {seed}: the base run failed; see {base}/run.log")
-    if guard.signum is not None:   # stopping: no new run starts
+    if guard.signum is not None:   # stopping: no new run starts (a base run's waiters are let go)
+      if method == "base":
+        base_ready[base].set()
       return
     path = run_dir(st.workdir, seed, method)
     os.makedirs(path, exist_ok=True)
@@ -245,15 +251,19 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
             f"ETA {eta / 60:.1f} min", flush=True)
 
   print(f"study: {len(todo)} runs to do in {', '.join(st.workdir for st in studies)} ({jobs} at a time)", flush=True)
-  # SIGTERM / SIGINT: the running train processes get the signal once (they save a checkpoint and exit), no new run
-  # starts, and the study ends saying so; a second signal stops the study at once (the default handlers are back).
+  # SIGTERM / SIGINT: the train processes get the signal once (they save a checkpoint and exit), no new run starts,
+  # and the study ends saying so. A second Ctrl-C stops the study and, passed on, its train processes at once.
+  _PASSED_ON.clear()
   with preemption.PreemptionGuard() as guard, concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     futures = [pool.submit(one, st, s, m) for st, s, m in todo]
-    passed_on = False
-    while concurrent.futures.wait(futures, timeout=0.2).not_done:
-      if guard.signum is not None and not passed_on:
-        _signal_running(guard.signum)
-        passed_on = True
+    try:
+      while concurrent.futures.wait(futures, timeout=0.2).not_done:
+        if guard.signum is not None and not _PASSED_ON:
+          _pass_on(guard.signum)
+    except KeyboardInterrupt:
+      for _ in range(2 - len(_PASSED_ON)):
+        _pass_on(signal.SIGINT)
+      raise
     failures = [f.exception() for f in futures if f.exception() is not None]
   if failures:
     raise RuntimeError("; ".join(str(e) for e in failures))
