@@ -199,9 +199,12 @@ def _dead_pid():
 
 
 def _write_lock(workdir, pid, host=None, **fields):
+  """A lock as a job of this code writes it (fields=None: pid_ns left out, as before it was recorded)."""
   os.makedirs(workdir, exist_ok=True)
+  lock = {"host": host or socket.gethostname(), "pid_ns": workdir_lock._pid_namespace(), "pid": pid,
+          "start": 1700000000.0, **fields}
   with open(os.path.join(workdir, workdir_lock.LOCK_FILE), "w") as f:
-    json.dump({"host": host or socket.gethostname(), "pid": pid, "start": 1700000000.0, **fields}, f)
+    json.dump({k: v for k, v in lock.items() if v is not None}, f)
 
 
 def test_a_second_job_is_refused_and_writes_nothing(tmp_path, live_pid):
@@ -244,6 +247,12 @@ def test_a_lock_no_pid_can_check_is_held_while_renewed_and_taken_over_when_not(t
     time.sleep(0.3)
     assert os.stat(lock).st_mtime_ns > first   # and renewed by its new holder
   assert "taking it over" in capsys.readouterr().out and not lock.exists()
+  # A lock of the code before pid namespaces were recorded is never renewed: from another host, refused at once.
+  _write_lock(tmp_path, os.getpid(), **{**where, "pid_ns": None})
+  if "host" in where:
+    with pytest.raises(WorkdirLocked, match="other-host"):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
 
 
 def test_a_lock_released_while_watched_is_taken(tmp_path, monkeypatch):
@@ -261,7 +270,8 @@ def test_a_lock_released_while_watched_is_taken(tmp_path, monkeypatch):
 
 
 def test_without_hard_links_the_lock_is_an_exclusive_create(tmp_path, monkeypatch, live_pid):
-  """Filesystems without hard links (gcsfuse, s3fs): the lock is still taken once, and a second job refused."""
+  """Filesystems without hard links (gcsfuse, s3fs): the lock is still taken once, and a second job refused; a
+  lock another job took over while this one moved the stale one aside is put back, not lost."""
   def no_links(src, dst):
     raise PermissionError(1, "Operation not permitted")
   monkeypatch.setattr(os, "link", no_links)
@@ -271,6 +281,21 @@ def test_without_hard_links_the_lock_is_an_exclusive_create(tmp_path, monkeypatc
   with pytest.raises(WorkdirLocked, match=f"pid {live_pid}"):
     with workdir_lock.hold(str(tmp_path)):
       pass
+
+  lock = tmp_path / workdir_lock.LOCK_FILE
+  _write_lock(tmp_path, _dead_pid())
+  rename = os.rename
+
+  def taken_over_meanwhile(src, dst):   # job B replaces the stale lock just before this job moves it aside
+    if src == str(lock):
+      _write_lock(tmp_path, live_pid)
+    rename(src, dst)
+
+  monkeypatch.setattr(os, "rename", taken_over_meanwhile)
+  with pytest.raises(WorkdirLocked, match=f"pid {live_pid}"):
+    with workdir_lock.hold(str(tmp_path)):
+      pass
+  assert json.load(open(lock))["pid"] == live_pid and sorted(os.listdir(tmp_path)) == [workdir_lock.LOCK_FILE]
 
 
 def test_cli_second_job_stops_at_once_with_a_message(tmp_path, live_pid):

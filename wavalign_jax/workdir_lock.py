@@ -109,20 +109,27 @@ def _try_create(path: str, me: dict) -> bool:
   try:
     with os.fdopen(fd, "w") as f:
       json.dump(me, f)
-    os.link(tmp, path)
+    return _place(tmp, path)
+  finally:
+    os.remove(tmp)
+
+
+def _place(src: str, path: str) -> bool:
+  """Gives the file `src` the name `path` too unless `path` exists (False then): a hard link, or where the
+  filesystem has none (gcsfuse, s3fs, ...) an exclusive create of a copy (a reader may see it empty a moment)."""
+  try:
+    os.link(src, path)
     return True
   except FileExistsError:
     return False
-  except OSError:   # no hard links here (gcsfuse, s3fs, ...): an exclusive create (a reader may see it empty)
+  except OSError:
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
       return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
+    with open(src) as f, os.fdopen(fd, "w") as out:
+      out.write(f.read())
     return True
-  finally:
-    os.remove(tmp)
 
 
 def _acquire(path: str, me: dict) -> None:
@@ -130,10 +137,13 @@ def _acquire(path: str, me: dict) -> None:
     holder = _read(path)
     if holder is None:   # released meanwhile
       continue
-    # A lock written before pid namespaces were recorded counts as this namespace's.
+    # A lock written before pid namespaces were recorded counts as this namespace's; its holder never renews it,
+    # so from another host it cannot be checked at all (as before: removed by hand).
     here = holder.get("host") == me["host"] and holder.get("pid_ns", me["pid_ns"]) == me["pid_ns"]
     if here and isinstance(holder.get("pid"), int):
       stale = holder["pid"] == me["pid"] or not _alive(holder["pid"])   # own pid: the holder was this pid's
+    elif holder and "pid_ns" not in holder:
+      stale = False
     else:
       stale = bool(holder) and not _renewed(path, holder)
       if not stale and _read(path) is None:   # released while watched: try to create it again
@@ -151,8 +161,7 @@ def _acquire(path: str, me: dict) -> None:
     except FileNotFoundError:
       continue
     if _read(aside) != holder:
-      with contextlib.suppress(FileExistsError):
-        os.link(aside, path)
+      _place(aside, path)
     else:
       print(f"warning: {path} was left by a job that is gone ({_describe(holder)}); taking it over", flush=True)
     os.remove(aside)
