@@ -162,11 +162,16 @@ def _tiny(**overrides):
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
     ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
      "stop_at_step=3: with --config.rl.num_iterations=2"),
+    ({"rl__num_iterations": 4, "rl__clip_eps": 0.2, "train__total_steps": 30, "train__sft_stage_fraction": 0.5,
+      "train__stop_at_step": 20}, r"from step 15 on.*stop at 15 plus a multiple of 4"),
 ])
 def test_check_refuses(tmp_path, overrides, match):
   config_check.check(_tiny(), str(tmp_path))
   reuse = dict(rl__num_iterations=2, rl__clip_eps=0.2)
   config_check.check(_tiny(**reuse, train__stop_at_step=4), str(tmp_path))   # at a rollout batch's end
+  two_stage = dict(rl__num_iterations=4, rl__clip_eps=0.2, train__total_steps=30, train__sft_stage_fraction=0.5)
+  for stop in (7, 15, 19):   # inside the SFT stage (one step each), or where a rollout batch ends
+    config_check.check(_tiny(**two_stage, train__stop_at_step=stop), str(tmp_path))
   with pytest.raises(ConfigError, match=match):
     config_check.check(_tiny(**overrides), str(tmp_path))
 

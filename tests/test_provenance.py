@@ -43,10 +43,10 @@ def test_commit_and_dirty_flag_of_a_checkout(tmp_path, monkeypatch):
 
 def test_launches_append_and_name_their_code(tmp_path, monkeypatch):
   monkeypatch.setattr(provenance, "code_version", lambda: {"commit": "a" * 40, "dirty": False})
-  provenance.record_launch(str(tmp_path), 0)
+  provenance.record_launch(str(tmp_path), 0, new_run=True)
   monkeypatch.setattr(provenance, "code_version", lambda: {"commit": "b" * 40, "dirty": True})
-  provenance.record_launch(str(tmp_path), 7)
-  provenance.record_launch(str(tmp_path), 9)
+  provenance.record_launch(str(tmp_path), 7, new_run=False)
+  provenance.record_launch(str(tmp_path), 9, new_run=False)
   launches = provenance.read(str(tmp_path))
   assert [l["start_step"] for l in launches] == [0, 7, 9]
   assert {"time", "libraries", "backend", "device_kind", "devices", "processes", "host"} <= set(launches[0])
@@ -54,3 +54,5 @@ def test_launches_append_and_name_their_code(tmp_path, monkeypatch):
   assert provenance.commits(launches) == ["a" * 40, "b" * 40 + "+dirty"]
   assert provenance.commits([{"commit": None, "dirty": None}]) == ["unknown"]
   assert provenance.read(str(tmp_path / "nothing")) == []
+  provenance.record_launch(str(tmp_path), 0, new_run=True)   # a fresh start: an abandoned attempt's are gone
+  assert [l["start_step"] for l in provenance.read(str(tmp_path))] == [0]

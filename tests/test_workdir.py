@@ -173,12 +173,24 @@ def test_config_history_keeps_every_config_of_a_run(tmp_path):
   config.train.allow_config_change = False                # the latest recorded config is the reference now
   config_history.record(config, str(tmp_path), 10)
   assert not os.path.exists(tmp_path / "config.10.json")
+  # A path spelled another way (relative, absolute) that resolves to the same file is the same experiment.
+  os.makedirs(tmp_path / "data")
+  config.data.train = str(tmp_path / "data")
+  config.train.allow_config_change = True
+  config_history.record(config, str(tmp_path), 12)
+  config.train.allow_config_change = False
+  config.data.train = os.path.relpath(tmp_path / "data")
+  config_history.record(config, str(tmp_path), 14)
+  assert not os.path.exists(tmp_path / "config.14.json")
+  config.data.train = str(tmp_path / "other")
+  with pytest.raises(ConfigChanged, match="data.train: "):
+    config_history.record(config, str(tmp_path), 16)
   # The checkpoints moved away: a new run, whose history must not be an earlier attempt's config.8.json.
   config = _config()
   config_history.record(config, str(tmp_path), None)
-  assert sorted(os.listdir(tmp_path)) == ["config.json"]
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "data"]
   config_history.record(config, str(tmp_path), 2)
-  assert sorted(os.listdir(tmp_path)) == ["config.json"]
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "data"]
 
 
 # ----------------------------------------------------------------------------- one job per work directory

@@ -63,12 +63,14 @@ def check_sizes(config: mlc.ConfigDict) -> None:
   if config.data.prompts_per_step % config.train.microbatches:
     raise ConfigError(f"--config.data.prompts_per_step={config.data.prompts_per_step} does not split into "
                       f"--config.train.microbatches={config.train.microbatches} equal micro-batches")
-  stop, reuse = config.train.get("stop_at_step", 0), config.rl.get("num_iterations", 1)
-  if stop and reuse > 1 and stop % reuse and stop < config.train.total_steps:
-    raise ConfigError(
-        f"--config.train.stop_at_step={stop}: with --config.rl.num_iterations={reuse} each rollout batch trains "
-        f"{reuse} steps, so a stop inside one would continue with a new batch where an uninterrupted run reuses the "
-        f"old one; stop at a multiple of {reuse}")
+  stop, reuse, total = config.train.get("stop_at_step", 0), config.rl.get("num_iterations", 1), config.train.total_steps
+  if stop and reuse > 1 and stop < total and samples(config):
+    first = int(round(config.train.sft_stage_fraction * total))   # RL batches start after the SFT stage (train.py)
+    if stop > first and (stop - first) % reuse:
+      raise ConfigError(
+          f"--config.train.stop_at_step={stop}: with --config.rl.num_iterations={reuse} each rollout batch trains "
+          f"{reuse} steps from step {first} on, so a stop inside one would continue with a new batch where an "
+          f"uninterrupted run reuses the old one; stop at {first} plus a multiple of {reuse}")
 
 
 def _check_choices(config: mlc.ConfigDict) -> None:

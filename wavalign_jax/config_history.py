@@ -61,11 +61,22 @@ def as_dict(config: mlc.ConfigDict) -> dict[str, Any]:
   return files.finite_or_none(json.loads(config.to_json_best_effort()))
 
 
+# Fields that name files: one spelled another way (relative / absolute, a link) is the same when it resolves to the
+# same path (a study made its directory absolute; a user reruns from another directory).
+PATH_FIELDS = ("init_checkpoint", "data.train", "data.eval", "testbed.dir")
+
+
+def _same(field: str, a: Any, b: Any) -> bool:
+  if field in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
+    return os.path.realpath(a) == os.path.realpath(b)
+  return a == b
+
+
 def changes(saved: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """(field, saved value, given value) of every field that differs, sorted by field."""
   a, b = _flatten(saved), _flatten(given)
   return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
-          if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+          if not _same(k, a.get(k, _ABSENT), b.get(k, _ABSENT))]
 
 
 def latest(workdir: str) -> tuple[str, dict[str, Any]] | None:

@@ -8,6 +8,7 @@ infinite ratio) becomes `null`, never the bare `NaN` that standard JSON readers 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -51,7 +52,8 @@ def write_bytes(path: str, data: bytes) -> None:
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
-    os.fchmod(fd, _FILE_MODE)
+    with contextlib.suppress(OSError):   # a filesystem without permissions (vfat, some FUSE mounts) keeps its own
+      os.fchmod(fd, _FILE_MODE)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

@@ -59,17 +59,18 @@ def launch_record(start_step: int) -> dict[str, Any]:
           "processes": jax.process_count(), "host": socket.gethostname()}
 
 
-def record_launch(workdir: str, start_step: int) -> None:
-  """Appends this launch's record to WORKDIR/launches.jsonl (process 0; the file is rewritten atomically)."""
+def record_launch(workdir: str, start_step: int, new_run: bool) -> None:
+  """Appends this launch's record to WORKDIR/launches.jsonl (process 0; the file is rewritten atomically); a new
+  run starts the file afresh (what an abandoned earlier attempt recorded is not this run's)."""
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, FILE)
-  files.write_jsonl(path, [*read(workdir), launch_record(start_step)])
+  files.write_jsonl(path, [*([] if new_run else read(workdir)), launch_record(start_step)])
 
 
-def read(workdir: str) -> list[dict[str, Any]]:
-  """The launches of the run in `workdir` (or of its exported copy, `launches.jsonl.gz`), oldest first."""
-  path = files.existing_jsonl(os.path.join(workdir, FILE))
+def read(workdir: str, name: str = FILE) -> list[dict[str, Any]]:
+  """The launches recorded in WORKDIR/`name` (or in its exported copy, `name`.gz), oldest first."""
+  path = files.existing_jsonl(os.path.join(workdir, name))
   return files.read_jsonl(path) if path else []
 
 

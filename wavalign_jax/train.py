@@ -183,7 +183,7 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   if resume_step is None and _holds_testbed_state(workdir):
     resume_step = 0   # relaunched before the first checkpoint, after the testbed's data or base model were made
   config_history.record(config, workdir, resume_step)   # refuses a changed experiment on resume
-  provenance.record_launch(workdir, resume_step or 0)
+  provenance.record_launch(workdir, resume_step or 0, new_run=resume_step is None)
   setup = setup_run(config, workdir, guard)
   config_check.check_mesh(config)   # also for library callers of train(); main() printed its warnings
   mesh = sharding.config_mesh(config.mesh)

@@ -67,6 +67,7 @@ def finished(path: str) -> bool:
 
 
 EXPORTED_SUMMARY = "eval_summary.exported.json"   # a retrained base run's summary before it was retrained
+EXPORTED_LAUNCHES = "launches.exported.jsonl"      # ... and its launches (provenance.py), [.gz] as exported
 
 
 def bases_to_retrain(studies: Sequence[Study], todo: Sequence[tuple[Study, int, str]]) -> list[tuple[Study, int]]:
@@ -92,9 +93,9 @@ def check_retrained_base(path: str) -> None:
     os.replace(os.path.join(path, "eval_summary.json"), os.path.join(path, "eval_summary.retrained.json"))
     differ = [f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted(before.keys() | now.keys())
               if before.get(k) != now.get(k)]
-    launches = provenance.read(path)   # the retraining launch last
+    launches = provenance.read(path)
     unrecorded = "a commit it did not record"
-    made = ", ".join(provenance.commits(launches[:-1])) or unrecorded
+    made = ", ".join(provenance.commits(provenance.read(path, EXPORTED_LAUNCHES))) or unrecorded
     raise RuntimeError(
         f"{path}: the retrained base model does not evaluate as the exported one did ({'; '.join(differ[:3])}); "
         "the seed's finished runs started from the exported one, so runs from this one would not be comparable. "
@@ -199,6 +200,9 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     base = st.base_dir(s)
     print(f"seed {s}: {base} has no base model (an exported study): retraining it", flush=True)
     os.replace(os.path.join(base, "eval_summary.json"), os.path.join(base, EXPORTED_SUMMARY))
+    launches = files.existing_jsonl(os.path.join(base, provenance.FILE))
+    if launches is not None:
+      os.replace(launches, os.path.join(base, EXPORTED_LAUNCHES + launches[len(os.path.join(base, provenance.FILE)):]))
   todo = [(st, s, "base") for st, s in retrain] + todo
   for st in studies:
     if st.shared_base:
