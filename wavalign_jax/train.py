@@ -80,14 +80,14 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
 
 def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
               result: tuple[dict[str, float], list[dict]], seconds: float) -> None:
-  """Eval metrics (and `eval_time`, its seconds) to the writer under `prefix`, per-item rows to
-  WORKDIR/eval/<name>.jsonl (studies bootstrap them)."""
+  """Per-item rows to WORKDIR/eval/<name>.jsonl (studies bootstrap them), then the eval metrics (and `eval_time`,
+  its seconds) to the writer under `prefix`: a logged row means its rows are on disk (`_evaluate_missed`)."""
   summary, rows = result
   if not summary:
     return
-  writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
   if jax.process_index() == 0 and rows:
     files.write_jsonl(os.path.join(workdir, "eval", f"{name}.jsonl"), rows)
+  writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
 
 
 # ----------------------------------------------------------------------------- the run
