@@ -5,9 +5,9 @@ holds training state (checkpoints; before the first one, the testbed's data, bas
 train._holds_testbed_state) compares its config with the latest recorded one. Fields that define the experiment
 (model, layout, method, objective, gates, rollouts, reward, data, losses, optimizer, seed, testbed) must be equal,
 or the run stops listing each change as `field: saved -> given`; `--config.train.allow_config_change=True` accepts
-them. Operational fields (step counts, cadences, evaluation, memory and I/O knobs, the mesh) may change freely. Whenever the config differs
-at all, the new one is kept as WORKDIR/config.<step>.json (step: the checkpoint the run resumes from) and
-config.json stays the first, so the history of a run is on disk.
+them. Operational fields (step counts, cadences, evaluation, memory and I/O knobs, the mesh) may change freely.
+Whenever the config differs at all, the new one is kept as WORKDIR/config.<step>.json (step: the checkpoint the run
+resumes from) and config.json stays the first, so the history of a run is on disk.
 """
 from __future__ import annotations
 

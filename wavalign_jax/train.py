@@ -78,16 +78,18 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
   return setup.evaluator(items)
 
 
-def _log_eval(writer, workdir: str, step: int, prefix: str, name: str,
-              result: tuple[dict[str, float], list[dict]], seconds: float) -> None:
-  """Per-item rows to WORKDIR/eval/<name>.jsonl (studies bootstrap them), then the eval metrics (and `eval_time`,
-  its seconds) to the writer under `prefix`: a logged row means its rows are on disk (`_evaluate_missed`)."""
-  summary, rows = result
-  if not summary:
-    return
-  if jax.process_index() == 0 and rows:
-    files.write_jsonl(os.path.join(workdir, "eval", f"{name}.jsonl"), rows)
-  writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
+def _evaluate_and_log(run: _Run, params: Any, step: int, prefix: str, name: str) -> dict[str, float]:
+  """`evaluate` on `train.eval_examples` rows of each eval set; the per-item rows to WORKDIR/eval/<name>.jsonl
+  (studies bootstrap them), then the metrics (and `eval_time`, the evaluation's seconds) to the writer under
+  `prefix`: a logged row means its rows are on disk (`_evaluate_missed`). Returns the metrics ({}: no eval sets)."""
+  t0 = time.time()
+  summary, rows = evaluate(params, run.setup, run.config.train.eval_examples, run.config.seed, run.mesh)
+  seconds = time.time() - t0
+  if summary:
+    if jax.process_index() == 0 and rows:
+      files.write_jsonl(os.path.join(run.workdir, "eval", f"{name}.jsonl"), rows)
+    run.writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
+  return summary
 
 
 # ----------------------------------------------------------------------------- the run
@@ -346,9 +348,7 @@ def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: i
     writer.close()
     raise preemption.Preempted(now, run.guard.signum, "training")
   if crossed(c.eval_every) and now < total:
-    t0 = time.time()
-    _log_eval(writer, run.workdir, now, "eval", f"step_{now}",
-              evaluate(state.params, run.setup, c.eval_examples, run.config.seed, run.mesh), time.time() - t0)
+    _evaluate_and_log(run, state.params, now, "eval", f"step_{now}")
 
 
 # ----------------------------------------------------------------------------- evaluation and shutdown
@@ -359,12 +359,10 @@ def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, Any]
   c = run.config
   if int(state.step) != 0 or not c.train.eval_before:
     return {}
-  t0 = time.time()
-  before = evaluate(state.params, run.setup, c.train.eval_examples, c.seed, run.mesh)
-  _log_eval(run.writer, run.workdir, 0, "eval_before", "before", before, time.time() - t0)
-  if before[0] and jax.process_index() == 0:
-    files.write_json(os.path.join(run.workdir, "eval_before.json"), before[0], indent=2)
-  return {"eval_before": before[0]}
+  before = _evaluate_and_log(run, state.params, 0, "eval_before", "before")
+  if before and jax.process_index() == 0:
+    files.write_json(os.path.join(run.workdir, "eval_before.json"), before, indent=2)
+  return {"eval_before": before}
 
 
 def _evaluate_missed(run: _Run, state: train_state.TrainState) -> None:
@@ -379,9 +377,7 @@ def _evaluate_missed(run: _Run, state: train_state.TrainState) -> None:
   if jax.process_count() > 1:   # process 0 read metrics.jsonl; every process takes part in the evaluation
     owed = bool(multihost_utils.broadcast_one_to_all(np.int32(owed)))
   if owed:
-    t0 = time.time()
-    _log_eval(run.writer, run.workdir, now, "eval", f"step_{now}",
-              evaluate(state.params, run.setup, c.eval_examples, run.config.seed, run.mesh), time.time() - t0)
+    _evaluate_and_log(run, state.params, now, "eval", f"step_{now}")
 
 
 def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed: bool, stop_at: int,
@@ -398,12 +394,9 @@ def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed:
       results["eval_after"] = json.load(f)["after"]
     print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
-    t0 = time.time()
-    after = evaluate(state.params, run.setup, run.config.train.eval_examples, run.config.seed, run.mesh)
-    results["eval_after"] = after[0]
-    _log_eval(run.writer, workdir, total, "eval_after", "after", after, time.time() - t0)
-    if after[0]:
-      _write_eval_summary(workdir, after[0])
+    results["eval_after"] = _evaluate_and_log(run, state.params, total, "eval_after", "after")
+    if results["eval_after"]:
+      _write_eval_summary(workdir, results["eval_after"])
   run.writer.close()
   return {**results, "metrics": metrics, "state": state}
 

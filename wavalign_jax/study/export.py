@@ -6,12 +6,12 @@ continue the study from it.
 copies the study's reports and run_times.json and, of every finished run, what the report reads: config.json,
 eval_summary.json, eval/after.jsonl (the per-item rows the confidence intervals resample), the positive control's
 eval/step_<n>.jsonl (its learning curve), launches.jsonl (the code each launch ran) and metrics.jsonl cut to the
-columns the report reads
-(report.REPORT_METRICS), its numbers to 6 significant digits (float32 values and host timings written with 17;
-the report shows at most 4). The JSONL files are stored gzip-compressed (`after.jsonl.gz`, ...: mostly repeated
-keys, about 1/20 of the size); the report reads either form (files.existing_jsonl). Left out: checkpoints, base
-models, testbed data, the compilation cache, logs and unfinished runs (about 90 kB per 1600-step run instead of
-about 10 MB plus the weights; the positive control's learning curve adds about 0.1 MB).
+columns the report reads (report.REPORT_METRICS), its numbers to 6 significant digits (float32 values and host
+timings written with 17; the report shows at most 4). The JSONL files are stored gzip-compressed
+(`after.jsonl.gz`, ...: mostly repeated keys, about 1/20 of the size); the report reads either form
+(files.existing_jsonl). Left out: checkpoints, base models, testbed data, the compilation cache, logs and unfinished
+runs (about 90 kB per 1600-step run instead of about 10 MB plus the weights; the positive control's learning curve
+adds about 0.1 MB).
 
 `--report_only --workdir=COPY` reports from the copy; `--workdir=COPY` without it continues the study there: a seed
 whose base run finished but whose base model is gone retrains it first (runner.run_all), and refuses to go on

@@ -202,7 +202,7 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     os.replace(os.path.join(base, "eval_summary.json"), os.path.join(base, EXPORTED_SUMMARY))
     launches = files.existing_jsonl(os.path.join(base, provenance.FILE))
     if launches is not None:
-      os.replace(launches, os.path.join(base, EXPORTED_LAUNCHES + launches[len(os.path.join(base, provenance.FILE)):]))
+      os.replace(launches, os.path.join(base, EXPORTED_LAUNCHES + (".gz" if launches.endswith(".gz") else "")))
   todo = [(st, s, "base") for st, s in retrain] + todo
   for st in studies:
     if st.shared_base:
