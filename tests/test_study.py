@@ -22,18 +22,39 @@ from wavalign_jax.study import claims, export, figures, report, runner, sweep
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_hierarchical_bootstrap_hand_computed():
-  """Two seeds with constant items a and b: a draw is a, (a+b)/2 or b with probabilities 1/4, 1/2, 1/4, so the
-  95% interval is [a, b] around the estimate (a+b)/2. One seed reduces to the item bootstrap: items 0 and 1 give
-  [0, 1]. NaN items (outside a stratum) are ignored."""
-  assert claims.hierarchical_bootstrap([np.full(5, 0.2), np.full(3, 0.6)]) == pytest.approx((0.4, 0.2, 0.6))
-  assert claims.hierarchical_bootstrap([np.array([0.0, 1.0, np.nan])]) == pytest.approx((0.5, 0.0, 1.0))
+T975 = {1: 12.706205, 2: 4.302653}   # Student t quantiles (0.975) from printed tables, by degrees of freedom
+
+
+def test_seed_interval_hand_computed():
+  """Seeds are the unit: two seeds whose items are all 0.2 and all 0.6 give the mean 0.4 and t over the two means
+  (sd 0.2 * sqrt 2, se 0.2, 1 degree of freedom), however many items they have. One seed falls back to t over its
+  items; many items approach the normal interval; NaN items (outside a stratum) are ignored."""
+  assert claims.seed_interval([np.full(5, 0.2), np.full(3, 0.6)]) == pytest.approx((0.4, 0.4 - T975[1] * 0.2,
+                                                                                   0.4 + T975[1] * 0.2))
+  assert claims.seed_interval([np.array([0.0, 1.0, np.nan])]) == pytest.approx((0.5, 0.5 - T975[1] * 0.5,
+                                                                               0.5 + T975[1] * 0.5))
   values = (np.random.default_rng(0).random(3000) < 0.3).astype(float)
-  est, lo, hi = claims.hierarchical_bootstrap([values])
-  normal = 1.96 * values.std() / np.sqrt(len(values))
-  assert abs((hi - lo) / 2 - normal) < 0.1 * normal
+  est, lo, hi = claims.seed_interval([values])
+  assert (hi - lo) / 2 == pytest.approx(1.96 * values.std(ddof=1) / np.sqrt(len(values)), rel=1e-3)
+  est, lo, hi = claims.seed_interval([np.array([0.7])])
+  assert est == 0.7 and np.isnan(lo) and np.isnan(hi)   # one run, one item: no interval, so no verdict
   with pytest.raises(ValueError, match="at least one item"):
-    claims.hierarchical_bootstrap([np.array([np.nan])])
+    claims.seed_interval([np.array([np.nan])])
+
+
+@pytest.mark.parametrize("seed_sd", [0.0, 0.2])
+def test_seed_interval_keeps_its_error_rate_when_seeds_differ_more_than_items(seed_sd):
+  """Calibration of a verdict under no effect: 3 seeds of 300 items (item sd 1, so an item mean's se is 0.058) whose
+  true mean is 0 plus a seed effect of sd 0 or 0.2 (the Kimi study's between-seed spread of some differences is
+  1-5x their item se). A 95% interval must exclude 0 in at most 5% of 2000 studies plus 3 binomial sd (6.5%);
+  resampling seeds and items (the bootstrap this replaced) excluded it in about 20% at sd 0.2."""
+  rng = np.random.default_rng(0)
+  false = 0
+  for _ in range(2000):
+    per_seed = [rng.normal(rng.normal(0, seed_sd), 1.0, 300) for _ in range(3)]
+    _, lo, hi = claims.seed_interval(per_seed)
+    false += lo > 0 or hi < 0
+  assert false / 2000 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)
 
 
 def test_verdicts_and_strata():
@@ -51,15 +72,40 @@ def test_verdicts_and_strata():
 
 
 def test_claims_from_rows():
-  """sft lowers IQ on every item of both seeds: reproduced; a claim whose methods did not run is left out."""
+  """sft lowers IQ by 1, 0.5 and 0.75 on seeds 0-2: mean -0.75, se 0.25 / sqrt 3, t with 2 degrees of freedom,
+  reproduced; a claim whose methods did not run is left out."""
   item = lambda iq: {"iq": iq, "eq": 0.5, "subset": "id", "family": "lookup"}
-  rows = {"base": {0: [item(1.0)] * 4, 1: [item(1.0)] * 4}, "sft": {0: [item(0.0)] * 4, 1: [item(1.0)] * 2 +
-                                                                     [item(0.0)] * 2}}
-  by_claim = {c["claim"]: c for c in claims.evaluate_claims(rows, [0, 1])}
+  rows = {"base": {s: [item(1.0)] * 4 for s in range(3)},
+          "sft": {0: [item(0.0)] * 4, 1: [item(1.0)] * 2 + [item(0.0)] * 2, 2: [item(1.0)] + [item(0.0)] * 3}}
+  by_claim = {c["claim"]: c for c in claims.evaluate_claims(rows, [0, 1, 2])}
   assert set(by_claim) == {"SFT keeps or raises EQ", "SFT lowers IQ"}
   lowers = by_claim["SFT lowers IQ"]
-  assert lowers["verdict"] == "reproduced" and lowers["comparisons"][0]["diff"] == pytest.approx(-0.75)
+  half = T975[2] * 0.25 / np.sqrt(3)
+  assert lowers["verdict"] == "reproduced"
+  assert [lowers["comparisons"][0][k] for k in ("diff", "lo", "hi")] == pytest.approx([-0.75, -0.75 - half,
+                                                                                       -0.75 + half])
   assert by_claim["SFT keeps or raises EQ"]["verdict"] == "inconclusive"   # no difference at all
+
+
+def test_a_claim_naming_k_rivals_is_refuted_only_at_the_bonferroni_level():
+  """"dynamic > fixed mixes" names 3 rivals. A rival ahead of the hybrid by 0.2, 0.1, 0.15 on the 3 seeds (t = 5.2:
+  beyond the 95% quantile 4.30 but not the 1 - 0.05/6 one, 7.65) leaves the claim inconclusive; ahead by 0.3, 0.28,
+  0.32 (t = 26) it refutes it. The other two rivals tie the hybrid exactly."""
+  item = lambda v: {"iq": v, "eq": v, "subset": "id", "family": "lookup"}
+  hybrid = {s: [item(0.5)] * 3 for s in range(3)}
+
+  def verdicts(ahead):
+    rows = {"hybrid": hybrid, "fixed_boost": hybrid, "fixed_plus_vanilla": hybrid,
+            "fixed_balance": {s: [item(0.5 + a)] * 3 for s, a in enumerate(ahead)}}
+    claim = next(c for c in claims.evaluate_claims(rows, [0, 1, 2]) if c["claim"] == "dynamic > fixed mixes")
+    balance = next(c for c in claim["comparisons"] if c["b"] == "fixed_balance")
+    return claim["verdict"], balance
+
+  verdict, balance = verdicts((0.2, 0.1, 0.15))
+  assert balance["hi"] < 0 < balance["refute_hi"] and verdict == "inconclusive"
+  assert balance["refute_hi"] == pytest.approx(-0.15 + 7.6488 * 0.05 / np.sqrt(3), abs=1e-3)
+  verdict, balance = verdicts((0.3, 0.28, 0.32))
+  assert balance["refute_hi"] < 0 and verdict == "not reproduced"
 
 
 def _study(workdir, *extra):
@@ -131,15 +177,16 @@ def _item(iq, eq=0.8):
 
 
 def _hand_rows(control_gain: bool):
-  """Two seeds of 20 items: base answers every other item; sft none (IQ -0.5) and speaks worse (EQ -0.2); the
-  positive control answers every item (IQ +0.5) or exactly what base answers (no gain)."""
+  """Three seeds of 20 items: base answers every other item; sft none (IQ -0.5) and speaks worse (EQ -0.2); the
+  positive control answers 20, 18 and 19 items (IQ +0.5, +0.4, +0.45) or exactly what base answers (no gain)."""
   base = [_item(float(i % 2)) for i in range(20)]
-  control = [_item(1.0) for _ in range(20)] if control_gain else base
-  return {"base": {0: base, 1: base}, "rl_text_exact": {0: control, 1: control},
-          "sft": {0: [_item(0.0, 0.6)] * 20, 1: [_item(0.0, 0.6)] * 20}}
+  control = {s: [_item(float(i >= 20 - right)) for i in range(20)] if control_gain else base
+             for s, right in enumerate((20, 18, 19))}
+  return {"base": {s: base for s in range(3)}, "rl_text_exact": control,
+          "sft": {s: [_item(0.0, 0.6)] * 20 for s in range(3)}}
 
 
-def _out(rows, seeds=(0, 1)):
+def _out(rows, seeds=(0, 1, 2)):
   power = claims.power_check(rows, seeds)
   return {"title": "Study: hand-made", "seeds": list(seeds), "times": {}, "positive_control": power, "same_run": {},
           "table": report.summarize(rows, seeds), "claims": claims.evaluate_claims(rows, seeds, power=power),
@@ -151,16 +198,13 @@ def test_positive_control_decides_power():
   comparison) is "underpowered" in study.md and its README summary, the differences are still there."""
   powered = _out(_hand_rows(control_gain=True))
   p = powered["positive_control"]
-  assert p["powered"] and p["diff"] == pytest.approx(0.5) and 0 < p["lo"] < 0.5 < p["hi"]
-  # the same paired bootstrap as the claims: rl_text_exact - base on IQ, items 0/1 within each seed
-  rows = _hand_rows(True)
-  assert (p["diff"], p["lo"], p["hi"]) == claims.hierarchical_bootstrap(
-      [claims.item_values(rows["rl_text_exact"][s], "iq") - claims.item_values(rows["base"][s], "iq") for s in (0, 1)])
+  half = T975[2] * 0.05 / np.sqrt(3)   # seed gains 0.5, 0.4, 0.45: sd 0.05
+  assert p["powered"] and [p["diff"], p["lo"], p["hi"]] == pytest.approx([0.45, 0.45 - half, 0.45 + half])
   verdicts = {c["claim"]: c["verdict"] for c in powered["claims"]}
   assert verdicts == {"SFT lowers IQ": "reproduced", "SFT keeps or raises EQ": "not reproduced"}
   md = report.markdown(powered).splitlines()
   assert md[0] == "# Study: hand-made" and md[2].startswith("**Positive control** (`rl_text_exact` − `base` on IQ: "
-                                                                "+50.0 [")
+                                                                "+45.0 [")
 
   weak = _out(_hand_rows(control_gain=False))
   assert weak["positive_control"]["diff"] == 0 and not weak["positive_control"]["powered"]
@@ -180,6 +224,25 @@ def test_positive_control_decides_power():
   assert unchecked["positive_control"] is None
   assert report.markdown(unchecked).splitlines()[2].startswith("**Verdicts unchecked by a positive control**")
   assert {c["verdict"] for c in unchecked["claims"]} == {"reproduced", "not reproduced"}
+
+
+def test_positive_control_is_powered_when_every_seed_learns_on_its_own():
+  """Gains of 0.4, 0.1 and 0.25 on 3 seeds of 200 items vary too much for t over the seeds (se 0.087, quantile 4.30)
+  but each seed's own CI (t over its items) lies above 0: RL learned in every run, so powered. With no gain on
+  seed 1 neither holds: underpowered."""
+  base = [_item(float(i % 2)) for i in range(200)]
+
+  def power(gains):
+    control = {s: [_item(1.0 if i % 2 or i < 400 * g else 0.0) for i in range(200)] for s, g in enumerate(gains)}
+    return claims.power_check({"base": {s: base for s in range(3)}, "rl_text_exact": control}, [0, 1, 2])
+
+  p = power((0.4, 0.1, 0.25))
+  assert p["lo"] < 0 and p["powered"]
+  assert [q["diff"] for q in p["per_seed"]] == pytest.approx([0.4, 0.1, 0.25])
+  assert p["per_seed"][1]["lo"] == pytest.approx(0.1 - 1.972 * np.sqrt(0.1 * 0.9 * 200 / 199) / np.sqrt(200), abs=1e-3)
+  assert "every seed's own CI lies above 0" in report.power_line(p)
+  p = power((0.4, 0.0, 0.25))
+  assert not p["powered"] and report.power_line(p).startswith("**Underpowered**")
 
 
 def test_learning_curve_pairs_each_evaluated_step_with_base(tmp_path):

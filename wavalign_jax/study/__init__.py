@@ -22,9 +22,9 @@ values share each seed's base run (links to the first value's), and so do the me
 rollouts, e.g. `sft`, or another reward, e.g. `rl_text_exact` for a judge field): each runs once.
 
 Outputs in DIR: study.md (the positive control, the paper's three tables as mean [95% CI] per method, a verdict
-per claim), study.json (every number), iq_eq.png, gates.png, eq_curve.png. Confidence intervals are a
-hierarchical bootstrap: seeds resampled, then eval items within each seed; method differences are paired (same
-seed, same item). docs/testbed.md describes the testbed, the claims and how verdicts are decided.
+per claim), study.json (every number), iq_eq.png, gates.png, eq_curve.png. Confidence intervals are Student t
+over the seeds' means (a seed's runs are the replicate; with one seed, over its eval items); method differences
+are paired (same seed, same item). docs/testbed.md describes the testbed, the claims and how verdicts are decided.
 
 Modules: claims.py (the claims and the statistics of a verdict), sweep.py (resolved configs, duplicates, --sweep),
 runner.py (the train processes), report.py (study.md / study.json), figures.py, export.py (--export), and

@@ -1,11 +1,13 @@
-"""The paper's claims as comparisons between methods, and the statistics that decide a verdict: a hierarchical
-bootstrap over seeds and eval items, paired differences, and the positive control that says whether RL learns
-at the study's budget at all (docs/testbed.md "The study")."""
+"""The paper's claims as comparisons between methods, and the statistics that decide a verdict: Student t
+intervals over seeds (a seed's runs are the replicate), differences paired by seed and item, a Bonferroni bound
+on refuting a claim that names several rivals, and the positive control that says whether RL learns at the
+study's budget at all (docs/testbed.md "The study")."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 CLAIMS = (
     # (claim, metric, method a, methods b, relation): a - b on the metric; "greater" / "less" than 0.
@@ -45,23 +47,34 @@ def item_values(rows: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
   return np.array([value(r) if in_stratum(r, stratum) else np.nan for r in rows], np.float64)
 
 
-def hierarchical_bootstrap(per_seed: Sequence[np.ndarray], *, num_bootstrap: int = 2000, level: float = 0.95,
-                           seed: int = 0) -> tuple[float, float, float]:
-  """(mean, lo, hi) of per-item values given per seed (NaN = not in the stratum): the estimate is the mean over
-  seeds of the per-seed item means; each bootstrap draw resamples seeds, then items within each drawn seed."""
+LEVEL = 0.95
+
+
+def seed_interval(per_seed: Sequence[np.ndarray], level: float = LEVEL) -> tuple[float, float, float]:
+  """(mean, lo, hi) of per-item values given per seed (NaN = not in the stratum). The estimate is the mean over
+  seeds of the per-seed item means; the interval is Student's t over those S means (S - 1 degrees of freedom):
+  a seed's training run is the unit that replicates, and its mean carries its items' noise with it. With one
+  seed, t over its items: an interval for that run only, without training randomness (docs/testbed.md)."""
   per_seed = [v[np.isfinite(v)] for v in per_seed]
   if not per_seed or any(len(v) == 0 for v in per_seed):
     raise ValueError("every seed needs at least one item value")
-  rng = np.random.default_rng(seed)
-  estimate = float(np.mean([v.mean() for v in per_seed]))
-  drawn = rng.integers(0, len(per_seed), (num_bootstrap, len(per_seed)))   # draw b's seeds
-  item_means = np.empty(drawn.shape)   # each drawn seed's items resampled independently (vectorised per seed)
-  for s, v in enumerate(per_seed):
-    where = drawn == s
-    item_means[where] = v[rng.integers(0, len(v), (int(where.sum()), len(v)))].mean(axis=1)
-  boots = item_means.mean(axis=1)
-  lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-  return estimate, float(lo), float(hi)
+  units = np.array([v.mean() for v in per_seed]) if len(per_seed) > 1 else per_seed[0]
+  mean = float(units.mean())
+  if len(units) < 2:
+    return mean, np.nan, np.nan
+  half = stats.t.ppf((1 + level) / 2, len(units) - 1) * units.std(ddof=1) / np.sqrt(len(units))
+  return mean, mean - half, mean + half
+
+
+def interval_note(num_seeds: int) -> str:
+  """How study.md's intervals were computed (one sentence, with what they cover)."""
+  if num_seeds == 1:
+    return ("Values in % as mean [95% CI], Student t over the eval items of the one seed: the intervals leave out "
+            "training randomness, so a verdict speaks for this seed's runs, not for the method.")
+  return (f"Values in % as mean [95% CI], Student t over the {num_seeds} seeds' means ({num_seeds - 1} degrees of "
+          "freedom; a seed's runs are the unit, their eval items' noise is in their means); differences are paired "
+          "by seed and item. A claim naming k rivals is refuted only by a comparison whose (1 − 0.05/k) interval "
+          "lies on the other side of 0 (docs/testbed.md).")
 
 
 def verdict(lo: float, hi: float, relation: str) -> str:
@@ -74,24 +87,31 @@ def verdict(lo: float, hi: float, relation: str) -> str:
 
 
 def paired_difference(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int], a: str, b: str,
-                      metric: str) -> tuple[float, float, float]:
+                      metric: str, level: float = LEVEL) -> tuple[float, float, float]:
   """(mean, lo, hi) of a - b on `metric`, paired by seed and item."""
-  return hierarchical_bootstrap([item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds])
+  return seed_interval([item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds], level)
 
 
 def power_check(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, Any] | None:
-  """The positive control's IQ gain over `base` [CI]; "powered" when the CI lies above 0. None when it did not run."""
+  """The positive control's IQ gain over `base` [CI], over the seeds and on each seed alone (t over its items).
+  "powered" when RL demonstrably learned in the study's runs: the CI over seeds lies above 0, or every seed's own
+  does (3 seeds that each learn can still vary too much for the t over seeds). None when it did not run."""
   if POSITIVE_CONTROL not in rows or "base" not in rows:
     return None
   d, lo, hi = paired_difference(rows, seeds, POSITIVE_CONTROL, "base", "iq")
-  return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "powered": lo > 0}
+  per_seed = [dict(zip(("seed", "diff", "lo", "hi"), (s, *paired_difference(rows, [s], POSITIVE_CONTROL, "base", "iq"))))
+              for s in seeds]
+  return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "per_seed": per_seed,
+          "powered": bool(lo > 0 or all(p["lo"] > 0 for p in per_seed))}
 
 
 def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int],
                     same_run: dict[str, str] | None = None,
                     power: dict[str, Any] | None = None) -> list[dict[str, Any]]:
   """One entry per claim of CLAIMS whose methods all ran: each comparison's paired difference and CI, and the
-  claim's verdict (every comparison reproduced -> reproduced; any not reproduced -> not reproduced). When the
+  claim's verdict (every comparison reproduced -> reproduced; any not reproduced -> not reproduced, where a claim
+  naming k rivals needs the comparison's (1 - 0.05/k) interval on the other side of 0: `refute_lo`, `refute_hi`,
+  so that k chances to refute a true claim keep a 5% error between them). When the
   positive control failed (`power`), every verdict is "underpowered": RL not learning would explain any of them.
   `same_run` ({alias: method}) keeps a method's second name out of "the best trade-off" comparisons."""
   same_run = same_run or {}
@@ -103,10 +123,15 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
     if a not in rows or not bs or any(b not in rows for b in bs):
       continue
     comparisons = []
+    refute_level = 1 - (1 - LEVEL) / len(bs)   # Bonferroni: any one of the k rivals may refute the claim
     for b in bs:
       d, lo, hi = paired_difference(rows, seeds, a, b, metric)
-      comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi,
-                          "verdict": UNDERPOWERED if underpowered else verdict(lo, hi, relation)})
+      _, refute_lo, refute_hi = paired_difference(rows, seeds, a, b, metric, refute_level)
+      v = verdict(lo, hi, relation)
+      if v == "not reproduced" and verdict(refute_lo, refute_hi, relation) != v:
+        v = "inconclusive"
+      comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi, "refute_lo": refute_lo, "refute_hi": refute_hi,
+                          "verdict": UNDERPOWERED if underpowered else v})
     verdicts = {c["verdict"] for c in comparisons}
     overall = (UNDERPOWERED if underpowered else "not reproduced" if "not reproduced" in verdicts else
                "reproduced" if verdicts == {"reproduced"} else "inconclusive")

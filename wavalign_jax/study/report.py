@@ -10,8 +10,8 @@ import numpy as np
 
 from wavalign_jax import files, provenance
 from wavalign_jax.study import figures
-from wavalign_jax.study.claims import (POSITIVE_CONTROL, UNDERPOWERED, evaluate_claims, hierarchical_bootstrap,
-                                       item_values, paired_difference, power_check)
+from wavalign_jax.study.claims import (POSITIVE_CONTROL, UNDERPOWERED, evaluate_claims, interval_note, item_values,
+                                       paired_difference, power_check, seed_interval)
 from wavalign_jax.study.runner import Study, read_times, run_dir, time_totals
 
 TABLE_IQ = (("iq", "IQ (all)"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ out-of-dist."),
@@ -96,11 +96,14 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
 
 
 def summarize(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
-  """{method: {metric: [mean, lo, hi]}} for every table metric."""
+  """{method: {metric: [mean, lo, hi]}} for every table metric (scores in [0, 1]: an interval is clipped to it)."""
   metrics = [k for k, _ in TABLE_IQ + TABLE_EQ] + ["tradeoff"]
 
   def stat(values: list[np.ndarray]) -> list[float]:   # NaN where a seed has no item in the stratum
-    return list(hierarchical_bootstrap(values)) if all(np.isfinite(v).any() for v in values) else [np.nan] * 3
+    if not all(np.isfinite(v).any() for v in values):
+      return [np.nan] * 3
+    mean, lo, hi = seed_interval(values)
+    return [mean, max(lo, 0.0), min(hi, 1.0)]
 
   return {m: {k: stat([item_values(per_seed[s], k) for s in seeds]) for k in metrics} for m, per_seed in rows.items()}
 
@@ -119,11 +122,16 @@ def power_line(power: dict[str, Any] | None) -> str:
     return (f"**Verdicts unchecked by a positive control**: `{POSITIVE_CONTROL}` did not run, so an "
             "\"inconclusive\" or \"not reproduced\" verdict may only mean that RL learns nothing at this budget.")
   gain = f"`{POSITIVE_CONTROL}` − `base` on IQ: {_diff(power)}"
+  seeds = power.get("per_seed", [])
+  if len(seeds) > 1:
+    gain += "; per seed " + ", ".join(f"{p['seed']}: {_diff(p)}" for p in seeds)
   if power["powered"]:
-    return f"**Positive control** ({gain}): its CI lies above 0, so RL demonstrably learns at this budget."
-  return (f"**Underpowered**: the positive control ({gain}) has a CI that does not lie above 0, so RL does not "
-          "demonstrably learn at this budget and every verdict below is \"underpowered\" (differences and CIs "
-          "are still shown).")
+    why = ("every seed's own CI lies above 0" if power["lo"] <= 0 else
+           "its CI over seeds lies above 0" if len(seeds) > 1 else "its CI lies above 0")
+    return f"**Positive control** ({gain}): {why}, so RL demonstrably learns at this budget."
+  return (f"**Underpowered**: the positive control ({gain}) has neither a CI over seeds nor every seed's CI above 0, "
+          "so RL does not demonstrably learn at this budget and every verdict below is \"underpowered\" "
+          "(differences and CIs are still shown).")
 
 
 def same_run_note(same_run: dict[str, str]) -> str:
@@ -249,8 +257,7 @@ def summary_markdown(table: dict[str, dict[str, list[float]]], claims: list[dict
 def markdown(out: dict[str, Any]) -> str:
   """study.md of one study from its report dict (`report`)."""
   table, claims = out["table"], out["claims"]
-  intro = (f"Seeds: {out['seeds']}. Values in % as mean [95% CI]: hierarchical bootstrap over seeds and eval items "
-           "(docs/testbed.md). Trade-off = mean of IQ and EQ.")
+  intro = f"Seeds: {out['seeds']}. {interval_note(len(out['seeds']))} Trade-off = mean of IQ and EQ."
   lines = [f"# {out['title']}", "", power_line(out["positive_control"]), ""]
   if out.get("unfinished"):
     lines += [f"**Incomplete**: {', '.join(f'`{m}`' for m in out['unfinished'])} "
@@ -277,13 +284,17 @@ def markdown(out: dict[str, Any]) -> str:
   table_of("Table 1: IQ (content)", main, TABLE_IQ + (("tradeoff", "trade-off"),))
   table_of("Table 2: EQ (speech) per dimension", main, TABLE_EQ)
   table_of("Table 3: ablations", ABLATIONS, (("iq", "IQ"), ("eq", "EQ"), ("tradeoff", "trade-off")))
-  lines += ["## The paper's claims", "", "| claim | comparison (a − b) | difference [95% CI] | verdict |",
-            "|---|---|---|---|"]
+  lines += ["## The paper's claims", "",
+            "A claim naming k rivals is refuted only by a comparison whose (1 − 0.05/k) interval (the refuting CI) "
+            "lies on the other side of 0.", "",
+            "| claim | comparison (a − b) | difference [95% CI] | refuting CI | verdict |", "|---|---|---|---|---|"]
   for c in claims:
+    k = len(c["comparisons"])
     for i, cmp in enumerate(c["comparisons"]):
+      refute = f"[{100 * cmp['refute_lo']:+.1f}, {100 * cmp['refute_hi']:+.1f}]" if k > 1 else "(the 95% CI)"
       lines.append(f"| {c['claim'] if i == 0 else ''} | {c['a']} − {cmp['b']} ({c['metric']}) | {_diff(cmp)} | "
-                   f"{cmp['verdict'] if len(c['comparisons']) > 1 else ''} |")
-    lines.append(f"| | **verdict** | | **{c['verdict']}** |")
+                   f"{refute} | {cmp['verdict'] if k > 1 else ''} |")
+    lines.append(f"| | **verdict** | | | **{c['verdict']}** |")
   lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "",
             *training_rows(out["curves"]), "",
             "## Where the time went (minutes, summed over seeds; `study/report.py` time_breakdown)", "",
@@ -312,8 +323,8 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
                  f"{'unchecked' if p is None else 'powered' if p['powered'] else '**underpowered**'} |")
   lines += ["", " ".join(filter(None, [
       f"Seeds: {sweep['seeds']}. Each value is a study of its own in `{field}=<value>/` (its study.md has every "
-      "table); values in % as mean [95% CI], paired hierarchical bootstrap (docs/testbed.md). A value whose "
-      "positive control fails has every verdict \"underpowered\".", shared_note(field, sweep.get("shared_methods")),
+      f"table). {interval_note(len(sweep['seeds']))} A value whose positive control fails has every verdict "
+      "\"underpowered\".", shared_note(field, sweep.get("shared_methods")),
       times_line(sweep["times"]), code_line(sweep.get("commits", {}))])), "",
       f"## Claims × {field}", "", "| claim | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
   claims = list(dict.fromkeys((c["claim"], c["metric"]) for st in studies.values() for c in st["claims"]))
