@@ -57,6 +57,16 @@ def test_seed_interval_keeps_its_error_rate_when_seeds_differ_more_than_items(se
   assert false / 2000 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)
 
 
+def test_seeds_to_decide_hand_computed():
+  """Seed means 1, 2, 3 (mean 2, sd 1): t * 1 / sqrt(n) falls below 2 first at n = 4 (3.182 / 2 = 1.59; at n = 3
+  4.303 / 1.73 = 2.48). The items within a seed only set its mean. No spread to extrapolate from one seed, and
+  no number of seeds decides a mean of 0."""
+  per_seed = [np.array([1.0, 1.0]), np.array([2.0, np.nan]), np.array([2.0, 4.0])]
+  assert claims.seeds_to_decide(per_seed) == 4
+  assert claims.seeds_to_decide([np.array([1.0, 3.0])]) is None
+  assert claims.seeds_to_decide([np.array([1.0]), np.array([-1.0])]) is None
+
+
 def test_verdicts_and_strata():
   assert claims.verdict(0.01, 0.2, "greater") == "reproduced"
   assert claims.verdict(-0.2, -0.01, "greater") == "not reproduced"

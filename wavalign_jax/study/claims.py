@@ -66,6 +66,18 @@ def seed_interval(per_seed: Sequence[np.ndarray], level: float = LEVEL) -> tuple
   return mean, mean - half, mean + half
 
 
+def seeds_to_decide(per_seed: Sequence[np.ndarray], level: float = LEVEL, most: int = 50) -> int | None:
+  """The fewest seeds whose t interval would exclude 0 if the seeds' mean and spread stayed as measured: a rough
+  plan for the next study, not a result (a spread from 3 seeds is itself uncertain). None with one seed (no
+  spread), a mean of 0, or more than `most`."""
+  means = np.array([v[np.isfinite(v)].mean() for v in per_seed])
+  if len(means) < 2 or means.mean() == 0:
+    return None
+  sd = means.std(ddof=1)
+  return next((n for n in range(2, most + 1) if stats.t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)
+               < abs(means.mean())), None)
+
+
 def interval_note(num_seeds: int) -> str:
   """How study.md's intervals were computed (one sentence, with what they cover)."""
   if num_seeds == 1:
@@ -99,8 +111,8 @@ def power_check(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) ->
   if POSITIVE_CONTROL not in rows or "base" not in rows:
     return None
   d, lo, hi = paired_difference(rows, seeds, POSITIVE_CONTROL, "base", "iq")
-  per_seed = [dict(zip(("seed", "diff", "lo", "hi"), (s, *paired_difference(rows, [s], POSITIVE_CONTROL, "base", "iq"))))
-              for s in seeds]
+  per_seed = [dict(zip(("seed", "diff", "lo", "hi"), (s, *paired_difference(rows, [s], POSITIVE_CONTROL, "base",
+                                                                          "iq")))) for s in seeds]
   return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "per_seed": per_seed,
           "powered": bool(lo > 0 or all(p["lo"] > 0 for p in per_seed))}
 
@@ -111,8 +123,8 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
   """One entry per claim of CLAIMS whose methods all ran: each comparison's paired difference and CI, and the
   claim's verdict (every comparison reproduced -> reproduced; any not reproduced -> not reproduced, where a claim
   naming k rivals needs the comparison's (1 - 0.05/k) interval on the other side of 0: `refute_lo`, `refute_hi`,
-  so that k chances to refute a true claim keep a 5% error between them). When the
-  positive control failed (`power`), every verdict is "underpowered": RL not learning would explain any of them.
+  so that k chances to refute a true claim keep a 5% error between them) and `seeds_to_decide`. When the positive
+  control failed (`power`), every verdict is "underpowered": RL not learning would explain any of them.
   `same_run` ({alias: method}) keeps a method's second name out of "the best trade-off" comparisons."""
   same_run = same_run or {}
   underpowered = power is not None and not power["powered"]
@@ -125,12 +137,15 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
     comparisons = []
     refute_level = 1 - (1 - LEVEL) / len(bs)   # Bonferroni: any one of the k rivals may refute the claim
     for b in bs:
-      d, lo, hi = paired_difference(rows, seeds, a, b, metric)
-      _, refute_lo, refute_hi = paired_difference(rows, seeds, a, b, metric, refute_level)
+      diffs = [item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds]
+      d, lo, hi = seed_interval(diffs)
+      _, refute_lo, refute_hi = seed_interval(diffs, refute_level)
       v = verdict(lo, hi, relation)
       if v == "not reproduced" and verdict(refute_lo, refute_hi, relation) != v:
         v = "inconclusive"
+      claimed_side = d > 0 if relation == "greater" else d < 0
       comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi, "refute_lo": refute_lo, "refute_hi": refute_hi,
+                          "seeds_to_decide": seeds_to_decide(diffs, LEVEL if claimed_side else refute_level),
                           "verdict": UNDERPOWERED if underpowered else v})
     verdicts = {c["verdict"] for c in comparisons}
     overall = (UNDERPOWERED if underpowered else "not reproduced" if "not reproduced" in verdicts else
