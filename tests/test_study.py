@@ -27,8 +27,9 @@ T975 = {1: 12.706205, 2: 4.302653}   # Student t quantiles (0.975) from printed 
 
 def test_seed_interval_hand_computed():
   """Seeds are the unit: two seeds whose items are all 0.2 and all 0.6 give the mean 0.4 and t over the two means
-  (sd 0.2 * sqrt 2, se 0.2, 1 degree of freedom), however many items they have. One seed falls back to t over its
-  items; many items approach the normal interval; NaN items (outside a stratum) are ignored."""
+  (sd 0.2 * sqrt 2, se 0.2, 1 degree of freedom), however many items they have; seed means that agree better than
+  their items' noise allows get that noise as their spread. One seed falls back to t over its items; many items
+  approach the normal interval; NaN items (outside a stratum) are ignored."""
   assert claims.seed_interval([np.full(5, 0.2), np.full(3, 0.6)]) == pytest.approx((0.4, 0.4 - T975[1] * 0.2,
                                                                                    0.4 + T975[1] * 0.2))
   assert claims.seed_interval([np.array([0.0, 1.0, np.nan])]) == pytest.approx((0.5, 0.5 - T975[1] * 0.5,
@@ -36,6 +37,9 @@ def test_seed_interval_hand_computed():
   values = (np.random.default_rng(0).random(3000) < 0.3).astype(float)
   est, lo, hi = claims.seed_interval([values])
   assert (hi - lo) / 2 == pytest.approx(1.96 * values.std(ddof=1) / np.sqrt(len(values)), rel=1e-3)
+  # three seeds that agree exactly (means 0.5) still carry their items' noise: se^2 = (1/3) / 4 on each
+  assert claims.seed_interval([np.array([0.0, 1.0, 0.0, 1.0])] * 3) == pytest.approx(
+      (0.5, 0.5 - T975[2] * np.sqrt(1 / 12) / np.sqrt(3), 0.5 + T975[2] * np.sqrt(1 / 12) / np.sqrt(3)))
   est, lo, hi = claims.seed_interval([np.array([0.7])])
   assert est == 0.7 and np.isnan(lo) and np.isnan(hi)   # one run, one item: no interval, so no verdict
   with pytest.raises(ValueError, match="at least one item"):
@@ -208,7 +212,13 @@ def test_positive_control_decides_power():
   comparison) is "underpowered" in study.md and its README summary, the differences are still there."""
   powered = _out(_hand_rows(control_gain=True))
   p = powered["positive_control"]
-  half = T975[2] * 0.05 / np.sqrt(3)   # seed gains 0.5, 0.4, 0.45: sd 0.05
+  # seed gains 0.5, 0.4, 0.45 (sd 0.05) vary less than their 20 items' noise: the spread is the items' rms se
+  rows = _hand_rows(True)
+  diffs = [claims.item_values(rows["rl_text_exact"][s], "iq") - claims.item_values(rows["base"][s], "iq")
+           for s in range(3)]
+  spread = np.sqrt(np.mean([d.var(ddof=1) / 20 for d in diffs]))
+  assert spread > 0.05
+  half = T975[2] * spread / np.sqrt(3)
   assert p["powered"] and [p["diff"], p["lo"], p["hi"]] == pytest.approx([0.45, 0.45 - half, 0.45 + half])
   verdicts = {c["claim"]: c["verdict"] for c in powered["claims"]}
   assert verdicts == {"SFT lowers IQ": "reproduced", "SFT keeps or raises EQ": "not reproduced"}
@@ -236,23 +246,24 @@ def test_positive_control_decides_power():
   assert {c["verdict"] for c in unchecked["claims"]} == {"reproduced", "not reproduced"}
 
 
-def test_positive_control_is_powered_when_every_seed_learns_on_its_own():
-  """Gains of 0.4, 0.1 and 0.25 on 3 seeds of 200 items vary too much for t over the seeds (se 0.087, quantile 4.30)
-  but each seed's own CI (t over its items) lies above 0: RL learned in every run, so powered. With no gain on
-  seed 1 neither holds: underpowered."""
+def test_positive_control_decides_on_its_one_sided_lower_bound():
+  """Gains of 0.4, 0.15 and 0.25 on 3 seeds of 200 items (mean 0.267, seed sd 0.126 > the items' se): the
+  one-sided 95% bound 0.267 - 2.920 * 0.126 / sqrt 3 = +0.055 lies above 0, so powered, though the two-sided 95%
+  CI reaches below 0. No gain on seed 1: the bound is below 0, underpowered."""
   base = [_item(float(i % 2)) for i in range(200)]
 
   def power(gains):
     control = {s: [_item(1.0 if i % 2 or i < 400 * g else 0.0) for i in range(200)] for s, g in enumerate(gains)}
     return claims.power_check({"base": {s: base for s in range(3)}, "rl_text_exact": control}, [0, 1, 2])
 
-  p = power((0.4, 0.1, 0.25))
-  assert p["lo"] < 0 and p["powered"]
-  assert [q["diff"] for q in p["per_seed"]] == pytest.approx([0.4, 0.1, 0.25])
-  assert p["per_seed"][1]["lo"] == pytest.approx(0.1 - 1.972 * np.sqrt(0.1 * 0.9 * 200 / 199) / np.sqrt(200), abs=1e-3)
-  assert "every seed's own CI lies above 0" in report.power_line(p)
+  p = power((0.4, 0.15, 0.25))
+  gains = np.array([0.4, 0.15, 0.25])
+  assert [q["diff"] for q in p["per_seed"]] == pytest.approx(gains)
+  assert p["lower"] == pytest.approx(gains.mean() - 2.919986 * gains.std(ddof=1) / np.sqrt(3))
+  assert p["lo"] < 0 < p["lower"] and p["powered"]
+  assert report.power_line(p).startswith("**Positive control**")
   p = power((0.4, 0.0, 0.25))
-  assert not p["powered"] and report.power_line(p).startswith("**Underpowered**")
+  assert p["lower"] < 0 and not p["powered"] and report.power_line(p).startswith("**Underpowered**")
 
 
 def test_learning_curve_pairs_each_evaluated_step_with_base(tmp_path):
@@ -328,9 +339,10 @@ def _arg(cmd, name):
 
 
 class FakeTrain:
-  """Stands in for train.py: records each command and writes the files a finished run leaves. IQ per item: base
-  answers every other item; rl_text_exact answers every item up to testbed.sft_wrong_fraction 0.3 and only base's
-  above; sft none."""
+  """Stands in for train.py: records each command and writes the files a finished run leaves. IQ on 400 items
+  (enough for a gain of 0.5 to stand out of its items' noise with 2 seeds, whose t quantile is 12.7): base
+  answers every other item; rl_text_exact answers every item up to testbed.sft_wrong_fraction 0.3 and only
+  base's above; sft none."""
 
   def __init__(self, base_shift: float = 0.0, commit: str = "a" * 40):
     self.calls = []
@@ -345,7 +357,7 @@ class FakeTrain:
     assert method == "base" or os.path.exists(os.path.join(os.path.dirname(workdir), "base", "eval_summary.json"))
     iq = {"base": lambda i: i % 2, "sft": lambda i: 0, "rl_text_exact": lambda i: 1 if wrong <= 0.3 else i % 2}.get(
         method, lambda i: i % 2)
-    rows = [_item(float(iq(i)), 0.8 - 0.1 * (method == "rl_full")) for i in range(20)]
+    rows = [_item(float(iq(i)), 0.8 - 0.1 * (method == "rl_full")) for i in range(400)]
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     files.write_jsonl(os.path.join(workdir, provenance.FILE), [*provenance.read(workdir), {"commit": self.commit}])
     with open(os.path.join(workdir, "eval", "after.jsonl"), "w") as f:
@@ -562,7 +574,7 @@ def test_one_colour_per_method_in_every_figure():
   assert seen["two_stage"] == 4 and seen["hybrid"] == 3 and "dpo_full" in seen   # plotted and checked
   gates = _artist_colours(figs[1])
   assert "dpo_full" not in gates and gates["two_stage"] == {styles["two_stage"]["color"]}
-  assert figs[0].axes[0].get_ylabel() == "EQ (%)" and figs[2].axes[0].get_ylabel() == "EQ (%)"
+  assert figs[0].axes[0].get_ylabel() == "EQ − base (points)" and figs[2].axes[0].get_ylabel() == "EQ (%)"
   assert [t.get_text() for t in figs[0].legends[0].get_texts()].count("fixed_plus_vanilla = ablate_text_fixed_0.5")
 
 

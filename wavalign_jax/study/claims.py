@@ -50,31 +50,43 @@ def item_values(rows: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
 LEVEL = 0.95
 
 
-def seed_interval(per_seed: Sequence[np.ndarray], level: float = LEVEL) -> tuple[float, float, float]:
-  """(mean, lo, hi) of per-item values given per seed (NaN = not in the stratum). The estimate is the mean over
-  seeds of the per-seed item means; the interval is Student's t over those S means (S - 1 degrees of freedom):
-  a seed's training run is the unit that replicates, and its mean carries its items' noise with it. With one
-  seed, t over its items: an interval for that run only, without training randomness (docs/testbed.md)."""
+def _seed_means(per_seed: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+  """(per-seed item means, their spread): the sd of the seed means, but no less than the root mean square of the
+  seeds' own item-level se. Seed means cannot truly vary less than their items' noise makes them; three that
+  happen to agree must not give a near-zero interval."""
   per_seed = [v[np.isfinite(v)] for v in per_seed]
   if not per_seed or any(len(v) == 0 for v in per_seed):
     raise ValueError("every seed needs at least one item value")
-  units = np.array([v.mean() for v in per_seed]) if len(per_seed) > 1 else per_seed[0]
-  mean = float(units.mean())
-  if len(units) < 2:
+  means = np.array([v.mean() for v in per_seed])
+  item_var = np.mean([v.var(ddof=1) / len(v) if len(v) > 1 else 0.0 for v in per_seed])
+  return means, float(max(means.std(ddof=1), np.sqrt(item_var))) if len(means) > 1 else np.nan
+
+
+def seed_interval(per_seed: Sequence[np.ndarray], level: float = LEVEL) -> tuple[float, float, float]:
+  """(mean, lo, hi) of per-item values given per seed (NaN = not in the stratum). The estimate is the mean over
+  seeds of the per-seed item means; the interval is Student's t over those S means (S - 1 degrees of freedom,
+  their spread floored by `_seed_means`): a seed's training run is the unit that replicates, and its mean carries
+  its items' noise with it. With one seed, t over its items: an interval for that run only, without training
+  randomness (docs/testbed.md)."""
+  means, spread = _seed_means(per_seed)
+  if len(means) == 1:
+    units = per_seed[0][np.isfinite(per_seed[0])]
+    means, spread = units, units.std(ddof=1) if len(units) > 1 else np.nan
+  mean = float(means.mean())
+  if len(means) < 2:
     return mean, np.nan, np.nan
-  half = stats.t.ppf((1 + level) / 2, len(units) - 1) * units.std(ddof=1) / np.sqrt(len(units))
+  half = stats.t.ppf((1 + level) / 2, len(means) - 1) * spread / np.sqrt(len(means))
   return mean, mean - half, mean + half
 
 
 def seeds_to_decide(per_seed: Sequence[np.ndarray], level: float = LEVEL, most: int = 50) -> int | None:
-  """The fewest seeds whose t interval would exclude 0 if the seeds' mean and spread stayed as measured: a rough
-  plan for the next study, not a result (a spread from 3 seeds is itself uncertain). None with one seed (no
-  spread), a mean of 0, or more than `most`."""
-  means = np.array([v[np.isfinite(v)].mean() for v in per_seed])
+  """The fewest seeds at which the expected interval just excludes 0 if the seeds' mean and spread stayed as
+  measured: about even odds of deciding there, a rough plan for the next study, not a result (a spread from 3
+  seeds is itself uncertain). None with one seed (no spread), a mean of 0, or more than `most`."""
+  means, spread = _seed_means(per_seed)
   if len(means) < 2 or means.mean() == 0:
     return None
-  sd = means.std(ddof=1)
-  return next((n for n in range(2, most + 1) if stats.t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)
+  return next((n for n in range(2, most + 1) if stats.t.ppf((1 + level) / 2, n - 1) * spread / np.sqrt(n)
                < abs(means.mean())), None)
 
 
@@ -105,16 +117,17 @@ def paired_difference(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[in
 
 
 def power_check(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, Any] | None:
-  """The positive control's IQ gain over `base` [CI], over the seeds and on each seed alone (t over its items).
-  "powered" when RL demonstrably learned in the study's runs: the CI over seeds lies above 0, or every seed's own
-  does (3 seeds that each learn can still vary too much for the t over seeds). None when it did not run."""
+  """The positive control's IQ gain over `base` [95% CI], its one-sided 95% lower bound (`lower`, the low end of
+  the two-sided 90% interval) and each seed's own gain [CI over its items]. "powered" when `lower` > 0: RL
+  demonstrably learns at this budget, with a 5% chance of saying so when it does not. None when it did not run."""
   if POSITIVE_CONTROL not in rows or "base" not in rows:
     return None
-  d, lo, hi = paired_difference(rows, seeds, POSITIVE_CONTROL, "base", "iq")
-  per_seed = [dict(zip(("seed", "diff", "lo", "hi"), (s, *paired_difference(rows, [s], POSITIVE_CONTROL, "base",
-                                                                          "iq")))) for s in seeds]
-  return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "per_seed": per_seed,
-          "powered": bool(lo > 0 or all(p["lo"] > 0 for p in per_seed))}
+  gain = lambda ss, level=LEVEL: paired_difference(rows, ss, POSITIVE_CONTROL, "base", "iq", level)
+  d, lo, hi = gain(seeds)
+  lower = gain(seeds, 2 * LEVEL - 1)[1]
+  per_seed = [dict(zip(("seed", "diff", "lo", "hi"), (s, *gain([s])))) for s in seeds]
+  return {"a": POSITIVE_CONTROL, "b": "base", "metric": "iq", "diff": d, "lo": lo, "hi": hi, "lower": lower,
+          "per_seed": per_seed, "powered": bool(lower > 0)}
 
 
 def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int],

@@ -35,18 +35,21 @@ def _legend(fig: Any, methods: Sequence[str], same_run: dict[str, str], title: s
              title=title or None, title_fontsize=7)
 
 
-def iq_eq_figure(table: dict[str, dict[str, list[float]]], same_run: dict[str, str]) -> Any:
+def iq_eq_figure(vs_base: dict[str, dict[str, list[float]]], same_run: dict[str, str]) -> Any:
+  """Each method's IQ and EQ gain over the base model [95% CI, paired by seed and item] (report.versus_base)."""
   from matplotlib.figure import Figure
   fig = Figure(figsize=(7, 5.5), layout="constrained")
   ax = fig.subplots()
-  shown = [m for m in table if m not in same_run]
+  shown = [m for m in vs_base if m not in same_run]
   for m in shown:
-    iq, eq = 100 * np.asarray(table[m]["iq"]), 100 * np.asarray(table[m]["eq"])
+    iq, eq = 100 * np.asarray(vs_base[m]["iq"]), 100 * np.asarray(vs_base[m]["eq"])
     ax.errorbar(iq[0], eq[0], xerr=[[iq[0] - iq[1]], [iq[2] - iq[0]]], yerr=[[eq[0] - eq[1]], [eq[2] - eq[0]]],
                 capsize=3, ms=6, **method_style(m), label=_label(m, same_run))
-  ax.set_xlabel("IQ (%)")
-  ax.set_ylabel("EQ (%)")
-  ax.set_title("IQ vs EQ per method (mean, 95% CI)")
+  ax.axhline(0, color="0.6", lw=0.8)
+  ax.axvline(0, color="0.6", lw=0.8)
+  ax.set_xlabel("IQ − base (points)")
+  ax.set_ylabel("EQ − base (points)")
+  ax.set_title("Gain over the base model per method (mean, 95% CI paired by seed and item)", fontsize=9)
   _legend(fig, shown, same_run)
   return fig
 
