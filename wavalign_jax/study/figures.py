@@ -35,21 +35,27 @@ def _legend(fig: Any, methods: Sequence[str], same_run: dict[str, str], title: s
              title=title or None, title_fontsize=7)
 
 
-def iq_eq_figure(vs_base: dict[str, dict[str, list[float]]], same_run: dict[str, str]) -> Any:
-  """Each method's IQ and EQ gain over the base model [95% CI, paired by seed and item] (report.versus_base)."""
+def iq_eq_figure(vs_base: dict[str, dict[str, list[float]]], same_run: dict[str, str], zoom: float = 10.0) -> Any:
+  """Each method's IQ and EQ gain over the base model [95% CI, paired by seed and item] (report.versus_base);
+  when some method lies farther than `zoom` points from the base model (DPO's collapse), a second panel shows
+  the methods within it."""
   from matplotlib.figure import Figure
-  fig = Figure(figsize=(7, 5.5), layout="constrained")
-  ax = fig.subplots()
   shown = [m for m in vs_base if m not in same_run]
-  for m in shown:
-    iq, eq = 100 * np.asarray(vs_base[m]["iq"]), 100 * np.asarray(vs_base[m]["eq"])
-    ax.errorbar(iq[0], eq[0], xerr=[[iq[0] - iq[1]], [iq[2] - iq[0]]], yerr=[[eq[0] - eq[1]], [eq[2] - eq[0]]],
-                capsize=3, ms=6, **method_style(m), label=_label(m, same_run))
-  ax.axhline(0, color="0.6", lw=0.8)
-  ax.axvline(0, color="0.6", lw=0.8)
-  ax.set_xlabel("IQ − base (points)")
-  ax.set_ylabel("EQ − base (points)")
-  ax.set_title("Gain over the base model per method (mean, 95% CI paired by seed and item)", fontsize=9)
+  gains = {m: (100 * np.asarray(vs_base[m]["iq"]), 100 * np.asarray(vs_base[m]["eq"])) for m in shown}
+  near = [m for m in shown if max(abs(gains[m][0][0]), abs(gains[m][1][0])) <= zoom]
+  panels = [("every method", shown)] + ([(f"within {zoom:g} points of base", near)] if near and near != shown else [])
+  fig = Figure(figsize=(5 * len(panels) + 2, 5.5), layout="constrained")
+  for ax, (title, methods) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+    for m in methods:
+      iq, eq = gains[m]
+      ax.errorbar(iq[0], eq[0], xerr=[[iq[0] - iq[1]], [iq[2] - iq[0]]], yerr=[[eq[0] - eq[1]], [eq[2] - eq[0]]],
+                  capsize=3, ms=6, **method_style(m), label=_label(m, same_run))
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("IQ − base (points)")
+    ax.set_ylabel("EQ − base (points)")
+    ax.set_title(title, fontsize=9)
+  fig.suptitle("Gain over the base model per method (mean, 95% CI paired by seed and item)", fontsize=10)
   _legend(fig, shown, same_run)
   return fig
 
