@@ -578,6 +578,21 @@ def test_one_colour_per_method_in_every_figure():
   assert [t.get_text() for t in figs[0].legends[0].get_texts()].count("fixed_plus_vanilla = ablate_text_fixed_0.5")
 
 
+def test_iq_eq_figure_zooms_in_when_a_method_lies_far_from_base():
+  """DPO 22 points below base squashes the others: a second panel shows the methods within 10 points, in their
+  colours; with every method near base there is one panel."""
+  vs_base = {"hybrid": {"iq": [0.01, -0.01, 0.03], "eq": [0.03, 0.01, 0.05]},
+             "sft": {"iq": [-0.02, -0.05, 0.01], "eq": [0.01, -0.03, 0.05]},
+             "dpo_full": {"iq": [-0.22, -0.35, -0.08], "eq": [-0.55, -0.65, -0.45]}}
+  fig = figures.iq_eq_figure(vs_base, {})
+  overview, zoom = fig.axes
+  labels = lambda ax: {line.get_label() for line in ax.containers}
+  assert labels(overview) == {"hybrid", "sft", "dpo_full"} and labels(zoom) == {"hybrid", "sft"}
+  assert zoom.get_xlim()[0] > -10
+  del vs_base["dpo_full"]
+  assert len(figures.iq_eq_figure(vs_base, {}).axes) == 1
+
+
 def test_base_run_stays_untrained_whatever_budget_the_overrides_give(tmp_path):
   """`--config.train.total_steps=N` sets the methods' budget; the base run must still evaluate the base model
   untrained. Checked with train.py's own flag parsing (--print_config): the last occurrence of a field wins."""
