@@ -17,7 +17,7 @@ import pytest
 
 from experiments import kimi, vita
 from tests.fake_judge_server import FakeJudgeServer, chat_reply
-from wavalign_jax import checkpointing, models, train, train_state
+from wavalign_jax import checkpointing, model_loading, models, train, train_state
 from wavalign_jax import evaluate as evaluate_lib
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import common, generate, score, voicebench
@@ -99,7 +99,7 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   eval_data = str(tmp_path / "eval_id")
   build_lib.build(builder, [eval_id], eval_data)
   sampling = decode.sampling_config(config.rollout, config.layout, vocab)
-  setup = RunSetup(model_cfg=cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
+  setup = RunSetup(model_cfg=cfg, vocab=vocab, sampling=sampling,
                    tokenizer=builder.tok, train_data="", eval_data={"eval_id": eval_data}, buckets=(64,),
                    init_checkpoint="", eval_batch_size=n,
                    evaluator=lambda items: (seen.extend(items) or metrics.summary(items), []))
@@ -231,7 +231,7 @@ def test_errors(tmp_path):
   run_dir = tmp_path / "run" / "checkpoints" / "5" / "state"
   run_dir.mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="stores no model config.*--config.init_checkpoint"):
-    evaluate_lib.load_model(str(tmp_path / "run"), config)
+    model_loading.load_model(str(tmp_path / "run"), config)
 
   # Missing question audio names the file and line.
   tok = testbed_vocab.write_tokenizer(str(tmp_path / "tok"))

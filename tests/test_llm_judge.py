@@ -223,33 +223,26 @@ def test_audio_decoder_wrong_rate_fails_item():
 
 
 def test_failure_monitor(caplog):
-  monitor = llm_judge.FailureMonitor(max_failed_fraction=0.5, name="judge")
+  monitor = base.FailureMonitor(max_failed_fraction=0.5, name="judge")
   ok = base.RewardResult([1, 2, 3, 4], [False, True, False, False], [{}, {"reason": "HTTP 500"}, {}, {}])
   metrics = monitor.update(ok, step=7)
   assert metrics == {"judge/failed": 1.0, "judge/failed_fraction": 0.25, "judge/failed_total": 1.0}
   assert "HTTP 500" in caplog.text
-  nested = base.RewardResult([1, 2, 3, 4], [True, True, True, False],
-                             [{"llm_judge": {"reason": "timeout"}}] * 3 + [{}])
-  with pytest.raises(llm_judge.RewardFailureError, match=r"3/4 items failed at step 8.*llm_judge: timeout"):
-    monitor.update(nested, step=8)
+  timeouts = base.RewardResult([1, 2, 3, 4], [True, True, True, False], [{"reason": "timeout"}] * 3 + [{}])
+  with pytest.raises(base.RewardFailureError, match=r"3/4 items failed at step 8.*'timeout', 3"):
+    monitor.update(timeouts, step=8)
   assert monitor.total_failed == 4 and monitor.total_items == 8
 
 
 def test_non_finite_reward_is_a_failed_item(caplog):
   """A reward function returning NaN / inf: those items are failed (reason named), hold the mean of the finite
-  scores, and count in reward/failed, also through `combine`."""
-  monitor = llm_judge.FailureMonitor(max_failed_fraction=0.5)
+  scores, and count in reward/failed; a batch of only such items stops the run."""
+  monitor = base.FailureMonitor(max_failed_fraction=0.5)
   result = base.RewardResult([1.0, np.nan, 3.0, np.inf], [False, False, False, False], [{}, {}, {}, {}])
   np.testing.assert_array_equal(result.scores, [1.0, 2.0, 3.0, 2.0])
   np.testing.assert_array_equal(result.failed, [False, True, False, True])
   assert monitor.update(result, step=1)["reward/failed"] == 2.0 and "non-finite score" in caplog.text
-
-  class Nan:
-    name = "nan"
-
-    def __call__(self, items):
-      return base.RewardResult(np.full(len(items), np.nan), np.zeros(len(items), bool), [{}] * len(items))
-  combined = base.combine([(1.0, Nan())], items("a", "b"))
-  assert combined.failed.all() and np.isfinite(combined.scores).all()
-  with pytest.raises(llm_judge.RewardFailureError, match="2/2 items failed"):
-    monitor.update(combined)
+  all_nan = base.RewardResult(np.full(2, np.nan), np.zeros(2, bool), [{}, {}])
+  assert all_nan.failed.all() and np.isfinite(all_nan.scores).all()
+  with pytest.raises(base.RewardFailureError, match="2/2 items failed.*non-finite score"):
+    monitor.update(all_nan)

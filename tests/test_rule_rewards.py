@@ -1,4 +1,4 @@
-"""Rule-based rewards: hand-checked cases and their weighted combination."""
+"""Rule-based rewards and the benchmarks' choice extraction: hand-checked cases."""
 import numpy as np
 import pytest
 
@@ -37,16 +37,3 @@ def test_exact_and_normalized_match():
 ])
 def test_extract_choice(text, expected):
   assert rules.extract_choice(text) == expected
-
-
-def test_length_penalty():
-  texts = ["one two three", "w " * 10, "w " * 30]
-  r = rules.LengthPenalty(5, per_word=0.1, max_penalty=1.0)([item(t) for t in texts])
-  np.testing.assert_allclose(r.scores, [0.0, -0.5, -1.0])  # 0 excess; 5 excess; 25 excess capped
-
-
-def test_combine_with_weights():
-  items = [item("B", answer="B"), item("w " * 10, answer="B")]
-  r = base.combine([(1.0, rules.ExactMatch()), (0.5, rules.LengthPenalty(5, per_word=0.2))], items)
-  np.testing.assert_allclose(r.scores, [1.0, -0.5])  # 1 + 0.5*0 ; 0 + 0.5*(-0.2*5)
-  assert not r.failed.any() and set(r.info[0]) == {"exact_match", "length_penalty"}

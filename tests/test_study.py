@@ -502,7 +502,7 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   assert again.calls == []
   # Other settings would put new runs beside the finished ones under one report: refused, naming them.
   with pytest.raises(ConfigError, match=r"overrides: \[\"--config.train.total_steps=3\"\] -> "
-                                        r"\[\"--config.train.total_steps=6\"\]\n  eval_every: 50 -> 20"):
+                                        r"\[\"--config.train.total_steps=6\"\]\n  eval_every: 100 -> 20"):
     study.run_study(spec, config, str(tmp_path), methods, [0, 1], ["--config.train.total_steps=6"],
                     sweep.parse_sweep(f"{field}=0,0.5", config), eval_every=20, runner=again)
   assert again.calls == []

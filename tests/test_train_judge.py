@@ -6,7 +6,7 @@ import pytest
 from fake_judge_server import FakeJudgeServer, Reply, chat_reply
 from conftest import tiny_config
 from wavalign_jax import train
-from wavalign_jax.rewards.llm_judge import RewardFailureError
+from wavalign_jax.rewards.base import RewardFailureError
 
 
 def _judge_config(tiny_base, url: str, **reward):

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from wavalign_jax import models, optim, sharding, steps, train_state
-from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
+from wavalign_jax.batches import DPOBatch, HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
@@ -208,6 +208,32 @@ def test_gradient_accumulation_matches_one_batch():
                micro.params, whole.params)
   with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
     steps.accumulate_gradients(lambda *a: (0.0, {}), {}, {"sft": {"x": np.zeros((8, 2))}}, 0.0, {}, 3)
+
+
+def test_dpo_gradient_accumulation_matches_one_batch():
+  """DPO in 2 micro-batches gives the loss and update of the whole batch of pairs. Pair weights 1, 2, 0, ... make
+  the pieces' weight sums unequal, so only the step's global pair count gives the same answer."""
+  cfg = models.tiny_config("interleaved")
+  rng = jax.random.PRNGKey(3)
+  types = {"tokens": TokenType.TEXT}
+  chosen, rejected = _seq_batch(cfg, rng, P, types), _seq_batch(cfg, jax.random.fold_in(rng, 1), P, types)
+  ref = lambda k: {"tokens": -np.asarray(jax.random.uniform(jax.random.fold_in(rng, k), (P, L), minval=0.1,
+                                                            maxval=3.0))}
+  batch = DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=ref(2), rejected_ref_logp=ref(3),
+                   pair_weight=np.array([1, 2, 0, 1, 1, 3, 1, 0], np.float32))
+  one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  optimizer = optim.make_optimizer(PARITY_OPTIM)
+  params = models.init_params(cfg, rng)
+  results = []
+  for microbatches in (1, 2):
+    state = train_state.create(params, optimizer, gate_lib.init_gate_state(steps.StepConfig().gate), rng)
+    step = jax.jit(steps.make_dpo_step(models.logprob_fn(cfg), optimizer, steps.StepConfig(),
+                                       optim.learning_rate_schedule(PARITY_OPTIM), microbatches=microbatches))
+    results.append(step(state, sharding.device_put_batch(batch, one)))
+  (whole, m1), (micro, m2) = results
+  np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=GRAD_RTOL)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=PARAM_ATOL / 2),
+               micro.params, whole.params)
 
 
 def test_declared_metric_reducers_give_the_name_rules_values():

@@ -3,8 +3,8 @@ r"""Diagnostics of the paper's four observations for a checkpoint: `analysis.md`
   python -m wavalign_jax.analyze --config=experiments/vita.py:tiny --checkpoint=/tmp/vita_tiny \
       --workdir=/tmp/vita_tiny_analysis [--compare=CKPT] [--data=DATASET] [--judge_scores=FILE.jsonl]
 
---checkpoint / --compare: converted checkpoints or training runs (as `evaluate`). --compare defaults to a testbed
-run's base model. --data: a dataset built with `data_pipeline.build --kind=rl` (testbed runs: their eval split).
+--checkpoint / --compare: converted checkpoints or training runs (as `model_loading.load_model` reads them).
+--compare defaults to a testbed run's base model. --data: a dataset built with `data_pipeline.build --kind=rl` (testbed runs: their eval split).
 1. Token-level change of the reference responses' log-probs, compare -> checkpoint, by type and position.
 2. Judge agreement per dimension: on the testbed, the judge against its true semantic and acoustic scores on the
    rollout batch; else from --judge_scores, a JSONL of {"judge": {dim: score}, "reference": {dim: score}} items.
@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import cli, evaluate, files, log_setup, models, sharding
+from wavalign_jax import cli, files, log_setup, model_loading, models, sharding
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
 from wavalign_jax.data import loader
@@ -46,7 +46,7 @@ def _plot(path: str, draw) -> str:
   return os.path.basename(path)
 
 
-def _dataset(config: mlc.ConfigDict, model: evaluate.EvalModel, data: str | None) -> str:
+def _dataset(config: mlc.ConfigDict, model: model_loading.LoadedModel, data: str | None) -> str:
   if data:
     return data
   # testbed_eval is <testbed>/jsonl/eval; the built datasets are <testbed>/<arch>/<name>
@@ -63,7 +63,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
             minibatches: int = 2) -> dict[str, Any]:
   """Runs the four diagnostics and writes WORKDIR/analysis.{json,md} and the PNGs; returns the JSON dict."""
   os.makedirs(workdir, exist_ok=True)
-  model = evaluate.load_model(checkpoint, config)
+  model = model_loading.load_model(checkpoint, config)
   if compare is None and config.data.source == "testbed" and model.model_dir != checkpoint:
     compare = model.model_dir   # a training run's checkpoint: the base model it started from
   cfg, mesh = model.model_cfg, model.mesh
@@ -77,7 +77,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
 
   # 1. token-level probability change
   if compare:
-    base = evaluate.load_model(compare, config)
+    base = model_loading.load_model(compare, config)
     ref = raw["reference"]
     delta = jax.device_get(sharding.jit_with_rules(
         lambda a, b, batch: token_shift.logprob_shift(logprob_fn, a, b, batch), mesh)(base.params, model.params, ref))

@@ -6,12 +6,8 @@ r"""Evaluation entry point: generate benchmark responses with a checkpoint, save
   python -m wavalign_jax.evaluate --config=experiments/vita.py:tiny --checkpoint=/tmp/vita_tiny \
       --suite=testbed --workdir=/tmp/vita_tiny_eval
 
---checkpoint is a converted checkpoint (DIR/params + DIR/model_config.json, tokenizer in DIR/hf/), a
-training work directory (its latest step), WORKDIR/checkpoints or WORKDIR/checkpoints/<step>. A
-training checkpoint holds only the train state: the model config and tokenizer are those of the
-checkpoint the run started from, --config.init_checkpoint when set, else the testbed run's
-WORKDIR/base_model. Testbed configs (`:tiny`) take the tokenizer and the eval split from the run's
-WORKDIR/testbed/jsonl (for a converted checkpoint folder, its parent is taken as the run).
+--checkpoint is a converted checkpoint, a training work directory or one of its checkpoints
+(model_loading.py says how each is read).
 
 Writes WORKDIR/responses-<suite>.jsonl (id, subset, benchmark fields, text, audio_codes) and
 WORKDIR/report-<suite>.md, and prints one line per subset. --skip_generation re-scores the saved
@@ -19,124 +15,25 @@ responses without loading the model. Judge flags are those of `python -m wavalig
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections as mlc
-import tokenizers
 from absl import app, flags
-from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from wavalign_jax import checkpointing, cli, log_setup, models, sharding
+from wavalign_jax import cli, log_setup
 from wavalign_jax import tokenizer as tokenizer_lib
-from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import generate, score, testbed
-from wavalign_jax.testbed import base_model, unit_tts
-from wavalign_jax.testbed import vocab as testbed_vocab
-from wavalign_jax.export import resolve_checkpoint
-from wavalign_jax.models.config import ModelConfig
+from wavalign_jax.model_loading import LoadedModel, load_model
 from wavalign_jax.rewards import llm_judge
 from wavalign_jax.rollout import decode
 
 SUITES = ("voicebench", "openaudiobench", "vstyle", "testbed")
 
 
-@dataclasses.dataclass
-class EvalModel:
-  params: Any
-  model_cfg: ModelConfig
-  builder: build_lib.Builder       # lays out prompts with the model's tokenizer
-  tokenizer: tokenizers.Tokenizer
-  model_dir: str                   # where the model config (and tokenizer) came from
-  mesh: Mesh                       # the params' mesh (config.mesh); sampling runs on it
-  testbed_eval: str | None = None  # the folder of the testbed eval splits (JSONL) for testbed configs
-
-
-def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None, str, str | None]:
-  """-> (params item folder, key of the params inside it, model config dir, training run dir or None)."""
-  if not os.path.exists(checkpoint):
-    raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist")
-  item, key = resolve_checkpoint(checkpoint)
-  if key is None:
-    return item, key, checkpoint, None
-  run_dir = os.path.dirname(os.path.dirname(os.path.dirname(item)))   # RUN/checkpoints/<step>/state
-  model_dir = config.init_checkpoint or base_model.path(run_dir)
-  if not os.path.exists(os.path.join(model_dir, "model_config.json")):
-    raise FileNotFoundError(
-        f"{checkpoint} is a training checkpoint, which stores no model config; it is taken from the checkpoint "
-        f"the run started from, but {model_dir}/model_config.json does not exist. Pass "
-        "--config.init_checkpoint=<the converted checkpoint of the run> (testbed runs keep theirs in "
-        "WORKDIR/base_model)")
-  return item, key, model_dir, run_dir
-
-
-def _testbed_files(config: mlc.ConfigDict, run_dir: str | None, checkpoint: str) -> tuple[str, str]:
-  """(tokenizer.json, folder of the eval JSONL splits) of a testbed run: config.testbed.dir or RUN/testbed, RUN
-  being the training work dir or the parent of a converted checkpoint folder (the run's base_model)."""
-  run_dir = run_dir or os.path.dirname(os.path.abspath(checkpoint))
-  root = os.path.join(config.testbed.get("dir") or os.path.join(run_dir, "testbed"), "jsonl")
-  for name in ("tokenizer.json", "eval"):
-    if not os.path.exists(os.path.join(root, name)):
-      raise FileNotFoundError(
-          f"{os.path.join(root, name)} not found: testbed checkpoints are evaluated on their run's testbed data "
-          f"(written by the training run, or by `python -m wavalign_jax.testbed.generate --out={root}`)")
-  return os.path.join(root, "tokenizer.json"), os.path.join(root, "eval")
-
-
-def _builder(config: mlc.ConfigDict, model_cfg: ModelConfig, tokenizer: str, meta: dict[str, Any]) -> build_lib.Builder:
-  if model_cfg.arch not in ("interleaved", "parallel"):
-    raise ValueError(f"arch {model_cfg.arch!r} has no speech layout: evaluate a VITA-Audio (interleaved) or "
-                     "Kimi-Audio (parallel) checkpoint")
-  kw: dict[str, Any] = {}
-  if model_cfg.arch == "parallel":
-    if config.data.source == "testbed":
-      kw.update(audio_offset=testbed_vocab.parallel_vocab().audio_offset, num_audio_codes=unit_tts.NUM_AUDIO_CODES)
-    elif "kimia_token_offset" in meta.get("hf_config", {}):
-      kw.update(audio_offset=int(meta["hf_config"]["kimia_token_offset"]))
-  return build_lib.Builder(tokenizer, arch=model_cfg.arch, kind="sft", **kw)
-
-
-def _load_params(item: str, key: str | None, model_cfg: ModelConfig, mesh: Mesh, where: str) -> Any:
-  """Host restore, checked leaf by leaf against the model config, then placed on the config's mesh."""
-  params = checkpointing.load_host_params(item, key)
-  abstract = jax.eval_shape(lambda: models.init_params(model_cfg, jax.random.PRNGKey(0)))
-  got = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
-  want = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
-  if got != want:
-    diff = sorted(set(got.items()) ^ set(want.items()))[:4]
-    raise ValueError(f"{item}: parameters do not match the model config from {where} (first differences, "
-                     f"(path, shape) present in only one of them: {diff})")
-  return jax.device_put(params, models.param_shardings(model_cfg, mesh))
-
-
-def load_model(checkpoint: str, config: mlc.ConfigDict) -> EvalModel:
-  """Parameters, model config and prompt builder for `checkpoint` (see the module docstring)."""
-  item, key, model_dir, run_dir = _model_dir(checkpoint, config)
-  model_cfg, meta = checkpointing.load_model_config(model_dir)
-  model_cfg = model_cfg.with_runtime_fields(config.model, evaluation=True)
-  if model_cfg.arch != config.model.arch:
-    raise ValueError(f"{model_dir} holds a {model_cfg.arch!r} model but --config is for {config.model.arch!r}")
-  testbed_eval = None
-  if config.data.source == "testbed":
-    tokenizer, testbed_eval = _testbed_files(config, run_dir, checkpoint)
-  else:
-    tokenizer = os.path.join(model_dir, "hf", "tokenizer.json")
-    if not os.path.exists(tokenizer):
-      raise FileNotFoundError(f"{tokenizer} not found: {model_dir} must be a checkpoint written by "
-                              "`python -m wavalign_jax.convert` (it keeps the Hugging Face tokenizer under hf/)")
-  builder = _builder(config, model_cfg, tokenizer, meta)
-  if builder.vocab.vocab_size > model_cfg.vocab_size:
-    raise ValueError(f"{tokenizer}: vocabulary of {builder.vocab.vocab_size} ids does not fit the model's "
-                     f"{model_cfg.vocab_size} embedding rows ({model_dir})")
-  mesh = sharding.config_mesh(config.mesh)
-  return EvalModel(params=_load_params(item, key, model_cfg, mesh, model_dir), model_cfg=model_cfg,
-                   builder=builder, tokenizer=builder.tok, model_dir=model_dir, mesh=mesh, testbed_eval=testbed_eval)
-
-
-def generate_responses(model: EvalModel, config: mlc.ConfigDict, suite: str, data: str | None, out_path: str, *,
+def generate_responses(model: LoadedModel, config: mlc.ConfigDict, suite: str, data: str | None, out_path: str, *,
                        batch_size: int, temperature: float, top_p: float, max_new_tokens: int,
                        max_examples: int, seed: int) -> int:
   """Generates one response per benchmark record into `out_path`; returns the number of records."""

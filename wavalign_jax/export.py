@@ -27,29 +27,12 @@ from absl import flags
 from wavalign_jax import checkpointing, cli
 from wavalign_jax.conversion import hf_mapping, safetensors_io
 from wavalign_jax.convert import ARCHS, HF_FILES_DIR
+from wavalign_jax.model_loading import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
 
 _STRUCTURE = ("arch", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
               "head_dim", "rms_norm_eps", "rope_theta", "num_mtp_modules", "mimo_from_layer", "num_mimo_layers",
               "adaptor_input_dim")
-
-
-def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, str | None]:
-  """-> (orbax item folder holding the params, key of the params inside it or None)."""
-  if os.path.isdir(os.path.join(path, "params")) and os.path.exists(os.path.join(path, "model_config.json")):
-    return os.path.join(path, "params"), None
-  if os.path.isdir(os.path.join(path, "state")):
-    return os.path.join(path, "state"), "params"
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))) \
-      if os.path.isdir(path) else []
-  if not steps:
-    raise FileNotFoundError(f"{path}: neither a converted checkpoint (params/ + model_config.json) nor a training "
-                            "checkpoint (<step>/state)")
-  if step is not None and step not in steps:
-    raise FileNotFoundError(f"{path}: no step {step} (have {steps})")
-  return os.path.join(path, str(steps[-1] if step is None else step), "state"), "params"
 
 
 def hf_config_for(cfg: ModelConfig, stored: dict[str, Any] | None, torch_dtype: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import ml_collections as mlc
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import cli, evaluate, log_setup
+from wavalign_jax import cli, log_setup, model_loading
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.evaluation import generate as generate_lib
 from wavalign_jax.rollout import decode
@@ -49,7 +49,7 @@ def run(config: mlc.ConfigDict, *, checkpoint: str | None, prompts: Sequence[str
   checkpoint = checkpoint or config.init_checkpoint
   if not checkpoint:
     raise app.UsageError("--checkpoint is required (or --config.init_checkpoint)")
-  model = evaluate.load_model(checkpoint, config)
+  model = model_loading.load_model(checkpoint, config)
   sampling = generate_lib.eval_sampling(
       decode.sampling_config(config.rollout, config.layout, model.builder.vocab, model.model_cfg.num_mtp_modules),
       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)

@@ -20,13 +20,12 @@ import tokenizers
 from wavalign_jax import checkpointing, config_check, config_lib
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import loader
-from wavalign_jax.errors import RunError
+from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
 from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
 from wavalign_jax.rewards.rules import ExactMatch
 from wavalign_jax.rollout import decode
-from wavalign_jax.rollout.constraints import InterleavedConstraint, ParallelConstraint
 from wavalign_jax.testbed import base_model, metrics, prepare, tasks
 from wavalign_jax.testbed.judge import TestbedJudge
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
@@ -34,9 +33,10 @@ from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
 @dataclasses.dataclass
 class RunSetup:
+  """What a run's config resolves to: the model config, vocabulary, sampler settings (with the layout's decoding
+  constraint), datasets and evaluator."""
   model_cfg: ModelConfig
   vocab: InterleavedVocab | ParallelVocab
-  constraint: InterleavedConstraint | ParallelConstraint
   sampling: decode.SamplingConfig
   tokenizer: tokenizers.Tokenizer
   train_data: str
@@ -77,10 +77,10 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   _, info = loader.resolve_paths(config.data.train)
   vocab = _vocab_from_info(info, model_cfg.arch)
   if vocab.vocab_size > model_cfg.vocab_size:
-    raise ValueError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
+    raise RunError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                      f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
   sampling = decode.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
-  return RunSetup(model_cfg=model_cfg, vocab=vocab, constraint=sampling.constraint, sampling=sampling,
+  return RunSetup(model_cfg=model_cfg, vocab=vocab, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
                   eval_data={"eval": config.data.eval} if config.data.eval else {}, buckets=buckets,
                   init_checkpoint=config.init_checkpoint, eval_batch_size=config.train.eval_batch_size)
@@ -100,7 +100,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
     base_model.ensure_base_model(config, model_cfg, data.datasets["base_sft"], buckets, init_checkpoint, guard)
   sampling = decode.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
-  return RunSetup(model_cfg=model_cfg, vocab=data.vocab, constraint=sampling.constraint, sampling=sampling,
+  return RunSetup(model_cfg=model_cfg, vocab=data.vocab, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
                   eval_data={name: data.datasets[name] for name in prepare.EVAL_DATASETS}, buckets=buckets,
                   init_checkpoint=init_checkpoint, eval_batch_size=config.train.eval_batch_size,
@@ -120,5 +120,5 @@ def make_reward_fn(config: mlc.ConfigDict, workdir: str):
                              timeout_s=r.timeout_s, max_retries=r.max_retries, max_in_flight=r.max_in_flight,
                              cache_dir=r.cache_dir or os.path.join(workdir, "judge_cache"))
     return LLMJudge(settings, fallback_score=r.fallback_score)
-  raise ValueError(f"--config.reward.kind={kind!r}: choose 'llm_judge', 'testbed' or 'exact_match'")
+  raise ConfigError(f"--config.reward.kind={kind!r}: choose 'llm_judge', 'testbed' or 'exact_match'")
 

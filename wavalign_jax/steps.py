@@ -1,7 +1,7 @@
 """The jitted training steps: gate update, advantages, hybrid (or DPO) loss, AdamW update.
 
-One step is one pure function `(state, batch) -> (state, metrics)`, jitted over the mesh with the
-state donated. The gate update and the advantages happen inside the step, from the rewards in the
+One step is one pure function `(state, batch, rl_start) -> (state, metrics)` (`rl_start` static), jitted over the
+mesh with the state donated. The gate update and the advantages happen inside the step, from the rewards in the
 batch, so the whole training signal of a step is one XLA program.
 
 Batches (`wavalign_jax.batches`, on the mesh): a `HybridBatch` (sft [P, L], rl [P*G, L'], rewards and
@@ -23,6 +23,7 @@ from wavalign_jax.batches import DPOBatch, HybridBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
+from wavalign_jax.objectives.dpo import METRIC_REDUCERS as DPO_METRIC_REDUCERS
 from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
 from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig
@@ -56,8 +57,8 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   """AdamW update and the new gate, unless anything about the step is not finite.
 
   The check covers the loss, the gradient norm, the learning rate and the results themselves (new params,
-  optimizer moments, gate and the reward statistics behind it, `gate_metrics`): a finite loss and gradient with a huge or NaN learning rate still give NaN
-  parameters, and those must never reach a checkpoint. A skipped step changes nothing but the step counter,
+  optimizer moments, gate and the reward statistics behind it, `gate_metrics`): a finite loss and gradient with a
+  huge or NaN learning rate still give NaN parameters, and those must never reach a checkpoint. A skipped step changes nothing but the step counter,
   the RNG and the skip counters (params, moments and gate stay as they were; the logged λ is the kept one; the
   schedule's count is the optimizer's, so the learning rate of later steps runs `skipped_steps` behind `step`);
   the loop stops after `train.max_consecutive_skips` in a row (`report_skipped`).
@@ -120,9 +121,11 @@ def _micro_split(tree: Any, k: int) -> Any:
   return jax.tree.map(split, tree)
 
 
-def accumulate_gradients(loss_fn: Callable, params: Any, batch: HybridBatch, lam: jax.Array, counts: dict,
-                         microbatches: int, reducers: Mapping[str, str] = METRIC_REDUCERS) -> tuple[Any, dict]:
-  """Gradients and metrics of `loss_fn` over the whole batch, computed in `microbatches` sequential pieces.
+def accumulate_gradients(loss_fn: Callable, params: Any, batch: HybridBatch | DPOBatch, lam: jax.Array | None,
+                         counts: Any, microbatches: int, reducers: Mapping[str, str] = METRIC_REDUCERS
+                         ) -> tuple[Any, dict]:
+  """Gradients and metrics of `loss_fn(params, batch, lam, counts)` over the whole batch, computed in
+  `microbatches` sequential pieces.
 
   Each piece's loss is its share of the step loss (global `counts`), so the summed gradients equal
   those of one big batch while activations only ever exist for one piece; the pieces' metrics are combined by
@@ -177,14 +180,18 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
 
 def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
-                  schedule: optax.Schedule | None = None):
+                  schedule: optax.Schedule | None = None, *, microbatches: int = 1):
   """`step(state, batch, rl_start=0) -> (state, metrics)` for DPO pairs. `rl_start` is unused (DPO has no RL
-  rows): both steps take the same arguments, so the loop and `jit_step` treat them alike."""
+  rows): both steps take the same arguments, so the loop and `jit_step` treat them alike. `microbatches > 1`
+  accumulates over pieces of the pairs with the step's global pair count (same gradients, less memory)."""
   loss_fn = make_dpo_loss(logprob_fn, cfg.dpo)
 
   def step(state: TrainState, batch: DPOBatch, rl_start: int = 0) -> tuple[TrainState, dict]:
     del rl_start
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    pairs = next(iter(batch.chosen.types.values())).shape[0]
+    count = jnp.float32(pairs) if batch.pair_weight is None else jnp.sum(batch.pair_weight.astype(jnp.float32))
+    grads, metrics = accumulate_gradients(lambda p, b, _, c: loss_fn(p, b, c), state.params, batch, None, count,
+                                          microbatches, DPO_METRIC_REDUCERS)
     return _apply_gradients(state, grads, optimizer, schedule, metrics)
 
   return step

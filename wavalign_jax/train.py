@@ -39,7 +39,7 @@ from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.metric_writer import MetricWriter
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
-from wavalign_jax.rewards.llm_judge import FailureMonitor
+from wavalign_jax.rewards.base import FailureMonitor
 from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -80,7 +80,7 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
 
 def _evaluate_and_log(run: _Run, params: Any, step: int, prefix: str, name: str) -> dict[str, float]:
   """`evaluate` on `train.eval_examples` rows of each eval set; the per-item rows to WORKDIR/eval/<name>.jsonl
-  (studies bootstrap them), then the metrics (and `eval_time`, the evaluation's seconds) to the writer under
+  (studies read them), then the metrics (and `eval_time`, the evaluation's seconds) to the writer under
   `prefix`: a logged row means its rows are on disk (`_evaluate_missed`). Returns the metrics ({}: no eval sets)."""
   t0 = time.time()
   summary, rows = evaluate(params, run.setup, run.config.train.eval_examples, run.config.seed, run.mesh)
@@ -240,7 +240,8 @@ def _make_steps(run: _Run) -> _Steps:
   c, cfg = run.config, run.cfg
   make = lambda step: steps.jit_step(step, run.state_sharding, run.mesh)
   if cfg.objective == "dpo":
-    update = make(steps.make_dpo_step(run.logprob_fn, run.optimizer, cfg, run.schedule))
+    update = make(steps.make_dpo_step(run.logprob_fn, run.optimizer, cfg, run.schedule,
+                                      microbatches=c.train.microbatches))
   else:
     update = make(steps.make_hybrid_step(run.logprob_fn, run.optimizer, cfg, run.schedule,
                                          microbatches=c.train.microbatches))

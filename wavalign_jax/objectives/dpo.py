@@ -54,11 +54,17 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   return term, jax.lax.stop_gradient(metrics)
 
 
+# How a step combines the metrics of `dpo_loss_fn` over micro-batches (`steps.reduce_micro_metrics`): the loss shares
+# add up; the dpo/ rewards and accuracy are each micro-batch's pair means, averaged (exact for equal pair weights).
+METRIC_REDUCERS = {"loss": "sum"}
+
+
 def make_dpo_loss(logprob_fn: Callable[..., dict], cfg: DPOConfig):
   """`dpo_loss_fn(params, batch: DPOBatch, count=None) -> (loss, metrics)`.
 
   Both halves must have the same shapes: they go through the model as one batch of 2B. `count` is the step's
-  global pair count when the step is split into micro-batches.
+  global pair count when the step is split into micro-batches (`steps.make_dpo_step`): each piece's loss is then
+  its share of the step's.
   """
   def dpo_loss_fn(params, batch: DPOBatch, count: jax.Array | None = None):
     concat = lambda a, b: jnp.concatenate([a, b])

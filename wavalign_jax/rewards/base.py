@@ -1,15 +1,21 @@
 """The reward interface: a batch of (prompt, response) items in, scores plus per-item status out.
 
-Every reward (LLM judge, rule-based, testbed judge) implements `RewardFn`; `combine` sums several
-with weights. A failed item keeps a fallback score but is marked failed, so the training loop can
-count it, log it, and (by config) keep it out of the gate statistics and the advantages.
+Every reward (LLM judge, rule-based, testbed judge) implements `RewardFn`. A failed item keeps a fallback
+score but is marked failed, so the training loop can count it (`FailureMonitor`, which stops a run whose
+batches are mostly fallbacks), log it, and (by config) keep it out of the gate statistics and the advantages.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+
+from wavalign_jax.errors import RunError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +63,35 @@ class RewardFn(Protocol):
     ...
 
 
-def combine(rewards: Sequence[tuple[float, RewardFn]], items: Sequence[RewardItem]) -> RewardResult:
-  """Weighted sum of several rewards; an item failed in any reward is failed in the sum."""
-  if not rewards:
-    raise ValueError("combine() needs at least one (weight, reward) pair")
-  scores = np.zeros(len(items), np.float32)
-  failed = np.zeros(len(items), bool)
-  info: list[dict[str, Any]] = [dict() for _ in items]
-  for weight, fn in rewards:
-    r = fn(items)
-    if r.scores.shape != (len(items),):
-      raise ValueError(f"reward {fn.name!r} returned {r.scores.shape[0]} scores for {len(items)} items")
-    scores += np.float32(weight) * r.scores
-    failed |= r.failed
-    for i, d in enumerate(r.info or [{}] * len(items)):
-      info[i][fn.name] = d
-  return RewardResult(scores, failed, info)
+class RewardFailureError(RunError):
+  """Too many reward calls failed in one batch to trust its advantages (the entry point prints it, exits 1)."""
+
+
+class FailureMonitor:
+  """Counts failed reward items, logs them, and stops training when a batch is mostly fallbacks."""
+
+  def __init__(self, max_failed_fraction: float = 0.25, name: str = "reward"):
+    if not 0.0 <= max_failed_fraction <= 1.0:
+      raise ValueError(f"max_failed_fraction must lie in [0, 1], got {max_failed_fraction}")
+    self.max_failed_fraction = max_failed_fraction
+    self.name = name
+    self.total_items = 0
+    self.total_failed = 0
+
+  def update(self, result: RewardResult, step: int | None = None) -> dict[str, float]:
+    """Record one batch; returns metrics; raises RewardFailureError above the allowed fraction."""
+    n, k = int(result.failed.size), int(result.failed.sum())
+    self.total_items += n
+    self.total_failed += k
+    reasons = collections.Counter(str(result.info[i].get("reason", "unknown")) if i < len(result.info) else "unknown"
+                                  for i in np.flatnonzero(result.failed))
+    where = f" at step {step}" if step is not None else ""
+    if k:
+      log.warning("%s: %d/%d items failed%s; reasons: %s", self.name, k, n, where, dict(reasons.most_common(5)))
+    fraction = k / n if n else 0.0
+    if fraction > self.max_failed_fraction:
+      raise RewardFailureError(
+          f"{self.name}: {k}/{n} items failed{where} ({fraction:.0%} > max_failed_fraction "
+          f"{self.max_failed_fraction:.0%}); most common reasons: {reasons.most_common(3)}")
+    return {f"{self.name}/failed": float(k), f"{self.name}/failed_fraction": fraction,
+            f"{self.name}/failed_total": float(self.total_failed)}

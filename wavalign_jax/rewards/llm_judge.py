@@ -12,7 +12,6 @@ request header: it is never logged, cached or put in an error message.
 from __future__ import annotations
 
 import base64
-import collections
 import concurrent.futures
 import dataclasses
 import http.client
@@ -32,7 +31,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from wavalign_jax.errors import RunError
 from wavalign_jax.rewards import base
 from wavalign_jax.rewards import judge_cache
 
@@ -332,44 +330,3 @@ class LLMJudge:
       log.warning("%s: item %d failed, scored %.1f: %s", self.name, i, self.fallback_score, info[i]["reason"])
     return base.RewardResult(scores, failed, info)
 
-
-class RewardFailureError(RunError):
-  """Too many reward calls failed in one batch to trust its advantages (the entry point prints it, exits 1)."""
-
-
-def failure_reasons(info: dict[str, Any]) -> list[str]:
-  """Reasons from one item's info, flat or nested per reward by `base.combine`."""
-  if "reason" in info:
-    return [str(info["reason"])]
-  return [f"{name}: {r}" for name, d in info.items() if isinstance(d, dict) for r in failure_reasons(d)]
-
-
-class FailureMonitor:
-  """Counts failed reward items, logs them, and stops training when a batch is mostly fallbacks."""
-
-  def __init__(self, max_failed_fraction: float = 0.25, name: str = "reward"):
-    if not 0.0 <= max_failed_fraction <= 1.0:
-      raise ValueError(f"max_failed_fraction must lie in [0, 1], got {max_failed_fraction}")
-    self.max_failed_fraction = max_failed_fraction
-    self.name = name
-    self.total_items = 0
-    self.total_failed = 0
-
-  def update(self, result: base.RewardResult, step: int | None = None) -> dict[str, float]:
-    """Record one batch; returns metrics; raises RewardFailureError above the allowed fraction."""
-    n, k = int(result.failed.size), int(result.failed.sum())
-    self.total_items += n
-    self.total_failed += k
-    reasons = collections.Counter(
-        r for i in np.flatnonzero(result.failed)
-        for r in (failure_reasons(result.info[i]) if i < len(result.info) else []) or ["unknown"])
-    where = f" at step {step}" if step is not None else ""
-    if k:
-      log.warning("%s: %d/%d items failed%s; reasons: %s", self.name, k, n, where, dict(reasons.most_common(5)))
-    fraction = k / n if n else 0.0
-    if fraction > self.max_failed_fraction:
-      raise RewardFailureError(
-          f"{self.name}: {k}/{n} items failed{where} ({fraction:.0%} > max_failed_fraction "
-          f"{self.max_failed_fraction:.0%}); most common reasons: {reasons.most_common(3)}")
-    return {f"{self.name}/failed": float(k), f"{self.name}/failed_fraction": fraction,
-            f"{self.name}/failed_total": float(self.total_failed)}

@@ -1,8 +1,8 @@
-"""Rule-based rewards: exact / normalized match and a length penalty; the choice extraction of the benchmarks.
+"""Rule-based rewards: exact / normalized match (`reward.kind="exact_match"`, the positive control's reward);
+the choice extraction of the benchmarks.
 
-Each class implements `base.RewardFn` (never fails an item: rules are deterministic), so they mix
-with the LLM judge through `base.combine([(w1, judge), (w2, ExactMatch()), ...], items)`. The text
-helpers (`normalize_answer`, `extract_choice`) are shared with the benchmark scorers.
+Each class implements `base.RewardFn` and never fails an item (rules are deterministic). The text helpers
+(`normalize_answer`, `extract_choice`) are shared with the benchmark scorers.
 """
 from __future__ import annotations
 
@@ -94,19 +94,3 @@ class ExactMatch:
       scores.append(float(any(self._match(item.text, r) for r in refs)))
     return _ok(scores)
 
-
-class LengthPenalty:
-  """-min(max_penalty, per_word · (words − max_words)) for responses longer than max_words, else 0.
-
-  Spoken answers should be short; words are whitespace-separated tokens of the text channel.
-  """
-
-  def __init__(self, max_words: int, *, per_word: float = 0.01, max_penalty: float = 1.0,
-               name: str = "length_penalty"):
-    if max_words < 0 or per_word < 0 or max_penalty < 0:
-      raise ValueError("LengthPenalty needs max_words, per_word and max_penalty >= 0")
-    self.max_words, self.per_word, self.max_penalty, self.name = max_words, per_word, max_penalty, name
-
-  def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
-    excess = np.array([max(0, len(it.text.split()) - self.max_words) for it in items], np.float32)
-    return _ok(-np.minimum(self.max_penalty, self.per_word * excess))

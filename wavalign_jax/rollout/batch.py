@@ -19,7 +19,7 @@ from wavalign_jax.batches import RLBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rewards.base import RewardFn, RewardResult, rollout_items
-from wavalign_jax.rewards.llm_judge import FailureMonitor
+from wavalign_jax.rewards.base import FailureMonitor
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.rollout.constraints import Constraint, InterleavedConstraint, ParallelConstraint

@@ -45,7 +45,7 @@ from wavalign_jax.study.sweep import (REWARD_ONLY_FIELDS, duplicate_runs, format
 
 
 def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: Sequence[str], seeds: Sequence[int],
-              overrides: Sequence[str] = (), sweep: tuple[str, list[Any]] | None = None, eval_every: int = 50,
+              overrides: Sequence[str] = (), sweep: tuple[str, list[Any]] | None = None, eval_every: int = 100,
               jobs: int = 1, report_only: bool = False,
               runner: Callable[[list[str], str, dict[str, str]], int] = runner_lib.run_train) -> None:
   """Runs what is not finished yet (unless `report_only`) and reports: one study in `workdir`, or with `sweep`
