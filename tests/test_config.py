@@ -159,6 +159,7 @@ def _tiny(**overrides):
     ({"data__prompts_per_step": 6, "train__microbatches": 4}, "does not split into --config.train.microbatches=4"),
     ({"gate__mode": "dynamc"}, "GateConfig.mode 'dynamc'"),
     ({"reward__kind": "judge"}, "did you mean 'llm_judge'"),
+    ({"layout__kind": "parallel"}, "layout.kind='parallel' with --config.model.arch='interleaved'"),
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
     ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
      "stop_at_step=3: with --config.rl.num_iterations=2"),
