@@ -160,6 +160,8 @@ def _tiny(**overrides):
     ({"gate__mode": "dynamc"}, "GateConfig.mode 'dynamc'"),
     ({"reward__kind": "judge"}, "did you mean 'llm_judge'"),
     ({"layout__kind": "parallel"}, "layout.kind='parallel' with --config.model.arch='interleaved'"),
+    ({"testbed__judge_acoustic_noise": float("nan")}, "not a finite number: --config.testbed.judge_acoustic_noise=nan"),
+    ({"optim__learning_rate": 1e39}, "--config.optim.learning_rate"),
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
     ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
      "stop_at_step=3: with --config.rl.num_iterations=2"),

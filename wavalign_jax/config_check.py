@@ -7,13 +7,15 @@ creates nothing: the work directory is probed with a temporary file that is remo
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from typing import Sequence
 
 import jax
 import ml_collections as mlc
 
-from wavalign_jax import checkpointing, config_lib, sharding, steps
+from wavalign_jax import checkpointing, config_lib, optim, sharding, steps
 from wavalign_jax.config_lib import ConfigError
 from wavalign_jax.data import loader
 
@@ -33,13 +35,26 @@ DATA_SOURCES = ("testbed", "arrayrecord")
 
 
 def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
-  """Raises ConfigError on the first mistake; returns warnings about settings that work but waste something."""
+  """Raises ConfigError on the first mistake; returns warnings about settings that work but waste something.
+  `train.main` runs it before taking the work directory and prints the warnings; `train.train` runs it again for
+  library callers (it is cheap and writes nothing)."""
   check_sizes(config)
   _check_choices(config)
+  optim.validate(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
+  check_finite_knobs(config)
   warnings = check_mesh(config)
   check_data(config)
   check_writable(workdir)
   return warnings
+
+
+def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testbed", "reward")) -> None:
+  """Refuses a NaN / inf in the numbers of the testbed and reward sections at start-up (a NaN judge noise gives
+  NaN rewards for the whole run; comparisons with NaN pass every range check)."""
+  bad = [f"--config.{section}.{key}={value}" for section in sections for key, value in config.get(section, {}).items()
+         if isinstance(value, float) and not math.isfinite(value)]
+  if bad:
+    raise ConfigError(f"not a finite number: {', '.join(bad)}")
 
 
 def samples(config: mlc.ConfigDict) -> bool:

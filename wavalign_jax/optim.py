@@ -7,7 +7,7 @@ import math
 import numpy as np
 import optax
 
-from wavalign_jax.errors import RunError
+from wavalign_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,4 +60,4 @@ def validate(cfg: OptimConfig, fields: dict[str, str] | None = None) -> None:
         bad.append(f"{flag('learning_rate')}={cfg.learning_rate}: the schedule is {schedule(step)} at "
                    f"step {step}")
   if bad:
-    raise RunError("\n".join(bad))
+    raise ConfigError("\n".join(bad))

@@ -10,14 +10,13 @@ Two sources of data and weights:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Callable, Sequence
 
 import ml_collections as mlc
 import tokenizers
 
-from wavalign_jax import checkpointing, config_check, config_lib
+from wavalign_jax import checkpointing, config_lib
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import loader
 from wavalign_jax.errors import ConfigError, RunError
@@ -57,19 +56,9 @@ def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | Para
   return cls(**info["vocab"])
 
 
-def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testbed", "reward")) -> None:
-  """Refuses a NaN / inf in the numbers of the testbed and reward sections at start-up (a NaN judge noise gives
-  NaN rewards for the whole run; comparisons with NaN pass every range check)."""
-  bad = [f"--config.{section}.{key}={value}" for section in sections for key, value in config.get(section, {}).items()
-         if isinstance(value, float) and not math.isfinite(value)]
-  if bad:
-    raise RunError(f"not a finite number: {', '.join(bad)}")
-
-
 def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | None = None) -> RunSetup:
   """`guard` lets the testbed's base-model SFT stop on SIGTERM with a checkpoint (raises Preempted)."""
   buckets = config_lib.length_buckets(config.data)
-  config_check.check_data(config)
   if config.data.source == "testbed":
     return _setup_testbed(config, workdir, buckets, guard)
   model_cfg, _ = checkpointing.load_model_config(config.init_checkpoint)

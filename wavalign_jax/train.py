@@ -44,7 +44,7 @@ from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import base_model
-from wavalign_jax.run_setup import RunSetup, check_finite_knobs, make_reward_fn, setup_run
+from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -172,9 +172,8 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
 
 def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> _Run:
   """Checks the config, records it (refusing a changed experiment on resume), builds the mesh and the data."""
+  config_check.check(config, workdir)   # main() ran it first and printed its warnings; here for library callers
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
-  optim.validate(optim_cfg)
-  check_finite_knobs(config)
   # Async saves write from a background thread while the loop goes on with a donated state. On CPU the host
   # copy Orbax writes from can alias a device buffer, and multi-process CPU collectives (gloo) are not ordered
   # across threads, so CPU runs (tests, the testbed) save synchronously; accelerators save asynchronously.
@@ -187,7 +186,6 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   config_history.record(config, workdir, resume_step)   # refuses a changed experiment on resume
   provenance.record_launch(workdir, resume_step or 0, new_run=resume_step is None)
   setup = setup_run(config, workdir, guard)
-  config_check.check_mesh(config)   # also for library callers of train(); main() printed its warnings
   mesh = sharding.config_mesh(config.mesh)
   cfg = steps.step_config(config)
   optimizer = optim.make_optimizer(optim_cfg)
