@@ -4,7 +4,8 @@ r"""Diagnostics of the paper's four observations for a checkpoint: `analysis.md`
       --workdir=/tmp/vita_tiny_analysis [--compare=CKPT] [--data=DATASET] [--judge_scores=FILE.jsonl]
 
 --checkpoint / --compare: converted checkpoints or training runs (as `model_loading.load_model` reads them).
---compare defaults to a testbed run's base model. --data: a dataset built with `data_pipeline.build --kind=rl` (testbed runs: their eval split).
+--compare defaults to a testbed run's base model. --data: a dataset built with `data_pipeline.build --kind=rl`
+(testbed runs: their eval split).
 1. Token-level change of the reference responses' log-probs, compare -> checkpoint, by type and position.
 2. Judge agreement per dimension: on the testbed, the judge against its true semantic and acoustic scores on the
    rollout batch; else from --judge_scores, a JSONL of {"judge": {dim: score}, "reference": {dim: score}} items.
@@ -32,6 +33,7 @@ from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import decode
 from wavalign_jax.run_setup import make_reward_fn
+from wavalign_jax.testbed import prepare
 
 
 def _plot(path: str, draw) -> str:
@@ -49,9 +51,7 @@ def _plot(path: str, draw) -> str:
 def _dataset(config: mlc.ConfigDict, model: model_loading.LoadedModel, data: str | None) -> str:
   if data:
     return data
-  # testbed_eval is <testbed>/jsonl/eval; the built datasets are <testbed>/<arch>/<name>
-  testbed_dir = os.path.dirname(os.path.dirname(model.testbed_eval)) if model.testbed_eval else None
-  path = os.path.join(testbed_dir, config.model.arch, "eval_id") if testbed_dir else ""
+  path = prepare.dataset_dir(model.testbed_root, config.model.arch, "eval_id") if model.testbed_root else ""
   if not os.path.isdir(path):
     raise FileNotFoundError("--data is needed: a dataset built with `python -m data_pipeline.build --kind=rl` "
                             "(testbed runs use their in-distribution eval set, <testbed dir>/<arch>/eval_id)")

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from wavalign_jax import checkpointing, models, sharding
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.testbed import base_model, unit_tts
+from wavalign_jax.testbed import base_model, prepare, unit_tts
 from wavalign_jax.testbed import vocab as testbed_vocab
 
 
@@ -52,7 +52,8 @@ class LoadedModel:
   tokenizer: tokenizers.Tokenizer
   model_dir: str                   # where the model config (and tokenizer) came from
   mesh: Mesh                       # the params' mesh (config.mesh); sampling runs on it
-  testbed_eval: str | None = None  # the folder of the testbed eval splits (JSONL) for testbed configs
+  testbed_root: str | None = None  # testbed configs: the run's testbed folder (testbed/prepare.py names its parts)
+  testbed_eval: str | None = None  # testbed configs: the folder of its eval splits (JSONL)
 
 
 def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None, str, str | None]:
@@ -73,17 +74,17 @@ def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None
   return item, key, model_dir, run_dir
 
 
-def _testbed_files(config: mlc.ConfigDict, run_dir: str | None, checkpoint: str) -> tuple[str, str]:
-  """(tokenizer.json, folder of the eval JSONL splits) of a testbed run: config.testbed.dir or RUN/testbed, RUN
-  being the training work dir or the parent of a converted checkpoint folder (the run's base_model)."""
-  run_dir = run_dir or os.path.dirname(os.path.abspath(checkpoint))
-  root = os.path.join(config.testbed.get("dir") or os.path.join(run_dir, "testbed"), "jsonl")
+def _testbed_files(config: mlc.ConfigDict, run_dir: str | None, checkpoint: str) -> tuple[str, str, str]:
+  """(testbed folder, tokenizer.json, folder of the eval JSONL splits) of a testbed run: config.testbed.dir or
+  RUN/testbed, RUN being the training work dir or the parent of a converted checkpoint folder (its base_model)."""
+  testbed = prepare.root_dir(config, run_dir or os.path.dirname(os.path.abspath(checkpoint)))
+  jsonl = prepare.jsonl_dir(testbed)
   for name in ("tokenizer.json", "eval"):
-    if not os.path.exists(os.path.join(root, name)):
+    if not os.path.exists(os.path.join(jsonl, name)):
       raise FileNotFoundError(
-          f"{os.path.join(root, name)} not found: testbed checkpoints are evaluated on their run's testbed data "
-          f"(written by the training run, or by `python -m wavalign_jax.testbed.generate --out={root}`)")
-  return os.path.join(root, "tokenizer.json"), os.path.join(root, "eval")
+          f"{os.path.join(jsonl, name)} not found: testbed checkpoints are evaluated on their run's testbed data "
+          f"(written by the training run, or by `python -m wavalign_jax.testbed.generate --out={jsonl}`)")
+  return testbed, os.path.join(jsonl, "tokenizer.json"), os.path.join(jsonl, "eval")
 
 
 def _builder(config: mlc.ConfigDict, model_cfg: ModelConfig, tokenizer: str, meta: dict[str, Any]) -> build_lib.Builder:
@@ -119,9 +120,9 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> LoadedModel:
   model_cfg = model_cfg.with_runtime_fields(config.model, evaluation=True)
   if model_cfg.arch != config.model.arch:
     raise ValueError(f"{model_dir} holds a {model_cfg.arch!r} model but --config is for {config.model.arch!r}")
-  testbed_eval = None
+  testbed_root = testbed_eval = None
   if config.data.source == "testbed":
-    tokenizer, testbed_eval = _testbed_files(config, run_dir, checkpoint)
+    testbed_root, tokenizer, testbed_eval = _testbed_files(config, run_dir, checkpoint)
   else:
     tokenizer = os.path.join(model_dir, "hf", "tokenizer.json")
     if not os.path.exists(tokenizer):
@@ -133,4 +134,5 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> LoadedModel:
                      f"{model_cfg.vocab_size} embedding rows ({model_dir})")
   mesh = sharding.config_mesh(config.mesh)
   return LoadedModel(params=_load_params(item, key, model_cfg, mesh, model_dir), model_cfg=model_cfg,
-                   builder=builder, tokenizer=builder.tok, model_dir=model_dir, mesh=mesh, testbed_eval=testbed_eval)
+                     builder=builder, tokenizer=builder.tok, model_dir=model_dir, mesh=mesh,
+                     testbed_root=testbed_root, testbed_eval=testbed_eval)

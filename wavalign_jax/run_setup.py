@@ -79,7 +79,7 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
                    guard: PreemptionGuard | None) -> RunSetup:
   arch = config.model.arch
   spec = tasks.Spec(**{f.name: config.testbed[f.name] for f in dataclasses.fields(tasks.Spec)})
-  data = prepare.prepare(config.testbed.dir or os.path.join(workdir, "testbed"), arch, spec=spec,
+  data = prepare.prepare(prepare.root_dir(config, workdir), arch, spec=spec,
                          ratios=tuple(config.layout.get("ratios", (1, 10, 4, 10))),
                          audio_delay=int(config.layout.get("audio_delay", 6)))
   model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": data.vocab.vocab_size})

@@ -58,9 +58,10 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
 
   The check covers the loss, the gradient norm, the learning rate and the results themselves (new params,
   optimizer moments, gate and the reward statistics behind it, `gate_metrics`): a finite loss and gradient with a
-  huge or NaN learning rate still give NaN parameters, and those must never reach a checkpoint. A skipped step changes nothing but the step counter,
-  the RNG and the skip counters (params, moments and gate stay as they were; the logged λ is the kept one; the
-  schedule's count is the optimizer's, so the learning rate of later steps runs `skipped_steps` behind `step`);
+  huge or NaN learning rate still give NaN parameters, and those must never reach a checkpoint. A skipped step
+  changes nothing but the step counter, the RNG and the skip counters (params, moments and gate stay as they were;
+  the logged λ is the kept one; the schedule's count is the optimizer's, so the learning rate of later steps runs
+  `skipped_steps` behind `step`);
   the loop stops after `train.max_consecutive_skips` in a row (`report_skipped`).
   """
   gate = state.gate if gate is None else gate

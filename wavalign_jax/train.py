@@ -204,7 +204,8 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
 def _holds_testbed_state(workdir: str) -> bool:
   """Whether an earlier launch made testbed state from its config in `workdir` (data, base model, or the base
   model's SFT checkpoints): a relaunch must then run the same experiment, as a resume from a checkpoint must."""
-  made = (os.path.join(workdir, "testbed"), base_model.path(workdir), base_model.path(workdir) + ".sft_checkpoints")
+  base = base_model.path(workdir)
+  made = (os.path.join(workdir, "testbed"), base, base_model.sft_checkpoints(base))
   return any(os.path.exists(p) for p in made)
 
 

@@ -361,7 +361,8 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
   out = {"title": title, "seeds": list(seeds), "times": time_totals([study.workdir]),
          "commits": run_commits([study.workdir], methods, seeds), "positive_control": power,
          "learning_curve": curve, "time_breakdown": time_breakdown(study.workdir, methods, seeds, same_run),
-         "same_run": same_run, "table": table, "versus_base": vs_base, "claims": evaluate_claims(rows, seeds, same_run, power),
+         "same_run": same_run, "table": table, "versus_base": vs_base,
+         "claims": evaluate_claims(rows, seeds, same_run, power),
          "curves": curves, "unfinished": [m for m in methods if m not in rows]}
   files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
   files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))

@@ -33,6 +33,11 @@ def path(run_dir: str) -> str:
   return os.path.join(run_dir, "base_model")
 
 
+def sft_checkpoints(out_dir: str) -> str:
+  """Where the base model's SFT keeps its checkpoints until the base model is saved (a killed SFT resumes)."""
+  return out_dir + ".sft_checkpoints"
+
+
 def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: str, buckets: tuple[int, ...],
                       out_dir: str, guard: PreemptionGuard | None = None) -> None:
   """Trains and saves the base model into `out_dir` unless it is already there (resuming a stopped SFT)."""
@@ -53,7 +58,7 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(model_cfg), optimizer, cfg),
                         state_sharding, mesh)
   it = loader.make_loader(sft_data, global_batch_size=tb.base_batch_size, buckets=(buckets[-1],), seed=tb.seed)
-  ckpt_dir = out_dir + ".sft_checkpoints"
+  ckpt_dir = sft_checkpoints(out_dir)
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=1, async_save=False)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(train_state.abstract_with_shardings(jax.eval_shape(create), state_sharding), it)

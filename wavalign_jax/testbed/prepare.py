@@ -21,6 +21,21 @@ DATASETS = {"base_sft": ("sft", "base"), "rl_train": ("rl", "train"), "dpo_train
 EVAL_DATASETS = ("eval_id", "eval_ood")
 
 
+# The testbed's folders, named here only: ROOT/jsonl (the generated JSONL splits and tokenizer.json) and
+# ROOT/<arch>/<dataset> (the built ArrayRecord datasets).
+def root_dir(config: Any, run_dir: str) -> str:
+  """A run's testbed: `testbed.dir` when set (a study shares one per seed), else RUN/testbed."""
+  return config.testbed.get("dir") or os.path.join(run_dir, "testbed")
+
+
+def jsonl_dir(root: str) -> str:
+  return os.path.join(root, "jsonl")
+
+
+def dataset_dir(root: str, arch: str, name: str) -> str:
+  return os.path.join(root, arch, name)
+
+
 @dataclasses.dataclass(frozen=True)
 class TestbedData:
   root: str
@@ -32,24 +47,24 @@ class TestbedData:
 def prepare(root: str, arch: str, *, spec: tasks.Spec = tasks.Spec(), ratios=(1, 10, 4, 10),
             audio_delay: int = 6) -> TestbedData:
   """Generates (once per spec) the testbed under `root` and builds its datasets for `arch`."""
-  jsonl_dir = os.path.join(root, "jsonl")
-  marker = os.path.join(jsonl_dir, "testbed.json")
+  jsonl = jsonl_dir(root)
+  marker = os.path.join(jsonl, "testbed.json")
   regenerated = not (os.path.exists(marker) and _matches(marker, {"spec": dataclasses.asdict(spec)}))
   if regenerated:
-    generate.generate(jsonl_dir, spec)
-  tokenizer = os.path.join(jsonl_dir, "tokenizer.json")
+    generate.generate(jsonl, spec)
+  tokenizer = os.path.join(jsonl, "tokenizer.json")
   vocab = (testbed_vocab.interleaved_vocab() if arch == "interleaved" else testbed_vocab.parallel_vocab())
   builder_kw = dict(arch=arch, ratios=tuple(ratios), audio_delay=audio_delay)
   if arch == "parallel":
     builder_kw.update(audio_offset=vocab.audio_offset, num_audio_codes=unit_tts.NUM_AUDIO_CODES)
   datasets = {}
   for name, (kind, split) in DATASETS.items():
-    out = os.path.join(root, arch, name)
+    out = dataset_dir(root, arch, name)
     info_path = os.path.join(out, build_lib.INFO_FILE)
     wanted = {"kind": kind, "ratios": list(ratios), "audio_delay": audio_delay}
     if regenerated or not (os.path.exists(info_path) and _matches(info_path, wanted)):
       builder = build_lib.Builder(tokenizer, kind=kind, **builder_kw)
-      build_lib.build(builder, [generate.split_path(jsonl_dir, split)], out, name=name, overwrite=True)
+      build_lib.build(builder, [generate.split_path(jsonl, split)], out, name=name, overwrite=True)
     datasets[name] = out
   return TestbedData(root=root, tokenizer=tokenizer, datasets=datasets, vocab=vocab)
 
