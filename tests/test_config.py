@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from experiments import kimi, vita
-from wavalign_jax import config_lib
+from wavalign_jax import config_lib, optim
 from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,9 @@ def test_objective_sections_hold_the_dataclass_defaults():
   c = config_lib.base_config()
   for section, cls in (("sft", SFTConfig), ("rl", GRPOConfig), ("dpo", DPOConfig), ("gate", GateConfig)):
     assert cls(**c[section]) == cls(), section
+  assert optim.OptimConfig(**c.optim) == optim.OptimConfig()   # total_steps comes from train.total_steps
   assert DPOConfig() == DPOConfig(beta=0.2, token_set="text")
+  assert optim.OptimConfig() == optim.OptimConfig(learning_rate=1e-6, b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.2)
 
 
 def test_misspelled_fields_name_the_flag_and_the_nearest_fields():

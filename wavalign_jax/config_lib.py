@@ -17,6 +17,7 @@ import ml_collections as mlc
 
 from wavalign_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError: where configs are made)
 from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
+from wavalign_jax.optim import OptimConfig
 
 # Each training method of the paper is a small patch of config fields.
 #   lambda = 0: SFT only; lambda = 1: RL only; "fixed": constant lambda; "dynamic": the gated EMA.
@@ -169,10 +170,10 @@ def base_config() -> mlc.ConfigDict:
   c.dpo = _section(DPOConfig())
   c.gate = _section(GateConfig())
 
-  # --- Optimizer (AdamW, docs/method.md §1); the cosine decays over train.total_steps --------------------
-  c.optim = mlc.ConfigDict(dict(
-      learning_rate=1e-6, warmup_steps=20, end_learning_rate=0.0, b1=0.9, b2=0.95, eps=1e-8,
-      weight_decay=0.01, clip_norm=1.2))
+  # --- Optimizer: optim.OptimConfig's fields and defaults (AdamW, docs/method.md §1), but its total_steps: the
+  # cosine decays over train.total_steps ----------------------------------------------------------------------
+  c.optim = _section(OptimConfig())
+  del c.optim["total_steps"]
 
   # --- Training loop ---------------------------------------------------------------------------
   c.train = mlc.ConfigDict()
