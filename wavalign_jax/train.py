@@ -205,6 +205,7 @@ def _holds_testbed_state(workdir: str) -> bool:
   """Whether an earlier launch made testbed state from its config in `workdir` (data, base model, or the base
   model's SFT checkpoints): a relaunch must then run the same experiment, as a resume from a checkpoint must."""
   base = base_model.path(workdir)
+  # WORKDIR/testbed, not prepare.root_dir: a study's shared testbed.dir is not this run's state
   made = (os.path.join(workdir, "testbed"), base, base_model.sft_checkpoints(base))
   return any(os.path.exists(p) for p in made)
 
