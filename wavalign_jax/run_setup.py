@@ -67,7 +67,7 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   vocab = _vocab_from_info(info, model_cfg.arch)
   if vocab.vocab_size > model_cfg.vocab_size:
     raise RunError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
-                     f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
+                   f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
   sampling = decode.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
   return RunSetup(model_cfg=model_cfg, vocab=vocab, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,

@@ -24,7 +24,7 @@ from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.dpo import METRIC_REDUCERS as DPO_METRIC_REDUCERS
-from wavalign_jax.objectives.dpo import DPOConfig, make_dpo_loss
+from wavalign_jax.objectives.dpo import DPOConfig, dpo_count, make_dpo_loss
 from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.train_state import TrainState
@@ -189,10 +189,8 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
 
   def step(state: TrainState, batch: DPOBatch, rl_start: int = 0) -> tuple[TrainState, dict]:
     del rl_start
-    pairs = next(iter(batch.chosen.types.values())).shape[0]
-    count = jnp.float32(pairs) if batch.pair_weight is None else jnp.sum(batch.pair_weight.astype(jnp.float32))
-    grads, metrics = accumulate_gradients(lambda p, b, _, c: loss_fn(p, b, c), state.params, batch, None, count,
-                                          microbatches, DPO_METRIC_REDUCERS)
+    grads, metrics = accumulate_gradients(lambda p, b, _, c: loss_fn(p, b, c), state.params, batch, None,
+                                          dpo_count(batch), microbatches, DPO_METRIC_REDUCERS)
     return _apply_gradients(state, grads, optimizer, schedule, metrics)
 
   return step

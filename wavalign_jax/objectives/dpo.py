@@ -54,6 +54,14 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   return term, jax.lax.stop_gradient(metrics)
 
 
+def dpo_count(batch: DPOBatch) -> jax.Array:
+  """The step's pair count (the sum of `pair_weight`, else the number of pairs), without a forward pass: the
+  denominator `dpo_loss` uses, passed whole to every micro-batch's `dpo_loss_fn` (as `hybrid.hybrid_counts`)."""
+  if batch.pair_weight is None:
+    return jnp.float32(next(iter(batch.chosen.types.values())).shape[0])
+  return jnp.sum(batch.pair_weight.astype(jnp.float32))
+
+
 # How a step combines the metrics of `dpo_loss_fn` over micro-batches (`steps.reduce_micro_metrics`): the loss shares
 # add up; the dpo/ rewards and accuracy are each micro-batch's pair means, averaged (exact for equal pair weights).
 METRIC_REDUCERS = {"loss": "sum"}

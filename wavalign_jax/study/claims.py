@@ -110,10 +110,16 @@ def verdict(lo: float, hi: float, relation: str) -> str:
   return "reproduced" if above else "not reproduced" if below else "inconclusive"
 
 
+def paired_items(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int], a: str, b: str,
+                 metric: str) -> list[np.ndarray]:
+  """a - b on `metric` per item (same item of the same seed), one array per seed."""
+  return [item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds]
+
+
 def paired_difference(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int], a: str, b: str,
                       metric: str, level: float = LEVEL) -> tuple[float, float, float]:
   """(mean, lo, hi) of a - b on `metric`, paired by seed and item."""
-  return seed_interval([item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds], level)
+  return seed_interval(paired_items(rows, seeds, a, b, metric), level)
 
 
 def power_check(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, Any] | None:
@@ -150,7 +156,7 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
     comparisons = []
     refute_level = 1 - (1 - LEVEL) / len(bs)   # Bonferroni: any one of the k rivals may refute the claim
     for b in bs:
-      diffs = [item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds]
+      diffs = paired_items(rows, seeds, a, b, metric)
       d, lo, hi = seed_interval(diffs)
       _, refute_lo, refute_hi = seed_interval(diffs, refute_level)
       v = verdict(lo, hi, relation)
