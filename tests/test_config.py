@@ -238,7 +238,8 @@ def _converted_checkpoint(path, arch):
 
 def _dataset(path, **info):
   path.mkdir()
-  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], **info}
+  (path / "tokenizer.json").write_text("{}")
+  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], "tokenizer": "tokenizer.json", **info}
   (path / "dataset_info.json").write_text(json.dumps(info))
   return str(path)
 
@@ -268,6 +269,12 @@ def test_real_config_data_is_checked_before_any_work(tmp_path):
     config_check.check_data(c)
   c.data.train = _dataset(tmp_path / "good", longest=1536)
   config_check.check_data(c)
+  # A dataset of an older build names its tokenizer by an absolute path, here one that is gone.
+  c.data.train = _dataset(tmp_path / "old", tokenizer=str(tmp_path / "gone" / "tokenizer.json"))
+  with pytest.raises(ConfigError, match=r"data.train=.*old: its dataset_info.json names the tokenizer .*gone/"
+                                        r"tokenizer.json, which does not exist"):
+    config_check.check_data(c)
+  c.data.train = _dataset(tmp_path / "good_again")
   c.objective = "dpo"
   with pytest.raises(ConfigError, match="needs a --kind=dpo dataset"):
     config_check.check_data(c)

@@ -1,6 +1,7 @@
 """JSONL -> ArrayRecord -> records round trip, chat templates from a tiny tokenizer, malformed records."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -169,7 +170,26 @@ def test_failed_rebuild_leaves_the_old_dataset_and_no_partial_one(tmp_path):
   assert len(RecordSource(resolve_paths(out)[0])) == 6
   # --overwrite with good input replaces it whole.
   out, info, _ = build_dataset(tmp_path, [RECORD] * 2, num_shards=1, overwrite=True)
-  assert info["num_records"] == 2 and sorted(os.listdir(out)) == ["data-00000-of-00001.array_record", B.INFO_FILE]
+  assert info["num_records"] == 2 and sorted(os.listdir(out)) == ["data-00000-of-00001.array_record", B.INFO_FILE,
+                                                                    B.TOKENIZER_FILE]
+
+
+def test_a_moved_dataset_decodes_with_the_tokenizer_it_was_built_with(tmp_path):
+  """The dataset carries a copy of its tokenizer, named relative to itself: moved to another place, with the
+  tokenizer it was built from gone, it still resolves to a tokenizer with the same ids."""
+  here = tmp_path / "here"
+  here.mkdir()
+  built, _, _ = build_dataset(here, [RECORD] * 2)
+  original = tokenizers.Tokenizer.from_file(str(here / "tokenizer.json")).get_vocab()
+  moved = str(tmp_path / "elsewhere")
+  os.replace(built, moved)
+  shutil.rmtree(here)
+  _, info = resolve_paths(moved)
+  assert info["tokenizer"] == os.path.join(moved, B.TOKENIZER_FILE)
+  assert info["tokenizer_source"] == str(here / "tokenizer.json")
+  copy = tokenizers.Tokenizer.from_file(info["tokenizer"]).get_vocab()
+  assert copy == original and len(copy) == len(WORDS) + len(SPECIALS) + NUM_CODES
+  assert "'it is four'" in I.report(moved)   # the response decoded with the copy
 
 
 def test_loader_refuses_a_dataset_whose_shards_disagree_with_its_info(tmp_path):

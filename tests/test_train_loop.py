@@ -1,12 +1,14 @@
 """The train entry point end to end on the testbed: a stopped run resumes exactly where it left off."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from wavalign_jax import provenance, train
+from wavalign_jax.data import build as build_lib
 from conftest import tiny_config
 
 
@@ -86,3 +88,36 @@ def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
   assert int(out["state"].step) == 4
   # The second iteration's ratio is π_θ' / π_old with π_old from the training forward before the update.
   assert m["rl/ratio_mean"] != 1.0 and np.isfinite(m["rl/ratio_mean"]) and 0.0 <= m["rl/clip_frac"] <= 1.0
+
+
+def test_built_datasets_train_as_the_testbed_does(tmp_path, tiny_base):
+  """The path of real weights (`data.source=arrayrecord`: a dataset from data/build.py and a converted checkpoint,
+  here the testbed's base model) against the testbed's own path on the same JSONL: the same steps, rewards and
+  losses (the testbed's judge reads the records' `task` / `style` metadata, which a build keeps). The dataset is moved after its build and the tokenizer it was built with deleted, as when it is built on
+  a workstation and copied to a cluster: the run decodes the rollouts (for the reward) with the dataset's copy."""
+  arch = "interleaved"
+  base = tiny_base(arch)
+  def config():
+    c = tiny_config(arch, base)
+    c.train.update(total_steps=2, checkpoint_every=2)
+    return c
+  testbed_run = train.train(config(), str(tmp_path / "testbed_run"))
+
+  tokenizer = tmp_path / "tokenizer.json"
+  shutil.copyfile(os.path.join(base, "testbed", "jsonl", "tokenizer.json"), tokenizer)
+  builder = build_lib.Builder(str(tokenizer), arch=arch, kind="rl", ratios=tuple(config().layout.ratios))
+  build_lib.build(builder, [os.path.join(base, "testbed", "jsonl", "train.jsonl")], str(tmp_path / "built"))
+  os.replace(tmp_path / "built", tmp_path / "copied")
+  tokenizer.unlink()
+  c = config()
+  c.data.source, c.data.train = "arrayrecord", str(tmp_path / "copied")
+  files_run = train.train(c, str(tmp_path / "files_run"))
+
+  assert int(files_run["state"].step) == 2
+  rows = {name: [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl") if '"train"' in l]
+          for name in ("testbed_run", "files_run")}
+  assert [r["step"] for r in rows["files_run"]] == [1, 2]
+  for a, b in zip(rows["testbed_run"], rows["files_run"]):
+    for key in ("reward_mean", "reward_var", "reward/failed", "lambda", "loss", "sft_loss", "rl_loss", "grad_norm"):
+      assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+  assert rows["files_run"][0]["reward_var"] > 0   # the judge's rewards depend on the decoded rollouts

@@ -168,6 +168,10 @@ def check_data(config: mlc.ConfigDict) -> None:
       if info.get("kind") != kind:
         raise ValueError(f"holds {info.get('kind')!r} records; this method needs a --kind={kind} dataset")
       loader.check_lengths(info, buckets)
+      if not os.path.isfile(info.get("tokenizer") or ""):
+        raise ValueError(f"its {loader.INFO_FILE} names the tokenizer {info.get('tokenizer')}, which does not "
+                         "exist (a dataset built before datasets carried their own tokenizer.json names it by "
+                         "absolute path): rebuild it with `python -m data_pipeline.build`")
     except ValueError as e:
       raise ConfigError(f"--config.data.{name}={path}: {e}") from None
 

@@ -34,6 +34,9 @@ AUDIO_PLACEHOLDER = "<|audio|>"
 RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 SHARD_PATTERN = "{name}-{index:05d}-of-{count:05d}.array_record"
 INFO_FILE = "dataset_info.json"
+# The dataset's own copy of the tokenizer it was built with: dataset_info.json names it relative to the dataset,
+# so a dataset copied to another machine or bucket still decodes with exactly that tokenizer.
+TOKENIZER_FILE = "tokenizer.json"
 # The longest example the experiment configs load (prompt + response bucket of experiments/vita.py and kimi.py).
 DEFAULT_MAX_LENGTH = config_lib.length_buckets(config_lib.base_config().data)[-1]
 
@@ -221,7 +224,8 @@ def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
 def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: int = 1,
           max_length: int = DEFAULT_MAX_LENGTH, name: str = "data", overwrite: bool = False,
           strict: bool = False) -> dict[str, Any]:
-  """Writes `num_shards` ArrayRecord shards (record j goes to shard j % num_shards) and dataset_info.json.
+  """Writes `num_shards` ArrayRecord shards (record j goes to shard j % num_shards), a copy of the tokenizer and
+  dataset_info.json, whose paths are relative to the dataset: the folder can be moved or copied whole.
 
   Records longer than `max_length` (> 0; 0 = no limit) are skipped and counted in the info file, as are the
   words outside the tokenizer's vocabulary (they become its unknown token); `strict` refuses both instead,
@@ -276,8 +280,9 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
             "most_common_unknown_words": dict(unknown.most_common(20)),
             "shards": names, "pad_id": builder.vocab.pad,
             "ratios": list(builder.ratios), "audio_delay": builder.audio_delay,
-            "vocab": dataclasses.asdict(builder.vocab), "tokenizer": os.path.abspath(builder.tokenizer_path),
-            "inputs": [os.path.abspath(p) for p in inputs]}
+            "vocab": dataclasses.asdict(builder.vocab), "tokenizer": TOKENIZER_FILE,
+            "tokenizer_source": os.path.abspath(builder.tokenizer_path), "inputs": [os.path.abspath(p) for p in inputs]}
+    shutil.copyfile(builder.tokenizer_path, os.path.join(tmp_dir, TOKENIZER_FILE))
     files.write_json(os.path.join(tmp_dir, INFO_FILE), info, indent=1)
     _replace_dir(tmp_dir, output_dir)
   except BaseException:

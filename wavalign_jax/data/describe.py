@@ -5,6 +5,7 @@ r"""Summary of a built dataset: counts, length histograms per stream and token t
 from __future__ import annotations
 
 import collections
+import os
 from typing import Sequence
 
 import numpy as np
@@ -55,6 +56,8 @@ def report(path: str, decode_examples: int = 1, tokenizer: str | None = None) ->
   paths, info = resolve_paths(path)
   source = RecordSource(paths)
   tok_path = tokenizer or info.get("tokenizer")
+  if tok_path and not os.path.isfile(tok_path):
+    raise FileNotFoundError(f"{path}: tokenizer {tok_path} does not exist; pass --tokenizer=PATH")
   tok = tokenizers.Tokenizer.from_file(tok_path) if tok_path else None
   is_text = np.zeros((0,), bool)
   if info.get("vocab"):

@@ -58,13 +58,17 @@ class RecordSource:
 
 
 def resolve_paths(path: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-  """Shard paths and dataset info from a dataset directory (with dataset_info.json) or explicit files."""
+  """Shard paths and dataset info from a dataset directory (with dataset_info.json) or explicit files. The
+  info's `tokenizer` is resolved against the directory (datasets built before they carried their tokenizer name
+  an absolute path, kept as it is)."""
   if isinstance(path, str) and os.path.isdir(path):
     info_path = os.path.join(path, INFO_FILE)
     if not os.path.exists(info_path):
       raise ValueError(f"{path} has no {INFO_FILE}; build it with `python -m data_pipeline.build`")
     with open(info_path) as f:
       info = json.load(f)
+    if info.get("tokenizer"):
+      info["tokenizer"] = os.path.join(path, info["tokenizer"])
     return [os.path.join(path, s) for s in info["shards"]], info
   return ([path] if isinstance(path, str) else list(path)), {}
 
