@@ -20,9 +20,10 @@ from tests.fake_judge_server import FakeJudgeServer, chat_reply
 from wavalign_jax import checkpointing, model_loading, models, train, train_state
 from wavalign_jax import evaluate as evaluate_lib
 from wavalign_jax.data import build as build_lib
-from wavalign_jax.evaluation import common, generate, score, voicebench
+from wavalign_jax.evaluation import common, generate, reward_eval, score, voicebench
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
+from wavalign_jax.rewards.base import RewardResult
 from wavalign_jax.rollout import decode
 from wavalign_jax.run_setup import RunSetup
 from wavalign_jax.testbed import metrics
@@ -246,3 +247,23 @@ def test_errors(tmp_path):
   bench.write_text(json.dumps(dict(id=1, messages=msgs)) + "\n")
   with pytest.raises(ValueError, match=re.escape(f"{bench}:1: missing field 'subset'")):
     generate.load_prompts(str(bench))
+
+
+def test_reward_evaluator_leaves_failed_items_out_and_counts_them():
+  """data.eval on built datasets: the mean reward over the items scored, a t interval over them (hand-computed:
+  scores 1, 2, 3, 4 -> 2.5 ± t(0.975, 3) · sd / 2 = 2.5 ± 3.1824 · 1.2910 / 2), failed items counted, not averaged."""
+  class Half:
+    name = "half"
+    def __call__(self, items):
+      scores = [float(len(i.text.split())) for i in items]
+      return RewardResult(scores=scores, failed=[i.prompt["id"] == "bad" for i in items])
+  items = [({"id": str(n), "source": "eval.jsonl", "line": n}, " ".join(["w"] * n), (n,)) for n in range(1, 5)]
+  items.append(({"id": "bad", "source": "eval.jsonl", "line": 5}, "w " * 9, ()))
+  summary, rows = reward_eval.reward_evaluator(Half())(items)
+  assert summary["reward"] == pytest.approx(2.5) and summary["reward/failed"] == 1 and summary["count"] == 5
+  assert summary["reward_hi"] - 2.5 == pytest.approx(3.18245 * 1.29099 / 2, rel=1e-4)
+  assert summary["reward_lo"] == pytest.approx(5.0 - summary["reward_hi"])
+  assert [r["failed"] for r in rows] == [False] * 4 + [True] and rows[4]["reward"] == 9.0
+  assert rows[2] == {"id": "3", "source": "eval.jsonl", "line": 3, "reward": 3.0, "failed": False}
+  everything_failed, _ = reward_eval.reward_evaluator(Half())(items[4:])
+  assert everything_failed == {"count": 1.0, "reward/failed": 1.0}

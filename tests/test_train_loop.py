@@ -90,27 +90,32 @@ def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
   assert m["rl/ratio_mean"] != 1.0 and np.isfinite(m["rl/ratio_mean"]) and 0.0 <= m["rl/clip_frac"] <= 1.0
 
 
-def test_built_datasets_train_as_the_testbed_does(tmp_path, tiny_base):
-  """The path of real weights (`data.source=arrayrecord`: a dataset from data/build.py and a converted checkpoint,
+def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_base):
+  """The path of real weights (`data.source=arrayrecord`: datasets from data/build.py and a converted checkpoint,
   here the testbed's base model) against the testbed's own path on the same JSONL: the same steps, rewards and
-  losses (the testbed's judge reads the records' `task` / `style` metadata, which a build keeps). The dataset is moved after its build and the tokenizer it was built with deleted, as when it is built on
-  a workstation and copied to a cluster: the run decodes the rollouts (for the reward) with the dataset's copy."""
+  losses (the testbed's judge reads the records' `task` / `style` metadata, which a build keeps), and `data.eval`
+  scored with the run's reward, item by item as the testbed's evaluator scores the same responses. The datasets
+  are moved after their build and the tokenizer they were built with deleted, as when they are built on a
+  workstation and copied to a cluster: the run decodes the rollouts with each dataset's copy."""
   arch = "interleaved"
   base = tiny_base(arch)
+  jsonl = os.path.join(base, "testbed", "jsonl")
   def config():
     c = tiny_config(arch, base)
+    c.testbed.judge_acoustic_noise = 0.0   # judge = 0.7 semantic + 0.3 (1 + 4 EQ): both in the testbed's rows
     c.train.update(total_steps=2, checkpoint_every=2)
     return c
-  testbed_run = train.train(config(), str(tmp_path / "testbed_run"))
+  train.train(config(), str(tmp_path / "testbed_run"))
 
   tokenizer = tmp_path / "tokenizer.json"
-  shutil.copyfile(os.path.join(base, "testbed", "jsonl", "tokenizer.json"), tokenizer)
-  builder = build_lib.Builder(str(tokenizer), arch=arch, kind="rl", ratios=tuple(config().layout.ratios))
-  build_lib.build(builder, [os.path.join(base, "testbed", "jsonl", "train.jsonl")], str(tmp_path / "built"))
-  os.replace(tmp_path / "built", tmp_path / "copied")
+  shutil.copyfile(os.path.join(jsonl, "tokenizer.json"), tokenizer)
+  for name, split in (("train", "train.jsonl"), ("eval", os.path.join("eval", "eval_id.jsonl"))):
+    builder = build_lib.Builder(str(tokenizer), arch=arch, kind="rl", ratios=tuple(config().layout.ratios))
+    build_lib.build(builder, [os.path.join(jsonl, split)], str(tmp_path / f"built_{name}"))
+    os.replace(tmp_path / f"built_{name}", tmp_path / f"copied_{name}")
   tokenizer.unlink()
   c = config()
-  c.data.source, c.data.train = "arrayrecord", str(tmp_path / "copied")
+  c.data.source, c.data.train, c.data.eval = "arrayrecord", str(tmp_path / "copied_train"), str(tmp_path / "copied_eval")
   files_run = train.train(c, str(tmp_path / "files_run"))
 
   assert int(files_run["state"].step) == 2
@@ -121,3 +126,14 @@ def test_built_datasets_train_as_the_testbed_does(tmp_path, tiny_base):
     for key in ("reward_mean", "reward_var", "reward/failed", "lambda", "loss", "sft_loss", "rl_loss", "grad_norm"):
       assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
   assert rows["files_run"][0]["reward_var"] > 0   # the judge's rewards depend on the decoded rollouts
+
+  # data.eval: the greedy responses of the same params, scored by the run's judge, and by the testbed's metrics.
+  testbed_items = {r["id"]: r for r in map(json.loads, open(tmp_path / "testbed_run" / "eval" / "after.jsonl"))}
+  scored = [json.loads(l) for l in open(tmp_path / "files_run" / "eval" / "after.jsonl")]
+  assert len(scored) == c.train.eval_examples and not any(r["failed"] for r in scored)
+  for r in scored:
+    t = testbed_items[r["id"]]
+    assert r["reward"] == pytest.approx(np.clip(0.7 * t["judge_score"] + 0.3 * (1 + 4 * t["eq"]), 1, 5), abs=1e-5)
+  after = json.load(open(tmp_path / "files_run" / "eval_summary.json"))["after"]
+  assert after["reward"] == pytest.approx(np.mean([r["reward"] for r in scored]), abs=1e-6)
+  assert after["reward_lo"] <= after["reward"] <= after["reward_hi"] and after["reward/failed"] == 0

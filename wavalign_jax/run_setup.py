@@ -19,6 +19,7 @@ import tokenizers
 from wavalign_jax import checkpointing, config_lib
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import loader
+from wavalign_jax.evaluation import reward_eval
 from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
@@ -43,7 +44,8 @@ class RunSetup:
   buckets: tuple[int, ...]
   init_checkpoint: str
   eval_batch_size: int = 16
-  # (record, text, codes) items -> (summary metrics, per-item rows); the testbed's IQ / EQ
+  # (record, text, codes) items -> (summary metrics, per-item rows): the testbed's IQ / EQ, or on built datasets
+  # the run's reward of the greedy responses (evaluation/reward_eval.py)
   evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], tuple[dict[str, float], list[dict]]] | None = None
 
   def decode_text(self, text_ids: Sequence[int]) -> str:
@@ -72,7 +74,8 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   return RunSetup(model_cfg=model_cfg, vocab=vocab, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
                   eval_data={"eval": config.data.eval} if config.data.eval else {}, buckets=buckets,
-                  init_checkpoint=config.init_checkpoint, eval_batch_size=config.train.eval_batch_size)
+                  init_checkpoint=config.init_checkpoint, eval_batch_size=config.train.eval_batch_size,
+                  evaluator=reward_eval.reward_evaluator(make_reward_fn(config, workdir)) if config.data.eval else None)
 
 
 def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],

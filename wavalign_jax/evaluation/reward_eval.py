@@ -1,0 +1,37 @@
+"""The in-training evaluation of a run on built datasets: greedy responses to `data.eval` scored by the run's reward.
+
+A run with `data.source=arrayrecord` and `data.eval` (an RL dataset from data_pipeline.build) evaluates before
+training, every `train.eval_every` steps and at the end: the mean reward of the greedy responses with a 95%
+interval over items (Student t), and how many items the reward failed on. A failed item (a judge call that
+timed out, a reply without a score) is counted and left out of the mean, not averaged in as its fallback score.
+The paper's benchmarks are `python -m wavalign_jax.evaluate`'s; the testbed has its own IQ / EQ evaluator.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from wavalign_jax.rewards.base import RewardFn, RewardItem
+
+Item = tuple[dict[str, Any], str, Sequence[int]]   # (record metadata, decoded text, audio codes)
+
+
+def reward_evaluator(reward_fn: RewardFn) -> Callable[[Sequence[Item]], tuple[dict[str, float], list[dict]]]:
+  """items -> (summary, per-item rows): `reward` [reward_lo, reward_hi] over the items scored, `reward/failed`,
+  `count`; a row per item with its record's id, source file and line, its score and whether it failed."""
+  def evaluate(items: Sequence[Item]) -> tuple[dict[str, float], list[dict]]:
+    result = reward_fn([RewardItem(prompt=meta, text=text, audio_codes=tuple(int(c) for c in codes))
+                        for meta, text, codes in items])
+    rows = [{"id": meta.get("id"), "source": meta.get("source"), "line": meta.get("line"), "reward": float(score),
+             "failed": bool(failed)} for (meta, _, _), score, failed in zip(items, result.scores, result.failed)]
+    scored = result.scores[~result.failed].astype(np.float64)
+    summary = {"count": float(len(items)), "reward/failed": float(result.failed.sum())}
+    if len(scored):
+      summary["reward"] = float(scored.mean())
+      if len(scored) > 1:
+        half = stats.t.ppf(0.975, len(scored) - 1) * scored.std(ddof=1) / np.sqrt(len(scored))
+        summary["reward_lo"], summary["reward_hi"] = summary["reward"] - half, summary["reward"] + half
+    return summary, rows
+  return evaluate
