@@ -239,7 +239,8 @@ def _converted_checkpoint(path, arch):
 def _dataset(path, **info):
   path.mkdir()
   (path / "tokenizer.json").write_text("{}")
-  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], "tokenizer": "tokenizer.json", **info}
+  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], "tokenizer": "tokenizer.json",
+          "ratios": list(vita.get_config("").layout.ratios), "audio_delay": 6, "vocab": {"vocab_size": 64}, **info}
   (path / "dataset_info.json").write_text(json.dumps(info))
   return str(path)
 
@@ -275,6 +276,26 @@ def test_real_config_data_is_checked_before_any_work(tmp_path):
                                         r"tokenizer.json, which does not exist"):
     config_check.check_data(c)
   c.data.train = _dataset(tmp_path / "good_again")
+  config_check.check_data(c)
+  # Layout and vocabulary: the SFT anchor must follow the layout the rollouts follow, eval the train set's ids.
+  c.data.train = _dataset(tmp_path / "boost", ratios=[1, 10, 4, 10])
+  with pytest.raises(ConfigError, match=r"boost: built with ratios \[1, 10, 4, 10\], but --config.layout.ratios is "
+                                        r"\[1, 4, 3, 8, 4, 10\]: rebuild it with .*--ratios=1,4,3,8,4,10"):
+    config_check.check_data(c)
+  c.data.train = str(tmp_path / "good_again")
+  c.data.eval = _dataset(tmp_path / "other_vocab", vocab={"vocab_size": 65})
+  with pytest.raises(ConfigError, match="data.eval=.*other_vocab: built with another vocabulary than "
+                                        "--config.data.train=.*good_again"):
+    config_check.check_data(c)
+  c.data.eval = _dataset(tmp_path / "eval")
+  config_check.check_data(c)
+  c.data.eval = ""
+  k = kimi.get_config("")
+  k.init_checkpoint = str(tmp_path / "parallel_ckpt")
+  k.data.train = _dataset(tmp_path / "delay_2", arch="parallel", audio_delay=2)
+  with pytest.raises(ConfigError, match=r"built with audio_delay 2, but --config.layout.audio_delay is 6: rebuild it "
+                                        r"with `python -m data_pipeline.build --audio_delay=6`"):
+    config_check.check_data(k)
   c.objective = "dpo"
   with pytest.raises(ConfigError, match="needs a --kind=dpo dataset"):
     config_check.check_data(c)

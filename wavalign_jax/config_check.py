@@ -130,8 +130,9 @@ def check_mesh(config: mlc.ConfigDict) -> list[str]:
 
 
 def check_data(config: mlc.ConfigDict) -> None:
-  """A real (non-testbed) config names a converted checkpoint and datasets of its architecture and the method's
-  kind, whose examples fit the length buckets."""
+  """A real (non-testbed) config names a converted checkpoint and datasets of its architecture, the method's kind
+  and the config's token layout (interleave ratios / audio delay), built with one vocabulary, whose examples fit
+  the length buckets. A layout mismatch would train the SFT anchor on one layout while rollouts follow another."""
   if config.data.source not in DATA_SOURCES:
     hint = config_lib.did_you_mean(str(config.data.source), DATA_SOURCES)
     raise ConfigError(f"--config.data.source={config.data.source!r}: {hint}choose one of {list(DATA_SOURCES)}")
@@ -153,6 +154,10 @@ def check_data(config: mlc.ConfigDict) -> None:
     raise ConfigError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
                       "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
   buckets = config_lib.length_buckets(config.data)
+  layout_field = "ratios" if arch == "interleaved" else "audio_delay"
+  wanted_layout = config.layout[layout_field]
+  wanted_layout = list(wanted_layout) if layout_field == "ratios" else wanted_layout
+  train_vocab = None
   for name, kind in (("train", "dpo" if config.objective == "dpo" else "rl"), ("eval", "rl")):
     path = config.data[name]
     if not path:
@@ -167,6 +172,15 @@ def check_data(config: mlc.ConfigDict) -> None:
         raise ValueError(f"built for arch {info.get('arch')!r}, the model is {arch!r}")
       if info.get("kind") != kind:
         raise ValueError(f"holds {info.get('kind')!r} records; this method needs a --kind={kind} dataset")
+      if info.get(layout_field) != wanted_layout:
+        flag = ",".join(map(str, wanted_layout)) if layout_field == "ratios" else wanted_layout
+        raise ValueError(f"built with {layout_field} {info.get(layout_field)}, but --config.layout.{layout_field} is "
+                         f"{wanted_layout}: rebuild it with `python -m data_pipeline.build --{layout_field}={flag}` "
+                         "or change the layout")
+      train_vocab = train_vocab or info.get("vocab")
+      if info.get("vocab") != train_vocab:
+        raise ValueError(f"built with another vocabulary than --config.data.train={config.data.train} (another "
+                         "tokenizer or audio-code range); build both with the checkpoint's tokenizer")
       loader.check_lengths(info, buckets)
       if not os.path.isfile(info.get("tokenizer") or ""):
         raise ValueError(f"its {loader.INFO_FILE} names the tokenizer {info.get('tokenizer')}, which does not "
