@@ -693,3 +693,14 @@ def test_a_signal_stops_the_study_after_its_running_run_checkpointed(tmp_path, m
   assert json.load(open(tmp_path / "seed_0" / slow / "signals")) == [int(signum)]
   assert not os.path.exists(tmp_path / "seed_0" / "sft") and not os.path.exists(tmp_path / "seed_1")
   assert signal.getsignal(signum) is handler   # the study's handler is gone
+  # The stopped launch's time is kept, and the launch that finishes the run adds to it.
+  stopped = runner.read_times(str(tmp_path))[f"seed_0/{slow}"]
+  assert stopped["launches"] == 1 and stopped["seconds"] >= 0.5 and stopped["end"] - stopped["start"] == pytest.approx(
+      stopped["seconds"])
+  monkeypatch.setattr(runner, "train_command", lambda spec, method, seed, workdir, overrides, eval_every: [
+      sys.executable, "-c", _STAND_IN, runner.run_dir(workdir, seed, method), method, "none"])
+  runner.run_all(spec, [runner.Study(str(tmp_path))], ["rl_text_exact", "sft"], seeds, 100, 1,
+                 str(tmp_path / "cache"))
+  resumed = runner.read_times(str(tmp_path))[f"seed_0/{slow}"]
+  assert resumed["launches"] == 2 and resumed["start"] == stopped["start"]
+  assert stopped["seconds"] < resumed["seconds"] < stopped["seconds"] + resumed["end"] - stopped["end"]

@@ -171,7 +171,9 @@ def link_shared_base(study: Study, seeds: Sequence[int]) -> None:
 
 
 def read_times(workdir: str) -> dict[str, dict[str, float]]:
-  """run_times.json: {"seed_<s>/<method>": {"seconds", "start", "end"}} (epoch seconds; older files: seconds)."""
+  """run_times.json: {"seed_<s>/<method>": {"seconds", "start", "end", "launches"}}: the seconds summed over the
+  run's launches (a stopped launch and the one that resumed it), the first start and last end (epoch seconds).
+  Older files: seconds only, or the last launch's seconds without "launches"."""
   path = os.path.join(workdir, "run_times.json")
   times = json.load(open(path)) if os.path.exists(path) else {}
   return {k: v if isinstance(v, dict) else {"seconds": v} for k, v in times.items()}
@@ -236,17 +238,21 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     finally:
       if method == "base":
         base_ready[base].set()
+    t1 = time.time()
+    with lock:   # every launch's time counts, a stopped or failed one too
+      times = read_times(st.workdir)
+      before = times.get(f"seed_{seed}/{method}", {})
+      times[f"seed_{seed}/{method}"] = {"seconds": before.get("seconds", 0.0) + t1 - t0,
+                                        "start": before.get("start", t0), "end": t1,
+                                        "launches": before.get("launches", 0) + 1}
+      files.write_json(os.path.join(st.workdir, "run_times.json"), times, indent=1)
     if rc == 0 and not finished(path) and guard.signum is not None:   # preempted with a checkpoint
       return
     if rc != 0 or not finished(path):
       raise RuntimeError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
                          f"see {path}/run.log")
-    t1 = time.time()
     with lock:
       done.append(t1 - t0)
-      times = read_times(st.workdir)
-      times[f"seed_{seed}/{method}"] = {"seconds": t1 - t0, "start": t0, "end": t1}
-      files.write_json(os.path.join(st.workdir, "run_times.json"), times, indent=1)
       after = json.load(open(os.path.join(path, "eval_summary.json")))["after"]
       elapsed = t1 - start
       eta = elapsed / len(done) * (len(todo) - len(done))
