@@ -4,7 +4,7 @@ The one-process reference reads the same global batches (its rl_train loader con
 hosts 0 and 1), so rollouts, rewards, lambda, losses, params and the evaluations must agree; each host
 must have scored exactly its own rows of the global batch. This file is also the worker script:
 `python tests/test_multihost.py train PROCESS_ID PORT WORKDIR BASE_MODEL OUT.npz` and
-`python tests/test_multihost.py lengths PROCESS_ID PORT OUT.npz`.
+`python tests/test_multihost.py lengths|reward_eval PROCESS_ID PORT OUT.npz`.
 
 Why the hosts must agree on shapes: a host's batch length comes from its own rows (the loader's length bucket,
 the RL batch cut to its longest rollout). When two hosts disagree, each builds a different global array and
@@ -106,6 +106,23 @@ def _lengths_worker(process_id: int, port: int, out: str) -> None:
   np.savez(out, tokens=np.asarray(gathered.inputs["tokens"]), segment_ids=np.asarray(gathered.segment_ids))
 
 
+def _reward_eval_worker(process_id: int, port: int, out: str) -> None:
+  """Both hosts evaluate the same 7 responses (an odd count: host 0 scores 4, host 1 scores 3) with a reward that
+  fails on one item and records which items it scored."""
+  from wavalign_jax.evaluation import reward_eval
+  from wavalign_jax.rewards.base import RewardResult
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  seen = []
+
+  def reward(items):
+    seen.extend(i.prompt["id"] for i in items)
+    return RewardResult(scores=[len(i.text) for i in items], failed=[i.prompt["id"] == 5 for i in items])
+  reward.name = "length"
+  summary, rows = reward_eval.reward_evaluator(reward)([({"id": n}, "x" * n, ()) for n in range(7)])
+  np.savez(out, seen=np.asarray(seen), summary=json.dumps(summary), rows=json.dumps(rows))
+
+
 def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
   """Runs this file as two worker processes (4 fake CPU devices each) and loads what each wrote to outs[i]."""
   port = _free_port()
@@ -129,6 +146,24 @@ def test_hosts_agree_on_batch_lengths(tmp_path):
   for host in hosts:
     np.testing.assert_array_equal(host["tokens"], want)
     assert host["segment_ids"].sum() == 8 * 40 + 8 * 80   # padding is segment 0: outside every loss
+
+
+def test_hosts_share_the_eval_reward_calls(tmp_path):
+  """data.eval's reward on two hosts: each item is scored once, by one host (a judge is not called twice per
+  item), and both hosts get the result one host scoring everything would give."""
+  from wavalign_jax.evaluation import reward_eval
+  from wavalign_jax.rewards.base import RewardResult
+  hosts = _spawn(["reward_eval"], [tmp_path / f"host{i}.npz" for i in range(2)])
+  assert sorted(hosts[0]["seen"].tolist()) == [0, 2, 4, 6] and sorted(hosts[1]["seen"].tolist()) == [1, 3, 5]
+
+  def reward(items):
+    return RewardResult(scores=[len(i.text) for i in items], failed=[i.prompt["id"] == 5 for i in items])
+  reward.name = "length"
+  summary, rows = reward_eval.reward_evaluator(reward)([({"id": n}, "x" * n, ()) for n in range(7)])
+  assert summary["reward"] == pytest.approx(16 / 6) and summary["reward/failed"] == 1   # (0+1+2+3+4+6) / 6
+  for host in hosts:
+    assert json.loads(str(host["summary"])) == pytest.approx(summary)
+    assert json.loads(str(host["rows"])) == rows
 
 
 def _two_host_loader(make_loader):
@@ -218,6 +253,8 @@ def test_two_processes_match_one(tmp_path, monkeypatch, tiny_base):
 if __name__ == "__main__":
   if sys.argv[1] == "lengths":
     _lengths_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  elif sys.argv[1] == "reward_eval":
+    _reward_eval_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
   elif sys.argv[1] == "base":
     _base_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
   else:

@@ -4,16 +4,19 @@ A run with `data.source=arrayrecord` and `data.eval` (an RL dataset from data_pi
 training, every `train.eval_every` steps and at the end: the mean reward of the greedy responses with a 95%
 interval over items (Student t), and how many items the reward failed on. A failed item (a judge call that
 timed out, a reply without a score) is counted and left out of the mean, not averaged in as its fallback score.
+On several hosts each scores its share of the items and the scores are all-gathered: a judge sees every item once.
 The paper's benchmarks are `python -m wavalign_jax.evaluate`'s; the testbed has its own IQ / EQ evaluator.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from scipy import stats
 
-from wavalign_jax.rewards.base import RewardFn, RewardItem
+from wavalign_jax.rewards.base import RewardFn, RewardItem, RewardResult
 
 Item = tuple[dict[str, Any], str, Sequence[int]]   # (record metadata, decoded text, audio codes)
 
@@ -22,8 +25,9 @@ def reward_evaluator(reward_fn: RewardFn) -> Callable[[Sequence[Item]], tuple[di
   """items -> (summary, per-item rows): `reward` [reward_lo, reward_hi] over the items scored, `reward/failed`,
   `count`; a row per item with its record's id, source file and line, its score and whether it failed."""
   def evaluate(items: Sequence[Item]) -> tuple[dict[str, float], list[dict]]:
-    result = reward_fn([RewardItem(prompt=meta, text=text, audio_codes=tuple(int(c) for c in codes))
-                        for meta, text, codes in items])
+    to_score = [RewardItem(prompt=meta, text=text, audio_codes=tuple(int(c) for c in codes))
+                for meta, text, codes in items]
+    result = _score_across_hosts(reward_fn, to_score)
     rows = [{"id": meta.get("id"), "source": meta.get("source"), "line": meta.get("line"), "reward": float(score),
              "failed": bool(failed)} for (meta, _, _), score, failed in zip(items, result.scores, result.failed)]
     scored = result.scores[~result.failed].astype(np.float64)
@@ -35,3 +39,20 @@ def reward_evaluator(reward_fn: RewardFn) -> Callable[[Sequence[Item]], tuple[di
         summary["reward_lo"], summary["reward_hi"] = summary["reward"] - half, summary["reward"] + half
     return summary, rows
   return evaluate
+
+
+def _score_across_hosts(reward_fn: RewardFn, items: Sequence[RewardItem]) -> RewardResult:
+  """Every host holds every eval response (train.evaluate); on several hosts each scores items h, h + n, ... and
+  the scores are all-gathered, so a judge sees each item once, not once per host, and every host gets the same
+  result."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return reward_fn(items)
+  mine = reward_fn(items[index::count])
+  per_host = -(-len(items) // count)   # hosts score ceil or floor of len / count items: pad to the ceiling
+  pad = per_host - len(mine.scores)
+  gathered = multihost_utils.process_allgather(np.stack([np.pad(mine.scores, (0, pad)),
+                                                         np.pad(mine.failed.astype(np.float32), (0, pad))]))
+  # gathered[h, k, j]: host h's j-th item, which is item h + count * j; transposed, row j holds items count * j ...
+  scores, failed = (gathered[:, k].T.reshape(-1)[:len(items)] for k in range(2))
+  return RewardResult(scores=scores, failed=failed.astype(bool))
