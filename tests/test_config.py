@@ -299,3 +299,20 @@ def test_real_config_data_is_checked_before_any_work(tmp_path):
   c.objective = "dpo"
   with pytest.raises(ConfigError, match="needs a --kind=dpo dataset"):
     config_check.check_data(c)
+
+
+def test_a_missing_judge_api_key_is_a_config_error(monkeypatch):
+  """The LLM judge's key is checked at start-up when the run will call the judge, naming the flag."""
+  c = _tiny()
+  c.reward.kind, c.reward.api_key_env = "llm_judge", "WAVALIGN_TEST_JUDGE_KEY"
+  monkeypatch.delenv("WAVALIGN_TEST_JUDGE_KEY", raising=False)
+  with pytest.raises(ConfigError, match="reward.api_key_env=WAVALIGN_TEST_JUDGE_KEY: the environment variable "
+                                        "WAVALIGN_TEST_JUDGE_KEY is not set"):
+    config_check.check_reward(c)
+  monkeypatch.setenv("WAVALIGN_TEST_JUDGE_KEY", "k")
+  config_check.check_reward(c)
+  monkeypatch.delenv("WAVALIGN_TEST_JUDGE_KEY")
+  c.reward.api_key_env = ""                 # a server without authentication
+  config_check.check_reward(c)
+  c.reward.api_key_env, c.gate.mode = "WAVALIGN_TEST_JUDGE_KEY", "sft_only"   # no rollouts, no data.eval: no call
+  config_check.check_reward(c)

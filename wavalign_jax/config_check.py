@@ -44,8 +44,20 @@ def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
   check_finite_knobs(config)
   warnings = check_mesh(config)
   check_data(config)
+  check_reward(config)
   check_writable(workdir)
   return warnings
+
+
+def check_reward(config: mlc.ConfigDict) -> None:
+  """An LLM judge the run will call (rollouts, or `data.eval` on built datasets) has its API key in the environment:
+  a missing key is found here, not as a traceback when the judge is built."""
+  r = config.reward
+  calls = samples(config) or (config.data.source == "arrayrecord" and bool(config.data.eval))
+  if r.kind == "llm_judge" and calls and r.api_key_env and r.api_key_env not in os.environ:
+    raise ConfigError(f"--config.reward.api_key_env={r.api_key_env}: the environment variable {r.api_key_env} is not "
+                      "set (export it, or pass --config.reward.api_key_env='' for a judge server without "
+                      "authentication)")
 
 
 def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testbed", "reward")) -> None:
