@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from wavalign_jax import provenance, train
+from wavalign_jax.config_lib import apply_method
 from wavalign_jax.data import build as build_lib
+from wavalign_jax.testbed import unit_tts
+from wavalign_jax.testbed import vocab as testbed_vocab
 from conftest import tiny_config
 
 
@@ -90,27 +93,38 @@ def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
   assert m["rl/ratio_mean"] != 1.0 and np.isfinite(m["rl/ratio_mean"]) and 0.0 <= m["rl/clip_frac"] <= 1.0
 
 
-def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_base):
+@pytest.mark.parametrize("arch,objective", [("interleaved", "hybrid"), ("parallel", "hybrid"), ("interleaved", "dpo")])
+def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_base, arch, objective):
   """The path of real weights (`data.source=arrayrecord`: datasets from data/build.py and a converted checkpoint,
   here the testbed's base model) against the testbed's own path on the same JSONL: the same steps, rewards and
   losses (the testbed's judge reads the records' `task` / `style` metadata, which a build keeps), and `data.eval`
   scored with the run's reward, item by item as the testbed's evaluator scores the same responses. The datasets
   are moved after their build and the tokenizer they were built with deleted, as when they are built on a
-  workstation and copied to a cluster: the run decodes the rollouts with each dataset's copy."""
-  arch = "interleaved"
+  workstation and copied to a cluster: the run decodes the rollouts with each dataset's copy. VITA's and Kimi's
+  layouts (Kimi's datasets built with the testbed's audio offset, as `--audio_offset` builds a real one), and DPO's
+  chosen / rejected datasets."""
   base = tiny_base(arch)
   jsonl = os.path.join(base, "testbed", "jsonl")
+  steps = 3 if objective == "dpo" else 2   # DPO's first step has the policy at the reference (and lr 0): log 2
   def config():
     c = tiny_config(arch, base)
+    if objective == "dpo":
+      apply_method(c, "dpo_text")
+      c.optim.learning_rate = 1e-3
     c.testbed.judge_acoustic_noise = 0.0   # judge = 0.7 semantic + 0.3 (1 + 4 EQ): both in the testbed's rows
-    c.train.update(total_steps=2, checkpoint_every=2)
+    c.train.update(total_steps=steps, checkpoint_every=steps)
     return c
   train.train(config(), str(tmp_path / "testbed_run"))
 
   tokenizer = tmp_path / "tokenizer.json"
   shutil.copyfile(os.path.join(jsonl, "tokenizer.json"), tokenizer)
-  for name, split in (("train", "train.jsonl"), ("eval", os.path.join("eval", "eval_id.jsonl"))):
-    builder = build_lib.Builder(str(tokenizer), arch=arch, kind="rl", ratios=tuple(config().layout.ratios))
+  layout = dict(ratios=tuple(config().layout.ratios)) if arch == "interleaved" else dict(
+      audio_delay=config().layout.audio_delay, audio_offset=testbed_vocab.parallel_vocab().audio_offset,
+      num_audio_codes=unit_tts.NUM_AUDIO_CODES)
+  splits = (("train", "dpo.jsonl" if objective == "dpo" else "train.jsonl", objective if objective == "dpo" else "rl"),
+            ("eval", os.path.join("eval", "eval_id.jsonl"), "rl"))
+  for name, split, kind in splits:
+    builder = build_lib.Builder(str(tokenizer), arch=arch, kind=kind, **layout)
     build_lib.build(builder, [os.path.join(jsonl, split)], str(tmp_path / f"built_{name}"))
     os.replace(tmp_path / f"built_{name}", tmp_path / f"copied_{name}")
   tokenizer.unlink()
@@ -118,14 +132,20 @@ def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_ba
   c.data.source, c.data.train, c.data.eval = "arrayrecord", str(tmp_path / "copied_train"), str(tmp_path / "copied_eval")
   files_run = train.train(c, str(tmp_path / "files_run"))
 
-  assert int(files_run["state"].step) == 2
+  assert int(files_run["state"].step) == steps
   rows = {name: [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl") if '"train"' in l]
           for name in ("testbed_run", "files_run")}
-  assert [r["step"] for r in rows["files_run"]] == [1, 2]
+  assert [r["step"] for r in rows["files_run"]] == list(range(1, steps + 1))
+  keys = (("loss", "grad_norm", "dpo/reward_margin", "dpo/reward_accuracy") if objective == "dpo" else
+          ("reward_mean", "reward_var", "reward/failed", "lambda", "loss", "sft_loss", "rl_loss", "grad_norm"))
   for a, b in zip(rows["testbed_run"], rows["files_run"]):
-    for key in ("reward_mean", "reward_var", "reward/failed", "lambda", "loss", "sft_loss", "rl_loss", "grad_norm"):
+    for key in keys:
       assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
-  assert rows["files_run"][0]["reward_var"] > 0   # the judge's rewards depend on the decoded rollouts
+  if objective == "hybrid":
+    assert rows["files_run"][0]["reward_var"] > 0   # the judge's rewards depend on the decoded rollouts
+  else:
+    # The first step's policy is the reference (margin 0, loss log 2); by the last its margins have moved.
+    assert rows["files_run"][0]["loss"] == pytest.approx(np.log(2)) != rows["files_run"][-1]["loss"]
 
   # data.eval: the greedy responses of the same params, scored by the run's judge, and by the testbed's metrics.
   testbed_items = {r["id"]: r for r in map(json.loads, open(tmp_path / "testbed_run" / "eval" / "after.jsonl"))}
