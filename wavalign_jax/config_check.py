@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections as mlc
@@ -36,8 +36,8 @@ DATA_SOURCES = ("testbed", "arrayrecord")
 
 def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
   """Raises ConfigError on the first mistake; returns warnings about settings that work but waste something.
-  `train.main` runs it before taking the work directory and prints the warnings; `train.train` runs it again for
-  library callers (it is cheap and writes nothing)."""
+  `train.main` runs it before taking the work directory and prints the warnings; `train.train` (library callers)
+  runs it first and logs them."""
   check_sizes(config)
   _check_choices(config)
   optim.validate(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
@@ -53,8 +53,7 @@ def check_reward(config: mlc.ConfigDict) -> None:
   """An LLM judge the run will call (rollouts, or `data.eval` on built datasets) has its API key in the environment:
   a missing key is found here, not as a traceback when the judge is built."""
   r = config.reward
-  calls = samples(config) or (config.data.source == "arrayrecord" and bool(config.data.eval))
-  if r.kind == "llm_judge" and calls and r.api_key_env and r.api_key_env not in os.environ:
+  if r.kind == "llm_judge" and config_lib.calls_reward(config) and r.api_key_env and r.api_key_env not in os.environ:
     raise ConfigError(f"--config.reward.api_key_env={r.api_key_env}: the environment variable {r.api_key_env} is not "
                       "set (export it, or pass --config.reward.api_key_env='' for a judge server without "
                       "authentication)")
@@ -69,11 +68,6 @@ def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testb
     raise ConfigError(f"not a finite number: {', '.join(bad)}")
 
 
-def samples(config: mlc.ConfigDict) -> bool:
-  """Whether training draws rollouts: GRPO compares the `rollout.group_size` rollouts of each prompt."""
-  return config.objective != "dpo" and config.gate.mode != "sft_only" and config.train.total_steps > 0
-
-
 def check_sizes(config: mlc.ConfigDict) -> None:
   for dotted, least in MINIMUM.items():
     section, field = dotted.split(".")
@@ -82,7 +76,7 @@ def check_sizes(config: mlc.ConfigDict) -> None:
     value = config[section][field]
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ConfigError(f"--config.{dotted}={value!r}: must be an integer >= {least}")
-  if samples(config) and config.rollout.group_size < 2:
+  if config_lib.samples_rollouts(config) and config.rollout.group_size < 2:
     raise ConfigError(
         f"--config.rollout.group_size={config.rollout.group_size}: method {config.method!r} samples rollouts and "
         "GRPO scores each against the others of its prompt, so it needs at least 2 (with 1 every advantage is 0 "
@@ -91,7 +85,7 @@ def check_sizes(config: mlc.ConfigDict) -> None:
     raise ConfigError(f"--config.data.prompts_per_step={config.data.prompts_per_step} does not split into "
                       f"--config.train.microbatches={config.train.microbatches} equal micro-batches")
   stop, reuse, total = config.train.get("stop_at_step", 0), config.rl.get("num_iterations", 1), config.train.total_steps
-  if stop and reuse > 1 and stop < total and samples(config):
+  if stop and reuse > 1 and stop < total and config_lib.samples_rollouts(config):
     first = int(round(config.train.sft_stage_fraction * total))   # RL batches start after the SFT stage (train.py)
     if stop > first and (stop - first) % reuse:
       raise ConfigError(
@@ -166,9 +160,7 @@ def check_data(config: mlc.ConfigDict) -> None:
     raise ConfigError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
                       "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
   buckets = config_lib.length_buckets(config.data)
-  layout_field = "ratios" if arch == "interleaved" else "audio_delay"
-  wanted_layout = config.layout[layout_field]
-  wanted_layout = list(wanted_layout) if layout_field == "ratios" else wanted_layout
+  layout_field, wanted_layout, flag = _layout_as_built(config, arch)
   train_vocab = None
   for name, kind in (("train", "dpo" if config.objective == "dpo" else "rl"), ("eval", "rl")):
     path = config.data[name]
@@ -185,7 +177,6 @@ def check_data(config: mlc.ConfigDict) -> None:
       if info.get("kind") != kind:
         raise ValueError(f"holds {info.get('kind')!r} records; this method needs a --kind={kind} dataset")
       if info.get(layout_field) != wanted_layout:
-        flag = ",".join(map(str, wanted_layout)) if layout_field == "ratios" else wanted_layout
         raise ValueError(f"built with {layout_field} {info.get(layout_field)}, but --config.layout.{layout_field} is "
                          f"{wanted_layout}: rebuild it with `python -m data_pipeline.build --{layout_field}={flag}` "
                          "or change the layout")
@@ -200,6 +191,15 @@ def check_data(config: mlc.ConfigDict) -> None:
                          "absolute path): rebuild it with `python -m data_pipeline.build`")
     except ValueError as e:
       raise ConfigError(f"--config.data.{name}={path}: {e}") from None
+
+
+def _layout_as_built(config: mlc.ConfigDict, arch: str) -> tuple[str, Any, str]:
+  """(dataset_info.json field, the value a dataset for this config holds there, its data_pipeline.build flag value)
+  of the config's token layout: the interleave ratios, or the parallel streams' audio delay."""
+  if arch == "interleaved":
+    ratios = [int(r) for r in config.layout.ratios]
+    return "ratios", ratios, ",".join(map(str, ratios))
+  return "audio_delay", config.layout.audio_delay, str(config.layout.audio_delay)
 
 
 def check_writable(workdir: str) -> None:

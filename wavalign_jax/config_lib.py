@@ -88,6 +88,17 @@ def length_buckets(data: mlc.ConfigDict) -> tuple[int, int]:
   return (data.max_prompt_len, data.max_prompt_len + data.max_response_len)
 
 
+def samples_rollouts(config: mlc.ConfigDict) -> bool:
+  """Whether training draws rollouts: GRPO compares the `rollout.group_size` rollouts of each prompt."""
+  return config.objective != "dpo" and config.gate.mode != "sft_only" and config.train.total_steps > 0
+
+
+def calls_reward(config: mlc.ConfigDict) -> bool:
+  """Whether the run calls its reward (`reward.kind`): to score rollouts, or to evaluate `data.eval` on built
+  datasets (the testbed's evaluator scores IQ / EQ itself)."""
+  return samples_rollouts(config) or (config.data.source == "arrayrecord" and bool(config.data.eval))
+
+
 def apply_method(config: mlc.ConfigDict, method: str) -> None:
   if method not in METHODS:
     raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")

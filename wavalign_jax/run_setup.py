@@ -23,6 +23,7 @@ from wavalign_jax.evaluation import reward_eval
 from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
+from wavalign_jax.rewards.base import RewardFn
 from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
 from wavalign_jax.rewards.rules import ExactMatch
 from wavalign_jax.rollout import decode
@@ -34,7 +35,7 @@ from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 @dataclasses.dataclass
 class RunSetup:
   """What a run's config resolves to: the model config, vocabulary, sampler settings (with the layout's decoding
-  constraint), datasets and evaluator."""
+  constraint), datasets, reward and evaluator."""
   model_cfg: ModelConfig
   vocab: InterleavedVocab | ParallelVocab
   sampling: decode.SamplingConfig
@@ -44,6 +45,9 @@ class RunSetup:
   buckets: tuple[int, ...]
   init_checkpoint: str
   eval_batch_size: int = 16
+  # The run's reward, one instance for rollouts and evaluation (an LLM judge's in-flight limit and cache are then
+  # the run's); None when the run calls none (config_lib.calls_reward)
+  reward_fn: RewardFn | None = None
   # (record, text, codes) items -> (summary metrics, per-item rows): the testbed's IQ / EQ, or on built datasets
   # the run's reward of the greedy responses (evaluation/reward_eval.py)
   evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], tuple[dict[str, float], list[dict]]] | None = None
@@ -71,11 +75,12 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
     raise RunError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                    f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
   sampling = decode.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
+  reward_fn = make_reward_fn(config, workdir) if config_lib.calls_reward(config) else None
   return RunSetup(model_cfg=model_cfg, vocab=vocab, sampling=sampling,
                   tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
                   eval_data={"eval": config.data.eval} if config.data.eval else {}, buckets=buckets,
                   init_checkpoint=config.init_checkpoint, eval_batch_size=config.train.eval_batch_size,
-                  evaluator=reward_eval.reward_evaluator(make_reward_fn(config, workdir)) if config.data.eval else None)
+                  reward_fn=reward_fn, evaluator=reward_eval.reward_evaluator(reward_fn) if config.data.eval else None)
 
 
 def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],
@@ -96,10 +101,13 @@ def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...
                   tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
                   eval_data={name: data.datasets[name] for name in prepare.EVAL_DATASETS}, buckets=buckets,
                   init_checkpoint=init_checkpoint, eval_batch_size=config.train.eval_batch_size,
+                  reward_fn=make_reward_fn(config, workdir) if config_lib.calls_reward(config) else None,
                   evaluator=metrics.evaluate)
 
 
-def make_reward_fn(config: mlc.ConfigDict, workdir: str):
+def make_reward_fn(config: mlc.ConfigDict, workdir: str) -> RewardFn:
+  """The reward of `reward.kind`: the testbed's judge, exact match, or an LLM judge client (its cache in
+  WORKDIR/judge_cache unless `reward.cache_dir`)."""
   kind = config.reward.kind
   if kind == "testbed":
     return TestbedJudge(acoustic_weight=config.testbed.judge_acoustic_weight,

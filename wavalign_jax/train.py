@@ -44,7 +44,7 @@ from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
 from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import base_model
-from wavalign_jax.run_setup import RunSetup, make_reward_fn, setup_run
+from wavalign_jax.run_setup import RunSetup, setup_run
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -98,8 +98,16 @@ def _evaluate_and_log(run: _Run, params: Any, step: int, prefix: str, name: str)
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the job of `config` in `workdir`; returns the last metrics and the evaluations.
 
-  SIGTERM / SIGINT end the run after the current step with a checkpoint (then `{"preempted": step}`).
+  SIGTERM / SIGINT end the run after the current step with a checkpoint (then `{"preempted": step}`). A config
+  mistake raises errors.ConfigError before anything is written; warnings go to the log.
   """
+  for warning in config_check.check(config, workdir):
+    logging.warning("%s", warning)
+  return _train_checked(config, workdir)
+
+
+def _train_checked(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`train` after `config_check.check` (main() runs it first, to print its warnings before taking the workdir)."""
   with workdir_lock.hold(workdir), preemption.PreemptionGuard() as guard:
     try:
       return _train(config, workdir, guard)
@@ -145,8 +153,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   results = _evaluate_before(run, state)
   _evaluate_missed(run, state)
   fns = _make_steps(run)
-  reward_fn = make_reward_fn(config, workdir) if run.cfg.objective == "hybrid" else None
-  monitor = FailureMonitor(config.reward.max_failed_fraction) if reward_fn is not None else None
+  monitor = FailureMonitor(config.reward.max_failed_fraction) if config_lib.samples_rollouts(config) else None
   total = config.train.total_steps
   stop_at = min(total, config.train.stop_at_step or total)
   metrics: dict[str, Any] = {}
@@ -157,7 +164,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
     if run.cfg.objective == "dpo":
       batch, rl_start, extra = _dpo_batch(run, fns, raw, ref_params), 0, {}
     else:
-      batch, rl_start, extra = _hybrid_batch(run, fns, state, raw, ref_params, reward_fn, monitor)
+      batch, rl_start, extra = _hybrid_batch(run, fns, state, raw, ref_params, monitor)
     if _analysis_due(run, step) and batch.rl is not None:   # hybrid only; before the update: same params
       extra.update(_geometry(run, fns, state, batch))
     state, metrics = _update(run, fns, state, batch, rl_start, stop_at)
@@ -171,8 +178,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
 
 
 def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> _Run:
-  """Checks the config, records it (refusing a changed experiment on resume), builds the mesh and the data."""
-  config_check.check(config, workdir)   # main() ran it first and printed its warnings; here for library callers
+  """Records the config (refusing a changed experiment on resume), builds the mesh and the data."""
   optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
   # Async saves write from a background thread while the loop goes on with a donated state. On CPU the host
   # copy Orbax writes from can alias a device buffer, and multi-process CPU collectives (gloo) are not ordered
@@ -272,7 +278,7 @@ def _dpo_batch(run: _Run, fns: _Steps, raw: dict, ref_params: Any) -> DPOBatch:
 
 
 def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: dict, ref_params: Any,
-                  reward_fn: Any, monitor: FailureMonitor | None) -> tuple[HybridBatch, int, dict[str, float]]:
+                  monitor: FailureMonitor | None) -> tuple[HybridBatch, int, dict[str, float]]:
   """(batch on the mesh, rl_start, rollout metrics): the reference responses (SFT part) and, past the SFT stage,
   scored rollouts of the current params (RL part); either is left out where its weight is structurally 0."""
   step, mode, setup = int(state.step), run.cfg.gate.mode, run.setup
@@ -284,7 +290,7 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: di
     rng_step = jax.random.fold_in(state.rng, 0)
     t_rollout = time.time()
     rollouts = rl_batch_lib.rollout_batch(
-        state.params, setup.model_cfg, setup.sampling, raw, rng_step, reward_fn, setup.decode_text, mesh=run.mesh,
+        state.params, setup.model_cfg, setup.sampling, raw, rng_step, setup.reward_fn, setup.decode_text, mesh=run.mesh,
         monitor=monitor, step=step, exclude_failed=run.config.reward.exclude_failed,
         length_buckets=run.config.rollout.length_buckets)
     batch = batch.replace(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.valid)
@@ -451,7 +457,7 @@ def main(argv: list[str]) -> None:
     with workdir_lock.hold(_WORKDIR.value):   # before the log file: a second job writes nothing
       log_file = log_setup.quiet_logs(_WORKDIR.value, "train")
       print(f"logs (absl / Orbax INFO and above): {log_file}", flush=True)
-      train(_CONFIG.value, _WORKDIR.value)
+      _train_checked(_CONFIG.value, _WORKDIR.value)
   except errors.RunError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_code)

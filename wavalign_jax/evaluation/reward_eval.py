@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from scipy import stats
 
+from wavalign_jax import intervals
 from wavalign_jax.rewards.base import RewardFn, RewardItem, RewardResult
 
 Item = tuple[dict[str, Any], str, Sequence[int]]   # (record metadata, decoded text, audio codes)
@@ -30,13 +30,9 @@ def reward_evaluator(reward_fn: RewardFn) -> Callable[[Sequence[Item]], tuple[di
     result = _score_across_hosts(reward_fn, to_score)
     rows = [{"id": meta.get("id"), "source": meta.get("source"), "line": meta.get("line"), "reward": float(score),
              "failed": bool(failed)} for (meta, _, _), score, failed in zip(items, result.scores, result.failed)]
-    scored = result.scores[~result.failed].astype(np.float64)
     summary = {"count": float(len(items)), "reward/failed": float(result.failed.sum())}
-    if len(scored):
-      summary["reward"] = float(scored.mean())
-      if len(scored) > 1:
-        half = stats.t.ppf(0.975, len(scored) - 1) * scored.std(ddof=1) / np.sqrt(len(scored))
-        summary["reward_lo"], summary["reward_hi"] = summary["reward"] - half, summary["reward"] + half
+    mean, lo, hi = intervals.t_interval(result.scores[~result.failed])
+    summary.update({k: v for k, v in (("reward", mean), ("reward_lo", lo), ("reward_hi", hi)) if np.isfinite(v)})
     return summary, rows
   return evaluate
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
+
+from wavalign_jax import intervals
 
 CLAIMS = (
     # (claim, metric, method a, methods b, relation): a - b on the metric; "greater" / "less" than 0.
@@ -70,12 +71,9 @@ def seed_interval(per_seed: Sequence[np.ndarray], level: float = LEVEL) -> tuple
   randomness (docs/testbed.md)."""
   means, spread = _seed_means(per_seed)
   if len(means) == 1:
-    units = per_seed[0][np.isfinite(per_seed[0])]
-    means, spread = units, units.std(ddof=1) if len(units) > 1 else np.nan
+    return intervals.t_interval(per_seed[0], level)
   mean = float(means.mean())
-  if len(means) < 2:
-    return mean, np.nan, np.nan
-  half = stats.t.ppf((1 + level) / 2, len(means) - 1) * spread / np.sqrt(len(means))
+  half = intervals.t_half_width(spread, len(means), level)
   return mean, mean - half, mean + half
 
 
@@ -86,8 +84,7 @@ def seeds_to_decide(per_seed: Sequence[np.ndarray], level: float = LEVEL, most: 
   means, spread = _seed_means(per_seed)
   if len(means) < 2 or means.mean() == 0:
     return None
-  return next((n for n in range(2, most + 1) if stats.t.ppf((1 + level) / 2, n - 1) * spread / np.sqrt(n)
-               < abs(means.mean())), None)
+  return next((n for n in range(2, most + 1) if intervals.t_half_width(spread, n, level) < abs(means.mean())), None)
 
 
 def interval_note(num_seeds: int) -> str:

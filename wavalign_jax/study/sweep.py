@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import ml_collections as mlc
 from absl import flags
 
-from wavalign_jax import config_check, config_lib
+from wavalign_jax import config_lib
 
 # Fields every run gets from the study itself (train_command): not sweepable.
 STUDY_FIELDS = ("method", "seed", "init_checkpoint", "testbed.seed", "testbed.dir", "data.shuffle_seed",
@@ -107,4 +107,4 @@ def reads_reward_field(config_spec: str, method: str, overrides: dict[str, Any],
   """Whether `method`'s run can depend on the reward-only `field`: it draws rollouts, and for a testbed judge
   field its reward is that judge."""
   config = method_config(config_spec, method, overrides)
-  return config_check.samples(config) and (not field.startswith(JUDGE_FIELDS) or config.reward.kind == "testbed")
+  return config_lib.samples_rollouts(config) and (not field.startswith(JUDGE_FIELDS) or config.reward.kind == "testbed")
