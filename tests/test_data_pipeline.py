@@ -8,6 +8,7 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
+from wavalign_jax.config_lib import base_config
 from wavalign_jax.data import build as B
 from wavalign_jax.data import describe as I
 from wavalign_jax.data import layouts as L
@@ -232,7 +233,7 @@ def test_specials_first_tokenizer(tmp_path, arch):
   # The sampler's constraint allows exactly the word ids as text.
   from wavalign_jax.rollout import decode
   layout = {"kind": arch, "ratios": (1, 4)} if arch == "interleaved" else {"kind": arch, "audio_delay": 1}
-  rollout_cfg = dict(group_size=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8)
+  rollout_cfg = dict(base_config().rollout, group_size=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8)
   constraint = decode.sampling_config(rollout_cfg, layout, builder.vocab).constraint
   allowed = np.asarray(constraint.allowed(constraint.init(1))[text_stream][0])
   word_ids = set(range(len(specials), len(specials) + len(WORDS)))

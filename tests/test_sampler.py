@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from wavalign_jax import models, rollout
+from wavalign_jax.config_lib import base_config
 from wavalign_jax.batches import RLBatch, SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.rollout import constraints, decode
@@ -557,9 +558,9 @@ def test_free_decoding_applies_no_mask_and_counts_malformed_rollouts(vita):
   assert not np.asarray(r.forced["tokens"]).any()
   # Random weights emit ids that are neither text nor layout tokens: not well formed.
   assert not rollout.well_formed(r, con).all()
-  assert rollout.sampling_config({**dict(group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=4),
-                                  "constrained": False}, {"kind": "interleaved", "ratios": RATIOS},
-                                 TIV).constraint == con
+  rollout_cfg = dict(base_config().rollout, group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=4,
+                     constrained=False)
+  assert rollout.sampling_config(rollout_cfg, {"kind": "interleaved", "ratios": RATIOS}, TIV).constraint == con
 
 
 # ----------------------------------------------------------------------------- sample_token

@@ -78,36 +78,35 @@ class SamplingConfig:
 def mctp_schedule(rollout_cfg: Any, layout_cfg: Any) -> tuple[int, ...]:
   """The MCTP schedule [M1, m1, ...] a config decodes with: rollout.mctp_schedule, else the layout's ratio list
   (as upstream sets its inference mode)."""
-  return tuple(rollout_cfg.get("mctp_schedule") or layout_cfg.get("ratios") or ())
+  return tuple(rollout_cfg["mctp_schedule"] or layout_cfg.get("ratios") or ())
 
 
 def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modules: int = 0) -> SamplingConfig:
-  """SamplingConfig from the experiment config: `rollout` (group_size, max_new_tokens, temperature,
-  top_p, top_k, optional per-stream `text_*` / `audio_*` overrides whose missing fields fall back to
-  the global ones, `constrained` (default True: the layout's constraint mask), `cache_windows`, `decode` ("auto":
-  MCTP when the model has MCTP modules, as upstream; "main"; "mctp") and `mctp_schedule` (default: the layout's
-  ratio list, as upstream sets its inference mode)) and `layout` (kind "interleaved" with `ratios`, or "parallel" with `audio_delay`)."""
+  """SamplingConfig from the experiment config's `rollout` and `layout` sections (config_lib.base_config documents
+  their fields; every one is required but the optional per-stream `text_*` / `audio_*` sampling overrides, whose
+  missing fields fall back to the global ones). `decode="auto"` picks MCTP when the model has MCTP modules
+  (`num_mtp_modules`), as upstream, else the main head."""
   fields = ("temperature", "top_p", "top_k")
   base = StreamSampling(**{f: rollout_cfg[f] for f in fields})
   per_stream = tuple(
       (s, StreamSampling(**{f: rollout_cfg.get(f"{s}_{f}", rollout_cfg[f]) for f in fields}))
       for s in ("text", "audio") if any(f"{s}_{f}" in rollout_cfg for f in fields))
-  constrained = bool(rollout_cfg.get("constrained", True))
+  constrained = bool(rollout_cfg["constrained"])
   if layout_cfg["kind"] == "interleaved":
     constraint = InterleavedConstraint(vocab, tuple(layout_cfg["ratios"]), constrained)
   elif layout_cfg["kind"] == "parallel":
     constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]), constrained)
   else:
     raise ValueError(f"layout.kind={layout_cfg['kind']!r}: expected 'interleaved' or 'parallel'")
-  decode = rollout_cfg.get("decode", "main")
+  decode = rollout_cfg["decode"]
   if decode == "auto":
     decode = "mctp" if layout_cfg["kind"] == "interleaved" and num_mtp_modules > 0 else "main"
   schedule = mctp_schedule(rollout_cfg, layout_cfg) if decode == "mctp" else ()
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
                         sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
                         mctp_schedule=schedule,
-                        cache_windows=int(rollout_cfg.get("cache_windows", SamplingConfig.cache_windows)),
-                        gather_weights=bool(rollout_cfg.get("gather_weights", False)))
+                        cache_windows=int(rollout_cfg["cache_windows"]),
+                        gather_weights=bool(rollout_cfg["gather_weights"]))
 
 
 class Rollouts(NamedTuple):
