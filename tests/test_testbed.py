@@ -10,6 +10,7 @@ import pytest
 
 from wavalign_jax import tokenizer as ckpt_tokenizer
 from wavalign_jax.data import layouts
+from wavalign_jax.data import vocab as data_vocab
 from wavalign_jax.rewards.base import RewardItem
 from wavalign_jax.testbed import answers, generate, judge, metrics, tasks, unit_tts, vocab
 
@@ -432,3 +433,7 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
   assert os.path.dirname(path) == str(tmp_path)
   assert ckpt_tokenizer.interleaved_vocab(str(tmp_path), cfg) == iv
   assert ckpt_tokenizer.parallel_vocab(str(tmp_path), cfg) == pv
+  # So does the data pipeline's (a built dataset's dataset_info vocab, what runs on built datasets decode with): the
+  # testbed's runs use the hand-built vocab, so the two paths see one vocabulary.
+  assert data_vocab.interleaved_vocab(tok, path) == iv
+  assert data_vocab.parallel_vocab(tok, path, pv.audio_offset, unit_tts.NUM_AUDIO_CODES) == pv
