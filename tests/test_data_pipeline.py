@@ -175,6 +175,18 @@ def test_failed_rebuild_leaves_the_old_dataset_and_no_partial_one(tmp_path):
                                                                     B.TOKENIZER_FILE]
 
 
+def test_content_checksum_is_the_records_and_their_shards(tmp_path):
+  """dataset_info's `content_sha256` identifies what a run reads (config_history refuses a resume over a dataset
+  rebuilt in place with another one): rebuilt from the same records it is the same; one more record, another record
+  or another shard count give another. (A record keeps its source file's path: built from a moved JSONL, it differs.)"""
+  sha = lambda records, shards=2: build_dataset(tmp_path, records, num_shards=shards, overwrite=True)[1][
+      "content_sha256"]
+  first = sha([RECORD] * 3)
+  assert sha([RECORD] * 3) == first
+  assert len({first, sha([RECORD] * 4), sha([RECORD] * 3, shards=3),
+              sha([RECORD] * 2 + [dict(RECORD, sft_target_text="it is five")])}) == 4
+
+
 def test_a_moved_dataset_decodes_with_the_tokenizer_it_was_built_with(tmp_path):
   """The dataset carries a copy of its tokenizer, named relative to itself: moved to another place, with the
   tokenizer it was built from gone, it still resolves to a tokenizer with the same ids."""

@@ -154,6 +154,43 @@ def test_relaunch_before_the_first_checkpoint_checks_the_config_once_testbed_sta
   assert not train._holds_testbed_state(str(tmp_path))
 
 
+def test_inputs_written_again_in_place_are_refused_on_resume(tmp_path):
+  """The same paths with other contents are another experiment: a checkpoint saved again at init_checkpoint (a
+  resumed run's frozen reference would change) or a dataset rebuilt in place with other records (its checkpointed
+  data position would point into other data). Inputs recorded without an identity are not compared."""
+  from wavalign_jax.models.config import ModelConfig
+  config = _config()
+  model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": 64})
+  ckpt, data = tmp_path / "ckpt", tmp_path / "data"
+  checkpointing.save_params(str(ckpt), {"w": np.zeros(3, np.float32)}, model_cfg)
+  data.mkdir()
+  info = {"shards": [], "content_sha256": "1" * 64}
+  (data / "dataset_info.json").write_text(json.dumps(info))
+  config.init_checkpoint, config.data.train = str(ckpt), str(data)
+  work = str(tmp_path / "work")
+  os.makedirs(work)
+  config_history.record(config, work, None)
+  assert set(json.load(open(os.path.join(work, "config.json")))["inputs"]) == {"init_checkpoint", "data.train"}
+  config_history.record(config, work, 2)                    # unchanged inputs: nothing new
+  assert not os.path.exists(os.path.join(work, "config.2.json"))
+
+  checkpointing.save_params(str(ckpt), {"w": np.zeros(3, np.float32)}, model_cfg)   # the same weights, saved again
+  with pytest.raises(ConfigChanged, match=r"inputs.init_checkpoint: \"\w+\" -> \"\w+\" \(init_checkpoint names the "
+                                          r"same path, whose contents were written again since\)"):
+    config_history.record(config, work, 4)
+  config.train.allow_config_change = True
+  config_history.record(config, work, 4)                    # accepted, and the new identity recorded
+  config.train.allow_config_change = False
+  config_history.record(config, work, 5)
+
+  (data / "dataset_info.json").write_text(json.dumps({**info, "content_sha256": "2" * 64}))
+  with pytest.raises(ConfigChanged, match=r"inputs.data.train: \"1+\" -> \"2+\""):
+    config_history.record(config, work, 6)
+  (data / "dataset_info.json").write_text(json.dumps({"shards": []}))   # built before datasets carried one
+  config_history.record(config, work, 6)
+  assert not os.path.exists(os.path.join(work, "config.6.json"))
+
+
 def test_config_history_keeps_every_config_of_a_run(tmp_path):
   config = _config()
   config_history.record(config, str(tmp_path), None)

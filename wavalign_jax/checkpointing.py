@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import uuid
 from typing import Any
 
 import grain
@@ -25,6 +26,8 @@ from jax.experimental import multihost_utils
 
 from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
+
+MODEL_CONFIG_FILE = "model_config.json"   # beside DIR/params: the model's config and the checkpoint's metadata
 
 
 class NoRestorableCheckpoint(RunError):
@@ -152,14 +155,16 @@ def save_params(directory: str, params: Any, model_cfg: ModelConfig, extra: dict
   handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=_no_copy_registry())
   with ocp.Checkpointer(handler) as ckptr:
     ckptr.save(path / "params", args=ocp.args.PyTreeSave(params), force=True)
-  meta = {"model": dataclasses.asdict(model_cfg), **(extra or {})}
+  # A new id for every save: a run resumed over a checkpoint written again in place (a re-conversion, even of the same
+  # weights) is refused, as its frozen reference would change (config_history.input_fingerprints).
+  meta = {"model": dataclasses.asdict(model_cfg), "checkpoint_id": uuid.uuid4().hex, **(extra or {})}
   if jax.process_index() == 0:   # (every process of a multi-process save calls this)
-    (path / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (path / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def load_model_config(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
   """Reads DIR/model_config.json; returns the ModelConfig and the remaining metadata (vocab, tokenizer, ...)."""
-  meta_path = epath.Path(directory) / "model_config.json"
+  meta_path = epath.Path(directory) / MODEL_CONFIG_FILE
   if not meta_path.exists():
     raise FileNotFoundError(
         f"{meta_path} not found: {directory} is not a converted checkpoint. Convert Hugging Face weights with "

@@ -8,6 +8,12 @@ or the run stops listing each change as `field: saved -> given`; `--config.train
 them. Operational fields (step counts, cadences, evaluation, memory and I/O knobs, the mesh) may change freely.
 Whenever the config differs at all, the new one is kept as WORKDIR/config.<step>.json (step: the checkpoint the run
 resumes from) and config.json stays the first, so the history of a run is on disk.
+
+The files the config names are part of the experiment too: the recorded config carries, under `inputs`, what
+identifies the datasets (their records' checksum, data/build.py) and the initial checkpoint (the id each save
+gives it, checkpointing.save_params). A dataset rebuilt in place with other records, or a checkpoint written again
+at the same path, changes the experiment as a changed field would (its frozen reference, its data order) and is
+refused the same way. Inputs made before they carried an identity are not compared.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from typing import Any
 import jax
 import ml_collections as mlc
 
-from wavalign_jax import files
+from wavalign_jax import checkpointing, files
+from wavalign_jax.data import loader
 from wavalign_jax.errors import RunError
 
 # Fields that may change on resume: they change when or how things run, not what is trained.
@@ -72,6 +79,35 @@ def _same(field: str, a: Any, b: Any) -> bool:
   return a == b
 
 
+# The config fields that name a run's inputs, with what identifies each.
+INPUT_FIELDS = ("init_checkpoint", "data.train", "data.eval")
+
+
+def input_fingerprints(config: mlc.ConfigDict) -> dict[str, str | None]:
+  """{field: identity} of the initial checkpoint and the built datasets the config names (None: made before they
+  carried one, or not a checkpoint / dataset, which config_check refuses where it matters; fields that name nothing
+  are left out)."""
+  out = {}
+  for field in INPUT_FIELDS:
+    section, _, leaf = field.rpartition(".")
+    path = (config[section] if section else config).get(leaf)
+    if not path or not os.path.isdir(path):
+      continue
+    if field == "init_checkpoint":
+      meta = os.path.join(path, checkpointing.MODEL_CONFIG_FILE)
+      out[field] = checkpointing.load_model_config(path)[1].get("checkpoint_id") if os.path.exists(meta) else None
+    else:
+      info = os.path.join(path, loader.INFO_FILE)
+      out[field] = loader.resolve_paths(path)[1].get("content_sha256") if os.path.exists(info) else None
+  return out
+
+
+def _unknown_input(field: str, a: Any, b: Any) -> bool:
+  """An input identity that cannot be compared: missing on one side (recorded before inputs were, or made before
+  they carried one)."""
+  return field.startswith("inputs.") and (a in (_ABSENT, None) or b in (_ABSENT, None))
+
+
 def changes(saved: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """(field, saved value, given value) of every field that differs, sorted by field."""
   a, b = _flatten(saved), _flatten(given)
@@ -96,7 +132,7 @@ def latest(workdir: str) -> tuple[str, dict[str, Any]] | None:
 def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> None:
   """Writes config.json for a new run (`resume_step` None); on a resume, checks the config against the latest
   recorded one and keeps a changed config as config.<resume_step>.json. Every process checks; process 0 writes."""
-  given = as_dict(config)
+  given = {**as_dict(config), "inputs": input_fingerprints(config)}
   saved = latest(workdir) if resume_step is not None else None
   if saved is None:   # a new run: the configs of an earlier attempt without training state go with it
     if jax.process_index() == 0 and os.path.isdir(workdir):
@@ -106,11 +142,13 @@ def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> Non
     _write(os.path.join(workdir, "config.json"), given)
     return
   path, old = saved
-  diff = [d for d in changes(old, given) if d[0] != "train.allow_config_change"]   # a switch, not a setting
+  diff = [d for d in changes(old, given) if d[0] != "train.allow_config_change" and not _unknown_input(*d)]
   if not diff:
     return
   locked = [(k, a, b) for k, a, b in diff if not _is_free(k)]
-  listing = "\n  ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in locked)
+  listing = "\n  ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" + (
+      f" ({k[len('inputs.'):]} names the same path, whose contents were written again since)"
+      if k.startswith("inputs.") else "") for k, a, b in locked)
   if locked and not config.train.get("allow_config_change", False):
     raise ConfigChanged(
         f"{workdir} holds a run of another experiment (checkpoint step {resume_step}); these fields differ from "

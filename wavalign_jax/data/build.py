@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -246,6 +247,9 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
     names = [SHARD_PATTERN.format(name=name, index=i, count=num_shards) for i in range(num_shards)]
     writers = [ArrayRecordWriter(os.path.join(tmp_dir, n), "group_size:1") for n in names]
     written = longest = too_long = 0
+    # Of the records in order and their shards: a run resumed over a dataset rebuilt in place that differs is refused
+    # (config_history.input_fingerprints).
+    content = hashlib.sha256(json.dumps(names).encode())
     too_long_first: list[str] = []            # path:line (tokens) of the first skipped records
     unknown, unknown_records = collections.Counter(), 0
     try:
@@ -264,6 +268,7 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
           unknown.update(builder.unknown_words)
           unknown_records += 1
         writers[written % num_shards].write(data)
+        content.update(len(data).to_bytes(8, "little") + data)
         written += 1
         longest = max(longest, n)
     finally:
@@ -274,7 +279,7 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
              else "they hold no records (only blank lines)")
       raise ValueError(f"nothing to write from {', '.join(inputs)}: {why}; {output_dir} is left as it was")
     info = {"arch": builder.arch, "kind": builder.kind, "streams": list(builder.streams),
-            "num_records": written, "longest": longest, "max_length": max_length,
+            "num_records": written, "content_sha256": content.hexdigest(), "longest": longest, "max_length": max_length,
             "skipped_too_long": too_long, "skipped_too_long_first": too_long_first,
             "unknown_words": sum(unknown.values()), "records_with_unknown_words": unknown_records,
             "most_common_unknown_words": dict(unknown.most_common(20)),
