@@ -52,7 +52,7 @@ def _record_rollouts(calls: list) -> None:
 
   def wrapped(params, model_cfg, sampling, raw, *args, **kw):
     out = inner(params, model_cfg, sampling, raw, *args, **kw)
-    calls.append(dict(ids=np.asarray([m["id"] for m in raw["meta"]]), tokens=out.rl.inputs["tokens"],
+    calls.append(dict(ids=np.asarray([m["id"] for m in raw.meta]), tokens=out.rl.inputs["tokens"],
                       rewards=out.rewards))
     return out
   train.rl_batch_lib.rollout_batch = wrapped
@@ -173,8 +173,9 @@ def _two_host_loader(make_loader):
 
   def concat(pair):
     a, b = pair
-    return {k: a[k] + b[k] if k == "meta" else jax.tree.map(lambda x, y: np.concatenate([x, y]), a[k], b[k])
-            for k in a}
+    stack = lambda x, y: jax.tree.map(lambda u, v: np.concatenate([u, v]), x, y)
+    return a.replace(prompt=stack(a.prompt, b.prompt), prompt_lengths=stack(a.prompt_lengths, b.prompt_lengths),
+                     reference=stack(a.reference, b.reference), meta=a.meta + b.meta)
 
   def make(path, **kw):
     if not str(path).endswith("rl_train"):

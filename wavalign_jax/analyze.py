@@ -78,7 +78,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   # 1. token-level probability change
   if compare:
     base = model_loading.load_model(compare, config)
-    ref = raw["reference"]
+    ref = raw.reference
     delta = jax.device_get(sharding.jit_with_rules(
         lambda a, b, batch: token_shift.logprob_shift(logprob_fn, a, b, batch), mesh)(base.params, model.params, ref))
     out["token_shift"] = token_shift.summarize(delta, ref.types)
@@ -94,7 +94,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   batch = rl_batch_lib.rollout_batch(model.params, cfg, sampling, raw, jax.random.PRNGKey(seed),
                                      make_reward_fn(config, workdir), text, mesh=mesh,
                                      length_buckets=config.rollout.length_buckets)
-  result, rewards, P = batch.scored, batch.rewards, len(raw["meta"])
+  result, rewards, P = batch.scored, batch.rewards, len(raw.meta)
   if judge_agreement.has_true_scores(result.info):
     on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]
     out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, f(np.array([i[d] for i in result.info])))

@@ -3,8 +3,9 @@
 Batches were dicts with up to seven optional keys, so a misspelt or missing field only surfaced deep inside a
 jitted step. Each kind is declared once here as a `flax.struct` dataclass: a pytree (jax.tree, jit and the batch
 sharding see its arrays; an absent optional part is None, which is no leaf), with every field named and typed.
-They are built where batches are made: `data.layouts` (the loader's sequence batches), `rollout.batch.rl_batch`
-and the train loop; the losses take them as Tunix's take a `TrainExample`. Arrays are host numpy or jax arrays.
+They are built where batches are made: `data.layouts` and `data.loader` (the loader's batches of each record kind),
+`rollout.batch.rl_batch` and the train loop; the losses take them as Tunix's take a `TrainExample`. Arrays are host
+numpy or jax arrays.
 """
 from __future__ import annotations
 
@@ -58,3 +59,27 @@ class HybridBatch:
   rl: RLBatch | None = None
   rewards: Array | None = None          # f32 [P, G]; rows p*G .. p*G+G-1 of `rl` are prompt p's group
   reward_valid: Array | None = None     # bool [P, G]: rewards that count
+
+
+# ----------------------------------------------------------------------------- what the loader yields
+# (sft records: a SeqBatch; rl and dpo records: these, host numpy, one host's rows)
+
+Meta = list[dict[str, Any]]   # per row: the record's id, source file and line, and what rewards read (answer, ...)
+
+
+@struct.dataclass
+class PromptBatch:
+  """RL records: the prompts (right-padded, `prompt_lengths` tokens each) for the sampler, the reference responses
+  (prompt + response rows: the SFT anchor's batch) and each record's metadata (what the reward is given)."""
+  prompt: SeqBatch
+  prompt_lengths: Array         # int32 [B]
+  reference: SeqBatch
+  meta: Meta
+
+
+@struct.dataclass
+class PairBatch:
+  """DPO records: chosen and rejected prompt + response rows (one padded length) and each record's metadata."""
+  chosen: SeqBatch
+  rejected: SeqBatch
+  meta: Meta

@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
                           models, optim, preemption, provenance, sharding, steps, train_state, workdir_lock)
 from wavalign_jax.analysis import gradient_geometry
-from wavalign_jax.batches import DPOBatch, HybridBatch
+from wavalign_jax.batches import DPOBatch, HybridBatch, PairBatch, PromptBatch
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
 from wavalign_jax.metric_writer import MetricWriter
@@ -69,9 +69,9 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
     taken = []
     for raw in it:
       contents = eval_generate.sample_batch(params, setup.model_cfg, greedy,
-                                            sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"]),
+                                            sampler_lib.left_pad(raw.prompt, raw.prompt_lengths),
                                             batch_size=batch_size, rng=jax.random.PRNGKey(seed), mesh=mesh)
-      taken += [(meta, setup.decode_text(text_ids), codes) for meta, (text_ids, codes) in zip(raw["meta"], contents)]
+      taken += [(meta, setup.decode_text(text_ids), codes) for meta, (text_ids, codes) in zip(raw.meta, contents)]
       if num_examples and len(taken) >= num_examples:
         break
     items += taken[:num_examples] if num_examples else taken
@@ -269,15 +269,15 @@ def _logp(logprobs: dict) -> dict:
   return {k: v["logp"] for k, v in logprobs.items()}
 
 
-def _dpo_batch(run: _Run, fns: _Steps, raw: dict, ref_params: Any) -> DPOBatch:
+def _dpo_batch(run: _Run, fns: _Steps, raw: PairBatch, ref_params: Any) -> DPOBatch:
   """The chosen and rejected halves on the mesh, with the frozen reference's log-probs of each."""
-  chosen, rejected = (sharding.device_put_batch(hosts.same_length(raw[half], run.setup.vocab.pad), run.mesh)
-                      for half in ("chosen", "rejected"))
+  chosen, rejected = (sharding.device_put_batch(hosts.same_length(half, run.setup.vocab.pad), run.mesh)
+                      for half in (raw.chosen, raw.rejected))
   return DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=_logp(fns.logprobs(ref_params, chosen)),
                   rejected_ref_logp=_logp(fns.logprobs(ref_params, rejected)))
 
 
-def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: dict, ref_params: Any,
+def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: PromptBatch, ref_params: Any,
                   monitor: FailureMonitor | None) -> tuple[HybridBatch, int, dict[str, float]]:
   """(batch on the mesh, rl_start, rollout metrics): the reference responses (SFT part) and, past the SFT stage,
   scored rollouts of the current params (RL part); either is left out where its weight is structurally 0."""
@@ -285,7 +285,7 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: di
   in_sft_stage = step < int(round(run.config.train.sft_stage_fraction * run.config.train.total_steps))
   batch, rl_start, extra = HybridBatch(), 0, {}
   if in_sft_stage or mode != "rl_only":
-    batch = batch.replace(sft=hosts.same_length(raw["reference"], setup.vocab.pad))
+    batch = batch.replace(sft=hosts.same_length(raw.reference, setup.vocab.pad))
   if not in_sft_stage and mode != "sft_only":
     rng_step = jax.random.fold_in(state.rng, 0)
     t_rollout = time.time()

@@ -22,7 +22,7 @@ import grain.experimental as grain_exp
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import PairBatch, PromptBatch, SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.data.records import Record, decode_record
 
@@ -95,9 +95,8 @@ def _where(record: Record) -> str:
 
 
 class _Collate:
-  """Batch of records -> padded sequence batches of the record kind (picklable for worker processes): sft records
-  give a `SeqBatch`; rl records {"prompt", "prompt_lengths", "reference", "meta"} and dpo records {"chosen",
-  "rejected", "meta"}, whose sequence batches are `SeqBatch`es."""
+  """Batch of records -> the padded batch of the record kind (picklable for worker processes): a `SeqBatch` of sft
+  records, a `PromptBatch` of rl records, a `PairBatch` of dpo records."""
 
   def __init__(self, buckets: Sequence[int], pad_id: int):
     self.buckets, self.pad_id = tuple(buckets), pad_id
@@ -106,7 +105,7 @@ class _Collate:
     longest = max(range(len(examples)), key=lambda i: len(examples[i]))
     return _bucket(len(examples[longest]), self.buckets, _where(records[longest % len(records)]))
 
-  def __call__(self, records: Sequence[Record]) -> SeqBatch | dict[str, Any]:
+  def __call__(self, records: Sequence[Record]) -> SeqBatch | PromptBatch | PairBatch:
     kind = records[0].kind
     if any(r.kind != kind for r in records):
       raise ValueError(f"mixed record kinds in one batch: {sorted({r.kind for r in records})}")
@@ -117,15 +116,14 @@ class _Collate:
     if kind == "rl":
       full = [r.examples["example"] for r in records]
       prompts = [ex.prompt() for ex in full]
-      return {"prompt": layouts.to_sequence_batch(prompts, self._length(records, prompts), self.pad_id),
-              "prompt_lengths": np.asarray([len(p) for p in prompts], np.int32),
-              "reference": layouts.to_sequence_batch(full, self._length(records, full), self.pad_id),
-              "meta": meta}
+      return PromptBatch(prompt=layouts.to_sequence_batch(prompts, self._length(records, prompts), self.pad_id),
+                         prompt_lengths=np.asarray([len(p) for p in prompts], np.int32),
+                         reference=layouts.to_sequence_batch(full, self._length(records, full), self.pad_id),
+                         meta=meta)
     pairs = [r.examples["chosen"] for r in records] + [r.examples["rejected"] for r in records]
     length = self._length(records, pairs)
-    return {"chosen": layouts.to_sequence_batch(pairs[:len(records)], length, self.pad_id),
-            "rejected": layouts.to_sequence_batch(pairs[len(records):], length, self.pad_id),
-            "meta": meta}
+    return PairBatch(chosen=layouts.to_sequence_batch(pairs[:len(records)], length, self.pad_id),
+                     rejected=layouts.to_sequence_batch(pairs[len(records):], length, self.pad_id), meta=meta)
 
 
 class _Flatten:

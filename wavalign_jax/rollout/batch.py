@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wavalign_jax.analysis import judge_agreement, rollout_diversity
-from wavalign_jax.batches import RLBatch
+from wavalign_jax.batches import PromptBatch, RLBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rewards.base import RewardFn, RewardResult, rollout_items
@@ -39,7 +39,7 @@ class RolloutBatch:
   metrics: dict[str, float]
 
 
-def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig, raw: dict, rng: jax.Array,
+def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig, raw: PromptBatch, rng: jax.Array,
                   reward_fn: RewardFn, decode_text: Callable[[Any], str], *, mesh: Mesh | None = None,
                   monitor: FailureMonitor | None = None, step: int = 0, exclude_failed: bool = False,
                   length_buckets: int = 8) -> RolloutBatch:
@@ -48,12 +48,12 @@ def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig,
   `monitor` counts the judge's failures (and stops a run whose judge fails too often); `exclude_failed` leaves
   failed items out of the advantages and the gate. The metrics are the rollouts' lengths, truncation, forced and
   malformed shares, diversity and, on the testbed, the judge against its true scores."""
-  prompts = hosts.same_prompt_length(sampler_lib.left_pad(raw["prompt"], raw["prompt_lengths"]))
+  prompts = hosts.same_prompt_length(sampler_lib.left_pad(raw.prompt, raw.prompt_lengths))
   rollouts = hosts.sample_rows(params, model_cfg, prompts, rng, sampling, mesh)
   contents = response_contents(rollouts, sampling.constraint)
-  result = reward_fn(rollout_items(raw["meta"], contents, decode_text))
+  result = reward_fn(rollout_items(raw.meta, contents, decode_text))
   metrics = monitor.update(result, step) if monitor is not None else {}
-  P, G = len(raw["meta"]), sampling.group_size
+  P, G = len(raw.meta), sampling.group_size
   rewards = result.scores.reshape(P, G)
   valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
   metrics.update(rollout_metrics(rollouts, sampling.constraint, rewards, contents, result))
