@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from wavalign_jax import config_lib, files, provenance, study
+from wavalign_jax import config_lib, files, intervals, provenance, study
 from wavalign_jax.errors import ConfigError
 from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
@@ -101,6 +101,31 @@ def test_claims_from_rows():
   assert by_claim["SFT keeps or raises EQ"]["verdict"] == "inconclusive"   # no difference at all
 
 
+def test_family_wise_verdicts_hold_by_holm_over_the_claims():
+  """A verdict decided at 95% holds family-wise only when Holm's step-down over the study's claims keeps it. p from
+  the same t statistic as the interval: with 2 degrees of freedom p = 1 - t / sqrt(t^2 + 2) exactly. "SFT lowers IQ"
+  at -0.75 (t = 5.20, p = 0.0351) is reproduced, but with a second claim in the family Holm's first threshold is
+  0.025: not family-wise; at -1, -0.75, -0.75 (spread floored at the items' se, sqrt(1/24): t = 5 sqrt 2,
+  p = 0.019) it holds."""
+  t = 0.75 / (0.25 / np.sqrt(3))
+  assert intervals.t_p_value(-0.75, 0.25, 3) == pytest.approx(1 - t / np.sqrt(t ** 2 + 2), rel=1e-9)
+  assert intervals.holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]   # 0.03 > 0.05 / 2 stops it
+  assert intervals.holm([0.001, float("nan")]) == [True, False]
+  item = lambda iq: {"iq": iq, "eq": 0.5, "subset": "id", "family": "lookup"}
+  base = {s: [item(1.0)] * 4 for s in range(3)}
+
+  def lowers(drops):
+    sft = {s: [item(1.0)] * (4 - n) + [item(0.0)] * n for s, n in enumerate(drops)}
+    by_claim = {c["claim"]: c for c in claims.evaluate_claims({"base": base, "sft": sft}, [0, 1, 2])}
+    assert by_claim["SFT keeps or raises EQ"]["p"] == 1.0 and not by_claim["SFT keeps or raises EQ"]["family_wise"]
+    return by_claim["SFT lowers IQ"]
+
+  weak, strong = lowers((4, 2, 3)), lowers((4, 3, 3))
+  assert weak["verdict"] == strong["verdict"] == "reproduced"
+  assert weak["p"] == pytest.approx(1 - t / np.sqrt(t ** 2 + 2)) and not weak["family_wise"]
+  assert strong["p"] == pytest.approx(1 - np.sqrt(50) / np.sqrt(52), rel=1e-6) and strong["family_wise"]
+
+
 def test_a_claim_naming_k_rivals_is_refuted_only_at_the_bonferroni_level():
   """"dynamic > fixed mixes" names 3 rivals. A rival ahead of the hybrid by 0.2, 0.1, 0.15 on the 3 seeds (t = 5.2:
   beyond the 95% quantile 4.30 but not the 1 - 0.05/6 one, 7.65) leaves the claim inconclusive; ahead by 0.3, 0.28,
@@ -120,6 +145,11 @@ def test_a_claim_naming_k_rivals_is_refuted_only_at_the_bonferroni_level():
   assert balance["refute_hi"] == pytest.approx(-0.15 + 7.6488 * 0.05 / np.sqrt(3), abs=1e-3)
   verdict, balance = verdicts((0.3, 0.28, 0.32))
   assert balance["refute_hi"] < 0 and verdict == "not reproduced"
+  claim = next(c for c in claims.evaluate_claims({"hybrid": hybrid, "fixed_boost": hybrid, "fixed_plus_vanilla": hybrid,
+                                                  "fixed_balance": {s: [item(0.5 + a)] * 3 for s, a in
+                                                                    enumerate((0.3, 0.28, 0.32))}}, [0, 1, 2])
+               if c["claim"] == "dynamic > fixed mixes")
+  assert claim["p"] == pytest.approx(3 * balance["p"]) and claim["p"] < 0.05   # refuted: k times the refuting p
 
 
 def _study(workdir, *extra):

@@ -16,6 +16,28 @@ def t_half_width(spread: float, n: int, level: float = 0.95) -> float:
   return float(stats.t.ppf((1 + level) / 2, n - 1) * spread / np.sqrt(n))
 
 
+def t_p_value(mean: float, spread: float, n: int) -> float:
+  """Two-sided p of a mean of `n` values with sd `spread` against 0: below 1 - level exactly when the `level`
+  interval of `t_half_width` excludes 0. NaN below 2 values."""
+  if n < 2 or not np.isfinite(spread):
+    return float("nan")
+  if spread == 0:
+    return 0.0 if mean != 0 else 1.0
+  return float(2 * stats.t.sf(abs(mean) / (spread / np.sqrt(n)), n - 1))
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+  """Which of m hypotheses Holm's step-down procedure rejects at family-wise level `alpha`: the smallest p against
+  alpha / m, the next against alpha / (m - 1), ..., stopping at the first that fails (NaN never rejects)."""
+  order = sorted(range(len(p_values)), key=lambda i: (not np.isfinite(p_values[i]), p_values[i]))
+  rejected = [False] * len(p_values)
+  for rank, i in enumerate(order):
+    if not p_values[i] <= alpha / (len(p_values) - rank):
+      break
+    rejected[i] = True
+  return rejected
+
+
 def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
   """(mean, lo, hi) of the finite `values`; NaN bounds below 2 of them (NaN mean for none)."""
   v = np.asarray(values, np.float64)

@@ -77,6 +77,17 @@ def seed_interval(per_seed: Sequence[np.ndarray], level: float = LEVEL) -> tuple
   return mean, mean - half, mean + half
 
 
+def seed_p_value(per_seed: Sequence[np.ndarray]) -> float:
+  """Two-sided p of the mean against 0, from the same t statistic as `seed_interval` (its 95% interval excludes 0
+  exactly when p < 0.05)."""
+  means, spread = _seed_means(per_seed)
+  if len(means) == 1:
+    units = per_seed[0][np.isfinite(per_seed[0])]
+    return intervals.t_p_value(float(units.mean()), float(units.std(ddof=1)) if len(units) > 1 else np.nan,
+                               len(units))
+  return intervals.t_p_value(float(means.mean()), spread, len(means))
+
+
 def seeds_to_decide(per_seed: Sequence[np.ndarray], level: float = LEVEL, most: int = 50) -> int | None:
   """The fewest seeds at which the expected interval just excludes 0 if the seeds' mean and spread stayed as
   measured: about even odds of deciding there, a rough plan for the next study, not a result (a spread from 3
@@ -161,11 +172,25 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
         v = "inconclusive"
       claimed_side = d > 0 if relation == "greater" else d < 0
       comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi, "refute_lo": refute_lo, "refute_hi": refute_hi,
+                          "p": seed_p_value(diffs), "claimed_side": bool(claimed_side),
                           "seeds_to_decide": seeds_to_decide(diffs, LEVEL if claimed_side else refute_level),
                           "verdict": UNDERPOWERED if underpowered else v})
     verdicts = {c["verdict"] for c in comparisons}
     overall = (UNDERPOWERED if underpowered else "not reproduced" if "not reproduced" in verdicts else
                "reproduced" if verdicts == {"reproduced"} else "inconclusive")
     out.append({"claim": claim, "metric": metric, "a": a, "relation": relation, "comparisons": comparisons,
-                "verdict": overall})
+                "verdict": overall, "p": claim_p_value(comparisons)})
+  for c, holds in zip(out, intervals.holm([c["p"] for c in out], 1 - LEVEL)):
+    c["family_wise"] = holds and c["verdict"] in ("reproduced", "not reproduced")
   return out
+
+
+def claim_p_value(comparisons: Sequence[dict[str, Any]]) -> float:
+  """The p at which a claim's verdict is decided, whichever way: reproduced needs every comparison on the claimed
+  side (the largest of their p), refuted needs one on the other side at the Bonferroni level (k times the smallest
+  such p). A claim decided at the 95% level has p < 0.05; Holm's procedure over the study's claims
+  (`family_wise`) keeps the chance that any of them is decided wrongly at 5%."""
+  k = len(comparisons)
+  reproduce = max(c["p"] for c in comparisons) if all(c["claimed_side"] for c in comparisons) else 1.0
+  refute = min([min(1.0, k * c["p"]) for c in comparisons if not c["claimed_side"]], default=1.0)
+  return float(min(reproduce, refute))

@@ -238,6 +238,22 @@ SUMMARY_COLUMNS = (("iq", "IQ"), ("id/iq", "IQ in-dist."), ("ood/iq", "IQ OOD"),
                    ("intelligibility", "intellig."), ("style", "style"), ("tradeoff", "trade-off"))
 
 
+FAMILY_WISE_NOTE = ("*Family-wise*: Holm's step-down over the study's claims at 5% (`claims.claim_p_value`): a "
+                     "decided verdict marked \"not family-wise\" is decided at 95% on its own, but not once the "
+                     "chance that any of the claims is decided wrongly is held to 5%.")
+
+
+def _p(p: float) -> str:
+  return "p < 0.001" if p < 0.001 else f"p {p:.3f}"
+
+
+def verdict_cell(c: dict[str, Any]) -> str:
+  """A claim's verdict, with its p and whether it holds family-wise when it is decided."""
+  if c["verdict"] not in ("reproduced", "not reproduced") or "family_wise" not in c:
+    return f"**{c['verdict']}**"
+  return f"**{c['verdict']}** ({_p(c['p'])}{'' if c['family_wise'] else '; not family-wise'})"
+
+
 def claims_markdown(claims: list[dict[str, Any]]) -> list[str]:
   """One line per claim: its verdict and the (at most 3) comparisons that decide it."""
   lines = ["| claim of the paper | verdict | a − b [95% CI] |", "|---|---|---|"]
@@ -246,7 +262,7 @@ def claims_markdown(claims: list[dict[str, Any]]) -> list[str]:
     shown = sorted(c["comparisons"], key=lambda d: order[d["verdict"]])[:3]   # the comparisons that decide it first
     diffs = "; ".join(f"{c['a']} − {d['b']}: {_diff(d)}" for d in shown)
     more = f"; … ({len(c['comparisons'])} comparisons in study.md)" if len(c["comparisons"]) > 3 else ""
-    lines.append(f"| {c['claim']} ({c['metric']}) | **{c['verdict']}** | {diffs}{more} |")
+    lines.append(f"| {c['claim']} ({c['metric']}) | {verdict_cell(c)} | {diffs}{more} |")
   return lines
 
 
@@ -290,7 +306,8 @@ def markdown(out: dict[str, Any]) -> str:
   lines += ["## The paper's claims", "",
             "A claim naming k rivals is refuted only by a comparison whose (1 − 0.05/k) interval (the refuting CI) "
             "lies on the other side of 0. *Seeds to decide*: the fewest seeds whose interval would exclude 0 if the "
-            "measured mean and between-seed spread held (a rough plan for a next study; `claims.seeds_to_decide`).",
+            "measured mean and between-seed spread held (a rough plan for a next study; `claims.seeds_to_decide`). "
+            + FAMILY_WISE_NOTE,
             "", "| claim | comparison (a − b) | difference [95% CI] | refuting CI | seeds to decide | verdict |",
             "|---|---|---|---|---|---|"]
   for c in claims:
@@ -300,7 +317,7 @@ def markdown(out: dict[str, Any]) -> str:
       need = cmp.get("seeds_to_decide")
       lines.append(f"| {c['claim'] if i == 0 else ''} | {c['a']} − {cmp['b']} ({c['metric']}) | {_diff(cmp)} | "
                    f"{refute} | {'–' if need is None else need} | {cmp['verdict'] if k > 1 else ''} |")
-    lines.append(f"| | **verdict** | | | | **{c['verdict']}** |")
+    lines.append(f"| | **verdict** | | | | {verdict_cell(c)} |")
   lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "",
             *training_rows(out["curves"]), "",
             "## Where the time went (minutes, summed over seeds; `study/report.py` time_breakdown)", "",
@@ -330,7 +347,7 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
   lines += ["", " ".join(filter(None, [
       f"Seeds: {sweep['seeds']}. Each value is a study of its own in `{field}=<value>/` (its study.md has every "
       f"table). {interval_note(len(sweep['seeds']))} A value whose positive control fails has every verdict "
-      "\"underpowered\".", shared_note(field, sweep.get("shared_methods")),
+      "\"underpowered\".", FAMILY_WISE_NOTE, shared_note(field, sweep.get("shared_methods")),
       times_line(sweep["times"]), code_line(sweep.get("commits", {}))])), "",
       f"## Claims × {field}", "", "| claim | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
   claims = list(dict.fromkeys((c["claim"], c["metric"]) for st in studies.values() for c in st["claims"]))
@@ -338,7 +355,7 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
     cells = []
     for st in studies.values():
       c = next((c for c in st["claims"] if c["claim"] == claim), None)
-      cells.append("–" if c is None else f"**{c['verdict']}**" +
+      cells.append("–" if c is None else verdict_cell(c) +
                    (f" {_diff(c['comparisons'][0])}" if len(c["comparisons"]) == 1 else ""))
     lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
   lines += ["", "![each claim's effect against the swept value](sweep.png)", ""]
