@@ -145,6 +145,24 @@ def test_cache_avoids_requests_across_instances(tmp_path):
     assert len(server.requests) == 3  # other judge settings: another cache entry
 
 
+def test_a_corrupt_cache_entry_is_moved_aside_and_asked_again(tmp_path, caplog):
+  """A damaged entry (here: truncated) must not stop a run hours in: it is a miss, kept as <key>.json.corrupt, with a
+  warning naming it; the judge is asked again and the new reply cached in its place."""
+  cache = tmp_path / "cache"
+  with FakeJudgeServer(score_by_answer) as server:
+    llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
+    (entry,) = cache.glob("*/*.json")
+    entry.write_text(entry.read_text()[:10])
+    with caplog.at_level(logging.WARNING):
+      again = llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
+    assert len(server.requests) == 2 and not again.failed[0] and again.scores[0] == 3.0
+    assert f"judge cache entry {entry} does not read as JSON" in caplog.text
+    assert json.loads(entry.read_text())["choices"]                  # re-cached
+    assert len(entry.with_name(entry.name + ".corrupt").read_text()) == 10   # the damaged bytes, kept
+    llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
+    assert len(server.requests) == 2                                  # and read from the cache from then on
+
+
 def test_failed_calls_are_not_cached(tmp_path):
   cache = str(tmp_path / "cache")
   with FakeJudgeServer(lambda b, i: Reply(500, b"x") if i == 0 else chat_reply("<score>4</score>")) as server:

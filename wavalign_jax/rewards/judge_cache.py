@@ -2,13 +2,16 @@
 
 One small JSON file per key, written to a temp file and renamed into place: the rename is atomic,
 so threads and processes (several trainers, a resumed run, an offline re-score) can share one
-directory without locks, and a crash never leaves a half-written entry. Only the request hash and
-the reply text are stored: never the API key.
+directory without locks, and a crash never leaves a half-written entry. An entry that does not read as
+JSON anyway (a damaged disk or network filesystem, a hand edit) is a miss: it is moved aside to
+`<key>.json.corrupt` with a warning and the judge is asked again, so a run goes on and the file is kept
+to look at. Only the request hash and the reply text are stored: never the API key.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from typing import Any, Mapping
@@ -37,8 +40,15 @@ class JudgeCache:
         return json.load(f)
     except FileNotFoundError:
       return None
-    except json.JSONDecodeError as e:
-      raise ValueError(f"judge cache entry {path} is corrupt ({e}); delete it to re-query") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      aside = f"{path}.corrupt"
+      try:
+        os.replace(path, aside)
+      except FileNotFoundError:   # another reader moved it first
+        pass
+      logging.warning("judge cache entry %s does not read as JSON (%s): moved to %s; asking the judge again",
+                      path, e, aside)
+      return None
 
   def put(self, key: str, value: Any) -> None:
     path = self._path(key)
