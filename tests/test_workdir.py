@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -105,6 +106,39 @@ def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_inta
 def jax_leaves(tree):
   import jax
   return jax.tree.leaves(tree)
+
+
+_FULL_DISK = """
+import os, resource, signal, sys
+import numpy as np
+from wavalign_jax import checkpointing
+ckpt = checkpointing.Checkpointer(sys.argv[1], keep=3, async_save=False)
+ckpt.save(1, {"w": np.zeros(100, np.float32)})
+# Files may not grow past 64 KiB from here on (as on a full disk or an exhausted quota: the write fails with an OS
+# error, here EFBIG, inside TensorStore).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+try:
+  ckpt.save(2, {"w": np.random.default_rng(0).random(100_000).astype(np.float32)})
+except checkpointing.SaveFailed as e:
+  print(f"SaveFailed: {e}")
+"""
+
+
+def test_a_save_the_filesystem_refuses_is_a_one_line_error_naming_the_checkpoint_to_resume_from(tmp_path):
+  """A checkpoint that cannot be written (disk full, quota, a file-size limit; here a real OS limit under Orbax and
+  TensorStore in a separate process) stops the run with a RunError naming the failure and the newest complete
+  checkpoint, not a traceback of hundreds of lines; that checkpoint still restores."""
+  directory = tmp_path / "checkpoints"
+  proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(directory)], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("SaveFailed")]
+  assert len(lines) == 1, proc.stdout + proc.stderr
+  assert f"saving checkpoint 2 in {directory} failed" in lines[0] and "File too large" in lines[0]
+  assert "; the newest complete checkpoint is step 1: make room" in lines[0] and len(lines[0]) < 600
+  restored = checkpointing.Checkpointer(str(directory), async_save=False).restore(
+      {"w": jax.ShapeDtypeStruct((100,), np.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))})
+  np.testing.assert_array_equal(restored["w"], np.zeros(100, np.float32))
 
 
 def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run, tiny_base, tmp_path):

@@ -10,12 +10,13 @@ A converted / exported model (no optimizer state) is written by `save_params` as
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -32,6 +33,20 @@ MODEL_CONFIG_FILE = "model_config.json"   # beside DIR/params: the model's confi
 
 class NoRestorableCheckpoint(RunError):
   pass
+
+
+class SaveFailed(RunError):
+  """The filesystem refused a checkpoint (disk full, quota, a file-size limit, a lost mount)."""
+
+
+def _storage_error(error: BaseException) -> bool:
+  """Whether the filesystem caused `error`: an OSError in its chain, or TensorStore's report of one (Orbax raises
+  it as a ValueError whose message carries the OS error code)."""
+  while error is not None:
+    if isinstance(error, OSError) or "os_error_code=" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _short_reason(error: BaseException | None) -> str:
@@ -72,11 +87,29 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_iterator: Any = None) -> bool:
-    """Saves `state` and, if given, the Grain iterator's position (every process writes its own)."""
+    """Saves `state` and, if given, the Grain iterator's position (every process writes its own). A save the
+    filesystem refuses raises SaveFailed, naming the newest complete checkpoint to resume from."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._storage_errors(f"saving checkpoint {step}"):
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  @contextlib.contextmanager
+  def _storage_errors(self, what: str) -> Iterator[None]:
+    """Turns a filesystem failure into a one-line SaveFailed (an asynchronous save's surfaces at the next save,
+    `wait` or `close`); anything else propagates as it is."""
+    try:
+      yield
+    except Exception as e:
+      if not _storage_error(e):
+        raise
+      self._manager.reload()
+      latest = self._manager.latest_step()
+      resume = (f"the newest complete checkpoint is step {latest}" if latest is not None else
+                "no checkpoint is complete yet")
+      raise SaveFailed(f"{what} in {self._manager.directory} failed ({_short_reason(e)}); {resume}: make room (or "
+                       "fix the filesystem) and rerun the same command to resume") from None
 
   def restore(self, abstract_state: Any, data_iterator: Any = None) -> Any:
     """Restores the newest checkpoint that restores onto the shardings carried by `abstract_state`
@@ -127,10 +160,11 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._storage_errors("an asynchronous checkpoint save"):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 
