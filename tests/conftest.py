@@ -115,3 +115,30 @@ def tiny_base():
         open(os.path.join(root, "ready"), "w").close()
     return root
   return get
+
+
+def built_testbed_datasets(base: str, arch: str, config, out_dir, objective: str = "hybrid") -> tuple[str, str]:
+  """(train, eval) datasets built by data/build.py from a `tiny_base` directory's testbed JSONL, as a user builds
+  real ones (train: the RL split, or the DPO pairs; eval: the in-distribution split), then moved and the tokenizer
+  they were built with deleted, as when built on a workstation and copied to a cluster. `config`: the run's, whose
+  layout they follow."""
+  import shutil
+  from wavalign_jax.data import build as build_lib
+  from wavalign_jax.testbed import unit_tts
+  from wavalign_jax.testbed import vocab as testbed_vocab
+  jsonl, out_dir = os.path.join(base, "testbed", "jsonl"), str(out_dir)
+  tokenizer = os.path.join(out_dir, "tokenizer.json")
+  shutil.copyfile(os.path.join(jsonl, "tokenizer.json"), tokenizer)
+  layout = dict(ratios=tuple(config.layout.ratios)) if arch == "interleaved" else dict(
+      audio_delay=config.layout.audio_delay, audio_offset=testbed_vocab.parallel_vocab().audio_offset,
+      num_audio_codes=unit_tts.NUM_AUDIO_CODES)
+  splits = (("train", "dpo.jsonl" if objective == "dpo" else "train.jsonl", "dpo" if objective == "dpo" else "rl"),
+            ("eval", os.path.join("eval", "eval_id.jsonl"), "rl"))
+  out = []
+  for name, split, kind in splits:
+    builder = build_lib.Builder(tokenizer, arch=arch, kind=kind, **layout)
+    build_lib.build(builder, [os.path.join(jsonl, split)], os.path.join(out_dir, f"built_{name}"))
+    out.append(os.path.join(out_dir, f"copied_{name}"))
+    os.replace(os.path.join(out_dir, f"built_{name}"), out[-1])
+  os.remove(tokenizer)
+  return out[0], out[1]

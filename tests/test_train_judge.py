@@ -1,12 +1,18 @@
 """The train loop with the LLM-judge reward against a real HTTP judge on 127.0.0.1, including its failures."""
 import json
+import os
 
 import pytest
 
 from fake_judge_server import FakeJudgeServer, Reply, chat_reply
-from conftest import tiny_config
+from conftest import built_testbed_datasets, tiny_config
 from wavalign_jax import train
 from wavalign_jax.rewards.base import RewardFailureError
+
+
+def user_text(body) -> str:
+  content = body["messages"][-1]["content"]
+  return content if isinstance(content, str) else content[0]["text"]
 
 
 def _judge_config(tiny_base, url: str, **reward):
@@ -39,3 +45,31 @@ def test_too_many_judge_failures_stop_the_run(tmp_path, tiny_base):
   with FakeJudgeServer(lambda body, i: Reply(503, b"unavailable")) as server:
     with pytest.raises(RewardFailureError, match="failed"):
       train.train(_judge_config(tiny_base, server.base_url, max_failed_fraction=0.25), str(tmp_path))
+
+
+def test_data_eval_on_built_datasets_is_scored_by_the_same_judge_with_its_failures_counted(tmp_path, tiny_base):
+  """A run on built datasets (`data.source=arrayrecord`) with `data.eval`: rollouts and the evaluation of the greedy
+  responses go to one LLM judge. The judge fails every request about one question (as an overloaded judge fails
+  some items): those eval items are counted in `reward/failed` and left out of the mean, the others score 4."""
+  base = tiny_base("interleaved")
+  config = _judge_config(tiny_base, "")
+  config.data.source = "arrayrecord"
+  config.data.train, config.data.eval = built_testbed_datasets(base, "interleaved", config, tmp_path)
+  config.train.eval_examples = 8   # the eval set's first two questions, in four voice styles each
+  eval_records = [json.loads(l) for l in open(os.path.join(base, "testbed", "jsonl", "eval", "eval_id.jsonl"))]
+  failing = eval_records[0]["question_text"]
+  handler = lambda body, i: (Reply(500, b"overloaded") if f"Question: {failing}\n" in user_text(body)
+                             else chat_reply("<score>4</score>"))
+  with FakeJudgeServer(handler) as server:
+    config.reward.base_url = server.base_url
+    train.train(config, str(tmp_path / "run"))
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl") if '"train"' in l]
+  assert [l["reward/failed"] for l in lines] == [0, 0]   # no training prompt asks the failing question
+  question = {r["id"]: r["question_text"] for r in eval_records}
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "eval" / "after.jsonl")]
+  assert len(rows) == config.train.eval_examples
+  assert [r["failed"] for r in rows] == [question[r["id"]] == failing for r in rows]
+  assert 0 < sum(r["failed"] for r in rows) < len(rows)
+  after = json.load(open(tmp_path / "run" / "eval_summary.json"))["after"]
+  assert after["reward/failed"] == sum(r["failed"] for r in rows) and after["count"] == len(rows)
+  assert after["reward"] == 4.0   # the failed items' fallback (2.5) is not averaged in

@@ -1,7 +1,6 @@
 """The train entry point end to end on the testbed: a stopped run resumes exactly where it left off."""
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -9,10 +8,7 @@ import pytest
 
 from wavalign_jax import provenance, train
 from wavalign_jax.config_lib import apply_method
-from wavalign_jax.data import build as build_lib
-from wavalign_jax.testbed import unit_tts
-from wavalign_jax.testbed import vocab as testbed_vocab
-from conftest import tiny_config
+from conftest import built_testbed_datasets, tiny_config
 
 
 def test_stopped_run_resumes_with_same_state(tmp_path, tiny_base):
@@ -104,7 +100,6 @@ def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_ba
   layouts (Kimi's datasets built with the testbed's audio offset, as `--audio_offset` builds a real one), and DPO's
   chosen / rejected datasets."""
   base = tiny_base(arch)
-  jsonl = os.path.join(base, "testbed", "jsonl")
   steps = 3 if objective == "dpo" else 2   # DPO's first step has the policy at the reference (and lr 0): log 2
   def config():
     c = tiny_config(arch, base)
@@ -116,20 +111,9 @@ def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_ba
     return c
   train.train(config(), str(tmp_path / "testbed_run"))
 
-  tokenizer = tmp_path / "tokenizer.json"
-  shutil.copyfile(os.path.join(jsonl, "tokenizer.json"), tokenizer)
-  layout = dict(ratios=tuple(config().layout.ratios)) if arch == "interleaved" else dict(
-      audio_delay=config().layout.audio_delay, audio_offset=testbed_vocab.parallel_vocab().audio_offset,
-      num_audio_codes=unit_tts.NUM_AUDIO_CODES)
-  splits = (("train", "dpo.jsonl" if objective == "dpo" else "train.jsonl", objective if objective == "dpo" else "rl"),
-            ("eval", os.path.join("eval", "eval_id.jsonl"), "rl"))
-  for name, split, kind in splits:
-    builder = build_lib.Builder(str(tokenizer), arch=arch, kind=kind, **layout)
-    build_lib.build(builder, [os.path.join(jsonl, split)], str(tmp_path / f"built_{name}"))
-    os.replace(tmp_path / f"built_{name}", tmp_path / f"copied_{name}")
-  tokenizer.unlink()
   c = config()
-  c.data.source, c.data.train, c.data.eval = "arrayrecord", str(tmp_path / "copied_train"), str(tmp_path / "copied_eval")
+  c.data.source = "arrayrecord"
+  c.data.train, c.data.eval = built_testbed_datasets(base, arch, c, tmp_path, objective)
   files_run = train.train(c, str(tmp_path / "files_run"))
 
   assert int(files_run["state"].step) == steps
