@@ -165,6 +165,10 @@ def _tiny(**overrides):
     ({"testbed__judge_acoustic_noise": float("nan")}, "not a finite number: --config.testbed.judge_acoustic_noise=nan"),
     ({"optim__learning_rate": 1e39}, "--config.optim.learning_rate"),
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
+    ({"rollout__top_p": 0.0}, r"--config.rollout.temperature=0.7, --config.rollout.top_p=0.0, .*: need"),
+    ({"rollout__temperature": -0.5}, r"--config.rollout.temperature=-0.5"),
+    ({"rollout__decode": "fast"}, r"--config.rollout.decode='fast': choose one of \['auto', 'main', 'mctp'\]"),
+    ({"rollout__cache_windows": 0}, "cache_windows=0: must be an integer >= 1"),
     ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
      "stop_at_step=3: with --config.rl.num_iterations=2"),
     ({"rl__num_iterations": 4, "rl__clip_eps": 0.2, "train__total_steps": 30, "train__sft_stage_fraction": 0.5,
@@ -256,6 +260,13 @@ def test_real_config_data_is_checked_before_any_work(tmp_path):
   with pytest.raises(ConfigError, match="holds a 'parallel' model but the config is for 'interleaved'"):
     config_check.check_data(c)
   c.init_checkpoint = _converted_checkpoint(tmp_path / "ckpt", "interleaved")
+  # On the testbed too: a wrong init_checkpoint is refused at start, not after the testbed data are generated.
+  tb = _tiny()
+  tb.init_checkpoint = str(tmp_path / "nowhere")
+  with pytest.raises(ConfigError, match=r"--config.init_checkpoint: .*nowhere.* is not a converted checkpoint"):
+    config_check.check_data(tb)
+  tb.init_checkpoint = c.init_checkpoint
+  config_check.check_data(tb)
   with pytest.raises(ConfigError, match="data.train is empty"):
     config_check.check_data(c)
   c.data.train = str(tmp_path / "missing")

@@ -18,11 +18,13 @@ import ml_collections as mlc
 from wavalign_jax import checkpointing, config_lib, optim, sharding, steps
 from wavalign_jax.config_lib import ConfigError
 from wavalign_jax.data import loader
+from wavalign_jax.rollout import decode
 
 # The smallest valid value of each integer size (0 where 0 means "never" / "all" / "no training").
 MINIMUM = {
     "data.prompts_per_step": 1, "data.max_prompt_len": 1, "data.max_response_len": 1, "data.num_epochs": 0,
     "data.worker_count": 0, "rollout.group_size": 1, "rollout.max_new_tokens": 1, "rollout.length_buckets": 1,
+    "rollout.cache_windows": 1,
     "rl.num_iterations": 1, "train.total_steps": 0, "train.stop_at_step": 0, "train.microbatches": 1,
     "train.log_every": 0, "train.checkpoint_every": 0, "train.keep_checkpoints": 1, "train.eval_every": 0,
     "train.eval_examples": 0, "train.eval_batch_size": 1, "train.analysis_every": 0,
@@ -108,6 +110,25 @@ def _check_choices(config: mlc.ConfigDict) -> None:
     steps.step_config(config)
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e)) from None
+  check_rollout(config)
+
+
+def check_rollout(config: mlc.ConfigDict) -> None:
+  """The sampling settings (global and per-stream overrides) and the decoder, before the testbed's base model trains:
+  the sampler reads them only once the run is set up."""
+  r, fields = config.rollout, ("temperature", "top_p", "top_k")
+  for prefix in ("", "text_", "audio_"):
+    names = {f: f"{prefix}{f}" if f"{prefix}{f}" in r else f for f in fields}   # a missing override: the global one
+    try:
+      decode.StreamSampling(**{f: r[name] for f, name in names.items()})
+    except (TypeError, ValueError):
+      flags = ", ".join(f"--config.rollout.{name}={r[name]!r}" for name in names.values())
+      raise ConfigError(f"{flags}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (integers)") from None
+  if r.decode not in (*decode.DECODERS, "auto"):
+    raise ConfigError(f"--config.rollout.decode={r.decode!r}: choose one of {['auto', *decode.DECODERS]}")
+  if r.decode == "mctp" and not decode.mctp_schedule(r, config.layout):
+    raise ConfigError("--config.rollout.decode='mctp' needs a schedule: --config.rollout.mctp_schedule (the "
+                      "interleaved layout's ratios by default; the parallel layout has none)")
 
 
 def check_mesh(config: mlc.ConfigDict) -> list[str]:
@@ -136,12 +157,21 @@ def check_mesh(config: mlc.ConfigDict) -> list[str]:
 
 
 def check_data(config: mlc.ConfigDict) -> None:
-  """A real (non-testbed) config names a converted checkpoint and datasets of its architecture, the method's kind
+  """An init_checkpoint is a checkpoint of the config's architecture. A real (non-testbed) config names one, and
+  datasets of its architecture, the method's kind
   and the config's token layout (interleave ratios / audio delay), built with one vocabulary, whose examples fit
   the length buckets. A layout mismatch would train the SFT anchor on one layout while rollouts follow another."""
   if config.data.source not in DATA_SOURCES:
     hint = config_lib.did_you_mean(str(config.data.source), DATA_SOURCES)
     raise ConfigError(f"--config.data.source={config.data.source!r}: {hint}choose one of {list(DATA_SOURCES)}")
+  if config.init_checkpoint:   # on the testbed too (a study's runs start from their seed's base model)
+    try:
+      arch = checkpointing.load_model_config(config.init_checkpoint)[0].arch
+    except FileNotFoundError as e:
+      raise ConfigError(f"--config.init_checkpoint: {e}") from None
+    if arch != config.model.arch:
+      raise ConfigError(f"--config.init_checkpoint={config.init_checkpoint} holds a {arch!r} model but the config "
+                        f"is for {config.model.arch!r}")
   if config.data.source != "arrayrecord":
     return
   if not config.init_checkpoint:
@@ -149,13 +179,7 @@ def check_data(config: mlc.ConfigDict) -> None:
         "this config trains released weights and needs a converted checkpoint: convert the Hugging Face "
         "weights with `python -m wavalign_jax.convert --arch=... --hf_dir=HF_DIR --out=DIR` and pass "
         "--config.init_checkpoint=DIR (or use the ':tiny' variant to run the built-in testbed)")
-  try:
-    arch = checkpointing.load_model_config(config.init_checkpoint)[0].arch
-  except FileNotFoundError as e:
-    raise ConfigError(f"--config.init_checkpoint: {e}") from None
-  if arch != config.model.arch:
-    raise ConfigError(f"--config.init_checkpoint={config.init_checkpoint} holds a {arch!r} model but the config is "
-                      f"for {config.model.arch!r}")
+  arch = config.model.arch
   if not config.data.train:
     raise ConfigError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
                       "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
