@@ -27,9 +27,10 @@ def define_flags() -> None:
   flags.DEFINE_enum("arch", "interleaved", ["interleaved", "parallel"], "Layout (VITA-Audio / Kimi-Audio).")
   flags.DEFINE_enum("kind", "sft", sorted(KINDS), "Dataset kind.")
   flags.DEFINE_list("ratios", [str(r) for r in layouts.BOOST_RATIOS], "Interleaved ratio list T1,A1,T2,A2,...")
-  flags.DEFINE_integer("audio_delay", 6, "Parallel: blanks before the response audio.")
-  flags.DEFINE_integer("audio_offset", 152064, "Parallel: id of audio code 0 (kimia_token_offset).")
-  flags.DEFINE_integer("num_audio_codes", 16384, "Parallel: number of audio codes.")
+  flags.DEFINE_integer("audio_delay", build_lib.Builder.audio_delay, "Parallel: blanks before the response audio.")
+  flags.DEFINE_integer("audio_offset", build_lib.Builder.audio_offset,
+                       "Parallel: id of audio code 0 (kimia_token_offset; the released Kimi-Audio's by default).")
+  flags.DEFINE_integer("num_audio_codes", build_lib.Builder.num_audio_codes, "Parallel: number of audio codes.")
   flags.DEFINE_integer("num_shards", 1, "Number of ArrayRecord shards.")
   flags.DEFINE_integer("max_length", build_lib.DEFAULT_MAX_LENGTH, "Skip (and count) records whose longest example "
                        "has more tokens than this; the default is the configs' largest length bucket "

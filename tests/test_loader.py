@@ -1,5 +1,6 @@
 """Grain loader: host sharding, epochs, buckets, exact resume (2 simulated hosts, >1 epoch), packing."""
 import itertools
+import json
 
 import jax
 import numpy as np
@@ -75,9 +76,9 @@ def test_resume_is_exact_for_two_hosts_across_epochs(dataset, packing):
     reference = _take(loader.make_loader(dataset, process_index=host, **kw), 9)  # > 2 epochs of 5 records
     it = loader.make_loader(dataset, process_index=host, **kw)
     first = _take(it, 4)
-    state = loader.get_state(it)
+    state = json.dumps(it.get_state())   # as the checkpoint stores it
     resumed = loader.make_loader(dataset, process_index=host, **kw)
-    loader.set_state(resumed, state)
+    resumed.set_state(json.loads(state))
     for a, b in zip(first + _take(resumed, 5), reference):
       _equal(a, b)
 
@@ -114,8 +115,8 @@ def test_worker_processes_same_batches_and_resume(dataset):
   reference = _take(loader.make_loader(dataset, **kw), 6)
   it = loader.make_loader(dataset, worker_count=1, **kw)
   first = _take(it, 3)
-  state = loader.get_state(it)
+  state = json.dumps(it.get_state())
   resumed = loader.make_loader(dataset, worker_count=1, **kw)
-  loader.set_state(resumed, state)
+  resumed.set_state(json.loads(state))
   for a, b in zip(first + _take(resumed, 3), reference):
     _equal(a, b)

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from wavalign_jax import config_lib, files, intervals, provenance, study
-from wavalign_jax.errors import ConfigError
+from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -457,7 +457,7 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   shutil.copytree(dest / "seed_1", other / "seed_1", symlinks=True)
   shutil.rmtree(other / "seed_1" / "base" / "base_model")
   fake = FakeTrain(base_shift=0.05, commit="b" * 40)
-  with pytest.raises(RuntimeError, match=f"does not evaluate as the exported one did.*made at {'a' * 40}, this one "
+  with pytest.raises(RunError, match=f"does not evaluate as the exported one did.*made at {'a' * 40}, this one "
                                          f"at {'b' * 40}"):
     study.run_study(spec, config, str(other), ["rl_text_exact", "sft"], [0, 1], runner=fake)
   assert [os.path.relpath(_arg(c, "workdir"), other) for c in fake.calls] == ["seed_0/base"]
@@ -512,7 +512,7 @@ def test_sweep_layout_shared_runs_duplicates_and_resume(tmp_path, capsys, monkey
   md = open(tmp_path / "study.md").read()
   print(md)   # the format, for the record (pytest -s)
   assert f"## Claims × {field}" in md and f"## {field} = 0.0" in md and f"## {field} = 0.5" in md
-  assert "| SFT lowers IQ (iq) | **reproduced** -50.0 [" in md
+  assert "| SFT lowers IQ (iq) | **reproduced** (p 0.023; not family-wise) -50.0 [" in md
   assert f"`rl_text_exact`, `sft` never read `{field}`" in md
   assert "Code: every run that recorded its launches was made at commit aaaaaaaaaa (18 runs)." in md   # links once
   assert report.code_line({"a" * 40: 2, "b" * 40 + "+dirty": 1}) == (

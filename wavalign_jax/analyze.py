@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from wavalign_jax import cli, files, log_setup, model_loading, models, sharding
+from wavalign_jax import cli, config_lib, files, log_setup, model_loading, models, sharding
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
 from wavalign_jax.data import loader
@@ -68,9 +68,8 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
     compare = model.model_dir   # a training run's checkpoint: the base model it started from
   cfg, mesh = model.model_cfg, model.mesh
   logprob_fn = models.logprob_fn(cfg)
-  Lp = config.data.max_prompt_len
   it = loader.make_loader(_dataset(config, model, data), global_batch_size=examples, shuffle=False, num_epochs=1,
-                          buckets=(Lp, Lp + config.data.max_response_len), process_index=0, process_count=1)
+                          buckets=config_lib.length_buckets(config.data), process_index=0, process_count=1)
   raw = next(iter(it))
   out: dict[str, Any] = {"checkpoint": checkpoint, "compare": compare, "examples": examples}
   figures = {}

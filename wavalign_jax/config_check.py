@@ -88,7 +88,7 @@ def check_sizes(config: mlc.ConfigDict) -> None:
                       f"--config.train.microbatches={config.train.microbatches} equal micro-batches")
   stop, reuse, total = config.train.get("stop_at_step", 0), config.rl.get("num_iterations", 1), config.train.total_steps
   if stop and reuse > 1 and stop < total and config_lib.samples_rollouts(config):
-    first = int(round(config.train.sft_stage_fraction * total))   # RL batches start after the SFT stage (train.py)
+    first = config_lib.sft_stage_steps(config)   # RL batches start after the SFT stage
     if stop > first and (stop - first) % reuse:
       raise ConfigError(
           f"--config.train.stop_at_step={stop}: with --config.rl.num_iterations={reuse} each rollout batch trains "

@@ -88,6 +88,17 @@ def length_buckets(data: mlc.ConfigDict) -> tuple[int, int]:
   return (data.max_prompt_len, data.max_prompt_len + data.max_response_len)
 
 
+def sft_stage_steps(config: mlc.ConfigDict) -> int:
+  """The steps of the SFT stage (`train.sft_stage_fraction` of the budget; two-stage): RL batches start after it."""
+  return int(round(config.train.sft_stage_fraction * config.train.total_steps))
+
+
+def with_variant(config_spec: str, variant: str) -> str:
+  """A config file spec with one more variant: ("experiments/vita.py:tiny", "hybrid") -> "...vita.py:tiny,hybrid"."""
+  path, _, variants = config_spec.partition(":")
+  return f"{path}:{','.join(filter(None, [variants, variant]))}"
+
+
 def samples_rollouts(config: mlc.ConfigDict) -> bool:
   """Whether training draws rollouts: GRPO compares the `rollout.group_size` rollouts of each prompt."""
   return config.objective != "dpo" and config.gate.mode != "sft_only" and config.train.total_steps > 0

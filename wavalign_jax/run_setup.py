@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import ml_collections as mlc
 import tokenizers
 
 from wavalign_jax import checkpointing, config_lib
 from wavalign_jax import tokenizer as tokenizer_lib
-from wavalign_jax.data import loader
+from wavalign_jax.data import layouts, loader
 from wavalign_jax.evaluation import reward_eval
 from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.models.config import ModelConfig
@@ -44,7 +44,7 @@ class RunSetup:
   eval_data: dict[str, str]         # eval set name -> dataset directory (may be empty)
   buckets: tuple[int, ...]
   init_checkpoint: str
-  eval_batch_size: int = 16
+  eval_batch_size: int
   # The run's reward, one instance for rollouts and evaluation (an LLM judge's in-flight limit and cache are then
   # the run's); None when the run calls none (config_lib.calls_reward)
   reward_fn: RewardFn | None = None
@@ -62,11 +62,36 @@ def _vocab_from_info(info: dict[str, Any], arch: str) -> InterleavedVocab | Para
   return cls(**info["vocab"])
 
 
+class _Sources(NamedTuple):
+  """Where a run's model and data come from: what differs between the testbed and built datasets."""
+  model_cfg: ModelConfig
+  vocab: InterleavedVocab | ParallelVocab
+  tokenizer: str                    # tokenizer.json path
+  train_data: str
+  eval_data: dict[str, str]
+  init_checkpoint: str
+
+
 def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | None = None) -> RunSetup:
   """`guard` lets the testbed's base-model SFT stop on SIGTERM with a checkpoint (raises Preempted)."""
   buckets = config_lib.length_buckets(config.data)
-  if config.data.source == "testbed":
-    return _setup_testbed(config, workdir, buckets, guard)
+  testbed = config.data.source == "testbed"
+  src = _testbed_sources(config, workdir, buckets, guard) if testbed else _built_sources(config)
+  reward_fn = make_reward_fn(config, workdir) if config_lib.calls_reward(config) else None
+  if testbed:
+    evaluator = metrics.evaluate
+  else:
+    evaluator = reward_eval.reward_evaluator(reward_fn) if src.eval_data else None
+  return RunSetup(model_cfg=src.model_cfg, vocab=src.vocab,
+                  sampling=decode.sampling_config(config.rollout, config.layout, src.vocab,
+                                                  src.model_cfg.num_mtp_modules),
+                  tokenizer=tokenizers.Tokenizer.from_file(src.tokenizer), train_data=src.train_data,
+                  eval_data=src.eval_data, buckets=buckets, init_checkpoint=src.init_checkpoint,
+                  eval_batch_size=config.train.eval_batch_size, reward_fn=reward_fn, evaluator=evaluator)
+
+
+def _built_sources(config: mlc.ConfigDict) -> _Sources:
+  """A converted checkpoint and datasets from data_pipeline.build: the vocabulary is the train set's."""
   model_cfg, _ = checkpointing.load_model_config(config.init_checkpoint)
   model_cfg = model_cfg.with_runtime_fields(config.model)
   _, info = loader.resolve_paths(config.data.train)
@@ -74,35 +99,26 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
   if vocab.vocab_size > model_cfg.vocab_size:
     raise RunError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                    f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
-  sampling = decode.sampling_config(config.rollout, config.layout, vocab, model_cfg.num_mtp_modules)
-  reward_fn = make_reward_fn(config, workdir) if config_lib.calls_reward(config) else None
-  return RunSetup(model_cfg=model_cfg, vocab=vocab, sampling=sampling,
-                  tokenizer=tokenizers.Tokenizer.from_file(info["tokenizer"]), train_data=config.data.train,
-                  eval_data={"eval": config.data.eval} if config.data.eval else {}, buckets=buckets,
-                  init_checkpoint=config.init_checkpoint, eval_batch_size=config.train.eval_batch_size,
-                  reward_fn=reward_fn, evaluator=reward_eval.reward_evaluator(reward_fn) if config.data.eval else None)
+  return _Sources(model_cfg, vocab, info["tokenizer"], config.data.train,
+                  {"eval": config.data.eval} if config.data.eval else {}, config.init_checkpoint)
 
 
-def _setup_testbed(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],
-                   guard: PreemptionGuard | None) -> RunSetup:
+def _testbed_sources(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],
+                     guard: PreemptionGuard | None) -> _Sources:
+  """The testbed's data (generated once per spec) and its base model (SFT-trained once, unless init_checkpoint)."""
   arch = config.model.arch
   spec = tasks.Spec(**{f.name: config.testbed[f.name] for f in dataclasses.fields(tasks.Spec)})
   data = prepare.prepare(prepare.root_dir(config, workdir), arch, spec=spec,
-                         ratios=tuple(config.layout.get("ratios", (1, 10, 4, 10))),
+                         ratios=tuple(config.layout.get("ratios", layouts.BOOST_RATIOS)),
                          audio_delay=int(config.layout.get("audio_delay", 6)))
   model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": data.vocab.vocab_size})
   init_checkpoint = config.init_checkpoint
   if not init_checkpoint:
     init_checkpoint = base_model.path(workdir)
     base_model.ensure_base_model(config, model_cfg, data.datasets["base_sft"], buckets, init_checkpoint, guard)
-  sampling = decode.sampling_config(config.rollout, config.layout, data.vocab, model_cfg.num_mtp_modules)
   train_name = "dpo_train" if config.objective == "dpo" else "rl_train"
-  return RunSetup(model_cfg=model_cfg, vocab=data.vocab, sampling=sampling,
-                  tokenizer=tokenizers.Tokenizer.from_file(data.tokenizer), train_data=data.datasets[train_name],
-                  eval_data={name: data.datasets[name] for name in prepare.EVAL_DATASETS}, buckets=buckets,
-                  init_checkpoint=init_checkpoint, eval_batch_size=config.train.eval_batch_size,
-                  reward_fn=make_reward_fn(config, workdir) if config_lib.calls_reward(config) else None,
-                  evaluator=metrics.evaluate)
+  return _Sources(model_cfg, data.vocab, data.tokenizer, data.datasets[train_name],
+                  {name: data.datasets[name] for name in prepare.EVAL_DATASETS}, init_checkpoint)
 
 
 def make_reward_fn(config: mlc.ConfigDict, workdir: str) -> RewardFn:

@@ -38,6 +38,7 @@ RELEASED_VITA = {"vocab_size": 168072, "bos": 151643, "eos": 151645, "begin_of_a
 RELEASED_KIMI = {"vocab_size": 168448, "audio_offset": 152064, "msg_end": 151645, "media_begin": 151661,
                  "media_end": 151663, "text_blank": 151666, "text_eos": 151667, "user_msg_start": 151670,
                  "assistant_msg_start": 151671}
+KIMI_NUM_AUDIO_CODES = RELEASED_KIMI["vocab_size"] - RELEASED_KIMI["audio_offset"]   # 16384, the last ids
 
 
 def load_tokenizer(directory: str) -> tokenizers.Tokenizer:

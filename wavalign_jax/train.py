@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.batches import DPOBatch, HybridBatch, PairBatch, PromptBatch
 from wavalign_jax.data import loader
 from wavalign_jax.evaluation import generate as eval_generate
+from wavalign_jax.evaluation import run_summary
 from wavalign_jax.metric_writer import MetricWriter
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
@@ -87,7 +87,7 @@ def _evaluate_and_log(run: _Run, params: Any, step: int, prefix: str, name: str)
   seconds = time.time() - t0
   if summary:
     if jax.process_index() == 0 and rows:
-      files.write_jsonl(os.path.join(run.workdir, "eval", f"{name}.jsonl"), rows)
+      files.write_jsonl(run_summary.rows_path(run.workdir, name), rows)
     run.writer.write(step, {**summary, "eval_time": seconds}, prefix=prefix)
   return summary
 
@@ -216,13 +216,14 @@ def _holds_testbed_state(workdir: str) -> bool:
   return any(os.path.exists(p) for p in made)
 
 
-def _initial_params(setup: RunSetup, param_sharding: Any, rng: jax.Array) -> Any:
+def _initial_params(run: _Run, rng: jax.Array) -> Any:
+  """The init_checkpoint's parameters (or a random init), sharded like the train state's."""
+  setup = run.setup
   if setup.init_checkpoint:
-    abstract = jax.eval_shape(lambda: models.init_params(setup.model_cfg, rng))
     logging.info("loading parameters from %s", setup.init_checkpoint)
     return checkpointing.load_params(setup.init_checkpoint,
-                                     train_state.abstract_with_shardings(abstract, param_sharding))
-  return jax.jit(lambda r: models.init_params(setup.model_cfg, r), out_shardings=param_sharding)(rng)
+                                     train_state.abstract_with_shardings(run.abstract.params, run.param_sharding))
+  return jax.jit(lambda r: models.init_params(setup.model_cfg, r), out_shardings=run.param_sharding)(rng)
 
 
 def _restore(run: _Run) -> tuple[train_state.TrainState, Any, bool]:
@@ -232,11 +233,11 @@ def _restore(run: _Run) -> tuple[train_state.TrainState, Any, bool]:
   needs_ref = cfg.objective == "dpo" or cfg.hybrid.rl.uses_kl
   if run.ckpt.latest_step() is not None:
     state = run.ckpt.restore(train_state.abstract_with_shardings(run.abstract, run.state_sharding), run.train_it)
-    ref_params = _initial_params(run.setup, run.param_sharding, rng) if needs_ref else None
+    ref_params = _initial_params(run, rng) if needs_ref else None
     logging.info("resumed from step %d (lambda %.4f)", int(state.step), float(state.gate.lam))
     print(f"resumed from checkpoint step {int(state.step)}, lambda={float(state.gate.lam):.4f}", flush=True)
     return state, ref_params, True
-  params = _initial_params(run.setup, run.param_sharding, rng)
+  params = _initial_params(run, rng)
   ref_params = params if needs_ref else None   # `create` copies them into the (donated) state
   return jax.jit(run.create, out_shardings=run.state_sharding)(params), ref_params, False
 
@@ -282,7 +283,7 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: Pr
   """(batch on the mesh, rl_start, rollout metrics): the reference responses (SFT part) and, past the SFT stage,
   scored rollouts of the current params (RL part); either is left out where its weight is structurally 0."""
   step, mode, setup = int(state.step), run.cfg.gate.mode, run.setup
-  in_sft_stage = step < int(round(run.config.train.sft_stage_fraction * run.config.train.total_steps))
+  in_sft_stage = step < config_lib.sft_stage_steps(run.config)
   batch, rl_start, extra = HybridBatch(), 0, {}
   if in_sft_stage or mode != "rl_only":
     batch = batch.replace(sft=hosts.same_length(raw.reference, setup.vocab.pad))
@@ -367,8 +368,8 @@ def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, Any]
   if int(state.step) != 0 or not c.train.eval_before:
     return {}
   before = _evaluate_and_log(run, state.params, 0, "eval_before", "before")
-  if before and jax.process_index() == 0:
-    files.write_json(os.path.join(run.workdir, "eval_before.json"), before, indent=2)
+  if before:
+    run_summary.write_before(run.workdir, before)
   return {"eval_before": before}
 
 
@@ -393,28 +394,22 @@ def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed:
   closes the writer; returns the results."""
   run.ckpt.close()
   workdir, total = run.workdir, run.config.train.total_steps
-  summary_path = os.path.join(workdir, "eval_summary.json")
   if stop_at < total:
     print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
-  elif resumed and metrics == {} and os.path.exists(summary_path):
-    with open(summary_path) as f:
-      results["eval_after"] = json.load(f)["after"]
+  elif resumed and metrics == {} and run_summary.finished(workdir):
+    results["eval_after"] = run_summary.read_after(workdir)
     print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
     results["eval_after"] = _evaluate_and_log(run, state.params, total, "eval_after", "after")
     if results["eval_after"]:
-      _write_eval_summary(workdir, results["eval_after"])
+      _print_before_after(run_summary.write_summary(workdir, results["eval_after"]), results["eval_after"])
   run.writer.close()
   return {**results, "metrics": metrics, "state": state}
 
 
-def _write_eval_summary(workdir: str, after: dict[str, float]) -> None:
-  """WORKDIR/eval_summary.json: the evaluation before training (kept from the first run) and after."""
+def _print_before_after(before: dict[str, float], after: dict[str, float]) -> None:
   if jax.process_index() != 0:
     return
-  before_path = os.path.join(workdir, "eval_before.json")
-  before = json.load(open(before_path)) if os.path.exists(before_path) else {}
-  files.write_json(os.path.join(workdir, "eval_summary.json"), {"before": before, "after": after}, indent=2)
   print("evaluation before -> after: " + ", ".join(
       f"{k} {before.get(k, float('nan')):.4f} -> {v:.4f}" for k, v in sorted(after.items())
       if "/" not in k and not k.endswith(("_lo", "_hi"))),

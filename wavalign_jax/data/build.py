@@ -27,17 +27,14 @@ import numpy as np
 import tokenizers
 
 from wavalign_jax import config_lib, files
+from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.data import vocab as vocab_lib
-from wavalign_jax.data.records import KINDS, encode_record
+from wavalign_jax.data.records import INFO_FILE, KINDS, TOKENIZER_FILE, encode_record
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 SHARD_PATTERN = "{name}-{index:05d}-of-{count:05d}.array_record"
-INFO_FILE = "dataset_info.json"
-# The dataset's own copy of the tokenizer it was built with: dataset_info.json names it relative to the dataset,
-# so a dataset copied to another machine or bucket still decodes with exactly that tokenizer.
-TOKENIZER_FILE = "tokenizer.json"
 # The longest example the experiment configs load (prompt + response bucket of experiments/vita.py and kimi.py).
 DEFAULT_MAX_LENGTH = config_lib.length_buckets(config_lib.base_config().data)[-1]
 
@@ -91,8 +88,8 @@ class Builder:
   kind: str = "sft"
   ratios: Sequence[int] = layouts.BOOST_RATIOS
   audio_delay: int = 6
-  audio_offset: int = 152064        # parallel only (kimia_token_offset)
-  num_audio_codes: int = 16384      # parallel only
+  audio_offset: int = tokenizer_lib.RELEASED_KIMI["audio_offset"]   # parallel only (kimia_token_offset)
+  num_audio_codes: int = tokenizer_lib.KIMI_NUM_AUDIO_CODES           # parallel only
 
   def __post_init__(self):
     if self.kind not in KINDS:

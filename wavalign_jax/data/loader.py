@@ -4,8 +4,8 @@ source -> this host's slice -> seeded shuffle (reshuffled every epoch) -> repeat
 -> [sft packing (first fit, segment ids)] -> batch (global batch / host count) padded to the
 smallest length bucket that fits -> optional worker processes.
 
-The iterator is a Grain `DatasetIterator`: `get_state` / `set_state` (JSON bytes, one per host)
-resume with exactly the next example, across epochs too. Host h of n reads records h, h+n, ...
+The iterator is a Grain `DatasetIterator`: its state (saved with the train state, one per host, by
+checkpointing.Checkpointer) resumes with exactly the next example, across epochs too. Host h of n reads records h, h+n, ...
 of the file order (after dropping the last len % n records so every host sees as many).
 With several hosts and no packing, use a single bucket so that every host's batch has the
 same shape (packed batches always have the largest bucket's length).
@@ -24,9 +24,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from wavalign_jax.batches import PairBatch, PromptBatch, SeqBatch
 from wavalign_jax.data import layouts
-from wavalign_jax.data.records import Record, decode_record
-
-INFO_FILE = "dataset_info.json"
+from wavalign_jax.data.records import INFO_FILE, Record, decode_record
 
 
 class RecordSource:
@@ -222,12 +220,3 @@ def make_loader(path: str | Sequence[str], **kwargs: Any) -> grain.DatasetIterat
   """Iterator over this host's batches (kwargs of `make_dataset`)."""
   return iter(make_dataset(path, **kwargs))
 
-
-def get_state(it: grain.DatasetIterator) -> bytes:
-  """Serialised position of the iterator (save one per host next to the train-state checkpoint)."""
-  return json.dumps(it.get_state()).encode()
-
-
-def set_state(it: grain.DatasetIterator, state: bytes) -> None:
-  """Moves a fresh iterator (same make_loader arguments) to a saved position."""
-  it.set_state(json.loads(state.decode()))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import tokenizers
 
 from wavalign_jax import tokenizer as tokenizer_lib
+from wavalign_jax.data.layouts import ROLES
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
-ROLES = ("system", "user", "assistant")
 
 
 def encode(tok: tokenizers.Tokenizer, text: str) -> list[int]:
@@ -36,8 +36,9 @@ def role_ids(tok: tokenizers.Tokenizer) -> dict[str, list[int]]:
   return {r: encode(tok, r) for r in ROLES}
 
 
-def parallel_vocab(tok: tokenizers.Tokenizer, path: str, audio_offset: int = 152064,
-                   num_audio_codes: int = 16384) -> ParallelVocab:
+def parallel_vocab(tok: tokenizers.Tokenizer, path: str,
+                   audio_offset: int = tokenizer_lib.RELEASED_KIMI["audio_offset"],
+                   num_audio_codes: int = tokenizer_lib.KIMI_NUM_AUDIO_CODES) -> ParallelVocab:
   """The Kimi-Audio vocabulary of the tokenizer at `path` with `num_audio_codes` codes from `audio_offset` on
   (tokenizer.build_parallel); pad is <|endoftext|>, else the text blank."""
   ids = tokenizer_lib.added_token_ids(tok)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from wavalign_jax import files
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
@@ -38,15 +38,15 @@ def load_prompts(path: str, default_subset: str | None = None) -> list[dict[str,
   output fields. `_where` (file:line) and `_base_dir` (for relative code-file paths) are added.
   """
   if os.path.isdir(path):
-    files = sorted(glob.glob(os.path.join(path, "*.jsonl")))
-    if not files:
+    paths = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+    if not paths:
       raise FileNotFoundError(f"--data {path}: directory holds no *.jsonl file")
   elif os.path.isfile(path):
-    files = [path]
+    paths = [path]
   else:
     raise FileNotFoundError(f"--data {path}: no such file or directory")
   records = []
-  for file in files:
+  for file in paths:
     for where, rec in common.iter_jsonl(file):
       if default_subset is not None:
         rec.setdefault("subset", default_subset)
@@ -132,9 +132,4 @@ def response_records(records: Sequence[dict[str, Any]], texts: Sequence[str],
 
 def write_responses(path: str, responses: Sequence[dict[str, Any]]) -> None:
   """Writes the responses JSONL atomically (a killed run leaves no half file for --skip_generation)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in responses:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  files.write_jsonl(path, responses, ensure_ascii=False)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
+from wavalign_jax import files
 from wavalign_jax.evaluation import common
 
 
@@ -29,8 +29,5 @@ def markdown(results: Sequence[common.BenchmarkScore]) -> str:
 
 def write_report(results: Sequence[common.BenchmarkScore], path: str) -> list[str]:
   """Write the Markdown table to `path`; returns the one-line-per-subset summary."""
-  if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(markdown(results))
+  files.write_text(path, markdown(results))
   return [line for r in results for line in summary_lines(r)]

@@ -25,6 +25,7 @@ import shutil
 from typing import Any
 
 from wavalign_jax import files, provenance
+from wavalign_jax.evaluation import run_summary
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.study.report import REPORT_METRICS
 from wavalign_jax.study.runner import finished
@@ -32,7 +33,7 @@ from wavalign_jax.study.runner import finished
 LEFT_OUT = frozenset({"testbed", "jax_cache"})   # study-level folders an export leaves out
 
 
-def _run_dir(path: str) -> bool:
+def _is_run_dir(path: str) -> bool:
   return os.path.basename(os.path.dirname(path)).startswith("seed_")
 
 
@@ -42,14 +43,14 @@ def compact(value: Any) -> Any:
 
 
 def _copy_run(src: str, dst: str, with_steps: bool) -> None:
-  os.makedirs(os.path.join(dst, "eval"))
-  for name in ("config.json", "eval_summary.json"):
+  os.makedirs(os.path.join(dst, run_summary.ROWS_DIR))
+  for name in ("config.json", run_summary.SUMMARY_FILE):
     if os.path.exists(os.path.join(src, name)):
       shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
-  rows = ["eval/after.jsonl"]
+  rows = [os.path.relpath(run_summary.rows_path(src, "after"), src)]
   if with_steps:   # (a run continued from an export holds some of them compressed already)
     rows += sorted({os.path.relpath(p, src).removesuffix(".gz")
-                    for p in glob.glob(os.path.join(src, "eval", "step_*.jsonl*"))})
+                    for p in glob.glob(os.path.join(src, run_summary.ROWS_DIR, "step_*.jsonl*"))})
   for name in [*rows, "metrics.jsonl", provenance.FILE]:
     path = files.existing_jsonl(os.path.join(src, name))
     if path is not None:
@@ -75,7 +76,7 @@ def export_results(workdir: str, dest: str) -> list[str]:
   for root, dirs, names in os.walk(workdir):
     out = os.path.normpath(os.path.join(tmp, os.path.relpath(root, workdir)))
     os.makedirs(out, exist_ok=True)
-    if _run_dir(root):
+    if _is_run_dir(root):
       dirs[:] = []
       if finished(root):
         _copy_run(root, out, os.path.basename(root) == POSITIVE_CONTROL)

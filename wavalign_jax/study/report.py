@@ -2,13 +2,13 @@
 positive control and its learning curve, training statistics and where the time went; study.md and study.json."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from wavalign_jax import files, provenance
+from wavalign_jax.evaluation import run_summary
 from wavalign_jax.study import figures
 from wavalign_jax.study.claims import (POSITIVE_CONTROL, UNDERPOWERED, evaluate_claims, interval_note, item_values,
                                        paired_difference, power_check, seed_interval)
@@ -50,7 +50,7 @@ def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int],
     per_seed = {}
     for s in seeds:
       run = run_dir(workdir, s, (same_run or {}).get(m, m))
-      path = files.existing_jsonl(os.path.join(run, "eval", "after.jsonl"))
+      path = files.existing_jsonl(run_summary.rows_path(run, "after"))
       if path is not None:
         per_seed[s] = files.read_jsonl(path)
     if len(per_seed) == len(seeds):
@@ -77,9 +77,9 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
       path = files.existing_jsonl(os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "metrics.jsonl"))
       if path is None:
         continue
-      base = os.path.join(run_dir(workdir, s, "base"), "eval_summary.json")
-      if os.path.exists(base):   # the curve starts at the base model
-        for k, v in json.load(open(base))["after"].items():
+      base = run_dir(workdir, s, "base")
+      if run_summary.finished(base):   # the curve starts at the base model
+        for k, v in run_summary.read_after(base).items():
           if k in keys["eval"]:
             series["eval"][k].setdefault(0, []).append(v)
       points = {}   # one value per (group, key, step) of this seed: a row logged twice (a kill between the final

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from wavalign_jax import errors, files, preemption, provenance
+from wavalign_jax import config_lib, errors, files, preemption, provenance
+from wavalign_jax.evaluation import run_summary
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.testbed import base_model
 
@@ -62,10 +63,7 @@ def check_command(workdir: str, command: dict[str, Any], write: bool) -> None:
         "use a new --workdir")
 
 
-def finished(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "eval_summary.json"))
-
-
+finished = run_summary.finished   # a run whose eval_summary.json exists is not redone
 EXPORTED_SUMMARY = "eval_summary.exported.json"   # a retrained base run's summary before it was retrained
 EXPORTED_LAUNCHES = "launches.exported.jsonl"      # ... and its launches (provenance.py), [.gz] as exported
 
@@ -88,15 +86,15 @@ def check_retrained_base(path: str) -> None:
   old = os.path.join(path, EXPORTED_SUMMARY)
   if not os.path.exists(old):
     return
-  before, now = (json.load(open(p))["after"] for p in (old, os.path.join(path, "eval_summary.json")))
+  before, now = json.load(open(old))["after"], run_summary.read_after(path)
   if before != now:
-    os.replace(os.path.join(path, "eval_summary.json"), os.path.join(path, "eval_summary.retrained.json"))
+    os.replace(run_summary.summary_path(path), os.path.join(path, "eval_summary.retrained.json"))
     differ = [f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted(before.keys() | now.keys())
               if before.get(k) != now.get(k)]
     launches = provenance.read(path)
     unrecorded = "a commit it did not record"
     made = ", ".join(provenance.commits(provenance.read(path, EXPORTED_LAUNCHES))) or unrecorded
-    raise RuntimeError(
+    raise errors.RunError(
         f"{path}: the retrained base model does not evaluate as the exported one did ({'; '.join(differ[:3])}); "
         "the seed's finished runs started from the exported one, so runs from this one would not be comparable. "
         f"The exported base model was made at {made}, this one at "
@@ -111,8 +109,7 @@ def train_command(config_spec: str, method: str, seed: int, workdir: str, overri
                   eval_every: int) -> list[str]:
   """The train.py command line of one run (the base run trains the seed's base model into its workdir)."""
   seed_dir = os.path.join(workdir, f"seed_{seed}")
-  path, _, variant = config_spec.partition(":")
-  cmd = [sys.executable, "-m", "wavalign_jax.train", f"--config={path}:{','.join(filter(None, [variant, method]))}",
+  cmd = [sys.executable, "-m", "wavalign_jax.train", f"--config={config_lib.with_variant(config_spec, method)}",
          f"--workdir={run_dir(workdir, seed, method)}", f"--config.seed={seed}", f"--config.testbed.seed={seed}",
          f"--config.data.shuffle_seed={seed}", f"--config.testbed.dir={os.path.join(seed_dir, 'testbed')}",
          "--config.train.eval_before=False", f"--config.train.eval_every={eval_every}"]
@@ -201,7 +198,7 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
   for st, s in retrain:
     base = st.base_dir(s)
     print(f"seed {s}: {base} has no base model (an exported study): retraining it", flush=True)
-    os.replace(os.path.join(base, "eval_summary.json"), os.path.join(base, EXPORTED_SUMMARY))
+    os.replace(run_summary.summary_path(base), os.path.join(base, EXPORTED_SUMMARY))
     launches = files.existing_jsonl(os.path.join(base, provenance.FILE))
     if launches is not None:
       os.replace(launches, os.path.join(base, EXPORTED_LAUNCHES + (".gz" if launches.endswith(".gz") else "")))
@@ -222,7 +219,7 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     if method != "base":
       base_ready[base].wait()
       if guard.signum is None and not finished(base):
-        raise RuntimeError(f"seed {seed}: the base run failed; see {base}/run.log")
+        raise errors.RunError(f"seed {seed}: the base run failed; see {base}/run.log")
     if guard.signum is not None:   # stopping: no new run starts (a base run's waiters are let go)
       if method == "base":
         base_ready[base].set()
@@ -249,11 +246,11 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     if rc == 0 and not finished(path) and guard.signum is not None:   # preempted with a checkpoint
       return
     if rc != 0 or not finished(path):
-      raise RuntimeError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
+      raise errors.RunError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
                          f"see {path}/run.log")
     with lock:
       done.append(t1 - t0)
-      after = json.load(open(os.path.join(path, "eval_summary.json")))["after"]
+      after = run_summary.read_after(path)
       elapsed = t1 - start
       eta = elapsed / len(done) * (len(todo) - len(done))
       print(f"[study {len(done)}/{len(todo)}] {st.label + ' ' if st.label else ''}seed {seed} {method}: "
@@ -276,7 +273,7 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
       raise
     failures = [f.exception() for f in futures if f.exception() is not None]
   if failures:
-    raise RuntimeError("; ".join(str(e) for e in failures))
+    raise errors.RunError("; ".join(str(e) for e in failures))
   if guard.signum is not None and len(done) < len(todo):
     raise StudyStopped(f"{signal.Signals(guard.signum).name} received: the study stopped after its running runs "
                        f"saved their checkpoints ({len(done)} of {len(todo)} runs finished); rerun the same command "

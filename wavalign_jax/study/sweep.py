@@ -80,8 +80,7 @@ def parse_sweep(arg: str, config: mlc.ConfigDict, overridden: Sequence[str] = ()
 
 def method_config(config_spec: str, method: str, overrides: dict[str, Any]) -> mlc.ConfigDict:
   """The resolved config of one run: the spec's variant, the method, then `overrides` {dotted field: value}."""
-  path, _, variant = config_spec.partition(":")
-  config = config_lib.load_config_file(f"{path}:{','.join(filter(None, [variant, method]))}")
+  config = config_lib.load_config_file(config_lib.with_variant(config_spec, method))
   for dotted, value in overrides.items():
     set_field(config, dotted, value)
   return config
