@@ -115,11 +115,29 @@ def apply_method(config: mlc.ConfigDict, method: str) -> None:
     raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
   config.method = method
   for dotted, value in METHODS[method].items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_field(config, dotted, value)
+
+
+def get_field(config: mlc.ConfigDict, dotted: str) -> Any:
+  """The value of a dotted field ("rl.token_set")."""
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def set_field(config: mlc.ConfigDict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  (get_field(config, ".".join(parents)) if parents else config)[leaf] = value
+
+
+def has_field(config: mlc.ConfigDict, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, mlc.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
 
 
 def _section(defaults: Any) -> mlc.ConfigDict:
@@ -299,15 +317,6 @@ def nearest_fields(config: mlc.ConfigDict, dotted: str, n: int = 3) -> list[str]
   return list(dict.fromkeys(found))[:n]
 
 
-def _has_field(config: mlc.ConfigDict, dotted: str) -> bool:
-  node = config
-  for part in dotted.split("."):
-    if not isinstance(node, mlc.ConfigDict) or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def load_config_file(spec: str) -> mlc.ConfigDict:
   """`path.py[:variant]` -> its get_config(variant), as `--config=` loads it."""
   path, _, arg = spec.partition(":")
@@ -330,7 +339,7 @@ def unknown_overrides(argv: list[str], flag: str = "config") -> list[str]:
   for arg in argv:
     if arg.startswith(f"--{flag}."):
       dotted = arg[len(flag) + 3:].split("=", 1)[0]
-      if not _has_field(config, dotted):
+      if not has_field(config, dotted):
         near = nearest_fields(config, dotted)
         hint = f"; did you mean {', '.join('--' + flag + '.' + p for p in near)}?" if near else ""
         messages.append(f"{arg.split('=', 1)[0]}: {spec} has no field {dotted!r}{hint}")

@@ -37,10 +37,11 @@ from typing import Any, Callable, Sequence
 
 import ml_collections as mlc
 
+from wavalign_jax import config_lib
 from wavalign_jax.study import report as report_lib
 from wavalign_jax.study import runner as runner_lib
 from wavalign_jax.study.claims import POSITIVE_CONTROL
-from wavalign_jax.study.sweep import (REWARD_ONLY_FIELDS, duplicate_runs, format_value, get_field, override_fields,
+from wavalign_jax.study.sweep import (REWARD_ONLY_FIELDS, duplicate_runs, format_value, override_fields,
                                       reads_reward_field)
 
 
@@ -56,7 +57,7 @@ def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: S
   os.makedirs(workdir, exist_ok=True)
   runner_lib.check_command(workdir, {"config": config_spec, "overrides": sorted(overrides), "eval_every": eval_every,
                                      "sweep": sweep[0] if sweep else None}, write=not report_only)
-  fixed = {f: get_field(config, f) for f in override_fields(overrides)}   # typed as the runs parse them
+  fixed = {f: config_lib.get_field(config, f) for f in override_fields(overrides)}   # typed as the runs parse them
   what = " ".join([config_spec, *overrides])
   if sweep is None:
     studies = {"": runner_lib.Study(workdir, tuple(overrides), duplicate_runs(config_spec, methods, fixed))}

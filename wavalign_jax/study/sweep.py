@@ -21,18 +21,6 @@ JUDGE_FIELDS = ("testbed.judge_acoustic_weight", "testbed.judge_acoustic_noise")
 REWARD_ONLY_FIELDS = (*JUDGE_FIELDS, "reward.")
 
 
-def get_field(config: mlc.ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
-def set_field(config: mlc.ConfigDict, dotted: str, value: Any) -> None:
-  *parents, leaf = dotted.split(".")
-  (get_field(config, ".".join(parents)) if parents else config)[leaf] = value
-
-
 def override_fields(overrides: Sequence[str]) -> list[str]:
   """The dotted fields of --config.x=y arguments."""
   return [o[len("--config."):].split("=", 1)[0] for o in overrides]
@@ -49,14 +37,14 @@ def parse_sweep(arg: str, config: mlc.ConfigDict, overridden: Sequence[str] = ()
   field, sep, raw = arg.partition("=")
   if not sep or not field or not raw:
     raise ValueError(f"--sweep={arg}: give FIELD=V1,V2,... e.g. --sweep=testbed.judge_acoustic_noise=0,0.25,0.5")
-  if not config_lib._has_field(config, field):
+  if not config_lib.has_field(config, field):
     near = config_lib.nearest_fields(config, field)
     raise ValueError(f"--sweep: the config has no field {field!r}" +
                      (f"; did you mean {', '.join(near)}?" if near else ""))
   if field in STUDY_FIELDS or field in overridden:
     raise ValueError(f"--sweep: {field} is set by " + ("the study for every run" if field in STUDY_FIELDS else
                                                        f"--config.{field}") + "; sweep another field")
-  current = get_field(config, field)
+  current = config_lib.get_field(config, field)
   parser = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser(),
             str: flags.ArgumentParser()}.get(type(current))
   if parser is None:
@@ -82,7 +70,7 @@ def method_config(config_spec: str, method: str, overrides: dict[str, Any]) -> m
   """The resolved config of one run: the spec's variant, the method, then `overrides` {dotted field: value}."""
   config = config_lib.load_config_file(config_lib.with_variant(config_spec, method))
   for dotted, value in overrides.items():
-    set_field(config, dotted, value)
+    config_lib.set_field(config, dotted, value)
   return config
 
 
