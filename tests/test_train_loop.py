@@ -141,3 +141,19 @@ def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_ba
   after = json.load(open(tmp_path / "files_run" / "eval_summary.json"))["after"]
   assert after["reward"] == pytest.approx(np.mean([r["reward"] for r in scored]), abs=1e-6)
   assert after["reward_lo"] <= after["reward"] <= after["reward_hi"] and after["reward/failed"] == 0
+
+
+def test_profile_traces_the_steps_asked_for(tmp_path, tiny_base):
+  """train.profile_steps: JAX's profiler trace of steps 2..3 (after step 1) in WORKDIR/profile, each step annotated
+  with its number."""
+  import glob
+  import gzip
+  c = tiny_config("interleaved", tiny_base("interleaved"))
+  c.train.update(total_steps=4, checkpoint_every=4, eval_before=False, profile_start_step=1, profile_steps=2)
+  out = train.train(c, str(tmp_path))
+  assert int(out["state"].step) == 4
+  (trace,) = glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
+  assert glob.glob(os.path.join(os.path.dirname(trace), "*.xplane.pb"))
+  events = json.load(gzip.open(trace))["traceEvents"]
+  steps = sorted({int(e["args"]["step_num"]) for e in events if e.get("name") == "train" and "args" in e})
+  assert steps == [2, 3]

@@ -28,7 +28,8 @@ MINIMUM = {
     "rl.num_iterations": 1, "train.total_steps": 0, "train.stop_at_step": 0, "train.microbatches": 1,
     "train.log_every": 0, "train.checkpoint_every": 0, "train.keep_checkpoints": 1, "train.eval_every": 0,
     "train.eval_examples": 0, "train.eval_batch_size": 1, "train.analysis_every": 0,
-    "train.analysis_minibatches": 1, "testbed.base_sft_steps": 0, "testbed.base_batch_size": 1,
+    "train.analysis_minibatches": 1, "train.profile_steps": 0, "train.profile_start_step": 0,
+    "testbed.base_sft_steps": 0, "testbed.base_batch_size": 1,
     "testbed.base_checkpoint_every": 0,
 }
 OBJECTIVES = ("hybrid", "dpo")

@@ -35,6 +35,7 @@ FREE = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
     "train.eval_every", "train.eval_before",
     "train.eval_examples", "train.eval_batch_size", "train.analysis_every", "train.analysis_minibatches",
+    "train.profile_steps", "train.profile_start_step",
     "optim.warmup_steps", "mesh.", "rollout.length_buckets",
     "rollout.cache_windows", "rollout.gather_weights",
     "model.remat", "model.logprob_chunk", "model.logprob_keep_logits", "model.attention_impl", "model.attention_block",

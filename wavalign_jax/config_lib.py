@@ -235,6 +235,8 @@ def base_config() -> mlc.ConfigDict:
   c.train.eval_batch_size = 16         # rows per eval sampler call (at most eval_examples)
   c.train.analysis_every = 0           # > 0: log the text/speech gradient geometry (docs: analysis/) every N steps
   c.train.analysis_minibatches = 2     # mini-batches of prompt groups for its SNR
+  c.train.profile_steps = 0            # > 0: trace this many steps with JAX's profiler into WORKDIR/profile
+  c.train.profile_start_step = 5       # tracing begins after this step (its first steps' compilations done)
 
   # --- Parallelism -----------------------------------------------------------------------------
   # FSDP over every device by default (a 7B model with AdamW state does not fit replicated);

@@ -30,7 +30,8 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
-                          models, optim, preemption, provenance, sharding, steps, train_state, workdir_lock)
+                          models, optim, preemption, profiling, provenance, sharding, steps, train_state,
+                          workdir_lock)
 from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.batches import DPOBatch, HybridBatch, PairBatch, PromptBatch
 from wavalign_jax.data import loader
@@ -157,20 +158,25 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   total = config.train.total_steps
   stop_at = min(total, config.train.stop_at_step or total)
   metrics: dict[str, Any] = {}
-  while int(state.step) < stop_at:
-    step = int(state.step)
-    t0 = time.time()
-    raw = next(run.train_it)
-    if run.cfg.objective == "dpo":
-      batch, rl_start, extra = _dpo_batch(run, fns, raw, ref_params), 0, {}
-    else:
-      batch, rl_start, extra = _hybrid_batch(run, fns, state, raw, ref_params, monitor)
-    if _analysis_due(run, step) and batch.rl is not None:   # hybrid only; before the update: same params
-      extra.update(_geometry(run, fns, state, batch))
-    state, metrics = _update(run, fns, state, batch, rl_start, stop_at)
-    metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
-               "step_time": time.time() - t0}
-    _after_step(run, state, metrics, step, stop_at)
+  profiler = profiling.StepProfiler(workdir, config.train.profile_start_step, config.train.profile_steps)
+  try:
+    while int(state.step) < stop_at:
+      step = int(state.step)
+      with profiler.step(step):
+        t0 = time.time()
+        raw = next(run.train_it)
+        if run.cfg.objective == "dpo":
+          batch, rl_start, extra = _dpo_batch(run, fns, raw, ref_params), 0, {}
+        else:
+          batch, rl_start, extra = _hybrid_batch(run, fns, state, raw, ref_params, monitor)
+        if _analysis_due(run, step) and batch.rl is not None:   # hybrid only; before the update: same params
+          extra.update(_geometry(run, fns, state, batch))
+        state, metrics = _update(run, fns, state, batch, rl_start, stop_at)
+        metrics = {**jax.device_get(metrics), **extra, "skipped_steps": int(state.skipped_steps),
+                   "step_time": time.time() - t0}
+      _after_step(run, state, metrics, step, stop_at)
+  finally:
+    profiler.close()
   return _shut_down(run, state, metrics, resumed, stop_at, results)
 
 
