@@ -17,6 +17,7 @@ from matplotlib.colors import to_hex
 
 from wavalign_jax import config_lib, files, intervals, provenance, study
 from wavalign_jax.errors import ConfigError, RunError
+from wavalign_jax.workdir_lock import WorkdirLocked
 from wavalign_jax.study import claims, export, figures, report, runner, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -429,6 +430,29 @@ class FakeTrain:
       os.makedirs(os.path.join(workdir, "base_model"), exist_ok=True)
     os.makedirs(os.path.join(workdir, "checkpoints", "3"), exist_ok=True)
     return 0
+
+
+def test_a_second_study_on_the_same_directory_is_refused_and_starts_no_run(tmp_path):
+  """A study relaunched while the first still runs (a scheduler's double start) would start the runs the first is
+  training: it is refused at once, naming the holder; reporting alone still works."""
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  work = tmp_path / "work"
+  fake = FakeTrain()
+  study.run_study(spec, config, str(work), ["sft"], [0], runner=fake)
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom wavalign_jax import workdir_lock\n"
+                             "with workdir_lock.hold(sys.argv[1]):\n  print('held', flush=True)\n  time.sleep(60)",
+                             str(work)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(WorkdirLocked, match=rf"in use by another job .*pid {holder.pid}"):
+      study.run_study(spec, config, str(work), ["sft", "rl_text_exact"], [0], runner=fake)
+    assert len(fake.calls) == 2   # the first study's base and sft runs: the second started none
+    study.run_study(spec, config, str(work), ["sft"], [0], report_only=True, runner=None)
+  finally:
+    holder.kill()
+    holder.wait()
+  study.run_study(spec, config, str(work), ["sft", "rl_text_exact"], [0], runner=fake)   # the holder gone (dead pid)
+  assert len(fake.calls) == 3
 
 
 def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_from_it(tmp_path):

@@ -32,12 +32,13 @@ __main__.py (the command line). `run_study` below ties them together.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Sequence
 
 import ml_collections as mlc
 
-from wavalign_jax import config_lib
+from wavalign_jax import config_lib, workdir_lock
 from wavalign_jax.study import report as report_lib
 from wavalign_jax.study import runner as runner_lib
 from wavalign_jax.study.claims import POSITIVE_CONTROL
@@ -55,30 +56,40 @@ def run_study(config_spec: str, config: mlc.ConfigDict, workdir: str, methods: S
   methods = sorted([m for m in methods if m != "base"], key=lambda m: m != POSITIVE_CONTROL)   # it runs first
   workdir = os.path.abspath(workdir)   # the runs' locked paths (testbed.dir, init_checkpoint) spelled one way
   os.makedirs(workdir, exist_ok=True)
-  runner_lib.check_command(workdir, {"config": config_spec, "overrides": sorted(overrides), "eval_every": eval_every,
-                                     "sweep": sweep[0] if sweep else None}, write=not report_only)
   fixed = {f: config_lib.get_field(config, f) for f in override_fields(overrides)}   # typed as the runs parse them
+  studies = _studies(config_spec, workdir, methods, overrides, fixed, sweep)
   what = " ".join([config_spec, *overrides])
-  if sweep is None:
-    studies = {"": runner_lib.Study(workdir, tuple(overrides), duplicate_runs(config_spec, methods, fixed))}
-  else:
-    field, values = sweep
-    studies = {}
-    reward_only = field.startswith(REWARD_ONLY_FIELDS)
-    for v in values:
-      label = f"{field}={format_value(v)}"
-      first = next(iter(studies.values()), None)
-      same_run = duplicate_runs(config_spec, methods, {**fixed, field: v})
-      shared = (m for m in methods if m not in same_run and not reads_reward_field(config_spec, m, fixed, field))
-      studies[format_value(v)] = runner_lib.Study(
-          os.path.join(workdir, label), (*overrides, f"--config.{label}"), same_run, label,
-          shared_base=first.workdir if first and reward_only else "",
-          shared_methods=tuple(shared) if first and reward_only else ())
-  if not report_only:
-    runner_lib.run_all(config_spec, list(studies.values()), methods, seeds, eval_every, jobs,
-                       os.path.join(workdir, "jax_cache"), runner)
-  if sweep is None:
-    report_lib.report(studies[""], f"Study: {what}", methods, seeds)
-  else:
-    report_lib.sweep_report(workdir, what, sweep[0], studies, methods, seeds)
+  # One study per directory (WORKDIR/job.lock, as a run's): a second launch would start the runs the first is
+  # training, and both would write run_times.json. Reporting alone reads, so it takes no lock.
+  with contextlib.nullcontext() if report_only else workdir_lock.hold(workdir):
+    runner_lib.check_command(workdir, {"config": config_spec, "overrides": sorted(overrides), "eval_every": eval_every,
+                                       "sweep": sweep[0] if sweep else None}, write=not report_only)
+    if not report_only:
+      runner_lib.run_all(config_spec, list(studies.values()), methods, seeds, eval_every, jobs,
+                         os.path.join(workdir, "jax_cache"), runner)
+    if sweep is None:
+      report_lib.report(studies[""], f"Study: {what}", methods, seeds)
+    else:
+      report_lib.sweep_report(workdir, what, sweep[0], studies, methods, seeds)
   print(f"wrote {os.path.join(workdir, 'study.md')}", flush=True)
+
+
+def _studies(config_spec: str, workdir: str, methods: Sequence[str], overrides: Sequence[str], fixed: dict[str, Any],
+             sweep: tuple[str, list[Any]] | None) -> dict[str, runner_lib.Study]:
+  """{"": the study} or, with a sweep, {value: its study in workdir/FIELD=V}; a reward-only field's values share
+  the first value's base runs and the runs of methods that never read it."""
+  if sweep is None:
+    return {"": runner_lib.Study(workdir, tuple(overrides), duplicate_runs(config_spec, methods, fixed))}
+  field, values = sweep
+  studies: dict[str, runner_lib.Study] = {}
+  reward_only = field.startswith(REWARD_ONLY_FIELDS)
+  for v in values:
+    label = f"{field}={format_value(v)}"
+    first = next(iter(studies.values()), None)
+    same_run = duplicate_runs(config_spec, methods, {**fixed, field: v})
+    shared = (m for m in methods if m not in same_run and not reads_reward_field(config_spec, m, fixed, field))
+    studies[format_value(v)] = runner_lib.Study(
+        os.path.join(workdir, label), (*overrides, f"--config.{label}"), same_run, label,
+        shared_base=first.workdir if first and reward_only else "",
+        shared_methods=tuple(shared) if first and reward_only else ())
+  return studies
