@@ -185,6 +185,14 @@ def test_check_refuses(tmp_path, overrides, match):
     config_check.check(_tiny(**overrides), str(tmp_path))
 
 
+def test_a_profile_window_past_the_last_step_is_a_warning(tmp_path):
+  assert config_check.check(_tiny(train__profile_steps=2, train__profile_start_step=3), str(tmp_path)) == []
+  total = _tiny().train.total_steps
+  warnings = config_check.check(_tiny(train__profile_steps=2, train__profile_start_step=total), str(tmp_path))
+  assert warnings == [f"--config.train.profile_start_step={total} is not below --config.train.total_steps={total}: "
+                      "no step will be profiled"]
+
+
 def test_group_size_one_is_refused_only_for_methods_that_sample():
   for method in ("sft", "dpo_text", "base"):   # no rollouts in training
     c = vita.get_config(f"tiny,{method}")

@@ -45,11 +45,19 @@ def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
   _check_choices(config)
   optim.validate(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
   check_finite_knobs(config)
-  warnings = check_mesh(config)
+  warnings = check_mesh(config) + _profile_warnings(config)
   check_data(config)
   check_reward(config)
   check_writable(workdir)
   return warnings
+
+
+def _profile_warnings(config: mlc.ConfigDict) -> list[str]:
+  t = config.train
+  if t.profile_steps and t.profile_start_step >= t.total_steps:
+    return [f"--config.train.profile_start_step={t.profile_start_step} is not below --config.train.total_steps="
+            f"{t.total_steps}: no step will be profiled"]
+  return []
 
 
 def check_reward(config: mlc.ConfigDict) -> None:
