@@ -251,7 +251,9 @@ def _converted_checkpoint(path, arch):
 def _dataset(path, **info):
   path.mkdir()
   (path / "tokenizer.json").write_text("{}")
-  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": [], "tokenizer": "tokenizer.json",
+  (path / "data-00000-of-00001.array_record").write_bytes(b"")   # (check_data reads the info, not the records)
+  info = {"arch": "interleaved", "kind": "rl", "longest": 100, "shards": ["data-00000-of-00001.array_record"],
+          "num_records": 1000, "tokenizer": "tokenizer.json",
           "ratios": list(vita.get_config("").layout.ratios), "audio_delay": 6, "vocab": {"vocab_size": 64}, **info}
   (path / "dataset_info.json").write_text(json.dumps(info))
   return str(path)
@@ -296,6 +298,16 @@ def test_real_config_data_is_checked_before_any_work(tmp_path):
     config_check.check_data(c)
   c.data.train = _dataset(tmp_path / "good_again")
   config_check.check_data(c)
+  # Copied in part: a shard is missing; too small for one step.
+  c.data.train = _dataset(tmp_path / "partial", shards=["data-00000-of-00002.array_record",
+                                                        "data-00001-of-00002.array_record"])
+  with pytest.raises(ConfigError, match=r"partial: 2 of its 2 shards are missing \(.*data-00000-of-00002"):
+    config_check.check_data(c)
+  c.data.train = _dataset(tmp_path / "small", num_records=c.data.prompts_per_step - 1)
+  with pytest.raises(ConfigError, match=rf"small: {c.data.prompts_per_step - 1} records cannot fill one step of "
+                                        rf"--config.data.prompts_per_step={c.data.prompts_per_step}"):
+    config_check.check_data(c)
+  c.data.train = str(tmp_path / "good_again")
   # Layout and vocabulary: the SFT anchor must follow the layout the rollouts follow, eval the train set's ids.
   c.data.train = _dataset(tmp_path / "boost", ratios=[1, 10, 4, 10])
   with pytest.raises(ConfigError, match=r"boost: built with ratios \[1, 10, 4, 10\], but --config.layout.ratios is "

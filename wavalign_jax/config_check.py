@@ -202,9 +202,17 @@ def check_data(config: mlc.ConfigDict) -> None:
     if not os.path.exists(path):
       raise ConfigError(f"--config.data.{name}={path} does not exist")
     try:
-      _, info = loader.resolve_paths(path)
+      shards, info = loader.resolve_paths(path)
       if not info:
         raise ValueError("not a dataset directory; build one with `python -m data_pipeline.build`")
+      missing = [s for s in shards if not os.path.isfile(s)]
+      if missing:
+        raise ValueError(f"{len(missing)} of its {len(shards)} shards are missing ({missing[0]}, ...): copy the "
+                         "dataset folder whole, or rebuild it")
+      records, hosts = info.get("num_records", 0), jax.process_count()
+      if name == "train" and records - records % hosts < config.data.prompts_per_step:   # as the loader reads them
+        raise ValueError(f"{records} records cannot fill one step of --config.data.prompts_per_step="
+                         f"{config.data.prompts_per_step} (on {hosts} host(s))")
       if info.get("arch") != arch:
         raise ValueError(f"built for arch {info.get('arch')!r}, the model is {arch!r}")
       if info.get("kind") != kind:

@@ -205,9 +205,12 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   rng = jax.random.PRNGKey(config.seed)
   create = lambda params: train_state.create(params, optimizer, gate_lib.init_gate_state(cfg.gate), rng)
   abstract = jax.eval_shape(lambda: create(models.init_params(setup.model_cfg, rng)))
-  train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
-                                buckets=setup.buckets, seed=config.data.shuffle_seed,
-                                num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
+  try:   # config_check found what it could from the dataset's info; the loader checks the shards themselves
+    train_it = loader.make_loader(setup.train_data, global_batch_size=config.data.prompts_per_step,
+                                  buckets=setup.buckets, seed=config.data.shuffle_seed,
+                                  num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
+  except ValueError as e:
+    raise errors.RunError(f"--config.data.train={setup.train_data}: {e}") from None
   return _Run(config, workdir, guard, setup, mesh, cfg, ckpt, train_it, optimizer,
               optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
               train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create)
