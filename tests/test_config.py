@@ -169,6 +169,7 @@ def _tiny(**overrides):
     ({"rollout__temperature": -0.5}, r"--config.rollout.temperature=-0.5"),
     ({"rollout__decode": "fast"}, r"--config.rollout.decode='fast': choose one of \['auto', 'main', 'mctp'\]"),
     ({"rollout__cache_windows": 0}, "cache_windows=0: must be an integer >= 1"),
+    ({"train__checkpoint_every_minutes": -1.0}, "checkpoint_every_minutes=-1.0: must be a number >= 0"),
     ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
      "stop_at_step=3: with --config.rl.num_iterations=2"),
     ({"rl__num_iterations": 4, "rl__clip_eps": 0.2, "train__total_steps": 30, "train__sft_stage_fraction": 0.5,

@@ -141,6 +141,17 @@ def test_a_save_the_filesystem_refuses_is_a_one_line_error_naming_the_checkpoint
   np.testing.assert_array_equal(restored["w"], np.zeros(100, np.float32))
 
 
+def test_checkpoint_every_minutes_saves_when_the_time_has_passed(tiny_base, tmp_path):
+  """train.checkpoint_every_minutes: a checkpoint once that much time passed since the last (here a few
+  milliseconds: every step), besides the step cadence (off here) and the last step; an hour: only the last."""
+  for minutes, want in ((1e-4, [1, 2, 3, 4]), (60.0, [4])):
+    c = _config(tiny_base("interleaved"))
+    c.train.update(checkpoint_every=0, checkpoint_every_minutes=minutes)
+    work = tmp_path / f"every_{minutes}"
+    train.train(c, str(work))
+    assert sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit()) == want
+
+
 def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run, tiny_base, tmp_path):
   src, config = finished_run, _config(tiny_base("interleaved"))
   work = _copy_run(src, tmp_path / "all_damaged")

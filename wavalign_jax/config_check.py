@@ -87,6 +87,9 @@ def check_sizes(config: mlc.ConfigDict) -> None:
     value = config[section][field]
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ConfigError(f"--config.{dotted}={value!r}: must be an integer >= {least}")
+  minutes = config.train.get("checkpoint_every_minutes", 0.0)
+  if not math.isfinite(minutes) or minutes < 0:
+    raise ConfigError(f"--config.train.checkpoint_every_minutes={minutes!r}: must be a number >= 0 (0 = off)")
   if config_lib.samples_rollouts(config) and config.rollout.group_size < 2:
     raise ConfigError(
         f"--config.rollout.group_size={config.rollout.group_size}: method {config.method!r} samples rollouts and "

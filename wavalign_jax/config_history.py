@@ -32,7 +32,8 @@ from wavalign_jax.errors import RunError
 # Fields that may change on resume: they change when or how things run, not what is trained.
 FREE = (
     "train.total_steps", "train.stop_at_step", "train.microbatches", "train.max_consecutive_skips",
-    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
+    "train.log_every", "train.checkpoint_every", "train.checkpoint_every_minutes", "train.keep_checkpoints",
+    "train.compilation_cache_dir",
     "train.eval_every", "train.eval_before",
     "train.eval_examples", "train.eval_batch_size", "train.analysis_every", "train.analysis_minibatches",
     "train.profile_steps", "train.profile_start_step",

@@ -226,6 +226,7 @@ def base_config() -> mlc.ConfigDict:
   c.train.log_every = 1
   c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 3
+  c.train.checkpoint_every_minutes = 0.0   # > 0: also checkpoint once this many minutes passed since the last one
   # Where the CLI keeps XLA's compiled programs across launches (a path on a shared filesystem or a bucket): a
   # restarted or preempted job then skips its compiles (the 7B step's took 4 minutes on an H200 host). "" = off.
   c.train.compilation_cache_dir = ""

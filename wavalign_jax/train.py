@@ -136,6 +136,7 @@ class _Run:
   abstract: Any            # the train state's shapes
   create: Any              # params -> a fresh train state
   writer: Any = None
+  last_save: float = 0.0   # time.time() of the last checkpoint (or of the start): train.checkpoint_every_minutes
 
 
 class _Steps(NamedTuple):
@@ -151,6 +152,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
+  run.last_save = time.time()
   results = _evaluate_before(run, state)
   _evaluate_missed(run, state)
   fns = _make_steps(run)
@@ -355,9 +357,10 @@ def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: i
     ckpt.close()
     writer.close()
     raise errors.NonFiniteStop(stop)
-  saved = crossed(c.checkpoint_every) or now == stop_at
+  saved = crossed(c.checkpoint_every) or now == stop_at or _save_due_by_time(run)
   if saved:
     ckpt.save(now, state, run.train_it)
+    run.last_save = time.time()
   if run.guard.should_stop():
     if not saved:
       ckpt.save(now, state, run.train_it)
@@ -366,6 +369,18 @@ def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: i
     raise preemption.Preempted(now, run.guard.signum, "training")
   if crossed(c.eval_every) and now < total:
     _evaluate_and_log(run, state.params, now, "eval", f"step_{now}")
+
+
+def _save_due_by_time(run: _Run) -> bool:
+  """`train.checkpoint_every_minutes` have passed since the last checkpoint (process 0's clock decides for all):
+  bounds the work a kill without warning loses when step times vary (rollout lengths, evaluations)."""
+  minutes = run.config.train.checkpoint_every_minutes
+  if not minutes:
+    return False
+  due = time.time() - run.last_save >= 60 * minutes
+  if jax.process_count() > 1:
+    due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+  return due
 
 
 # ----------------------------------------------------------------------------- evaluation and shutdown
