@@ -167,6 +167,7 @@ def _tiny(**overrides):
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),
     ({"rollout__top_p": 0.0}, r"--config.rollout.temperature=0.7, --config.rollout.top_p=0.0, .*: need"),
     ({"rollout__temperature": -0.5}, r"--config.rollout.temperature=-0.5"),
+    ({"rollout__temperature": float("nan")}, "not a finite number: --config.rollout.temperature=nan"),
     ({"rollout__decode": "fast"}, r"--config.rollout.decode='fast': choose one of \['auto', 'main', 'mctp'\]"),
     ({"rollout__cache_windows": 0}, "cache_windows=0: must be an integer >= 1"),
     ({"train__checkpoint_every_minutes": -1.0}, "checkpoint_every_minutes=-1.0: must be a number >= 0"),

@@ -3,6 +3,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -161,6 +162,16 @@ def test_a_corrupt_cache_entry_is_moved_aside_and_asked_again(tmp_path, caplog):
     assert len(entry.with_name(entry.name + ".corrupt").read_text()) == 10   # the damaged bytes, kept
     llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
     assert len(server.requests) == 2                                  # and read from the cache from then on
+
+
+def test_a_corrupt_entry_replaced_meanwhile_by_another_process_is_left_alone(tmp_path):
+  """Reader A reads a damaged entry; before A moves it aside, writer B replaces it with a good reply: A leaves B's."""
+  from wavalign_jax.rewards import judge_cache
+  cache = judge_cache.JudgeCache(str(tmp_path))
+  cache.put("ab" * 32, {"choices": ["<score>4</score>"]})
+  path = cache._path("ab" * 32)
+  cache._set_aside(path, b"{torn", ValueError("torn"))   # what A read, no longer on disk
+  assert cache.get("ab" * 32) == {"choices": ["<score>4</score>"]} and not os.path.exists(path + ".corrupt")
 
 
 def test_failed_calls_are_not_cached(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from fake_judge_server import FakeJudgeServer, Reply, chat_reply
 from conftest import built_testbed_datasets, tiny_config
-from wavalign_jax import train
+from wavalign_jax import run_setup, train
 from wavalign_jax.rewards.base import RewardFailureError
 
 
@@ -47,7 +47,8 @@ def test_too_many_judge_failures_stop_the_run(tmp_path, tiny_base):
       train.train(_judge_config(tiny_base, server.base_url, max_failed_fraction=0.25), str(tmp_path))
 
 
-def test_data_eval_on_built_datasets_is_scored_by_the_same_judge_with_its_failures_counted(tmp_path, tiny_base):
+def test_data_eval_on_built_datasets_is_scored_by_the_same_judge_with_its_failures_counted(tmp_path, tiny_base,
+                                                                                           monkeypatch):
   """A run on built datasets (`data.source=arrayrecord`) with `data.eval`: rollouts and the evaluation of the greedy
   responses go to one LLM judge. The judge fails every request about one question (as an overloaded judge fails
   some items): those eval items are counted in `reward/failed` and left out of the mean, the others score 4."""
@@ -60,9 +61,16 @@ def test_data_eval_on_built_datasets_is_scored_by_the_same_judge_with_its_failur
   failing = eval_records[0]["question_text"]
   handler = lambda body, i: (Reply(500, b"overloaded") if f"Question: {failing}\n" in user_text(body)
                              else chat_reply("<score>4</score>"))
+  judges = []
+  class CountedJudge(run_setup.LLMJudge):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      judges.append(self)
+  monkeypatch.setattr(run_setup, "LLMJudge", CountedJudge)
   with FakeJudgeServer(handler) as server:
     config.reward.base_url = server.base_url
     train.train(config, str(tmp_path / "run"))
+  assert len(judges) == 1   # one client for rollouts and evaluation: one in-flight limit, one cache
   lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl") if '"train"' in l]
   assert [l["reward/failed"] for l in lines] == [0, 0]   # no training prompt asks the failing question
   question = {r["id"]: r["question_text"] for r in eval_records}

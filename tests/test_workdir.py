@@ -234,6 +234,19 @@ def test_inputs_written_again_in_place_are_refused_on_resume(tmp_path):
   (data / "dataset_info.json").write_text(json.dumps({"shards": []}))   # built before datasets carried one
   config_history.record(config, work, 6)
   assert not os.path.exists(os.path.join(work, "config.6.json"))
+  # Another path with other contents: the path's change is listed, and its identity's without "written again".
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "dataset_info.json").write_text(json.dumps({**info, "content_sha256": "3" * 64}))
+  (data / "dataset_info.json").write_text(json.dumps({**info, "content_sha256": "4" * 64}))
+  config.train.allow_config_change = True
+  config_history.record(config, work, 7)   # the recorded identity is "4..." from here on
+  config.train.allow_config_change = False
+  config.data.train = str(other)
+  with pytest.raises(ConfigChanged) as e:
+    config_history.record(config, work, 8)
+  assert "data.train: " in str(e.value) and "inputs.data.train: " in str(e.value)
+  assert "written again" not in str(e.value)
 
 
 def test_config_history_keeps_every_config_of_a_run(tmp_path):

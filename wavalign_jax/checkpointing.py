@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -39,11 +40,18 @@ class SaveFailed(RunError):
   """The filesystem refused a checkpoint (disk full, quota, a file-size limit, a lost mount)."""
 
 
-def _storage_error(error: BaseException) -> bool:
-  """Whether the filesystem caused `error`: an OSError in its chain, or TensorStore's report of one (Orbax raises
-  it as a ValueError whose message carries the OS error code)."""
+# What a full disk, an exhausted quota, a file-size limit, a read-only or failing mount raise.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def _storage_error(error: BaseException | None) -> bool:
+  """Whether the storage refused a write in `error` or its causes: an OSError of `_STORAGE_ERRNOS`, or TensorStore's
+  report of one (Orbax raises it as a ValueError whose message ends with the OS error code)."""
   while error is not None:
-    if isinstance(error, OSError) or "os_error_code=" in str(error):
+    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+      return True
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code and int(code.group(1)) in _STORAGE_ERRNOS:
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -92,6 +100,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.wait()   # an earlier asynchronous save's failure, reported as such (Orbax's save would raise it as this one's)
     with self._storage_errors(f"saving checkpoint {step}"):
       return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
@@ -109,7 +118,7 @@ class Checkpointer:
       resume = (f"the newest complete checkpoint is step {latest}" if latest is not None else
                 "no checkpoint is complete yet")
       raise SaveFailed(f"{what} in {self._manager.directory} failed ({_short_reason(e)}); {resume}: make room (or "
-                       "fix the filesystem) and rerun the same command to resume") from None
+                       "fix the filesystem) and rerun the same command to resume") from e
 
   def restore(self, abstract_state: Any, data_iterator: Any = None) -> Any:
     """Restores the newest checkpoint that restores onto the shardings carried by `abstract_state`

@@ -70,9 +70,9 @@ def check_reward(config: mlc.ConfigDict) -> None:
                       "authentication)")
 
 
-def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testbed", "reward")) -> None:
-  """Refuses a NaN / inf in the numbers of the testbed and reward sections at start-up (a NaN judge noise gives
-  NaN rewards for the whole run; comparisons with NaN pass every range check)."""
+def check_finite_knobs(config: mlc.ConfigDict, sections: Sequence[str] = ("testbed", "reward", "rollout")) -> None:
+  """Refuses a NaN / inf in the numbers of the testbed, reward and rollout sections at start-up (a NaN judge noise
+  gives NaN rewards for the whole run, a NaN temperature NaN logits; comparisons with NaN pass every range check)."""
   bad = [f"--config.{section}.{key}={value}" for section in sections for key, value in config.get(section, {}).items()
          if isinstance(value, float) and not math.isfinite(value)]
   if bad:
@@ -135,7 +135,7 @@ def check_rollout(config: mlc.ConfigDict) -> None:
       decode.StreamSampling(**{f: r[name] for f, name in names.items()})
     except (TypeError, ValueError):
       flags = ", ".join(f"--config.rollout.{name}={r[name]!r}" for name in names.values())
-      raise ConfigError(f"{flags}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (integers)") from None
+      raise ConfigError(f"{flags}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0") from None
   if r.decode not in (*decode.DECODERS, "auto"):
     raise ConfigError(f"--config.rollout.decode={r.decode!r}: choose one of {['auto', *decode.DECODERS]}")
   if r.decode == "mctp" and not decode.mctp_schedule(r, config.layout):

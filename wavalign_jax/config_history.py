@@ -148,9 +148,11 @@ def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> Non
   if not diff:
     return
   locked = [(k, a, b) for k, a, b in diff if not _is_free(k)]
+  changed = {k for k, _, _ in diff}
+  rewritten = lambda k: k.startswith("inputs.") and k[len("inputs."):] not in changed   # same path, new contents
   listing = "\n  ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" + (
-      f" ({k[len('inputs.'):]} names the same path, whose contents were written again since)"
-      if k.startswith("inputs.") else "") for k, a, b in locked)
+      f" ({k[len('inputs.'):]} names the same path, whose contents were written again since)" if rewritten(k) else "")
+      for k, a, b in locked)
   if locked and not config.train.get("allow_config_change", False):
     raise ConfigChanged(
         f"{workdir} holds a run of another experiment (checkpoint step {resume_step}); these fields differ from "

@@ -212,7 +212,9 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
                                   buckets=setup.buckets, seed=config.data.shuffle_seed,
                                   num_epochs=config.data.num_epochs or None, worker_count=config.data.worker_count)
   except ValueError as e:
-    raise errors.RunError(f"--config.data.train={setup.train_data}: {e}") from None
+    flag = "--config.data.train" if config.data.source == "arrayrecord" else "the testbed's training set"
+    raise errors.RunError(f"{flag} {setup.train_data} with --config.data.prompts_per_step="
+                          f"{config.data.prompts_per_step}: {e}") from None
   return _Run(config, workdir, guard, setup, mesh, cfg, ckpt, train_it, optimizer,
               optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
               train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create)

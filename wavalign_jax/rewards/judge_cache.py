@@ -36,19 +36,29 @@ class JudgeCache:
   def get(self, key: str) -> Any | None:
     path = self._path(key)
     try:
-      with open(path, encoding="utf-8") as f:
-        return json.load(f)
+      with open(path, "rb") as f:
+        data = f.read()
     except FileNotFoundError:
       return None
+    try:
+      return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      aside = f"{path}.corrupt"
-      try:
-        os.replace(path, aside)
-      except FileNotFoundError:   # another reader moved it first
-        pass
-      logging.warning("judge cache entry %s does not read as JSON (%s): moved to %s; asking the judge again",
-                      path, e, aside)
+      self._set_aside(path, data, e)
       return None
+
+  def _set_aside(self, path: str, data: bytes, error: Exception) -> None:
+    """Moves a damaged entry to `<path>.corrupt`, unless another process has meanwhile replaced it (then it is its
+    good reply) or moved it; a cache it cannot write (read-only, shared) keeps it, and the judge is asked anyway."""
+    aside = f"{path}.corrupt"
+    try:
+      with open(path, "rb") as f:
+        if f.read() != data:
+          return
+      os.replace(path, aside)
+    except OSError:
+      return
+    logging.warning("judge cache entry %s does not read as JSON (%s): moved to %s; asking the judge again",
+                    path, error, aside)
 
   def put(self, key: str, value: Any) -> None:
     path = self._path(key)

@@ -191,6 +191,8 @@ def claim_p_value(comparisons: Sequence[dict[str, Any]]) -> float:
   such p). A claim decided at the 95% level has p < 0.05; Holm's procedure over the study's claims
   (`family_wise`) keeps the chance that any of them is decided wrongly at 5%."""
   k = len(comparisons)
+  if any(not np.isfinite(c["p"]) for c in comparisons):   # a comparison without an interval decides nothing
+    return float("nan")
   reproduce = max(c["p"] for c in comparisons) if all(c["claimed_side"] for c in comparisons) else 1.0
   refute = min([min(1.0, k * c["p"]) for c in comparisons if not c["claimed_side"]], default=1.0)
   return float(min(reproduce, refute))

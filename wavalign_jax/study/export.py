@@ -24,13 +24,14 @@ import os
 import shutil
 from typing import Any
 
-from wavalign_jax import files, provenance
+from wavalign_jax import files, provenance, workdir_lock
 from wavalign_jax.evaluation import run_summary
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.study.report import REPORT_METRICS
 from wavalign_jax.study.runner import finished
 
-LEFT_OUT = frozenset({"testbed", "jax_cache"})   # study-level folders an export leaves out
+# Study-level folders and files an export leaves out (a running study's lock: an export may be made meanwhile)
+LEFT_OUT = frozenset({"testbed", "jax_cache", workdir_lock.LOCK_FILE})
 
 
 def _is_run_dir(path: str) -> bool:
