@@ -100,6 +100,10 @@ def test_claims_from_rows():
   assert [lowers["comparisons"][0][k] for k in ("diff", "lo", "hi")] == pytest.approx([-0.75, -0.75 - half,
                                                                                        -0.75 + half])
   assert by_claim["SFT keeps or raises EQ"]["verdict"] == "inconclusive"   # no difference at all
+  # Seeds to decide -0.75 with spread 0.25: at 95%, 3 (t 4.303 * 0.25 / sqrt 3 = 0.62 < 0.75); family-wise over the
+  # 2 claims (level 97.5%), 4 (at 3 seeds t 6.205 gives 0.90; at 4, t 4.177 gives 0.52).
+  assert lowers["comparisons"][0]["seeds_to_decide"] == 3
+  assert lowers["comparisons"][0]["seeds_to_decide_family_wise"] == 4
 
 
 def test_family_wise_verdicts_hold_by_holm_over_the_claims():

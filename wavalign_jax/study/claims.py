@@ -150,19 +150,24 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
   """One entry per claim of CLAIMS whose methods all ran: each comparison's paired difference and CI, and the
   claim's verdict (every comparison reproduced -> reproduced; any not reproduced -> not reproduced, where a claim
   naming k rivals needs the comparison's (1 - 0.05/k) interval on the other side of 0: `refute_lo`, `refute_hi`,
-  so that k chances to refute a true claim keep a 5% error between them) and `seeds_to_decide`. When the positive
-  control failed (`power`), every verdict is "underpowered": RL not learning would explain any of them.
-  `same_run` ({alias: method}) keeps a method's second name out of "the best trade-off" comparisons."""
+  so that k chances to refute a true claim keep a 5% error between them), `seeds_to_decide` and
+  `seeds_to_decide_family_wise` (the same at the Bonferroni level over the study's m claims, 1 - 0.05/m: what Holm
+  needs at most). When the positive control failed (`power`), every verdict is "underpowered": RL not learning would
+  explain any of them. `same_run` ({alias: method}) keeps a method's second name out of "the best trade-off"
+  comparisons."""
   same_run = same_run or {}
   underpowered = power is not None and not power["powered"]
-  out = []
+  ran = []
   for claim, metric, a, bs, relation in CLAIMS:
     if bs == "*":
       bs = tuple(m for m in rows if m not in (a, "base", same_run.get(a, a), *NOT_IN_PAPER) and m not in same_run)
-    if a not in rows or not bs or any(b not in rows for b in bs):
-      continue
+    if a in rows and bs and all(b in rows for b in bs):
+      ran.append((claim, metric, a, bs, relation))
+  out = []
+  for claim, metric, a, bs, relation in ran:
     comparisons = []
     refute_level = 1 - (1 - LEVEL) / len(bs)   # Bonferroni: any one of the k rivals may refute the claim
+    family = lambda level: 1 - (1 - level) / len(ran)
     for b in bs:
       diffs = paired_items(rows, seeds, a, b, metric)
       d, lo, hi = seed_interval(diffs)
@@ -174,6 +179,8 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
       comparisons.append({"b": b, "diff": d, "lo": lo, "hi": hi, "refute_lo": refute_lo, "refute_hi": refute_hi,
                           "p": seed_p_value(diffs), "claimed_side": bool(claimed_side),
                           "seeds_to_decide": seeds_to_decide(diffs, LEVEL if claimed_side else refute_level),
+                          "seeds_to_decide_family_wise": seeds_to_decide(
+                              diffs, family(LEVEL if claimed_side else refute_level)),
                           "verdict": UNDERPOWERED if underpowered else v})
     verdicts = {c["verdict"] for c in comparisons}
     overall = (UNDERPOWERED if underpowered else "not reproduced" if "not reproduced" in verdicts else

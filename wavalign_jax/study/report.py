@@ -306,17 +306,20 @@ def markdown(out: dict[str, Any]) -> str:
   lines += ["## The paper's claims", "",
             "A claim naming k rivals is refuted only by a comparison whose (1 − 0.05/k) interval (the refuting CI) "
             "lies on the other side of 0. *Seeds to decide*: the fewest seeds whose interval would exclude 0 if the "
-            "measured mean and between-seed spread held (a rough plan for a next study; `claims.seeds_to_decide`). "
+            "measured mean and between-seed spread held (a rough plan for a next study; `claims.seeds_to_decide`), "
+            "at 95% / family-wise (at the Bonferroni level over the study's claims: at most what Holm needs). "
             + FAMILY_WISE_NOTE,
-            "", "| claim | comparison (a − b) | difference [95% CI] | refuting CI | seeds to decide | verdict |",
+            "", "| claim | comparison (a − b) | difference [95% CI] | refuting CI | seeds to decide (95% / family-wise) "
+            "| verdict |",
             "|---|---|---|---|---|---|"]
   for c in claims:
     k = len(c["comparisons"])
     for i, cmp in enumerate(c["comparisons"]):
       refute = f"[{100 * cmp['refute_lo']:+.1f}, {100 * cmp['refute_hi']:+.1f}]" if k > 1 else "(the 95% CI)"
-      need = cmp.get("seeds_to_decide")
+      need = " / ".join("–" if n is None else str(n) for n in
+                        (cmp.get("seeds_to_decide"), cmp.get("seeds_to_decide_family_wise")))
       lines.append(f"| {c['claim'] if i == 0 else ''} | {c['a']} − {cmp['b']} ({c['metric']}) | {_diff(cmp)} | "
-                   f"{refute} | {'–' if need is None else need} | {cmp['verdict'] if k > 1 else ''} |")
+                   f"{refute} | {need} | {cmp['verdict'] if k > 1 else ''} |")
     lines.append(f"| | **verdict** | | | | {verdict_cell(c)} |")
   lines += ["", "## Training statistics (rollout methods; means over steps and seeds)", "",
             *training_rows(out["curves"]), "",
