@@ -148,8 +148,8 @@ def test_family_wise_error_of_a_whole_study_without_any_effect():
       iq, eq = rng.normal(0.5, 0.25, n), rng.normal(0.8, 0.1, n)
       for m in methods:
         a, b = rng.normal(0, 0.02, 2)
-        rows[m][s] = [{"iq": x, "eq": y, "subset": "id", "family": "lookup"} for x, y in
-                      zip(np.clip(iq + a + rng.normal(0, 0.1, n), 0, 1), np.clip(eq + b + rng.normal(0, 0.05, n), 0, 1))]
+        iq_m, eq_m = np.clip(iq + a + rng.normal(0, 0.1, n), 0, 1), np.clip(eq + b + rng.normal(0, 0.05, n), 0, 1)
+        rows[m][s] = [{"iq": x, "eq": y, "subset": "id", "family": "lookup"} for x, y in zip(iq_m, eq_m)]
     found = claims.evaluate_claims(rows, seeds)
     assert len(found) == 11
     any_decided += any(c["verdict"] in ("reproduced", "not reproduced") for c in found)

@@ -5,8 +5,8 @@ source -> this host's slice -> seeded shuffle (reshuffled every epoch) -> repeat
 smallest length bucket that fits -> optional worker processes.
 
 The iterator is a Grain `DatasetIterator`: its state (saved with the train state, one per host, by
-checkpointing.Checkpointer) resumes with exactly the next example, across epochs too. Host h of n reads records h, h+n, ...
-of the file order (after dropping the last len % n records so every host sees as many).
+checkpointing.Checkpointer) resumes with exactly the next example, across epochs too. Host h of n reads records h,
+h+n, ... of the file order (after dropping the last len % n records so every host sees as many).
 With several hosts and no packing, use a single bucket so that every host's batch has the
 same shape (packed batches always have the largest bucket's length).
 """

@@ -309,8 +309,8 @@ def markdown(out: dict[str, Any]) -> str:
             "measured mean and between-seed spread held (a rough plan for a next study; `claims.seeds_to_decide`), "
             "at 95% / family-wise (at the Bonferroni level over the study's claims: at most what Holm needs). "
             + FAMILY_WISE_NOTE,
-            "", "| claim | comparison (a − b) | difference [95% CI] | refuting CI | seeds to decide (95% / family-wise) "
-            "| verdict |",
+            "", "| claim | comparison (a − b) | difference [95% CI] | refuting CI | seeds to decide "
+            "(95% / family-wise) | verdict |",
             "|---|---|---|---|---|---|"]
   for c in claims:
     k = len(c["comparisons"])
