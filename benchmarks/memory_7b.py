@@ -24,6 +24,7 @@ sampler's figure is one decode step of one layer; compare them across device cou
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 import time
@@ -104,8 +105,8 @@ def bench(model: str, n: int) -> None:
     print(f"  (besides the sampler: the train state's {resident / GiB:.2f} GiB per device)", flush=True)
   samplers = {"sampler": lambda: sampler_lib._sample.lower(params, cfg, prompts, rng, sc)}
   if cfg.num_mtp_modules:
-    schedule = decode.mctp_schedule(config.rollout, config.layout)
-    samplers["mctp"] = lambda: mctp._sample_mctp.lower(params, cfg, prompts, rng, sc, schedule)
+    mctp_sc = dataclasses.replace(sc, decode="mctp", mctp_schedule=decode.mctp_schedule(config.rollout, config.layout))
+    samplers["mctp"] = lambda: mctp._sample_mctp.lower(params, cfg, prompts, rng, mctp_sc)
   for part, lower in samplers.items():
     if part in FLAGS.parts:
       t = time.perf_counter()

@@ -170,6 +170,8 @@ def _tiny(**overrides):
     ({"rollout__temperature": float("nan")}, "not a finite number: --config.rollout.temperature=nan"),
     ({"rollout__decode": "fast"}, r"--config.rollout.decode='fast': choose one of \['auto', 'main', 'mctp'\]"),
     ({"rollout__cache_windows": 0}, "cache_windows=0: must be an integer >= 1"),
+    ({"rollout__decode": "mctp", "rollout__mctp_schedule": (0, 2)},
+     r"--config.rollout.mctp_schedule=\[0, 2\] .*: MCTP schedule \[0, 2\]: need pairs"),
     ({"train__checkpoint_every_minutes": -1.0}, "checkpoint_every_minutes=-1.0: must be a number >= 0"),
     ({"rl__num_iterations": 2, "rl__clip_eps": 0.2, "train__stop_at_step": 3},
      "stop_at_step=3: with --config.rl.num_iterations=2"),

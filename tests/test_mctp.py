@@ -1,6 +1,7 @@
 """MCTP-accelerated decoding against the upstream VITA-Audio generations of the tiny fixture
 (tests/fixtures/vita_audio_mtp/README.md, "MCTP generation fixture"): token for token, the head of every
 step, and each chosen token's log-probability under the producing head within the fixture tolerance."""
+import dataclasses
 import json
 
 import jax
@@ -27,8 +28,9 @@ def fixture():
   return cfg, params, dict(np.load(folder / "generate_mtp.npz"))
 
 
-def _greedy(n, group_size=1):
-  return SamplingConfig(max_new_tokens=n, group_size=group_size, sampling=StreamSampling(0.0, 1.0, 0), pad_id=0)
+def _greedy(n, group_size=1, schedule=(1, 0)):
+  return SamplingConfig(max_new_tokens=n, group_size=group_size, sampling=StreamSampling(0.0, 1.0, 0), pad_id=0,
+                        decode="mctp", mctp_schedule=tuple(schedule))
 
 
 def _prompts(gen, which):
@@ -59,8 +61,8 @@ def test_mctp_generation_matches_upstream(fixture, mode):
   per prompt, which share the prompt's main cache and the modules' prompt anchors: each must be upstream's."""
   cfg, params, gen = fixture
   n, G = int(gen["max_new_tokens"]), 2
-  r = jax.device_get(mctp.sample_mctp(params, cfg, _prompts(gen, (0, 1)), jax.random.key(0), _greedy(n, G),
-                                      gen[f"mode_{mode}_schedule"].tolist()))
+  r = jax.device_get(mctp.sample_mctp(params, cfg, _prompts(gen, (0, 1)), jax.random.key(0),
+                                      _greedy(n, G, gen[f"mode_{mode}_schedule"].tolist())))
   for i in (0, 1):
     want = gen[f"mode_{mode}_tokens_{i}"]
     ref = np.asarray(jax.nn.log_softmax(jnp.asarray(gen[f"mode_{mode}_logits_{i}"]), axis=-1))[np.arange(n), want]
@@ -76,7 +78,8 @@ def test_main_schedule_equals_the_main_only_sampler(fixture):
   cfg, params, gen = fixture
   sc = SamplingConfig(max_new_tokens=20, group_size=3, sampling=StreamSampling(1.0, 0.9, 0), pad_id=0)
   prompts = _prompts(gen, (0, 1))
-  a = jax.device_get(mctp.sample_mctp(params, cfg, prompts, jax.random.key(5), sc, [1, 0]))
+  a = jax.device_get(mctp.sample_mctp(params, cfg, prompts, jax.random.key(5),
+                                      dataclasses.replace(sc, decode="mctp", mctp_schedule=(1, 0))))
   b = jax.device_get(sampler.sample(params, cfg, prompts, jax.random.key(5), sc))
   np.testing.assert_array_equal(a.tokens["tokens"], b.tokens["tokens"])
   np.testing.assert_allclose(a.logp["tokens"], b.logp["tokens"], atol=1e-5)
@@ -88,6 +91,8 @@ def test_bad_schedules_and_models_are_refused(fixture):
   for bad in ([1], [0, 2], [1, 2, 0, 0], [1, -1]):
     with pytest.raises(ValueError, match="MCTP schedule"):
       mctp.expand(bad, 4)
+    with pytest.raises(ValueError, match="MCTP schedule"):   # a SamplingConfig never holds one
+      _greedy(4, schedule=bad)
   with pytest.raises(ValueError, match="MCTP modules"):
-    mctp.sample_mctp(params, cfg.replace(num_mtp_modules=0), _prompts(gen, (0,)), jax.random.key(0), _greedy(4),
-                     [1, 2])
+    mctp.sample_mctp(params, cfg.replace(num_mtp_modules=0), _prompts(gen, (0,)), jax.random.key(0),
+                     _greedy(4, schedule=(1, 2)))

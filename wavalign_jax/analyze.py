@@ -69,7 +69,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   cfg, mesh = model.model_cfg, model.mesh
   logprob_fn = models.logprob_fn(cfg)
   it = loader.make_loader(_dataset(config, model, data), global_batch_size=examples, shuffle=False, num_epochs=1,
-                          buckets=config_lib.length_buckets(config.data), process_index=0, process_count=1)
+                          buckets=config_lib.padded_lengths(config.data), process_index=0, process_count=1)
   raw = next(iter(it))
   out: dict[str, Any] = {"checkpoint": checkpoint, "compare": compare, "examples": examples}
   figures = {}

@@ -87,7 +87,7 @@ def check_sizes(config: mlc.ConfigDict) -> None:
     value = config[section][field]
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ConfigError(f"--config.{dotted}={value!r}: must be an integer >= {least}")
-  minutes = config.train.get("checkpoint_every_minutes", 0.0)
+  minutes = config.train.checkpoint_every_minutes
   if not math.isfinite(minutes) or minutes < 0:
     raise ConfigError(f"--config.train.checkpoint_every_minutes={minutes!r}: must be a number >= 0 (0 = off)")
   if config_lib.samples_rollouts(config) and config.rollout.group_size < 2:
@@ -138,9 +138,13 @@ def check_rollout(config: mlc.ConfigDict) -> None:
       raise ConfigError(f"{flags}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0") from None
   if r.decode not in (*decode.DECODERS, "auto"):
     raise ConfigError(f"--config.rollout.decode={r.decode!r}: choose one of {['auto', *decode.DECODERS]}")
-  if r.decode == "mctp" and not decode.mctp_schedule(r, config.layout):
-    raise ConfigError("--config.rollout.decode='mctp' needs a schedule: --config.rollout.mctp_schedule (the "
-                      "interleaved layout's ratios by default; the parallel layout has none)")
+  if r.decode == "mctp" or (r.decode == "auto" and r.mctp_schedule):
+    try:
+      decode.check_mctp_schedule(decode.mctp_schedule(r, config.layout))
+    except ValueError as e:
+      raise ConfigError(f"--config.rollout.decode={r.decode!r}, --config.rollout.mctp_schedule="
+                        f"{list(r.mctp_schedule)!r} (the interleaved layout's ratios when empty; the parallel "
+                        f"layout has none): {e}") from None
 
 
 def check_mesh(config: mlc.ConfigDict) -> list[str]:
@@ -195,7 +199,7 @@ def check_data(config: mlc.ConfigDict) -> None:
   if not config.data.train:
     raise ConfigError("--config.data.train is empty: build a dataset with `python -m data_pipeline.build` "
                       "(--kind=rl for the hybrid / RL methods, --kind=dpo for DPO) and pass its directory")
-  buckets = config_lib.length_buckets(config.data)
+  buckets = config_lib.padded_lengths(config.data)
   layout_field, wanted_layout, flag = _layout_as_built(config, arch)
   train_vocab = None
   for name, kind in (("train", "dpo" if config.objective == "dpo" else "rl"), ("eval", "rl")):

@@ -83,7 +83,7 @@ def parse_variant(arg: str | None, known: dict[str, set[str]]) -> dict[str, str]
   return out
 
 
-def length_buckets(data: mlc.ConfigDict) -> tuple[int, int]:
+def padded_lengths(data: mlc.ConfigDict) -> tuple[int, int]:
   """The loader's padded lengths: the prompt alone and prompt + response (the longest example a run loads)."""
   return (data.max_prompt_len, data.max_prompt_len + data.max_response_len)
 

@@ -74,7 +74,7 @@ class _Sources(NamedTuple):
 
 def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | None = None) -> RunSetup:
   """`guard` lets the testbed's base-model SFT stop on SIGTERM with a checkpoint (raises Preempted)."""
-  buckets = config_lib.length_buckets(config.data)
+  buckets = config_lib.padded_lengths(config.data)
   testbed = config.data.source == "testbed"
   src = _testbed_sources(config, workdir, buckets, guard) if testbed else _built_sources(config)
   reward_fn = make_reward_fn(config, workdir) if config_lib.calls_reward(config) else None

@@ -36,7 +36,7 @@ AUDIO_PLACEHOLDER = "<|audio|>"
 RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 SHARD_PATTERN = "{name}-{index:05d}-of-{count:05d}.array_record"
 # The longest example the experiment configs load (prompt + response bucket of experiments/vita.py and kimi.py).
-DEFAULT_MAX_LENGTH = config_lib.length_buckets(config_lib.base_config().data)[-1]
+DEFAULT_MAX_LENGTH = config_lib.padded_lengths(config_lib.base_config().data)[-1]
 
 
 def load_codes(value: Any, base_dir: str, field: str) -> list[int]:

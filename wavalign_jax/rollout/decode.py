@@ -64,8 +64,8 @@ class SamplingConfig:
       raise ValueError(f"rollout cache_windows={self.cache_windows}: need >= 1")
     if self.decode not in DECODERS:
       raise ValueError(f"rollout.decode={self.decode!r}: choose one of {DECODERS} (or 'auto' in the config)")
-    if self.decode == "mctp" and not self.mctp_schedule:
-      raise ValueError("rollout.decode='mctp' needs a schedule (rollout.mctp_schedule, default the layout ratios)")
+    if self.decode == "mctp":
+      check_mctp_schedule(self.mctp_schedule)
 
   def for_stream(self, stream: str) -> StreamSampling:
     return dict(self.per_stream).get(stream, self.sampling)
@@ -73,6 +73,17 @@ class SamplingConfig:
   @property
   def pad(self) -> int:
     return self.pad_id if self.constraint is None else self.constraint.vocab.pad
+
+
+def check_mctp_schedule(schedule: Sequence[int]) -> None:
+  """An MCTP schedule [M1, m1, M2, m2, ...] (rollout/mctp.py): pairs of counts >= 0, M1 >= 1, the last (repeating)
+  pair not empty."""
+  s = tuple(int(x) for x in schedule)
+  if not s:
+    raise ValueError("rollout.decode='mctp' needs a schedule (rollout.mctp_schedule, default the layout ratios)")
+  if len(s) < 2 or len(s) % 2 or any(x < 0 for x in s) or s[0] < 1 or sum(s[-2:]) < 1:
+    raise ValueError(f"MCTP schedule {list(s)}: need pairs [M1, m1, ...] of counts >= 0, M1 >= 1 and a last "
+                     "pair that is not empty")
 
 
 def mctp_schedule(rollout_cfg: Any, layout_cfg: Any) -> tuple[int, ...]:

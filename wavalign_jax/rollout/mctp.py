@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from wavalign_jax import models
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.rollout.decode import Rollouts, SamplingConfig, emit, finish, init_carry, validate_prompts
+from wavalign_jax.rollout.decode import (Rollouts, SamplingConfig, check_mctp_schedule, emit, finish, init_carry,
+                                        validate_prompts)
 
 MAIN = -1
 
@@ -43,10 +44,8 @@ class Step:
 
 def expand(schedule: Sequence[int], n: int) -> str:
   """'M'/'m' per generated token: pairs in order, the last pair repeating, cut to n characters."""
+  check_mctp_schedule(schedule)
   s = tuple(int(x) for x in schedule)
-  if len(s) < 2 or len(s) % 2 or any(x < 0 for x in s) or s[0] < 1 or sum(s[-2:]) < 1:
-    raise ValueError(f"MCTP schedule {list(s)}: need pairs [M1, m1, ...] of counts >= 0, M1 >= 1 and a last "
-                     "pair that is not empty")
   out, pair = "", 0
   while len(out) < n:
     a, b = s[2 * pair], s[2 * pair + 1]
@@ -90,10 +89,9 @@ def periodic_split(steps: list[Step], period: int) -> int:
   return p
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg", "schedule"))
-def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig,
-                 schedule: tuple[int, ...]) -> Rollouts:
-  G, N = cfg.group_size, cfg.max_new_tokens
+@functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
+def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
+  G, N, schedule = cfg.group_size, cfg.max_new_tokens, tuple(int(x) for x in cfg.mctp_schedule)
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
   prompt_valid = prompts["valid"].astype(bool)
@@ -182,12 +180,12 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
   return finish(carry, cfg, N, G, head=carry["head"])
 
 
-def sample_mctp(params, model_cfg: ModelConfig, prompts, rng, sampling_cfg: SamplingConfig,
-                schedule: Sequence[int]) -> Rollouts:
-  """G rollouts per prompt with MCTP decoding (`sampler.sample`'s contract, plus `Rollouts.head`)."""
+def sample_mctp(params, model_cfg: ModelConfig, prompts, rng, sampling_cfg: SamplingConfig) -> Rollouts:
+  """G rollouts per prompt with MCTP decoding on `sampling_cfg.mctp_schedule` (`sampler.sample`'s contract, plus
+  `Rollouts.head`)."""
   if model_cfg.arch != "interleaved" or model_cfg.num_mtp_modules < 1:
     raise ValueError(f"MCTP decoding needs an interleaved model with MCTP modules (arch {model_cfg.arch!r}, "
                      f"{model_cfg.num_mtp_modules} modules); use rollout.decode='main'")
-  expand(schedule, 1)
+  check_mctp_schedule(sampling_cfg.mctp_schedule)
   validate_prompts(model_cfg, prompts, sampling_cfg)
-  return _sample_mctp(params, model_cfg, prompts, rng, sampling_cfg, tuple(int(x) for x in schedule))
+  return _sample_mctp(params, model_cfg, prompts, rng, sampling_cfg)

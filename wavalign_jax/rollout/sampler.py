@@ -77,7 +77,7 @@ def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, samplin
   global arrays on the mesh (several hosts). Row r's random numbers do not depend on the sharding.
   `sampling_cfg.decode == "mctp"` decodes with VITA-Audio's MCTP modules (rollout/mctp.py)."""
   if sampling_cfg.decode == "mctp":
-    return mctp.sample_mctp(params, model_cfg, prompts, rng, sampling_cfg, sampling_cfg.mctp_schedule)
+    return mctp.sample_mctp(params, model_cfg, prompts, rng, sampling_cfg)
   validate_prompts(model_cfg, prompts, sampling_cfg)
   return _sample(params, model_cfg, prompts, rng, sampling_cfg)
 

@@ -28,7 +28,6 @@ from wavalign_jax import files, provenance, workdir_lock
 from wavalign_jax.evaluation import run_summary
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.study.report import REPORT_METRICS
-from wavalign_jax.study.runner import finished
 
 # Study-level folders and files an export leaves out (a running study's lock: an export may be made meanwhile)
 LEFT_OUT = frozenset({"testbed", "jax_cache", workdir_lock.LOCK_FILE})
@@ -79,7 +78,7 @@ def export_results(workdir: str, dest: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     if _is_run_dir(root):
       dirs[:] = []
-      if finished(root):
+      if run_summary.finished(root):
         _copy_run(root, out, os.path.basename(root) == POSITIVE_CONTROL)
         runs.append(os.path.relpath(root, workdir))
       else:

@@ -63,7 +63,6 @@ def check_command(workdir: str, command: dict[str, Any], write: bool) -> None:
         "use a new --workdir")
 
 
-finished = run_summary.finished   # a run whose eval_summary.json exists is not redone
 EXPORTED_SUMMARY = "eval_summary.exported.json"   # a retrained base run's summary before it was retrained
 EXPORTED_LAUNCHES = "launches.exported.jsonl"      # ... and its launches (provenance.py), [.gz] as exported
 
@@ -74,7 +73,7 @@ def bases_to_retrain(studies: Sequence[Study], todo: Sequence[tuple[Study, int, 
   out = {}
   for st, s, m in todo:
     base = st.base_dir(s)
-    if m != "base" and finished(base) and not os.path.exists(base_model.path(base)):
+    if m != "base" and run_summary.finished(base) and not os.path.exists(base_model.path(base)):
       owner = next(o for o in studies if o.runs_here("base") and o.base_dir(s) == base)
       out[base] = (owner, s)
   return list(out.values())
@@ -193,7 +192,7 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
   config (`same_run`) or linked from another study (`shared_base`) does not run."""
   order = sorted(["base", *methods], key=lambda m: (m != "base", m != POSITIVE_CONTROL))   # stable otherwise
   todo = [(st, s, m) for m in order for st in studies for s in seeds
-          if st.runs_here(m) and not finished(run_dir(st.workdir, s, m))]
+          if st.runs_here(m) and not run_summary.finished(run_dir(st.workdir, s, m))]
   retrain = bases_to_retrain(studies, todo)
   for st, s in retrain:
     base = st.base_dir(s)
@@ -211,14 +210,14 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
   start, lock, done = time.time(), threading.Lock(), []
   base_ready = {st.base_dir(s): threading.Event() for st in studies for s in seeds}
   for path, event in base_ready.items():
-    if finished(path):
+    if run_summary.finished(path):
       event.set()
 
   def one(st: Study, seed: int, method: str) -> None:
     base = st.base_dir(seed)
     if method != "base":
       base_ready[base].wait()
-      if guard.signum is None and not finished(base):
+      if guard.signum is None and not run_summary.finished(base):
         raise errors.RunError(f"seed {seed}: the base run failed; see {base}/run.log")
     if guard.signum is not None:   # stopping: no new run starts (a base run's waiters are let go)
       if method == "base":
@@ -230,7 +229,7 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
     try:
       rc = runner(train_command(config_spec, method, seed, st.workdir, st.overrides, eval_every),
                   os.path.join(path, "run.log"), env)
-      if method == "base" and rc == 0 and finished(path):
+      if method == "base" and rc == 0 and run_summary.finished(path):
         check_retrained_base(path)
     finally:
       if method == "base":
@@ -243,9 +242,9 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
                                         "start": before.get("start", t0), "end": t1,
                                         "launches": before.get("launches", 0) + 1}
       files.write_json(os.path.join(st.workdir, "run_times.json"), times, indent=1)
-    if rc == 0 and not finished(path) and guard.signum is not None:   # preempted with a checkpoint
+    if rc == 0 and not run_summary.finished(path) and guard.signum is not None:   # preempted with a checkpoint
       return
-    if rc != 0 or not finished(path):
+    if rc != 0 or not run_summary.finished(path):
       raise errors.RunError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
                          f"see {path}/run.log")
     with lock:
