@@ -701,7 +701,8 @@ def test_time_breakdown_from_run_times_and_metrics(tmp_path):
           {"step": 3, "split": "train", "step_time": 4.0, "rollout_time": 1.0},
           {"step": 2, "split": "eval", "eval_time": 5.0, "iq": 0.5},
           {"step": 3, "split": "eval_after", "eval_time": 5.0, "iq": 0.5}]
-  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  # a last line torn by a kill (the study reports partial runs too): dropped, as a resumed run drops it
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "spl')
   (tmp_path / "run_times.json").write_text(json.dumps({"seed_0/rl_text": {"seconds": 100.0, "start": 0, "end": 100}}))
   got = report.time_breakdown(str(tmp_path), ["rl_text"], [0])
   assert got == {"rl_text": dict(wall=100.0, first_step=30.0, rollouts=2.0, updates=6.0, evals=10.0, other=52.0)}

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from wavalign_jax import checkpointing, config_history, preemption, train, workdir_lock
+from wavalign_jax.evaluation import run_summary
 from wavalign_jax.checkpointing import NoRestorableCheckpoint
 from wavalign_jax.config_history import ConfigChanged
 from wavalign_jax.metric_writer import MetricWriter
@@ -498,3 +499,35 @@ def test_an_evaluation_owed_at_a_preempted_step_runs_on_resume(tiny_base, tmp_pa
   # A finished run is left alone.
   train.train(config, str(tmp_path))
   assert [json.loads(line) for line in open(tmp_path / "metrics.jsonl")] == rows
+
+
+def test_a_finished_run_continued_past_its_end_is_not_finished_until_it_evaluates_again(finished_run, tiny_base,
+                                                                                         tmp_path, monkeypatch):
+  """A larger train.total_steps continues a finished run. Killed after its last checkpoint but before its final
+  evaluation, it must not look finished (a study would report the old end's numbers) and the next launch must
+  evaluate the new end, not say "nothing to do"."""
+  work = _copy_run(finished_run, tmp_path / "continued")
+  old_after = (work / "eval" / "after.jsonl").read_text()
+  config = _config(tiny_base("interleaved"))
+  config.train.total_steps = TOTAL + 2
+  evaluate = train._evaluate_and_log
+
+  def killed_at_the_final_evaluation(run, params, step, prefix, name):
+    if name == "after":
+      raise KeyboardInterrupt("killed")
+    return evaluate(run, params, step, prefix, name)
+
+  monkeypatch.setattr(train, "_evaluate_and_log", killed_at_the_final_evaluation)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(config, str(work))
+  assert os.path.exists(work / f"checkpoints/{TOTAL + 2}")
+  assert not run_summary.finished(str(work))
+  assert json.load(open(work / f"eval_summary.step_{TOTAL}.json"))["step"] == TOTAL
+  assert (work / "eval" / f"step_{TOTAL}.jsonl").read_text() == old_after   # the old end: a point of the curve
+  monkeypatch.setattr(train, "_evaluate_and_log", evaluate)
+  out = train.train(config, str(work))
+  assert run_summary.finished(str(work)) and json.load(open(work / "eval_summary.json"))["step"] == TOTAL + 2
+  assert out["eval_after"] == run_summary.read_after(str(work))
+  rows = [json.loads(line) for line in open(work / "metrics.jsonl")]
+  assert [(r["step"], r["split"]) for r in rows if r["split"] == "eval_after"] == [(TOTAL, "eval_after"),
+                                                                                   (TOTAL + 2, "eval_after")]

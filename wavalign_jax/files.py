@@ -16,6 +16,8 @@ import os
 import tempfile
 from typing import Any
 
+from wavalign_jax.errors import RunError
+
 
 def finite_or_none(obj: Any) -> Any:
   """`obj` with every non-finite float (also numpy scalars) replaced by None, recursively."""
@@ -88,7 +90,24 @@ def existing_jsonl(path: str) -> str | None:
   return next((p for p in (path, f"{path}.gz") if os.path.exists(p)), None)
 
 
+def jsonl_rows(path: str, text: str) -> list[tuple[Any, str]]:
+  """(row, line) of each non-blank line of `text`, the contents of the JSONL file `path`, which a job may have been
+  appending to when it was killed (metrics.jsonl): a torn last line is dropped with a warning; an unreadable line
+  before it was not torn by a kill and raises RunError naming the file and line."""
+  lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+  rows = []
+  for i, (n, line) in enumerate(lines):
+    try:
+      rows.append((json.loads(line), line))
+    except ValueError:
+      if i + 1 < len(lines):
+        raise RunError(f"{path}:{n} is not a JSON row (a torn write can only be the last line); fix or remove "
+                       "that line and rerun") from None
+      print(f"warning: {path}:{n}: dropping a torn last line (the job was killed while writing it)", flush=True)
+  return rows
+
+
 def read_jsonl(path: str) -> list[Any]:
-  """The rows of a JSONL file (gzip-compressed when its name ends in `.gz`); blank lines are skipped."""
+  """The rows of a JSONL file (gzip-compressed when its name ends in `.gz`), as `jsonl_rows` reads them."""
   with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [row for row, _ in jsonl_rows(path, f.read())]

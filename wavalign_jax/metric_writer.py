@@ -6,7 +6,6 @@ metrics.jsonl and purged from TensorBoard, so every step appears once.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Mapping
@@ -15,7 +14,6 @@ import jax
 import numpy as np
 
 from wavalign_jax import files
-from wavalign_jax.errors import RunError
 
 # Keys shown on the one-line progress report, in this order (others go to the files only).
 PROGRESS_KEYS = ("loss", "lambda", "lambda_raw", "gate_direction", "gate_info", "reward_mean", "reward_max",
@@ -73,21 +71,12 @@ def _truncate_jsonl(path: str, resume_step: int) -> list[dict[str, Any]]:
   """Keeps the rows of steps 1..resume_step (step-0 rows only if the run resumes past step 0); atomic. Returns them.
 
   A torn last line (the job was killed in the middle of writing it) is dropped with a warning; an unreadable
-  line before it was not written by this writer and stops the run, naming the file and line."""
+  line before it was not written by this writer and stops the run, naming the file and line (files.jsonl_rows)."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
     text = f.read()
-  lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-  rows = []
-  for i, (n, line) in enumerate(lines):
-    try:
-      rows.append((json.loads(line), line))
-    except ValueError:
-      if i + 1 < len(lines):
-        raise RunError(f"{path}:{n} is not a JSON row (a torn write can only be the last line); fix or remove "
-                       "that line and rerun") from None
-      print(f"warning: {path}:{n}: dropping a torn last line (the job was killed while writing it)", flush=True)
+  rows = files.jsonl_rows(path, text)
   kept = [(row, line) for row, line in rows if 0 < resume_step and row["step"] <= resume_step]
   keep = "".join(line + "\n" for _, line in kept)
   if keep != text:

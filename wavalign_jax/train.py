@@ -151,6 +151,8 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
+  if resumed and int(state.step) < config.train.total_steps:
+    run_summary.reopen(workdir, int(state.step))   # a finished run continued with a larger train.total_steps
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
   run.last_save = time.time()
   results = _evaluate_before(run, state)
@@ -428,7 +430,7 @@ def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed:
   else:
     results["eval_after"] = _evaluate_and_log(run, state.params, total, "eval_after", "after")
     if results["eval_after"]:
-      _print_before_after(run_summary.write_summary(workdir, results["eval_after"]), results["eval_after"])
+      _print_before_after(run_summary.write_summary(workdir, results["eval_after"], total), results["eval_after"])
   run.writer.close()
   return {**results, "metrics": metrics, "state": state}
 

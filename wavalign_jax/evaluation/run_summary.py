@@ -1,6 +1,7 @@
 """A run's evaluation files in its work directory (WORKSPACE.md), written by train.py and read by the study:
 eval_before.json (the evaluation before training), eval_summary.json (before and after: its existence marks a
-finished run) and the per-item rows eval/<name>.jsonl (before, step_<N>, after)."""
+finished run; `reopen` moves it aside when the run is continued past its end) and the per-item rows
+eval/<name>.jsonl (before, step_<N>, after)."""
 from __future__ import annotations
 
 import json
@@ -40,11 +41,27 @@ def write_before(workdir: str, before: dict[str, float]) -> None:
     files.write_json(os.path.join(workdir, BEFORE_FILE), before, indent=2)
 
 
-def write_summary(workdir: str, after: dict[str, float]) -> dict[str, float]:
-  """WORKDIR/eval_summary.json: the evaluation before training (kept from the run's first launch) and after.
-  Returns the one before ({} when the run did not evaluate before)."""
+def write_summary(workdir: str, after: dict[str, float], step: int) -> dict[str, float]:
+  """WORKDIR/eval_summary.json: the evaluation before training (kept from the run's first launch) and after
+  (at `step`, the run's last). Returns the one before ({} when the run did not evaluate before)."""
   path = os.path.join(workdir, BEFORE_FILE)
   before = json.load(open(path)) if os.path.exists(path) else {}
   if jax.process_index() == 0:
-    files.write_json(summary_path(workdir), {"before": before, "after": after}, indent=2)
+    files.write_json(summary_path(workdir), {"before": before, "after": after, "step": step}, indent=2)
   return before
+
+
+def reopen(workdir: str, resumed_step: int) -> None:
+  """A finished run continued past its end (a larger `train.total_steps`) is not finished any more: its summary
+  moves to eval_summary.step_<N>.json and its final rows become the step-N evaluation's (eval/step_<N>.jsonl), N
+  the old end (`resumed_step` for a summary written before it recorded its step). Process 0 moves them."""
+  if not finished(workdir) or jax.process_index() != 0:
+    return
+  with open(summary_path(workdir)) as f:
+    step = json.load(f).get("step", resumed_step)
+  after, at_step = rows_path(workdir, "after"), rows_path(workdir, f"step_{step}")
+  if os.path.exists(after) and not os.path.exists(at_step):
+    os.replace(after, at_step)
+  os.replace(summary_path(workdir), os.path.join(workdir, f"eval_summary.step_{step}.json"))
+  print(f"{workdir}: continuing a run that finished at step {step}; its evaluation there is kept as "
+        f"eval_summary.step_{step}.json", flush=True)

@@ -51,7 +51,7 @@ def load_rows(workdir: str, methods: Sequence[str], seeds: Sequence[int],
     for s in seeds:
       run = run_dir(workdir, s, (same_run or {}).get(m, m))
       path = files.existing_jsonl(run_summary.rows_path(run, "after"))
-      if path is not None:
+      if path is not None and run_summary.finished(run):   # (a run continued past its end keeps its old rows)
         per_seed[s] = files.read_jsonl(path)
     if len(per_seed) == len(seeds):
       out[m] = per_seed
