@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from wavalign_jax import checkpointing, config_history, preemption, train, workdir_lock
+from wavalign_jax import checkpointing, config_history, preemption, provenance, train, workdir_lock
 from wavalign_jax.evaluation import run_summary
 from wavalign_jax.checkpointing import NoRestorableCheckpoint
 from wavalign_jax.config_history import ConfigChanged
@@ -52,6 +52,11 @@ def _strict(line):
   return json.loads(line, parse_constant=refuse)
 
 
+def _record(config, workdir, resume_step):
+  """What a launch records of its config when it resumes from `resume_step` (None: a new run)."""
+  config_history.keep(workdir, resume_step, config_history.check(config, workdir, resume_step))
+
+
 def _final_params(workdir):
   return checkpointing.load_host_params(os.path.join(workdir, "checkpoints", str(TOTAL), "state"), key="params")
 
@@ -85,6 +90,7 @@ def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_inta
     f.write('{"step": 5, "split": "train", "lo')
   capsys.readouterr()
 
+  config.train.keep_checkpoints = TOTAL + 1   # a free field changed: kept as the config of the step resumed from
   resumed = train.train(config, str(work))
   out = capsys.readouterr().out
   failed = [line for line in out.splitlines() if "failed to restore" in line]
@@ -102,6 +108,10 @@ def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_inta
   lines = open(work / "metrics.jsonl").read().splitlines()
   assert [_strict(line)["step"] for line in lines if '"train"' in line] == [1, 2, 3, 4]
   assert lines[0] == rows.splitlines()[0]
+  # The history names the step the run resumed from, not the newest (damaged) checkpoint it found.
+  assert sorted(n for n in os.listdir(work) if n.startswith("config.")) == ["config.1.json", "config.json"]
+  assert json.load(open(work / "config.1.json"))["train"]["keep_checkpoints"] == TOTAL + 1
+  assert [launch["start_step"] for launch in provenance.read(str(work))][-1] == 1
 
 
 def jax_leaves(tree):
@@ -188,7 +198,7 @@ def test_relaunch_before_the_first_checkpoint_checks_the_config_once_testbed_sta
   """A launch killed before its first checkpoint may already have made the testbed's data, base model or the base
   model's SFT checkpoints from its config: a relaunch with another experiment is refused, not trained on them."""
   config = _config()
-  config_history.record(config, str(tmp_path), None)   # what the first launch wrote
+  _record(config, str(tmp_path), None)   # what the first launch wrote
   os.makedirs(tmp_path / made)
   config.testbed.base_sft_steps += 1
   config.optim.learning_rate *= 2
@@ -215,25 +225,25 @@ def test_inputs_written_again_in_place_are_refused_on_resume(tmp_path):
   config.init_checkpoint, config.data.train = str(ckpt), str(data)
   work = str(tmp_path / "work")
   os.makedirs(work)
-  config_history.record(config, work, None)
+  _record(config, work, None)
   assert set(json.load(open(os.path.join(work, "config.json")))["inputs"]) == {"init_checkpoint", "data.train"}
-  config_history.record(config, work, 2)                    # unchanged inputs: nothing new
+  _record(config, work, 2)                    # unchanged inputs: nothing new
   assert not os.path.exists(os.path.join(work, "config.2.json"))
 
   checkpointing.save_params(str(ckpt), {"w": np.zeros(3, np.float32)}, model_cfg)   # the same weights, saved again
   with pytest.raises(ConfigChanged, match=r"inputs.init_checkpoint: \"\w+\" -> \"\w+\" \(init_checkpoint names the "
                                           r"same path, whose contents were written again since\)"):
-    config_history.record(config, work, 4)
+    _record(config, work, 4)
   config.train.allow_config_change = True
-  config_history.record(config, work, 4)                    # accepted, and the new identity recorded
+  _record(config, work, 4)                    # accepted, and the new identity recorded
   config.train.allow_config_change = False
-  config_history.record(config, work, 5)
+  _record(config, work, 5)
 
   (data / "dataset_info.json").write_text(json.dumps({**info, "content_sha256": "2" * 64}))
   with pytest.raises(ConfigChanged, match=r"inputs.data.train: \"1+\" -> \"2+\""):
-    config_history.record(config, work, 6)
+    _record(config, work, 6)
   (data / "dataset_info.json").write_text(json.dumps({"shards": []}))   # built before datasets carried one
-  config_history.record(config, work, 6)
+  _record(config, work, 6)
   assert not os.path.exists(os.path.join(work, "config.6.json"))
   # Another path with other contents: the path's change is listed, and its identity's without "written again".
   other = tmp_path / "other"
@@ -241,51 +251,51 @@ def test_inputs_written_again_in_place_are_refused_on_resume(tmp_path):
   (other / "dataset_info.json").write_text(json.dumps({**info, "content_sha256": "3" * 64}))
   (data / "dataset_info.json").write_text(json.dumps({**info, "content_sha256": "4" * 64}))
   config.train.allow_config_change = True
-  config_history.record(config, work, 7)   # the recorded identity is "4..." from here on
+  _record(config, work, 7)   # the recorded identity is "4..." from here on
   config.train.allow_config_change = False
   config.data.train = str(other)
   with pytest.raises(ConfigChanged) as e:
-    config_history.record(config, work, 8)
+    _record(config, work, 8)
   assert "data.train: " in str(e.value) and "inputs.data.train: " in str(e.value)
   assert "written again" not in str(e.value)
 
 
 def test_config_history_keeps_every_config_of_a_run(tmp_path):
   config = _config()
-  config_history.record(config, str(tmp_path), None)
+  _record(config, str(tmp_path), None)
   first = open(tmp_path / "config.json").read()
   config.train.total_steps = 10                            # free: no error, the new config is kept
-  config_history.record(config, str(tmp_path), 4)
+  _record(config, str(tmp_path), 4)
   assert json.load(open(tmp_path / "config.4.json"))["train"]["total_steps"] == 10
-  config_history.record(config, str(tmp_path), 6)          # same as the latest recorded: nothing new
+  _record(config, str(tmp_path), 6)          # same as the latest recorded: nothing new
   assert not os.path.exists(tmp_path / "config.6.json")
   config.optim.learning_rate = 5e-4
   with pytest.raises(ConfigChanged, match=r"optim.learning_rate: 0.001 -> 0.0005"):
-    config_history.record(config, str(tmp_path), 8)
+    _record(config, str(tmp_path), 8)
   config.train.allow_config_change = True
-  config_history.record(config, str(tmp_path), 8)
+  _record(config, str(tmp_path), 8)
   assert json.load(open(tmp_path / "config.8.json"))["optim"]["learning_rate"] == 5e-4
   assert open(tmp_path / "config.json").read() == first   # config.json stays the first
   config.train.allow_config_change = False                # the latest recorded config is the reference now
-  config_history.record(config, str(tmp_path), 10)
+  _record(config, str(tmp_path), 10)
   assert not os.path.exists(tmp_path / "config.10.json")
   # A path spelled another way (relative, absolute) that resolves to the same file is the same experiment.
   os.makedirs(tmp_path / "data")
   config.data.train = str(tmp_path / "data")
   config.train.allow_config_change = True
-  config_history.record(config, str(tmp_path), 12)
+  _record(config, str(tmp_path), 12)
   config.train.allow_config_change = False
   config.data.train = os.path.relpath(tmp_path / "data")
-  config_history.record(config, str(tmp_path), 14)
+  _record(config, str(tmp_path), 14)
   assert not os.path.exists(tmp_path / "config.14.json")
   config.data.train = str(tmp_path / "other")
   with pytest.raises(ConfigChanged, match="data.train: "):
-    config_history.record(config, str(tmp_path), 16)
+    _record(config, str(tmp_path), 16)
   # The checkpoints moved away: a new run, whose history must not be an earlier attempt's config.8.json.
   config = _config()
-  config_history.record(config, str(tmp_path), None)
+  _record(config, str(tmp_path), None)
   assert sorted(os.listdir(tmp_path)) == ["config.json", "data"]
-  config_history.record(config, str(tmp_path), 2)
+  _record(config, str(tmp_path), 2)
   assert sorted(os.listdir(tmp_path)) == ["config.json", "data"]
 
 

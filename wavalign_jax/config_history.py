@@ -131,9 +131,11 @@ def latest(workdir: str) -> tuple[str, dict[str, Any]] | None:
                    "config as the run's config") from None
 
 
-def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> None:
-  """Writes config.json for a new run (`resume_step` None); on a resume, checks the config against the latest
-  recorded one and keeps a changed config as config.<resume_step>.json. Every process checks; process 0 writes."""
+def check(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> dict[str, Any] | None:
+  """Writes config.json for a new run (`resume_step` None); on a resume (`resume_step`: the newest checkpoint),
+  checks the config against the latest recorded one: returns it when it differs, for `keep` to write once the step
+  the run resumes from is known (an older one if the newest checkpoint is damaged), else None. Every process
+  checks; process 0 writes."""
   given = {**as_dict(config), "inputs": input_fingerprints(config)}
   saved = latest(workdir) if resume_step is not None else None
   if saved is None:   # a new run: the configs of an earlier attempt without training state go with it
@@ -142,11 +144,11 @@ def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> Non
         if re.fullmatch(r"config\.\d+\.json", name):
           os.remove(os.path.join(workdir, name))
     _write(os.path.join(workdir, "config.json"), given)
-    return
+    return None
   path, old = saved
   diff = [d for d in changes(old, given) if d[0] != "train.allow_config_change" and not _unknown_input(*d)]
   if not diff:
-    return
+    return None
   locked = [(k, a, b) for k, a, b in diff if not _is_free(k)]
   changed = {k for k, _, _ in diff}
   rewritten = lambda k: k.startswith("inputs.") and k[len("inputs."):] not in changed   # same path, new contents
@@ -158,11 +160,17 @@ def record(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> Non
         f"{workdir} holds a run of another experiment (checkpoint step {resume_step}); these fields differ from "
         f"{path}:\n  {listing}\nRerun with the saved values, use a new --workdir, or pass "
         "--config.train.allow_config_change=True to continue this run with the new config (it is kept as "
-        f"config.{resume_step}.json)")
+        "config.<step>.json, of the step the run resumes from)")
   if locked and jax.process_index() == 0:
     print(f"warning: continuing from step {resume_step} with a changed config "
           f"(train.allow_config_change):\n  {listing}", flush=True)
-  _write(os.path.join(workdir, f"config.{resume_step}.json"), given)
+  return given
+
+
+def keep(workdir: str, step: int, changed: dict[str, Any] | None) -> None:
+  """Keeps the config `check` returned as config.<step>.json, `step` the checkpoint the run resumed from."""
+  if changed is not None:
+    _write(os.path.join(workdir, f"config.{step}.json"), changed)
 
 
 def _write(path: str, config: dict[str, Any]) -> None:

@@ -135,6 +135,8 @@ class _Run:
   state_sharding: Any
   abstract: Any            # the train state's shapes
   create: Any              # params -> a fresh train state
+  new_run: bool = True     # no training state before this launch
+  changed_config: dict | None = None   # config_history.check's, kept once the step resumed from is known
   writer: Any = None
   last_save: float = 0.0   # time.time() of the last checkpoint (or of the start): train.checkpoint_every_minutes
 
@@ -151,6 +153,8 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
+  config_history.keep(workdir, int(state.step), run.changed_config)   # the step restored, past damaged checkpoints
+  provenance.record_launch(workdir, int(state.step), new_run=run.new_run)
   if resumed and int(state.step) < config.train.total_steps:
     run_summary.reopen(workdir, int(state.step))   # a finished run continued with a larger train.total_steps
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
@@ -199,8 +203,7 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   resume_step = ckpt.latest_step()
   if resume_step is None and _holds_testbed_state(workdir):
     resume_step = 0   # relaunched before the first checkpoint, after the testbed's data or base model were made
-  config_history.record(config, workdir, resume_step)   # refuses a changed experiment on resume
-  provenance.record_launch(workdir, resume_step or 0, new_run=resume_step is None)
+  changed_config = config_history.check(config, workdir, resume_step)   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
   mesh = sharding.config_mesh(config.mesh)
   cfg = steps.step_config(config)
@@ -219,7 +222,8 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
                           f"{config.data.prompts_per_step}: {e}") from None
   return _Run(config, workdir, guard, setup, mesh, cfg, ckpt, train_it, optimizer,
               optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
-              train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create)
+              train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create,
+              new_run=resume_step is None, changed_config=changed_config)
 
 
 def _holds_testbed_state(workdir: str) -> bool:
