@@ -299,6 +299,23 @@ def test_config_history_keeps_every_config_of_a_run(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["config.json", "data"]
 
 
+def test_a_longer_run_on_resume_says_how_its_learning_rate_jumps(tmp_path, capsys):
+  """train.total_steps is free (a run may be continued), but the cosine decay runs over it: a run that ended at
+  its final rate continues at a higher one. Peak 1e-3, no warmup, ending at step 4 (rate 0); stretched to 8 steps,
+  step 4 is half-way down the cosine: 1e-3 * (1 + cos(pi / 2)) / 2 = 5e-4."""
+  config = _config()
+  config.optim.update(learning_rate=1e-3, warmup_steps=0, end_learning_rate=0.0)
+  _record(config, str(tmp_path), None)
+  capsys.readouterr()
+  _record(config, str(tmp_path), 4)
+  assert "learning-rate schedule" not in capsys.readouterr().out
+  config.train.total_steps = 8
+  _record(config, str(tmp_path), 4)
+  assert ("warning: train.total_steps changed: the learning-rate schedule (warmup, then cosine decay to "
+          "optim.end_learning_rate over train.total_steps) gives 0.0005 at step 4 where the run's was 0"
+          in capsys.readouterr().out)
+
+
 # ----------------------------------------------------------------------------- one job per work directory
 
 

@@ -18,6 +18,7 @@ refused the same way. Inputs made before they carried an identity are not compar
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import jax
 import ml_collections as mlc
 
-from wavalign_jax import checkpointing, files
+from wavalign_jax import checkpointing, files, optim
 from wavalign_jax.data import loader
 from wavalign_jax.errors import RunError
 
@@ -164,7 +165,28 @@ def check(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> dict
   if locked and jax.process_index() == 0:
     print(f"warning: continuing from step {resume_step} with a changed config "
           f"(train.allow_config_change):\n  {listing}", flush=True)
+  note = _schedule_change(old, given, resume_step)
+  if note and jax.process_index() == 0:
+    print(f"warning: {note}", flush=True)
   return given
+
+
+def _schedule_change(old: dict[str, Any], given: dict[str, Any], step: int) -> str | None:
+  """What a free change of the schedule's length (train.total_steps, optim.warmup_steps) does to the learning rate
+  the run continues with: the cosine decay is stretched or cut, so the rate jumps (None when it does not change)."""
+  def rate(c: dict[str, Any]) -> float:
+    cfg = optim.OptimConfig(**c["optim"], total_steps=c["train"]["total_steps"])
+    return float(optim.learning_rate_schedule(cfg)(step))
+  try:
+    before, after = rate(old), rate(given)
+  except (KeyError, TypeError):   # a config recorded with other optimizer fields
+    return None
+  if math.isclose(before, after, rel_tol=1e-3, abs_tol=1e-12):
+    return None
+  fields = [f for f in ("train.total_steps", "optim.warmup_steps") if _flatten(old).get(f) != _flatten(given).get(f)]
+  return (f"{', '.join(fields)} changed: the learning-rate schedule (warmup, then cosine decay to "
+          f"optim.end_learning_rate over train.total_steps) gives {after:.3g} at step {step} where the run's was "
+          f"{before:.3g}")
 
 
 def keep(workdir: str, step: int, changed: dict[str, Any] | None) -> None:
