@@ -1,5 +1,6 @@
 """A run's work directory survives real clusters: damaged checkpoints, a second job, a changed config, a torn
 metrics line, strict JSON (README "Reliability")."""
+import errno
 import json
 import os
 import shutil
@@ -12,12 +13,14 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from wavalign_jax import checkpointing, config_history, preemption, provenance, train, workdir_lock
 from wavalign_jax.evaluation import run_summary
 from wavalign_jax.checkpointing import NoRestorableCheckpoint
 from wavalign_jax.config_history import ConfigChanged
+from wavalign_jax.errors import RunError
 from wavalign_jax.metric_writer import MetricWriter
 from wavalign_jax.workdir_lock import WorkdirLocked
 
@@ -171,6 +174,42 @@ def test_no_restorable_checkpoint_is_a_short_error_naming_the_steps(finished_run
   with pytest.raises(NoRestorableCheckpoint, match=r"restores \(tried steps 4, 3, 2, 1;"):
     train.train(config, str(work))
   assert sorted(os.listdir(work / "checkpoints")) == ["1", "2", "3", "4"]   # nothing moved or lost
+
+
+@pytest.mark.parametrize("refusal", [
+    PermissionError(errno.EACCES, "Permission denied", "checkpoints/4/state/d/0"),
+    ValueError("NOT_FOUND: Error opening file: [os_error_code=116] Stale file handle"),   # TensorStore's wording
+])
+def test_a_read_the_storage_refuses_stops_the_resume_and_moves_nothing(finished_run, tiny_base, tmp_path,
+                                                                      monkeypatch, refusal):
+  """A permission or a stale network mount is not damage: falling back to an older checkpoint (and moving the
+  newest aside) would throw away an intact one."""
+  work = _copy_run(finished_run, tmp_path / "refused")
+  restore = ocp.CheckpointManager.restore
+
+  def refuse_the_newest(manager, step, *args, **kwargs):
+    if step == TOTAL:
+      raise refusal
+    return restore(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", refuse_the_newest)
+  with pytest.raises(RunError, match=rf"checkpoint {TOTAL} in .* could not be read .*nothing was moved"):
+    train.train(_config(tiny_base("interleaved")), str(work))
+  assert sorted(os.listdir(work / "checkpoints")) == ["1", "2", "3", "4"]
+  assert not os.path.exists(work / "checkpoints.damaged")
+
+
+def test_a_checkpoint_of_another_number_of_hosts_is_refused_not_set_aside(finished_run, tiny_base, tmp_path):
+  """Each process saves its own data position; on another number of processes none restores. That is not damage."""
+  work = _copy_run(finished_run, tmp_path / "hosts")
+  for step in range(1, TOTAL + 1):
+    data = work / f"checkpoints/{step}/data"
+    os.rename(data / "process_0-of-1.json", data / "process_0-of-2.json")
+    shutil.copy(data / "process_0-of-2.json", data / "process_1-of-2.json")
+  with pytest.raises(RunError, match=rf"checkpoint {TOTAL} .* was written by 2 processes .* this launch has 1"):
+    train.train(_config(tiny_base("interleaved")), str(work))
+  assert sorted(os.listdir(work / "checkpoints")) == ["1", "2", "3", "4"]
+  assert not os.path.exists(work / "checkpoints.damaged")
 
 
 def test_resume_with_another_experiment_is_refused_with_the_changed_fields(finished_run, tiny_base, tmp_path):
@@ -486,14 +525,12 @@ def test_torn_last_metrics_line_is_dropped_and_rows_are_strict_json(tmp_path, ca
   assert rows[-1] == {"step": 3, "split": "train", "loss": None, "lr": None, "x": 0.5} and len(rows) == 3
   # a damaged line that is not the last was not torn by a kill: named, nothing rewritten
   path.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
-  from wavalign_jax.errors import RunError
   with pytest.raises(RunError, match=r"metrics.jsonl:2 is not a JSON row"):
     MetricWriter(str(tmp_path), resume_step=3, tensorboard=False)
   assert path.read_text() == '{"step": 1}\n{"step": 2, oops\n{"step": 3}\n'
 
 
 def test_non_finite_testbed_and_reward_knobs_are_refused_at_start_up(tmp_path):
-  from wavalign_jax.errors import RunError
   config = _config()
   config.testbed.judge_acoustic_noise = float("nan")
   config.reward.fallback_score = float("inf")

@@ -40,18 +40,22 @@ class SaveFailed(RunError):
   """The filesystem refused a checkpoint (disk full, quota, a file-size limit, a lost mount)."""
 
 
-# What a full disk, an exhausted quota, a file-size limit, a read-only or failing mount raise.
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+# What a full disk, an exhausted quota, a file-size limit, a read-only or failing mount raise on a write.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+# What a read refused by the storage, not by the checkpoint's contents, raises: permissions, a stale or lost network
+# mount, a failing disk. The checkpoint may be intact: the restore stops rather than falling back past it.
+READ_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EHOSTDOWN,
+                         errno.EIO})
 
 
-def _storage_error(error: BaseException | None) -> bool:
-  """Whether the storage refused a write in `error` or its causes: an OSError of `_STORAGE_ERRNOS`, or TensorStore's
+def storage_error(error: BaseException | None, errnos: frozenset[int] = STORAGE_ERRNOS) -> bool:
+  """Whether the storage refused an access in `error` or its causes: an OSError of `errnos`, or TensorStore's
   report of one (Orbax raises it as a ValueError whose message ends with the OS error code)."""
   while error is not None:
-    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+    if isinstance(error, OSError) and error.errno in errnos:
       return True
     code = re.search(r"os_error_code='?(\d+)", str(error))
-    if code and int(code.group(1)) in _STORAGE_ERRNOS:
+    if code and int(code.group(1)) in errnos:
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -70,11 +74,21 @@ def _short_reason(error: BaseException | None) -> str:
   return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
-def _failed_anywhere(failed: bool) -> bool:
-  """True on every process if the restore failed on any (each reads its own iterator file)."""
+# A restore's outcome on one process; every process takes the worst (`_worst_anywhere`).
+_RESTORED, _DAMAGED, _UNREADABLE = 0, 1, 2
+
+
+def _worst_anywhere(outcome: int) -> int:
+  """The worst restore outcome of any process, on every process (each reads its own iterator file)."""
   if jax.process_count() == 1:
-    return failed
-  return bool(np.any(multihost_utils.process_allgather(np.int32(failed))))
+    return outcome
+  return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
+
+
+def _saved_process_counts(step_dir: epath.Path) -> set[int]:
+  """The process counts of the data iterator files (Grain's process_<i>-of-<n>.json) of a checkpoint step."""
+  return {int(m.group(1)) for p in (step_dir / "data").glob("process_*-of-*.json")
+          if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", p.name))}
 
 
 class Checkpointer:
@@ -111,7 +125,7 @@ class Checkpointer:
     try:
       yield
     except Exception as e:
-      if not _storage_error(e):
+      if not storage_error(e):
         raise
       self._manager.reload()
       latest = self._manager.latest_step()
@@ -125,10 +139,11 @@ class Checkpointer:
     (ShapeDtypeStructs with .sharding); a given `data_iterator` (built with the same arguments as the saved one)
     is moved in place to the saved position.
 
-    A checkpoint that fails (a data file truncated by a dying node or a disk error, a missing metadata or
-    iterator file) is reported in one line and the previous one is tried; the failed ones are moved to
-    `<directory>.damaged/` so that the run can save those steps again. Raises NoRestorableCheckpoint naming the
-    steps tried when none restores.
+    A checkpoint that fails (a data file truncated by a dying node, a missing metadata or iterator file) is
+    reported in one line and the previous one is tried; the failed ones are moved to `<directory>.damaged/` so that
+    the run can save those steps again. Raises NoRestorableCheckpoint naming the steps tried when none restores.
+    A read the storage refuses (READ_ERRNOS) and a checkpoint written by another number of processes stop the
+    restore with a RunError instead: the checkpoint may be intact, so nothing is moved.
     """
     tried = sorted(self.all_steps(), reverse=True)
     if not tried:
@@ -137,11 +152,23 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     for i, step in enumerate(tried):
+      counts = _saved_process_counts(epath.Path(self._manager.directory) / str(step)) if data_iterator else set()
+      if counts and jax.process_count() not in counts:
+        raise RunError(f"checkpoint {step} in {self._manager.directory} was written by {max(counts)} processes "
+                       f"(each with its data position) and this launch has {jax.process_count()}: resume on "
+                       f"{max(counts)} processes (the mesh may change, the number of hosts may not)")
       try:
         state, error = self._manager.restore(step, args=ocp.args.Composite(**items)).state, None
       except Exception as e:   # whatever the damage, the previous checkpoint may be intact
         state, error = None, e
-      if _failed_anywhere(error is not None):
+      outcome = (_RESTORED if error is None else _UNREADABLE if storage_error(error, READ_ERRNOS) else _DAMAGED)
+      outcome = _worst_anywhere(outcome)
+      if outcome == _UNREADABLE:
+        raise RunError(f"checkpoint {step} in {self._manager.directory} could not be read "
+                       f"({_short_reason(error)}): the storage refused the read, so the checkpoint may be intact and "
+                       "nothing was moved. Fix the access (permissions, the mount) and rerun; if it is lost, move "
+                       f"{step} to {self._manager.directory}.damaged/ to resume from the checkpoint before it")
+      if outcome == _DAMAGED:
         print(f"checkpoint {step} failed to restore: {_short_reason(error)}", flush=True)
         continue
       if i:
