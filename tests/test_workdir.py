@@ -155,6 +155,24 @@ def test_a_save_the_filesystem_refuses_is_a_one_line_error_naming_the_checkpoint
   np.testing.assert_array_equal(restored["w"], np.zeros(100, np.float32))
 
 
+def test_a_full_disk_under_the_metrics_is_a_one_line_error(tiny_base, tmp_path, monkeypatch):
+  """Not only checkpoints fill a disk: a refused metrics row stops the run with the file and the way to resume."""
+  write = MetricWriter.write
+
+  def disk_full_at_step_2(writer, step, metrics, **kwargs):
+    if step == 2:
+      raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
+    return write(writer, step, metrics, **kwargs)
+
+  monkeypatch.setattr(MetricWriter, "write", disk_full_at_step_2)
+  config = _config(tiny_base("interleaved"))
+  config.train.log_every = 1
+  with pytest.raises(RunError, match=r"writing .*metrics.jsonl failed \(No space left on device\): make room .*"
+                                     r"resume from the newest complete checkpoint"):
+    train.train(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "job.lock")
+
+
 def test_checkpoint_every_minutes_saves_when_the_time_has_passed(tiny_base, tmp_path):
   """train.checkpoint_every_minutes: a checkpoint once that much time passed since the last (here a few
   milliseconds: every step), besides the step cadence (off here) and the last step; an hour: only the last."""
@@ -427,6 +445,28 @@ def test_a_lock_no_pid_can_check_is_held_while_renewed_and_taken_over_when_not(t
     with pytest.raises(WorkdirLocked, match="other-host"):
       with workdir_lock.hold(str(tmp_path)):
         pass
+
+
+def test_an_empty_lock_is_watched_then_taken_over_or_read_once_written(tmp_path, monkeypatch, live_pid):
+  """Without hard links the lock is created empty and then written: a job killed in between leaves it empty for
+  good (taken over after the lease); a job writing it now fills it within the lease (then it holds the directory)."""
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  monkeypatch.setattr(workdir_lock, "LEASE_S", 0.5)
+  lock = tmp_path / workdir_lock.LOCK_FILE
+  lock.write_text("")
+  with workdir_lock.hold(str(tmp_path)):
+    assert json.load(open(lock))["pid"] == os.getpid()
+  assert not lock.exists()
+  monkeypatch.setattr(workdir_lock, "LEASE_S", 30.0)
+  lock.write_text("")
+  writing = threading.Timer(0.2, _write_lock, [tmp_path, live_pid])
+  writing.start()
+  t0 = time.monotonic()
+  with pytest.raises(WorkdirLocked, match=f"pid {live_pid}"):
+    with workdir_lock.hold(str(tmp_path)):
+      pass
+  writing.join()
+  assert time.monotonic() - t0 < 30   # refused once the holder was readable, not after the lease
 
 
 def test_a_lock_released_while_watched_is_taken(tmp_path, monkeypatch):

@@ -115,6 +115,12 @@ def _train_checked(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     except preemption.Preempted as e:
       print(e, flush=True)
       return {"preempted": e.step}
+    except OSError as e:   # a full disk or a lost mount under the run's other files (checkpoints: SaveFailed)
+      if not checkpointing.storage_error(e):
+        raise
+      raise errors.RunError(f"writing {e.filename or 'a file of the run'} failed ({e.strerror or e}): make room "
+                            "(or fix the filesystem) and rerun the same command to resume from the newest complete "
+                            "checkpoint") from e
 
 
 @dataclasses.dataclass

@@ -10,7 +10,9 @@ e.g. after kill -9, is taken over with a warning). From another host, or another
 (containers sharing the host's network, hence its name, each with their own pids), a pid says nothing, so the
 holder renews its lock's modification time every HEARTBEAT_S seconds: a new job watches the lock for up to
 LEASE_S seconds, stops as soon as it is renewed, and takes it over if it is not (a job killed on another machine,
-a restarted container). Only changes of the time are compared, never the clocks of two machines. On several hosts
+a restarted container). An empty or unreadable lock (a job killed between creating and writing it, on a
+filesystem without hard links) is watched the same way. Only changes of the time are compared, never the clocks of
+two machines. On several hosts
 only process 0 locks (the work directory is shared) and every process learns the outcome. The lock is removed
 when the job ends: finished, preempted or failed.
 """
@@ -89,6 +91,8 @@ def _renew(path: str, me: dict, stop: threading.Event) -> None:
 
 
 def _describe(holder: dict) -> str:
+  if not holder:
+    return "an unknown job: the lock is empty or unreadable"
   started = datetime.datetime.fromtimestamp(holder.get("start", 0)).isoformat(sep=" ", timespec="seconds")
   return f"host {holder.get('host')!r}, pid {holder.get('pid')}, started {started}"
 
@@ -144,15 +148,15 @@ def _acquire(path: str, me: dict) -> None:
       stale = holder["pid"] == me["pid"] or not _alive(holder["pid"])   # own pid: the holder was this pid's
     elif holder and "pid_ns" not in holder:
       stale = False
-    else:
-      stale = bool(holder) and not _renewed(path, holder)
-      if not stale and _read(path) is None:   # released while watched: try to create it again
+    else:   # another host or pid namespace, or an empty / unreadable lock (a job killed while creating it)
+      stale = not _renewed(path, holder)
+      if not stale and _read(path) != holder:   # released or written while watched: look at it again
         continue
     if not stale:
       raise WorkdirLocked(
-          f"{os.path.dirname(path)} is in use by another job ({_describe(holder) if holder else 'unreadable lock'}"
-          f"): two jobs would write the same checkpoints and metrics. Wait for it to end, or, if that job is "
-          f"known to be dead, remove {path} and rerun")
+          f"{os.path.dirname(path)} is in use by another job ({_describe(holder)}): two jobs would write the same "
+          f"checkpoints and metrics. Wait for it to end, or, if that job is known to be dead, remove {path} and "
+          "rerun")
     # Move the stale lock aside under a name of our own; if it is no longer the stale one (another job took it
     # over in between), put it back and try again (that job then holds the directory).
     aside = f"{path}.stale.{me['pid']}"
