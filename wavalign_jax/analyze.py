@@ -103,8 +103,8 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
-  rl = batch.rl.replace(advantages=np.asarray(grpo.group_advantages(rewards, scale=config.rl.advantage_scale,
-                                                                    eps=config.rl.advantage_eps)).reshape(-1))
+  rl = batch.rl.replace(advantages=np.asarray(grpo.group_advantages(  # failed judge calls (if excluded): 0, as in training
+      rewards, batch.valid, scale=config.rl.advantage_scale, eps=config.rl.advantage_eps)).reshape(-1))
   geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(
       logprob_fn, p, b, GRPOConfig(**config.rl), minibatches), mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}

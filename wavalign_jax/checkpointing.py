@@ -29,7 +29,10 @@ from jax.experimental import multihost_utils
 from wavalign_jax.errors import RunError
 from wavalign_jax.models.config import ModelConfig
 
+# A converted / exported model: DIR/params (Orbax), DIR/model_config.json, DIR/hf (convert.py).
+PARAMS_DIR = "params"
 MODEL_CONFIG_FILE = "model_config.json"   # beside DIR/params: the model's config and the checkpoint's metadata
+HF_FILES_DIR = "hf"                       # the source folder's non-weight files (config, tokenizer, remote code)
 
 
 class NoRestorableCheckpoint(RunError):
@@ -224,7 +227,7 @@ def save_params(directory: str, params: Any, model_cfg: ModelConfig, extra: dict
   # benchmarks/convert_memory.py), and weights barely compress. Restores like a StandardCheckpointer one.
   handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=_no_copy_registry())
   with ocp.Checkpointer(handler) as ckptr:
-    ckptr.save(path / "params", args=ocp.args.PyTreeSave(params), force=True)
+    ckptr.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params), force=True)
   # A new id for every save: a run resumed over a checkpoint written again in place (a re-conversion, even of the same
   # weights) is refused, as its frozen reference would change (config_history.input_fingerprints).
   meta = {"model": dataclasses.asdict(model_cfg), "checkpoint_id": uuid.uuid4().hex, **(extra or {})}
@@ -245,7 +248,7 @@ def load_model_config(directory: str) -> tuple[ModelConfig, dict[str, Any]]:
 
 def load_params(directory: str, abstract_params: Any) -> Any:
   """Restores parameters onto the shardings carried by `abstract_params` (each host reads only its shards)."""
-  path = epath.Path(directory) / "params"
+  path = epath.Path(directory) / PARAMS_DIR
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: not a parameters checkpoint written by save_params / convert")
   with ocp.StandardCheckpointer() as ckptr:

@@ -18,6 +18,10 @@ import ml_collections as mlc
 from wavalign_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError: where configs are made)
 from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 from wavalign_jax.optim import OptimConfig
+from wavalign_jax.rewards.llm_judge import JudgeSettings
+
+# The LLM judge's settings (rewards/llm_judge.JudgeSettings) a run's `reward` section carries.
+JUDGE_FIELDS = ("base_url", "model", "api_key_env", "timeout_s", "max_retries", "max_in_flight")
 
 # Each training method of the paper is a small patch of config fields.
 #   lambda = 0: SFT only; lambda = 1: RL only; "fixed": constant lambda; "dynamic": the gated EMA.
@@ -193,12 +197,8 @@ def base_config() -> mlc.ConfigDict:
   # --- Reward ----------------------------------------------------------------------------------
   c.reward = mlc.ConfigDict()
   c.reward.kind = "llm_judge"        # "llm_judge" | "testbed" | "exact_match"
-  c.reward.base_url = "https://api.openai.com/v1"
-  c.reward.model = "gpt-4o"
-  c.reward.api_key_env = "OPENAI_API_KEY"
-  c.reward.max_in_flight = 32
-  c.reward.timeout_s = 60.0
-  c.reward.max_retries = 5
+  judge = JudgeSettings()            # the judge's settings a run may set (the LLM judge's defaults)
+  c.reward.update({f: getattr(judge, f) for f in JUDGE_FIELDS})
   c.reward.fallback_score = 2.5
   c.reward.max_failed_fraction = 0.2   # above this fraction of failed judge calls in one step, stop the run
   c.reward.exclude_failed = False      # keep failed items out of the gate statistics and the advantages

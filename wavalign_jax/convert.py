@@ -26,7 +26,6 @@ from wavalign_jax.conversion import hf_mapping, safetensors_io, verify as verify
 from wavalign_jax.models.config import ModelConfig
 
 ARCHS = {"qwen2": "qwen2", "vita_audio": "interleaved", "kimi_audio": "parallel"}  # --arch -> ModelConfig.arch
-HF_FILES_DIR = "hf"          # DIR/hf: the source folder's non-weight files (config, tokenizer, remote code)
 MAX_COPIED_FILE_BYTES = 100 * 2**20
 _FLOAT_TAGS = ("F32", "BF16", "F16", "F64")
 
@@ -123,7 +122,7 @@ def convert(arch: str, hf_dir: str, out: str, dtype: str = "float32", *, verify_
         "arch": arch, "hf_config": hf_config, "source": os.path.abspath(hf_dir), "source_dtypes": sorted(
             {i.dtype for i in reader.infos.values()})})
     del params
-    _copy_hf_files(hf_dir, os.path.join(tmp, HF_FILES_DIR))
+    _copy_hf_files(hf_dir, os.path.join(tmp, checkpointing.HF_FILES_DIR))
     if verify_dir is not None:
       diffs = verify_checkpoint(tmp, verify_dir, atol)
     if os.path.exists(out):

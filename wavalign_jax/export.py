@@ -26,7 +26,7 @@ from absl import flags
 
 from wavalign_jax import checkpointing, cli
 from wavalign_jax.conversion import hf_mapping, safetensors_io
-from wavalign_jax.convert import ARCHS, HF_FILES_DIR
+from wavalign_jax.convert import ARCHS
 from wavalign_jax.model_loading import resolve_checkpoint
 from wavalign_jax.models.config import ModelConfig
 
@@ -118,7 +118,7 @@ def export(arch: str, checkpoint: str, out: str, *, base: str | None = None, ste
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     os.makedirs(tmp)
-    extra_dir = os.path.join(base, HF_FILES_DIR)
+    extra_dir = os.path.join(base, checkpointing.HF_FILES_DIR)
     if os.path.isdir(extra_dir):
       for name in sorted(os.listdir(extra_dir)):
         if name != "config.json" and os.path.isfile(os.path.join(extra_dir, name)):

@@ -15,6 +15,8 @@ import numpy as np
 
 from wavalign_jax import files
 
+METRICS_FILE = "metrics.jsonl"   # WORKDIR/metrics.jsonl: one JSON row per logged step and evaluation
+
 # Keys shown on the one-line progress report, in this order (others go to the files only).
 PROGRESS_KEYS = ("loss", "lambda", "lambda_raw", "gate_direction", "gate_info", "reward_mean", "reward_max",
                  "reward_var", "sft_loss", "rl_loss", "reward/failed", "grad_norm", "lr")
@@ -32,7 +34,7 @@ class MetricWriter:
     self.resumed_rows: list[dict[str, Any]] = []   # the rows kept from earlier launches (process 0)
     if self._is_main:
       os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, "metrics.jsonl")
+      path = os.path.join(workdir, METRICS_FILE)
       self.resumed_rows = _truncate_jsonl(path, resume_step)
       self._jsonl = open(path, "a")
       if tensorboard:

@@ -19,6 +19,7 @@ import tokenizers
 from jax.sharding import Mesh
 
 from wavalign_jax import checkpointing, models, sharding
+from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.testbed import base_model, prepare, unit_tts
@@ -27,8 +28,9 @@ from wavalign_jax.testbed import vocab as testbed_vocab
 
 def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, str | None]:
   """-> (orbax item folder holding the params, key of the params inside it or None)."""
-  if os.path.isdir(os.path.join(path, "params")) and os.path.exists(os.path.join(path, "model_config.json")):
-    return os.path.join(path, "params"), None
+  if (os.path.isdir(os.path.join(path, checkpointing.PARAMS_DIR))
+      and os.path.exists(os.path.join(path, checkpointing.MODEL_CONFIG_FILE))):
+    return os.path.join(path, checkpointing.PARAMS_DIR), None
   if os.path.isdir(os.path.join(path, "state")):
     return os.path.join(path, "state"), "params"
   if os.path.isdir(os.path.join(path, "checkpoints")):
@@ -65,7 +67,7 @@ def _model_dir(checkpoint: str, config: mlc.ConfigDict) -> tuple[str, str | None
     return item, key, checkpoint, None
   run_dir = os.path.dirname(os.path.dirname(os.path.dirname(item)))   # RUN/checkpoints/<step>/state
   model_dir = config.init_checkpoint or base_model.path(run_dir)
-  if not os.path.exists(os.path.join(model_dir, "model_config.json")):
+  if not os.path.exists(os.path.join(model_dir, checkpointing.MODEL_CONFIG_FILE)):
     raise FileNotFoundError(
         f"{checkpoint} is a training checkpoint, which stores no model config; it is taken from the checkpoint "
         f"the run started from, but {model_dir}/model_config.json does not exist. Pass "
@@ -124,7 +126,7 @@ def load_model(checkpoint: str, config: mlc.ConfigDict) -> LoadedModel:
   if config.data.source == "testbed":
     testbed_root, tokenizer, testbed_eval = _testbed_files(config, run_dir, checkpoint)
   else:
-    tokenizer = os.path.join(model_dir, "hf", "tokenizer.json")
+    tokenizer = os.path.join(model_dir, checkpointing.HF_FILES_DIR, tokenizer_lib.TOKENIZER_FILE)
     if not os.path.exists(tokenizer):
       raise FileNotFoundError(f"{tokenizer} not found: {model_dir} must be a checkpoint written by "
                               "`python -m wavalign_jax.convert` (it keeps the Hugging Face tokenizer under hf/)")

@@ -132,8 +132,7 @@ def make_reward_fn(config: mlc.ConfigDict, workdir: str) -> RewardFn:
     return ExactMatch("answer")
   if kind == "llm_judge":
     r = config.reward
-    settings = JudgeSettings(base_url=r.base_url, model=r.model, api_key_env=r.api_key_env,
-                             timeout_s=r.timeout_s, max_retries=r.max_retries, max_in_flight=r.max_in_flight,
+    settings = JudgeSettings(**{f: r[f] for f in config_lib.JUDGE_FIELDS},
                              cache_dir=r.cache_dir or os.path.join(workdir, "judge_cache"))
     return LLMJudge(settings, fallback_score=r.fallback_score)
   raise ConfigError(f"--config.reward.kind={kind!r}: choose 'llm_judge', 'testbed' or 'exact_match'")

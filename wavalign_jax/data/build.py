@@ -30,7 +30,8 @@ from wavalign_jax import config_lib, files
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.data import vocab as vocab_lib
-from wavalign_jax.data.records import INFO_FILE, KINDS, TOKENIZER_FILE, encode_record
+from wavalign_jax.data.records import INFO_FILE, KINDS, encode_record
+from wavalign_jax.tokenizer import TOKENIZER_FILE
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 RAW_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")

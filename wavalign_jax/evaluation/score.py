@@ -56,11 +56,12 @@ def score_file(benchmark: str, responses: str, report_path: str, *, judge: llm_j
 def define_judge_flags() -> None:
   """Judge / decoder flags, shared with `python -m wavalign_jax.evaluate` (defined on demand, not at import)."""
   flags.DEFINE_integer("seed", 0, "Seed of the random guesses for unparsed multiple-choice answers.")
-  flags.DEFINE_string("judge_base_url", "https://api.openai.com/v1", "OpenAI-compatible judge server.")
-  flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY", "Env variable holding the judge API key.")
+  defaults = llm_judge.JudgeSettings()
+  flags.DEFINE_string("judge_base_url", defaults.base_url, "OpenAI-compatible judge server.")
+  flags.DEFINE_string("judge_api_key_env", defaults.api_key_env, "Env variable holding the judge API key.")
   flags.DEFINE_string("judge_model", None, "Override the protocol's judge model.")
   flags.DEFINE_string("judge_cache_dir", None, "Directory caching judge replies.")
-  flags.DEFINE_integer("judge_max_in_flight", 16, "Concurrent judge requests.")
+  flags.DEFINE_integer("judge_max_in_flight", defaults.max_in_flight, "Concurrent judge requests.")
   flags.DEFINE_string("decoder_command", "", "Command turning codes (JSON on stdin) into a 24 kHz WAV.")
   flags.DEFINE_string("decoder_url", "", "HTTP endpoint turning codes into a 24 kHz WAV.")
 

@@ -13,8 +13,9 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Mapping
+
+from wavalign_jax import files
 
 
 def cache_key(payload: Mapping[str, Any]) -> str:
@@ -61,14 +62,4 @@ class JudgeCache:
                     path, error, aside)
 
   def put(self, key: str, value: Any) -> None:
-    path = self._path(key)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False)
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    files.write_json(self._path(key), value, ensure_ascii=False)   # atomic, strict JSON, the run's file mode

@@ -67,7 +67,7 @@ class JudgeSettings:
   backoff_s: float = 1.0                # first retry delay; doubles each retry
   max_backoff_s: float = 60.0
   max_retry_after_s: float = 120.0      # a server's Retry-After is honoured up to this
-  max_in_flight: int = 16
+  max_in_flight: int = 32
   cache_dir: str | None = None
 
 

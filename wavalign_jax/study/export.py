@@ -26,6 +26,7 @@ from typing import Any
 
 from wavalign_jax import files, provenance, workdir_lock
 from wavalign_jax.evaluation import run_summary
+from wavalign_jax.metric_writer import METRICS_FILE
 from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.study.report import REPORT_METRICS
 
@@ -51,11 +52,11 @@ def _copy_run(src: str, dst: str, with_steps: bool) -> None:
   if with_steps:   # (a run continued from an export holds some of them compressed already)
     rows += sorted({os.path.relpath(p, src).removesuffix(".gz")
                     for p in glob.glob(os.path.join(src, run_summary.ROWS_DIR, "step_*.jsonl*"))})
-  for name in [*rows, "metrics.jsonl", provenance.FILE]:
+  for name in [*rows, METRICS_FILE, provenance.FILE]:
     path = files.existing_jsonl(os.path.join(src, name))
     if path is not None:
       kept = files.read_jsonl(path)
-      if name == "metrics.jsonl":
+      if name == METRICS_FILE:
         kept = [{k: compact(r[k]) for k in REPORT_METRICS if k in r} for r in kept]
       files.write_jsonl(os.path.join(dst, f"{name}.gz"), kept)
 

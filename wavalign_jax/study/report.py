@@ -9,6 +9,7 @@ import numpy as np
 
 from wavalign_jax import files, provenance
 from wavalign_jax.evaluation import run_summary
+from wavalign_jax.metric_writer import METRICS_FILE
 from wavalign_jax.study import figures
 from wavalign_jax.study.claims import (POSITIVE_CONTROL, UNDERPOWERED, evaluate_claims, interval_note, item_values,
                                        paired_difference, power_check, seed_interval)
@@ -74,7 +75,7 @@ def load_curves(workdir: str, methods: Sequence[str], seeds: Sequence[int],
   for m in methods:
     series: dict[str, dict[str, dict[int, list[float]]]] = {g: {k: {} for k in ks} for g, ks in keys.items()}
     for s in seeds:
-      path = files.existing_jsonl(os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), "metrics.jsonl"))
+      path = files.existing_jsonl(os.path.join(run_dir(workdir, s, (same_run or {}).get(m, m)), METRICS_FILE))
       if path is None:
         continue
       base = run_dir(workdir, s, "base")
@@ -158,7 +159,7 @@ def time_breakdown(workdir: str, methods: Sequence[str], seeds: Sequence[int],
       continue
     parts = dict(wall=0.0, first_step=0.0, rollouts=0.0, updates=0.0, evals=0.0)
     for s in seeds:
-      path = files.existing_jsonl(os.path.join(run_dir(workdir, s, m), "metrics.jsonl"))
+      path = files.existing_jsonl(os.path.join(run_dir(workdir, s, m), METRICS_FILE))
       if f"seed_{s}/{m}" not in times or path is None:
         continue
       parts["wall"] += times[f"seed_{s}/{m}"]["seconds"]

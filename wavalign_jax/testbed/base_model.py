@@ -41,7 +41,7 @@ def sft_checkpoints(out_dir: str) -> str:
 def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: str, buckets: tuple[int, ...],
                       out_dir: str, guard: PreemptionGuard | None = None) -> None:
   """Trains and saves the base model into `out_dir` unless it is already there (resuming a stopped SFT)."""
-  if os.path.exists(os.path.join(out_dir, "model_config.json")):
+  if os.path.exists(os.path.join(out_dir, checkpointing.MODEL_CONFIG_FILE)):
     return
   tb = config.testbed
   optim_cfg = optim.OptimConfig(learning_rate=tb.base_learning_rate, warmup_steps=min(20, tb.base_sft_steps // 10),
