@@ -1,5 +1,5 @@
 """Student t intervals, the one interval the project reports for a mean: over a run's eval items
-(evaluation/reward_eval.py, a one-seed study) and over a study's seeds (study/claims.py)."""
+(testbed/metrics.py, evaluation/reward_eval.py, a one-seed study) and over a study's seeds (study/claims.py)."""
 from __future__ import annotations
 
 from typing import Sequence

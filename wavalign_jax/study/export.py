@@ -4,7 +4,7 @@ continue the study from it.
   python -m wavalign_jax.study --config=experiments/kimi.py:tiny --workdir=/tmp/study_kimi --export=docs/study/kimi
 
 copies the study's reports and run_times.json and, of every finished run, what the report reads: config.json,
-eval_summary.json, eval/after.jsonl (the per-item rows the confidence intervals resample), the positive control's
+eval_summary.json, eval/after.jsonl (the per-item rows the intervals are computed from), the positive control's
 eval/step_<n>.jsonl (its learning curve), launches.jsonl (the code each launch ran) and metrics.jsonl cut to the
 columns the report reads (report.REPORT_METRICS), its numbers to 6 significant digits (float32 values and host
 timings written with 17; the report shows at most 4). The JSONL files are stored gzip-compressed

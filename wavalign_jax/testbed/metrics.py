@@ -9,14 +9,16 @@ audio codes (0-based). Per item:
                    text, so EQ is independent of correctness (a wrong answer spoken well scores high);
   judge_score      the rule judge's 1-5 semantic score (testbed/answers.py).
 `summary` averages them over all items and per subset (id / ood_style / ood_question), task family
-(arithmetic / lookup) and task; `bootstrap_ci` gives a percentile interval over items.
+(arithmetic / lookup) and task, with a Student t interval over items (intervals.t_interval, as every interval the
+project reports).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from wavalign_jax.intervals import t_interval
 from wavalign_jax.testbed import answers, tasks, unit_tts
 
 Item = tuple[dict[str, Any], str, Sequence[int]]
@@ -57,7 +59,7 @@ def per_item(items: Sequence[Item]) -> list[dict[str, Any]]:
 
 
 def summary(items: Sequence[Item]) -> dict[str, float]:
-  """Means of every dimension over all items with their 95% bootstrap interval over items (`iq_lo`, `iq_hi`, ...),
+  """Means of every dimension over all items with their 95% t interval over items (`iq_lo`, `iq_hi`, ...),
   and `<stratum>/<dim>` per subset (id, ood_style, ood_question), task family and task (add, ..., pet)."""
   return summarize_rows(per_item(items))
 
@@ -72,22 +74,10 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
   """`summary` of rows that `per_item` made."""
   out = {}
   for dim in DIMENSIONS:
-    out[dim], out[f"{dim}_lo"], out[f"{dim}_hi"] = bootstrap_ci([r[dim] for r in rows], num_bootstrap=1000)
+    out[dim], out[f"{dim}_lo"], out[f"{dim}_hi"] = t_interval([r[dim] for r in rows])
   for key in ("subset", "family", "task"):
     for value in sorted({r[key] for r in rows}):
       part = [r for r in rows if r[key] == value]
       out.update({f"{value}/{dim}": float(np.mean([r[dim] for r in part])) for dim in DIMENSIONS})
       out[f"{value}/count"] = float(len(part))
   return out
-
-
-def bootstrap_ci(values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean,
-                 num_bootstrap: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-  """(estimate, lo, hi): the statistic and its percentile bootstrap interval over items."""
-  values = np.asarray(values, np.float64)
-  if values.ndim != 1 or len(values) == 0:
-    raise ValueError(f"need a non-empty 1-D array of per-item values, got shape {values.shape}")
-  idx = np.random.default_rng(seed).integers(0, len(values), (num_bootstrap, len(values)))
-  boots = np.array([statistic(values[i]) for i in idx])
-  lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-  return float(statistic(values)), float(lo), float(hi)
