@@ -32,7 +32,7 @@ METHODS: dict[str, dict[str, object]] = {
     "sft": {"gate.mode": "sft_only"},
     "rl_text": {"gate.mode": "rl_only", "rl.token_set": "text"},
     "rl_full": {"gate.mode": "rl_only", "rl.token_set": "all"},
-    # The study's positive control: rl_text with a noiseless reward (1 for the exact answer, else 0). When it
+    # The study's positive control: rl_text with a noiseless reward (1 where IQ is 1, else 0). When it
     # does not beat `base`, the budget is too small for RL to learn and no RL claim can be decided.
     "rl_text_exact": {"gate.mode": "rl_only", "rl.token_set": "text", "reward.kind": "exact_match"},
     "dpo_text": {"objective": "dpo", "dpo.token_set": "text", "optim.learning_rate": 5e-6},

@@ -25,9 +25,9 @@ from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
 from wavalign_jax.rewards.base import RewardFn
 from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
-from wavalign_jax.rewards.rules import ExactMatch
+from wavalign_jax.rewards.rules import ExactMatch, normalize_answer
 from wavalign_jax.rollout import decode
-from wavalign_jax.testbed import base_model, metrics, prepare, tasks
+from wavalign_jax.testbed import answers, base_model, metrics, prepare, tasks
 from wavalign_jax.testbed.judge import TestbedJudge
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
@@ -128,8 +128,8 @@ def make_reward_fn(config: mlc.ConfigDict, workdir: str) -> RewardFn:
   if kind == "testbed":
     return TestbedJudge(acoustic_weight=config.testbed.judge_acoustic_weight,
                         acoustic_noise=config.testbed.judge_acoustic_noise, seed=config.seed)
-  if kind == "exact_match":
-    return ExactMatch("answer")
+  if kind == "exact_match":   # on the testbed: 1 exactly where IQ is 1 (the positive control's reward)
+    return ExactMatch("answer", normalize=answers.normalized if config.data.source == "testbed" else normalize_answer)
   if kind == "llm_judge":
     r = config.reward
     settings = JudgeSettings(**{f: r[f] for f in config_lib.JUDGE_FIELDS},

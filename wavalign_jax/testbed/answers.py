@@ -16,6 +16,13 @@ def normalize(text: str) -> list[str]:
   return _PUNCT.sub(" ", text.lower()).split()
 
 
+def normalized(text: str) -> str:
+  """`normalize` as one string: the form the testbed's exact-match reward compares, so that it rewards exactly
+  what IQ counts (SQuAD's normalisation would also accept an answer without its article, "red dog" for "a red
+  dog")."""
+  return " ".join(normalize(text))
+
+
 def _contains_run(words: list[str], run: list[str]) -> bool:
   return any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1))
 
