@@ -69,9 +69,9 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   ckpt = checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
   ckpt.save(3, state)
   ckpt.close()
-  # Its CLI, not an import: testbed.generate and evaluation.score both define --seed at import time.
+  # Its CLI, not an import (what a user runs).
   jsonl = os.path.join(run_dir, "testbed", "jsonl")
-  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.generate", f"--out={jsonl}"], check=True,
+  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.make_data", f"--out={jsonl}"], check=True,
                  capture_output=True)
 
   n = 16
@@ -129,7 +129,7 @@ def test_testbed_suite_parallel_converted_checkpoint(tmp_path):
   run_dir, out = tmp_path / "run", str(tmp_path / "eval")
   cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": testbed_vocab.parallel_vocab().vocab_size})
   checkpointing.save_params(str(run_dir / "base_model"), _init(cfg, 0), cfg)
-  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.generate", f"--out={run_dir / 'testbed' / 'jsonl'}"],
+  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.make_data", f"--out={run_dir / 'testbed' / 'jsonl'}"],
                  check=True, capture_output=True)
   lines = evaluate_lib.run(config, checkpoint=str(run_dir / "base_model"), suite="testbed", workdir=out,
                            batch_size=4, max_examples=4)

@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
   ckpt = checkpointing.Checkpointer(os.path.join(run, "checkpoints"), async_save=False)
   ckpt.save(3, state)
   ckpt.close()
-  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.generate",
+  subprocess.run([sys.executable, "-m", "wavalign_jax.testbed.make_data",
                   f"--out={os.path.join(run, 'testbed', 'jsonl')}"], check=True, capture_output=True)
   return run
 

@@ -12,7 +12,7 @@ from wavalign_jax import tokenizer as ckpt_tokenizer
 from wavalign_jax.data import layouts
 from wavalign_jax.data import vocab as data_vocab
 from wavalign_jax.rewards.base import RewardItem
-from wavalign_jax.testbed import answers, generate, judge, metrics, tasks, unit_tts, vocab
+from wavalign_jax.testbed import answers, judge, make_data, metrics, tasks, unit_tts, vocab
 
 R = unit_tts.UNITS_PER_REGISTER
 
@@ -270,7 +270,7 @@ def test_longest_response_fits_the_tiny_configs(splits):
 
 
 def test_generate_writes_readable_dataset(tmp_path, splits):
-  paths = generate.generate(str(tmp_path), SPEC)
+  paths = make_data.write_splits(str(tmp_path), SPEC)
   for name in splits:
     assert [json.loads(line) for line in open(paths[name])] == splits[name]
   assert os.path.dirname(paths["eval_ood"]) == str(tmp_path / "eval")
@@ -282,12 +282,12 @@ def test_generate_writes_readable_dataset(tmp_path, splits):
 def test_failed_regeneration_leaves_whole_files_and_no_completion_marker(tmp_path, splits, monkeypatch):
   """A reader (a second job, a resumed run) meets either the old or the new file, never half of one; testbed.json,
   which prepare() reads as "these files are complete", is gone until a generation has finished."""
-  paths = generate.generate(str(tmp_path), SPEC)
+  paths = make_data.write_splits(str(tmp_path), SPEC)
   before = open(paths["train"], "rb").read()
   broken = dict(splits, train=splits["train"] + [{"id": object()}])   # fails to serialise after 1000+ good rows
   monkeypatch.setattr(tasks, "build_splits", lambda spec: broken)
   with pytest.raises(TypeError):
-    generate.generate(str(tmp_path), SPEC)
+    make_data.write_splits(str(tmp_path), SPEC)
   assert open(paths["train"], "rb").read() == before
   assert not os.path.exists(paths["meta"])
   assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == []   # no temporary files left

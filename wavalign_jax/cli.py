@@ -25,7 +25,7 @@ COMMANDS = {
     "wavalign-convert": "wavalign_jax.convert",
     "wavalign-export": "wavalign_jax.export",
     "wavalign-score": "wavalign_jax.evaluation.score",
-    "wavalign-testbed": "wavalign_jax.testbed.generate",
+    "wavalign-testbed": "wavalign_jax.testbed.make_data",
     "wavalign-build-data": "data_pipeline.build",
     "wavalign-inspect-data": "data_pipeline.inspect",
 }

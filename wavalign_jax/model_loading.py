@@ -85,7 +85,7 @@ def _testbed_files(config: mlc.ConfigDict, run_dir: str | None, checkpoint: str)
     if not os.path.exists(os.path.join(jsonl, name)):
       raise FileNotFoundError(
           f"{os.path.join(jsonl, name)} not found: testbed checkpoints are evaluated on their run's testbed data "
-          f"(written by the training run, or by `python -m wavalign_jax.testbed.generate --out={jsonl}`)")
+          f"(written by the training run, or by `python -m wavalign_jax.testbed.make_data --out={jsonl}`)")
   return testbed, os.path.join(jsonl, "tokenizer.json"), os.path.join(jsonl, "eval")
 
 

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from wavalign_jax.data import build as build_lib
-from wavalign_jax.testbed import generate, tasks, unit_tts
+from wavalign_jax.testbed import make_data, tasks, unit_tts
 from wavalign_jax.testbed import vocab as testbed_vocab
 
 # dataset name -> (record kind, JSONL split); testbed/tasks.py describes the splits.
@@ -51,7 +51,7 @@ def prepare(root: str, arch: str, *, spec: tasks.Spec = tasks.Spec(), ratios=(1,
   marker = os.path.join(jsonl, "testbed.json")
   regenerated = not (os.path.exists(marker) and _matches(marker, {"spec": dataclasses.asdict(spec)}))
   if regenerated:
-    generate.generate(jsonl, spec)
+    make_data.write_splits(jsonl, spec)
   tokenizer = os.path.join(jsonl, "tokenizer.json")
   vocab = (testbed_vocab.interleaved_vocab() if arch == "interleaved" else testbed_vocab.parallel_vocab())
   builder_kw = dict(arch=arch, ratios=tuple(ratios), audio_delay=audio_delay)
@@ -64,7 +64,7 @@ def prepare(root: str, arch: str, *, spec: tasks.Spec = tasks.Spec(), ratios=(1,
     wanted = {"kind": kind, "ratios": list(ratios), "audio_delay": audio_delay}
     if regenerated or not (os.path.exists(info_path) and _matches(info_path, wanted)):
       builder = build_lib.Builder(tokenizer, kind=kind, **builder_kw)
-      build_lib.build(builder, [generate.split_path(jsonl, split)], out, name=name, overwrite=True)
+      build_lib.build(builder, [make_data.split_path(jsonl, split)], out, name=name, overwrite=True)
     datasets[name] = out
   return TestbedData(root=root, tokenizer=tokenizer, datasets=datasets, vocab=vocab)
 

@@ -1,6 +1,6 @@
 """Writes the testbed dataset: {base,train,dpo}.jsonl, eval/{eval_id,eval_ood}.jsonl, tokenizer.json, testbed.json.
 
-  python -m wavalign_jax.testbed.generate --out=/tmp/testbed [--seed=0] [--noise_rate=0.1] ...
+  python -m wavalign_jax.testbed.make_data --out=/tmp/testbed [--seed=0] [--noise_rate=0.1] ...
 
 testbed.json records the generation arguments, record counts, the vocabulary layout and the fact
 table, so a run's data can be traced back and regenerated bit for bit. Every file is written atomically
@@ -22,11 +22,11 @@ EVAL_DIR = "eval"   # the eval splits, alone in a folder: `evaluate --data=<it>`
 
 
 def split_path(out_dir: str, split: str) -> str:
-  """Where `generate` writes a split: eval splits under out_dir/eval/, the others in out_dir."""
+  """Where `write_splits` writes a split: eval splits under out_dir/eval/, the others in out_dir."""
   return os.path.join(out_dir, EVAL_DIR if split.startswith("eval") else "", f"{split}.jsonl")
 
 
-def generate(out_dir: str, spec: tasks.Spec = tasks.Spec()) -> dict[str, str]:
+def write_splits(out_dir: str, spec: tasks.Spec = tasks.Spec()) -> dict[str, str]:
   """Generates the dataset into `out_dir`; returns {name: path} of the files written."""
   os.makedirs(os.path.join(out_dir, EVAL_DIR), exist_ok=True)
   meta_path = os.path.join(out_dir, "testbed.json")
@@ -61,7 +61,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   del argv
   spec = tasks.Spec(**{f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(tasks.Spec)})
-  for name, path in generate(flags.FLAGS.out, spec).items():
+  for name, path in write_splits(flags.FLAGS.out, spec).items():
     print(f"{name}: {path}")
 
 
