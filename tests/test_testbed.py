@@ -396,7 +396,7 @@ def test_edit_distance_hand_cases():
 
 def test_tokenizer_round_trip_and_special_ids(tmp_path):
   path = vocab.write_tokenizer(str(tmp_path))
-  tok = vocab.load_tokenizer(str(tmp_path))
+  tok = ckpt_tokenizer.load_tokenizer(str(tmp_path))
   iv, pv = vocab.interleaved_vocab(), vocab.parallel_vocab()
   words = tasks.lexicon()
   ids = tok.encode(" ".join(words), add_special_tokens=False).ids

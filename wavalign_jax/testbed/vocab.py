@@ -5,7 +5,7 @@ then the special tokens of both chat templates, then the audio codes `<|audio_0|
 contiguous block ending the vocabulary (no padding rows, so vocab_size = first code + #codes).
 Special tokens carry their upstream names (Qwen / VITA-Audio chat markers, Kimi-Audio `<|im_...|>`
 markers), so readers that resolve ids by name (wavalign_jax/tokenizer.py, wavalign_jax/data/vocab.py)
-treat the testbed like the real checkpoints. The newline is an ordinary token: the pre-tokenizer
+treat the testbed like the real checkpoints; its vocabulary dataclasses come from the readers' builders. The newline is an ordinary token: the pre-tokenizer
 splits on other whitespace and isolates "\\n", as the chat templates need it after role names.
 """
 from __future__ import annotations
@@ -14,19 +14,18 @@ import os
 
 from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
 
-from wavalign_jax import files, tokens
+from wavalign_jax import files, tokenizer, tokens
 from wavalign_jax.testbed import tasks, unit_tts
 
 UNK = "<unk>"
 NEWLINE = "\n"
 ROLE_WORDS = ("system", "user", "assistant")
-VITA_SPECIALS = {"bos": "<|endoftext|>", "im_start": "<|im_start|>", "eos": "<|im_end|>",
-                 "begin_of_audio": "<|begin_of_audio|>", "end_of_audio": "<|end_of_audio|>",
+# The specials in id order (the names are the readers' tables, wavalign_jax/tokenizer.py), plus the testbed's audio
+# placeholder and Kimi-Audio's two speech-control tokens, which no reader resolves.
+VITA_SPECIALS = {**{f: tokenizer.VITA_TOKENS[f] for f in ("bos", "im_start", "eos", "begin_of_audio", "end_of_audio")},
                  "audio_placeholder": tasks.AUDIO_PLACEHOLDER}
-KIMI_SPECIALS = {"msg_end": "<|im_msg_end|>", "user_msg_start": "<|im_kimia_user_msg_start|>",
-                 "assistant_msg_start": "<|im_kimia_assistant_msg_start|>",
-                 "media_begin": "<|im_media_begin|>", "media_end": "<|im_media_end|>",
-                 "text_blank": "<|im_kimia_text_blank|>", "text_eos": "<|im_kimia_text_eos|>",
+KIMI_SPECIALS = {**{f: tokenizer.KIMI_TOKENS[f] for f in ("msg_end", "user_msg_start", "assistant_msg_start",
+                                                          "media_begin", "media_end", "text_blank", "text_eos")},
                  "speech_ct": "<|im_kimia_speech_ct_id|>", "speech_ctd": "<|im_kimia_speech_ctd_id|>"}
 
 
@@ -61,47 +60,29 @@ def build_tokenizer(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> Tokenize
 def write_tokenizer(out_dir: str, num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> str:
   """Writes `out_dir/tokenizer.json` and returns its path."""
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "tokenizer.json")
+  path = os.path.join(out_dir, tokenizer.TOKENIZER_FILE)
   files.write_text(path, build_tokenizer(num_audio_codes).to_str(pretty=True))
   return path
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-  """Loads a tokenizer from a `tokenizer.json` file or a directory holding one."""
-  if os.path.isdir(path):
-    path = os.path.join(path, "tokenizer.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no tokenizer.json at {path}")
-  return Tokenizer.from_file(path)
-
-
-def _ids(num_audio_codes: int) -> dict[str, int]:
-  return {n: i for i, n in enumerate(token_names(num_audio_codes))}
-
-
-def _special_ids(num_audio_codes: int) -> tuple[int, ...]:
-  ids = _ids(num_audio_codes)
-  return tuple(ids[n] for n in (*VITA_SPECIALS.values(), *KIMI_SPECIALS.values()))
-
-
 def interleaved_vocab(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> tokens.InterleavedVocab:
-  ids = _ids(num_audio_codes)
-  first = ids[audio_token(0)]
-  named = {f: ids[n] for f, n in VITA_SPECIALS.items() if f != "audio_placeholder"}
-  return tokens.InterleavedVocab(
-      vocab_size=first + num_audio_codes, tokenizer_size=first + num_audio_codes,
-      special_ids=_special_ids(num_audio_codes), first_audio_code=first,
-      num_audio_codes=num_audio_codes, pad=named["bos"], newline=ids[NEWLINE], **named)
+  """The VITA-Audio vocabulary of the testbed tokenizer, from the readers' builder (no padding rows)."""
+  tok = build_tokenizer(num_audio_codes)
+  size = tok.get_vocab_size(with_added_tokens=True)
+  return tokenizer.build_interleaved(tokenizer.added_token_ids(tok), tokenizer_size=size, vocab_size=size,
+                                     newline=tok.encode(NEWLINE, add_special_tokens=False).ids, pad=None,
+                                     where="the testbed tokenizer")
 
 
 def parallel_vocab(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> tokens.ParallelVocab:
-  ids = _ids(num_audio_codes)
+  """The Kimi-Audio vocabulary of the testbed tokenizer, from the readers' builder (pad: <|endoftext|>)."""
+  tok = build_tokenizer(num_audio_codes)
+  ids = tokenizer.added_token_ids(tok)
   first = ids[audio_token(0)]
-  named = {f: ids[n] for f, n in KIMI_SPECIALS.items() if not f.startswith("speech_")}
-  return tokens.ParallelVocab(
-      vocab_size=first + num_audio_codes, tokenizer_size=first, special_ids=_special_ids(num_audio_codes),
-      audio_offset=first,
-      num_audio_codes=num_audio_codes, pad=ids[VITA_SPECIALS["bos"]], **named)
+  return tokenizer.build_parallel(ids, tokenizer_size=tok.get_vocab_size(with_added_tokens=True),
+                                  vocab_size=first + num_audio_codes, audio_offset=first,
+                                  num_audio_codes=num_audio_codes, pad=ids[VITA_SPECIALS["bos"]],
+                                  where="the testbed tokenizer")
 
 
 def hf_config_fields(num_audio_codes: int = unit_tts.NUM_AUDIO_CODES) -> dict[str, int]:
