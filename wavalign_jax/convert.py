@@ -18,7 +18,6 @@ import shutil
 import sys
 from typing import Any, Sequence
 
-import numpy as np
 from absl import flags
 
 from wavalign_jax import checkpointing, cli
@@ -41,27 +40,19 @@ def model_config(arch: str, hf_config: dict[str, Any], dtype: str, scan_layers: 
   return cfg
 
 
-def _check_headers(reader: safetensors_io.CheckpointReader, cfg: ModelConfig,
-                   shapes: dict[tuple[str, ...], tuple[int, ...]]) -> None:
+def _check_headers(reader: safetensors_io.CheckpointReader, cfg: ModelConfig) -> None:
   """Every problem visible from the headers alone, all reported at once, before any data is read."""
-  expected = hf_mapping.hf_names(cfg)
   infos = reader.infos
   problems = []
-  unknown = sorted(set(infos) - set(expected))
+  unknown, missing, misshapen = hf_mapping.check_names_and_shapes({n: i.shape for n, i in infos.items()}, cfg)
   if unknown:
     problems.append(f"unknown tensors (not part of a {cfg.arch!r} model with this config.json): {unknown}")
-  missing = sorted(set(expected) - set(infos))
   if missing:
     problems.append(f"missing tensors: {missing}")
-  wrong = []
-  for name in sorted(set(expected) & set(infos)):
-    slot = hf_mapping.hf_slot(name, cfg)
-    target = shapes[slot.path][1:] if slot.index is not None else shapes[slot.path]
-    if infos[name].shape != slot.hf_shape or int(np.prod(slot.hf_shape)) != int(np.prod(target)):
-      wrong.append(f"{name} {list(infos[name].shape)} (config.json implies {list(slot.hf_shape)}, "
-                   f"in {infos[name].file})")
-    if infos[name].dtype not in _FLOAT_TAGS:
-      wrong.append(f"{name} has dtype {infos[name].dtype}, expected a float type")
+  wrong = [f"{name} {list(infos[name].shape)} (config.json implies {list(hf_mapping.hf_slot(name, cfg).hf_shape)}, "
+           f"in {infos[name].file})" for name in misshapen]
+  wrong += [f"{name} has dtype {infos[name].dtype}, expected a float type"
+            for name in sorted(set(infos) & set(hf_mapping.hf_names(cfg))) if infos[name].dtype not in _FLOAT_TAGS]
   if wrong:
     problems.append("shape/dtype mismatch: " + "; ".join(wrong))
   by_file: dict[str, set[str]] = {}
@@ -76,8 +67,7 @@ def _check_headers(reader: safetensors_io.CheckpointReader, cfg: ModelConfig,
 
 def convert_tensors(reader: safetensors_io.CheckpointReader, cfg: ModelConfig) -> dict[str, Any]:
   """Nested numpy params in cfg.param_dtype, filled one HF tensor at a time."""
-  shapes = hf_mapping.param_shapes(cfg)
-  _check_headers(reader, cfg, shapes)
+  _check_headers(reader, cfg)
   return hf_mapping.fill_params(reader.iter_tensors(), cfg, where=reader.hf_dir)
 
 

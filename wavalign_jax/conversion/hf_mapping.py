@@ -185,19 +185,25 @@ def _slice_shape(slot: Slot, leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
   return leaf_shape[1:] if slot.index is not None else leaf_shape
 
 
-def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:
-  """Nested Flax params (numpy, cfg.param_dtype) from HF tensors; ValueError on any mismatch."""
-  shapes = param_shapes(cfg)
-  expected = hf_names(cfg)
-  unknown = sorted(set(tensors) - set(expected))
-  missing = sorted(set(expected) - set(tensors))
+def check_names_and_shapes(shapes: Mapping[str, tuple[int, ...]], cfg: ModelConfig
+                           ) -> tuple[list[str], list[str], list[str]]:
+  """(unknown, missing, wrongly shaped) names of HF tensors (`shapes`: name -> shape) against the model of `cfg`:
+  what the converter checks from a checkpoint's headers before reading any data."""
+  expected, params = hf_names(cfg), param_shapes(cfg)
   wrong = []
-  for name in expected:
-    if name in tensors:
-      slot = hf_slot(name, cfg)
-      got = tuple(np.shape(tensors[name]))
-      if got != slot.hf_shape or math.prod(got) != math.prod(_slice_shape(slot, shapes[slot.path])):
-        wrong.append(f"{name}: shape {got}, expected {slot.hf_shape}")
+  for name in sorted(set(expected) & set(shapes)):
+    slot = hf_slot(name, cfg)
+    got = tuple(shapes[name])
+    if got != slot.hf_shape or math.prod(got) != math.prod(_slice_shape(slot, params[slot.path])):
+      wrong.append(name)
+  return sorted(set(shapes) - set(expected)), sorted(set(expected) - set(shapes)), wrong
+
+
+def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:
+  """Nested Flax params (numpy, cfg.param_dtype) from in-memory HF tensors; ValueError on any mismatch (the
+  converter streams files instead: convert.convert_tensors)."""
+  unknown, missing, wrong = check_names_and_shapes({k: np.shape(v) for k, v in tensors.items()}, cfg)
+  wrong = [f"{n}: shape {np.shape(tensors[n])}, expected {hf_slot(n, cfg).hf_shape}" for n in wrong]
   problems = ([f"unknown tensors (not used by arch {cfg.arch!r}): {unknown}"] if unknown else []) + \
              ([f"missing tensors: {missing}"] if missing else []) + \
              ([f"shape mismatch: {wrong}"] if wrong else [])
