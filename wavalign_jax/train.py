@@ -471,6 +471,9 @@ def configure_process(config: mlc.ConfigDict) -> None:
 
 
 def main(argv: list[str]) -> None:
+  """The train command. Unlike cli.run's other commands it turns only errors.RunError into an `error: ...` line:
+  its user errors are checked up front (config_check, the data and checkpoint readers) and raised as RunError, so a
+  ValueError or OSError from inside training is a bug and keeps its traceback."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None:
