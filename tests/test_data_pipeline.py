@@ -1,5 +1,6 @@
 """JSONL -> ArrayRecord -> records round trip, chat templates from a tiny tokenizer, malformed records."""
 import json
+import re
 import os
 import shutil
 
@@ -173,6 +174,37 @@ def test_failed_rebuild_leaves_the_old_dataset_and_no_partial_one(tmp_path):
   out, info, _ = build_dataset(tmp_path, [RECORD] * 2, num_shards=1, overwrite=True)
   assert info["num_records"] == 2 and sorted(os.listdir(out)) == ["data-00000-of-00001.array_record", B.INFO_FILE,
                                                                     B.TOKENIZER_FILE]
+
+
+def test_a_truncated_shard_is_named(tmp_path):
+  """A shard cut short (a copy interrupted, a full disk) is a one-line error naming it, not a bare RuntimeError."""
+  out, info, _ = build_dataset(tmp_path, [RECORD] * 6, num_shards=2)
+  paths, _ = resolve_paths(out)
+  os.truncate(paths[0], os.path.getsize(paths[0]) // 2)
+  with pytest.raises(ValueError, match=rf"ArrayRecord shard {re.escape(paths[0])} cannot be read .*damaged"):
+    RecordSource(paths)
+
+
+def test_overwrite_replaces_only_a_built_dataset(tmp_path):
+  """--overwrite must not delete a folder of other files: the build's own inputs, audio codes, a checkout."""
+  tok = make_tokenizer(tmp_path / "tokenizer.json")
+  builder = B.Builder(tok, arch="interleaved", kind="sft", ratios=(1, 4), audio_delay=1, audio_offset=40,
+                      num_audio_codes=NUM_CODES)
+  data = tmp_path / "data"
+  data.mkdir()
+  inp = write_jsonl(data / "train.jsonl", [RECORD] * 2)
+  with pytest.raises(FileExistsError, match=r"is not a built dataset \(no readable dataset_info.json\)"):
+    B.build(builder, [inp], str(data), overwrite=True)
+  assert os.listdir(data) == ["train.jsonl"]
+  out = tmp_path / "built"
+  B.build(builder, [inp], str(out))
+  (out / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match=r"holds files a build did not write \(notes.txt\)"):
+    B.build(builder, [inp], str(out), overwrite=True)
+  assert (out / "notes.txt").read_text() == "mine" and (out / B.INFO_FILE).exists()
+  with pytest.raises(ValueError, match="--num_shards=0: must be >= 1"):
+    B.build(builder, [inp], str(tmp_path / "none"), num_shards=0)
+  assert not os.path.exists(tmp_path / "none")
 
 
 def test_content_checksum_is_the_records_and_their_shards(tmp_path):

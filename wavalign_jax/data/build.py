@@ -235,9 +235,13 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
   from array_record.python.array_record_module import ArrayRecordWriter
 
   output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
-    raise FileExistsError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it "
-                          "(the old dataset is kept until the new one is complete)")
+  if num_shards < 1:
+    raise ValueError(f"--num_shards={num_shards}: must be >= 1")
+  if os.path.exists(output_dir) and os.listdir(output_dir):
+    if not overwrite:
+      raise FileExistsError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it "
+                            "(the old dataset is kept until the new one is complete)")
+    _check_replaceable(output_dir)
   tmp_dir = f"{output_dir}.building-{os.getpid()}"
   shutil.rmtree(tmp_dir, ignore_errors=True)
   os.makedirs(tmp_dir)
@@ -305,6 +309,23 @@ def summary(info: dict[str, Any], output_dir: str) -> str:
     lines.append(f"{info['unknown_words']} words in {info['records_with_unknown_words']} records are outside the "
                  f"tokenizer's vocabulary and became its unknown token (most common: {common}); --strict refuses them")
   return "\n".join(lines)
+
+
+def _check_replaceable(output_dir: str) -> None:
+  """--overwrite replaces a built dataset, never a folder of other files (the build's inputs, audio codes, a
+  checkout): `output_dir` must hold a dataset's info file and only what a build writes."""
+  info_path = os.path.join(output_dir, INFO_FILE)
+  try:
+    with open(info_path) as f:
+      made = {INFO_FILE, TOKENIZER_FILE, *json.load(f)["shards"]}
+  except (OSError, ValueError, KeyError, TypeError):
+    raise FileExistsError(f"--output_dir={output_dir} is not a built dataset (no readable {INFO_FILE}): --overwrite "
+                          "replaces only a dataset; choose another --output_dir") from None
+  others = sorted(set(os.listdir(output_dir)) - made)
+  if others:
+    raise FileExistsError(f"--output_dir={output_dir} holds files a build did not write ({', '.join(others[:5])}"
+                          f"{', ...' if len(others) > 5 else ''}): --overwrite would delete them; move them or choose "
+                          "another --output_dir")
 
 
 def _replace_dir(new: str, target: str) -> None:

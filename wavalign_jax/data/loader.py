@@ -38,9 +38,15 @@ class RecordSource:
     for p in self._paths:
       if not os.path.exists(p):
         raise ValueError(f"ArrayRecord shard {p} does not exist")
-      reader = ArrayRecordReader(p)
-      sizes.append(reader.num_records())
-      reader.close()
+      try:
+        reader = ArrayRecordReader(p)
+        try:
+          sizes.append(reader.num_records())
+        finally:
+          reader.close()   # (where a truncated shard's damage shows)
+      except (RuntimeError, OSError, ValueError) as e:
+        raise ValueError(f"ArrayRecord shard {p} cannot be read ({type(e).__name__}: {e or 'no message'}): damaged "
+                         "or partly copied; copy the dataset again or rebuild it") from None
     self._starts = np.cumsum([0] + sizes).tolist()
     self._source = grain.sources.ArrayRecordDataSource(self._paths)
 
