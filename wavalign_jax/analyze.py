@@ -92,6 +92,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   text = lambda ids: tokenizer_lib.decode_text(model.tokenizer, ids, collapse_whitespace=True)
   batch = rl_batch_lib.rollout_batch(model.params, cfg, sampling, raw, jax.random.PRNGKey(seed),
                                      make_reward_fn(config, workdir), text, mesh=mesh,
+                                     exclude_failed=config.reward.exclude_failed,
                                      length_buckets=config.rollout.length_buckets)
   result, rewards, P = batch.scored, batch.rewards, len(raw.meta)
   if judge_agreement.has_true_scores(result.info):
@@ -99,7 +100,10 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
     out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, f(np.array([i[d] for i in result.info])))
                               for d, f in on_judge_scale.items()}
   stats = rollout_diversity.content_stats(rewards, batch.contents)
-  out["rollout_diversity"] = {**rollout_diversity.summary(stats), "reward_mean": float(rewards.mean())}
+  scored = ~result.failed.reshape(rewards.shape)   # a failed judge call's fallback score is no measurement
+  out["rollout_diversity"] = {**rollout_diversity.summary(stats),
+                              "reward_mean": float(rewards[scored].mean()) if scored.any() else float("nan"),
+                              "reward_failed": int(result.failed.sum())}
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
