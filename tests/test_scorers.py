@@ -172,12 +172,15 @@ def test_vstyle_needs_decoder_and_scores_audio():
     ('{"id": 1, "subset": "mmsu", "audio_codes": []}', r"vb.jsonl:2: missing field 'text'"),
     ('{"id": 1, "subset": "mmsu", "text": "A", "audio_codes": [-1]}', r"vb.jsonl:2: field 'audio_codes'"),
     ("not json", r"vb.jsonl:2: not valid JSON"),
+    (json.dumps(rec(0, "mmsu", "B", reference="A")), r"vb.jsonl:2: id 0 of subset 'mmsu' again \(first at .*vb.jsonl:1\)"),
 ])
 def test_load_responses_errors(tmp_path, line, error):
   path = tmp_path / "vb.jsonl"
   path.write_text(json.dumps(rec(0, "mmsu", "A", reference="A")) + "\n" + line + "\n")
   with pytest.raises(ValueError, match=error):
     common.load_responses(str(path))
+  path.write_text(json.dumps(rec(0, "mmsu", "A", reference="A")) + "\n" + json.dumps(rec(0, "bbh", "A")) + "\n")
+  assert len(common.load_responses(str(path))) == 2   # ids are per subset
 
 
 def test_unknown_subset_and_bad_reference(tmp_path):

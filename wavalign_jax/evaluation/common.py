@@ -55,8 +55,9 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def load_responses(path: str) -> list[dict[str, Any]]:
-  """Parse and validate a responses JSONL; errors name the file, line and field."""
-  records = []
+  """Parse and validate a responses JSONL; errors name the file, line and field. An (id, subset) given twice is
+  refused: it would count twice in the scores."""
+  records, first = [], {}
   for where, rec in iter_jsonl(path):
     for field, kind in (("id", (str, int)), ("subset", str), ("text", str), ("audio_codes", list)):
       if field not in rec:
@@ -65,6 +66,10 @@ def load_responses(path: str) -> list[dict[str, Any]]:
         raise ValueError(f"{where}: field {field!r} has type {type(rec[field]).__name__}")
     if not all(isinstance(c, int) and c >= 0 for c in rec["audio_codes"]):
       raise ValueError(f"{where}: field 'audio_codes' must hold non-negative integers")
+    key = (rec["subset"], rec["id"])
+    if key in first:
+      raise ValueError(f"{where}: id {rec['id']!r} of subset {rec['subset']!r} again (first at {first[key]})")
+    first[key] = where
     rec["_where"] = where
     records.append(rec)
   return records
