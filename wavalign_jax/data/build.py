@@ -121,11 +121,15 @@ class Builder:
 
   def _turns(self, record: dict, base_dir: str) -> list[layouts.Turn]:
     messages = _field(record, "messages", list)
-    raw_audios = record.get("audios") or []
+    raw_audios = record.get("audios")   # missing or null: no audio; anything else must be a list
+    raw_audios = [] if raw_audios is None else raw_audios
     if not isinstance(raw_audios, list):
       raise ValueError(f"field 'audios' must be a list of code lists or code-file paths, got "
                        f"{type(raw_audios).__name__} {str(raw_audios)[:40]!r}")
     audios = [load_codes(a, base_dir, f"audios[{i}]") for i, a in enumerate(raw_audios)]
+    for i, codes in enumerate(audios):
+      if not len(codes):
+        raise ValueError(f"field 'audios[{i}]': no audio codes (an audio message needs at least one)")
     turns, used = [], 0
     for k, m in enumerate(messages):
       if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
