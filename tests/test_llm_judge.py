@@ -146,20 +146,26 @@ def test_cache_avoids_requests_across_instances(tmp_path):
     assert len(server.requests) == 3  # other judge settings: another cache entry
 
 
-def test_a_corrupt_cache_entry_is_moved_aside_and_asked_again(tmp_path, caplog):
-  """A damaged entry (here: truncated) must not stop a run hours in: it is a miss, kept as <key>.json.corrupt, with a
-  warning naming it; the judge is asked again and the new reply cached in its place."""
+@pytest.mark.parametrize("damage, warning", [
+    (lambda text: text[:10], "does not read as JSON"),              # truncated
+    (lambda text: "{}", "does not hold what this cache stores"),    # JSON, not a reply
+    (lambda text: '{"choices": [4]}', "does not hold what this cache stores"),
+])
+def test_a_corrupt_cache_entry_is_moved_aside_and_asked_again(tmp_path, caplog, damage, warning):
+  """A damaged entry must not stop a run hours in: it is a miss, kept as <key>.json.corrupt, with a warning naming
+  it; the judge is asked again and the new reply cached in its place."""
   cache = tmp_path / "cache"
   with FakeJudgeServer(score_by_answer) as server:
     llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
     (entry,) = cache.glob("*/*.json")
-    entry.write_text(entry.read_text()[:10])
+    damaged = damage(entry.read_text())
+    entry.write_text(damaged)
     with caplog.at_level(logging.WARNING):
       again = llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
     assert len(server.requests) == 2 and not again.failed[0] and again.scores[0] == 3.0
-    assert f"judge cache entry {entry} does not read as JSON" in caplog.text
+    assert f"judge cache entry {entry} {warning}" in caplog.text
     assert json.loads(entry.read_text())["choices"]                  # re-cached
-    assert len(entry.with_name(entry.name + ".corrupt").read_text()) == 10   # the damaged bytes, kept
+    assert entry.with_name(entry.name + ".corrupt").read_text() == damaged   # the damaged bytes, kept
     llm_judge.LLMJudge(settings(server, cache_dir=str(cache)))(items("ans-3"))
     assert len(server.requests) == 2                                  # and read from the cache from then on
 
@@ -170,7 +176,7 @@ def test_a_corrupt_entry_replaced_meanwhile_by_another_process_is_left_alone(tmp
   cache = judge_cache.JudgeCache(str(tmp_path))
   cache.put("ab" * 32, {"choices": ["<score>4</score>"]})
   path = cache._path("ab" * 32)
-  cache._set_aside(path, b"{torn", ValueError("torn"))   # what A read, no longer on disk
+  cache._set_aside(path, b"{torn", "does not read as JSON")   # what A read, no longer on disk
   assert cache.get("ab" * 32) == {"choices": ["<score>4</score>"]} and not os.path.exists(path + ".corrupt")
 
 

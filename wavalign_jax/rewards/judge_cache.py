@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from wavalign_jax import files
 
@@ -34,7 +34,9 @@ class JudgeCache:
   def _path(self, key: str) -> str:
     return os.path.join(self.directory, key[:2], f"{key}.json")
 
-  def get(self, key: str) -> Any | None:
+  def get(self, key: str, valid: Callable[[Any], bool] | None = None) -> Any | None:
+    """The entry of `key`, None if there is none; one that does not read as JSON or fails `valid` (the shape the
+    caller writes) is set aside as damaged and is a miss."""
     path = self._path(key)
     try:
       with open(path, "rb") as f:
@@ -42,12 +44,16 @@ class JudgeCache:
     except FileNotFoundError:
       return None
     try:
-      return json.loads(data.decode("utf-8"))
+      value = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      self._set_aside(path, data, e)
+      self._set_aside(path, data, f"does not read as JSON ({e})")
       return None
+    if valid is not None and not valid(value):
+      self._set_aside(path, data, f"does not hold what this cache stores ({data[:80]!r})")
+      return None
+    return value
 
-  def _set_aside(self, path: str, data: bytes, error: Exception) -> None:
+  def _set_aside(self, path: str, data: bytes, problem: str) -> None:
     """Moves a damaged entry to `<path>.corrupt`, unless another process has meanwhile replaced it (then it is its
     good reply) or moved it; a cache it cannot write (read-only, shared) keeps it, and the judge is asked anyway."""
     aside = f"{path}.corrupt"
@@ -58,8 +64,7 @@ class JudgeCache:
       os.replace(path, aside)
     except OSError:
       return
-    logging.warning("judge cache entry %s does not read as JSON (%s): moved to %s; asking the judge again",
-                    path, error, aside)
+    logging.warning("judge cache entry %s %s: moved to %s; asking the judge again", path, problem, aside)
 
   def put(self, key: str, value: Any) -> None:
     files.write_json(self._path(key), value, ensure_ascii=False)   # atomic, strict JSON, the run's file mode

@@ -71,6 +71,12 @@ class JudgeSettings:
   cache_dir: str | None = None
 
 
+def _is_cached_reply(value: Any) -> bool:
+  """What `LLMJudge.complete` caches: {"model": ..., "choices": [reply text, ...]}."""
+  return (isinstance(value, dict) and isinstance(value.get("choices"), list)
+          and all(isinstance(c, str) for c in value["choices"]))
+
+
 class JudgeError(Exception):
   """A request that failed for good; `str(e)` is the reason recorded with the item."""
 
@@ -129,7 +135,7 @@ class ChatClient:
     key = self._key(body)
     ok = lambda choices: usable is None or any(usable(c) for c in choices)
     if self._cache is not None:
-      hit = self._cache.get(key)
+      hit = self._cache.get(key, valid=_is_cached_reply)
       if hit is not None and ok(hit["choices"]):
         return list(hit["choices"])
     choices = self._post_with_retries(body)
