@@ -153,10 +153,12 @@ def test_openaudiobench(tmp_path):
 
 def test_vstyle_needs_decoder_and_scores_audio():
   records = [rec(1, "acoustic", "x", instruction="RESP_V1 whisper"), rec(2, "acoustic", "x", instruction="RESP_V2"),
-             rec(3, "empathy", "x", instruction="RESP_V3")]
+             rec(3, "empathy", "x", instruction="RESP_V3"),
+             {**rec(4, "acoustic", "x", instruction="RESP_V1"), "audio_codes": [9, 9]}]   # its decode fails
   with pytest.raises(ValueError, match="configure an audio decoder"):
     vstyle.score(records, client=None, decoder=None)
-  script = ("import sys, json, wave; c = json.load(sys.stdin)['codes']; w = wave.open(sys.stdout.buffer, 'wb'); "
+  script = ("import sys, json, wave; c = json.load(sys.stdin)['codes']; sys.exit(1) if c == [9, 9] else None; "
+            "w = wave.open(sys.stdout.buffer, 'wb'); "
             "w.setnchannels(1); w.setsampwidth(2); w.setframerate(24000); w.writeframes(bytes(4 * len(c))); w.close()")
   decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=f"{sys.executable} -c \"{script}\""))
   replies = {"RESP_V1": ["Final score: [[4]]"], "RESP_V2": ["final score: [[2]]"], "RESP_V3": ["Final score: [[5]]"]}
@@ -164,8 +166,9 @@ def test_vstyle_needs_decoder_and_scores_audio():
     client = llm_judge.ChatClient(llm_judge.JudgeSettings(base_url=server.base_url, api_key_env=KEY_ENV))
     result = vstyle.score(records, client, decoder)
   assert all(r["messages"][-1]["content"][1]["type"] == "input_audio" for r in server.requests)
-  assert [(s.subset, s.value) for s in result.subsets] == [("acoustic", 3.0), ("empathy", 5.0)]
+  assert [(s.subset, s.value, s.n, s.failed) for s in result.subsets] == [("acoustic", 3.0, 2, 1), ("empathy", 5.0, 1, 0)]
   assert result.aggregate == 4.0 and result.aggregate_name == "overall (2/4 categories)"
+  assert len(server.requests) == 3   # the record whose audio did not decode is counted, not sent
 
 
 @pytest.mark.parametrize("line, error", [

@@ -6,11 +6,14 @@ decoder and scored 1-5 (`Final score: [[x]]`) with the progressive rubric; the o
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Sequence
 
 from wavalign_jax.evaluation import common
 from wavalign_jax.rewards import llm_judge
+
+log = logging.getLogger(__name__)
 
 CATEGORIES = ("acoustic", "instruction", "role_play", "empathy")
 JUDGE = dict(model="gpt-4o-audio-preview")
@@ -48,14 +51,21 @@ def score(records: Sequence[dict], client: llm_judge.ChatClient | None,
     recs = groups.get(category)
     if not recs:
       continue
-    convs = []
+    convs, decoded = [], []
     for r in recs:
       if not r["audio_codes"]:
         raise ValueError(f"{r.get('_where', r['id'])}: VStyle record has no audio_codes to judge")
       text = PROMPT.format(category=category, instruction=common.field(r, "instruction"))
-      convs.append([{"role": "user", "content": [{"type": "text", "text": text},
-                                                 llm_judge.audio_part(decoder(r["audio_codes"]))]}])
-    judged = common.judge(client, convs, _final_score, category)
+      try:   # a failed decode is that record's failure, counted like a failed judge call
+        wav = decoder(r["audio_codes"])
+      except llm_judge.DECODER_ERRORS as e:
+        log.warning("%s: %s: audio decoder failed: %s", category, r.get("_where", r["id"]), e)
+        decoded.append(False)
+        continue
+      decoded.append(True)
+      convs.append([{"role": "user", "content": [{"type": "text", "text": text}, llm_judge.audio_part(wav)]}])
+    replies = iter(common.judge(client, convs, _final_score, category) if convs else [])
+    judged = [next(replies) if ok else None for ok in decoded]
     per_record = [common.mean(vs) for vs in judged if vs]
     value = common.mean(per_record)
     out.append(common.SubsetScore(category, value, value * 20, len(per_record), judged.count(None), "1-5"))

@@ -250,6 +250,11 @@ class AudioDecoder:
     return wav
 
 
+# How an AudioDecoder call fails (the command's exit status or time-out, the server, a WAV of another rate): one
+# item's failure, counted, never the whole batch's.
+DECODER_ERRORS = (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired)
+
+
 def audio_part(wav: bytes) -> dict[str, Any]:
   """An `input_audio` content part for chat-completions."""
   return {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode("ascii"), "format": "wav"}}
@@ -315,7 +320,7 @@ class LLMJudge:
       try:
         conversations.append(self._messages(item))
         todo.append(i)
-      except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
+      except DECODER_ERRORS as e:
         failed[i], info[i]["reason"] = True, f"audio decoder: {e}"
     for i, reply in zip(todo, self.client.complete_many(conversations, usable=parses(parse_score_tag))):
       if isinstance(reply, JudgeError):
