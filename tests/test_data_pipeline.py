@@ -241,6 +241,20 @@ def test_a_moved_dataset_decodes_with_the_tokenizer_it_was_built_with(tmp_path):
   assert "'it is four'" in I.report(moved)   # the response decoded with the copy
 
 
+def test_inspect_recomputes_the_content_checksum_from_the_shards(tmp_path):
+  """What the build hashed while writing (record j to shard j % 3) is what inspect reads back from 7 records in 3
+  uneven shards; two shards of equal size swapped (the loader's record counts still agree) are reported."""
+  records = [dict(RECORD, sft_target_text=" ".join(["four"] * n)) for n in range(1, 8)]
+  out, info, _ = build_dataset(tmp_path, records, num_shards=3)
+  assert B.verify_content(out) == (info["content_sha256"], info["content_sha256"])
+  assert f"content: the records match dataset_info.json's content_sha256 {info['content_sha256'][:16]}" in I.report(out)
+  a, b = (os.path.join(out, f"data-0000{i}-of-00003.array_record") for i in (1, 2))
+  os.replace(a, a + ".x")
+  os.replace(b, a)
+  os.replace(a + ".x", b)
+  assert "content: DIFFERS from dataset_info.json's content_sha256" in I.report(out)
+
+
 def test_loader_refuses_a_dataset_whose_shards_disagree_with_its_info(tmp_path):
   out, _, builder = build_dataset(tmp_path, [RECORD] * 6, num_shards=3)
   # A shard from another build (1 record) in place of one of this build's (2 records).

@@ -28,7 +28,7 @@ import tokenizers
 
 from wavalign_jax import config_lib, files
 from wavalign_jax import tokenizer as tokenizer_lib
-from wavalign_jax.data import layouts
+from wavalign_jax.data import layouts, loader
 from wavalign_jax.data import vocab as vocab_lib
 from wavalign_jax.data.records import INFO_FILE, KINDS, encode_record
 from wavalign_jax.tokenizer import TOKENIZER_FILE
@@ -224,6 +224,33 @@ def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
           yield path, line_no, line
 
 
+def content_hash(shard_names: Sequence[str]) -> Any:
+  """The running `content_sha256` of a dataset (dataset_info.json): its shard names, then `add_record` of each record
+  in the order written (record j in shard j % number of shards)."""
+  return hashlib.sha256(json.dumps(list(shard_names)).encode())
+
+
+def add_record(content: Any, data: bytes) -> None:
+  content.update(len(data).to_bytes(8, "little") + data)
+
+
+def verify_content(path: str) -> tuple[str, str]:
+  """(recorded, recomputed) `content_sha256` of the built dataset at `path`, from its shards' records: they differ
+  when a shard was replaced or altered since the build."""
+  paths, info = loader.resolve_paths(path)
+  shards = []
+  for p in paths:
+    reader = loader.ArrayRecordReader(p)
+    try:
+      shards.append(reader.read_all())
+    finally:
+      reader.close()
+  content = content_hash(info["shards"])
+  for j in range(sum(len(s) for s in shards)):
+    add_record(content, shards[j % len(shards)][j // len(shards)])
+  return info.get("content_sha256", ""), content.hexdigest()
+
+
 def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: int = 1,
           max_length: int = DEFAULT_MAX_LENGTH, name: str = "data", overwrite: bool = False,
           strict: bool = False) -> dict[str, Any]:
@@ -255,7 +282,7 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
     written = longest = too_long = 0
     # Of the records in order and their shards: a run resumed over a dataset rebuilt in place that differs is refused
     # (config_history.input_fingerprints).
-    content = hashlib.sha256(json.dumps(names).encode())
+    content = content_hash(names)
     too_long_first: list[str] = []            # path:line (tokens) of the first skipped records
     unknown, unknown_records = collections.Counter(), 0
     try:
@@ -274,7 +301,7 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
           unknown.update(builder.unknown_words)
           unknown_records += 1
         writers[written % num_shards].write(data)
-        content.update(len(data).to_bytes(8, "little") + data)
+        add_record(content, data)
         written += 1
         longest = max(longest, n)
     finally:

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import tokenizers
 
+from wavalign_jax.data import build
 from wavalign_jax.data.layouts import Example
 from wavalign_jax.data.loader import RecordSource, resolve_paths
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType, text_id_mask
@@ -78,6 +79,10 @@ def report(path: str, decode_examples: int = 1, tokenizer: str | None = None) ->
   lines = [f"dataset {path}: records: {len(source)} in {len(paths)} shard(s); kinds {dict(kinds)}"]
   if info:
     lines.append(f"arch {info['arch']}, skipped as too long: {info['skipped_too_long']}")
+    recorded, found = build.verify_content(path)
+    lines.append(f"content: the records match dataset_info.json's content_sha256 {found[:16]}" if recorded == found
+                 else f"content: DIFFERS from dataset_info.json's content_sha256 ({found[:16]} != "
+                      f"{(recorded or 'none recorded')[:16]}): a shard was replaced or altered since the build")
   lines.append("lengths (tokens per example):")
   for (name, what, t), values in sorted(lengths.items()):
     if any(values) or not t:
