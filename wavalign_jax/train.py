@@ -159,10 +159,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
-  config_history.keep(workdir, int(state.step), run.changed_config)   # the step restored, past damaged checkpoints
-  provenance.record_launch(workdir, int(state.step), new_run=run.new_run)
-  if resumed and int(state.step) < config.train.total_steps:
-    run_summary.reopen(workdir, int(state.step))   # a finished run continued with a larger train.total_steps
+  _record_start(run, int(state.step), resumed)
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
   run.last_save = time.time()
   results = _evaluate_before(run, state)
@@ -230,6 +227,16 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
               optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
               train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create,
               new_run=resume_step is None, changed_config=changed_config)
+
+
+def _record_start(run: _Run, step: int, resumed: bool) -> None:
+  """What a launch records once the step it starts from is known (older than the newest checkpoint when that one
+  was damaged): a changed config as config.<step>.json, the launch, and a finished run continued past its end
+  (a larger train.total_steps) as not finished any more."""
+  config_history.keep(run.workdir, step, run.changed_config)
+  provenance.record_launch(run.workdir, step, new_run=run.new_run)
+  if resumed and step < run.config.train.total_steps:
+    run_summary.reopen(run.workdir, step)
 
 
 def _holds_testbed_state(workdir: str) -> bool:
