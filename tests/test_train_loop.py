@@ -89,6 +89,28 @@ def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
   assert m["rl/ratio_mean"] != 1.0 and np.isfinite(m["rl/ratio_mean"]) and 0.0 <= m["rl/clip_frac"] <= 1.0
 
 
+def test_a_skipped_ppo_iteration_is_reported_though_a_later_one_applies(capsys):
+  """rl.num_iterations > 1: a non-finite first iteration followed by an applied one leaves the step's last state
+  with no skip in a row; the skipped one must still be printed (it is counted in skipped_steps)."""
+  from types import SimpleNamespace as NS
+
+  class Batch:   # what _update touches of a hybrid batch
+    rl = NS(replace=lambda **kw: Batch.rl)
+
+    def replace(self, **kw):
+      return self
+
+  after = lambda step, run, total: NS(step=step, consecutive_skips=run, skipped_steps=total, params=None)
+  fns = train._Steps(update=lambda state, batch, start: (after(1, 1, 1), {}),   # skipped
+                     reuse=lambda state, batch, start: (after(2, 0, 1), {}),    # applied
+                     logprobs=lambda *args: {}, geometry=None)
+  run = NS(cfg=NS(hybrid=NS(rl=NS(num_iterations=2))))
+  state, _ = train._update(run, fns, after(0, 0, 0), Batch(), 3, stop_at=10)
+  assert int(state.step) == 2
+  assert "training step 1: loss, gradient, learning rate or update not finite; nothing applied (1 in a row, 1 in all)" \
+      in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("arch,objective", [("interleaved", "hybrid"), ("parallel", "hybrid"), ("interleaved", "dpo")])
 def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_base, arch, objective):
   """The path of real weights (`data.source=arrayrecord`: datasets from data/build.py and a converted checkpoint,

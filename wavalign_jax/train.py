@@ -359,6 +359,7 @@ def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: Hybrid
     old_logp = _logp(fns.logprobs(state.params, batch.rl, rl_start))
   state, metrics = fns.update(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
   for _ in range(iterations - 1):
+    steps.report_skipped(state, 0, "training", None, "")   # a skipped iteration (the step's last: _after_step)
     state, later = fns.reuse(state, batch.replace(rl=batch.rl.replace(old_logp=old_logp)), rl_start)
     metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
   return state, metrics
