@@ -238,16 +238,10 @@ def verify_content(path: str) -> tuple[str, str]:
   """(recorded, recomputed) `content_sha256` of the built dataset at `path`, from its shards' records: they differ
   when a shard was replaced or altered since the build."""
   paths, info = loader.resolve_paths(path)
-  shards = []
-  for p in paths:
-    reader = loader.ArrayRecordReader(p)
-    try:
-      shards.append(reader.read_all())
-    finally:
-      reader.close()
+  source = loader.RecordSource(paths)   # read one record at a time, in the order the build wrote them
   content = content_hash(info["shards"])
-  for j in range(sum(len(s) for s in shards)):
-    add_record(content, shards[j % len(shards)][j // len(shards)])
+  for j in range(len(source)):
+    add_record(content, source.shard_record(j % len(paths), j // len(paths)))
   return info.get("content_sha256", ""), content.hexdigest()
 
 

@@ -60,6 +60,10 @@ class RecordSource:
   def __getitem__(self, index: int) -> Record:
     return decode_record(self._source[index], self.where(index))
 
+  def shard_record(self, shard: int, index: int) -> bytes:
+    """The stored bytes of record `index` of shard `shard` (undecoded)."""
+    return self._source[self._starts[shard] + index]
+
 
 def resolve_paths(path: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]:
   """Shard paths and dataset info from a dataset directory (with dataset_info.json) or explicit files. The
