@@ -4,7 +4,8 @@ A record holds one or more laid-out `Example`s under names (sft: "example"; rl: 
 prompt + reference response for the SFT anchor; dpo: "chosen", "rejected") and the metadata a
 reward needs (question_text, answer, style, source file and line). Ids are int32 bytes and
 types uint8 bytes, so a 1.3k-token example is ~7 kB. Beside its shards a built dataset holds `INFO_FILE` (what it
-holds and how it was built) and `tokenizer.TOKENIZER_FILE`.
+holds and how it was built) and `tokenizer.TOKENIZER_FILE`, its own copy of the tokenizer it was built with
+(named relative to the dataset, so a dataset copied to another machine or bucket decodes with exactly that one).
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ import numpy as np
 from wavalign_jax.data.layouts import Example
 
 INFO_FILE = "dataset_info.json"
-# The dataset's own copy of the tokenizer it was built with: dataset_info.json names it relative to the dataset,
-# so a dataset copied to another machine or bucket still decodes with exactly that tokenizer.
 
 KINDS = {"sft": ("example",), "rl": ("example",), "dpo": ("chosen", "rejected")}
 FORMAT_VERSION = 1

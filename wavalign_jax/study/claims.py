@@ -164,10 +164,10 @@ def evaluate_claims(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]
     if a in rows and bs and all(b in rows for b in bs):
       ran.append((claim, metric, a, bs, relation))
   out = []
+  family = lambda level: 1 - (1 - level) / len(ran)   # Bonferroni over the claims the study compares
   for claim, metric, a, bs, relation in ran:
     comparisons = []
     refute_level = 1 - (1 - LEVEL) / len(bs)   # Bonferroni: any one of the k rivals may refute the claim
-    family = lambda level: 1 - (1 - level) / len(ran)
     for b in bs:
       diffs = paired_items(rows, seeds, a, b, metric)
       d, lo, hi = seed_interval(diffs)
