@@ -62,7 +62,7 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   changes nothing but the step counter, the RNG and the skip counters (params, moments and gate stay as they were;
   the logged λ is the kept one; the schedule's count is the optimizer's, so the learning rate of later steps runs
   `skipped_steps` behind `step`);
-  the loop stops after `train.max_consecutive_skips` in a row (`report_skipped`).
+  the loop stops after `train.max_consecutive_skips` in a row (`step_end.finish_step`).
   """
   gate = state.gate if gate is None else gate
   grad_norm = optax.tree.norm(grads)
@@ -84,24 +84,6 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, gate=gate,
                        rng=jax.random.fold_in(state.rng, state.step), skipped_steps=state.skipped_steps + skipped,
                        consecutive_skips=(state.consecutive_skips + 1) * skipped), metrics
-
-
-def report_skipped(state: TrainState, limit: int, what: str, last_checkpoint: int | None,
-                   learning_rate_field: str) -> str | None:
-  """After a step: prints one line if it was skipped; returns the stop message once `limit` (> 0) steps in a
-  row were skipped (the caller closes its files and raises errors.NonFiniteStop), else None."""
-  run, now = int(state.consecutive_skips), int(state.step)
-  if not run:
-    return None
-  print(f"{what} step {now}: loss, gradient, learning rate or update not finite; nothing applied "
-        f"({run} in a row, {int(state.skipped_steps)} in all)", flush=True)
-  if not 0 < limit <= run:
-    return None
-  last = (f"the last checkpoint, step {last_checkpoint}, holds finite parameters (no non-finite update is ever "
-          "applied)" if last_checkpoint is not None else "no checkpoint was written yet")
-  return (f"{what} stopped: {run} consecutive steps ({now - run + 1}..{now}) were not finite; {last}. Look at "
-          f"the metrics of those steps (rewards, losses, grad_norm, lr) and lower {learning_rate_field} or check "
-          "the data (train.max_consecutive_skips sets the limit)")
 
 
 _REDUCE = {"sum": jnp.sum, "max": jnp.max, "mean": jnp.mean}

@@ -30,8 +30,8 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from wavalign_jax import (checkpointing, config_check, config_history, config_lib, errors, files, log_setup,
-                          models, optim, preemption, profiling, provenance, sharding, steps, train_state,
-                          workdir_lock)
+                          models, optim, preemption, profiling, provenance, sharding, step_end, steps,
+                          train_state, workdir_lock)
 from wavalign_jax.analysis import gradient_geometry
 from wavalign_jax.batches import DPOBatch, HybridBatch, PairBatch, PromptBatch
 from wavalign_jax.data import loader
@@ -359,36 +359,26 @@ def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: Hybrid
     old_logp = _logp(fns.logprobs(state.params, batch.rl, rl_start))
   state, metrics = fns.update(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
   for _ in range(iterations - 1):
-    steps.report_skipped(state, 0, "training", None, "")   # a skipped iteration (the step's last: _after_step)
+    step_end.report_skipped(state, 0, "training", None, "")   # a skipped iteration (the step's last: _after_step)
     state, later = fns.reuse(state, batch.replace(rl=batch.rl.replace(old_logp=old_logp)), rl_start)
     metrics = {**metrics, **later}   # keeps the gate statistics of the first iteration
   return state, metrics
 
 
 def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: int, stop_at: int) -> None:
-  """Logs, stops on too many non-finite steps, checkpoints, honours a preemption signal and evaluates."""
-  c, ckpt, writer = run.config.train, run.ckpt, run.writer
+  """Logs, applies the stop rules and checkpoints (`step_end.finish_step`) and evaluates."""
+  c, writer = run.config.train, run.writer
   now, total = int(state.step), c.total_steps
   crossed = lambda every: every and now // every > step // every
   if crossed(c.log_every) or now == total:
     writer.write(now, metrics, total_steps=total)
-  stop = steps.report_skipped(state, c.max_consecutive_skips, "training", ckpt.latest_step(),
-                              "optim.learning_rate (resuming with another value needs "
-                              "--config.train.allow_config_change=True)")
-  if stop:
-    ckpt.close()
-    writer.close()
-    raise errors.NonFiniteStop(stop)
-  saved = crossed(c.checkpoint_every) or now == stop_at or _save_due_by_time(run)
-  if saved:
-    ckpt.save(now, state, run.train_it)
+  if step_end.finish_step(state, run.ckpt, run.train_it, run.guard, what="training",
+                          max_skips=c.max_consecutive_skips,
+                          learning_rate_field="optim.learning_rate (resuming with another value needs "
+                                              "--config.train.allow_config_change=True)",
+                          save_due=bool(crossed(c.checkpoint_every)) or now == stop_at or _save_due_by_time(run),
+                          close=(writer.close,)):
     run.last_save = time.time()
-  if run.guard.should_stop():
-    if not saved:
-      ckpt.save(now, state, run.train_it)
-    ckpt.close()
-    writer.close()
-    raise preemption.Preempted(now, run.guard.signum, "training")
   if crossed(c.eval_every) and now < total:
     _evaluate_and_log(run, state.params, now, "eval", f"step_{now}")
 

@@ -16,15 +16,14 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections as mlc
 
-from wavalign_jax import checkpointing, models, optim, sharding, steps, train_state
+from wavalign_jax import checkpointing, models, optim, sharding, step_end, steps, train_state
 from wavalign_jax.batches import HybridBatch
 from wavalign_jax.data import loader
-from wavalign_jax.errors import NonFiniteStop
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives.hybrid import HybridConfig
 from wavalign_jax.objectives.sft import SFTConfig
-from wavalign_jax.preemption import Preempted, PreemptionGuard
+from wavalign_jax.preemption import PreemptionGuard
 
 
 def path(run_dir: str) -> str:
@@ -67,20 +66,13 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   start = time.time()
   for i in range(int(state.step), tb.base_sft_steps):
     state, metrics = step(state, sharding.device_put_batch(HybridBatch(sft=next(it)), mesh))
-    stop = steps.report_skipped(state, config.train.max_consecutive_skips, "the testbed's base-model SFT",
-                                ckpt.latest_step(), "testbed.base_learning_rate")
-    if stop:
-      ckpt.close()
-      raise NonFiniteStop(stop)
     if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps:
       print(f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
             f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True)
-    stop = guard is not None and guard.should_stop()
-    if stop or (tb.base_checkpoint_every and (i + 1) % tb.base_checkpoint_every == 0):
-      ckpt.save(i + 1, state, it)
-    if stop:
-      ckpt.close()
-      raise Preempted(i + 1, guard.signum, "the testbed's base-model SFT")
+    step_end.finish_step(state, ckpt, it, guard, what="the testbed's base-model SFT",
+                         max_skips=config.train.max_consecutive_skips,
+                         learning_rate_field="testbed.base_learning_rate",
+                         save_due=bool(tb.base_checkpoint_every) and (i + 1) % tb.base_checkpoint_every == 0)
   ckpt.close()
   # On several processes: each gathers the whole params (an array spans every process's devices), all take part in
   # Orbax's save (it writes from process 0), and process 0 alone clears and renames the shared directories.

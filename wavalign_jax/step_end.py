@@ -1,0 +1,58 @@
+"""What a training loop does after each step: the rules that stop it, and its checkpoint.
+
+One home for the RL run (`train.py`) and the testbed's base-model SFT (`testbed/base_model.py`), in this order:
+stop after `limit` non-finite steps in a row (`errors.NonFiniteStop`; no non-finite update is ever applied, so the
+last checkpoint holds finite parameters), save a checkpoint when one is due, and on a preemption signal save this
+step (unless just saved) and stop cleanly (`preemption.Preempted`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from wavalign_jax import errors
+from wavalign_jax.checkpointing import Checkpointer
+from wavalign_jax.preemption import Preempted, PreemptionGuard
+from wavalign_jax.train_state import TrainState
+
+
+def report_skipped(state: TrainState, limit: int, what: str, last_checkpoint: int | None,
+                   learning_rate_field: str) -> str | None:
+  """After a step: prints one line if it was skipped; returns the stop message once `limit` (> 0) steps in a
+  row were skipped, else None."""
+  run, now = int(state.consecutive_skips), int(state.step)
+  if not run:
+    return None
+  print(f"{what} step {now}: loss, gradient, learning rate or update not finite; nothing applied "
+        f"({run} in a row, {int(state.skipped_steps)} in all)", flush=True)
+  if not 0 < limit <= run:
+    return None
+  last = (f"the last checkpoint, step {last_checkpoint}, holds finite parameters (no non-finite update is ever "
+          "applied)" if last_checkpoint is not None else "no checkpoint was written yet")
+  return (f"{what} stopped: {run} consecutive steps ({now - run + 1}..{now}) were not finite; {last}. Look at "
+          f"the metrics of those steps (rewards, losses, grad_norm, lr) and lower {learning_rate_field} or check "
+          "the data (train.max_consecutive_skips sets the limit)")
+
+
+def finish_step(state: TrainState, ckpt: Checkpointer, data_iterator: Any, guard: PreemptionGuard | None, *,
+                what: str, max_skips: int, learning_rate_field: str, save_due: bool,
+                close: Iterable[Callable[[], None]] = ()) -> bool:
+  """Applies the stop rules after a step; returns whether it saved a checkpoint.
+
+  Raises NonFiniteStop or Preempted after closing `ckpt` and `close` (the loop's other files). On several hosts
+  `guard.should_stop()` is a collective: every process calls this after every step.
+  """
+  def stop(error: Exception) -> None:
+    ckpt.close()
+    for c in close:
+      c()
+    raise error
+
+  message = report_skipped(state, max_skips, what, ckpt.latest_step(), learning_rate_field)
+  if message:
+    stop(errors.NonFiniteStop(message))
+  preempted = guard is not None and guard.should_stop()
+  if save_due or preempted:
+    ckpt.save(int(state.step), state, data_iterator)
+  if preempted:
+    stop(Preempted(int(state.step), guard.signum, what))
+  return save_due
