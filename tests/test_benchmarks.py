@@ -89,11 +89,11 @@ def test_rollout_throughput_quick():
 
 
 def test_loader_throughput_quick():
-  """Both loaders over the synthetic records: packing fills its batches more than padding each example."""
+  """The loader over the synthetic records: batches of 4 padded to one of its buckets, partly filled."""
   out = _run("benchmarks.loader_throughput", "--records=16", "--batch=4", "--batches=2")
-  fill = dict(re.findall(r"packing=(\w+)\s+batch \(4, \d+\).* fill ([\d.]+)", out))
-  assert set(fill) == {"False", "True"}, out
-  assert 0 < float(fill["False"]) < float(fill["True"]) <= 1
+  (length, fill), = re.findall(r"batch \(4, (\d+)\).* fill ([\d.]+)", out)
+  assert int(length) in (1024, 1536, 2048, 4096), out
+  assert 0 < float(fill) < 1, out   # examples of 1000-1500 tokens never fill a bucket exactly
 
 
 def test_convert_memory_quick():

@@ -1,4 +1,4 @@
-"""Grain loader: host sharding, epochs, buckets, exact resume (2 simulated hosts, >1 epoch), packing."""
+"""Grain loader: host sharding, epochs, buckets, exact resume (2 simulated hosts, >1 epoch)."""
 import itertools
 import json
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from test_data_pipeline import RECORD, build_dataset
-from wavalign_jax.data import layouts as L
 from wavalign_jax.data import loader
 from wavalign_jax.data.loader import RecordSource, resolve_paths
 
@@ -68,10 +67,9 @@ def test_epochs_reshuffle_and_cover(dataset):
   assert epochs[0] != epochs[1]  # reshuffled each epoch
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_resume_is_exact_for_two_hosts_across_epochs(dataset, packing):
-  kw = dict(global_batch_size=4, buckets=[64, 128], seed=7, num_epochs=None, process_count=2, packing=packing,
-            read_threads=2, read_prefetch=4)
+def test_resume_is_exact_for_two_hosts_across_epochs(dataset):
+  kw = dict(global_batch_size=4, buckets=[64, 128], seed=7, num_epochs=None, process_count=2, read_threads=2,
+            read_prefetch=4)
   for host in range(2):
     reference = _take(loader.make_loader(dataset, process_index=host, **kw), 9)  # > 2 epochs of 5 records
     it = loader.make_loader(dataset, process_index=host, **kw)
@@ -81,22 +79,6 @@ def test_resume_is_exact_for_two_hosts_across_epochs(dataset, packing):
     resumed.set_state(json.loads(state))
     for a, b in zip(first + _take(resumed, 5), reference):
       _equal(a, b)
-
-
-def test_packing_matches_second_code_path(dataset):
-  src = RecordSource(resolve_paths(dataset)[0])
-  by_len = {len(src[i].examples["example"]): src[i].examples["example"] for i in range(len(src))}
-  it = loader.make_loader(dataset, global_batch_size=2, buckets=[128], seed=1, num_epochs=1, process_index=0,
-                          process_count=1, packing=True)
-  total = 0
-  for batch in it:
-    rows = []
-    for seg in batch.segment_ids:
-      rows.append([by_len[int(np.sum(seg == s))] for s in range(1, seg.max() + 1)])
-      total += seg.max()
-    assert batch.positions.max() < 128
-    _equal(batch, L.packed_sequence_batch(rows, 128, pad_id=resolve_paths(dataset)[1]["pad_id"]))
-  assert total == N  # every example packed exactly once in one epoch
 
 
 def test_errors(dataset):

@@ -1,14 +1,13 @@
 """Grain loaders over ArrayRecord shards written by data/build.py (`python -m data_pipeline.build`).
 
 source -> this host's slice -> seeded shuffle (reshuffled every epoch) -> repeat -> decode
--> [sft packing (first fit, segment ids)] -> batch (global batch / host count) padded to the
-smallest length bucket that fits -> optional worker processes.
+-> batch (global batch / host count) padded to the smallest length bucket that fits -> optional worker
+processes.
 
 The iterator is a Grain `DatasetIterator`: its state (saved with the train state, one per host, by
 checkpointing.Checkpointer) resumes with exactly the next example, across epochs too. Host h of n reads records h,
 h+n, ... of the file order (after dropping the last len % n records so every host sees as many).
-With several hosts and no packing, use a single bucket so that every host's batch has the
-same shape (packed batches always have the largest bucket's length).
+With several hosts, use a single bucket so that every host's batch has the same shape.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import os
 from typing import Any, Sequence
 
 import grain
-import grain.experimental as grain_exp
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
@@ -134,44 +132,10 @@ class _Collate:
                      rejected=layouts.to_sequence_batch(pairs[len(records):], length, self.pad_id), meta=meta)
 
 
-class _Flatten:
-  """SFT record -> flat per-example features, targets shifted within the example (for the packer)."""
-
-  def __init__(self, max_length: int, pad_id: int):
-    self.max_length, self.pad_id = max_length, pad_id
-
-  def __call__(self, record: Record) -> dict[str, np.ndarray]:
-    if record.kind != "sft":
-      raise ValueError(f"{_where(record)}: packing needs sft records, got {record.kind!r}")
-    ex = record.examples["example"]
-    _bucket(len(ex), (self.max_length,), _where(record))
-    out = {}
-    for s in ex.streams:
-      out[f"inputs.{s}"] = ex.tokens[s]
-      out[f"targets.{s}"] = np.append(ex.tokens[s][1:], np.int32(self.pad_id)).astype(np.int32)
-      out[f"types.{s}"] = np.append(ex.types[s][1:], np.int32(0)).astype(np.int32)
-    return out
-
-
-def _unflatten(rows: Sequence[dict[str, np.ndarray]]) -> SeqBatch:
-  """Packed rows (Grain's flat `<group>.<stream>` features with `_segment_ids` / `_positions`) -> the sequence
-  batch: where packing's flat dicts become typed."""
-  groups: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "targets": {}, "types": {}}
-  first = None
-  for key in rows[0]:
-    if key.endswith(("_segment_ids", "_positions")):
-      continue
-    group, stream = key.split(".", 1)
-    groups[group][stream] = np.stack([r[key] for r in rows]).astype(np.int32)
-    first = first or key
-  return SeqBatch(**groups, segment_ids=np.stack([r[f"{first}_segment_ids"] for r in rows]).astype(np.int32),
-                  positions=np.stack([r[f"{first}_positions"] for r in rows]).astype(np.int32))
-
-
 def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: Sequence[int],
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int | None = None, process_count: int | None = None,
-                 packing: bool = False, worker_count: int = 0, pad_id: int | None = None,
+                 worker_count: int = 0, pad_id: int | None = None,
                  read_threads: int = 16, read_prefetch: int = 256,
                  drop_remainder: bool = True) -> grain.IterDataset:
   """The per-host Grain dataset of batches; see the module docstring for the stages.
@@ -209,18 +173,7 @@ def make_dataset(path: str | Sequence[str], *, global_batch_size: int, buckets: 
     ds = ds.shuffle(seed)
   ds = ds.repeat(num_epochs).to_iter_dataset(
       grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_prefetch))
-  if packing:
-    ds = ds.map(_Flatten(buckets[-1], pad_id))
-    first = source[0]
-    if first.kind != "sft":
-      raise ValueError(f"{paths}: packing needs sft records, got {first.kind!r}")
-    keys = [f"{g}.{s}" for g in ("inputs", "targets", "types") for s in first.examples["example"].streams]
-    ds = grain_exp.FirstFitPackIterDataset(
-        ds, length_struct={k: buckets[-1] for k in keys}, num_packing_bins=per_host, shuffle_bins=False,
-        padding_struct={k: (0 if k.startswith("types") else pad_id) for k in keys})
-    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_unflatten)
-  else:
-    ds = ds.batch(per_host, drop_remainder=drop_remainder, batch_fn=_Collate(buckets, pad_id))
+  ds = ds.batch(per_host, drop_remainder=drop_remainder, batch_fn=_Collate(buckets, pad_id))
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return ds
