@@ -211,16 +211,15 @@ def test_gradient_accumulation_matches_one_batch():
 
 
 def test_dpo_gradient_accumulation_matches_one_batch():
-  """DPO in 2 micro-batches gives the loss and update of the whole batch of pairs. Pair weights 1, 2, 0, ... make
-  the pieces' weight sums unequal, so only the step's global pair count gives the same answer."""
+  """DPO in 2 micro-batches gives the loss and update of the whole batch of pairs: each piece's loss is its share of
+  the step's (divided by the step's pair count, not its own)."""
   cfg = models.tiny_config("interleaved")
   rng = jax.random.PRNGKey(3)
   types = {"tokens": TokenType.TEXT}
   chosen, rejected = _seq_batch(cfg, rng, P, types), _seq_batch(cfg, jax.random.fold_in(rng, 1), P, types)
   ref = lambda k: {"tokens": -np.asarray(jax.random.uniform(jax.random.fold_in(rng, k), (P, L), minval=0.1,
                                                             maxval=3.0))}
-  batch = DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=ref(2), rejected_ref_logp=ref(3),
-                   pair_weight=np.array([1, 2, 0, 1, 1, 3, 1, 0], np.float32))
+  batch = DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=ref(2), rejected_ref_logp=ref(3))
   one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   optimizer = optim.make_optimizer(PARITY_OPTIM)
   params = models.init_params(cfg, rng)

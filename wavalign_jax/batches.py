@@ -48,7 +48,6 @@ class DPOBatch:
   rejected: SeqBatch
   chosen_ref_logp: Streams
   rejected_ref_logp: Streams
-  pair_weight: Array | None = None      # f32 [B], 0 drops a pair
 
 
 @struct.dataclass

@@ -38,32 +38,25 @@ def sequence_logp(logp: aggregation.Streams, types: aggregation.Streams, token_s
 
 
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
-             ref_rejected: jax.Array, beta: float, pair_weight: jax.Array | None = None,
-             ) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
+             ref_rejected: jax.Array, beta: float) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
   """Loss term (mean over pairs) and metrics from summed sequence log-probs, all [B]."""
   chosen_reward = beta * (policy_chosen - ref_chosen)
   rejected_reward = beta * (policy_rejected - ref_rejected)
   margin = chosen_reward - rejected_reward
-  w = jnp.ones_like(margin) if pair_weight is None else pair_weight.astype(jnp.float32)
-  term = aggregation.LossTerm(jnp.sum(w * -jax.nn.log_sigmoid(margin)), jnp.sum(w))
-  n = jnp.maximum(jnp.sum(w), 1e-8)
-  metrics = {"reward_chosen": jnp.sum(w * chosen_reward) / n,
-             "reward_rejected": jnp.sum(w * rejected_reward) / n,
-             "reward_margin": jnp.sum(w * margin) / n,
-             "reward_accuracy": jnp.sum(w * (margin > 0)) / n}
+  term = aggregation.LossTerm(jnp.sum(-jax.nn.log_sigmoid(margin)), jnp.float32(margin.shape[0]))
+  metrics = {"reward_chosen": jnp.mean(chosen_reward), "reward_rejected": jnp.mean(rejected_reward),
+             "reward_margin": jnp.mean(margin), "reward_accuracy": jnp.mean(margin > 0)}
   return term, jax.lax.stop_gradient(metrics)
 
 
 def dpo_count(batch: DPOBatch) -> jax.Array:
-  """The step's pair count (the sum of `pair_weight`, else the number of pairs), without a forward pass: the
-  denominator `dpo_loss` uses, passed whole to every micro-batch's `dpo_loss_fn` (as `hybrid.hybrid_counts`)."""
-  if batch.pair_weight is None:
-    return jnp.float32(next(iter(batch.chosen.types.values())).shape[0])
-  return jnp.sum(batch.pair_weight.astype(jnp.float32))
+  """The step's pair count, without a forward pass: the denominator `dpo_loss` uses, passed whole to every
+  micro-batch's `dpo_loss_fn` (as `hybrid.hybrid_counts`)."""
+  return jnp.float32(next(iter(batch.chosen.types.values())).shape[0])
 
 
 # How a step combines the metrics of `dpo_loss_fn` over micro-batches (`steps.reduce_micro_metrics`): the loss shares
-# add up; the dpo/ rewards and accuracy are each micro-batch's pair means, averaged (exact for equal pair weights).
+# add up; the dpo/ rewards and accuracy are each micro-batch's pair means, averaged (micro-batches hold as many pairs).
 METRIC_REDUCERS = {"loss": "sum"}
 
 
@@ -85,7 +78,7 @@ def make_dpo_loss(logprob_fn: Callable[..., dict], cfg: DPOConfig):
     seq = sequence_logp({k: v["logp"] for k, v in out.items()}, both.types, cfg.token_set)
     ref = sequence_logp(jax.tree.map(concat, batch.chosen_ref_logp, batch.rejected_ref_logp), both.types,
                         cfg.token_set)
-    term, metrics = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], cfg.beta, batch.pair_weight)
+    term, metrics = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], cfg.beta)
     loss = aggregation.term_value(term, count)
     return loss, {"loss": loss, **{f"dpo/{k}": v for k, v in metrics.items()}}
   return dpo_loss_fn
