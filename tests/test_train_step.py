@@ -235,6 +235,22 @@ def test_dpo_gradient_accumulation_matches_one_batch():
                micro.params, whole.params)
 
 
+def test_logged_lambda_is_the_one_the_loss_applied():
+  """Without RL rows (the SFT stage of two_stage) the loss applies λ = 0 whatever the gate holds (rl_only: 1), and
+  the step logs 0; with them it logs the gate's λ (1). The SFT-only step's loss is then the SFT loss whole."""
+  cfg = models.tiny_config("interleaved")
+  batch = _hybrid_batch(cfg)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  step_cfg = steps.StepConfig(gate=gate_lib.GateConfig(mode="rl_only"))
+  state, step = _step_on_mesh(cfg, mesh, step_cfg=step_cfg)
+  assert float(state.gate.lam) == 1.0
+  after, metrics = step(state, sharding.device_put_batch(HybridBatch(sft=batch.sft), mesh), 0)
+  assert float(metrics["lambda"]) == 0.0 and float(after.gate.lam) == 1.0
+  np.testing.assert_allclose(float(metrics["loss"]), float(metrics["sft_loss"]), rtol=1e-6)
+  _, metrics = step(after, sharding.device_put_batch(batch, mesh), 0)
+  assert float(metrics["lambda"]) == 1.0
+
+
 def test_declared_metric_reducers_give_the_name_rules_values():
   """The micro-batch reductions declared by the objectives (`hybrid.METRIC_REDUCERS`) equal the rules they replace,
   which went by the names: the loss shares, the counts and "/num_" metrics summed, "_max" ones maxed, the rest

@@ -60,7 +60,7 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   optimizer moments, gate and the reward statistics behind it, `gate_metrics`): a finite loss and gradient with a
   huge or NaN learning rate still give NaN parameters, and those must never reach a checkpoint. A skipped step
   changes nothing but the step counter, the RNG and the skip counters (params, moments and gate stay as they were;
-  the logged λ is the kept one; the schedule's count is the optimizer's, so the learning rate of later steps runs
+  the schedule's count is the optimizer's, so the learning rate of later steps runs
   `skipped_steps` behind `step`);
   the loop stops after `train.max_consecutive_skips` in a row (`step_end.finish_step`).
   """
@@ -76,8 +76,6 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
   params, opt_state, gate = jax.lax.cond(finite, lambda: (params, opt_state, gate),
                                          lambda: (state.params, state.opt_state, state.gate))
   metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params), skipped=~finite)
-  if "lambda" in metrics:
-    metrics["lambda"] = gate.lam
   if schedule is not None:
     metrics["lr"] = lr
   skipped = (~finite).astype(jnp.int32)
@@ -157,7 +155,10 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
     counts = hybrid_counts(loss_batch, cfg.hybrid)
     grads, loss_metrics = accumulate_gradients(functools.partial(loss_fn, rl_start=rl_start), state.params,
                                                loss_batch, lam, counts, microbatches)
-    return _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics}, gate, metrics)
+    state, metrics = _apply_gradients(state, grads, optimizer, schedule, {**metrics, **loss_metrics}, gate, metrics)
+    # The λ of this step's loss: 0 without RL rows (whatever the gate holds, e.g. the SFT stage of two_stage); the
+    # state's after the step, so a skipped step logs the kept λ, not the rejected gate update's.
+    return state, {**metrics, "lambda": state.gate.lam if batch.rl is not None else lam}
 
   return step
 

@@ -66,7 +66,7 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
     _check_batch(batch)
     lam = jnp.asarray(lambda_t, jnp.float32)
     counts = counts or {}
-    parts, metrics = [], {"lambda": lam}
+    parts, metrics = [], {}
     if batch.sft is not None:
       out = logprob_fn(params, batch.sft)
       term = sft_loss({k: v["logp"] for k, v in out.items()}, batch.sft, cfg.sft)
