@@ -6,7 +6,7 @@ import pytest
 
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
 from wavalign_jax.batches import RLBatch, SeqBatch
-from wavalign_jax.objectives import GRPOConfig
+from wavalign_jax.objectives import GRPOConfig, grpo
 from wavalign_jax.tokens import TokenType
 
 N, T, S, X = TokenType.NONE, TokenType.TEXT, TokenType.SPEECH, TokenType.BOUNDARY
@@ -151,3 +151,21 @@ def test_snr_hand_case():
   flipped = same.replace(advantages=jnp.asarray([1.0, -1.0]))
   geo = gradient_geometry.geometry(toy_logprob_fn, PARAMS, flipped, GRPOConfig(), num_minibatches=2)
   assert float(geo["snr_all"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_geometry_weighs_the_rows_training_weighs():
+  """The diagnostics take advantages and row weights from `grpo.with_group_fields`, as the step does: a group with
+  a failed judge call whose one valid reward carries no signal (dropped by `drop_equal_groups`) changes nothing, so
+  the gradient equals that of its other group alone. Advantages alone (the diagnostics before) counted the dropped
+  group's tokens in the denominator and shrank the gradient."""
+  rl2 = _rl().replace(advantages=None)
+  rl4 = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), rl2)   # groups (row 0, row 1) and (row 1, row 0)
+  cfg = GRPOConfig(drop_equal_groups=True)
+  fields = grpo.with_group_fields(rl4, jnp.asarray([[1.0, 0.0], [2.0, 5.0]]), jnp.asarray([[1, 1], [1, 0]], bool),
+                                  cfg)
+  np.testing.assert_array_equal(fields.seq_weight, [1, 1, 0, 0])
+  both = gradient_geometry.split_gradients(toy_logprob_fn, PARAMS, fields, cfg, ("all",))["all"]
+  alone = gradient_geometry.split_gradients(
+      toy_logprob_fn, PARAMS, grpo.with_group_fields(rl2, jnp.asarray([[1.0, 0.0]]), None, cfg), cfg, ("all",))["all"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8), both, alone)
+  assert float(jnp.abs(alone["w"]["text"]).max()) > 1e-3   # not trivially zero

@@ -107,10 +107,10 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
   figures["rollout_diversity"] = _plot(os.path.join(workdir, "rollout_diversity.png"), lambda ax: (
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
-  rl = batch.rl.replace(advantages=np.asarray(grpo.group_advantages(  # failed judge calls (if excluded): 0, as in training
-      rewards, batch.valid, scale=config.rl.advantage_scale, eps=config.rl.advantage_eps)).reshape(-1))
-  geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(
-      logprob_fn, p, b, GRPOConfig(**config.rl), minibatches), mesh)(model.params, rl)
+  rl_cfg = GRPOConfig(**config.rl)
+  rl = grpo.with_group_fields(batch.rl, rewards, batch.valid, rl_cfg)   # the rows training weighs, weighed alike
+  geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(logprob_fn, p, b, rl_cfg, minibatches),
+                                mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}
   g = out["gradient_geometry"]
   energies = [g[f"energy_{s}"] for s in ("text", "speech")]

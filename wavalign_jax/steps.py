@@ -136,7 +136,6 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
   result, less memory).
   """
   loss_fn = make_hybrid_loss(logprob_fn, cfg.hybrid)
-  rl_cfg = cfg.hybrid.rl
 
   def step(state: TrainState, batch: HybridBatch, rl_start: int = 0) -> tuple[TrainState, dict]:
     gate, metrics = state.gate, {}
@@ -145,12 +144,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
       rewards, valid = batch.rewards, batch.reward_valid
       if update_gate:
         gate, metrics = gate_lib.update_gate(state.gate, rewards, valid, cfg.gate)
-      advantages = grpo.group_advantages(rewards, valid, rl_cfg.advantage_scale, rl_cfg.advantage_eps)
-      weights = grpo.group_weights(rewards, valid, rl_cfg.drop_equal_groups)
-      # Decided on the whole batch, before any micro-batch split separates a group's rows.
-      fallback = grpo.group_fallback(batch.rl.types, rl_cfg.token_set, rewards.shape[1])
-      loss_batch = loss_batch.replace(rl=batch.rl.replace(advantages=advantages.reshape(-1),
-                                                          seq_weight=weights.reshape(-1), fallback=fallback))
+      loss_batch = loss_batch.replace(rl=grpo.with_group_fields(batch.rl, rewards, valid, cfg.hybrid.rl))
     lam = gate.lam if batch.rl is not None else jnp.zeros((), jnp.float32)
     counts = hybrid_counts(loss_batch, cfg.hybrid)
     grads, loss_metrics = accumulate_gradients(functools.partial(loss_fn, rl_start=rl_start), state.params,

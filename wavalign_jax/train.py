@@ -342,10 +342,8 @@ def _analysis_due(run: _Run, step: int) -> bool:
 
 def _geometry(run: _Run, fns: _Steps, state: train_state.TrainState, batch: HybridBatch) -> dict[str, float]:
   """Text- vs speech-token policy-gradient geometry of the step's RL batch (`geometry/...` metrics)."""
-  rl = run.cfg.hybrid.rl
-  adv = grpo.group_advantages(batch.rewards, batch.reward_valid, rl.advantage_scale, rl.advantage_eps).reshape(-1)
-  return {f"geometry/{k}": v for k, v in jax.device_get(
-      fns.geometry(state.params, batch.rl.replace(advantages=adv))).items()}
+  rl = grpo.with_group_fields(batch.rl, batch.rewards, batch.reward_valid, run.cfg.hybrid.rl)
+  return {f"geometry/{k}": v for k, v in jax.device_get(fns.geometry(state.params, rl)).items()}
 
 
 def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: HybridBatch | DPOBatch, rl_start: int,

@@ -124,6 +124,17 @@ def group_fallback(types: aggregation.Streams, token_set: str, group_size: int) 
   return jnp.repeat(~jnp.any(chosen.reshape(B // group_size, group_size), axis=1), group_size)
 
 
+def with_group_fields(rl: RLBatch, rewards: jax.Array, valid: jax.Array | None, cfg: GRPOConfig) -> RLBatch:
+  """`rl` with what its rewards [P, G] decide: `advantages`, `seq_weight` (failed or signal-less rows 0) and
+  `fallback`, all per row. The training step and the gradient diagnostics (train's `analysis_every`, `analyze`)
+  call this one function, so they weigh the same rows. Decided on the whole batch, before any micro-batch split
+  separates a group's rows."""
+  advantages = group_advantages(rewards, valid, cfg.advantage_scale, cfg.advantage_eps)
+  weights = group_weights(rewards, valid, cfg.drop_equal_groups)
+  return rl.replace(advantages=advantages.reshape(-1), seq_weight=weights.reshape(-1),
+                    fallback=group_fallback(rl.types, cfg.token_set, rewards.shape[1]))
+
+
 def rl_token_weights(types: aggregation.Streams, token_set: str,
                      fallback: jax.Array | None = None) -> dict[str, jax.Array]:
   """Mask of the token set; rows with `fallback` (see `group_fallback`) use their whole completion."""
