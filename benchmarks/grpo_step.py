@@ -64,8 +64,7 @@ def main(argv):
       create, models.param_shardings(cfg, mesh), optimizer, mesh)
   step_fn = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
                                                   optim.learning_rate_schedule(opt_cfg)), state_sharding, mesh)
-  sampling = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(0.7, 0.9, 0),
-                                        pad_id=0)
+  sampling = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(0.7, 0.9, 0))
   data = np.random.default_rng(0)
   records = []
   for i in range(FLAGS.warmup + FLAGS.steps):

@@ -58,7 +58,7 @@ def main(argv):
   shape = (FLAGS.prompts, FLAGS.prompt_len)
   prompts = {"inputs": {"tokens": rs.randint(0, cfg.vocab_size, shape).astype(np.int32)}, "valid": np.ones(shape, bool)}
   base = dict(max_new_tokens=FLAGS.new_tokens, group_size=FLAGS.group,
-              sampling=decode.StreamSampling(0.7, 0.9, 0), pad_id=0)
+              sampling=decode.StreamSampling(0.7, 0.9, 0))
   configs = {"main": decode.SamplingConfig(**base),
              "mctp": decode.SamplingConfig(**base, decode="mctp",
                                             mctp_schedule=tuple(int(x) for x in FLAGS.schedule))}

@@ -194,7 +194,7 @@ def decoding() -> None:
   if cfg.arch == "parallel" and cfg.adaptor_input_dim:
     prompts.update(features=rng.normal(size=(P, Lp, cfg.adaptor_input_dim)).astype(np.float32),
                    feature_mask=np.zeros((P, Lp), bool))
-  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(1.0, 1.0, 0), pad_id=0,
+  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(1.0, 1.0, 0),
                              cache_windows=config.rollout.cache_windows)
   run = lambda c: lambda i: sampler_lib.sample(params, cfg, prompts, jax.random.key(i), c).lengths
   first, median = timed(run(sc), FLAGS.repeats)

@@ -95,7 +95,7 @@ def bench(model: str, n: int) -> None:
     t = time.perf_counter()
     compiled = step.lower(state, batch, Lp - 1).compile()
     _report("step", compiled, time.perf_counter() - t)
-  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False,   # as hosts.py
+  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, unstack_layers=False,   # as hosts.py
                              gather_weights=FLAGS.gather_weights)
   prompts = sampler_prompts(cfg, mesh, P, Lp)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)

@@ -77,7 +77,7 @@ def bench(model: str, n: int) -> dict[str, Any]:
   t0 = time.perf_counter()
   step = extrapolated_step_cost(cfg, config, mesh, P, G, Lp, N)
   model_step = extrapolated_step_cost(cfg, config, mesh, P, G, Lp, N, remat="none")
-  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, pad_id=0, unstack_layers=False,
+  sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, unstack_layers=False,
                              cache_windows=config.rollout.cache_windows, gather_weights=FLAGS.gather_weights)
   ends = sampler_lib.windows(N, sc.cache_windows)
   per_size = {}

@@ -167,7 +167,7 @@ def test_roofline_loop_free_depths_extrapolate_exactly():
   from wavalign_jax.rollout import decode
   costs = _costs()
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, pad_id=0, unstack_layers=False, cache_windows=1)
+  sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, unstack_layers=False, cache_windows=1)
   cfg = models.tiny_config("interleaved", scan_layers=False, attention_block=0)
   variants, extrapolate = costs.depth_variants(cfg.replace(num_layers=3))
   got = extrapolate([costs.sampler_cost(cfg.replace(**v), mesh, sc, 2, 8, 8, 1) for v in variants])
@@ -186,7 +186,7 @@ def test_roofline_weights_gathered_once_per_call():
   costs = _costs()
   mesh = sharding.make_mesh((1, 8, 1))
   cfg = models.tiny_config("interleaved", scan_layers=False, attention_block=0, hidden_size=64, intermediate_size=128)
-  sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, pad_id=0, unstack_layers=False, cache_windows=1)
+  sc = decode.SamplingConfig(max_new_tokens=8, group_size=2, unstack_layers=False, cache_windows=1)
   sent = {}
   for gathered in (False, True):
     one, two = (costs.sampler_cost(cfg, mesh, dataclasses.replace(sc, gather_weights=gathered), 8, 8, 8, k)
@@ -244,6 +244,6 @@ def test_measure_7b_quick():
   layer = h * hd * (2 * nq + 2 * nkv) + hd * (nq + 2 * nkv) + 3 * h * i + 2 * h
   weights = cfg.num_layers * layer + h + h * cfg.vocab_size
   cache = 2 * cfg.num_layers * 32 * nkv * hd * (4 + 4)
-  sc = decode.SamplingConfig(max_new_tokens=4, group_size=4, pad_id=0, cache_windows=1)
+  sc = decode.SamplingConfig(max_new_tokens=4, group_size=4, cache_windows=1)
   assert measure_7b.decode_bytes_per_token(cfg, 32, 4, sc) == 4 * (weights + cache)   # float32 unit-test model
   assert rows["decode"]["mctp_speedup"] > 0 and rows["decode"]["min_bytes_per_token"] > weights

@@ -29,7 +29,7 @@ def fixture():
 
 
 def _greedy(n, group_size=1, schedule=(1, 0)):
-  return SamplingConfig(max_new_tokens=n, group_size=group_size, sampling=StreamSampling(0.0, 1.0, 0), pad_id=0,
+  return SamplingConfig(max_new_tokens=n, group_size=group_size, sampling=StreamSampling(0.0, 1.0, 0),
                         decode="mctp", mctp_schedule=tuple(schedule))
 
 
@@ -76,7 +76,7 @@ def test_mctp_generation_matches_upstream(fixture, mode):
 def test_main_schedule_equals_the_main_only_sampler(fixture):
   """[1, 0] runs the main model every step: the same rollouts as `sampler.sample` (sampled, with the same RNG)."""
   cfg, params, gen = fixture
-  sc = SamplingConfig(max_new_tokens=20, group_size=3, sampling=StreamSampling(1.0, 0.9, 0), pad_id=0)
+  sc = SamplingConfig(max_new_tokens=20, group_size=3, sampling=StreamSampling(1.0, 0.9, 0))
   prompts = _prompts(gen, (0, 1))
   a = jax.device_get(mctp.sample_mctp(params, cfg, prompts, jax.random.key(5),
                                       dataclasses.replace(sc, decode="mctp", mctp_schedule=(1, 0))))

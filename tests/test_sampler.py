@@ -294,7 +294,7 @@ def test_interleaved_greedy_matches_uncached_forward(vita):
 def test_parallel_greedy_unconstrained_matches_uncached_forward(kimi):
   """No constraint, continuous features in the prompt: the cached decode equals full forwards."""
   cfg, params, prompts = kimi
-  sc = rollout.SamplingConfig(max_new_tokens=6, group_size=2, sampling=GREEDY, pad_id=0)
+  sc = rollout.SamplingConfig(max_new_tokens=6, group_size=2, sampling=GREEDY)
   r = rollout.sample(params, cfg, prompts, jax.random.key(0), sc)
   _assert_matches_reference(r, _greedy_reference(params, cfg, prompts, 6, None, 0), 2, cfg.streams)
   assert np.asarray(r.truncated).all()
@@ -672,7 +672,7 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   full = jax.device_get(rollout.rl_batch(prompts, r, TIV.pad))
   Lp = prompts["valid"].shape[1]
   assert not full.types["tokens"][:, :Lp - 1].any()       # nothing to score before the completions
-  trimmed = batch.trim_rl_batch(full, Lp, 16, buckets=8)
+  trimmed = batch.trim_rl_batch(full, Lp, 16, num_buckets=8)
   L = trimmed.segment_ids.shape[1]
   longest = int(np.asarray(r.lengths).max())
   assert L - Lp == min(16, -(-longest // 2) * 2)              # buckets of 16 / 8 = 2 new tokens

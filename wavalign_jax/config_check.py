@@ -43,7 +43,7 @@ def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
   runs it first and logs them."""
   check_sizes(config)
   _check_choices(config)
-  optim.validate(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
+  optim.validate(optim.optim_config(config))
   check_finite_knobs(config)
   warnings = check_mesh(config) + _profile_warnings(config)
   check_data(config)

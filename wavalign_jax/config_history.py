@@ -175,8 +175,7 @@ def _schedule_change(old: dict[str, Any], given: dict[str, Any], step: int) -> s
   """What a free change of the schedule's length (train.total_steps, optim.warmup_steps) does to the learning rate
   the run continues with: the cosine decay is stretched or cut, so the rate jumps (None when it does not change)."""
   def rate(c: dict[str, Any]) -> float:
-    cfg = optim.OptimConfig(**c["optim"], total_steps=c["train"]["total_steps"])
-    return float(optim.learning_rate_schedule(cfg)(step))
+    return float(optim.learning_rate_schedule(optim.optim_config(c))(step))
   try:
     before, after = rate(old), rate(given)
   except (KeyError, TypeError):   # a config recorded with other optimizer fields

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import ml_collections as mlc
 
+from wavalign_jax import sharding
 from wavalign_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError: where configs are made)
 from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 from wavalign_jax.optim import OptimConfig
@@ -243,7 +244,7 @@ def base_config() -> mlc.ConfigDict:
   # FSDP over every device by default (a 7B model with AdamW state does not fit replicated);
   # e.g. (2, -1, 1) adds data parallelism across 2 groups, (1, -1, 4) tensor parallelism.
   # num_devices > 0: the mesh over the first N devices only (one process; debugging, the unit tests).
-  c.mesh = mlc.ConfigDict(dict(shape=(1, -1, 1), axes=("data", "fsdp", "tensor"), num_devices=0))
+  c.mesh = mlc.ConfigDict(dict(shape=(1, -1, 1), axes=sharding.MESH_AXES, num_devices=0))
   return c
 
 

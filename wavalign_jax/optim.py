@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import optax
@@ -21,6 +22,12 @@ class OptimConfig:
   eps: float = 1e-8
   weight_decay: float = 0.01
   clip_norm: float = 1.2        # 0 disables clipping
+
+
+def optim_config(config: Any) -> OptimConfig:
+  """The OptimConfig of an experiment config (a ConfigDict, or its dict as config.json records it): its optim
+  section, with the cosine over `train.total_steps`."""
+  return OptimConfig(**config["optim"], total_steps=config["train"]["total_steps"])
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:

@@ -110,7 +110,7 @@ def _testbed_sources(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, .
   spec = tasks.Spec(**{f.name: config.testbed[f.name] for f in dataclasses.fields(tasks.Spec)})
   data = prepare.prepare(prepare.root_dir(config, workdir), arch, spec=spec,
                          ratios=tuple(config.layout.get("ratios", layouts.BOOST_RATIOS)),
-                         audio_delay=int(config.layout.get("audio_delay", 6)))
+                         audio_delay=int(config.layout.get("audio_delay", layouts.AUDIO_DELAY)))
   model_cfg = ModelConfig(**{**config.model.to_dict(), "vocab_size": data.vocab.vocab_size})
   init_checkpoint = config.init_checkpoint
   if not init_checkpoint:

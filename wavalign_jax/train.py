@@ -196,7 +196,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
 
 def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> _Run:
   """Records the config (refusing a changed experiment on resume), builds the mesh and the data."""
-  optim_cfg = optim.OptimConfig(**config.optim, total_steps=config.train.total_steps)
+  optim_cfg = optim.optim_config(config)
   # Async saves write from a background thread while the loop goes on with a donated state. On CPU the host
   # copy Orbax writes from can alias a device buffer, and multi-process CPU collectives (gloo) are not ordered
   # across threads, so CPU runs (tests, the testbed) save synchronously; accelerators save asynchronously.

@@ -13,19 +13,21 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from wavalign_jax.objectives.gate import GateState
+
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array          # int32 scalar: optimizer steps taken
   params: Any
   opt_state: Any
-  gate: Any                # objectives.gate.GateState: lambda and whether it was set
-  rng: jax.Array           # uint32[2] raw PRNG key, split once per step
+  gate: GateState          # λ and whether it was set
+  rng: jax.Array           # uint32[2] raw PRNG key: a step's rollouts use fold_in(rng, 0), the step moves it on
   skipped_steps: jax.Array  # int32 scalar: steps not applied (non-finite loss, gradient, lr or update)
   consecutive_skips: jax.Array  # int32 scalar: skipped steps in a row up to now (the stop counts on after a resume)
 
 
-def create(params: Any, optimizer: optax.GradientTransformation, gate: Any, rng: jax.Array) -> TrainState:
+def create(params: Any, optimizer: optax.GradientTransformation, gate: GateState, rng: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     gate=gate, rng=rng, skipped_steps=jnp.zeros((), jnp.int32),
                     consecutive_skips=jnp.zeros((), jnp.int32))

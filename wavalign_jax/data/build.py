@@ -88,7 +88,7 @@ class Builder:
   arch: str = "interleaved"
   kind: str = "sft"
   ratios: Sequence[int] = layouts.BOOST_RATIOS
-  audio_delay: int = 6
+  audio_delay: int = layouts.AUDIO_DELAY
   audio_offset: int = tokenizer_lib.RELEASED_KIMI["audio_offset"]   # parallel only (kimia_token_offset)
   num_audio_codes: int = tokenizer_lib.KIMI_NUM_AUDIO_CODES           # parallel only
 

@@ -29,6 +29,7 @@ INTERLEAVED_STREAMS = ("tokens",)
 PARALLEL_STREAMS = ("text", "audio")
 ROLES = ("system", "user", "assistant")
 BOOST_RATIOS = (1, 10, 4, 10)
+AUDIO_DELAY = 6   # Kimi-Audio: the audio stream starts this many blanks after the text
 
 _NONE, _TEXT, _SPEECH, _BOUNDARY = (int(t) for t in TokenType)
 
@@ -258,7 +259,7 @@ def parallel_prompt(turns: Sequence[Turn], vocab: ParallelVocab) -> Example:
 
 
 def parallel_response(text: Sequence[int], codes: Sequence[int], vocab: ParallelVocab,
-                      delay: int = 6) -> Example:
+                      delay: int = AUDIO_DELAY) -> Example:
   """Audio stream: `delay` blanks, codes, msg_end; text stream: text, text_eos, blanks.
 
   The shorter stream is filled with blanks to the length of the longer one. Every response

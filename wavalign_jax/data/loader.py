@@ -7,7 +7,8 @@ processes.
 The iterator is a Grain `DatasetIterator`: its state (saved with the train state, one per host, by
 checkpointing.Checkpointer) resumes with exactly the next example, across epochs too. Host h of n reads records h,
 h+n, ... of the file order (after dropping the last len % n records so every host sees as many).
-With several hosts, use a single bucket so that every host's batch has the same shape.
+Hosts may pick different buckets in the same step; the train loop pads every host's batch to the longest
+(`rollout.hosts.same_length` / `same_prompt_length`) before the batches form one global array.
 """
 from __future__ import annotations
 

@@ -40,9 +40,9 @@ def _check_batch(batch: HybridBatch) -> None:
 def hybrid_counts(batch: HybridBatch, cfg: HybridConfig) -> dict[str, jax.Array]:
   """Denominators of each part of `batch`, without a forward pass.
 
-  For gradient accumulation: add the counts of all micro-batches of a step and pass the total
-  to every `hybrid_loss` call; the micro-batch losses and gradients then add up exactly to those
-  of the whole step.
+  For gradient accumulation: the step computes them once on the whole batch and passes them to every
+  micro-batch's `hybrid_loss` call; the micro-batch losses and gradients then add up exactly to those of the
+  whole step.
   """
   _check_batch(batch)
   counts = {}

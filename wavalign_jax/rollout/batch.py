@@ -83,11 +83,11 @@ def rollout_metrics(rollouts: Rollouts, constraint: Constraint, rewards: np.ndar
   return metrics
 
 
-def trim_rl_batch(batch: RLBatch, prompt_len: int, max_new_tokens: int, buckets: int) -> RLBatch:
+def trim_rl_batch(batch: RLBatch, prompt_len: int, max_new_tokens: int, num_buckets: int) -> RLBatch:
   """Cuts the RL batch [B, Lp + N] (`rl_batch`) after the longest completion, rounded up to one of
-  `buckets` lengths Lp + k·N/buckets (a few compiled shapes instead of always paying for Lp + N)."""
+  `num_buckets` lengths Lp + k·N/num_buckets (a few compiled shapes instead of always paying for Lp + N)."""
   longest = int(np.max(np.sum(np.asarray(batch.segment_ids)[:, prompt_len:] > 0, axis=1)))
-  step = -(-max_new_tokens // buckets)
+  step = -(-max_new_tokens // num_buckets)
   length = prompt_len + min(max_new_tokens, step * -(-max(longest, 1) // step))
   return jax.tree.map(lambda x: x[:, :length] if np.ndim(x) >= 2 else x, batch)
 
@@ -100,7 +100,7 @@ def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> RLBatc
   The completions' targets therefore all lie in positions Lp - 1 .. Lp + N - 2, so the training forward runs
   the output head on those only (`models.target_logprobs(..., start=Lp - 1)`). Targets carry the completion's
   types and `sampler_logp` (the sampler's log-probs); prompt targets, forced positions and everything after
-  the stop token are TokenType.NONE. Advantages are added by the caller.
+  the stop token are TokenType.NONE. The step adds what the rewards decide (`grpo.with_group_fields`).
   """
   B, N = rollouts.mask.shape
   G = B // prompts["valid"].shape[0]

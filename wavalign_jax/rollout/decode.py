@@ -48,7 +48,6 @@ class SamplingConfig:
   sampling: StreamSampling = StreamSampling()
   per_stream: tuple[tuple[str, StreamSampling], ...] = ()   # overrides, e.g. (("audio", ...),)
   constraint: Constraint | None = None   # None: free decoding, no stop token (plain LMs, tests)
-  pad_id: int = 0                        # filler after the stop when there is no constraint
   decode: str = "main"                   # "main": every token from the main head; "mctp": rollout/mctp.py
   mctp_schedule: tuple[int, ...] = ()    # [M1, m1, M2, m2, ...] for decode="mctp"
   unstack_layers: bool = True            # per-layer decode (fast); hosts.sample_rows turns it off under FSDP
@@ -72,7 +71,7 @@ class SamplingConfig:
 
   @property
   def pad(self) -> int:
-    return self.pad_id if self.constraint is None else self.constraint.vocab.pad
+    return 0 if self.constraint is None else self.constraint.vocab.pad
 
 
 def check_mctp_schedule(schedule: Sequence[int]) -> None:

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from wavalign_jax.data import build as build_lib
+from wavalign_jax.data import layouts
 from wavalign_jax.testbed import make_data, tasks, unit_tts
 from wavalign_jax.testbed import vocab as testbed_vocab
 
@@ -44,8 +45,8 @@ class TestbedData:
   vocab: Any                        # InterleavedVocab | ParallelVocab
 
 
-def prepare(root: str, arch: str, *, spec: tasks.Spec = tasks.Spec(), ratios=(1, 10, 4, 10),
-            audio_delay: int = 6) -> TestbedData:
+def prepare(root: str, arch: str, *, spec: tasks.Spec = tasks.Spec(), ratios=layouts.BOOST_RATIOS,
+            audio_delay: int = layouts.AUDIO_DELAY) -> TestbedData:
   """Generates (once per spec) the testbed under `root` and builds its datasets for `arch`."""
   jsonl = jsonl_dir(root)
   marker = os.path.join(jsonl, "testbed.json")
