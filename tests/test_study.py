@@ -736,8 +736,9 @@ if method != slow:
   finish()
   sys.exit(0)
 got = []
-for s in (signal.SIGINT, signal.SIGTERM):
-  signal.signal(s, lambda signum, frame: got.append(signum))
+if len(sys.argv) < 5:   # "bare": still starting, no handler yet (the signal kills it)
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda signum, frame: got.append(signum))
 open(os.path.join(path, "started"), "w").close()
 deadline = time.time() + 60
 while not got and time.time() < deadline:
@@ -790,3 +791,26 @@ def test_a_signal_stops_the_study_after_its_running_run_checkpointed(tmp_path, m
   resumed = runner.read_times(str(tmp_path))[f"seed_0/{slow}"]
   assert resumed["launches"] == 2 and resumed["start"] == stopped["start"]
   assert stopped["seconds"] < resumed["seconds"] < stopped["seconds"] + resumed["end"] - stopped["end"]
+
+
+def test_a_train_process_killed_by_the_signal_while_starting_counts_as_stopped(tmp_path, monkeypatch):
+  """A train process that gets the passed-on SIGTERM before its own guard is installed (importing, checking the
+  config, waiting for the work directory's lock) dies of it (exit -15); the study stops (StudyStopped: exit status
+  0, rerun to continue), it does not report a failed run."""
+  monkeypatch.setattr(runner, "train_command", lambda spec, method, seed, workdir, overrides, eval_every: [
+      sys.executable, "-c", _STAND_IN, runner.run_dir(workdir, seed, method), method, "rl_text_exact", "bare"])
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  started = tmp_path / "seed_0" / "rl_text_exact" / "started"
+
+  def send_when_started():
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  sender = threading.Thread(target=send_when_started)
+  sender.start()
+  with pytest.raises(runner.StudyStopped, match="SIGTERM received.*1 of 3 runs finished"):
+    study.run_study(spec, config, str(tmp_path), ["rl_text_exact", "sft"], [0], runner=runner.run_train)
+  sender.join()
+  assert not (tmp_path / "seed_0" / "rl_text_exact" / "signals").exists()   # it died of the signal

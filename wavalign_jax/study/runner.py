@@ -242,7 +242,8 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
                                         "start": before.get("start", t0), "end": t1,
                                         "launches": before.get("launches", 0) + 1}
       files.write_json(os.path.join(st.workdir, "run_times.json"), times, indent=1)
-    if rc == 0 and not run_summary.finished(path) and guard.signum is not None:   # preempted with a checkpoint
+    # Preempted: saved a checkpoint and exited 0, or was still starting (no guard yet) and died of the signal.
+    if guard.signum is not None and rc in (0, -guard.signum) and not run_summary.finished(path):
       return
     if rc != 0 or not run_summary.finished(path):
       raise errors.RunError(f"{st.label + ' ' if st.label else ''}seed {seed} {method}: train exited with {rc}; "
