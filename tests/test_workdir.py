@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from wavalign_jax import checkpointing, config_history, preemption, provenance, train, workdir_lock
+from wavalign_jax import checkpointing, config_history, errors, preemption, provenance, train, workdir_lock
 from wavalign_jax.evaluation import run_summary
 from wavalign_jax.checkpointing import NoRestorableCheckpoint
 from wavalign_jax.config_history import ConfigChanged
@@ -586,9 +586,9 @@ def test_an_evaluation_owed_at_a_preempted_step_runs_on_resume(tiny_base, tmp_pa
   config.train.update(eval_every=2, eval_examples=8)
   polls = []
 
-  def stop_after_step_2(guard):   # PreemptionGuard.should_stop, polled after every step: a SIGTERM during step 2
+  def stop_after_step_2(guard):   # PreemptionGuard.should_stop, polled before the loop and after every step
     polls.append(1)
-    if len(polls) == 2:
+    if len(polls) == 3:   # a SIGTERM during step 2
       guard.signum = signal.SIGTERM
     return guard.signum is not None
 
@@ -603,6 +603,51 @@ def test_an_evaluation_owed_at_a_preempted_step_runs_on_resume(tiny_base, tmp_pa
   # A finished run is left alone.
   train.train(config, str(tmp_path))
   assert [json.loads(line) for line in open(tmp_path / "metrics.jsonl")] == rows
+
+
+def test_a_run_cannot_be_shortened_below_the_steps_it_trained(finished_run, tiny_base, tmp_path):
+  """train.total_steps is free to change on resume, but not below the restored step: the final evaluation would be
+  labelled with a step the state is not at (and a later continuation would file it as that step's point)."""
+  work = _copy_run(finished_run, tmp_path / "shortened")
+  before = {p: (work / p).read_bytes() for p in ("metrics.jsonl", "eval_summary.json", "launches.jsonl")}
+  config = _config(tiny_base("interleaved"))
+  config.train.total_steps = TOTAL - 2
+  with pytest.raises(errors.ConfigError, match=f"has trained {TOTAL} steps, more than --config.train.total_steps="
+                                               f"{TOTAL - 2}"):
+    train.train(config, str(work))
+  assert {p: (work / p).read_bytes() for p in before} == before
+  assert not os.path.exists(work / f"config.{TOTAL}.json") and not os.path.exists(work / "job.lock")
+
+
+def test_a_signal_during_an_evaluation_stops_the_run_after_it(tiny_base, tmp_path, monkeypatch, capsys):
+  """SIGTERM during the step-2 evaluation: the run saves step 2 (not due by train.checkpoint_every) and stops there,
+  instead of training step 3 first (minutes at scale: past a grace period). The rerun goes on from step 2 without
+  evaluating it again. A signal during the evaluation before training stops before the first step, saving nothing."""
+  config = _config(tiny_base("interleaved"))
+  config.train.update(eval_every=2, eval_examples=8, checkpoint_every=100, eval_before=True)
+  evaluate = train._evaluate_and_log
+
+  def signalled_during(name):
+    def evaluate_and_signal(run, params, step, prefix, this):
+      out = evaluate(run, params, step, prefix, this)
+      if this == name:
+        run.guard.signum = signal.SIGTERM
+      return out
+    monkeypatch.setattr(train, "_evaluate_and_log", evaluate_and_signal)
+
+  signalled_during("before")
+  assert train.train(config, str(tmp_path)) == {"preempted": 0}
+  assert "training stopped before its first step" in capsys.readouterr().out
+  assert not os.listdir(tmp_path / "checkpoints")
+  signalled_during("step_2")
+  assert train.train(config, str(tmp_path)) == {"preempted": 2}
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  signalled_during(None)
+  train.train(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+  assert [(r["step"], r["split"]) for r in rows if r["split"] != "train"] == [(0, "eval_before"), (2, "eval"),
+                                                                              (4, "eval_after")]
 
 
 def test_a_finished_run_continued_past_its_end_is_not_finished_until_it_evaluates_again(finished_run, tiny_base,

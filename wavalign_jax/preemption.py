@@ -28,8 +28,9 @@ class Preempted(Exception):
 
   def __init__(self, step: int, signum: int, what: str):
     self.step, self.signum, self.what = step, signum, what
-    super().__init__(f"{signal.Signals(signum).name} received: {what} stopped after step {step} with a checkpoint; "
-                     "rerun the same command to resume")
+    where = f"after step {step} with a checkpoint" if step else "before its first step"
+    super().__init__(f"{signal.Signals(signum).name} received: {what} stopped {where}; rerun the same command to "
+                     "resume")
 
 
 class PreemptionGuard:

@@ -41,18 +41,30 @@ def finish_step(state: TrainState, ckpt: Checkpointer, data_iterator: Any, guard
   Raises NonFiniteStop or Preempted after closing `ckpt` and `close` (the loop's other files). On several hosts
   `guard.should_stop()` is a collective: every process calls this after every step.
   """
-  def stop(error: Exception) -> None:
-    ckpt.close()
-    for c in close:
-      c()
-    raise error
-
   message = report_skipped(state, max_skips, what, ckpt.latest_step(), learning_rate_field)
   if message:
-    stop(errors.NonFiniteStop(message))
-  preempted = guard is not None and guard.should_stop()
-  if save_due or preempted:
+    _close(ckpt, close)
+    raise errors.NonFiniteStop(message)
+  if save_due:
     ckpt.save(int(state.step), state, data_iterator)
-  if preempted:
-    stop(Preempted(int(state.step), guard.signum, what))
+  stop_if_signalled(state, ckpt, data_iterator, guard, what=what, saved=save_due, close=close)
   return save_due
+
+
+def stop_if_signalled(state: TrainState, ckpt: Checkpointer, data_iterator: Any, guard: PreemptionGuard | None, *,
+                      what: str, saved: bool, close: Iterable[Callable[[], None]] = ()) -> None:
+  """On a preemption signal: saves `state` unless `saved` (it is in a checkpoint already), closes `ckpt` and
+  `close`, raises Preempted. Also called after work between steps that may outlast a grace period (an evaluation,
+  the set-up), so the signal is not left waiting for a whole training step. A collective on several hosts."""
+  if guard is None or not guard.should_stop():
+    return
+  if not saved:
+    ckpt.save(int(state.step), state, data_iterator)
+  _close(ckpt, close)
+  raise Preempted(int(state.step), guard.signum, what)
+
+
+def _close(ckpt: Checkpointer, close: Iterable[Callable[[], None]]) -> None:
+  ckpt.close()
+  for c in close:
+    c()

@@ -164,6 +164,10 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   run.last_save = time.time()
   results = _evaluate_before(run, state)
   _evaluate_missed(run, state)
+  # A signal during the set-up or those evaluations: stop now. Nothing to save: a resumed state is a checkpoint, a
+  # fresh one is made again identically.
+  step_end.stop_if_signalled(state, run.ckpt, run.train_it, guard, what="training", saved=True,
+                             close=(run.writer.close,))
   fns = _make_steps(run)
   monitor = FailureMonitor(config.reward.max_failed_fraction) if config_lib.samples_rollouts(config) else None
   total = config.train.total_steps
@@ -265,6 +269,13 @@ def _restore(run: _Run) -> tuple[train_state.TrainState, Any, bool]:
   needs_ref = cfg.objective == "dpo" or cfg.hybrid.rl.uses_kl
   if run.ckpt.latest_step() is not None:
     state = run.ckpt.restore(train_state.abstract_with_shardings(run.abstract, run.state_sharding), run.train_it)
+    if int(state.step) > run.config.train.total_steps:   # nothing recorded yet: the run stays as it was
+      run.ckpt.close()
+      raise errors.ConfigError(
+          f"{run.workdir} has trained {int(state.step)} steps, more than --config.train.total_steps="
+          f"{run.config.train.total_steps}: a run cannot be shortened after the fact (its evaluation would be "
+          f"labelled with a step it is not at). Continue it with total_steps >= {int(state.step)}, or use a new "
+          "work directory")
     ref_params = _initial_params(run, rng) if needs_ref else None
     logging.info("resumed from step %d (lambda %.4f)", int(state.step), float(state.gate.lam))
     print(f"resumed from checkpoint step {int(state.step)}, lambda={float(state.gate.lam):.4f}", flush=True)
@@ -370,15 +381,18 @@ def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: i
   crossed = lambda every: every and now // every > step // every
   if crossed(c.log_every) or now == total:
     writer.write(now, metrics, total_steps=total)
-  if step_end.finish_step(state, run.ckpt, run.train_it, run.guard, what="training",
-                          max_skips=c.max_consecutive_skips,
-                          learning_rate_field="optim.learning_rate (resuming with another value needs "
-                                              "--config.train.allow_config_change=True)",
-                          save_due=bool(crossed(c.checkpoint_every)) or now == stop_at or _save_due_by_time(run),
-                          close=(writer.close,)):
+  saved = step_end.finish_step(state, run.ckpt, run.train_it, run.guard, what="training",
+                               max_skips=c.max_consecutive_skips,
+                               learning_rate_field="optim.learning_rate (resuming with another value needs "
+                                                   "--config.train.allow_config_change=True)",
+                               save_due=bool(crossed(c.checkpoint_every)) or now == stop_at or _save_due_by_time(run),
+                               close=(writer.close,))
+  if saved:
     run.last_save = time.time()
   if crossed(c.eval_every) and now < total:
     _evaluate_and_log(run, state.params, now, "eval", f"step_{now}")
+    step_end.stop_if_signalled(state, run.ckpt, run.train_it, run.guard, what="training", saved=saved,
+                               close=(writer.close,))
 
 
 def _save_due_by_time(run: _Run) -> bool:
