@@ -447,6 +447,36 @@ def test_a_lock_no_pid_can_check_is_held_while_renewed_and_taken_over_when_not(t
         pass
 
 
+def test_a_job_whose_lock_was_taken_over_stops_without_saving(tiny_base, tmp_path, monkeypatch):
+  """A job stalled past the lease (suspended, a hung mount) wakes to find another job holding its work directory:
+  it stops after the step it is in (WorkdirLost), writing neither that step's metrics nor its checkpoint, and
+  leaves the other job's lock alone."""
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  config = _config(tiny_base("interleaved"))
+  update = train._update
+
+  def taken_over_during_step_2(run, fns, state, *args):
+    if int(state.step) == 1:
+      _write_lock(tmp_path, os.getpid(), host="other-host")
+      time.sleep(0.5)   # ten heartbeats: the holder's sees the lock is not its own
+    return update(run, fns, state, *args)
+
+  monkeypatch.setattr(train, "_update", taken_over_during_step_2)
+  with pytest.raises(workdir_lock.WorkdirLost, match=r"taken over while this job ran \(now held by host 'other-host'"):
+    train.train(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1]
+  assert json.load(open(tmp_path / workdir_lock.LOCK_FILE))["host"] == "other-host"
+  # A removed lock (someone judged the job dead) is lost too; leaving the directory forgets it.
+  with workdir_lock.hold(str(tmp_path / "b")):
+    workdir_lock.check_held()
+    os.remove(tmp_path / "b" / workdir_lock.LOCK_FILE)
+    time.sleep(0.5)
+    with pytest.raises(workdir_lock.WorkdirLost, match="removed"):
+      workdir_lock.check_held()
+  workdir_lock.check_held()
+
+
 def test_an_empty_lock_is_watched_then_taken_over_or_read_once_written(tmp_path, monkeypatch, live_pid):
   """Without hard links the lock is created empty and then written: a job killed in between leaves it empty for
   good (taken over after the lease); a job writing it now fills it within the lease (then it holds the directory)."""

@@ -1,15 +1,16 @@
 """What a training loop does after each step: the rules that stop it, and its checkpoint.
 
 One home for the RL run (`train.py`) and the testbed's base-model SFT (`testbed/base_model.py`), in this order:
-stop after `limit` non-finite steps in a row (`errors.NonFiniteStop`; no non-finite update is ever applied, so the
-last checkpoint holds finite parameters), save a checkpoint when one is due, and on a preemption signal save this
-step (unless just saved) and stop cleanly (`preemption.Preempted`).
+stop at once if another job took the work directory over (`workdir_lock.WorkdirLost`: nothing more is written),
+log the step, stop after `limit` non-finite steps in a row (`errors.NonFiniteStop`; no non-finite update is ever
+applied, so the last checkpoint holds finite parameters), save a checkpoint when one is due, and on a preemption
+signal save this step (unless just saved) and stop cleanly (`preemption.Preempted`).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from wavalign_jax import errors
+from wavalign_jax import errors, workdir_lock
 from wavalign_jax.checkpointing import Checkpointer
 from wavalign_jax.preemption import Preempted, PreemptionGuard
 from wavalign_jax.train_state import TrainState
@@ -35,12 +36,15 @@ def report_skipped(state: TrainState, limit: int, what: str, last_checkpoint: in
 
 def finish_step(state: TrainState, ckpt: Checkpointer, data_iterator: Any, guard: PreemptionGuard | None, *,
                 what: str, max_skips: int, learning_rate_field: str, save_due: bool,
-                close: Iterable[Callable[[], None]] = ()) -> bool:
-  """Applies the stop rules after a step; returns whether it saved a checkpoint.
+                log: Callable[[], None] | None = None, close: Iterable[Callable[[], None]] = ()) -> bool:
+  """Applies the stop rules after a step (`log` writes its metrics); returns whether it saved a checkpoint.
 
-  Raises NonFiniteStop or Preempted after closing `ckpt` and `close` (the loop's other files). On several hosts
-  `guard.should_stop()` is a collective: every process calls this after every step.
+  Raises NonFiniteStop or Preempted after closing `ckpt` and `close` (the loop's other files), WorkdirLost
+  closing nothing. On several hosts both checks are collectives: every process calls this after every step.
   """
+  workdir_lock.check_held()
+  if log is not None:
+    log()
   message = report_skipped(state, max_skips, what, ckpt.latest_step(), learning_rate_field)
   if message:
     _close(ckpt, close)
@@ -59,6 +63,7 @@ def stop_if_signalled(state: TrainState, ckpt: Checkpointer, data_iterator: Any,
   if guard is None or not guard.should_stop():
     return
   if not saved:
+    workdir_lock.check_held()
     ckpt.save(int(state.step), state, data_iterator)
   _close(ckpt, close)
   raise Preempted(int(state.step), guard.signum, what)

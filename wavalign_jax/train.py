@@ -379,14 +379,13 @@ def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: i
   c, writer = run.config.train, run.writer
   now, total = int(state.step), c.total_steps
   crossed = lambda every: every and now // every > step // every
-  if crossed(c.log_every) or now == total:
-    writer.write(now, metrics, total_steps=total)
+  log = functools.partial(writer.write, now, metrics, total_steps=total) if crossed(c.log_every) or now == total else None
   saved = step_end.finish_step(state, run.ckpt, run.train_it, run.guard, what="training",
                                max_skips=c.max_consecutive_skips,
                                learning_rate_field="optim.learning_rate (resuming with another value needs "
                                                    "--config.train.allow_config_change=True)",
                                save_due=bool(crossed(c.checkpoint_every)) or now == stop_at or _save_due_by_time(run),
-                               close=(writer.close,))
+                               log=log, close=(writer.close,))
   if saved:
     run.last_save = time.time()
   if crossed(c.eval_every) and now < total:

@@ -15,6 +15,10 @@ filesystem without hard links) is watched the same way. Only changes of the time
 two machines. On several hosts
 only process 0 locks (the work directory is shared) and every process learns the outcome. The lock is removed
 when the job ends: finished, preempted or failed.
+
+A holder that stalls past the lease (a suspended job, a hung mount) may find its lock taken over when it wakes: its
+heartbeat notices, and the loop's `check_held` after each step stops it without saving (WorkdirLost), so the two
+jobs never write the same checkpoints.
 """
 from __future__ import annotations
 
@@ -38,9 +42,14 @@ LOCK_FILE = "job.lock"
 HEARTBEAT_S = 10.0   # how often a holder renews its lock
 LEASE_S = 60.0       # a lock unrenewed this long (watched from another host or pid namespace) is a dead job's
 _held: dict[str, int] = {}   # lock path -> nesting depth in this process (main() and train() both hold it)
+_lost: dict[str, dict] = {}  # lock path -> the job found holding it when the heartbeat saw it taken over
 
 
 class WorkdirLocked(RunError):
+  pass
+
+
+class WorkdirLost(RunError):
   pass
 
 
@@ -83,11 +92,31 @@ def _renewed(path: str, holder: dict) -> bool:
 
 
 def _renew(path: str, me: dict, stop: threading.Event) -> None:
-  """The holder's heartbeat: touches its lock every HEARTBEAT_S seconds while it is still its own."""
+  """The holder's heartbeat: touches its lock every HEARTBEAT_S seconds while it is still its own; records it as
+  lost once another job holds it or it was removed (an unreadable lock is read again at the next beat)."""
   while not stop.wait(HEARTBEAT_S):
-    if _read(path) == me:
+    holder = _read(path)
+    if holder == me:
       with contextlib.suppress(OSError):
         os.utime(path)
+    elif holder != {}:
+      _lost[path] = holder or {}
+      return
+
+
+def check_held() -> None:
+  """Raises WorkdirLost if another job took over a work directory this process holds (process 0's heartbeat
+  decides; a collective on several hosts: every process calls it at the same points, after each step)."""
+  path, holder = next(iter(_lost.items()), (None, None))
+  if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(np.int32(path is not None))):
+    path = path or "the work directory's lock (process 0 found it taken)"
+  if path is None:
+    return
+  taker = f"now held by {_describe(holder)}" if holder else "removed"
+  raise WorkdirLost(f"{path} was taken over while this job ran ({taker}): this job stalled past the {LEASE_S:.0f} s "
+                    "lease (suspended, or its filesystem hung) and another job took the work directory. It stops "
+                    "without saving, so that the two never write the same checkpoints; the other job goes on from "
+                    "the newest checkpoint")
 
 
 def _describe(holder: dict) -> str:
@@ -203,5 +232,6 @@ def hold(workdir: str) -> Iterator[None]:
   finally:
     stop.set()
     del _held[path]
+    _lost.pop(path, None)
     if jax.process_index() == 0 and _read(path) == me:
       os.remove(path)

@@ -8,6 +8,7 @@ run resumes it; that folder is removed once the base model is saved.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -66,10 +67,10 @@ def ensure_base_model(config: mlc.ConfigDict, model_cfg: ModelConfig, sft_data: 
   start = time.time()
   for i in range(int(state.step), tb.base_sft_steps):
     state, metrics = step(state, sharding.device_put_batch(HybridBatch(sft=next(it)), mesh))
-    if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps:
-      print(f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
-            f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True)
-    step_end.finish_step(state, ckpt, it, guard, what="the testbed's base-model SFT",
+    log = functools.partial(print, f"[base sft {i + 1}/{tb.base_sft_steps} {time.time() - start:5.0f}s] "
+                            f"sft_loss={float(metrics['sft_loss']):.4f}", flush=True
+                            ) if (i + 1) % 50 == 0 or i + 1 == tb.base_sft_steps else None
+    step_end.finish_step(state, ckpt, it, guard, what="the testbed's base-model SFT", log=log,
                          max_skips=config.train.max_consecutive_skips,
                          learning_rate_field="testbed.base_learning_rate",
                          save_due=bool(tb.base_checkpoint_every) and (i + 1) % tb.base_checkpoint_every == 0)
