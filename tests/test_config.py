@@ -1,4 +1,5 @@
 """Configs and the command line a new user meets first."""
+import errno
 import os
 import subprocess
 import sys
@@ -131,6 +132,25 @@ def test_check_writable_creates_nothing(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["file"]
   with pytest.raises(ConfigError, match="is not a directory"):
     config_check.check_writable(str(tmp_path / "file"))
+
+
+def test_a_full_disk_is_found_before_the_run_and_by_the_lock(tmp_path, monkeypatch):
+  """A full disk still creates empty files: the probe writes (and syncs) a byte. Were it to fill up between the
+  probe and the lock, taking the lock is a one-line RunError naming it (was a traceback; on several hosts the
+  other processes waited for process 0 for ever)."""
+  from wavalign_jax import workdir_lock
+  from wavalign_jax.errors import RunError
+
+  def full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  with monkeypatch.context() as m:
+    m.setattr(os, "fsync", full)
+    with pytest.raises(ConfigError, match=f"cannot write in {tmp_path} \\(No space left on device\\)"):
+      config_check.check_writable(str(tmp_path))
+  monkeypatch.setattr(workdir_lock, "_try_create", full)
+  with pytest.raises(RunError, match=f"cannot create {tmp_path / 'job.lock'} \\(No space left on device\\): make room"):
+    with workdir_lock.hold(str(tmp_path)):
+      pass
 
 
 def test_variants():

@@ -251,7 +251,8 @@ def _layout_as_built(config: mlc.ConfigDict, arch: str) -> tuple[str, Any, str]:
 
 
 def check_writable(workdir: str) -> None:
-  """The work directory and its checkpoints/ can take new files (else the first save would fail, steps in)."""
+  """The work directory and its checkpoints/ can take new files, with content (else the first save would fail, steps
+  in; an empty file is created even on a full disk)."""
   workdir = os.path.abspath(workdir)
   probes = [p for p in (os.path.join(workdir, "checkpoints"), workdir) if os.path.exists(p)]
   if not probes:   # created by the run: the nearest existing parent must take it
@@ -263,7 +264,9 @@ def check_writable(workdir: str) -> None:
     if not os.path.isdir(path):
       raise ConfigError(f"--workdir={workdir}: {path} is not a directory")
     try:
-      with tempfile.TemporaryFile(dir=path):
-        pass
+      with tempfile.TemporaryFile(dir=path) as f:
+        f.write(b"\0")
+        f.flush()
+        os.fsync(f.fileno())
     except OSError as e:
       raise ConfigError(f"--workdir={workdir}: cannot write in {path} ({e.strerror})") from None

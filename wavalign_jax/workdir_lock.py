@@ -213,14 +213,16 @@ def hold(workdir: str) -> Iterator[None]:
     return
   me = {"host": socket.gethostname(), "pid_ns": _pid_namespace(), "pid": os.getpid(), "start": time.time()}
   error = None
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+  if jax.process_index() == 0:   # an error here is carried to the other processes (they would wait for ever)
     try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
       _acquire(path, me)
     except WorkdirLocked as e:
       error = e
+    except OSError as e:
+      error = RunError(f"cannot create {path} ({e.strerror or e}): make room (or fix the filesystem) and rerun")
   if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
-    raise error or WorkdirLocked(f"{workdir} is in use by another job (process 0 found its lock {path})")
+    raise error or RunError(f"process 0 could not take {path} (its log says why)")
   if error is not None:
     raise error
   _held[path] = 1
