@@ -348,6 +348,18 @@ def test_config_history_keeps_every_config_of_a_run(tmp_path):
   config.data.train = str(tmp_path / "other")
   with pytest.raises(ConfigChanged, match="data.train: "):
     _record(config, str(tmp_path), 16)
+  # A change accepted at step 16 whose launch ended before its next checkpoint (out of memory) trained nothing:
+  # resuming at 16 again with the config every checkpoint was trained with is no change.
+  config.train.allow_config_change = True
+  _record(config, str(tmp_path), 16)
+  assert os.path.exists(tmp_path / "config.16.json")
+  config.train.allow_config_change = False
+  config.data.train = str(tmp_path / "data")
+  _record(config, str(tmp_path), 16)
+  assert not os.path.exists(tmp_path / "config.16.json")   # the abandoned change is not the run's history
+  config.data.train = str(tmp_path / "other")
+  with pytest.raises(ConfigChanged, match=f'data.train: "{tmp_path / "data"}" -> "{tmp_path / "other"}"'):
+    _record(config, str(tmp_path), 18)
   # The checkpoints moved away: a new run, whose history must not be an earlier attempt's config.8.json.
   config = _config()
   _record(config, str(tmp_path), None)

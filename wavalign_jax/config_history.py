@@ -118,9 +118,12 @@ def changes(saved: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any
           if not _same(k, a.get(k, _ABSENT), b.get(k, _ABSENT))]
 
 
-def latest(workdir: str) -> tuple[str, dict[str, Any]] | None:
-  """(path, config) of the newest recorded config: config.<step>.json of the highest step, else config.json."""
-  steps = [int(m.group(1)) for name in os.listdir(workdir) if (m := re.fullmatch(r"config\.(\d+)\.json", name))]
+def latest(workdir: str, before_step: int) -> tuple[str, dict[str, Any]] | None:
+  """(path, config) of the config the state at `before_step` was trained with: config.<step>.json of the highest
+  step below it, else config.json. A config.<step>.json at `before_step` itself trained no checkpoint (its launch
+  ended before the next one, e.g. a larger batch ran out of memory): the run is still the older config's."""
+  steps = [int(m.group(1)) for name in os.listdir(workdir)
+           if (m := re.fullmatch(r"config\.(\d+)\.json", name)) and int(m.group(1)) < before_step]
   path = os.path.join(workdir, f"config.{max(steps)}.json" if steps else "config.json")
   if not os.path.exists(path):
     return None
@@ -133,12 +136,12 @@ def latest(workdir: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def check(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> dict[str, Any] | None:
-  """Writes config.json for a new run (`resume_step` None); on a resume (`resume_step`: the newest checkpoint),
-  checks the config against the latest recorded one: returns it when it differs, for `keep` to write once the step
-  the run resumes from is known (an older one if the newest checkpoint is damaged), else None. Every process
-  checks; process 0 writes."""
+  """Writes config.json for a new run (`resume_step` None: returns None); on a resume (`resume_step`: the newest
+  checkpoint), checks the config against the one that checkpoint was trained with and returns it, for `keep` to
+  record once the step the run resumes from is known (an older one if the newest checkpoint is damaged). Every
+  process checks; process 0 writes."""
   given = {**as_dict(config), "inputs": input_fingerprints(config)}
-  saved = latest(workdir) if resume_step is not None else None
+  saved = latest(workdir, resume_step) if resume_step is not None else None
   if saved is None:   # a new run: the configs of an earlier attempt without training state go with it
     if jax.process_index() == 0 and os.path.isdir(workdir):
       for name in os.listdir(workdir):
@@ -147,9 +150,9 @@ def check(config: mlc.ConfigDict, workdir: str, resume_step: int | None) -> dict
     _write(os.path.join(workdir, "config.json"), given)
     return None
   path, old = saved
-  diff = [d for d in changes(old, given) if d[0] != "train.allow_config_change" and not _unknown_input(*d)]
+  diff = _differences(old, given)
   if not diff:
-    return None
+    return given
   locked = [(k, a, b) for k, a, b in diff if not _is_free(k)]
   changed = {k for k, _, _ in diff}
   rewritten = lambda k: k.startswith("inputs.") and k[len("inputs."):] not in changed   # same path, new contents
@@ -180,18 +183,30 @@ def _schedule_change(old: dict[str, Any], given: dict[str, Any], step: int) -> s
     before, after = rate(old), rate(given)
   except (KeyError, TypeError):   # a config recorded with other optimizer fields
     return None
-  if math.isclose(before, after, rel_tol=1e-3, abs_tol=1e-12):
-    return None
   fields = [f for f in ("train.total_steps", "optim.warmup_steps") if _flatten(old).get(f) != _flatten(given).get(f)]
+  if not fields or math.isclose(before, after, rel_tol=1e-3, abs_tol=1e-12):   # other fields: listed as changed
+    return None
   return (f"{', '.join(fields)} changed: the learning-rate schedule (warmup, then cosine decay to "
           f"optim.end_learning_rate over train.total_steps) gives {after:.3g} at step {step} where the run's was "
           f"{before:.3g}")
 
 
-def keep(workdir: str, step: int, changed: dict[str, Any] | None) -> None:
-  """Keeps the config `check` returned as config.<step>.json, `step` the checkpoint the run resumed from."""
-  if changed is not None:
-    _write(os.path.join(workdir, f"config.{step}.json"), changed)
+def keep(workdir: str, step: int, given: dict[str, Any] | None) -> None:
+  """Records the config `check` returned as config.<step>.json (`step`: the checkpoint the run resumed from) when it
+  differs from the one that step was trained with; else removes a config.<step>.json of an earlier launch from
+  that step, which ended before it checkpointed (the run goes on with the older config)."""
+  if given is None:
+    return
+  path, saved = os.path.join(workdir, f"config.{step}.json"), latest(workdir, step)
+  if saved is None or _differences(saved[1], given):
+    _write(path, given)
+  elif jax.process_index() == 0 and os.path.exists(path):
+    os.remove(path)
+
+
+def _differences(old: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """The changes that count: all but allow_config_change itself and inputs whose identity cannot be compared."""
+  return [d for d in changes(old, given) if d[0] != "train.allow_config_change" and not _unknown_input(*d)]
 
 
 def _write(path: str, config: dict[str, Any]) -> None:

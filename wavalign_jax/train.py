@@ -142,7 +142,7 @@ class _Run:
   abstract: Any            # the train state's shapes
   create: Any              # params -> a fresh train state
   new_run: bool = True     # no training state before this launch
-  changed_config: dict | None = None   # config_history.check's, kept once the step resumed from is known
+  resumed_config: dict | None = None   # config_history.check's, recorded once the step resumed from is known
   writer: Any = None
   last_save: float = 0.0   # time.time() of the last checkpoint (or of the start): train.checkpoint_every_minutes
 
@@ -210,7 +210,7 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   resume_step = ckpt.latest_step()
   if resume_step is None and _holds_testbed_state(workdir):
     resume_step = 0   # relaunched before the first checkpoint, after the testbed's data or base model were made
-  changed_config = config_history.check(config, workdir, resume_step)   # refuses a changed experiment on resume
+  resumed_config = config_history.check(config, workdir, resume_step)   # refuses a changed experiment on resume
   setup = setup_run(config, workdir, guard)
   mesh = sharding.config_mesh(config.mesh)
   cfg = steps.step_config(config)
@@ -230,14 +230,14 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
   return _Run(config, workdir, guard, setup, mesh, cfg, ckpt, train_it, optimizer,
               optim.learning_rate_schedule(optim_cfg), models.logprob_fn(setup.model_cfg), param_sharding,
               train_state.state_shardings(abstract, param_sharding, optimizer, mesh), abstract, create,
-              new_run=resume_step is None, changed_config=changed_config)
+              new_run=resume_step is None, resumed_config=resumed_config)
 
 
 def _record_start(run: _Run, step: int, resumed: bool) -> None:
   """What a launch records once the step it starts from is known (older than the newest checkpoint when that one
   was damaged): a changed config as config.<step>.json, the launch, and a finished run continued past its end
   (a larger train.total_steps) as not finished any more."""
-  config_history.keep(run.workdir, step, run.changed_config)
+  config_history.keep(run.workdir, step, run.resumed_config)
   provenance.record_launch(run.workdir, step, new_run=run.new_run)
   if resumed and step < run.config.train.total_steps:
     run_summary.reopen(run.workdir, step)
