@@ -53,6 +53,15 @@ def test_clip_to_lambda_max():
   np.testing.assert_allclose(state.lam, np.mean(np.minimum(0.9 * 0.9 + 0.1 * raw, 0.5)), rtol=1e-6)
 
 
+def test_info_gate_is_capped_at_one():
+  """A spread wider than info_norm (var 4 over info_norm 2) opens the information gate fully, no further: g_V = 1,
+  λ_raw = λ_max · g_R (the gate without its clip would give 2 and λ above λ_max)."""
+  cfg = GateConfig(mode="dynamic_no_ema", info_norm=2.0)
+  state, m = update_gate(init_gate_state(cfg), jnp.array([[1.0, 5.0, 1.0, 5.0]]), None, cfg)
+  np.testing.assert_allclose(m["gate_info"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(state.lam, 0.8 * sigmoid(10.0), rtol=1e-6)
+
+
 def test_invalid_items_are_excluded():
   cfg = GateConfig(mode="dynamic_no_ema")
   valid = jnp.array([[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)

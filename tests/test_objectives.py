@@ -277,6 +277,10 @@ def test_grpo_clipping_gradient_and_fractions():
   # Unclipped: d/dlogp of −ratio·A / n_tokens.
   np.testing.assert_allclose(g[mask & ~clipped], (-ratio * a / mask.sum())[mask & ~clipped], rtol=1e-5)
   _, metrics = grpo_loss(jx(LOGP), rl_batch(old_logp=jx(OLD)), cfg)
+  low, high = (ratio < 0.8) & (a < 0), (ratio > 1.3) & (a > 0)
+  assert low[mask].any() and high[mask].any() and low[mask].mean() != high[mask].mean()   # a swap would show
+  np.testing.assert_allclose(metrics["clip_frac_low"], low[mask].mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["clip_frac_high"], high[mask].mean(), rtol=1e-6)
   np.testing.assert_allclose(metrics["clip_frac"], clipped[mask].mean(), rtol=1e-6)
 
 

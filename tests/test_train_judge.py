@@ -24,7 +24,9 @@ def _judge_config(tiny_base, url: str, **reward):
 
 
 def test_failed_judge_calls_are_counted_and_excluded(tmp_path, tiny_base):
-  # Every third request fails with a 500; the others score 4 or 2 alternately.
+  """Request i fails with a 500 when i % 3 == 2 and otherwise scores 4 (odd i) or 2. Step 1 sends requests 0..7
+  (fails 2, 5; scores 2 4 4 2 2 4: mean 3.0), step 2 requests 8..15 (fails 8, 11, 14; scores 4 2 2 4 4: mean 3.2)
+  whatever row each one scores; a failed call's fallback (2.5) counted in would give 2.875 and 2.9375."""
   handler = lambda body, i: Reply(500, b"boom") if i % 3 == 2 else chat_reply(f"<score>{4 if i % 2 else 2}</score>")
   with FakeJudgeServer(handler) as server:
     train.train(_judge_config(tiny_base, server.base_url, exclude_failed=True, max_failed_fraction=0.5),
@@ -35,10 +37,8 @@ def test_failed_judge_calls_are_counted_and_excluded(tmp_path, tiny_base):
     assert any("transcript" in c.lower() for c in sent)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"train"' in l]
   assert [l["step"] for l in lines] == [1, 2]
-  assert sum(l["reward/failed"] for l in lines) == pytest.approx(rows // 3, abs=1)
-  for l in lines:
-    # failed items (fallback 2.5) are kept out of the gate: the mean is over the 2s and 4s only
-    assert 2.0 <= l["reward_mean"] <= 4.0 and l["reward_mean"] != 2.5
+  assert [l["reward/failed"] for l in lines] == [2, 3]
+  assert [l["reward_mean"] for l in lines] == pytest.approx([3.0, 3.2], rel=1e-6)
 
 
 def test_too_many_judge_failures_stop_the_run(tmp_path, tiny_base):

@@ -89,6 +89,38 @@ def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
   assert m["rl/ratio_mean"] != 1.0 and np.isfinite(m["rl/ratio_mean"]) and 0.0 <= m["rl/clip_frac"] <= 1.0
 
 
+def test_ppo_iterations_take_pi_old_from_the_training_forward_before_the_update():
+  """rl.num_iterations = 3: π_old is the training forward of the params before the first update (not the sampler's
+  log-probs, not the updated params'), and every later iteration reuses it with the params it starts from."""
+  from types import SimpleNamespace as NS
+
+  class Batch:
+    def __init__(self, rl):
+      self.rl = rl
+
+    def replace(self, rl):
+      return Batch(rl)
+
+  state = lambda step, params: NS(step=step, consecutive_skips=0, skipped_steps=0, params=params)
+  forwards, reused = [], []
+
+  def logprobs(params, rl, start):
+    forwards.append((params, start))
+    return {"tokens": {"logp": f"logp of {params}", "entropy": None}}
+
+  def reuse(s, batch, start):
+    reused.append((s.params, batch.rl.old_logp, start))
+    return state(int(s.step) + 1, f"θ{int(s.step) + 1}"), {}
+
+  fns = train._Steps(update=lambda s, batch, start: (state(1, "θ1"), {}), reuse=reuse, logprobs=logprobs,
+                     geometry=None)
+  run = NS(cfg=NS(hybrid=NS(rl=NS(num_iterations=3))))
+  out, _ = train._update(run, fns, state(0, "θ0"), Batch(NS(replace=lambda old_logp: NS(old_logp=old_logp))), 5,
+                         stop_at=10)
+  assert int(out.step) == 3 and forwards == [("θ0", 5)]
+  assert reused == [("θ1", {"tokens": "logp of θ0"}, 5), ("θ2", {"tokens": "logp of θ0"}, 5)]
+
+
 def test_a_skipped_ppo_iteration_is_reported_though_a_later_one_applies(capsys):
   """rl.num_iterations > 1: a non-finite first iteration followed by an applied one leaves the step's last state
   with no skip in a row; the skipped one must still be printed (it is counted in skipped_steps)."""

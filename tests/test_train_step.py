@@ -251,6 +251,24 @@ def test_logged_lambda_is_the_one_the_loss_applied():
   assert float(metrics["lambda"]) == 1.0
 
 
+def test_the_loss_applies_the_lambda_the_gate_computes_in_the_same_step():
+  """A dynamic gate at λ 0.6: the step's loss mixes SFT and RL with the λ its own gate update gives (from this
+  step's rewards: objectives/gate.py), not the state's. Both parts are logged, so the mix is checked by hand."""
+  cfg = models.tiny_config("interleaved")
+  batch = _hybrid_batch(cfg)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  step_cfg = steps.StepConfig()
+  state, step = _step_on_mesh(cfg, mesh, step_cfg=step_cfg)
+  state = state.replace(gate=gate_lib.GateState(lam=jnp.float32(0.6), initialized=jnp.asarray(True)))
+  new, _ = gate_lib.update_gate(state.gate, jnp.asarray(batch.rewards), jnp.asarray(batch.reward_valid), step_cfg.gate)
+  lam = float(new.lam)
+  assert abs(lam - 0.6) > 1e-3
+  _, metrics = step(state, sharding.device_put_batch(batch, mesh), 0)
+  assert float(metrics["lambda"]) == pytest.approx(lam, rel=1e-6)
+  mixed = (1 - lam) * float(metrics["sft_loss"]) + lam * float(metrics["rl_loss"])
+  assert float(metrics["loss"]) == pytest.approx(mixed, rel=1e-5, abs=1e-6)   # float32 sums of three terms
+
+
 def test_declared_metric_reducers_give_the_name_rules_values():
   """The micro-batch reductions declared by the objectives (`hybrid.METRIC_REDUCERS`) equal the rules they replace,
   which went by the names: the loss shares, the counts and "/num_" metrics summed, "_max" ones maxed, the rest
