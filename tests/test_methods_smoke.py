@@ -55,6 +55,30 @@ def shared_base(tmp_path_factory):
   return get
 
 
+def _check_wiring(config, row):
+  """A logged step against what the method's own config patch says it is: its λ (0 SFT only, 1 RL only, the fixed
+  value, at most λ_max when gated), which loss parts it has, and its RL tokens (the token set's; a group with none
+  of it trains on its whole completion)."""
+  if config.objective == "dpo":
+    assert "lambda" not in row and "rl_loss" not in row and "dpo/reward_margin" in row
+    return
+  mode = "sft_only" if row["step"] <= config_lib.sft_stage_steps(config) else config.gate.mode
+  lam = {"sft_only": 0.0, "rl_only": 1.0, "fixed": config.gate.fixed_lambda}.get(mode)
+  if lam is None:
+    assert 0.0 <= row["lambda"] <= config.gate.lambda_max
+  else:
+    assert row["lambda"] == pytest.approx(lam, rel=1e-6)
+  assert ("rl_loss" in row) == (mode != "sft_only") and ("sft_loss" in row) == (mode != "rl_only")
+  if "rl_loss" in row:
+    text, speech, rl = row["rl/num_text_tokens"], row["rl/num_speech_tokens"], row["rl/num_rl_tokens"]
+    if config.rl.token_set == "all":
+      assert rl == text + speech
+    elif row["rl/num_fallback_seqs"] == 0:
+      assert rl == text
+    else:
+      assert text < rl <= text + speech
+
+
 @pytest.mark.parametrize("method", [m for m in config_lib.METHODS if m != "base"])
 @pytest.mark.parametrize("arch", list(EXPERIMENTS))
 def test_every_method_trains_two_steps(tmp_path, shared_base, arch, method):
@@ -66,6 +90,8 @@ def test_every_method_trains_two_steps(tmp_path, shared_base, arch, method):
   train_rows = [r for r in rows if r["split"] == "train"]
   assert [r["step"] for r in train_rows] == [1, 2]
   assert all(np.isfinite(r["loss"]) and not r["skipped"] for r in train_rows)
+  for r in train_rows:
+    _check_wiring(config, r)
   if "rl_loss" in train_rows[-1] and config.reward.kind == "testbed":   # the testbed judge reports true scores
     assert 0.0 <= train_rows[-1]["diversity/informative_semantic"] <= 1.0
   assert "iq" in json.load(open(tmp_path / "eval_summary.json"))["after"]
