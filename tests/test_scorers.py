@@ -75,6 +75,20 @@ def test_seeded_mcq_and_bbh_guesses():
   assert [voicebench.bbh_answer(r) for r in VOICEBENCH[10:13]] == [1, 1, 0]
 
 
+def test_a_guess_depends_on_the_record_and_seed_not_on_its_place():
+  """What the pinned guesses above stand for: an unparsed answer gets a guess drawn from (seed, subset, id) alone,
+  so a shuffled or resumed file scores the same; the guesses cover the letters about evenly and change with the
+  seed."""
+  records = [rec(f"m{i}", "mmsu", "no idea", reference="ABCD"[i % 4]) for i in range(200)]
+  guesses = [voicebench.mcq_choice(r, seed=0) for r in records]
+  assert all(guessed for _, guessed in guesses)
+  counts = np.bincount(["ABCD".index(c) for c, _ in guesses], minlength=4)
+  assert counts.min() >= 30 and counts.max() <= 70   # 50 ± 3 binomial standard deviations
+  assert [voicebench.mcq_choice(r, seed=1)[0] for r in records] != [c for c, _ in guesses]
+  shuffled = [records[i] for i in np.random.default_rng(0).permutation(len(records))]
+  assert voicebench.score_mcq("mmsu", shuffled, 0) == voicebench.score_mcq("mmsu", records, 0)
+
+
 def test_voicebench_end_to_end(tmp_path):
   expected = {
       "alpacaeval": (4 + 5 + 3 + 2 + 2 + 3) / 6, "commoneval": 5.0, "wildvoice": 1.0, "sd-qa": 50.0,

@@ -30,11 +30,11 @@ def test_stopped_run_resumes_with_same_state(tmp_path, tiny_base):
 
   a, b = full["state"], resumed["state"]
   assert int(a.step) == int(b.step) == 4
-  assert float(a.gate.lam) == pytest.approx(float(b.gate.lam), abs=1e-6)
-  assert 0.0 <= float(b.gate.lam) <= 0.8
-  # Same data order, same rollouts (the RNG lives in the state), same optimizer moments and params.
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6),
-               (a.params, a.opt_state), (b.params, b.opt_state))
+  # Same data order, same rollouts (the RNG lives in the state), same programs on the same devices: the same
+  # optimizer moments, params and gate, bit for bit.
+  assert float(b.gate.lam) > 0.0
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+               (a.params, a.opt_state, a.gate), (b.params, b.opt_state, b.gate))
 
   lines = [json.loads(l) for l in open(interrupted / "metrics.jsonl")]
   steps = [l["step"] for l in lines if l["split"] == "train"]
