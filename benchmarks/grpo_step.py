@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from wavalign_jax import models, optim, sharding, steps, train_state
-from wavalign_jax.batches import HybridBatch
+from wavalign_jax.batches import HybridBatch, SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives.grpo import GRPOConfig
@@ -68,8 +68,8 @@ def main(argv):
   data = np.random.default_rng(0)
   records = []
   for i in range(FLAGS.warmup + FLAGS.steps):
-    prompts = {"inputs": {"tokens": data.integers(3, cfg.vocab_size, (P, Lp)).astype(np.int32)},
-               "valid": np.ones((P, Lp), bool)}
+    prompts = SamplerPrompts(inputs={"tokens": data.integers(3, cfg.vocab_size, (P, Lp)).astype(np.int32)},
+                             valid=np.ones((P, Lp), bool))
     t0 = time.perf_counter()
     rollouts = jax.device_get(sampler_lib.sample(state.params, cfg, prompts, jax.random.fold_in(rng, i), sampling))
     t1 = time.perf_counter()

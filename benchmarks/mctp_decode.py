@@ -28,6 +28,7 @@ from absl import app, flags
 
 from benchmarks import mctp_pieces
 from wavalign_jax import models
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
@@ -56,7 +57,8 @@ def main(argv):
   n_params = sum(x.size for x in jax.tree.leaves(params))
   rs = np.random.RandomState(0)
   shape = (FLAGS.prompts, FLAGS.prompt_len)
-  prompts = {"inputs": {"tokens": rs.randint(0, cfg.vocab_size, shape).astype(np.int32)}, "valid": np.ones(shape, bool)}
+  prompts = SamplerPrompts(inputs={"tokens": rs.randint(0, cfg.vocab_size, shape).astype(np.int32)},
+                           valid=np.ones(shape, bool))
   base = dict(max_new_tokens=FLAGS.new_tokens, group_size=FLAGS.group,
               sampling=decode.StreamSampling(0.7, 0.9, 0))
   configs = {"main": decode.SamplingConfig(**base),

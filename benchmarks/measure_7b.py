@@ -41,7 +41,7 @@ from absl import app, flags
 from benchmarks import costs
 from benchmarks.recipes_7b import experiment, jitted_hybrid_step, random_seq_batch
 from wavalign_jax import models, sharding
-from wavalign_jax.batches import HybridBatch, RLBatch
+from wavalign_jax.batches import HybridBatch, RLBatch, SamplerPrompts
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
@@ -189,11 +189,11 @@ def decoding() -> None:
   cfg = cfg.replace(num_layers=FLAGS.decode_layers or cfg.num_layers)
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
   rng = np.random.default_rng(1)
-  prompts = {"inputs": {s: rng.integers(0, cfg.vocab_size, (P, Lp)).astype(np.int32) for s in cfg.streams},
-             "valid": np.ones((P, Lp), bool)}
+  prompts = SamplerPrompts(inputs={s: rng.integers(0, cfg.vocab_size, (P, Lp)).astype(np.int32) for s in cfg.streams},
+                           valid=np.ones((P, Lp), bool))
   if cfg.arch == "parallel" and cfg.adaptor_input_dim:
-    prompts.update(features=rng.normal(size=(P, Lp, cfg.adaptor_input_dim)).astype(np.float32),
-                   feature_mask=np.zeros((P, Lp), bool))
+    prompts = prompts.replace(features=rng.normal(size=(P, Lp, cfg.adaptor_input_dim)).astype(np.float32),
+                              feature_mask=np.zeros((P, Lp), bool))
   sc = decode.SamplingConfig(max_new_tokens=N, group_size=G, sampling=decode.StreamSampling(1.0, 1.0, 0),
                              cache_windows=config.rollout.cache_windows)
   run = lambda c: lambda i: sampler_lib.sample(params, cfg, prompts, jax.random.key(i), c).lengths

@@ -10,7 +10,7 @@ import numpy as np
 
 from experiments import kimi, vita
 from wavalign_jax import models, optim, steps, train_state
-from wavalign_jax.batches import HybridBatch, RLBatch, SeqBatch
+from wavalign_jax.batches import HybridBatch, RLBatch, SamplerPrompts, SeqBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.models.config import RUNTIME_FIELDS, ModelConfig, kimi_audio_7b, vita_audio_7b
 from wavalign_jax.tokens import TokenType
@@ -58,15 +58,15 @@ def sampler_params(cfg: models.ModelConfig, mesh: Any, gathered: bool = False) -
   return train_state.abstract_with_shardings(abstract, models.param_shardings(cfg, mesh, gathered))
 
 
-def sampler_prompts(cfg: models.ModelConfig, mesh: Any, P: int, Lp: int) -> dict[str, Any]:
+def sampler_prompts(cfg: models.ModelConfig, mesh: Any, P: int, Lp: int) -> SamplerPrompts:
   """Abstract prompts for the sampler as rollout/hosts.py passes them: P rows of Lp positions over the data
   shards, with Kimi's continuous audio features where the model has the adaptor."""
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-  prompts = {"inputs": {s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
-             "valid": shape_struct((P, Lp), bool, data)}
+  prompts = SamplerPrompts(inputs={s: shape_struct((P, Lp), np.int32, data) for s in cfg.streams},
+                           valid=shape_struct((P, Lp), bool, data))
   if cfg.arch == "parallel" and cfg.adaptor_input_dim:
-    prompts.update(features=shape_struct((P, Lp, cfg.adaptor_input_dim), np.float32, data),
-                   feature_mask=shape_struct((P, Lp), bool, data))
+    prompts = prompts.replace(features=shape_struct((P, Lp, cfg.adaptor_input_dim), np.float32, data),
+                              feature_mask=shape_struct((P, Lp), bool, data))
   return prompts
 
 

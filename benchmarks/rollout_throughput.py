@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from wavalign_jax import models, rollout
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab
 
 flags.DEFINE_list("arch", ["interleaved", "parallel"], "Architectures to time.")
@@ -42,8 +43,8 @@ def bench(arch: str) -> None:
   params = jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
   rs = np.random.RandomState(0)
   shape = (FLAGS.prompts, FLAGS.prompt_len)
-  prompts = {"inputs": {s: rs.randint(0, 40, shape).astype(np.int32) for s in cfg.streams},
-             "valid": np.ones(shape, bool)}
+  prompts = SamplerPrompts(inputs={s: rs.randint(0, 40, shape).astype(np.int32) for s in cfg.streams},
+                           valid=np.ones(shape, bool))
   vocab = VOCABS[arch]
   con = (rollout.InterleavedConstraint(vocab, (1, 4, 3, 8, 4, 10)) if arch == "interleaved"
          else rollout.ParallelConstraint(vocab, 6))

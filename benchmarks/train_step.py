@@ -17,7 +17,7 @@ from absl import app, flags
 
 from benchmarks.recipes_7b import random_seq_batch
 from wavalign_jax import config_lib, models, optim, sharding, steps, train_state
-from wavalign_jax.batches import HybridBatch, RLBatch
+from wavalign_jax.batches import HybridBatch, RLBatch, SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.rollout import decode
@@ -70,7 +70,7 @@ def bench(name: str, repeats: int) -> None:
   sampling = decode.sampling_config(config.rollout, config.layout, vocab)
   text_ids = np.flatnonzero(text_id_mask(vocab))
   prompt_ids = {s: rng.choice(text_ids, (P, Lp)).astype(np.int32) for s in cfg.streams}
-  prompts = {"inputs": prompt_ids, "valid": np.ones((P, Lp), bool)}
+  prompts = SamplerPrompts(inputs=prompt_ids, valid=np.ones((P, Lp), bool))
   lengths = []
 
   def rollout_call(seed):

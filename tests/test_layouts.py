@@ -140,3 +140,20 @@ def test_packed_forward_equals_separate_forward(arch):
     np.testing.assert_allclose(packed[s]["logp"][0, :len(a)], separate[s]["logp"][0, :len(a)], atol=1e-5)
     np.testing.assert_allclose(packed[s]["logp"][0, len(a):len(a) + len(b)], separate[s]["logp"][1, :len(b)],
                                atol=1e-5)
+
+
+def test_loader_prompts_left_padded_for_the_sampler():
+  """Right-padded prompt rows (the loader's) -> the sampler's left-padded ones: tokens, features and their mask
+  move together; `valid` marks the prompt's tokens."""
+  from wavalign_jax.batches import PromptBatch
+  a = L.Example({"tokens": np.array([5, 6, 7])}, {"tokens": np.zeros(3, np.int32)}, 3)
+  b = L.Example({"tokens": np.array([8])}, {"tokens": np.zeros(1, np.int32)}, 1)
+  prompt = L.to_sequence_batch([a, b], 4, pad_id=0)
+  feats = np.arange(2 * 4 * 2, dtype=np.float32).reshape(2, 4, 2)
+  prompt = prompt.replace(features=feats, feature_mask=np.array([[1, 0, 1, 0], [1, 0, 0, 0]], bool))
+  out = PromptBatch(prompt=prompt, prompt_lengths=np.array([3, 1]), reference=prompt, meta=[{}, {}]).left_padded()
+  np.testing.assert_array_equal(out.inputs["tokens"], [[0, 5, 6, 7], [0, 0, 0, 8]])
+  np.testing.assert_array_equal(out.valid, [[0, 1, 1, 1], [0, 0, 0, 1]])
+  np.testing.assert_array_equal(out.features[0, 1:], feats[0, :3])
+  np.testing.assert_array_equal(out.features[1, 3], feats[1, 0])
+  np.testing.assert_array_equal(out.feature_mask, [[0, 1, 0, 1], [0, 0, 0, 1]])

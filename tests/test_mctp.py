@@ -12,6 +12,7 @@ from safetensors.numpy import load_file
 
 from conftest import FIXTURES
 from wavalign_jax.conversion import config_from_hf, hf_to_params
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.rollout import mctp, sampler
 from wavalign_jax.rollout.decode import SamplingConfig, StreamSampling
 
@@ -40,7 +41,7 @@ def _prompts(gen, which):
   valid = np.zeros((len(rows), Lp), bool)
   for b, r in enumerate(rows):
     inputs[b, Lp - len(r):], valid[b, Lp - len(r):] = r, True
-  return {"inputs": {"tokens": inputs}, "valid": valid}
+  return SamplerPrompts(inputs={"tokens": inputs}, valid=valid)
 
 
 def test_schedule_expansion_and_plan_match_the_fixture(fixture):

@@ -202,14 +202,14 @@ def _prompts(streams, lengths, seed, feature_dim=0):
                          {s: np.zeros(n, np.int32) for s in streams}, n) for n in lengths]
   prompts = rollout.left_pad_prompts(exs, pad_id=0)
   if feature_dim:
-    prompts["features"] = rs.randn(*prompts["valid"].shape, feature_dim).astype(np.float32)
-    prompts["feature_mask"] = prompts["valid"] & (rs.rand(*prompts["valid"].shape) < 0.5)
+    prompts = prompts.replace(features=rs.randn(*prompts.valid.shape, feature_dim).astype(np.float32),
+                              feature_mask=prompts.valid & (rs.rand(*prompts.valid.shape) < 0.5))
   return prompts
 
 
 def _greedy_reference(params, cfg, prompts, n, con, pad):
   """Greedy decoding by full uncached forwards over right-padded sequences (no KV cache)."""
-  valid = prompts["valid"]
+  valid = prompts.valid
   P, Lp = valid.shape
   L = Lp + n
   lens = valid.sum(1)
@@ -217,12 +217,12 @@ def _greedy_reference(params, cfg, prompts, n, con, pad):
   feats, fmask = None, None
   for b in range(P):
     for s in cfg.streams:
-      seqs[s][b, :lens[b]] = prompts["inputs"][s][b][valid[b]]
-  if "features" in prompts:
-    feats = np.zeros((P, L, prompts["features"].shape[-1]), np.float32)
+      seqs[s][b, :lens[b]] = prompts.inputs[s][b][valid[b]]
+  if prompts.features is not None:
+    feats = np.zeros((P, L, prompts.features.shape[-1]), np.float32)
     fmask = np.zeros((P, L), bool)
     for b in range(P):
-      feats[b, :lens[b]], fmask[b, :lens[b]] = prompts["features"][b][valid[b]], prompts["feature_mask"][b][valid[b]]
+      feats[b, :lens[b]], fmask[b, :lens[b]] = prompts.features[b][valid[b]], prompts.feature_mask[b][valid[b]]
 
   @jax.jit
   def fwd(ids, seg):
@@ -369,15 +369,15 @@ def test_fsdp_split_weights_and_weights_gathered_once_per_call_sample_as_one_dev
 
 def test_shared_prefix_holds_each_prompt_once(vita):
   cfg, params, prompts = vita
-  P, Lp = prompts["valid"].shape
-  _, cache = models.decode(params, cfg, prompts["inputs"], np.zeros((P, Lp), np.int32), models.init_cache(cfg, P, Lp),
-                           valid=prompts["valid"])
+  P, Lp = prompts.valid.shape
+  _, cache = models.decode(params, cfg, prompts.inputs, np.zeros((P, Lp), np.int32), models.init_cache(cfg, P, Lp),
+                           valid=prompts.valid)
   shared = models.extend_cache(models.share_prefix(cache, 4, 8), 24)
   layer = shared["trunk"][0]
   assert layer["prefix_k"].shape == (P, cfg.num_kv_heads, Lp, cfg.head_dim)
   assert layer["k"].shape == (4 * P, cfg.num_kv_heads, 24, cfg.head_dim)
   np.testing.assert_array_equal(np.asarray(layer["prefix_k"]), np.asarray(cache["trunk"][0]["k"]))
-  np.testing.assert_array_equal(np.asarray(shared["prefix_valid"]), prompts["valid"])
+  np.testing.assert_array_equal(np.asarray(shared["prefix_valid"]), prompts.valid)
   assert not np.asarray(shared["valid"]).any() and int(shared["index"]) == 0
 
 
@@ -386,11 +386,11 @@ def test_several_tokens_through_a_shared_prefix_match_an_unshared_cache(vita):
   states of T = 1, then T = 3 tokens per row equal those of a cache that holds each row's own copy of its prompt."""
   cfg, params, prompts = vita
   G = 2
-  P, Lp = prompts["valid"].shape
-  positions = np.maximum(np.cumsum(prompts["valid"], axis=1) - 1, 0).astype(np.int32)
-  prefill = lambda rows, rep: models.decode(params, cfg, {"tokens": np.repeat(prompts["inputs"]["tokens"], rep, 0)},
+  P, Lp = prompts.valid.shape
+  positions = np.maximum(np.cumsum(prompts.valid, axis=1) - 1, 0).astype(np.int32)
+  prefill = lambda rows, rep: models.decode(params, cfg, {"tokens": np.repeat(prompts.inputs["tokens"], rep, 0)},
                                             np.repeat(positions, rep, 0), models.init_cache(cfg, rows, Lp),
-                                            valid=np.repeat(prompts["valid"], rep, 0))[1]
+                                            valid=np.repeat(prompts.valid, rep, 0))[1]
   shared = models.share_prefix(prefill(P, 1), G, 8)
   own = models.extend_cache(prefill(P * G, G), Lp + 8)
   rng = np.random.default_rng(0)
@@ -421,20 +421,20 @@ def _rl_batch_reference(prompts, r, pad, drop_forced=True):
   """The same batch through the data pipeline: layouts.join(prompt, response) -> to_sequence_batch, with
   forced positions typed NONE (no RL gradient) unless `drop_forced` is False; each row then shifted right by its
   prompt's left padding (rl_batch keeps the prompts as sampled, every completion starting at Lp)."""
-  G = r.mask.shape[0] // prompts["valid"].shape[0]
+  G = r.mask.shape[0] // prompts.valid.shape[0]
   streams = tuple(r.tokens)
   exs = []
   for row in range(r.mask.shape[0]):
     b, n = row // G, int(r.lengths[row])
-    v = prompts["valid"][b]
-    p = layouts.Example({s: prompts["inputs"][s][b][v] for s in streams}, {s: np.zeros(v.sum(), np.int32)
+    v = prompts.valid[b]
+    p = layouts.Example({s: prompts.inputs[s][b][v] for s in streams}, {s: np.zeros(v.sum(), np.int32)
                                                                               for s in streams}, int(v.sum()))
     types = {s: np.where(np.asarray(r.forced[s][row, :n]) & drop_forced, 0, np.asarray(r.types[s][row, :n]))
              for s in streams}
     resp = layouts.Example({s: np.asarray(r.tokens[s][row, :n]) for s in streams}, types)
     exs.append(layouts.join(p, resp))
-  batch = layouts.to_sequence_batch(exs, prompts["valid"].shape[1] + r.mask.shape[1], pad)
-  shift = np.repeat(prompts["valid"].shape[1] - np.asarray(prompts["valid"]).sum(1), G)
+  batch = layouts.to_sequence_batch(exs, prompts.valid.shape[1] + r.mask.shape[1], pad)
+  shift = np.repeat(prompts.valid.shape[1] - np.asarray(prompts.valid).sum(1), G)
   right = lambda x: np.stack([np.roll(row, k, axis=0) for row, k in zip(x, shift)])
   return jax.tree.map(lambda x: right(x) if np.ndim(x) >= 2 else x, batch)
 
@@ -624,7 +624,7 @@ def test_sample_token_rng():
 
 def test_sample_rejects_bad_prompts(vita):
   cfg, params, prompts = vita
-  right = dict(prompts, valid=prompts["valid"][:, ::-1].copy())
+  right = prompts.replace(valid=prompts.valid[:, ::-1].copy())
   with pytest.raises(ValueError, match="left-padded"):
     rollout.sample(params, cfg, right, jax.random.key(0), rollout.SamplingConfig(max_new_tokens=2))
   with pytest.raises(ValueError, match="does not fit arch"):
@@ -671,7 +671,7 @@ def test_trimmed_rl_batch_scores_the_same(vita):
                               constraint=con)
   r = jax.device_get(rollout.sample(params, cfg, prompts, jax.random.key(9), sc))
   full = jax.device_get(rollout.rl_batch(prompts, r, TIV.pad))
-  Lp = prompts["valid"].shape[1]
+  Lp = prompts.valid.shape[1]
   assert not full.types["tokens"][:, :Lp - 1].any()       # nothing to score before the completions
   trimmed = batch.trim_rl_batch(full, Lp, 16, num_buckets=8)
   L = trimmed.segment_ids.shape[1]

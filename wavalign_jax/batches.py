@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flax import struct
 
 Array = Any                   # jax.Array, or host numpy before `sharding.device_put_batch`
@@ -38,6 +39,17 @@ class RLBatch(SeqBatch):
   advantages: Array | None = None       # f32 [B], added by the step
   seq_weight: Array | None = None       # f32 [B], 0 drops a row (added by the step)
   fallback: Array | None = None         # bool [B], the row trains on its whole completion (`grpo.group_fallback`)
+
+
+@struct.dataclass
+class SamplerPrompts:
+  """Prompts as the sampler reads them (`rollout.sample`): left-padded to one length Lp, so every row's last prompt
+  token sits at Lp - 1 and all completions start at Lp. Made by `PromptBatch.left_padded` (the loader's prompts)
+  or `rollout.left_pad_prompts` (laid-out examples)."""
+  inputs: Streams                     # int32 [P, Lp]
+  valid: Array                        # bool [P, Lp]: prompt tokens (False: the left padding)
+  features: Array | None = None       # float [P, Lp, D_in] continuous features (parallel models)
+  feature_mask: Array | None = None   # bool [P, Lp]
 
 
 @struct.dataclass
@@ -74,6 +86,19 @@ class PromptBatch:
   prompt_lengths: Array         # int32 [B]
   reference: SeqBatch
   meta: Meta
+
+  def left_padded(self) -> SamplerPrompts:
+    """The prompts moved to the right end of their rows (host numpy), as the sampler reads them."""
+    L = self.prompt.segment_ids.shape[1]
+    shift = L - np.asarray(self.prompt_lengths)
+    idx = (np.arange(L)[None, :] - shift[:, None]) % L
+    roll = lambda x: None if x is None else np.take_along_axis(
+        np.asarray(x), idx.reshape(idx.shape + (1,) * (np.ndim(x) - 2)), axis=1)
+    valid = np.arange(L)[None, :] >= shift[:, None]
+    return SamplerPrompts(inputs={s: roll(v) for s, v in self.prompt.inputs.items()}, valid=valid,
+                          features=roll(self.prompt.features),
+                          feature_mask=None if self.prompt.feature_mask is None
+                          else roll(self.prompt.feature_mask) & valid)
 
 
 @struct.dataclass

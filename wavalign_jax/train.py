@@ -43,7 +43,6 @@ from wavalign_jax.objectives import grpo
 from wavalign_jax.rewards.base import FailureMonitor
 from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
-from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.testbed import base_model
 from wavalign_jax.run_setup import RunSetup, setup_run
 
@@ -70,7 +69,7 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
     taken = []
     for raw in it:
       contents = eval_generate.sample_batch(params, setup.model_cfg, greedy,
-                                            sampler_lib.left_pad(raw.prompt, raw.prompt_lengths),
+                                            raw.left_padded(),
                                             batch_size=batch_size, rng=jax.random.PRNGKey(seed), mesh=mesh)
       taken += [(meta, setup.decode_text(text_ids), codes) for meta, (text_ids, codes) in zip(raw.meta, contents)]
       if num_examples and len(taken) >= num_examples:

@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wavalign_jax import files
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.data import build as build_lib
 from wavalign_jax.data import layouts
 from wavalign_jax.evaluation import common
@@ -103,17 +104,17 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfi
 
 
 def sample_batch(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfig,
-                 prompts: dict[str, Any], *, batch_size: int, rng: jax.Array,
+                 prompts: SamplerPrompts, *, batch_size: int, rng: jax.Array,
                  mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
   """(text ids, 0-based audio codes) of one response to each row of the left-padded numpy `prompts`
-  (`sampler.left_pad` / `left_pad_prompts`): the eval sampler of training (`train.evaluate`) and of the
+  (`PromptBatch.left_padded` / `left_pad_prompts`): the eval sampler of training (`train.evaluate`) and of the
   benchmarks and `python -m wavalign_jax.generate` (`generate`).
 
   A batch of fewer than `batch_size` rows is filled up with copies of its last row (their responses
   dropped), so every batch has one compiled shape per prompt length. Every host passes the same prompts
   and gets every response (`hosts.sample_rows(shared=True)` on `mesh`).
   """
-  n = len(prompts["valid"])
+  n = len(prompts.valid)
   if not 0 < n <= batch_size:
     raise ValueError(f"{n} prompts for a batch of {batch_size}")
   prompts = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)]), prompts)

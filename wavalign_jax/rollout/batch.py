@@ -15,13 +15,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wavalign_jax.analysis import judge_agreement, rollout_diversity
-from wavalign_jax.batches import PromptBatch, RLBatch
+from wavalign_jax.batches import PromptBatch, RLBatch, SamplerPrompts
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rewards.base import RewardFn, RewardResult, rollout_items
 from wavalign_jax.rewards.base import FailureMonitor
 from wavalign_jax.rollout import hosts
-from wavalign_jax.rollout import sampler as sampler_lib
 from wavalign_jax.rollout.constraints import Constraint, InterleavedConstraint, ParallelConstraint
 from wavalign_jax.rollout.decode import Rollouts, SamplingConfig
 from wavalign_jax.tokens import TokenType
@@ -48,7 +47,7 @@ def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig,
   `monitor` counts the judge's failures (and stops a run whose judge fails too often); `exclude_failed` leaves
   failed items out of the advantages and the gate. The metrics are the rollouts' lengths, truncation, forced and
   malformed shares, diversity and, on the testbed, the judge against its true scores."""
-  prompts = hosts.same_prompt_length(sampler_lib.left_pad(raw.prompt, raw.prompt_lengths))
+  prompts = hosts.same_prompt_length(raw.left_padded())
   rollouts = hosts.sample_rows(params, model_cfg, prompts, rng, sampling, mesh)
   contents = response_contents(rollouts, sampling.constraint)
   result = reward_fn(rollout_items(raw.meta, contents, decode_text))
@@ -58,7 +57,7 @@ def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig,
   valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
   metrics.update(rollout_metrics(rollouts, sampling.constraint, rewards, contents, result))
   batch = jax.device_get(rl_batch(prompts, rollouts, sampling.pad))
-  prompt_len = prompts["valid"].shape[1]
+  prompt_len = prompts.valid.shape[1]
   batch = trim_rl_batch(batch, prompt_len, sampling.max_new_tokens, length_buckets)
   return RolloutBatch(hosts.same_length(batch, sampling.pad), prompt_len - 1, rewards, valid, contents, result,
                       metrics)
@@ -93,7 +92,7 @@ def trim_rl_batch(batch: RLBatch, prompt_len: int, max_new_tokens: int, num_buck
 
 
 @functools.partial(jax.jit, static_argnames=("pad_id",))
-def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> RLBatch:
+def rl_batch(prompts: SamplerPrompts, rollouts: Rollouts, pad_id: int) -> RLBatch:
   """The RL sequence batch (WORKSPACE.md contract) of prompt + completion, [B, Lp + N], as sampled: the
   prompt left-padded to Lp, every row's completion from position Lp on (right-padded after its stop token).
 
@@ -103,23 +102,23 @@ def rl_batch(prompts: dict[str, Any], rollouts: Rollouts, pad_id: int) -> RLBatc
   the stop token are TokenType.NONE. The step adds what the rewards decide (`grpo.with_group_fields`).
   """
   B, N = rollouts.mask.shape
-  G = B // prompts["valid"].shape[0]
+  G = B // prompts.valid.shape[0]
   rep = lambda a: jnp.repeat(jnp.asarray(a), G, axis=0)
-  pvalid = rep(prompts["valid"]).astype(bool)
+  pvalid = rep(prompts.valid).astype(bool)
   valid = jnp.concatenate([pvalid, rollouts.mask], axis=1)
   nxt = lambda a, fill: jnp.concatenate([a[:, 1:], jnp.full_like(a[:, :1], fill)], axis=1)
   inputs, targets, types, sampler_logp = {}, {}, {}, {}
   for s, toks in rollouts.tokens.items():
-    inputs[s] = jnp.where(valid, jnp.concatenate([rep(prompts["inputs"][s]), toks], axis=1), pad_id)
+    inputs[s] = jnp.where(valid, jnp.concatenate([rep(prompts.inputs[s]), toks], axis=1), pad_id)
     targets[s] = jnp.where(valid, nxt(inputs[s], pad_id), pad_id)
     chosen = jnp.where(rollouts.forced[s], int(TokenType.NONE), rollouts.types[s])
     types[s] = nxt(jnp.concatenate([jnp.zeros_like(pvalid, jnp.int32), chosen], axis=1), 0)
     sampler_logp[s] = nxt(jnp.concatenate([jnp.zeros(pvalid.shape, jnp.float32), rollouts.logp[s]], axis=1), 0.0)
   features = feature_mask = None
-  if "features" in prompts:
-    f = rep(prompts["features"])
+  if prompts.features is not None:
+    f = rep(prompts.features)
     features = jnp.concatenate([f, jnp.zeros((B, N) + f.shape[2:], f.dtype)], axis=1)
-    feature_mask = jnp.concatenate([rep(prompts["feature_mask"]).astype(bool), jnp.zeros((B, N), bool)],
+    feature_mask = jnp.concatenate([rep(prompts.feature_mask).astype(bool), jnp.zeros((B, N), bool)],
                                    axis=1) & valid
   return RLBatch(inputs=inputs, targets=targets, types=types,
                  positions=jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout.constraints import Constraint, InterleavedConstraint, ParallelConstraint
 from wavalign_jax.tokens import TokenType
@@ -266,14 +267,14 @@ def finish(out: dict[str, Any], cfg: SamplingConfig, N: int, G: int, **extra: An
                   **extra)
 
 
-def validate_prompts(model_cfg: ModelConfig, prompts: dict[str, Any], sampling_cfg: SamplingConfig) -> None:
+def validate_prompts(model_cfg: ModelConfig, prompts: SamplerPrompts, sampling_cfg: SamplingConfig) -> None:
   """Host-side checks of a prompt batch for `sample`. The left-padding check reads `valid` only where
   this process holds all of it: callers with arrays spread over several processes check their numpy
   rows first (hosts.sample_rows)."""
-  missing = set(model_cfg.streams) - set(prompts.get("inputs", {}))
-  if missing or "valid" not in prompts:
-    raise ValueError(f"prompts need 'valid' and inputs for streams {model_cfg.streams}; missing {sorted(missing)}")
-  valid = prompts["valid"]
+  missing = set(model_cfg.streams) - set(prompts.inputs)
+  if missing:
+    raise ValueError(f"prompts need inputs for streams {model_cfg.streams}; missing {sorted(missing)}")
+  valid = prompts.valid
   local = not isinstance(valid, jax.core.Tracer) and (not isinstance(valid, jax.Array) or valid.is_fully_addressable)
   if local and not np.asarray(valid)[:, -1].all():
     raise ValueError("prompts must be left-padded: the last position of every prompt row must be valid")

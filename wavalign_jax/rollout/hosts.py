@@ -14,14 +14,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from wavalign_jax import models, sharding
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import SamplerPrompts, SeqBatch
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import decode
 from wavalign_jax.rollout import sampler as sampler_lib
 
 
-def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Array,
+def sample_rows(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, rng: jax.Array,
                 sampling: decode.SamplingConfig, mesh: Mesh | None = None, *,
                 shared: bool = False) -> decode.Rollouts:
   """Rollouts (numpy) of left-padded numpy `prompts`: this host's rows, or every row when `shared` (the same
@@ -58,7 +58,7 @@ def sample_rows(params: Any, model_cfg: ModelConfig, prompts: dict, rng: jax.Arr
   if shared:
     return multihost_utils.process_allgather(rollouts, tiled=True)
   G = sampling.group_size
-  first = _process_rows(on_mesh["valid"])
+  first = _process_rows(on_mesh.valid)
   return jax.tree.map(lambda x: _rows(x, first.start * G, first.stop * G), rollouts)
 
 
@@ -76,10 +76,10 @@ def same_length(batch: SeqBatch, pad_id: int) -> SeqBatch:
   return layouts.pad_sequence_batch(batch, common_length(batch.segment_ids.shape[1]), pad_id)
 
 
-def same_prompt_length(prompts: dict) -> dict:
-  """Left-padded numpy prompts (inputs, valid, optional features / feature_mask) padded further on the left to
-  the longest prompt length any host holds (`common_length`)."""
-  length = common_length(prompts["valid"].shape[1])
+def same_prompt_length(prompts: SamplerPrompts) -> SamplerPrompts:
+  """Left-padded numpy prompts padded further on the left to the longest prompt length any host holds
+  (`common_length`)."""
+  length = common_length(prompts.valid.shape[1])
   def pad(x):
     x = np.asarray(x)
     return np.pad(x, [(0, 0), (length - x.shape[1], 0)] + [(0, 0)] * (x.ndim - 2))

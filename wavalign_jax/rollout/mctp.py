@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax import models
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout.decode import (Rollouts, SamplingConfig, check_mctp_schedule, emit, finish, init_carry,
                                         validate_prompts)
@@ -90,11 +91,11 @@ def periodic_split(steps: list[Step], period: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
+def _sample_mctp(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, cfg: SamplingConfig) -> Rollouts:
   G, N, schedule = cfg.group_size, cfg.max_new_tokens, tuple(int(x) for x in cfg.mctp_schedule)
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
-  prompt_valid = prompts["valid"].astype(bool)
+  prompt_valid = prompts.valid.astype(bool)
   valid = rep(prompt_valid)
   B, Lp = valid.shape
   period = sum(schedule[-2:])
@@ -103,7 +104,7 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
   S = Lp + N + period                        # slots: the loop's last round may run past N (outputs dropped)
   pad_left = Lp - valid.sum(axis=1).astype(jnp.int32)
   slot_valid = jnp.concatenate([valid, jnp.ones((B, S - Lp), bool)], axis=1)
-  seq = jnp.concatenate([rep(prompts["inputs"]["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
+  seq = jnp.concatenate([rep(prompts.inputs["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
   d = model_cfg.hidden_size
   carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq,
                hidden=[jnp.zeros((B, S, d), model_cfg.dtype) for _ in range(max(model_cfg.num_mtp_modules, 1))],
@@ -120,7 +121,7 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
       if A < 1:   # a prompt shorter than the module's offset: nothing to share
         caches.append(models.init_mtp_cache(model_cfg, B, S))
         continue
-      h, cache = models.mtp_decode(params, model_cfg, k, prompts["inputs"]["tokens"][:, k + 1:k + 1 + A], h[:, :A],
+      h, cache = models.mtp_decode(params, model_cfg, k, prompts.inputs["tokens"][:, k + 1:k + 1 + A], h[:, :A],
                                    k + 1 + jnp.arange(A)[None] - pad_left[::G, None],
                                    models.init_mtp_cache(model_cfg, B // G, A), prompt_valid[:, :A], 0)
       caches.append(models.share_mtp_prefix(cache, prompt_valid[:, :A], G, S))
@@ -137,7 +138,7 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConf
     if prefill:
       start = 0
       hidden, cache = models.decode_hidden(
-          params, model_cfg, prompts["inputs"], jnp.arange(Lp)[None] - pad_left[::G, None],
+          params, model_cfg, prompts.inputs, jnp.arange(Lp)[None] - pad_left[::G, None],
           models.init_cache(model_cfg, B // G, Lp), valid=prompt_valid)
       c["cache"] = models.share_prefix(cache, G, S - Lp)   # the completion block: slots Lp .. S - 1
       prompt_anchors(c, hidden["tokens"])

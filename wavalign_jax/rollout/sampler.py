@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wavalign_jax import models
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import mctp
@@ -34,16 +34,16 @@ def windows(n: int, count: int) -> list[int]:
   return sorted(set(ends))
 
 
-def prefill(params, model_cfg: ModelConfig, prompts, cfg: SamplingConfig) -> tuple[dict[str, Any], jax.Array]:
+def prefill(params, model_cfg: ModelConfig, prompts: SamplerPrompts, cfg: SamplingConfig
+            ) -> tuple[dict[str, Any], jax.Array]:
   """The decode loops' first carry (the prompts' logits per row, the shared-prefix cache with the first window's
   completion block) and each row's prompt length. `params`, `model_cfg`: as `models.for_decoding` makes them."""
-  valid = prompts["valid"].astype(bool)
+  valid = prompts.valid.astype(bool)
   P, Lp = valid.shape
   G, N = cfg.group_size, cfg.max_new_tokens
   logits, cache = models.decode(
-      params, model_cfg, prompts["inputs"], jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
-      models.init_cache(model_cfg, P, Lp), valid=valid, features=prompts.get("features"),
-      feature_mask=prompts.get("feature_mask"))
+      params, model_cfg, prompts.inputs, jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
+      models.init_cache(model_cfg, P, Lp), valid=valid, features=prompts.features, feature_mask=prompts.feature_mask)
   carry = dict(init_carry(cfg, model_cfg.streams, P * G, N),
                logits={s: jnp.repeat(v, G, axis=0) for s, v in logits.items()},
                cache=models.share_prefix(cache, G, windows(N, cfg.cache_windows)[0]))
@@ -61,7 +61,7 @@ def decode_step(params, model_cfg: ModelConfig, cfg: SamplingConfig, rng, prompt
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -> Rollouts:
+def _sample(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, cfg: SamplingConfig) -> Rollouts:
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   carry, prompt_len = prefill(params, model_cfg, prompts, cfg)
   body = functools.partial(decode_step, params, model_cfg, cfg, rng, prompt_len)
@@ -71,10 +71,9 @@ def _sample(params, model_cfg: ModelConfig, prompts, rng, cfg: SamplingConfig) -
   return finish(carry, cfg, cfg.max_new_tokens, cfg.group_size)
 
 
-def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, sampling_cfg: SamplingConfig) -> Rollouts:
-  """G rollouts per prompt. `prompts`: {"inputs": {stream: int32[P, Lp]}, "valid": bool[P, Lp]} left-padded
-  (see `left_pad_prompts`), optional "features" [P, Lp, D] / "feature_mask" [P, Lp] (parallel); numpy, or
-  global arrays on the mesh (several hosts). Row r's random numbers do not depend on the sharding.
+def sample(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, sampling_cfg: SamplingConfig) -> Rollouts:
+  """G rollouts per prompt of the left-padded `prompts` (numpy, or global arrays on the mesh: several hosts). Row
+  r's random numbers do not depend on the sharding.
   `sampling_cfg.decode == "mctp"` decodes with VITA-Audio's MCTP modules (rollout/mctp.py)."""
   if sampling_cfg.decode == "mctp":
     return mctp.sample_mctp(params, model_cfg, prompts, rng, sampling_cfg)
@@ -82,8 +81,9 @@ def sample(params, model_cfg: ModelConfig, prompts: dict[str, Any], rng, samplin
   return _sample(params, model_cfg, prompts, rng, sampling_cfg)
 
 
-def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: int | None = None) -> dict:
-  """numpy prompt batch for `sample` from laid-out prompts (`Example.prompt()`), left-padded to `length`."""
+def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: int | None = None
+                     ) -> SamplerPrompts:
+  """The sampler's prompts (numpy) from laid-out prompts (`Example.prompt()`), left-padded to `length`."""
   if not examples:
     raise ValueError("left_pad_prompts needs at least one prompt")
   length = max(len(e) for e in examples) if length is None else length
@@ -96,15 +96,4 @@ def left_pad_prompts(examples: Sequence[layouts.Example], pad_id: int, length: i
     for s in streams:
       inputs[s][b, length - len(e):] = e.tokens[s]
     valid[b, length - len(e):] = True
-  return {"inputs": inputs, "valid": valid}
-
-
-def left_pad(prompt_batch: SeqBatch, lengths: np.ndarray) -> dict:
-  """Right-padded prompt rows (the loader's layout) -> the left-padded layout the sampler needs."""
-  inputs = prompt_batch.inputs
-  L = next(iter(inputs.values())).shape[1]
-  shift = L - np.asarray(lengths)
-  idx = (np.arange(L)[None, :] - shift[:, None]) % L
-  return {"inputs": {s: np.take_along_axis(np.asarray(v), idx, axis=1) for s, v in inputs.items()},
-          "valid": np.arange(L)[None, :] >= shift[:, None]}
-
+  return SamplerPrompts(inputs=inputs, valid=valid)
