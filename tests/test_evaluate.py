@@ -23,7 +23,7 @@ from wavalign_jax.data import build as build_lib
 from wavalign_jax.evaluation import common, generate, reward_eval, score, voicebench
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.objectives import gate as gate_lib
-from wavalign_jax.rewards.base import RewardResult
+from wavalign_jax.rewards.base import RewardItem, RewardResult
 from wavalign_jax.rollout import decode
 from wavalign_jax.run_setup import RunSetup
 from wavalign_jax.testbed import metrics
@@ -84,7 +84,7 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   assert all(r["answer"] == p["answer"] and r["style"] == p["style"] for r, p in zip(saved, prompts))
   assert any(r["audio_codes"] for r in saved) and any(r["text"] for r in saved)
 
-  direct = metrics.summary([(r, r["text"], r["audio_codes"]) for r in saved])
+  direct = metrics.summary([RewardItem(r, r["text"], tuple(r["audio_codes"])) for r in saved])
   rows = _report_rows(os.path.join(out, "report-testbed.md"))
   assert float(rows["iq"][0]) == pytest.approx(100 * direct["iq"], abs=0.006)
   assert float(rows["eq"][0]) == pytest.approx(100 * direct["eq"], abs=0.006)
@@ -106,8 +106,8 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
                    evaluator=lambda items: (seen.extend(items) or metrics.summary(items), []))
   seen = []
   via_train, _ = train.evaluate(jax.device_put(trained), setup, n, 0)
-  assert [m["id"] for m, _, _ in seen] == [r["id"] for r in saved]
-  assert [list(c) for _, _, c in seen] == [r["audio_codes"] for r in saved]
+  assert [i.record["id"] for i in seen] == [r["id"] for r in saved]
+  assert [list(i.audio_codes) for i in seen] == [r["audio_codes"] for r in saved]
   assert [t for _, t, _ in seen] == [" ".join(r["text"].split()) for r in saved]
   assert via_train == pytest.approx(direct, abs=1e-9)
 
@@ -136,7 +136,7 @@ def test_testbed_suite_parallel_converted_checkpoint(tmp_path):
   saved = common.load_responses(os.path.join(out, "responses-testbed.jsonl"))
   assert len(saved) == 4 and any(r["audio_codes"] for r in saved)
   assert all(len(r["audio_codes"]) <= MAX_NEW - config.layout.audio_delay for r in saved)
-  direct = metrics.summary([(r, r["text"], r["audio_codes"]) for r in saved])
+  direct = metrics.summary([RewardItem(r, r["text"], tuple(r["audio_codes"])) for r in saved])
   assert lines[1] == f"testbed/eq: {100 * direct['eq']:.2f} (%, n=4, judge failures=0)"
 
 
@@ -256,9 +256,10 @@ def test_reward_evaluator_leaves_failed_items_out_and_counts_them():
     name = "half"
     def __call__(self, items):
       scores = [float(len(i.text.split())) for i in items]
-      return RewardResult(scores=scores, failed=[i.prompt["id"] == "bad" for i in items])
-  items = [({"id": str(n), "source": "eval.jsonl", "line": n}, " ".join(["w"] * n), (n,)) for n in range(1, 5)]
-  items.append(({"id": "bad", "source": "eval.jsonl", "line": 5}, "w " * 9, ()))
+      return RewardResult(scores=scores, failed=[i.record["id"] == "bad" for i in items])
+  items = [RewardItem({"id": str(n), "source": "eval.jsonl", "line": n}, " ".join(["w"] * n), (n,))
+           for n in range(1, 5)]
+  items.append(RewardItem({"id": "bad", "source": "eval.jsonl", "line": 5}, "w " * 9, ()))
   summary, rows = reward_eval.reward_evaluator(Half())(items)
   assert summary["reward"] == pytest.approx(2.5) and summary["reward/failed"] == 1 and summary["count"] == 5
   assert summary["reward_hi"] - 2.5 == pytest.approx(3.18245 * 1.29099 / 2, rel=1e-4)

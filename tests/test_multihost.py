@@ -29,6 +29,7 @@ from conftest import tiny_config  # noqa: E402
 
 from wavalign_jax import checkpointing, train  # noqa: E402
 from wavalign_jax.batches import SeqBatch  # noqa: E402
+from wavalign_jax.rewards.base import RewardItem  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 2
@@ -116,10 +117,10 @@ def _reward_eval_worker(process_id: int, port: int, out: str) -> None:
   seen = []
 
   def reward(items):
-    seen.extend(i.prompt["id"] for i in items)
-    return RewardResult(scores=[len(i.text) for i in items], failed=[i.prompt["id"] == 5 for i in items])
+    seen.extend(i.record["id"] for i in items)
+    return RewardResult(scores=[len(i.text) for i in items], failed=[i.record["id"] == 5 for i in items])
   reward.name = "length"
-  summary, rows = reward_eval.reward_evaluator(reward)([({"id": n}, "x" * n, ()) for n in range(7)])
+  summary, rows = reward_eval.reward_evaluator(reward)([RewardItem({"id": n}, "x" * n) for n in range(7)])
   np.savez(out, seen=np.asarray(seen), summary=json.dumps(summary), rows=json.dumps(rows))
 
 
@@ -157,9 +158,9 @@ def test_hosts_share_the_eval_reward_calls(tmp_path):
   assert sorted(hosts[0]["seen"].tolist()) == [0, 2, 4, 6] and sorted(hosts[1]["seen"].tolist()) == [1, 3, 5]
 
   def reward(items):
-    return RewardResult(scores=[len(i.text) for i in items], failed=[i.prompt["id"] == 5 for i in items])
+    return RewardResult(scores=[len(i.text) for i in items], failed=[i.record["id"] == 5 for i in items])
   reward.name = "length"
-  summary, rows = reward_eval.reward_evaluator(reward)([({"id": n}, "x" * n, ()) for n in range(7)])
+  summary, rows = reward_eval.reward_evaluator(reward)([RewardItem({"id": n}, "x" * n) for n in range(7)])
   assert summary["reward"] == pytest.approx(16 / 6) and summary["reward/failed"] == 1   # (0+1+2+3+4+6) / 6
   for host in hosts:
     assert json.loads(str(host["summary"])) == pytest.approx(summary)

@@ -359,13 +359,13 @@ def test_iq_eq_hand_computed():
   speech = unit_tts.synthesize("big forest", "high")   # canonical: plain words, style 0.5
   w = lambda word, v: list(unit_tts.realise_word(word, "high", v))
   typical = w("big", "long") + w("forest", "long")       # style 1
-  items = [
-      (rec, "big forest", typical),                                  # correct, EQ 1
-      (rec, "Big forest.", speech),                                  # correct, intelligible, style 0.5
-      (rec, "old castle", unit_tts.synthesize("old castle", "high")),  # wrong answer, spoken plainly
-      (rec, "big forest", unit_tts.synthesize("big forest", "low")),   # wrong register: style 0
-      (rec, "", []),                                                 # no text: EQ 0
-  ]
+  items = [RewardItem(rec, text, tuple(codes)) for text, codes in [
+      ("big forest", typical),                                  # correct, EQ 1
+      ("Big forest.", speech),                                  # correct, intelligible, style 0.5
+      ("old castle", unit_tts.synthesize("old castle", "high")),  # wrong answer, spoken plainly
+      ("big forest", unit_tts.synthesize("big forest", "low")),   # wrong register: style 0
+      ("", []),                                                 # no text: EQ 0
+  ]]
   want_intel, want_style = [1, 1, 1, 1, 0], [1, 0.5, 0.5, 0, 0]
   rows = metrics.per_item(items)
   for row, i, st in zip(rows, want_intel, want_style):

@@ -108,7 +108,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
       ax.bar(np.arange(P), stats["reward_var"]), ax.set_xlabel("prompt group"), ax.set_ylabel("reward variance"),
       ax.set_title(f"{int(stats['informative'].sum())} of {P} groups carry a gradient")))
   rl_cfg = GRPOConfig(**config.rl)
-  rl = grpo.with_group_fields(batch.rl, rewards, batch.valid, rl_cfg)   # the rows training weighs, weighed alike
+  rl = grpo.with_group_fields(batch.rl, rewards, batch.reward_valid, rl_cfg)   # the rows training weighs, weighed alike
   geo = sharding.jit_with_rules(lambda p, b: gradient_geometry.geometry(logprob_fn, p, b, rl_cfg, minibatches),
                                 mesh)(model.params, rl)
   out["gradient_geometry"] = {k: float(v) for k, v in jax.device_get(geo).items()}

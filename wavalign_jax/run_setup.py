@@ -23,7 +23,7 @@ from wavalign_jax.evaluation import reward_eval
 from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
-from wavalign_jax.rewards.base import RewardFn
+from wavalign_jax.rewards.base import RewardFn, RewardItem
 from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
 from wavalign_jax.rewards.rules import ExactMatch, normalize_answer
 from wavalign_jax.rollout import decode
@@ -48,9 +48,9 @@ class RunSetup:
   # The run's reward, one instance for rollouts and evaluation (an LLM judge's in-flight limit and cache are then
   # the run's); None when the run calls none (config_lib.calls_reward)
   reward_fn: RewardFn | None = None
-  # (record, text, codes) items -> (summary metrics, per-item rows): the testbed's IQ / EQ, or on built datasets
-  # the run's reward of the greedy responses (evaluation/reward_eval.py)
-  evaluator: Callable[[Sequence[tuple[dict, str, Sequence[int]]]], tuple[dict[str, float], list[dict]]] | None = None
+  # the greedy responses -> (summary metrics, per-item rows): the testbed's IQ / EQ, or on built datasets the run's
+  # reward of them (evaluation/reward_eval.py)
+  evaluator: Callable[[Sequence[RewardItem]], tuple[dict[str, float], list[dict]]] | None = None
 
   def decode_text(self, text_ids: Sequence[int]) -> str:
     """The text channel of a response as rewards and the testbed's metrics read it (words, one space apart)."""

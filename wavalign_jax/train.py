@@ -40,7 +40,7 @@ from wavalign_jax.evaluation import run_summary
 from wavalign_jax.metric_writer import MetricWriter
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
-from wavalign_jax.rewards.base import FailureMonitor
+from wavalign_jax.rewards.base import FailureMonitor, RewardItem
 from wavalign_jax.rollout import batch as rl_batch_lib
 from wavalign_jax.rollout import hosts
 from wavalign_jax.testbed import base_model
@@ -71,7 +71,8 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
       contents = eval_generate.sample_batch(params, setup.model_cfg, greedy,
                                             raw.left_padded(),
                                             batch_size=batch_size, rng=jax.random.PRNGKey(seed), mesh=mesh)
-      taken += [(meta, setup.decode_text(text_ids), codes) for meta, (text_ids, codes) in zip(raw.meta, contents)]
+      taken += [RewardItem(meta, setup.decode_text(text_ids), tuple(codes))
+                for meta, (text_ids, codes) in zip(raw.meta, contents)]
       if num_examples and len(taken) >= num_examples:
         break
     items += taken[:num_examples] if num_examples else taken
@@ -286,21 +287,21 @@ def _restore(run: _Run) -> tuple[train_state.TrainState, Any, bool]:
 
 def _make_steps(run: _Run) -> _Steps:
   """The jitted step of the objective, PPO reuse's step, the log-prob forward and the gradient geometry."""
-  c, cfg = run.config, run.cfg
+  train_cfg, cfg = run.config.train, run.cfg
   make = lambda step: steps.jit_step(step, run.state_sharding, run.mesh)
   if cfg.objective == "dpo":
     update = make(steps.make_dpo_step(run.logprob_fn, run.optimizer, cfg, run.schedule,
-                                      microbatches=c.train.microbatches))
+                                      microbatches=train_cfg.microbatches))
   else:
     update = make(steps.make_hybrid_step(run.logprob_fn, run.optimizer, cfg, run.schedule,
-                                         microbatches=c.train.microbatches))
+                                         microbatches=train_cfg.microbatches))
   # PPO-style reuse of a rollout batch: later iterations keep the lambda of the first (rl.num_iterations).
   reuse = None
   if cfg.objective == "hybrid" and cfg.hybrid.rl.num_iterations > 1:
     reuse = make(steps.make_hybrid_step(run.logprob_fn, run.optimizer, cfg, run.schedule, update_gate=False,
-                                        microbatches=c.train.microbatches))
+                                        microbatches=train_cfg.microbatches))
   geometry = sharding.jit_with_rules(functools.partial(
-      gradient_geometry.geometry, run.logprob_fn, cfg=cfg.hybrid.rl, num_minibatches=c.train.analysis_minibatches),
+      gradient_geometry.geometry, run.logprob_fn, cfg=cfg.hybrid.rl, num_minibatches=train_cfg.analysis_minibatches),
       run.mesh)
   return _Steps(update, reuse, sharding.jit_with_rules(run.logprob_fn, run.mesh, static_argnums=(2,)), geometry)
 
@@ -336,7 +337,7 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: Pr
         state.params, setup.model_cfg, setup.sampling, raw, rng_step, setup.reward_fn, setup.decode_text, mesh=run.mesh,
         monitor=monitor, step=step, exclude_failed=run.config.reward.exclude_failed,
         length_buckets=run.config.rollout.length_buckets)
-    batch = batch.replace(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.valid)
+    batch = batch.replace(rl=rollouts.rl, rewards=rollouts.rewards, reward_valid=rollouts.reward_valid)
     rl_start, extra = rollouts.rl_start, rollouts.metrics
     extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
   batch = sharding.device_put_batch(batch, run.mesh)
@@ -378,7 +379,8 @@ def _after_step(run: _Run, state: train_state.TrainState, metrics: dict, step: i
   c, writer = run.config.train, run.writer
   now, total = int(state.step), c.total_steps
   crossed = lambda every: every and now // every > step // every
-  log = functools.partial(writer.write, now, metrics, total_steps=total) if crossed(c.log_every) or now == total else None
+  logged = crossed(c.log_every) or now == total
+  log = functools.partial(writer.write, now, metrics, total_steps=total) if logged else None
   saved = step_end.finish_step(state, run.ckpt, run.train_it, run.guard, what="training",
                                max_skips=c.max_consecutive_skips,
                                learning_rate_field="optim.learning_rate (resuming with another value needs "
@@ -410,8 +412,7 @@ def _save_due_by_time(run: _Run) -> bool:
 
 def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, Any]:
   """A fresh run's evaluation before training (train.eval_before): {"eval_before": metrics} or {}."""
-  c = run.config
-  if int(state.step) != 0 or not c.train.eval_before:
+  if int(state.step) != 0 or not run.config.train.eval_before:
     return {}
   before = _evaluate_and_log(run, state.params, 0, "eval_before", "before")
   if before:

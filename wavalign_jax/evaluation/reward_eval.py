@@ -9,7 +9,7 @@ The paper's benchmarks are `python -m wavalign_jax.evaluate`'s; the testbed has 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -18,18 +18,15 @@ from jax.experimental import multihost_utils
 from wavalign_jax import intervals
 from wavalign_jax.rewards.base import RewardFn, RewardItem, RewardResult
 
-Item = tuple[dict[str, Any], str, Sequence[int]]   # (record metadata, decoded text, audio codes)
-
-
-def reward_evaluator(reward_fn: RewardFn) -> Callable[[Sequence[Item]], tuple[dict[str, float], list[dict]]]:
+def reward_evaluator(reward_fn: RewardFn
+                     ) -> Callable[[Sequence[RewardItem]], tuple[dict[str, float], list[dict]]]:
   """items -> (summary, per-item rows): `reward` [reward_lo, reward_hi] over the items scored, `reward/failed`,
   `count`; a row per item with its record's id, source file and line, its score and whether it failed."""
-  def evaluate(items: Sequence[Item]) -> tuple[dict[str, float], list[dict]]:
-    to_score = [RewardItem(prompt=meta, text=text, audio_codes=tuple(int(c) for c in codes))
-                for meta, text, codes in items]
-    result = _score_across_hosts(reward_fn, to_score)
-    rows = [{"id": meta.get("id"), "source": meta.get("source"), "line": meta.get("line"), "reward": float(score),
-             "failed": bool(failed)} for (meta, _, _), score, failed in zip(items, result.scores, result.failed)]
+  def evaluate(items: Sequence[RewardItem]) -> tuple[dict[str, float], list[dict]]:
+    result = _score_across_hosts(reward_fn, items)
+    rows = [{"id": item.record.get("id"), "source": item.record.get("source"), "line": item.record.get("line"),
+             "reward": float(score), "failed": bool(failed)}
+            for item, score, failed in zip(items, result.scores, result.failed)]
     summary = {"count": float(len(items)), "reward/failed": float(result.failed.sum())}
     mean, lo, hi = intervals.t_interval(result.scores[~result.failed])
     summary.update({k: v for k, v in (("reward", mean), ("reward_lo", lo), ("reward_hi", hi)) if np.isfinite(v)})

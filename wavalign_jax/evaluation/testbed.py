@@ -10,11 +10,12 @@ from typing import Any, Sequence
 
 from wavalign_jax.evaluation import common
 from wavalign_jax.evaluation import report
+from wavalign_jax.rewards.base import RewardItem
 from wavalign_jax.testbed import metrics
 
 
 def score(records: Sequence[dict[str, Any]]) -> common.BenchmarkScore:
-  items = [(r, r["text"], r["audio_codes"]) for r in records]
+  items = [RewardItem(r, r["text"], tuple(r["audio_codes"])) for r in records]
   for r in records:
     for name in ("answer", "style", "task"):
       common.field(r, name)

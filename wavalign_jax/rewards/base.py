@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class RewardItem:
-  """One response to score. `prompt` carries the record's fields (question_text, answer, style, ...)."""
-  prompt: dict[str, Any]
+  """One response to score, with the fields of the record it answers (question_text, answer, style, id, ...)."""
+  record: dict[str, Any]
   text: str                       # decoded text channel of the response
   audio_codes: tuple[int, ...] = ()   # audio codes of the response (0-based code ids)
 
@@ -30,7 +30,7 @@ def rollout_items(metas: Sequence[dict[str, Any]], contents: Sequence[tuple[Sequ
                   decode_text: Callable[[Sequence[int]], str]) -> list[RewardItem]:
   """RewardItems of rollouts given as (text ids, audio codes) per row; rows p*G .. p*G+G-1 answer prompt p."""
   G = len(contents) // len(metas)
-  return [RewardItem(prompt=metas[i // G], text=decode_text(text_ids), audio_codes=tuple(int(c) for c in codes))
+  return [RewardItem(record=metas[i // G], text=decode_text(text_ids), audio_codes=tuple(int(c) for c in codes))
           for i, (text_ids, codes) in enumerate(contents)]
 
 

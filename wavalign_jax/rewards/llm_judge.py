@@ -300,7 +300,7 @@ class LLMJudge:
     self.name = name
 
   def _messages(self, item: base.RewardItem) -> list[dict[str, Any]]:
-    text = self.prompt.format(question=item.prompt[self.question_field], answer=item.text,
+    text = self.prompt.format(question=item.record[self.question_field], answer=item.text,
                               audio_note=AUDIO_NOTE if self.audio_decoder else "")
     content: Any = text
     if self.audio_decoder is not None:
@@ -314,9 +314,9 @@ class LLMJudge:
     info: list[dict[str, Any]] = [{} for _ in items]
     conversations, todo = [], []
     for i, item in enumerate(items):
-      if self.question_field not in item.prompt:
+      if self.question_field not in item.record:
         raise ValueError(f"{self.name}: item {i} has no field {self.question_field!r} "
-                         f"(fields: {sorted(item.prompt)})")
+                         f"(fields: {sorted(item.record)})")
       try:
         conversations.append(self._messages(item))
         todo.append(i)

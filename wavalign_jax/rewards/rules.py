@@ -56,9 +56,9 @@ def extract_choice(text: str, letters: str = "ABCD") -> str | None:
 
 
 def _field(item: base.RewardItem, field: str, index: int, reward: str) -> Any:
-  if field not in item.prompt:
-    raise ValueError(f"{reward}: item {index} has no field {field!r} (fields: {sorted(item.prompt)})")
-  return item.prompt[field]
+  if field not in item.record:
+    raise ValueError(f"{reward}: item {index} has no field {field!r} (fields: {sorted(item.record)})")
+  return item.record[field]
 
 
 def _ok(scores: Sequence[float]) -> base.RewardResult:

@@ -32,7 +32,7 @@ class RolloutBatch:
   rl: RLBatch                    # the RL sequence batch [P*G, L] (`rl_batch`, trimmed), one length on every host
   rl_start: int                  # first completion target position (prompt length - 1): the step's `rl_start`
   rewards: np.ndarray            # f32[P, G]
-  valid: np.ndarray              # bool[P, G]: rewards that count (failed judge calls excluded if asked)
+  reward_valid: np.ndarray       # bool[P, G]: rewards that count (failed judge calls excluded if asked)
   contents: list[tuple[list[int], list[int]]]   # (text ids, audio codes) of every row
   scored: RewardResult
   metrics: dict[str, float]

@@ -53,7 +53,7 @@ class TestbedJudge:
   def __call__(self, items: Sequence[RewardItem]) -> RewardResult:
     scores, info = [], []
     for i, item in enumerate(items):
-      record = item.prompt
+      record = item.record
       if not isinstance(record.get("answer"), str) or not isinstance(record.get("style"), str):
         raise ValueError(f"{self.name}: item {i} needs string 'answer' and 'style' in its prompt "
                          f"(keys {sorted(record)})")

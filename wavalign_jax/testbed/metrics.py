@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from wavalign_jax.intervals import t_interval
+from wavalign_jax.rewards.base import RewardItem
 from wavalign_jax.testbed import answers, tasks, unit_tts
 
-Item = tuple[dict[str, Any], str, Sequence[int]]
 DIMENSIONS = ("iq", "eq", "intelligibility", "style", "judge_score")
 
 
@@ -39,32 +39,33 @@ def item_scores(record: dict[str, Any], text: str, codes: Sequence[int]) -> dict
           **speech_scores(record["style"], text, codes), "judge_score": answers.score(text, record["answer"])[0]}
 
 
-def _check(items: Sequence[Item]) -> None:
+def _check(items: Sequence[RewardItem]) -> None:
   if not items:
-    raise ValueError("testbed metrics need at least one (record, text, codes) item")
+    raise ValueError("testbed metrics need at least one item")
 
 
 def family(task: str) -> str:
   return "arithmetic" if task in tasks.ARITHMETIC else "lookup"
 
 
-def per_item(items: Sequence[Item]) -> list[dict[str, Any]]:
+def per_item(items: Sequence[RewardItem]) -> list[dict[str, Any]]:
   """item_scores of every item with the keys the strata need (id, subset, task, family, style)."""
   _check(items)
   out = []
-  for rec, text, codes in items:
+  for item in items:
+    rec = item.record
     out.append({"id": rec.get("id"), "subset": rec.get("subset") or "id", "task": rec["task"],
-                "family": family(rec["task"]), "style": rec["style"], **item_scores(rec, text, codes)})
+                "family": family(rec["task"]), "style": rec["style"], **item_scores(rec, item.text, item.audio_codes)})
   return out
 
 
-def summary(items: Sequence[Item]) -> dict[str, float]:
+def summary(items: Sequence[RewardItem]) -> dict[str, float]:
   """Means of every dimension over all items with their 95% t interval over items (`iq_lo`, `iq_hi`, ...),
   and `<stratum>/<dim>` per subset (id, ood_style, ood_question), task family and task (add, ..., pet)."""
   return summarize_rows(per_item(items))
 
 
-def evaluate(items: Sequence[Item]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def evaluate(items: Sequence[RewardItem]) -> tuple[dict[str, float], list[dict[str, Any]]]:
   """(summary, per-item rows): what the training loop's evaluation logs, each item scored once."""
   rows = per_item(items)
   return summarize_rows(rows), rows
