@@ -661,6 +661,22 @@ def test_a_run_cannot_be_shortened_below_the_steps_it_trained(finished_run, tiny
   assert not os.path.exists(work / f"config.{TOTAL}.json") and not os.path.exists(work / "job.lock")
 
 
+def test_a_new_run_clears_an_earlier_attempts_evaluations(tiny_base, tmp_path):
+  """A directory without training state but with an earlier attempt's evaluation files (its checkpoints deleted to
+  start again): the summary would mark the new run finished while it trains (a study would report it), the
+  evaluation before would become its "before" though made of other parameters."""
+  work = tmp_path / "again"
+  (work / "eval").mkdir(parents=True)
+  for name in ("eval_summary.json", "eval_before.json", "eval_summary.step_2.json"):
+    (work / name).write_text('{"after": {"iq": 1.0}}')
+  (work / "eval" / "after.jsonl").write_text('{"iq": 1.0}\n')
+  config = _config(tiny_base("interleaved"))
+  config.train.stop_at_step = 1
+  train.train(config, str(work))
+  assert not run_summary.finished(str(work))
+  assert sorted(p for p in os.listdir(work) if p.startswith("eval")) == []
+
+
 def test_a_signal_during_an_evaluation_stops_the_run_after_it(tiny_base, tmp_path, monkeypatch, capsys):
   """SIGTERM during the step-2 evaluation: the run saves step 2 (not due by train.checkpoint_every) and stops there,
   instead of training step 3 first (minutes at scale: past a grace period). The rerun goes on from step 2 without

@@ -159,7 +159,7 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
-  _record_start(run, int(state.step), resumed)
+  _record_start(run, int(state.step))
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
   run.last_save = time.time()
   results = _evaluate_before(run, state)
@@ -233,13 +233,16 @@ def _set_up(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGu
               new_run=resume_step is None, resumed_config=resumed_config)
 
 
-def _record_start(run: _Run, step: int, resumed: bool) -> None:
+def _record_start(run: _Run, step: int) -> None:
   """What a launch records once the step it starts from is known (older than the newest checkpoint when that one
-  was damaged): a changed config as config.<step>.json, the launch, and a finished run continued past its end
-  (a larger train.total_steps) as not finished any more."""
+  was damaged): a changed config as config.<step>.json, the launch, a new run's directory cleared of an earlier
+  attempt's evaluations, and a finished run continued past its end (a larger train.total_steps, also of a run of
+  0 steps) as not finished any more."""
   config_history.keep(run.workdir, step, run.resumed_config)
   provenance.record_launch(run.workdir, step, new_run=run.new_run)
-  if resumed and step < run.config.train.total_steps:
+  if run.new_run:
+    run_summary.clear(run.workdir)
+  elif step < run.config.train.total_steps:
     run_summary.reopen(run.workdir, step)
 
 

@@ -4,8 +4,10 @@ finished run; `reopen` moves it aside when the run is continued past its end) an
 eval/<name>.jsonl (before, step_<N>, after)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 
 import jax
 
@@ -49,6 +51,19 @@ def write_summary(workdir: str, after: dict[str, float], step: int) -> dict[str,
   if jax.process_index() == 0:
     files.write_json(summary_path(workdir), {"before": before, "after": after, "step": step}, indent=2)
   return before
+
+
+def clear(workdir: str) -> None:
+  """A new run (no training state): the evaluation files of an earlier attempt in its directory go (a summary
+  would mark the new run finished while it trains; an evaluation before training, of other initial parameters,
+  would become its "before"). Process 0 removes them."""
+  if jax.process_index() != 0:
+    return
+  for path in [summary_path(workdir), os.path.join(workdir, BEFORE_FILE),
+               *glob.glob(os.path.join(workdir, "eval_summary.step_*.json"))]:
+    if os.path.exists(path):
+      os.remove(path)
+  shutil.rmtree(os.path.join(workdir, ROWS_DIR), ignore_errors=True)
 
 
 def reopen(workdir: str, resumed_step: int) -> None:
