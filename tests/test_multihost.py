@@ -124,6 +124,31 @@ def _reward_eval_worker(process_id: int, port: int, out: str) -> None:
   np.savez(out, seen=np.asarray(seen), summary=json.dumps(summary), rows=json.dumps(rows))
 
 
+def _damaged_position_worker(process_id: int, port: int, directory: str, out: str) -> None:
+  """Two processes save steps 1 and 2 of a replicated state and a Grain iterator (each its own position file);
+  process 1's file of step 2 is then truncated, as a node dying mid-write leaves it, and both restore."""
+  import grain
+  from wavalign_jax import checkpointing
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("d",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data = lambda: iter(grain.MapDataset.range(100).to_iter_dataset())
+  ckpt, it = checkpointing.Checkpointer(directory, keep=3, async_save=False), data()
+  for step in (1, 2):
+    next(it)
+    ckpt.save(step, {"w": jax.device_put(np.full((4,), float(step), np.float32), replicated)}, it)
+  ckpt.close()
+  from jax.experimental import multihost_utils
+  if process_id == 1:
+    os.truncate(os.path.join(directory, "2", "data", "process_1-of-2.json"), 5)
+  multihost_utils.sync_global_devices("truncated")
+  it = data()
+  state = checkpointing.Checkpointer(directory, keep=3, async_save=False).restore(
+      {"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=replicated)}, it)
+  np.savez(out, w=np.asarray(state["w"].addressable_data(0)), next=next(it))
+
+
 def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
   """Runs this file as two worker processes (4 fake CPU devices each) and loads what each wrote to outs[i]."""
   port = _free_port()
@@ -137,6 +162,16 @@ def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
   for i, p in enumerate(procs):
     assert p.returncode == 0, f"host {i} failed:\n{logs[i][-4000:]}"
   return [dict(np.load(o)) for o in outs]
+
+
+def test_a_data_position_damaged_on_one_host_falls_back_on_every_host(tmp_path):
+  """Every process agrees to skip step 2 (damaged on process 1 only) and resumes from step 1 with its own data
+  position: without the agreement process 1 failed inside Orbax's restore while process 0 waited in its barrier,
+  and both stopped."""
+  hosts = _spawn(["damaged_position", str(tmp_path / "ckpt")], [tmp_path / f"host{i}.npz" for i in range(2)])
+  for host in hosts:
+    assert host["w"].tolist() == [1.0] * 4 and int(host["next"]) == 1
+  assert os.listdir(tmp_path / "ckpt.damaged") == ["2"]
 
 
 def test_hosts_agree_on_batch_lengths(tmp_path):
@@ -257,6 +292,8 @@ if __name__ == "__main__":
     _lengths_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
   elif sys.argv[1] == "reward_eval":
     _reward_eval_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  elif sys.argv[1] == "damaged_position":
+    _damaged_position_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
   elif sys.argv[1] == "base":
     _base_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
   else:

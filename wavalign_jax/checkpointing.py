@@ -64,11 +64,9 @@ def storage_error(error: BaseException | None, errnos: frozenset[int] = STORAGE_
   return False
 
 
-def _short_reason(error: BaseException | None) -> str:
+def _short_reason(error: BaseException) -> str:
   """The first line of the innermost cause of an error, shortened (Orbax / TensorStore errors wrap the
   informative one, e.g. "OUT_OF_RANGE ... byte range", in messages of hundreds of lines)."""
-  if error is None:
-    return "failed on another process"
   while error.__cause__ is not None or error.__context__ is not None:
     error = error.__cause__ or error.__context__
   line = next((l.strip() for l in str(error).splitlines() if l.strip()), "")
@@ -86,6 +84,23 @@ def _worst_anywhere(outcome: int) -> int:
   if jax.process_count() == 1:
     return outcome
   return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
+
+
+def _data_position_outcome(step_dir: epath.Path) -> tuple[int, str | None]:
+  """(outcome, reason) of this process's saved data position (Grain's process_<i>-of-<n>.json) in a checkpoint
+  step, read before the restore: every process then agrees to skip a step damaged on some. (Orbax's restore ends
+  in a barrier that a process failing inside it never reaches: the others would wait there while it asks them
+  about the next step, and both stop.)"""
+  path = step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  try:
+    json.loads(path.read_text())
+  except FileNotFoundError:
+    return _DAMAGED, f"{path.name} is missing"
+  except ValueError as e:
+    return _DAMAGED, f"{path.name} is not valid JSON ({e})"
+  except OSError as e:
+    return (_UNREADABLE if storage_error(e, READ_ERRNOS) else _DAMAGED), f"{path.name}: {_short_reason(e)}"
+  return _RESTORED, None
 
 
 def _saved_process_counts(step_dir: epath.Path) -> set[int]:
@@ -155,24 +170,28 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     for i, step in enumerate(tried):
-      counts = _saved_process_counts(epath.Path(self._manager.directory) / str(step)) if data_iterator else set()
+      step_dir = epath.Path(self._manager.directory) / str(step)
+      counts = _saved_process_counts(step_dir) if data_iterator else set()
       if counts and jax.process_count() not in counts:
         raise RunError(f"checkpoint {step} in {self._manager.directory} was written by {max(counts)} processes "
                        f"(each with its data position) and this launch has {jax.process_count()}: resume on "
                        f"{max(counts)} processes (the mesh may change, the number of hosts may not)")
-      try:
-        state, error = self._manager.restore(step, args=ocp.args.Composite(**items)).state, None
-      except Exception as e:   # whatever the damage, the previous checkpoint may be intact
-        state, error = None, e
-      outcome = (_RESTORED if error is None else _UNREADABLE if storage_error(error, READ_ERRNOS) else _DAMAGED)
-      outcome = _worst_anywhere(outcome)
+      outcome, reason = _data_position_outcome(step_dir) if data_iterator is not None else (_RESTORED, None)
+      state, outcome = None, _worst_anywhere(outcome)
+      if outcome == _RESTORED:
+        try:
+          state = self._manager.restore(step, args=ocp.args.Composite(**items)).state
+        except Exception as e:   # whatever the damage, the previous checkpoint may be intact
+          outcome, reason = (_UNREADABLE if storage_error(e, READ_ERRNOS) else _DAMAGED), _short_reason(e)
+        outcome = _worst_anywhere(outcome)
+      reason = reason or "damaged on another process"
       if outcome == _UNREADABLE:
         raise RunError(f"checkpoint {step} in {self._manager.directory} could not be read "
-                       f"({_short_reason(error)}): the storage refused the read, so the checkpoint may be intact and "
+                       f"({reason}): the storage refused the read, so the checkpoint may be intact and "
                        "nothing was moved. Fix the access (permissions, the mount) and rerun; if it is lost, move "
                        f"{step} to {self._manager.directory}.damaged/ to resume from the checkpoint before it")
       if outcome == _DAMAGED:
-        print(f"checkpoint {step} failed to restore: {_short_reason(error)}", flush=True)
+        print(f"checkpoint {step} failed to restore: {reason}", flush=True)
         continue
       if i:
         self._set_aside(tried[:i])
