@@ -12,7 +12,7 @@ from wavalign_jax.batches import DPOBatch, HybridBatch, RLBatch, SeqBatch
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
-from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, make_hybrid_loss
+from wavalign_jax.objectives.hybrid import HybridConfig, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.tokens import TokenType
 
@@ -269,23 +269,27 @@ def test_the_loss_applies_the_lambda_the_gate_computes_in_the_same_step():
   assert float(metrics["loss"]) == pytest.approx(mixed, rel=1e-5, abs=1e-6)   # float32 sums of three terms
 
 
-def test_declared_metric_reducers_give_the_name_rules_values():
-  """The micro-batch reductions declared by the objectives (`hybrid.METRIC_REDUCERS`) equal the rules they replace,
-  which went by the names: the loss shares, the counts and "/num_" metrics summed, "_max" ones maxed, the rest
-  averaged."""
-  names = ["lambda", "loss", "sft_loss", "sft_count", "rl_loss", "rl_count", "rl/num_text_tokens",
-           "rl/num_speech_tokens", "rl/num_rl_tokens", "rl/num_fallback_seqs", "rl/ratio_mean", "rl/clip_frac_low",
-           "rl/clip_frac_high", "rl/clip_frac", "rl/kl", "rl/entropy_text", "rl/entropy_speech",
-           "rl/sampler_logp_gap_mean", "rl/sampler_logp_gap_max"]
-  rng = np.random.default_rng(0)
-  per_micro = {k: jnp.asarray(rng.normal(size=4), jnp.float32) for k in names}
-  summed = ("loss", "sft_loss", "rl_loss", "sft_count", "rl_count")
-  old = lambda k, v: (jnp.sum(v, 0) if k in summed or "/num_" in k else jnp.max(v, 0) if k.endswith("_max")
-                      else jnp.mean(v, 0))
-  got = steps.reduce_micro_metrics(per_micro, METRIC_REDUCERS)
-  assert set(got) == set(names)
-  for k, v in per_micro.items():
-    assert float(got[k]) == float(old(k, v)), k
+def test_micro_batch_metrics_are_the_whole_batch_metrics():
+  """4 micro-batches holding different numbers of RL tokens (completions of 2..8 tokens) of a later PPO iteration
+  (π_old given, so ratios vary by token): every logged metric of the step equals the one-batch step's, the token
+  means (ratio, clip fractions, entropy by type) included, which a plain average of the pieces' means is not."""
+  cfg = models.tiny_config("parallel")
+  batch = _hybrid_batch(cfg, seed=6)
+  ends = L // 2 + 2 + np.arange(P * G) % 7   # row r's completion: L//2 .. ends[r]
+  keep = np.arange(L)[None, :] < ends[:, None]
+  noise = np.random.default_rng(0).uniform(-1, 1, (P * G, L)).astype(np.float32)
+  old_logp = {s: -np.log(cfg.vocab_size) + noise for s in cfg.streams}
+  batch = batch.replace(rl=batch.rl.replace(types={s: np.where(keep, t, 0) for s, t in batch.rl.types.items()},
+                                            old_logp=old_logp))
+  one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, m1 = _step_on_mesh(cfg, one)[1](_step_on_mesh(cfg, one)[0], sharding.device_put_batch(batch, one), 0)
+  state, step4 = _step_on_mesh(cfg, one, microbatches=4)
+  _, m4 = step4(state, sharding.device_put_batch(batch, one), 0)
+  assert set(m1) == set(m4) and "rl/entropy_text" in m1
+  counts = np.asarray(batch.rl.types["text"] == TokenType.TEXT).sum(1)
+  assert len({int(counts[i::4].sum()) for i in range(4)}) > 1   # the pieces' token counts differ
+  for k in m1:
+    np.testing.assert_allclose(np.asarray(m4[k]), np.asarray(m1[k]), rtol=GRAD_RTOL, atol=1e-6, err_msg=k)
 
 
 def test_non_finite_step_changes_nothing_and_is_counted():

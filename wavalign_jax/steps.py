@@ -87,10 +87,18 @@ def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTra
 _REDUCE = {"sum": jnp.sum, "max": jnp.max, "mean": jnp.mean}
 
 
-def reduce_micro_metrics(per_micro: dict[str, jax.Array], reducers: Mapping[str, str]) -> dict[str, jax.Array]:
+def reduce_micro_metrics(per_micro: dict[str, jax.Array], reducers: Mapping[str, Any]) -> dict[str, jax.Array]:
   """Metrics stacked over micro-batches [k, ...] -> the step's: each by its declared reducer ("sum" | "max" |
-  "mean", e.g. `hybrid.METRIC_REDUCERS`); a metric not declared is a per-micro-batch mean and is averaged."""
-  return {k: _REDUCE[reducers.get(k, "mean")](v, 0) for k, v in per_micro.items()}
+  "mean", e.g. `hybrid.METRIC_REDUCERS`). ("weighted", count): each micro-batch's mean weighted by its `count`
+  metric, the whole step's token mean (micro-batches hold different numbers of tokens). A metric not declared is a
+  per-micro-batch mean and is averaged."""
+  def reduce(k: str, v: jax.Array) -> jax.Array:
+    r = reducers.get(k, "mean")
+    if isinstance(r, tuple):
+      w = per_micro[r[1]].astype(jnp.float32)
+      return jnp.sum(v * w, 0) / jnp.maximum(jnp.sum(w, 0), 1e-8)
+    return _REDUCE[r](v, 0)
+  return {k: reduce(k, v) for k, v in per_micro.items()}
 
 
 def _micro_split(tree: Any, k: int) -> Any:

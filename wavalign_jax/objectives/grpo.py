@@ -27,7 +27,10 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # How a step combines these metrics of `grpo_loss` over micro-batches (`steps.reduce_micro_metrics`): counts add
 # up, maxima take the max; a metric not named here is a per-micro-batch mean and is averaged.
 METRIC_REDUCERS = {"num_text_tokens": "sum", "num_speech_tokens": "sum", "num_rl_tokens": "sum",
-                   "num_fallback_seqs": "sum", "sampler_logp_gap_max": "max"}
+                   "num_fallback_seqs": "sum", "sampler_logp_gap_max": "max",
+                   **{k: ("weighted", "num_rl_tokens") for k in ("ratio_mean", "clip_frac_low", "clip_frac_high",
+                                                                  "clip_frac", "kl", "sampler_logp_gap_mean")},
+                   "entropy_text": ("weighted", "num_text_tokens"), "entropy_speech": ("weighted", "num_speech_tokens")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,8 @@ LogprobFn = Callable[..., dict]   # (params, SeqBatch, start: int = 0) -> {strea
 # How a step combines the hybrid loss's metrics over micro-batches (`steps.reduce_micro_metrics`): the loss shares
 # (computed with the step's global counts) and the counts add up; a metric not named here is averaged.
 METRIC_REDUCERS = {"loss": "sum", "sft_loss": "sum", "rl_loss": "sum", "sft_count": "sum", "rl_count": "sum",
-                   **{f"rl/{k}": r for k, r in grpo.METRIC_REDUCERS.items()}}
+                   **{f"rl/{k}": (r[0], f"rl/{r[1]}") if isinstance(r, tuple) else r
+                      for k, r in grpo.METRIC_REDUCERS.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
