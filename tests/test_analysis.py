@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
-from wavalign_jax.batches import RLBatch, SeqBatch
+from wavalign_jax.batches import RLBatch, SeqBatch, TargetLogprobs
 from wavalign_jax.objectives import GRPOConfig, grpo
 from wavalign_jax.tokens import TokenType
 
@@ -85,11 +85,11 @@ def test_pass_stats_and_true_score_summary_hand_computed():
 
 
 def toy_logprob_fn(params, batch):
-  out = {}
+  out = TargetLogprobs(logp={}, entropy={})
   for k, ids in batch.inputs.items():
     logits = jax.nn.log_softmax(params["w"][k][ids], axis=-1)
     logp = jnp.take_along_axis(logits, batch.targets[k][..., None], axis=-1)[..., 0]
-    out[k] = {"logp": logp, "entropy": jnp.zeros_like(logp)}
+    out.logp[k], out.entropy[k] = logp, jnp.zeros_like(logp)
   return out
 
 
@@ -114,7 +114,7 @@ def test_shift_by_type_and_position():
   moved = {"w": {"text": PARAMS["w"]["text"], "audio": PARAMS["w"]["audio"] + 1.0 * jnp.eye(5)}}
   delta = jax.device_get(token_shift.logprob_shift(toy_logprob_fn, PARAMS, moved, BATCH))
   assert np.all(delta["text"] == 0.0)                       # only the audio stream's parameters moved
-  a, b = toy_logprob_fn(PARAMS, BATCH)["audio"]["logp"], toy_logprob_fn(moved, BATCH)["audio"]["logp"]
+  a, b = toy_logprob_fn(PARAMS, BATCH).logp["audio"], toy_logprob_fn(moved, BATCH).logp["audio"]
   want = np.where(TYPES["audio"] != N, np.asarray(b - a), 0.0)
   np.testing.assert_allclose(delta["audio"], want, rtol=1e-6)
   s = token_shift.summarize(delta, TYPES, threshold=0.0)

@@ -108,7 +108,7 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   via_train, _ = train.evaluate(jax.device_put(trained), setup, n, 0)
   assert [i.record["id"] for i in seen] == [r["id"] for r in saved]
   assert [list(i.audio_codes) for i in seen] == [r["audio_codes"] for r in saved]
-  assert [t for _, t, _ in seen] == [" ".join(r["text"].split()) for r in saved]
+  assert [i.text for i in seen] == [" ".join(r["text"].split()) for r in saved]
   assert via_train == pytest.approx(direct, abs=1e-9)
 
   # The run's base model (a converted-format folder inside the run) answers differently.

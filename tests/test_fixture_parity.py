@@ -76,7 +76,7 @@ def test_vita_audio_mtp():
   _close(hidden["tokens"], exp["main_hidden"])
   # main loss through the chunked target log-probs (the training path), and the MCTP modules
   logp, mtp, mtp_hidden = jax.jit(lambda p: (
-      models.target_logprobs(p, cfg, seq)["tokens"]["logp"], models.mtp_logits(p, cfg, ids, pos),
+      models.target_logprobs(p, cfg, seq).logp["tokens"], models.mtp_logits(p, cfg, ids, pos),
       models.Transformer(cfg).apply({"params": p}, ids, pos, method=models.Transformer.mtp_hidden)))(params)
   np.testing.assert_allclose(-float(logp[:, :-1].mean()), exp["loss_main"], atol=1e-5)
   losses = []

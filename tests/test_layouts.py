@@ -137,8 +137,8 @@ def test_packed_forward_equals_separate_forward(arch):
   packed = logprobs(params, cfg, L.packed_sequence_batch([[a, b], [b]], length))
   separate = logprobs(params, cfg, L.to_sequence_batch([a, b], length))
   for s in a.streams:
-    np.testing.assert_allclose(packed[s]["logp"][0, :len(a)], separate[s]["logp"][0, :len(a)], atol=1e-5)
-    np.testing.assert_allclose(packed[s]["logp"][0, len(a):len(a) + len(b)], separate[s]["logp"][1, :len(b)],
+    np.testing.assert_allclose(packed.logp[s][0, :len(a)], separate.logp[s][0, :len(a)], atol=1e-5)
+    np.testing.assert_allclose(packed.logp[s][0, len(a):len(a) + len(b)], separate.logp[s][1, :len(b)],
                                atol=1e-5)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FIXTURES
 from wavalign_jax import models, sharding
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import SeqBatch, TargetLogprobs
 from wavalign_jax.conversion import config_from_hf, hf_to_params, params_to_hf
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
@@ -60,12 +60,12 @@ def _maxabs(a):
 
 def _reference_logprobs(params, cfg, batch):
   """Second code path: log_softmax of the materialised full logits."""
-  out = {}
+  logp, entropy = {}, {}
   for s, lg in models.logits(params, cfg, _model_inputs(batch)).items():
     lp = jax.nn.log_softmax(lg)
-    out[s] = {"logp": jnp.take_along_axis(lp, batch.targets[s][..., None], -1)[..., 0],
-              "entropy": -jnp.sum(jnp.exp(lp) * lp, -1)}
-  return out
+    logp[s] = jnp.take_along_axis(lp, batch.targets[s][..., None], -1)[..., 0]
+    entropy[s] = -jnp.sum(jnp.exp(lp) * lp, -1)
+  return TargetLogprobs(logp=logp, entropy=entropy)
 
 
 def test_chunked_logprobs_match_full_logits_and_grads():
@@ -76,17 +76,17 @@ def test_chunked_logprobs_match_full_logits_and_grads():
 
   def weighted(fn, p):
     out = fn(p, cfg, batch)
-    return sum(jnp.sum(o["logp"] * w[0] + o["entropy"] * w[1]) for o in out.values()), out
+    return sum(jnp.sum(out.logp[s] * w[0] + out.entropy[s] * w[1]) for s in out.logp), out
 
   grad = lambda fn: jax.jit(jax.value_and_grad(functools.partial(weighted, fn), has_aux=True))(params)
   (_, got), g_got = grad(models.target_logprobs)
   (_, want), g_want = grad(_reference_logprobs)
-  assert got["text"]["logp"].shape == (B, L) and got["audio"]["entropy"].dtype == jnp.float32
+  assert got.logp["text"].shape == (B, L) and got.entropy["audio"].dtype == jnp.float32
   assert _maxdiff(got, want) < 1e-5
   assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)   # float32 noise on gradients of order 10
   assert float(jnp.abs(g_got["trunk"]["layers"]["attn"]["q"]["kernel"]).max()) > 1e-3  # gradients flow
   # entropy not differentiated (a symbolic zero in the closed-form backward): the log-prob gradients alone
-  logp_only = lambda fn, p: sum(jnp.sum(o["logp"] * w[0]) for o in fn(p, cfg, batch).values())
+  logp_only = lambda fn, p: sum(jnp.sum(v * w[0]) for v in fn(p, cfg, batch).logp.values())
   g_got, g_want = (jax.jit(jax.grad(functools.partial(logp_only, fn)))(params)
                    for fn in (models.target_logprobs, _reference_logprobs))
   assert _maxdiff(g_got, g_want) < 1e-5 * _maxabs(g_want)
@@ -150,7 +150,7 @@ def test_scan_unrolled_and_remat_agree():
   params = _params(base)
   hf = params_to_hf(params, base)
   batch = _batch(base, jax.random.key(1))
-  loss = lambda p, cfg: jnp.sum(models.target_logprobs(p, cfg, batch)["tokens"]["logp"])
+  loss = lambda p, cfg: jnp.sum(models.target_logprobs(p, cfg, batch).logp["tokens"])
   value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
   ref_loss, ref_grad = value_and_grad(params, base)
   ref_grad = params_to_hf(ref_grad, base)
@@ -322,7 +322,7 @@ def test_sharded_logprobs_and_grads_match_single_device(vocab, head_spec):
 
   def weighted(p):
     out = models.target_logprobs(p, cfg, batch)
-    return sum(jnp.sum(o["logp"] * w[0] + o["entropy"] * w[1]) for o in out.values()), out
+    return sum(jnp.sum(out.logp[s] * w[0] + out.entropy[s] * w[1]) for s in out.logp), out
 
   f = jax.jit(jax.value_and_grad(weighted, has_aux=True))
   (_, want), g_want = f(params)

@@ -9,7 +9,7 @@ from wavalign_jax.objectives import (DPOConfig, GRPOConfig, HybridConfig, LossTe
                                      group_fallback, kl_divergence, make_dpo_loss, make_hybrid_loss, rl_token_weights,
                                      sft_loss,
                                      term_value)
-from wavalign_jax.batches import DPOBatch, HybridBatch, RLBatch, SeqBatch
+from wavalign_jax.batches import DPOBatch, HybridBatch, RLBatch, SeqBatch, TargetLogprobs
 from wavalign_jax.tokens import TokenType
 
 N, T, S, X = TokenType.NONE, TokenType.TEXT, TokenType.SPEECH, TokenType.BOUNDARY
@@ -337,13 +337,13 @@ def test_dpo_loss_matches_numpy():
 def toy_logprob_fn(params, batch, start=0):
   """Bigram model: logits of each position = params['w'][input id]; differentiable in params. Positions before
   `start` get 0 (the logprob_fn contract)."""
-  out = {}
+  out = TargetLogprobs(logp={}, entropy={})
   for k, ids in batch.inputs.items():
     logits = jax.nn.log_softmax(params["w"][k][ids], axis=-1)
     logp = jnp.take_along_axis(logits, batch.targets[k][..., None], axis=-1)[..., 0]
     kept = jnp.arange(ids.shape[1]) >= start
     entropy = -jnp.sum(jnp.exp(logits) * logits, axis=-1)
-    out[k] = {"logp": jnp.where(kept, logp, 0.0), "entropy": jnp.where(kept, entropy, 0.0)}
+    out.logp[k], out.entropy[k] = jnp.where(kept, logp, 0.0), jnp.where(kept, entropy, 0.0)
   return out
 
 
@@ -368,7 +368,7 @@ def test_hybrid_lambda_identities():
   loss_fn, batch = make_hybrid_loss(toy_logprob_fn, cfg), hybrid_batch()
   def part(name):
     lp = toy_logprob_fn(PARAMS, getattr(batch, name))
-    logp = {k: v["logp"] for k, v in lp.items()}
+    logp = lp.logp
     if name == "sft":
       return term_value(sft_loss(logp, batch.sft, cfg.sft))
     return term_value(grpo_loss(logp, batch.rl, cfg.rl)[0])
@@ -403,7 +403,7 @@ def test_hybrid_metrics_and_bad_batch():
   _, m = loss_fn(PARAMS, batch, 0.5)
   ent = toy_logprob_fn(PARAMS, batch.rl)
   text = {k: is_text(t) for k, t in TYPES.items()}
-  want = flat({k: np.asarray(v["entropy"]) for k, v in ent.items()})[flat(text)].mean()
+  want = flat({k: np.asarray(v) for k, v in ent.entropy.items()})[flat(text)].mean()
   np.testing.assert_allclose(m["rl/entropy_text"], want, rtol=1e-5)
   assert float(m["rl/num_fallback_seqs"]) == 1.0 and float(m["rl/num_text_tokens"]) == 4.0
   with pytest.raises(ValueError, match="'sft' and/or an 'rl'"):
@@ -419,7 +419,7 @@ def test_make_dpo_loss_text_and_full_token():
     m = flat({k: sel(t) for k, t in TYPES.items()})
     def summed(b, ref_logp):
       lp = toy_logprob_fn(PARAMS, b)
-      return (flat({k: np.asarray(v["logp"]) for k, v in lp.items()}) * m).sum(1), (flat(ref_logp) * m).sum(1)
+      return (flat({k: np.asarray(v) for k, v in lp.logp.items()}) * m).sum(1), (flat(ref_logp) * m).sum(1)
     (pc, rc), (pr, rr) = summed(chosen, ref[0]), summed(rejected, ref[1])
     margin = 0.2 * ((pc - rc) - (pr - rr))
     np.testing.assert_allclose(loss, np.mean(np.log1p(np.exp(-margin))), rtol=1e-5)

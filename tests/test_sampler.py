@@ -453,7 +453,7 @@ def _check_rl_batch_and_logp(params, cfg, prompts, r, pad):
   for s in cfg.streams:
     m = completion[s] > 0
     assert m.sum() == int(np.asarray(r.lengths).sum())
-    np.testing.assert_allclose(np.asarray(lp[s]["logp"])[m], np.asarray(batch.sampler_logp[s])[m], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(lp.logp[s])[m], np.asarray(batch.sampler_logp[s])[m], atol=2e-5)
     np.testing.assert_array_equal(np.asarray(batch.sampler_logp[s])[~m], 0.0)
     # Forced positions: in the completion, out of the RL types.
     assert (np.asarray(batch.types[s])[m] == 0).sum() == int(np.asarray(r.forced[s]).sum())
@@ -678,12 +678,13 @@ def test_trimmed_rl_batch_scores_the_same(vita):
   longest = int(np.asarray(r.lengths).max())
   assert L - Lp == min(16, -(-longest // 2) * 2)              # buckets of 16 / 8 = 2 new tokens
   assert (full.segment_ids[:, L:] == 0).all()
-  a = models.target_logprobs(params, cfg, full)["tokens"]
-  b = models.target_logprobs(params, cfg, trimmed, Lp - 1)["tokens"]
+  a = models.target_logprobs(params, cfg, full)
+  b = models.target_logprobs(params, cfg, trimmed, Lp - 1)
   m = trimmed.types["tokens"] > 0
-  np.testing.assert_allclose(np.asarray(b["logp"])[m], np.asarray(a["logp"])[:, :L][m], atol=1e-6)
-  np.testing.assert_allclose(np.asarray(b["entropy"])[m], np.asarray(a["entropy"])[:, :L][m], atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(b["logp"])[:, :Lp - 1], 0.0)
+  np.testing.assert_allclose(np.asarray(b.logp["tokens"])[m], np.asarray(a.logp["tokens"])[:, :L][m], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(b.entropy["tokens"])[m], np.asarray(a.entropy["tokens"])[:, :L][m],
+                             atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(b.logp["tokens"])[:, :Lp - 1], 0.0)
 
 
 @pytest.mark.parametrize("spec", [("data", "fsdp"), None, ("fsdp", "tensor")])

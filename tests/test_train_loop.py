@@ -106,7 +106,7 @@ def test_ppo_iterations_take_pi_old_from_the_training_forward_before_the_update(
 
   def logprobs(params, rl, start):
     forwards.append((params, start))
-    return {"tokens": {"logp": f"logp of {params}", "entropy": None}}
+    return NS(logp={"tokens": f"logp of {params}"})
 
   def reuse(s, batch, start):
     reused.append((s.params, batch.rl.old_logp, start))

@@ -31,6 +31,14 @@ class SeqBatch:
 
 
 @struct.dataclass
+class TargetLogprobs:
+  """What a forward gives the objectives (`models.target_logprobs`, any `logprob_fn`): log p of each target and
+  the entropy of the distribution it was drawn from, float32 {stream: [B, L]} (0 before the forward's `start`)."""
+  logp: Streams
+  entropy: Streams
+
+
+@struct.dataclass
 class RLBatch(SeqBatch):
   """Prompt + completion rows of a rollout batch (`rollout.batch.rl_batch`) and what the loop and the step add."""
   sampler_logp: Streams | None = None   # the sampler's log-probs of the targets (metrics only)

@@ -312,16 +312,12 @@ def _make_steps(run: _Run) -> _Steps:
 # ----------------------------------------------------------------------------- one step
 
 
-def _logp(logprobs: dict) -> dict:
-  return {k: v["logp"] for k, v in logprobs.items()}
-
-
 def _dpo_batch(run: _Run, fns: _Steps, raw: PairBatch, ref_params: Any) -> DPOBatch:
   """The chosen and rejected halves on the mesh, with the frozen reference's log-probs of each."""
   chosen, rejected = (sharding.device_put_batch(hosts.same_length(half, run.setup.vocab.pad), run.mesh)
                       for half in (raw.chosen, raw.rejected))
-  return DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=_logp(fns.logprobs(ref_params, chosen)),
-                  rejected_ref_logp=_logp(fns.logprobs(ref_params, rejected)))
+  return DPOBatch(chosen=chosen, rejected=rejected, chosen_ref_logp=fns.logprobs(ref_params, chosen).logp,
+                  rejected_ref_logp=fns.logprobs(ref_params, rejected).logp)
 
 
 def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: PromptBatch, ref_params: Any,
@@ -345,7 +341,7 @@ def _hybrid_batch(run: _Run, fns: _Steps, state: train_state.TrainState, raw: Pr
     extra["rollout_time"] = time.time() - t_rollout   # sampling and scoring (host arrays: synchronous)
   batch = sharding.device_put_batch(batch, run.mesh)
   if batch.rl is not None and ref_params is not None:
-    batch = batch.replace(rl=batch.rl.replace(ref_logp=_logp(fns.logprobs(ref_params, batch.rl, rl_start))))
+    batch = batch.replace(rl=batch.rl.replace(ref_logp=fns.logprobs(ref_params, batch.rl, rl_start).logp))
   return batch, rl_start, extra
 
 
@@ -368,7 +364,7 @@ def _update(run: _Run, fns: _Steps, state: train_state.TrainState, batch: Hybrid
   iterations = (min(run.cfg.hybrid.rl.num_iterations, stop_at - step)
                 if fns.reuse is not None and batch.rl is not None else 1)   # reuse is hybrid only
   if iterations > 1:
-    old_logp = _logp(fns.logprobs(state.params, batch.rl, rl_start))
+    old_logp = fns.logprobs(state.params, batch.rl, rl_start).logp
   state, metrics = fns.update(state, batch, rl_start)   # iteration 1 is on-policy: ratio exactly 1
   for _ in range(iterations - 1):
     step_end.report_skipped(state, 0, "training", None, "")   # a skipped iteration (the step's last: _after_step)

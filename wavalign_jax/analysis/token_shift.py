@@ -11,17 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import SeqBatch, TargetLogprobs
 from wavalign_jax.tokens import TokenType
 
 TYPE_NAMES = {TokenType.TEXT: "text", TokenType.SPEECH: "speech", TokenType.BOUNDARY: "boundary"}
 
 
-def logprob_shift(logprob_fn: Callable[..., dict], params_a: Any, params_b: Any,
+def logprob_shift(logprob_fn: Callable[..., TargetLogprobs], params_a: Any, params_b: Any,
                   batch: SeqBatch) -> dict[str, jax.Array]:
   """{stream: Δ log p [B, L]} = log p_b − log p_a of the batch's targets (0 where the type is NONE)."""
-  a, b = logprob_fn(params_a, batch), logprob_fn(params_b, batch)
-  return {s: jnp.where(batch.types[s] != TokenType.NONE, b[s]["logp"] - a[s]["logp"], 0.0) for s in a}
+  a, b = logprob_fn(params_a, batch).logp, logprob_fn(params_b, batch).logp
+  return {s: jnp.where(batch.types[s] != TokenType.NONE, b[s] - a[s], 0.0) for s in a}
 
 
 def relative_positions(types: np.ndarray) -> np.ndarray:

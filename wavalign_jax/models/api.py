@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import SeqBatch, TargetLogprobs
 from wavalign_jax.models import vocab_parallel
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
@@ -142,21 +142,21 @@ def chunked_logprobs(h: Array, kernel: Array, targets: Array, cfg: ModelConfig) 
   return unchunk(logp), unchunk(ent)
 
 
-def target_logprobs(params: Params, cfg: ModelConfig, batch: SeqBatch, start: int = 0) -> dict[str, dict[str, Array]]:
-  """{stream: {"logp": f32[B, L], "entropy": f32[B, L]}} of `batch.targets` (main head only for VITA).
+def target_logprobs(params: Params, cfg: ModelConfig, batch: SeqBatch, start: int = 0) -> TargetLogprobs:
+  """Log-probs and entropies, f32 {stream: [B, L]}, of `batch.targets` (main head only for VITA).
 
   `start` (static) runs the output head on positions start.. only, like TRL's `logits_to_keep`: an RL batch's
   targets before its completions (`rollout.batch.rl_batch`) carry no loss, and the head is the costliest part of the
   step's log-probs. Positions before `start` get log-prob and entropy 0."""
-  out = {}
+  logp, entropy = {}, {}
   hidden = _forward(params, cfg, batch.inputs, batch.positions, batch.segment_ids, batch.features, batch.feature_mask)
   for s, h in hidden.items():
-    logp, ent = chunked_logprobs(h[:, start:], params[HEADS[s]], batch.targets[s][:, start:], cfg)
-    out[s] = {k: jnp.pad(v, ((0, 0), (start, 0))) for k, v in (("logp", logp), ("entropy", ent))}
-  return out
+    lp, ent = chunked_logprobs(h[:, start:], params[HEADS[s]], batch.targets[s][:, start:], cfg)
+    logp[s], entropy[s] = (jnp.pad(v, ((0, 0), (start, 0))) for v in (lp, ent))
+  return TargetLogprobs(logp=logp, entropy=entropy)
 
 
-def logprob_fn(cfg: ModelConfig) -> Callable[..., dict[str, dict[str, Array]]]:
+def logprob_fn(cfg: ModelConfig) -> Callable[..., TargetLogprobs]:
   """`target_logprobs` with `cfg` bound: the `logprob_fn(params, batch, start=0)` the objectives take."""
   return lambda params, batch, start=0: target_logprobs(params, cfg, batch, start)
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
-from wavalign_jax.batches import DPOBatch
+from wavalign_jax.batches import DPOBatch, TargetLogprobs
 from wavalign_jax.objectives import aggregation
 
 
@@ -60,7 +60,7 @@ def dpo_count(batch: DPOBatch) -> jax.Array:
 METRIC_REDUCERS = {"loss": "sum"}
 
 
-def make_dpo_loss(logprob_fn: Callable[..., dict], cfg: DPOConfig):
+def make_dpo_loss(logprob_fn: Callable[..., TargetLogprobs], cfg: DPOConfig):
   """`dpo_loss_fn(params, batch: DPOBatch, count=None) -> (loss, metrics)`.
 
   Both halves must have the same shapes: they go through the model as one batch of 2B. `count` is the step's
@@ -75,7 +75,7 @@ def make_dpo_loss(logprob_fn: Callable[..., dict], cfg: DPOConfig):
       raise ValueError(f"DPO batch: 'chosen' and 'rejected' must have the same fields and shapes ({e})") from e
     b = next(iter(batch.chosen.types.values())).shape[0]
     out = logprob_fn(params, both)
-    seq = sequence_logp({k: v["logp"] for k, v in out.items()}, both.types, cfg.token_set)
+    seq = sequence_logp(out.logp, both.types, cfg.token_set)
     ref = sequence_logp(jax.tree.map(concat, batch.chosen_ref_logp, batch.rejected_ref_logp), both.types,
                         cfg.token_set)
     term, metrics = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], cfg.beta)

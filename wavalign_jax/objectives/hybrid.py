@@ -1,6 +1,6 @@
 """The WavAlign objective: (1 − λ)·SFT + λ·GRPO, one pure function of (params, batch, λ).
 
-The model enters only through `logprob_fn(params, batch: SeqBatch, start=0) -> {stream: {"logp", "entropy"}}`
+The model enters only through `logprob_fn(params, batch: SeqBatch, start=0) -> batches.TargetLogprobs`
 (the model's `target_logprobs` with its config bound; log-probs of the targets from position `start` on, 0
 before), so both architectures share this code.
 """
@@ -12,12 +12,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from wavalign_jax.batches import HybridBatch
+from wavalign_jax.batches import HybridBatch, TargetLogprobs
 from wavalign_jax.objectives import aggregation, grpo
 from wavalign_jax.objectives.grpo import GRPOConfig, grpo_count, grpo_loss
 from wavalign_jax.objectives.sft import SFTConfig, sft_count, sft_loss
 
-LogprobFn = Callable[..., dict]   # (params, SeqBatch, start: int = 0) -> {stream: {"logp", "entropy"}}
+LogprobFn = Callable[..., TargetLogprobs]   # (params, SeqBatch, start: int = 0) -> TargetLogprobs
 
 # How a step combines the hybrid loss's metrics over micro-batches (`steps.reduce_micro_metrics`): the loss shares
 # (computed with the step's global counts) and the counts add up; a metric not named here is averaged.
@@ -70,14 +70,13 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
     parts, metrics = [], {}
     if batch.sft is not None:
       out = logprob_fn(params, batch.sft)
-      term = sft_loss({k: v["logp"] for k, v in out.items()}, batch.sft, cfg.sft)
+      term = sft_loss(out.logp, batch.sft, cfg.sft)
       value = aggregation.term_value(term, counts.get("sft"))
       parts.append((1.0 - lam) * value)
       metrics.update(sft_loss=value, sft_count=jnp.sum(term.count))
     if batch.rl is not None:
       out = logprob_fn(params, batch.rl, rl_start)
-      entropy = {k: v["entropy"] for k, v in out.items()} if all("entropy" in v for v in out.values()) else None
-      term, rl_metrics = grpo_loss({k: v["logp"] for k, v in out.items()}, batch.rl, cfg.rl, entropy=entropy)
+      term, rl_metrics = grpo_loss(out.logp, batch.rl, cfg.rl, entropy=out.entropy)
       value = aggregation.term_value(term, counts.get("rl"))
       parts.append(lam * value)
       metrics.update(rl_loss=value, rl_count=term.count, **{f"rl/{k}": v for k, v in rl_metrics.items()})
