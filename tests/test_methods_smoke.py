@@ -85,7 +85,7 @@ def test_every_method_trains_two_steps(tmp_path, shared_base, arch, method):
   config = _config(arch, method, shared_base(arch))
   assert config.method == method
   out = train.train(config, str(tmp_path))
-  assert int(out["state"].step) == 2
+  assert int(out.state.step) == 2
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   train_rows = [r for r in rows if r["split"] == "train"]
   assert [r["step"] for r in train_rows] == [1, 2]

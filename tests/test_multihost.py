@@ -71,9 +71,9 @@ def _worker(process_id: int, port: int, workdir: str, base: str, out: str) -> No
   calls: list = []
   _record_rollouts(calls)
   result = train.train(_config(base), workdir)
-  np.savez(out, lam=float(result["state"].gate.lam), eval_after=json.dumps(result["eval_after"]),
-           num_params=len(_flat_params(result["state"])),
-           **{f"param_{i}": p for i, p in enumerate(_flat_params(result["state"]))},
+  np.savez(out, lam=float(result.state.gate.lam), eval_after=json.dumps(result.eval_after),
+           num_params=len(_flat_params(result.state)),
+           **{f"param_{i}": p for i, p in enumerate(_flat_params(result.state))},
            **{f"{k}_{s}": c[k] for s, c in enumerate(calls) for k in c})
 
 
@@ -85,7 +85,7 @@ def _base_worker(process_id: int, port: int, workdir: str, out: str) -> None:
   config = _config("")
   config.train.total_steps = 0   # the base model only, evaluated
   result = train.train(config, workdir)
-  np.savez(out, eval_after=json.dumps(result["eval_after"]))
+  np.savez(out, eval_after=json.dumps(result.eval_after))
 
 
 def _lengths_worker(process_id: int, port: int, out: str) -> None:
@@ -268,15 +268,15 @@ def test_two_processes_match_one(tmp_path, monkeypatch, tiny_base):
   assert np.ptp(ref_calls[0]["rewards"]) > 0, "constant rewards would not exercise the RL half of the loss"
 
   # Same lambda and params on both hosts and in the one-process run; same logged losses and evaluations.
-  ref_params = [np.asarray(x) for x in jax.tree.leaves(ref["state"].params)]
+  ref_params = [np.asarray(x) for x in jax.tree.leaves(ref.state.params)]
   # lambda: float32 reductions over the global rewards, in another order across two processes (a few ulps)
   assert float(hosts[0]["lam"]) == float(hosts[1]["lam"])
   for host in hosts:
-    assert float(host["lam"]) == pytest.approx(float(ref["state"].gate.lam), rel=1e-6)
+    assert float(host["lam"]) == pytest.approx(float(ref.state.gate.lam), rel=1e-6)
     assert int(host["num_params"]) == len(ref_params)
     for i, p in enumerate(ref_params):
       np.testing.assert_allclose(host[f"param_{i}"], p, rtol=1e-5, atol=1e-6)
-    assert json.loads(str(host["eval_after"])) == ref["eval_after"]
+    assert json.loads(str(host["eval_after"])) == ref.eval_after
   for i in range(len(ref_params)):
     np.testing.assert_array_equal(hosts[0][f"param_{i}"], hosts[1][f"param_{i}"])
   ref_lines, mh_lines = _train_lines(ref_dir), _train_lines(mh_dir)

@@ -84,7 +84,7 @@ def _event_steps(logdir):
 
 def test_sigterm_during_base_sft_and_training_resumes_exactly(tmp_path):
   straight = train.train(_config(), str(tmp_path / "straight"))
-  assert int(straight["state"].step) == TOTAL
+  assert int(straight.state.step) == TOTAL
 
   work = str(tmp_path / "interrupted")
   code, out = _run_until(work, "SFT-training the base model")

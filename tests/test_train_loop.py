@@ -25,10 +25,10 @@ def test_stopped_run_resumes_with_same_state(tmp_path, tiny_base):
   full = train.train(config(), str(straight))
   assert sorted(int(s) for s in os.listdir(straight / "checkpoints") if s.isdigit()) == [2, 4]
   first = train.train(config(stop_at_step=2), str(interrupted))
-  assert int(first["state"].step) == 2
+  assert int(first.state.step) == 2
   resumed = train.train(config(), str(interrupted))
 
-  a, b = full["state"], resumed["state"]
+  a, b = full.state, resumed.state
   assert int(a.step) == int(b.step) == 4
   # Same data order, same rollouts (the RNG lives in the state), same programs on the same devices: the same
   # optimizer moments, params and gate, bit for bit.
@@ -83,8 +83,8 @@ def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
   config.rl.clip_eps, config.rl.num_iterations = 0.2, 2
   config.train.update(total_steps=4, checkpoint_every=4)
   out = train.train(config, str(tmp_path))
-  m = out["metrics"]
-  assert int(out["state"].step) == 4
+  m = out.metrics
+  assert int(out.state.step) == 4
   # The second iteration's ratio is π_θ' / π_old with π_old from the training forward before the update.
   assert m["rl/ratio_mean"] != 1.0 and np.isfinite(m["rl/ratio_mean"]) and 0.0 <= m["rl/clip_frac"] <= 1.0
 
@@ -170,7 +170,7 @@ def test_built_datasets_train_and_evaluate_as_the_testbed_does(tmp_path, tiny_ba
   c.data.train, c.data.eval = built_testbed_datasets(base, arch, c, tmp_path, objective)
   files_run = train.train(c, str(tmp_path / "files_run"))
 
-  assert int(files_run["state"].step) == steps
+  assert int(files_run.state.step) == steps
   rows = {name: [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl") if '"train"' in l]
           for name in ("testbed_run", "files_run")}
   assert [r["step"] for r in rows["files_run"]] == list(range(1, steps + 1))
@@ -205,7 +205,7 @@ def test_profile_traces_the_steps_asked_for(tmp_path, tiny_base):
   c = tiny_config("interleaved", tiny_base("interleaved"))
   c.train.update(total_steps=4, checkpoint_every=4, eval_before=False, profile_start_step=1, profile_steps=2)
   out = train.train(c, str(tmp_path))
-  assert int(out["state"].step) == 4
+  assert int(out.state.step) == 4
   (trace,) = glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
   assert glob.glob(os.path.join(os.path.dirname(trace), "*.xplane.pb"))
   events = json.load(gzip.open(trace))["traceEvents"]

@@ -105,7 +105,7 @@ def test_damaged_checkpoints_and_a_torn_metrics_line_resume_from_the_newest_inta
   assert sorted(os.listdir(work / "checkpoints.damaged")) == ["2", "3", "4"]
   assert not any("tmp" in name for name in os.listdir(work / "checkpoints"))   # the interrupted save removed
   # Steps 2..4 are redone exactly: the same parameters as the undamaged run, each step logged once.
-  assert int(resumed["state"].step) == TOTAL
+  assert int(resumed.state.step) == TOTAL
   for a, b in zip(*(jax_leaves(_final_params(w)) for w in (src, work))):
     np.testing.assert_array_equal(a, b)
   lines = open(work / "metrics.jsonl").read().splitlines()
@@ -635,7 +635,7 @@ def test_an_evaluation_owed_at_a_preempted_step_runs_on_resume(tiny_base, tmp_pa
     return guard.signum is not None
 
   monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_after_step_2)
-  assert train.train(config, str(tmp_path)) == {"preempted": 2}
+  assert train.train(config, str(tmp_path)) == train.TrainResult(preempted_at=2)
   assert not os.path.exists(tmp_path / "eval" / "step_2.jsonl")
   monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda guard: False)
   train.train(config, str(tmp_path))
@@ -694,11 +694,11 @@ def test_a_signal_during_an_evaluation_stops_the_run_after_it(tiny_base, tmp_pat
     monkeypatch.setattr(train, "_evaluate_and_log", evaluate_and_signal)
 
   signalled_during("before")
-  assert train.train(config, str(tmp_path)) == {"preempted": 0}
+  assert train.train(config, str(tmp_path)) == train.TrainResult(preempted_at=0)
   assert "training stopped before its first step" in capsys.readouterr().out
   assert not os.listdir(tmp_path / "checkpoints")
   signalled_during("step_2")
-  assert train.train(config, str(tmp_path)) == {"preempted": 2}
+  assert train.train(config, str(tmp_path)) == train.TrainResult(preempted_at=2)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   signalled_during(None)
   train.train(config, str(tmp_path))
@@ -734,7 +734,7 @@ def test_a_finished_run_continued_past_its_end_is_not_finished_until_it_evaluate
   monkeypatch.setattr(train, "_evaluate_and_log", evaluate)
   out = train.train(config, str(work))
   assert run_summary.finished(str(work)) and json.load(open(work / "eval_summary.json"))["step"] == TOTAL + 2
-  assert out["eval_after"] == run_summary.read_after(str(work))
+  assert out.eval_after == run_summary.read_after(str(work))
   rows = [json.loads(line) for line in open(work / "metrics.jsonl")]
   assert [(r["step"], r["split"]) for r in rows if r["split"] == "eval_after"] == [(TOTAL, "eval_after"),
                                                                                    (TOTAL + 2, "eval_after")]

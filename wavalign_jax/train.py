@@ -96,10 +96,22 @@ def _evaluate_and_log(run: _Run, params: Any, step: int, prefix: str, name: str)
 # ----------------------------------------------------------------------------- the run
 
 
-def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the job of `config` in `workdir`; returns the last metrics and the evaluations.
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns. A run stopped by SIGTERM / SIGINT has only `preempted_at` (the step it saved); an
+  evaluation not made (eval_before off, a run stopped at train.stop_at_step) is empty."""
+  state: train_state.TrainState | None = None
+  metrics: dict[str, Any] = dataclasses.field(default_factory=dict)   # the last step's
+  eval_before: dict[str, float] = dataclasses.field(default_factory=dict)
+  eval_after: dict[str, float] = dataclasses.field(default_factory=dict)
+  preempted_at: int | None = None
 
-  SIGTERM / SIGINT end the run after the current step with a checkpoint (then `{"preempted": step}`). A config
+
+def train(config: mlc.ConfigDict, workdir: str) -> TrainResult:
+  """Runs (or resumes) the job of `config` in `workdir`; returns the final state, the last metrics and the
+  evaluations.
+
+  SIGTERM / SIGINT end the run after the current step with a checkpoint (then `preempted_at` is that step). A config
   mistake raises errors.ConfigError before anything is written; warnings go to the log.
   """
   for warning in config_check.check(config, workdir):
@@ -107,14 +119,14 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
   return _train_checked(config, workdir)
 
 
-def _train_checked(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_checked(config: mlc.ConfigDict, workdir: str) -> TrainResult:
   """`train` after `config_check.check` (main() runs it first, to print its warnings before taking the workdir)."""
   with workdir_lock.hold(workdir), preemption.PreemptionGuard() as guard:
     try:
       return _train(config, workdir, guard)
     except preemption.Preempted as e:
       print(e, flush=True)
-      return {"preempted": e.step}
+      return TrainResult(preempted_at=e.step)
     except OSError as e:   # a full disk or a lost mount under the run's other files (checkpoints: SaveFailed)
       if not checkpointing.storage_error(e):
         raise
@@ -155,14 +167,14 @@ class _Steps(NamedTuple):
   geometry: Any            # gradient geometry (train.analysis_every)
 
 
-def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> dict[str, Any]:
+def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGuard) -> TrainResult:
   """Set-up, restore, the evaluation before, the step loop (batch, update, after-step), shutdown."""
   run = _set_up(config, workdir, guard)
   state, ref_params, resumed = _restore(run)
   _record_start(run, int(state.step))
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
   run.last_save = time.time()
-  results = _evaluate_before(run, state)
+  before = _evaluate_before(run, state)
   _evaluate_missed(run, state)
   # A signal during the set-up or those evaluations: stop now. Nothing to save: a resumed state is a checkpoint, a
   # fresh one is made again identically.
@@ -192,7 +204,8 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
       _after_step(run, state, metrics, step, stop_at)
   finally:
     profiler.close()
-  return _shut_down(run, state, metrics, resumed, stop_at, results)
+  after = _shut_down(run, state, metrics, resumed, stop_at)
+  return TrainResult(state=state, metrics=metrics, eval_before=before, eval_after=after)
 
 
 # ----------------------------------------------------------------------------- set-up and restore
@@ -409,14 +422,14 @@ def _save_due_by_time(run: _Run) -> bool:
 # ----------------------------------------------------------------------------- evaluation and shutdown
 
 
-def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, Any]:
-  """A fresh run's evaluation before training (train.eval_before): {"eval_before": metrics} or {}."""
+def _evaluate_before(run: _Run, state: train_state.TrainState) -> dict[str, float]:
+  """A fresh run's evaluation before training (train.eval_before), else {}."""
   if int(state.step) != 0 or not run.config.train.eval_before:
     return {}
   before = _evaluate_and_log(run, state.params, 0, "eval_before", "before")
   if before:
     run_summary.write_before(run.workdir, before)
-  return {"eval_before": before}
+  return before
 
 
 def _evaluate_missed(run: _Run, state: train_state.TrainState) -> None:
@@ -434,23 +447,24 @@ def _evaluate_missed(run: _Run, state: train_state.TrainState) -> None:
     _evaluate_and_log(run, state.params, now, "eval", f"step_{now}")
 
 
-def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed: bool, stop_at: int,
-               results: dict[str, Any]) -> dict[str, Any]:
+def _shut_down(run: _Run, state: train_state.TrainState, metrics: dict, resumed: bool, stop_at: int
+               ) -> dict[str, float]:
   """Closes the checkpointer, evaluates the finished run (once: a rerun of a finished run reads its summary) and
-  closes the writer; returns the results."""
+  closes the writer; returns the evaluation after training ({} when the run stopped before its end)."""
   run.ckpt.close()
   workdir, total = run.workdir, run.config.train.total_steps
+  after: dict[str, float] = {}
   if stop_at < total:
     print(f"stopped at step {stop_at} of {total} (train.stop_at_step); rerun the same command to continue", flush=True)
   elif resumed and metrics == {} and run_summary.finished(workdir):
-    results["eval_after"] = run_summary.read_after(workdir)
+    after = run_summary.read_after(workdir)
     print(f"{workdir} already holds a finished run ({total} steps); nothing to do", flush=True)
   else:
-    results["eval_after"] = _evaluate_and_log(run, state.params, total, "eval_after", "after")
-    if results["eval_after"]:
-      _print_before_after(run_summary.write_summary(workdir, results["eval_after"], total), results["eval_after"])
+    after = _evaluate_and_log(run, state.params, total, "eval_after", "after")
+    if after:
+      _print_before_after(run_summary.write_summary(workdir, after, total), after)
   run.writer.close()
-  return {**results, "metrics": metrics, "state": state}
+  return after
 
 
 def _print_before_after(before: dict[str, float], after: dict[str, float]) -> None:
