@@ -74,7 +74,7 @@ def jitted_hybrid_step(cfg: models.ModelConfig, config: mlc.ConfigDict, mesh: An
   """The hybrid step as train.py jits it for `cfg` on `mesh` (state donated; call it with `rl_start` Lp - 1, the
   RL rows scored from their completions on, as train.py builds them), the fresh train state's initialiser and the
   state's shardings."""
-  optimizer = optim.make_optimizer(optim.OptimConfig(**config.optim, total_steps=config.train.total_steps))
+  optimizer = optim.make_optimizer(optim.optim_config(config))
   step_cfg = steps.step_config(config)
   create = lambda: train_state.create(models.init_params(cfg, jax.random.key(0)), optimizer,
                                       gate_lib.init_gate_state(step_cfg.gate), jax.random.key(0))

@@ -55,14 +55,22 @@ def test_stopped_run_resumes_with_same_state(tmp_path, tiny_base):
   assert np.mean([r["iq"] for r in rows]) == pytest.approx(summary["after"]["iq"])
 
 
-def test_kl_to_the_initial_policy_from_the_loop(tmp_path, tiny_base):
+def test_kl_to_the_initial_policy_from_the_loop(tmp_path, tiny_base, monkeypatch):
   """β > 0: reference log-probs from a frozen copy of the initial params, once per rollout batch. At step 1 the
   policy is the reference (KL exactly 0); after an update (the warm-up's first lr is 0) it is not. On Kimi's two
-  streams (text and speech KL weighted apart); the per-type KL arithmetic of both layouts is test_objectives'."""
+  streams (text and speech KL weighted apart); the per-type KL arithmetic of both layouts is test_objectives'. The
+  gradient diagnostics weigh the rows the step weighs (advantages, row weights, fallback: grpo.with_group_fields)."""
   config = tiny_config("parallel", tiny_base("parallel"))
   config.rl.beta_text, config.rl.beta_speech = 0.01, 0.01
   config.train.update(total_steps=3, checkpoint_every=3, analysis_every=2)
+  make_steps, seen = train._make_steps, []
+
+  def recording(run):
+    fns = make_steps(run)
+    return fns._replace(geometry=lambda params, rl: seen.append(rl) or fns.geometry(params, rl))
+  monkeypatch.setattr(train, "_make_steps", recording)
   train.train(config, str(tmp_path))
+  assert len(seen) == 1 and all(x is not None for x in (seen[0].advantages, seen[0].seq_weight, seen[0].fallback))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"train"' in l]
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert rows[0]["rl/kl"] == 0.0 and rows[2]["rl/kl"] > 0.0

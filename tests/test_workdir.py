@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from wavalign_jax import checkpointing, config_history, errors, preemption, provenance, train, workdir_lock
+from wavalign_jax import checkpointing, config_history, errors, provenance, train, workdir_lock
 from wavalign_jax.evaluation import run_summary
 from wavalign_jax.checkpointing import NoRestorableCheckpoint
 from wavalign_jax.config_history import ConfigChanged
@@ -626,18 +626,18 @@ def test_an_evaluation_owed_at_a_preempted_step_runs_on_resume(tiny_base, tmp_pa
   step's evaluation; the resumed run evaluates that step first, so the curve keeps the point (and only once)."""
   config = _config(tiny_base("interleaved"))
   config.train.update(eval_every=2, eval_examples=8)
-  polls = []
+  update = train._update
 
-  def stop_after_step_2(guard):   # PreemptionGuard.should_stop, polled before the loop and after every step
-    polls.append(1)
-    if len(polls) == 3:   # a SIGTERM during step 2
-      guard.signum = signal.SIGTERM
-    return guard.signum is not None
+  def signalled_during_step_2(run, fns, state, *args):
+    out = update(run, fns, state, *args)
+    if int(out[0].step) == 2:
+      run.guard.signum = signal.SIGTERM
+    return out
 
-  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", stop_after_step_2)
+  monkeypatch.setattr(train, "_update", signalled_during_step_2)
   assert train.train(config, str(tmp_path)) == train.TrainResult(preempted_at=2)
   assert not os.path.exists(tmp_path / "eval" / "step_2.jsonl")
-  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda guard: False)
+  monkeypatch.setattr(train, "_update", update)
   train.train(config, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [(r["step"], r["split"]) for r in rows if r["split"] != "train"] == [(2, "eval"), (4, "eval_after")]
@@ -680,7 +680,8 @@ def test_a_new_run_clears_an_earlier_attempts_evaluations(tiny_base, tmp_path):
 def test_a_signal_during_an_evaluation_stops_the_run_after_it(tiny_base, tmp_path, monkeypatch, capsys):
   """SIGTERM during the step-2 evaluation: the run saves step 2 (not due by train.checkpoint_every) and stops there,
   instead of training step 3 first (minutes at scale: past a grace period). The rerun goes on from step 2 without
-  evaluating it again. A signal during the evaluation before training stops before the first step, saving nothing."""
+  evaluating it again. A signal during the set-up stops before the evaluation before training; one during that
+  evaluation stops before the first step; neither saves anything."""
   config = _config(tiny_base("interleaved"))
   config.train.update(eval_every=2, eval_examples=8, checkpoint_every=100, eval_before=True)
   evaluate = train._evaluate_and_log
@@ -693,6 +694,12 @@ def test_a_signal_during_an_evaluation_stops_the_run_after_it(tiny_base, tmp_pat
       return out
     monkeypatch.setattr(train, "_evaluate_and_log", evaluate_and_signal)
 
+  record = train._record_start
+  monkeypatch.setattr(train, "_record_start", lambda run, step: (record(run, step),
+                                                                 setattr(run.guard, "signum", signal.SIGTERM)))
+  assert train.train(config, str(tmp_path)) == train.TrainResult(preempted_at=0)
+  assert not (tmp_path / "eval_before.json").exists()
+  monkeypatch.setattr(train, "_record_start", record)
   signalled_during("before")
   assert train.train(config, str(tmp_path)) == train.TrainResult(preempted_at=0)
   assert "training stopped before its first step" in capsys.readouterr().out

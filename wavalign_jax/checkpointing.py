@@ -184,7 +184,7 @@ class Checkpointer:
         except Exception as e:   # whatever the damage, the previous checkpoint may be intact
           outcome, reason = (_UNREADABLE if storage_error(e, READ_ERRNOS) else _DAMAGED), _short_reason(e)
         outcome = _worst_anywhere(outcome)
-      reason = reason or "damaged on another process"
+      reason = reason or "failed on another process; its log says why"
       if outcome == _UNREADABLE:
         raise RunError(f"checkpoint {step} in {self._manager.directory} could not be read "
                        f"({reason}): the storage refused the read, so the checkpoint may be intact and "

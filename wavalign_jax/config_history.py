@@ -2,12 +2,15 @@
 
 A run records the config it started with in WORKDIR/config.json. A rerun on a work directory that already
 holds training state (checkpoints; before the first one, the testbed's data, base model or its SFT checkpoints:
-train._holds_testbed_state) compares its config with the latest recorded one. Fields that define the experiment
+train._holds_testbed_state) compares its config with the one its newest checkpoint was trained with. Fields that
+define the experiment
 (model, layout, method, objective, gates, rollouts, reward, data, losses, optimizer, seed, testbed) must be equal,
 or the run stops listing each change as `field: saved -> given`; `--config.train.allow_config_change=True` accepts
 them. Operational fields (step counts, cadences, evaluation, memory and I/O knobs, the mesh) may change freely.
 Whenever the config differs at all, the new one is kept as WORKDIR/config.<step>.json (step: the checkpoint the run
-resumes from) and config.json stays the first, so the history of a run is on disk.
+resumes from; the config of the steps after it) and config.json stays the first, so the history of a run is on
+disk. A config.<N>.json whose launch ended before its next checkpoint trained nothing: a resume from N compares with
+the config before it, and one with that older config removes the abandoned file.
 
 The files the config names are part of the experiment too: the recorded config carries, under `inputs`, what
 identifies the datasets (their records' checksum, data/build.py) and the initial checkpoint (the id each save

@@ -50,6 +50,7 @@ def finish_step(state: TrainState, ckpt: Checkpointer, data_iterator: Any, guard
     _close(ckpt, close)
     raise errors.NonFiniteStop(message)
   if save_due:
+    workdir_lock.check_held()   # the step's logging may have outlasted the lease
     ckpt.save(int(state.step), state, data_iterator)
   stop_if_signalled(state, ckpt, data_iterator, guard, what=what, saved=save_due, close=close)
   return save_due

@@ -111,7 +111,7 @@ def _micro_split(tree: Any, k: int) -> Any:
 
 
 def accumulate_gradients(loss_fn: Callable, params: Any, batch: HybridBatch | DPOBatch, lam: jax.Array | None,
-                         counts: Any, microbatches: int, reducers: Mapping[str, str] = METRIC_REDUCERS
+                         counts: Any, microbatches: int, reducers: Mapping[str, Any] = METRIC_REDUCERS
                          ) -> tuple[Any, dict]:
   """Gradients and metrics of `loss_fn(params, batch, lam, counts)` over the whole batch, computed in
   `microbatches` sequential pieces.

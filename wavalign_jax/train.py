@@ -174,12 +174,14 @@ def _train(config: mlc.ConfigDict, workdir: str, guard: preemption.PreemptionGua
   _record_start(run, int(state.step))
   run.writer = MetricWriter(workdir, resume_step=int(state.step))
   run.last_save = time.time()
+  # A signal during the set-up, or during the evaluations before the loop: stop there. Nothing to save: a resumed
+  # state is a checkpoint, a fresh one is made again identically.
+  stop_if_signalled = functools.partial(step_end.stop_if_signalled, state, run.ckpt, run.train_it, guard,
+                                        what="training", saved=True, close=(run.writer.close,))
+  stop_if_signalled()
   before = _evaluate_before(run, state)
   _evaluate_missed(run, state)
-  # A signal during the set-up or those evaluations: stop now. Nothing to save: a resumed state is a checkpoint, a
-  # fresh one is made again identically.
-  step_end.stop_if_signalled(state, run.ckpt, run.train_it, guard, what="training", saved=True,
-                             close=(run.writer.close,))
+  stop_if_signalled()
   fns = _make_steps(run)
   monitor = FailureMonitor(config.reward.max_failed_fraction) if config_lib.samples_rollouts(config) else None
   total = config.train.total_steps

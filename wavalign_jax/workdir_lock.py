@@ -42,7 +42,8 @@ LOCK_FILE = "job.lock"
 HEARTBEAT_S = 10.0   # how often a holder renews its lock
 LEASE_S = 60.0       # a lock unrenewed this long (watched from another host or pid namespace) is a dead job's
 _held: dict[str, int] = {}   # lock path -> nesting depth in this process (main() and train() both hold it)
-_lost: dict[str, dict] = {}  # lock path -> the job found holding it when the heartbeat saw it taken over
+_mine: dict[str, dict] = {}  # lock path -> what this job wrote in it (process 0)
+_lost: dict[str, dict] = {}  # lock path -> the job found holding it once it was taken over
 
 
 class WorkdirLocked(RunError):
@@ -94,19 +95,26 @@ def _renewed(path: str, holder: dict) -> bool:
 def _renew(path: str, me: dict, stop: threading.Event) -> None:
   """The holder's heartbeat: touches its lock every HEARTBEAT_S seconds while it is still its own; records it as
   lost once another job holds it or it was removed (an unreadable lock is read again at the next beat)."""
-  while not stop.wait(HEARTBEAT_S):
-    holder = _read(path)
-    if holder == me:
-      with contextlib.suppress(OSError):
-        os.utime(path)
-    elif holder != {}:
-      _lost[path] = holder or {}
-      return
+  while not stop.wait(HEARTBEAT_S) and _still_mine(path, me):
+    with contextlib.suppress(OSError):
+      os.utime(path)
+
+
+def _still_mine(path: str, me: dict) -> bool:
+  """Whether the lock at `path` still holds `me`; records it as lost once another job holds it or it was removed
+  (an unreadable lock counts as still ours: it is read again later)."""
+  holder = _read(path)
+  if holder not in (me, {}):
+    _lost[path] = holder or {}
+  return path not in _lost
 
 
 def check_held() -> None:
-  """Raises WorkdirLost if another job took over a work directory this process holds (process 0's heartbeat
-  decides; a collective on several hosts: every process calls it at the same points, after each step)."""
+  """Raises WorkdirLost if another job took over a work directory this process holds: process 0 reads its lock
+  (besides its heartbeat's reads). A collective on several hosts: every process calls it at the same points (after
+  each step, before a save)."""
+  for path, me in list(_mine.items()):
+    _still_mine(path, me)
   path, holder = next(iter(_lost.items()), (None, None))
   if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(np.int32(path is not None))):
     path = path or "the work directory's lock (process 0 found it taken)"
@@ -228,12 +236,14 @@ def hold(workdir: str) -> Iterator[None]:
   _held[path] = 1
   stop = threading.Event()
   if jax.process_index() == 0:
+    _mine[path] = me
     threading.Thread(target=_renew, args=(path, me, stop), daemon=True, name="job.lock heartbeat").start()
   try:
     yield
   finally:
     stop.set()
     del _held[path]
+    _mine.pop(path, None)
     _lost.pop(path, None)
     if jax.process_index() == 0 and _read(path) == me:
       os.remove(path)

@@ -25,7 +25,8 @@ ADVANTAGE_SCALES = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # How a step combines these metrics of `grpo_loss` over micro-batches (`steps.reduce_micro_metrics`): counts add
-# up, maxima take the max; a metric not named here is a per-micro-batch mean and is averaged.
+# up, maxima take the max, token means are weighted by their piece's token count ("weighted", count); a metric not
+# named here is a per-micro-batch mean and is averaged.
 METRIC_REDUCERS = {"num_text_tokens": "sum", "num_speech_tokens": "sum", "num_rl_tokens": "sum",
                    "num_fallback_seqs": "sum", "sampler_logp_gap_max": "max",
                    **{k: ("weighted", "num_rl_tokens") for k in ("ratio_mean", "clip_frac_low", "clip_frac_high",

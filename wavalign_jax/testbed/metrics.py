@@ -1,7 +1,7 @@
 """Testbed metrics over generated responses: IQ (content) and EQ (the speech says the text, in the style).
 
-Each item is (record, text, codes): the eval record, the decoded text channel, and the generated
-audio codes (0-based). Per item:
+Each item is a RewardItem (record, text, audio_codes): the eval record, the decoded text channel, and the
+generated audio codes (0-based). Per item:
   iq               1 if the normalised text equals the normalised answer, else 0;
   intelligibility  the audio says the generated text (unit_tts.intelligibility);
   style            the audio realises it in the requested style (unit_tts.style_match);
