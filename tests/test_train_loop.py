@@ -143,7 +143,7 @@ def test_a_skipped_ppo_iteration_is_reported_though_a_later_one_applies(capsys):
   after = lambda step, run, total: NS(step=step, consecutive_skips=run, skipped_steps=total, params=None)
   fns = train._Steps(update=lambda state, batch, start: (after(1, 1, 1), {}),   # skipped
                      reuse=lambda state, batch, start: (after(2, 0, 1), {}),    # applied
-                     logprobs=lambda *args: {}, geometry=None)
+                     logprobs=lambda *args: NS(logp={}), geometry=None)
   run = NS(cfg=NS(hybrid=NS(rl=NS(num_iterations=2))))
   state, _ = train._update(run, fns, after(0, 0, 0), Batch(), 3, stop_at=10)
   assert int(state.step) == 2
