@@ -124,9 +124,10 @@ def _reward_eval_worker(process_id: int, port: int, out: str) -> None:
   np.savez(out, seen=np.asarray(seen), summary=json.dumps(summary), rows=json.dumps(rows))
 
 
-def _damaged_position_worker(process_id: int, port: int, directory: str, out: str) -> None:
+def _damaged_worker(process_id: int, port: int, damage: str, directory: str, out: str) -> None:
   """Two processes save steps 1 and 2 of a replicated state and a Grain iterator (each its own position file);
-  process 1's file of step 2 is then truncated, as a node dying mid-write leaves it, and both restore."""
+  step 2 is then damaged for process 1 only (`damage`: its position file truncated, as a node dying mid-write leaves
+  it, or its array reads failing), and both restore."""
   import grain
   from wavalign_jax import checkpointing
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -140,9 +141,18 @@ def _damaged_position_worker(process_id: int, port: int, directory: str, out: st
     ckpt.save(step, {"w": jax.device_put(np.full((4,), float(step), np.float32), replicated)}, it)
   ckpt.close()
   from jax.experimental import multihost_utils
-  if process_id == 1:
+  if process_id == 1 and damage == "position":
     os.truncate(os.path.join(directory, "2", "data", "process_1-of-2.json"), 5)
-  multihost_utils.sync_global_devices("truncated")
+  if process_id == 1 and damage == "arrays":   # as a truncated data file of the shards only this host reads fails
+    import orbax.checkpoint as ocp
+    restore = ocp.StandardCheckpointHandler.restore
+
+    def fails_at_step_2(self, directory, *args, **kwargs):
+      if os.path.basename(os.path.dirname(str(directory))) == "2":
+        raise ValueError("OUT_OF_RANGE: byte range of a data file this host reads")
+      return restore(self, directory, *args, **kwargs)
+    ocp.StandardCheckpointHandler.restore = fails_at_step_2
+  multihost_utils.sync_global_devices("damaged")
   it = data()
   state = checkpointing.Checkpointer(directory, keep=3, async_save=False).restore(
       {"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=replicated)}, it)
@@ -164,11 +174,12 @@ def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
   return [dict(np.load(o)) for o in outs]
 
 
-def test_a_data_position_damaged_on_one_host_falls_back_on_every_host(tmp_path):
-  """Every process agrees to skip step 2 (damaged on process 1 only) and resumes from step 1 with its own data
-  position: without the agreement process 1 failed inside Orbax's restore while process 0 waited in its barrier,
-  and both stopped."""
-  hosts = _spawn(["damaged_position", str(tmp_path / "ckpt")], [tmp_path / f"host{i}.npz" for i in range(2)])
+@pytest.mark.parametrize("damage", ["position", "arrays"])
+def test_a_checkpoint_damaged_on_one_host_falls_back_on_every_host(tmp_path, damage):
+  """Every process agrees to skip step 2 (damaged for process 1 only) and resumes from step 1 with its own data
+  position: process 1 used to fail inside Orbax's restore while process 0 waited in the barrier that ends it, and
+  both stopped."""
+  hosts = _spawn(["damaged", damage, str(tmp_path / "ckpt")], [tmp_path / f"host{i}.npz" for i in range(2)])
   for host in hosts:
     assert host["w"].tolist() == [1.0] * 4 and int(host["next"]) == 1
   assert os.listdir(tmp_path / "ckpt.damaged") == ["2"]
@@ -292,8 +303,8 @@ if __name__ == "__main__":
     _lengths_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
   elif sys.argv[1] == "reward_eval":
     _reward_eval_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
-  elif sys.argv[1] == "damaged_position":
-    _damaged_position_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+  elif sys.argv[1] == "damaged":
+    _damaged_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
   elif sys.argv[1] == "base":
     _base_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
   else:

@@ -77,6 +77,7 @@ def _short_reason(error: BaseException) -> str:
 
 # A restore's outcome on one process; every process takes the worst (`_worst_anywhere`).
 _RESTORED, _DAMAGED, _UNREADABLE = 0, 1, 2
+_RESTORE_BARRIER = "Checkpointer:restore"   # the barrier that ends Orbax's restore (orbax-checkpoint 0.12)
 
 
 def _worst_anywhere(outcome: int) -> int:
@@ -88,9 +89,9 @@ def _worst_anywhere(outcome: int) -> int:
 
 def _data_position_outcome(step_dir: epath.Path) -> tuple[int, str | None]:
   """(outcome, reason) of this process's saved data position (Grain's process_<i>-of-<n>.json) in a checkpoint
-  step, read before the restore: every process then agrees to skip a step damaged on some. (Orbax's restore ends
-  in a barrier that a process failing inside it never reaches: the others would wait there while it asks them
-  about the next step, and both stop.)"""
+  step, read before the restore, so that every process agrees to skip a step whose position is damaged on some
+  without going through Orbax's restore (which ends in a barrier that a process failing inside it must still join:
+  `Checkpointer.restore`)."""
   path = step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
   try:
     json.loads(path.read_text())
@@ -183,6 +184,8 @@ class Checkpointer:
           state = self._manager.restore(step, args=ocp.args.Composite(**items)).state
         except Exception as e:   # whatever the damage, the previous checkpoint may be intact
           outcome, reason = (_UNREADABLE if storage_error(e, READ_ERRNOS) else _DAMAGED), _short_reason(e)
+          if jax.process_count() > 1:   # processes whose read went well wait in the restore's closing barrier
+            ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key(_RESTORE_BARRIER))
         outcome = _worst_anywhere(outcome)
       reason = reason or "failed on another process; its log says why"
       if outcome == _UNREADABLE:
