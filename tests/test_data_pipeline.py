@@ -129,7 +129,10 @@ def test_code_files_and_max_length(tmp_path):
       ids("it", "is", "four"), [3, 4, 5])
   assert L.interleaved_split(src[1].examples["example"].response().tokens["tokens"], _vocab(tmp_path))[1] == [6, 7]
   report = I.report(out, decode_examples=1)
-  assert "records: 2" in report and "<|begin_of_audio|>" in report
+  assert "records: 2" in report and "kinds {'sft': 2}" in report and "<|begin_of_audio|>" in report
+  prompts = sorted(src[i].examples["example"].prompt_len for i in range(2))   # the histogram counts both records
+  line = next(l for l in report.splitlines() if l.split()[:2] == ["example", "prompt"])
+  assert f"min {prompts[0]} mean {np.mean(prompts):.1f} max {prompts[1]}" in line, report
 
 
 def _vocab(tmp_path):

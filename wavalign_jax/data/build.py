@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tokenizers
@@ -30,7 +30,7 @@ from wavalign_jax import config_lib, files
 from wavalign_jax import tokenizer as tokenizer_lib
 from wavalign_jax.data import layouts, loader
 from wavalign_jax.data import vocab as vocab_lib
-from wavalign_jax.data.records import INFO_FILE, KINDS, encode_record
+from wavalign_jax.data.records import INFO_FILE, KINDS, Record, decode_record, encode_record
 from wavalign_jax.tokenizer import TOKENIZER_FILE
 
 AUDIO_PLACEHOLDER = "<|audio|>"
@@ -234,14 +234,19 @@ def add_record(content: Any, data: bytes) -> None:
   content.update(len(data).to_bytes(8, "little") + data)
 
 
-def verify_content(path: str) -> tuple[str, str]:
+def verify_content(path: str, visit: Callable[[Record], None] | None = None) -> tuple[str, str]:
   """(recorded, recomputed) `content_sha256` of the built dataset at `path`, from its shards' records: they differ
-  when a shard was replaced or altered since the build."""
+  when a shard was replaced or altered since the build. `visit` sees each record, decoded, in the same pass (what
+  `data_pipeline.inspect` counts: the dataset is read once)."""
   paths, info = loader.resolve_paths(path)
   source = loader.RecordSource(paths)   # read one record at a time, in the order the build wrote them
   content = content_hash(info["shards"])
   for j in range(len(source)):
-    add_record(content, source.shard_record(j % len(paths), j // len(paths)))
+    shard, index = j % len(paths), j // len(paths)
+    data = source.shard_record(shard, index)
+    add_record(content, data)
+    if visit is not None:
+      visit(decode_record(data, f"{paths[shard]}[{index}]"))
   return info.get("content_sha256", ""), content.hexdigest()
 
 

@@ -14,6 +14,7 @@ import tokenizers
 from wavalign_jax.data import build
 from wavalign_jax.data.layouts import Example
 from wavalign_jax.data.loader import RecordSource, resolve_paths
+from wavalign_jax.data.records import Record
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType, text_id_mask
 
 EDGES = (0, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -66,8 +67,8 @@ def report(path: str, decode_examples: int = 1, tokenizer: str | None = None) ->
     is_text = text_id_mask(vocab_cls(**info["vocab"]))
   kinds = collections.Counter()
   lengths = collections.defaultdict(list)
-  for i in range(len(source)):
-    rec = source[i]
+
+  def count(rec: Record) -> None:
     kinds[rec.kind] += 1
     for name, ex in rec.examples.items():
       lengths[(name, "all positions", "")].append(len(ex))
@@ -76,10 +77,14 @@ def report(path: str, decode_examples: int = 1, tokenizer: str | None = None) ->
         for t in TokenType:
           if t != TokenType.NONE:
             lengths[(name, s, t.name)].append(int(np.sum(ex.types[s] == int(t))))
+  if info:   # one read of the dataset: the checksum and the counts
+    recorded, found = build.verify_content(path, visit=count)
+  else:
+    for i in range(len(source)):
+      count(source[i])
   lines = [f"dataset {path}: records: {len(source)} in {len(paths)} shard(s); kinds {dict(kinds)}"]
   if info:
     lines.append(f"arch {info['arch']}, skipped as too long: {info['skipped_too_long']}")
-    recorded, found = build.verify_content(path)
     lines.append(f"content: the records match dataset_info.json's content_sha256 {found[:16]}" if recorded == found
                  else f"content: DIFFERS from dataset_info.json's content_sha256 ({found[:16]} != "
                       f"{(recorded or 'none recorded')[:16]}): a shard was replaced or altered since the build")
