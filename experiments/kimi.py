@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                                 scan_layers=True, logprob_chunk=64,   # x every row of a data shard: README memory
                                 logprob_keep_logits=False,   # True: the backward reuses the logits (README)
                                 attention_impl="xla", attention_block=64))
-  c.layout = mlc.ConfigDict(dict(kind="parallel", audio_delay=6))
+  c.layout = mlc.ConfigDict(dict(audio_delay=6))
 
   # --- Rollouts: Kimi's upstream per-stream sampling (audio T=0.8 top-k 10, text greedy) -------
   c.rollout.text_temperature = 0.7      # RL needs text diversity; upstream inference uses greedy text

@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                                 scan_layers=True, logprob_chunk=64,   # x every row of a data shard: README memory
                                 logprob_keep_logits=False,   # True: the backward reuses the logits (README)
                                 attention_impl="xla", attention_block=64))
-  c.layout = mlc.ConfigDict(dict(kind="interleaved", ratios=model["ratios"]))
+  c.layout = mlc.ConfigDict(dict(ratios=model["ratios"]))
 
   # --- Data ------------------------------------------------------------------------------------
   c.data.source = "arrayrecord"

@@ -181,7 +181,6 @@ def _tiny(**overrides):
     ({"data__prompts_per_step": 6, "train__microbatches": 4}, "does not split into --config.train.microbatches=4"),
     ({"gate__mode": "dynamc"}, "GateConfig.mode 'dynamc'"),
     ({"reward__kind": "judge"}, "did you mean 'llm_judge'"),
-    ({"layout__kind": "parallel"}, "layout.kind='parallel' with --config.model.arch='interleaved'"),
     ({"testbed__judge_acoustic_noise": float("nan")}, "not a finite number: --config.testbed.judge_acoustic_noise=nan"),
     ({"optim__learning_rate": 1e39}, "--config.optim.learning_rate"),
     ({"mesh__shape": (3, -1, 1)}, "does not divide 8 devices"),

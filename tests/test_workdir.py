@@ -368,6 +368,18 @@ def test_config_history_keeps_every_config_of_a_run(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["config.json", "data"]
 
 
+def test_a_run_recorded_with_a_retired_field_resumes(tmp_path):
+  """`layout.kind` (it always equalled model.arch) is gone from the configs: a run that recorded it is the same
+  experiment without it."""
+  config = _config()
+  _record(config, str(tmp_path), None)
+  saved = json.load(open(tmp_path / "config.json"))
+  saved["layout"]["kind"] = config.model.arch
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  _record(config, str(tmp_path), 2)
+  assert not os.path.exists(tmp_path / "config.2.json")
+
+
 def test_a_longer_run_on_resume_says_how_its_learning_rate_jumps(tmp_path, capsys):
   """train.total_steps is free (a run may be continued), but the cosine decay runs over it: a run that ended at
   its final rate continues at a higher one. Peak 1e-3, no warmup, ending at step 4 (rate 0); stretched to 8 steps,

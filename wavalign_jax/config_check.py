@@ -114,10 +114,6 @@ def _check_choices(config: mlc.ConfigDict) -> None:
     if value not in choices:
       raise ConfigError(f"--config.{dotted}={value!r}: {config_lib.did_you_mean(str(value), choices)}"
                         f"choose one of {list(choices)}")
-  kind, arch = config.get("layout", {}).get("kind"), config.model.get("arch")
-  if kind is not None and arch in ("interleaved", "parallel") and kind != arch:
-    raise ConfigError(f"--config.layout.kind={kind!r} with --config.model.arch={arch!r}: the sampler's layout "
-                      "constraint must be the model's layout")
   try:   # the objective and gate sections validate their own fields
     steps.step_config(config)
   except (TypeError, ValueError) as e:

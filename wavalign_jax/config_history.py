@@ -50,6 +50,8 @@ FREE = (
 # Not free although operational: `data.worker_count` (the data iterator's checkpointed position differs between
 # in-process and worker-process loading, so a checkpoint of one cannot be restored into the other).
 _ABSENT = "<absent>"
+# Fields a config no longer has: a run recorded with them compares equal without them.
+RETIRED = ("layout.kind",)   # it always equalled model.arch
 
 
 class ConfigChanged(RunError):
@@ -208,8 +210,10 @@ def keep(workdir: str, step: int, given: dict[str, Any] | None) -> None:
 
 
 def _differences(old: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-  """The changes that count: all but allow_config_change itself and inputs whose identity cannot be compared."""
-  return [d for d in changes(old, given) if d[0] != "train.allow_config_change" and not _unknown_input(*d)]
+  """The changes that count: all but allow_config_change itself, retired fields and inputs whose identity cannot be
+  compared."""
+  return [d for d in changes(old, given)
+          if d[0] != "train.allow_config_change" and d[0] not in RETIRED and not _unknown_input(*d)]
 
 
 def _write(path: str, config: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout.constraints import Constraint, InterleavedConstraint, ParallelConstraint
-from wavalign_jax.tokens import TokenType
+from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +103,16 @@ def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modul
       (s, StreamSampling(**{f: rollout_cfg.get(f"{s}_{f}", rollout_cfg[f]) for f in fields}))
       for s in ("text", "audio") if any(f"{s}_{f}" in rollout_cfg for f in fields))
   constrained = bool(rollout_cfg["constrained"])
-  if layout_cfg["kind"] == "interleaved":
+  interleaved = isinstance(vocab, InterleavedVocab)   # the vocabulary's kind is the layout's (model.arch)
+  if interleaved:
     constraint = InterleavedConstraint(vocab, tuple(layout_cfg["ratios"]), constrained)
-  elif layout_cfg["kind"] == "parallel":
+  elif isinstance(vocab, ParallelVocab):
     constraint = ParallelConstraint(vocab, int(layout_cfg["audio_delay"]), constrained)
   else:
-    raise ValueError(f"layout.kind={layout_cfg['kind']!r}: expected 'interleaved' or 'parallel'")
+    raise ValueError(f"a vocabulary of {type(vocab).__name__}: expected an InterleavedVocab or a ParallelVocab")
   decode = rollout_cfg["decode"]
   if decode == "auto":
-    decode = "mctp" if layout_cfg["kind"] == "interleaved" and num_mtp_modules > 0 else "main"
+    decode = "mctp" if interleaved and num_mtp_modules > 0 else "main"
   schedule = mctp_schedule(rollout_cfg, layout_cfg) if decode == "mctp" else ()
   return SamplingConfig(max_new_tokens=int(rollout_cfg["max_new_tokens"]), group_size=int(rollout_cfg["group_size"]),
                         sampling=base, per_stream=per_stream, constraint=constraint, decode=decode,
