@@ -501,6 +501,28 @@ def test_a_job_whose_lock_was_taken_over_stops_without_saving(tiny_base, tmp_pat
   workdir_lock.check_held()
 
 
+def test_a_job_whose_lock_was_taken_over_during_an_evaluation_writes_none_of_it(tiny_base, tmp_path, monkeypatch):
+  """An evaluation (minutes at scale) may outlast the lease: a job that finds its work directory taken over when
+  the evaluation ends writes neither its rows nor its metrics row (the new holder evaluates that step again, as a
+  resume owes it: `train._evaluate_missed`)."""
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  config = _config(tiny_base("interleaved"))
+  config.train.eval_every = 2
+  evaluate = train.evaluate
+
+  def taken_over_while_evaluating(*args, **kwargs):
+    _write_lock(tmp_path, os.getpid(), host="other-host")
+    time.sleep(0.5)   # ten heartbeats
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate", taken_over_while_evaluating)
+  with pytest.raises(workdir_lock.WorkdirLost, match="now held by host 'other-host'"):
+    train.train(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]   # step 2 saved before its evaluation
+  assert [json.loads(line)["split"] for line in open(tmp_path / "metrics.jsonl")] == ["train", "train"]
+  assert not (tmp_path / run_summary.ROWS_DIR).exists()
+
+
 def test_an_empty_lock_is_watched_then_taken_over_or_read_once_written(tmp_path, monkeypatch, live_pid):
   """Without hard links the lock is created empty and then written: a job killed in between leaves it empty for
   good (taken over after the lease); a job writing it now fills it within the lease (then it holds the directory)."""

@@ -82,10 +82,12 @@ def evaluate(params: Any, setup: RunSetup, num_examples: int, seed: int,
 def _evaluate_and_log(run: _Run, params: Any, step: int, prefix: str, name: str) -> dict[str, float]:
   """`evaluate` on `train.eval_examples` rows of each eval set; the per-item rows to WORKDIR/eval/<name>.jsonl
   (studies read them), then the metrics (and `eval_time`, the evaluation's seconds) to the writer under
-  `prefix`: a logged row means its rows are on disk (`_evaluate_missed`). Returns the metrics ({}: no eval sets)."""
+  `prefix`: a logged row means its rows are on disk (`_evaluate_missed`). Returns the metrics ({}: no eval sets).
+  An evaluation may outlast the lock's lease: a job that lost its work directory meanwhile writes nothing."""
   t0 = time.time()
   summary, rows = evaluate(params, run.setup, run.config.train.eval_examples, run.config.seed, run.mesh)
   seconds = time.time() - t0
+  workdir_lock.check_held()
   if summary:
     if jax.process_index() == 0 and rows:
       files.write_jsonl(run_summary.rows_path(run.workdir, name), rows)

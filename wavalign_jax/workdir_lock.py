@@ -17,8 +17,8 @@ only process 0 locks (the work directory is shared) and every process learns the
 when the job ends: finished, preempted or failed.
 
 A holder that stalls past the lease (a suspended job, a hung mount) may find its lock taken over when it wakes: its
-heartbeat notices, and the loop's `check_held` after each step stops it without saving (WorkdirLost), so the two
-jobs never write the same checkpoints.
+heartbeat notices, and the loop's `check_held` after each step and each evaluation stops it without saving or
+writing the evaluation (WorkdirLost), so the two jobs never write the same checkpoints.
 """
 from __future__ import annotations
 
