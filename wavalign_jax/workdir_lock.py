@@ -23,6 +23,7 @@ writing the evaluation (WorkdirLost), so the two jobs never write the same check
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -41,9 +42,16 @@ from wavalign_jax.errors import RunError
 LOCK_FILE = "job.lock"
 HEARTBEAT_S = 10.0   # how often a holder renews its lock
 LEASE_S = 60.0       # a lock unrenewed this long (watched from another host or pid namespace) is a dead job's
-_held: dict[str, int] = {}   # lock path -> nesting depth in this process (main() and train() both hold it)
-_mine: dict[str, dict] = {}  # lock path -> what this job wrote in it (process 0)
-_lost: dict[str, dict] = {}  # lock path -> the job found holding it once it was taken over
+
+
+@dataclasses.dataclass
+class _Hold:
+  depth: int               # nesting in this process (main() and train() both hold the lock)
+  me: dict | None = None   # what this job wrote in the lock (process 0; None on the others)
+
+
+_held: dict[str, _Hold] = {}   # lock path -> this process's hold
+_lost: dict[str, dict] = {}    # lock path -> the job found holding it once it was taken over
 
 
 class WorkdirLocked(RunError):
@@ -113,8 +121,9 @@ def check_held() -> None:
   """Raises WorkdirLost if another job took over a work directory this process holds: process 0 reads its lock
   (besides its heartbeat's reads). A collective on several hosts: every process calls it at the same points (after
   each step, before a save)."""
-  for path, me in list(_mine.items()):
-    _still_mine(path, me)
+  for path, hold in list(_held.items()):
+    if hold.me is not None:
+      _still_mine(path, hold.me)
   path, holder = next(iter(_lost.items()), (None, None))
   if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(np.int32(path is not None))):
     path = path or "the work directory's lock (process 0 found it taken)"
@@ -213,11 +222,11 @@ def hold(workdir: str) -> Iterator[None]:
   """Holds WORKDIR/job.lock for the duration (re-entrant within a process); raises WorkdirLocked if taken."""
   path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
   if path in _held:
-    _held[path] += 1
+    _held[path].depth += 1
     try:
       yield
     finally:
-      _held[path] -= 1
+      _held[path].depth -= 1
     return
   me = {"host": socket.gethostname(), "pid_ns": _pid_namespace(), "pid": os.getpid(), "start": time.time()}
   error = None
@@ -233,17 +242,15 @@ def hold(workdir: str) -> Iterator[None]:
     raise error or RunError(f"process 0 could not take {path} (its log says why)")
   if error is not None:
     raise error
-  _held[path] = 1
+  _held[path] = _Hold(1, me if jax.process_index() == 0 else None)
   stop = threading.Event()
   if jax.process_index() == 0:
-    _mine[path] = me
     threading.Thread(target=_renew, args=(path, me, stop), daemon=True, name="job.lock heartbeat").start()
   try:
     yield
   finally:
     stop.set()
     del _held[path]
-    _mine.pop(path, None)
     _lost.pop(path, None)
     if jax.process_index() == 0 and _read(path) == me:
       os.remove(path)

@@ -22,6 +22,16 @@ def summary_path(workdir: str) -> str:
   return os.path.join(workdir, SUMMARY_FILE)
 
 
+def before_path(workdir: str) -> str:
+  return os.path.join(workdir, BEFORE_FILE)
+
+
+def step_summary_path(workdir: str, step: int | str) -> str:
+  """WORKDIR/eval_summary.step_<N>.json: the summary of a run that finished at step N, then was continued (`reopen`;
+  `step="*"` is the glob pattern of them all)."""
+  return os.path.join(workdir, f"eval_summary.step_{step}.json")
+
+
 def rows_path(workdir: str, name: str) -> str:
   """WORKDIR/eval/<name>.jsonl: one evaluation's per-item rows."""
   return os.path.join(workdir, ROWS_DIR, f"{name}.jsonl")
@@ -40,13 +50,13 @@ def read_after(workdir: str) -> dict[str, float]:
 
 def write_before(workdir: str, before: dict[str, float]) -> None:
   if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, BEFORE_FILE), before, indent=2)
+    files.write_json(before_path(workdir), before, indent=2)
 
 
 def write_summary(workdir: str, after: dict[str, float], step: int) -> dict[str, float]:
   """WORKDIR/eval_summary.json: the evaluation before training (kept from the run's first launch) and after
   (at `step`, the run's last). Returns the one before ({} when the run did not evaluate before)."""
-  path = os.path.join(workdir, BEFORE_FILE)
+  path = before_path(workdir)
   before = json.load(open(path)) if os.path.exists(path) else {}
   if jax.process_index() == 0:
     files.write_json(summary_path(workdir), {"before": before, "after": after, "step": step}, indent=2)
@@ -59,8 +69,8 @@ def clear(workdir: str) -> None:
   would become its "before"). Process 0 removes them."""
   if jax.process_index() != 0:
     return
-  for path in [summary_path(workdir), os.path.join(workdir, BEFORE_FILE),
-               *glob.glob(os.path.join(workdir, "eval_summary.step_*.json"))]:
+  for path in [summary_path(workdir), before_path(workdir),
+               *glob.glob(step_summary_path(workdir, "*"))]:
     if os.path.exists(path):
       os.remove(path)
   shutil.rmtree(os.path.join(workdir, ROWS_DIR), ignore_errors=True)
@@ -77,6 +87,7 @@ def reopen(workdir: str, resumed_step: int) -> None:
   after, at_step = rows_path(workdir, "after"), rows_path(workdir, f"step_{step}")
   if os.path.exists(after) and not os.path.exists(at_step):
     os.replace(after, at_step)
-  os.replace(summary_path(workdir), os.path.join(workdir, f"eval_summary.step_{step}.json"))
+  kept = step_summary_path(workdir, step)
+  os.replace(summary_path(workdir), kept)
   print(f"{workdir}: continuing a run that finished at step {step}; its evaluation there is kept as "
-        f"eval_summary.step_{step}.json", flush=True)
+        f"{os.path.basename(kept)}", flush=True)
