@@ -14,7 +14,6 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import config_flags  # noqa: F401  (the CLI's flag parser, used by the subprocess)
 
 from wavalign_jax import checkpointing, optim, preemption, steps, train
 from wavalign_jax.errors import NonFiniteStop
