@@ -44,13 +44,16 @@ def test_ema_step_uses_previous_lambda_for_every_prompt():
 
 
 def test_clip_to_lambda_max():
-  # λ_prev above λ_max (e.g. the config changed on resume): each prompt is clipped before the mean.
+  # λ_prev above λ_max (e.g. the config changed on resume) clips every prompt's λ; and each prompt is clipped before
+  # the mean: λ_prev 0.54 gives per-prompt 0.536 -> 0.5 and 0.486, mean 0.493, where clipping the mean gives 0.5.
   cfg = GateConfig(lambda_max=0.5)
-  state = init_gate_state(cfg)._replace(lam=jnp.float32(0.9), initialized=jnp.asarray(True))
   r = jnp.array([[1.0, 5.0, 1.0, 5.0], [3.0, 3.0, 3.0, 3.0]])  # var 4 -> g_V 1; var 0
   raw = 0.5 * np.array([sigmoid(10.0), 0.0])
-  state, _ = update_gate(state, r, None, cfg)
-  np.testing.assert_allclose(state.lam, np.mean(np.minimum(0.9 * 0.9 + 0.1 * raw, 0.5)), rtol=1e-6)
+  for prev, want in [(0.9, 0.5), (0.54, np.mean([0.5, 0.9 * 0.54]))]:
+    state = init_gate_state(cfg)._replace(lam=jnp.float32(prev), initialized=jnp.asarray(True))
+    state, _ = update_gate(state, r, None, cfg)
+    np.testing.assert_allclose(state.lam, np.mean(np.minimum(0.9 * prev + 0.1 * raw, 0.5)), rtol=1e-6)
+    np.testing.assert_allclose(state.lam, want, rtol=1e-5)   # by hand (sigmoid(10) rounds to 1 at this tolerance)
 
 
 def test_info_gate_is_capped_at_one():

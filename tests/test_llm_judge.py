@@ -70,6 +70,29 @@ def test_n_choices_are_averaged():
   np.testing.assert_allclose(result.scores, [(5 + 4 + 3) / 3])
 
 
+def test_the_last_score_tag_counts():
+  """A judge that reasons about a score before giving its verdict: the last tag is the verdict."""
+  assert llm_judge.parse_score_tag("Maybe <score>1</score>? No, on reflection <score>4</score>") == 4.0
+  with FakeJudgeServer(lambda b, i: chat_reply("First <score>1</score>; final <score>4</score>")) as server:
+    result = llm_judge.LLMJudge(settings(server))(items("ans-4"))
+  assert result.scores[0] == 4.0 and not result.failed[0]
+
+
+def test_unparsable_choices_are_skipped_and_the_rest_averaged(tmp_path):
+  """n=3 choices, one without a tag: the score is the mean of the two parsed ones, (5 + 3) / 2 = 4 (not 3.5 from
+  counting the fallback 2.5 in, nor a failed item); the parse error is recorded; the reply is usable, so cached."""
+  cache = str(tmp_path / "cache")
+  reply = chat_reply("<score>5</score>", "no tag", "<score>3</score>")
+  with FakeJudgeServer(lambda b, i: reply) as server:
+    result = llm_judge.LLMJudge(settings(server, n=3, cache_dir=cache))(items("ans-4"))
+    again = llm_judge.LLMJudge(settings(server, n=3, cache_dir=cache))(items("ans-4"))
+    assert len(server.requests) == 1
+  assert result.scores[0] == 4.0 and not result.failed[0] and "reason" not in result.info[0]
+  (error,) = result.info[0]["parse_errors"]
+  assert "no <score></score> tag" in error and "'no tag'" in error
+  assert again.scores[0] == 4.0 and not again.failed[0]
+
+
 def test_requests_overlap():
   with FakeJudgeServer(lambda b, i: chat_reply("<score>3</score>", delay_s=0.15)) as server:
     judge = llm_judge.LLMJudge(settings(server, max_in_flight=8))
@@ -113,6 +136,32 @@ def test_backoff_grows_exponentially():
   assert len(server.requests) == 4 and len(sleeps) == 3
   for attempt, d in enumerate(sleeps):  # base * 2^k times a jitter factor in [1, 1.5)
     assert 0.01 * 2 ** attempt <= d < 0.015 * 2 ** attempt
+
+
+def test_backoff_is_capped_at_max_backoff():
+  """Uncapped, the 4th delay would be 0.01 * 2^3 = 0.08 s; capped, each is min(0.02, 0.01 * 2^k) times the jitter
+  factor in [1, 1.5), so below 0.03, and the later ones at least 0.02."""
+  sleeps = []
+  with FakeJudgeServer(lambda b, i: Reply(503, b"busy")) as server:
+    client = llm_judge.ChatClient(settings(server, max_retries=4, backoff_s=0.01, max_backoff_s=0.02),
+                                  sleep=sleeps.append)
+    with pytest.raises(llm_judge.JudgeError, match="gave up after 5 attempts"):
+      client.complete([{"role": "user", "content": "hi"}])
+  assert len(server.requests) == 5 and len(sleeps) == 4
+  assert max(sleeps) < 0.02 * 1.5
+  assert all(0.02 <= d for d in sleeps[1:])
+
+
+def test_retry_after_is_capped_at_max_retry_after():
+  """A server asking for 1000 s: the client waits max_retry_after_s, exactly (its own backoff is far smaller)."""
+  sleeps = []
+  def handler(body, index):
+    return Reply(429, b"slow down", {"Retry-After": "1000"}) if index == 0 else chat_reply("<score>4</score>")
+  with FakeJudgeServer(handler) as server:
+    client = llm_judge.ChatClient(settings(server, max_retry_after_s=0.05), sleep=sleeps.append)
+    assert client.complete([{"role": "user", "content": "hi"}]) == ["<score>4</score>"]
+  assert len(server.requests) == 2
+  assert sleeps == [0.05]
 
 
 @pytest.mark.parametrize("handler, reason", [

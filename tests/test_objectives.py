@@ -194,17 +194,22 @@ def test_rl_token_weights_group_fallback(group_size):
 GROUP = 2   # rows (0, 1) and (2, 3) are the prompt groups of the GRPO tests below
 
 
-def np_grpo(logp, old, ref, types, adv, cfg, sw, group_size=GROUP):
+def np_ratio_kl(logp, old, ref, cfg):
+  """Per-token ratio π/π_old (1 without clipping: on-policy) and KL estimate to the reference, [B, L] over streams."""
   lp, o, rf = flat(logp), flat(old), flat(ref)
-  tt = flat(types)
   ratio = np.exp(lp - o) if cfg.clipping else np.ones_like(lp)
+  d = rf - lp
+  return ratio, {"k1": -d, "k2": 0.5 * d**2, "k3": np.exp(d) - d - 1}[cfg.kl_estimator]
+
+
+def np_grpo(logp, old, ref, types, adv, cfg, sw, group_size=GROUP):
+  tt = flat(types)
+  ratio, kl = np_ratio_kl(logp, old, ref, cfg)
   a = adv[:, None]
   obj = ratio * a
   if cfg.clipping:
     hi = cfg.clip_eps_high or cfg.clip_eps
     obj = np.minimum(obj, np.clip(ratio, 1 - cfg.clip_eps, 1 + hi) * a)
-  d = rf - lp
-  kl = {"k1": -d, "k2": 0.5 * d**2, "k3": np.exp(d) - d - 1}[cfg.kl_estimator]
   beta = is_text(tt) * cfg.beta_text + is_speech(tt) * cfg.beta_speech
   per_tok = -(obj - beta * kl)
   mask = np_rl_mask(types, cfg.token_set, group_size)
@@ -235,8 +240,14 @@ GRPO_CASES = [
 @pytest.mark.parametrize("group_size", [2, 4])
 def test_grpo_loss_matches_numpy(cfg, group_size):
   sw = np.array([1.0, 0.0, 1.0, 1.0], np.float32)  # row 1 e.g. a failed judge call
-  got, _ = run_grpo(cfg, sw=sw, group_size=group_size)
+  got, metrics = run_grpo(cfg, sw=sw, group_size=group_size)
   np.testing.assert_allclose(got, np_grpo(LOGP, OLD, REF, TYPES, ADV, cfg, sw, group_size), rtol=1e-5)
+  # The logged means run over the RL tokens (the token set, or a fallback group's whole completions) of every row.
+  mask = np_rl_mask(TYPES, cfg.token_set, group_size) > 0
+  ratio, kl = np_ratio_kl(LOGP, OLD, REF, cfg)
+  np.testing.assert_allclose(metrics["ratio_mean"], ratio[mask].mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["kl"], kl[mask].mean(), rtol=1e-5)
+  assert metrics["num_rl_tokens"] == mask.sum()
 
 
 def test_grpo_reference_value_is_minus_mean_advantage():
@@ -402,9 +413,10 @@ def test_hybrid_metrics_and_bad_batch():
   loss_fn, batch = make_hybrid_loss(toy_logprob_fn, HybridConfig()), hybrid_batch()
   _, m = loss_fn(PARAMS, batch, 0.5)
   ent = toy_logprob_fn(PARAMS, batch.rl)
-  text = {k: is_text(t) for k, t in TYPES.items()}
-  want = flat({k: np.asarray(v) for k, v in ent.entropy.items()})[flat(text)].mean()
-  np.testing.assert_allclose(m["rl/entropy_text"], want, rtol=1e-5)
+  entropy = flat({k: np.asarray(v) for k, v in ent.entropy.items()})
+  for kind, where in (("text", is_text), ("speech", is_speech)):   # each over its own token type
+    want = entropy[flat({k: where(t) for k, t in TYPES.items()})].mean()
+    np.testing.assert_allclose(m[f"rl/entropy_{kind}"], want, rtol=1e-5)
   assert float(m["rl/num_fallback_seqs"]) == 1.0 and float(m["rl/num_text_tokens"]) == 4.0
   with pytest.raises(ValueError, match="'sft' and/or an 'rl'"):
     loss_fn(PARAMS, HybridBatch(), 0.5)

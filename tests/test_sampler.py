@@ -585,6 +585,9 @@ def test_sample_token_top_k_1_is_greedy_and_mask_binds():
     (rollout.StreamSampling(1.0, 0.7, 0), [0, 1], [0.5 / 0.8, 0.3 / 0.8]),        # nucleus keeps 0.5 + 0.3
     (rollout.StreamSampling(1.0, 1.0, 3), [0, 1, 2], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]),
     (rollout.StreamSampling(1.0, 0.9, 3), [0, 1, 2], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]),  # 0.8 < 0.9
+    # the nucleus of the renormalised top k: mass before id 2 is 0.8 / 0.95 = 0.84 >= 0.82, so it goes
+    (rollout.StreamSampling(1.0, 0.82, 3), [0, 1], [0.5 / 0.8, 0.3 / 0.8]),
+    (rollout.StreamSampling(0.5, 1.0, 3), [0, 1, 2], np.array([0.5, 0.3, 0.15]) ** 2 / 0.3625),   # tempered top k
     (rollout.StreamSampling(0.5, 1.0, 0), [0, 1, 2, 3], np.array([0.5, 0.3, 0.15, 0.05]) ** 2 / 0.3575),
 ])
 def test_sample_token_distribution(sp, support, probs):
@@ -645,10 +648,16 @@ def test_sampling_config_from_experiment_configs():
   sc = rollout.sampling_config(vc.rollout, vc.layout, TIV)
   assert sc.for_stream("tokens") == rollout.StreamSampling(0.7, 0.9, 0) and sc.group_size == 4
   assert sc.constraint.ratios == tuple(vc.layout.ratios) and sc.max_new_tokens == 1024
+  # decode="auto" (the default): MCTP for an interleaved model with MCTP modules, with the layout's ratio list as
+  # its schedule; the main head without modules, and always for a parallel model.
+  assert vc.rollout.decode == "auto" and sc.decode == "main" and sc.mctp_schedule == ()
+  sc = rollout.sampling_config(vc.rollout, vc.layout, TIV, num_mtp_modules=10)
+  assert sc.decode == "mctp" and sc.mctp_schedule == tuple(vc.layout.ratios)
+  assert rollout.sampling_config(kc.rollout, kc.layout, TPV, num_mtp_modules=10).decode == "main"
 
 
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
-def test_nucleus_mask_equals_the_sort_based_definition(top_p):
+def test_nucleus_equals_the_sort_based_definition(top_p):
   """The sort-free nucleus keeps exactly the tokens the sort-based one keeps (here with masked ids and ties)."""
   x = jax.random.normal(jax.random.key(4), (64, 500)) * jnp.linspace(0.3, 4.0, 64)[:, None]
   x = x.at[:, 100:140].set(-jnp.inf)                      # constraint-masked ids
@@ -658,7 +667,7 @@ def test_nucleus_mask_equals_the_sort_based_definition(top_p):
   keep_sorted = (np.cumsum(p, axis=-1) - p) < top_p
   threshold = np.min(np.where(keep_sorted, srt, np.inf), axis=-1, keepdims=True)
   want = np.asarray(x) >= threshold
-  np.testing.assert_array_equal(np.asarray(rollout.nucleus_mask(x, top_p)), want)
+  np.testing.assert_array_equal(np.asarray(rollout.nucleus(jax.nn.softmax(x, axis=-1), top_p)), want)
 
 
 def test_trimmed_rl_batch_scores_the_same(vita):

@@ -133,19 +133,7 @@ class Rollouts(NamedTuple):
   head: Any = None         # int32[B, N] which head made each token: -1 main model, k MCTP module k (mctp only)
 
 
-def _top_p_threshold(sorted_desc, top_p: float):
-  """Smallest logit kept by nucleus sampling, from logits sorted in descending order [B, K]."""
-  probs = jax.nn.softmax(sorted_desc, axis=-1)
-  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p       # the top token is always kept
-  return jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-
-
-def nucleus_mask(x, top_p: float):
-  """bool [B, V]: the nucleus of logits `x` (see `_nucleus`)."""
-  return _nucleus(jax.nn.softmax(x.astype(jnp.float32), axis=-1), top_p)
-
-
-def _nucleus(p, top_p: float):
+def nucleus(p: jax.Array, top_p: float) -> jax.Array:
   """bool [B, V]: the nucleus of probabilities p, without sorting the vocabulary.
 
   Token i is kept iff the probability mass of the tokens strictly more likely than i is < top_p (the
@@ -199,12 +187,12 @@ def sample_token(logits, allowed, sp: StreamSampling, key):
   elif sp.top_k > 0:
     vals, idx = jax.lax.top_k(x / sp.temperature, min(sp.top_k, x.shape[-1]))
     if sp.top_p < 1:
-      vals = jnp.where(vals >= _top_p_threshold(vals, sp.top_p), vals, -jnp.inf)
+      vals = jnp.where(nucleus(jax.nn.softmax(vals, axis=-1), sp.top_p), vals, -jnp.inf)
     pick = categorical(key, jax.nn.softmax(vals, axis=-1))
     ids = jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
   else:
     p = jax.nn.softmax(x / sp.temperature, axis=-1)
-    ids = categorical(key, jnp.where(_nucleus(p, sp.top_p), p, 0.0) if sp.top_p < 1 else p)
+    ids = categorical(key, jnp.where(nucleus(p, sp.top_p), p, 0.0) if sp.top_p < 1 else p)
   ids = ids.astype(jnp.int32)
   # The model's own log-prob of the token (temperature 1, no mask): its logit minus the log-sum-exp.
   logp = jnp.take_along_axis(raw, ids[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(raw, axis=-1)
