@@ -64,6 +64,9 @@ def test_semantic_informativeness_separates_judge_noise_from_real_differences():
   semantic = np.array([[5, 5, 5], [5, 5, 2]])
   np.testing.assert_array_equal(rollout_diversity.informative(rewards), [1.0, 1.0])
   np.testing.assert_array_equal(rollout_diversity.informative(semantic), [0.0, 1.0])
+  # Equal rewards whose float64 mean rounds (3 x 0.1: variance 2e-34) carry no information.
+  assert np.var(np.full(3, 0.1)) > 0
+  np.testing.assert_array_equal(rollout_diversity.informative(np.full((2, 3), 0.1)), [0.0, 0.0])
 
 
 def test_pass_stats_and_true_score_summary_hand_computed():

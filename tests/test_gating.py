@@ -111,6 +111,9 @@ def test_hard_gates():
   np.testing.assert_allclose(state.lam, 0.8 / 4, rtol=1e-6)
   np.testing.assert_allclose(m["gate_info"], 0.75)
   np.testing.assert_allclose(m["gate_direction"], 0.5)
+  # Equal rewards whose float32 mean rounds (7 x 4.995): no spread, so the hard information gate stays shut.
+  _, m = update_gate(init_gate_state(cfg), jnp.full((1, 7), 4.995), None, cfg)
+  assert float(m["gate_info"]) == 0.0 and float(m["reward_var"]) == 0.0
 
 
 def test_bad_config_and_shapes():

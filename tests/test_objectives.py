@@ -87,6 +87,20 @@ def test_group_advantages_hand_values():
   np.testing.assert_allclose(got, [[-2 / s, 2 / s, 0, 0]], rtol=1e-6)
 
 
+# Equal rewards whose float32 group mean is a rounding off their value (7 x 4.995; 8/3, the mean of three judge
+# choices, 8 times): a group without signal, whatever the rounding.
+EQUAL_GROUPS = [np.full((1, 7), 4.995, np.float32), np.full((1, 8), 8 / 3, np.float32)]
+
+
+@pytest.mark.parametrize("r", EQUAL_GROUPS, ids=["4.995x7", "8/3x8"])
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_a_group_of_equal_rewards_has_no_advantage(r, scale):
+  """Deviations of a rounded mean (an ulp) scaled by a std of an ulp gave every row the same positive advantage."""
+  assert jnp.sum(jnp.asarray(r)) / r.shape[1] != r[0, 0]   # the premise: the float32 mean does round
+  np.testing.assert_array_equal(group_advantages(jnp.asarray(r), None, scale), 0.0)
+  np.testing.assert_array_equal(group_weights(jnp.asarray(r), None, drop_equal_groups=True), 0.0)
+
+
 def test_group_weights_drop_equal_groups():
   r = jnp.array([[2.0, 2.0, 2.0], [1.0, 3.0, 1.0], [4.0, 2.0, 4.0]])
   valid = jnp.array([[1, 1, 1], [1, 1, 1], [1, 0, 1]], bool)

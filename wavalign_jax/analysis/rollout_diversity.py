@@ -20,7 +20,7 @@ def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
 def informative(values: np.ndarray) -> np.ndarray:
   """Per group of values [P, G]: 1.0 where they differ (non-zero advantages under group scaling), else 0.0.
   Of rewards: the groups that train; of true semantic scores: those whose difference is real, not judge noise."""
-  return (np.var(np.asarray(values, np.float64), axis=1) > 0).astype(np.float64)
+  return (np.ptp(np.asarray(values), axis=1) > 0).astype(np.float64)   # exact (a variance can round above 0)
 
 
 def group_stats(rewards: np.ndarray, parts: Mapping[str, np.ndarray] | None = None,

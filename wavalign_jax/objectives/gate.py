@@ -16,6 +16,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from wavalign_jax.objectives import grpo
+
 # "dynamic": gates + EMA (reference); "dynamic_no_ema": gates only (α = 0);
 # "fixed": λ = fixed_lambda; "sft_only": λ = 0; "rl_only": λ = 1.
 GATE_MODES = ("dynamic", "dynamic_no_ema", "fixed", "sft_only", "rl_only")
@@ -63,17 +65,12 @@ def update_gate(state: GateState, rewards: jax.Array, valid: jax.Array | None,
 
   Prompts without any valid reward do not count; a batch without any keeps the previous λ.
   """
-  if rewards.ndim != 2:
-    raise ValueError(f"rewards must be [prompts, group], got shape {rewards.shape}")
-  r = rewards.astype(jnp.float32)
-  v = jnp.ones(r.shape, bool) if valid is None else valid.astype(bool)
-  n = jnp.sum(v, axis=1)
-  prompt_ok = n > 0
-  mean = jnp.sum(jnp.where(v, r, 0.0), axis=1) / jnp.maximum(n, 1)
-  var = jnp.sum(jnp.where(v, (r - mean[:, None])**2, 0.0), axis=1) / jnp.maximum(n, 1)
+  g = grpo.group_stats(rewards, valid)
+  r, v, var = rewards.astype(jnp.float32), g.valid, g.var
+  prompt_ok = g.count > 0
   rmax = jnp.where(prompt_ok, jnp.max(jnp.where(v, r, -jnp.inf), axis=1), 0.0)
   if cfg.hard_gates:
-    g_info = (var > 0).astype(jnp.float32)
+    g_info = g.spread.astype(jnp.float32)
     g_dir = (rmax > cfg.direction_threshold).astype(jnp.float32)
   else:
     g_info = jnp.clip(var / cfg.info_norm, 0.0, 1.0)

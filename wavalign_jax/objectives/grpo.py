@@ -11,6 +11,7 @@ dropping equal-reward groups.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,43 +77,62 @@ class GRPOConfig:
     return self.beta_text > 0 or self.beta_speech > 0
 
 
-def _valid(rewards: jax.Array, valid: jax.Array | None) -> jax.Array:
-  return jnp.ones(rewards.shape, bool) if valid is None else valid.astype(bool)
+class GroupStats(NamedTuple):
+  """Each prompt group's valid rewards (`group_stats`): the one definition the advantages, the λ gate and the
+  signal-less groups share."""
+  valid: jax.Array       # bool [P, G]
+  count: jax.Array       # [P] valid items
+  mean: jax.Array        # [P]
+  centred: jax.Array     # [P, G] r − mean on valid items, else 0; exactly 0 in a group without spread
+  spread: jax.Array      # bool [P]: the valid rewards differ (the group carries signal)
+
+  @property
+  def var(self) -> jax.Array:
+    """[P] population variance of the valid rewards (exactly 0 without spread)."""
+    return jnp.sum(self.centred**2, axis=1) / jnp.maximum(self.count, 1)
+
+
+def group_stats(rewards: jax.Array, valid: jax.Array | None = None) -> GroupStats:
+  """Statistics of rewards [P, G] over each group's valid items. Equal rewards (8/3, the mean of three judge
+  choices, G times) have a float32 mean a rounding off their value: their deviations are set to exactly 0, or group
+  scaling would turn them into a same-signed advantage on every row and a hard information gate would open."""
+  if rewards.ndim != 2:
+    raise ValueError(f"rewards must be [prompts, group], got shape {rewards.shape}")
+  r = rewards.astype(jnp.float32)
+  v = jnp.ones(r.shape, bool) if valid is None else valid.astype(bool)
+  count = jnp.sum(v, axis=1)
+  mean = jnp.sum(jnp.where(v, r, 0.0), axis=1) / jnp.maximum(count, 1)
+  spread = jnp.max(jnp.where(v, r, -jnp.inf), axis=1) > jnp.min(jnp.where(v, r, jnp.inf), axis=1)
+  centred = jnp.where(v & spread[:, None], r - mean[:, None], 0.0)
+  return GroupStats(v, count, mean, centred, spread)
 
 
 def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, scale: str = "group",
                      eps: float = 1e-4) -> jax.Array:
-  """Advantages [P, G] from rewards [P, G] (P prompts, G rollouts each); invalid items get 0.
+  """Advantages [P, G] from rewards [P, G] (P prompts, G rollouts each); invalid items, and every item of a group
+  whose valid rewards are equal, get 0.
 
   A = (r − mean_group) / (std + eps), population std over the valid items of the group
   ("group"), over all valid rewards of the batch ("batch"), or no scaling ("none").
   """
-  if rewards.ndim != 2:
-    raise ValueError(f"rewards must be [prompts, group], got shape {rewards.shape}")
   if scale not in ADVANTAGE_SCALES:
     raise ValueError(f"advantage scale {scale!r}: choose one of {list(ADVANTAGE_SCALES)}")
-  r, v = rewards.astype(jnp.float32), _valid(rewards, valid)
-  n = jnp.maximum(jnp.sum(v, axis=1, keepdims=True), 1)
-  mean = jnp.sum(jnp.where(v, r, 0.0), axis=1, keepdims=True) / n
-  centred = jnp.where(v, r - mean, 0.0)
+  g = group_stats(rewards, valid)
   if scale == "group":
-    centred = centred / (jnp.sqrt(jnp.sum(centred**2, axis=1, keepdims=True) / n) + eps)
-  elif scale == "batch":
-    n_all = jnp.maximum(jnp.sum(v), 1)
-    batch_mean = jnp.sum(jnp.where(v, r, 0.0)) / n_all
-    centred = centred / (jnp.sqrt(jnp.sum(jnp.where(v, (r - batch_mean)**2, 0.0)) / n_all) + eps)
-  return centred
+    return g.centred / (jnp.sqrt(g.var)[:, None] + eps)
+  if scale == "batch":
+    r, n_all = rewards.astype(jnp.float32), jnp.maximum(jnp.sum(g.valid), 1)
+    batch_mean = jnp.sum(jnp.where(g.valid, r, 0.0)) / n_all
+    return g.centred / (jnp.sqrt(jnp.sum(jnp.where(g.valid, (r - batch_mean)**2, 0.0)) / n_all) + eps)
+  return g.centred
 
 
 def group_weights(rewards: jax.Array, valid: jax.Array | None = None,
                   drop_equal_groups: bool = False) -> jax.Array:
   """Per-rollout weight [P, G]: 0 for invalid items and, optionally, for groups with no signal."""
-  v = _valid(rewards, valid)
-  if drop_equal_groups:
-    hi = jnp.max(jnp.where(v, rewards, -jnp.inf), axis=1, keepdims=True)
-    lo = jnp.min(jnp.where(v, rewards, jnp.inf), axis=1, keepdims=True)
-    v = v & (hi > lo)
-  return v.astype(jnp.float32)
+  g = group_stats(rewards, valid)
+  keep = g.valid & g.spread[:, None] if drop_equal_groups else g.valid
+  return keep.astype(jnp.float32)
 
 
 def group_fallback(types: aggregation.Streams, token_set: str, group_size: int) -> jax.Array:
