@@ -170,7 +170,7 @@ def test_retry_after_is_capped_at_max_retry_after():
     (lambda b, i: Reply(200, b"{not json", {"Content-Type": "application/json"}), "malformed reply"),
     (lambda b, i: Reply(200, b'{"choices": []}'), "malformed reply"),
     (lambda b, i: chat_reply("I would give it a four."), "no <score></score> tag"),
-    (lambda b, i: chat_reply("<score>9</score>"), "outside [1.0, 5.0]"),
+    (lambda b, i: chat_reply("<score>9</score>"), "outside [1, 5]"),
     (lambda b, i: Reply(400, b"bad request"), "HTTP 400"),
 ])
 def test_failures_give_fallback_with_reason(handler, reason):
@@ -299,6 +299,26 @@ def test_audio_attachment_as_input_audio_part():
     assert w.getframerate() == 24000 and w.getnframes() == 10 * 3  # 3 codes -> 30 frames
 
 
+def test_the_config_attaches_the_answer_audio(tmp_path):
+  """`reward.decoder_command` reaches the training reward (run_setup.make_reward_fn): the judge gets the WAV; without
+  a decoder, the transcript only; both a command and a URL are refused before the run starts."""
+  from experiments import vita
+  from wavalign_jax import config_check, errors, run_setup
+  config = vita.get_config()
+  with FakeJudgeServer(lambda b, i: chat_reply("<score>4</score>")) as server:
+    config.reward.update(base_url=server.base_url, api_key_env=KEY_ENV, cache_dir=str(tmp_path / "cache"))
+    assert run_setup.make_reward_fn(config, str(tmp_path))(items("ans-4")).scores[0] == 4.0
+    config.reward.decoder_command = _decoder_command(24000)
+    assert run_setup.make_reward_fn(config, str(tmp_path))(items("ans-4")).scores[0] == 4.0
+  assert isinstance(server.requests[0]["messages"][-1]["content"], str)
+  _, audio = server.requests[1]["messages"][-1]["content"]
+  with wave.open(io.BytesIO(base64.b64decode(audio["input_audio"]["data"]))) as w:
+    assert w.getframerate() == 24000 and w.getnframes() == 10 * 3
+  config.reward.decoder_url = "http://127.0.0.1:9/decode"
+  with pytest.raises(errors.ConfigError, match="decoder_command=.* and --config.reward.decoder_url=.*set one"):
+    config_check.check_reward(config)
+
+
 def test_audio_decoder_wrong_rate_fails_item():
   decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=_decoder_command(16000)))
   with FakeJudgeServer(lambda b, i: chat_reply("<score>4</score>")) as server:
@@ -307,10 +327,10 @@ def test_audio_decoder_wrong_rate_fails_item():
 
 
 def test_failure_monitor(caplog):
-  monitor = base.FailureMonitor(max_failed_fraction=0.5, name="judge")
+  monitor = base.FailureMonitor(max_failed_fraction=0.5)
   ok = base.RewardResult([1, 2, 3, 4], [False, True, False, False], [{}, {"reason": "HTTP 500"}, {}, {}])
   metrics = monitor.update(ok, step=7)
-  assert metrics == {"judge/failed": 1.0, "judge/failed_fraction": 0.25, "judge/failed_total": 1.0}
+  assert metrics == {"reward/failed": 1.0, "reward/failed_fraction": 0.25, "reward/failed_total": 1.0}
   assert "HTTP 500" in caplog.text
   timeouts = base.RewardResult([1, 2, 3, 4], [True, True, True, False], [{"reason": "timeout"}] * 3 + [{}])
   with pytest.raises(base.RewardFailureError, match=r"3/4 items failed at step 8.*'timeout', 3"):

@@ -380,6 +380,22 @@ def test_a_run_recorded_with_a_retired_field_resumes(tmp_path):
   assert not os.path.exists(tmp_path / "config.2.json")
 
 
+def test_a_run_recorded_before_a_field_was_added_resumes_at_its_former_behaviour(tmp_path):
+  """`reward.decoder_command` / `decoder_url` came later: a run recorded without them is the same experiment with
+  them unset (the judge read the transcript only, as it does now), and another with an audio decoder set."""
+  config = _config()
+  _record(config, str(tmp_path), None)
+  saved = json.load(open(tmp_path / "config.json"))
+  for field in ("decoder_command", "decoder_url"):
+    del saved["reward"][field]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  _record(config, str(tmp_path), 2)
+  assert not os.path.exists(tmp_path / "config.2.json")
+  config.reward.decoder_url = "http://127.0.0.1:9/decode"
+  with pytest.raises(ConfigChanged, match='reward.decoder_url: "<absent>" -> "http://127.0.0.1:9/decode"'):
+    _record(config, str(tmp_path), 2)
+
+
 def test_a_longer_run_on_resume_says_how_its_learning_rate_jumps(tmp_path, capsys):
   """train.total_steps is free (a run may be continued), but the cosine decay runs over it: a run that ended at
   its final rate continues at a higher one. Peak 1e-3, no warmup, ending at step 4 (rate 0); stretched to 8 steps,

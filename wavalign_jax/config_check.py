@@ -62,8 +62,12 @@ def _profile_warnings(config: mlc.ConfigDict) -> list[str]:
 
 def check_reward(config: mlc.ConfigDict) -> None:
   """An LLM judge the run will call (rollouts, or `data.eval` on built datasets) has its API key in the environment:
-  a missing key is found here, not as a traceback when the judge is built."""
+  a missing key is found here, not as a traceback when the judge is built; it hears the answer through one audio
+  decoder at most."""
   r = config.reward
+  if r.get("decoder_command") and r.get("decoder_url"):
+    raise ConfigError(f"--config.reward.decoder_command={r.decoder_command!r} and --config.reward.decoder_url="
+                      f"{r.decoder_url!r}: the judge's audio comes from one decoder; set one of them")
   if r.kind == "llm_judge" and config_lib.calls_reward(config) and r.api_key_env and r.api_key_env not in os.environ:
     raise ConfigError(f"--config.reward.api_key_env={r.api_key_env}: the environment variable {r.api_key_env} is not "
                       "set (export it, or pass --config.reward.api_key_env='' for a judge server without "

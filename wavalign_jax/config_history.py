@@ -44,7 +44,7 @@ FREE = (
     "optim.warmup_steps", "mesh.", "rollout.length_buckets",
     "rollout.cache_windows", "rollout.gather_weights",
     "model.remat", "model.logprob_chunk", "model.logprob_keep_logits", "model.attention_impl", "model.attention_block",
-    "reward.timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
+    "reward.timeout_s", "reward.decoder_timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
     "reward.max_failed_fraction", "testbed.base_checkpoint_every",
 )
 # Not free although operational: `data.worker_count` (the data iterator's checkpointed position differs between
@@ -52,6 +52,9 @@ FREE = (
 _ABSENT = "<absent>"
 # Fields a config no longer has: a run recorded with them compares equal without them.
 RETIRED = ("layout.kind",)   # it always equalled model.arch
+# Fields added since runs were recorded, with the value that does what the code did before them: a run recorded
+# without such a field resumes when it has that value (any other value is a change like any other).
+ADDED = {"reward.decoder_command": "", "reward.decoder_url": ""}   # the judge read the transcript only
 
 
 class ConfigChanged(RunError):
@@ -210,10 +213,11 @@ def keep(workdir: str, step: int, given: dict[str, Any] | None) -> None:
 
 
 def _differences(old: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-  """The changes that count: all but allow_config_change itself, retired fields and inputs whose identity cannot be
-  compared."""
+  """The changes that count: all but allow_config_change itself, retired fields, added fields at their former
+  behaviour and inputs whose identity cannot be compared."""
+  added = lambda k, a, b: k in ADDED and a == _ABSENT and b == ADDED[k]
   return [d for d in changes(old, given)
-          if d[0] != "train.allow_config_change" and d[0] not in RETIRED and not _unknown_input(*d)]
+          if d[0] != "train.allow_config_change" and d[0] not in RETIRED and not added(*d) and not _unknown_input(*d)]
 
 
 def _write(path: str, config: dict[str, Any]) -> None:

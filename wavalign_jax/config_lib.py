@@ -19,7 +19,7 @@ from wavalign_jax import sharding
 from wavalign_jax.errors import ConfigError  # noqa: F401  (config_lib.ConfigError: where configs are made)
 from wavalign_jax.objectives import DPOConfig, GateConfig, GRPOConfig, SFTConfig
 from wavalign_jax.optim import OptimConfig
-from wavalign_jax.rewards.llm_judge import JudgeSettings
+from wavalign_jax.rewards.llm_judge import FALLBACK_SCORE, JudgeSettings
 
 # The LLM judge's settings (rewards/llm_judge.JudgeSettings) a run's `reward` section carries.
 JUDGE_FIELDS = ("base_url", "model", "api_key_env", "timeout_s", "max_retries", "max_in_flight")
@@ -200,7 +200,12 @@ def base_config() -> mlc.ConfigDict:
   c.reward.kind = "llm_judge"        # "llm_judge" | "testbed" | "exact_match"
   judge = JudgeSettings()            # the judge's settings a run may set (the LLM judge's defaults)
   c.reward.update({f: getattr(judge, f) for f in JUDGE_FIELDS})
-  c.reward.fallback_score = 2.5
+  c.reward.fallback_score = FALLBACK_SCORE   # a failed judge call's score (the reference's middle of 1-5)
+  # The judge hears the answer: an external command (codes as JSON on stdin, a 24 kHz WAV on stdout) or HTTP
+  # endpoint (the same JSON POSTed) that decodes audio codes; at most one. Unset: the judge reads the transcript only.
+  c.reward.decoder_command = ""
+  c.reward.decoder_url = ""
+  c.reward.decoder_timeout_s = 120.0
   c.reward.max_failed_fraction = 0.2   # above this fraction of failed judge calls in one step, stop the run
   c.reward.exclude_failed = False      # keep failed items out of the gate statistics and the advantages
   c.reward.cache_dir = ""              # default WORKDIR/judge_cache

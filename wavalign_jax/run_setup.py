@@ -24,7 +24,7 @@ from wavalign_jax.errors import ConfigError, RunError
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.preemption import PreemptionGuard
 from wavalign_jax.rewards.base import RewardFn, RewardItem
-from wavalign_jax.rewards.llm_judge import JudgeSettings, LLMJudge
+from wavalign_jax.rewards.llm_judge import AudioDecoder, AudioDecoderSettings, JudgeSettings, LLMJudge
 from wavalign_jax.rewards.rules import ExactMatch, normalize_answer
 from wavalign_jax.rollout import decode
 from wavalign_jax.testbed import answers, base_model, metrics, prepare, tasks
@@ -123,7 +123,8 @@ def _testbed_sources(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, .
 
 def make_reward_fn(config: mlc.ConfigDict, workdir: str) -> RewardFn:
   """The reward of `reward.kind`: the testbed's judge, exact match, or an LLM judge client (its cache in
-  WORKDIR/judge_cache unless `reward.cache_dir`)."""
+  WORKDIR/judge_cache unless `reward.cache_dir`; the answer's audio attached with `reward.decoder_command` or
+  `reward.decoder_url`)."""
   kind = config.reward.kind
   if kind == "testbed":
     return TestbedJudge(acoustic_weight=config.testbed.judge_acoustic_weight,
@@ -134,6 +135,8 @@ def make_reward_fn(config: mlc.ConfigDict, workdir: str) -> RewardFn:
     r = config.reward
     settings = JudgeSettings(**{f: r[f] for f in config_lib.JUDGE_FIELDS},
                              cache_dir=r.cache_dir or os.path.join(workdir, "judge_cache"))
-    return LLMJudge(settings, fallback_score=r.fallback_score)
+    decoder = (AudioDecoder(AudioDecoderSettings(r.decoder_command, r.decoder_url, r.decoder_timeout_s))
+               if r.decoder_command or r.decoder_url else None)
+    return LLMJudge(settings, audio_decoder=decoder, fallback_score=r.fallback_score)
   raise ConfigError(f"--config.reward.kind={kind!r}: choose 'llm_judge', 'testbed' or 'exact_match'")
 

@@ -102,18 +102,12 @@ def judge(client: llm_judge.ChatClient | None, conversations: Sequence[list[dict
   if client is None:
     raise ValueError(f"subset {subset!r} is scored by an LLM judge: configure one (--judge_base_url, ...)")
   out: list[list[float] | None] = []
-  for i, reply in enumerate(client.complete_many(conversations, usable=llm_judge.parses(parse))):
-    if isinstance(reply, llm_judge.JudgeError):
-      log.warning("%s record %d: judge failed: %s", subset, i, reply)
-      out.append(None)
-      continue
-    values = []
-    for choice in reply:
-      try:
-        values.append(parse(choice))
-      except ValueError as e:
-        log.warning("%s record %d: unparsable judge reply: %s", subset, i, e)
-    out.append(values or None)
+  for i, judged in enumerate(llm_judge.judge_all(client, conversations, parse)):
+    for error in judged.parse_errors:
+      log.warning("%s record %d: unparsable judge reply: %s", subset, i, error)
+    if judged.failure:
+      log.warning("%s record %d: no judge value, left out: %s", subset, i, judged.failure)
+    out.append(judged.values or None)
   return out
 
 

@@ -70,11 +70,13 @@ class RewardFailureError(RunError):
 class FailureMonitor:
   """Counts failed reward items, logs them, and stops training when a batch is mostly fallbacks."""
 
-  def __init__(self, max_failed_fraction: float = 0.25, name: str = "reward"):
+  name = "reward"   # of its metrics: reward/failed, reward/failed_fraction, reward/failed_total
+
+  def __init__(self, max_failed_fraction: float):
+    """`max_failed_fraction`: `reward.max_failed_fraction`."""
     if not 0.0 <= max_failed_fraction <= 1.0:
       raise ValueError(f"max_failed_fraction must lie in [0, 1], got {max_failed_fraction}")
     self.max_failed_fraction = max_failed_fraction
-    self.name = name
     self.total_items = 0
     self.total_failed = 0
 

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 FALLBACK_SCORE = 2.5  # reference score of a failed judge call: the middle of 1-5
 WAV_SAMPLE_RATE = 24000
 
-DEFAULT_SYSTEM_PROMPT = "You are a strict, fair evaluator of answers given by a spoken dialogue assistant."
-DEFAULT_PROMPT = """Evaluate how well a spoken assistant answered a user's question.
+JUDGE_SYSTEM_PROMPT = "You are a strict, fair evaluator of answers given by a spoken dialogue assistant."
+JUDGE_PROMPT = """Evaluate how well a spoken assistant answered a user's question.
 
 Question: {question}
 Transcript of answer: {answer}
@@ -54,7 +54,8 @@ AUDIO_NOTE = ("\nThe audio of the answer is attached: also judge whether the spe
 
 @dataclasses.dataclass(frozen=True)
 class JudgeSettings:
-  """Where and how to ask the judge. Everything here except the timing knobs keys the cache."""
+  """Where and how to ask the judge. The cache is keyed by base_url and the request (model, n, temperature, top_p,
+  max_tokens, the conversation); the other fields change how a request is made, not its answer."""
   base_url: str = "https://api.openai.com/v1"
   model: str = "gpt-4o"
   api_key_env: str = "OPENAI_API_KEY"   # name of the env variable; "" sends no Authorization header
@@ -263,14 +264,15 @@ def audio_part(wav: bytes) -> dict[str, Any]:
 _SCORE_TAG = re.compile(r"<score>\s*([-+]?\d+(?:\.\d+)?)\s*</score>", re.IGNORECASE)
 
 
-def parse_score_tag(reply: str, low: float = 1.0, high: float = 5.0) -> float:
-  """The last `<score>x</score>` of a reply; ValueError when absent or outside [low, high]."""
+def parse_score_tag(reply: str) -> float:
+  """The last `<score>x</score>` of a reply (a judge may reason about a score before its verdict); ValueError when
+  absent or outside the prompt's 1-5."""
   found = _SCORE_TAG.findall(reply)
   if not found:
     raise ValueError(f"no <score></score> tag in reply {reply[:120]!r}")
   score = float(found[-1])
-  if not low <= score <= high:
-    raise ValueError(f"score {score} outside [{low}, {high}]")
+  if not 1.0 <= score <= 5.0:
+    raise ValueError(f"score {score} outside [1, 5]")
   return score
 
 
@@ -285,27 +287,57 @@ def parses(parse: Callable[[str], Any]) -> Callable[[str], bool]:
   return usable
 
 
+@dataclasses.dataclass
+class Judged:
+  """One conversation's verdict (`judge_all`): the reply's choices, the values of those that parsed and why the
+  others did not; `failure` says why there is no value at all (the request failed, or no choice parsed)."""
+  replies: list[str]
+  values: list[float]
+  parse_errors: list[str]
+  failure: str | None
+
+
+def judge_all(client: ChatClient, conversations: Sequence[list[dict[str, Any]]],
+              parse: Callable[[str], float]) -> list[Judged]:
+  """Asks the judge about every conversation (concurrently, cached) and parses each reply choice: the one judging
+  loop of the training reward (`LLMJudge`) and the benchmark scorers (evaluation/common.judge)."""
+  out = []
+  for reply in client.complete_many(conversations, usable=parses(parse)):
+    if isinstance(reply, JudgeError):
+      out.append(Judged([], [], [], f"request failed: {reply}"))
+      continue
+    values, errors = [], []
+    for choice in reply:
+      try:
+        values.append(parse(choice))
+      except ValueError as e:
+        errors.append(str(e))
+    failure = None if values else f"unparsable reply: {errors[0]}" if errors else "the reply held no choices"
+    out.append(Judged(list(reply), values, errors, failure))
+  return out
+
+
 class LLMJudge:
   """RewardFn: holistic 1-5 judge of (question text, answer text channel[, answer audio])."""
 
+  name = "llm_judge"
+  question_field = "question_text"   # the record's question (data/build.py keeps it with every prompt)
+
   def __init__(self, settings: JudgeSettings, *, audio_decoder: AudioDecoder | None = None,
-               prompt: str = DEFAULT_PROMPT, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-               question_field: str = "question_text", fallback_score: float = FALLBACK_SCORE,
-               name: str = "llm_judge"):
+               fallback_score: float = FALLBACK_SCORE):
+    """`audio_decoder`: the answer's audio codes go to the judge as a 24 kHz WAV beside the transcript
+    (`reward.decoder_command` / `reward.decoder_url`); without it the judge reads the transcript only."""
     self.client = ChatClient(settings)
     self.audio_decoder = audio_decoder
-    self.prompt, self.system_prompt = prompt, system_prompt
-    self.question_field = question_field
     self.fallback_score = fallback_score
-    self.name = name
 
   def _messages(self, item: base.RewardItem) -> list[dict[str, Any]]:
-    text = self.prompt.format(question=item.record[self.question_field], answer=item.text,
-                              audio_note=AUDIO_NOTE if self.audio_decoder else "")
+    text = JUDGE_PROMPT.format(question=item.record[self.question_field], answer=item.text,
+                                 audio_note=AUDIO_NOTE if self.audio_decoder else "")
     content: Any = text
     if self.audio_decoder is not None:
       content = [{"type": "text", "text": text}, audio_part(self.audio_decoder(item.audio_codes))]
-    return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+    return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
   def __call__(self, items: Sequence[base.RewardItem]) -> base.RewardResult:
     n = len(items)
@@ -322,21 +354,15 @@ class LLMJudge:
         todo.append(i)
       except DECODER_ERRORS as e:
         failed[i], info[i]["reason"] = True, f"audio decoder: {e}"
-    for i, reply in zip(todo, self.client.complete_many(conversations, usable=parses(parse_score_tag))):
-      if isinstance(reply, JudgeError):
-        failed[i], info[i]["reason"] = True, f"request failed: {reply}"
-        continue
-      info[i]["replies"] = reply
-      parsed = []
-      for r in reply:
-        try:
-          parsed.append(parse_score_tag(r))
-        except ValueError as e:
-          info[i].setdefault("parse_errors", []).append(str(e))
-      if parsed:
-        scores[i] = np.mean(parsed)
+    for i, judged in zip(todo, judge_all(self.client, conversations, parse_score_tag)):
+      if judged.replies:
+        info[i]["replies"] = judged.replies
+      if judged.parse_errors:
+        info[i]["parse_errors"] = judged.parse_errors
+      if judged.failure:
+        failed[i], info[i]["reason"] = True, judged.failure
       else:
-        failed[i], info[i]["reason"] = True, f"unparsable reply: {info[i]['parse_errors'][0]}"
+        scores[i] = np.mean(judged.values)
     for i in np.flatnonzero(failed):
       log.warning("%s: item %d failed, scored %.1f: %s", self.name, i, self.fallback_score, info[i]["reason"])
     return base.RewardResult(scores, failed, info)
