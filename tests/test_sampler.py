@@ -535,6 +535,19 @@ def test_parallel_rollouts_follow_delay_blank_stop(kimi):
     end = eos[0] if len(eos) else n
     assert forced["audio"][b, :delay].all() and not forced["audio"][b, delay:n].any()
     assert forced["text"][b, end + 1:n].all() and not forced["text"][b, :end + 1].any()
+  # Under the constraint the one malformation is a text cut off by the audio's stop (no text_eos); a code in the
+  # delay, or text after text_eos, is malformed too (free decoding can write them).
+  ok, done = rollout.well_formed(r, con), ~np.asarray(r.truncated)
+  has_eos = np.array([(t[b, :int(r.lengths[b])] == TPV.text_eos).any() for b in range(6)])
+  np.testing.assert_array_equal(ok, done & has_eos)
+  eos_at = lambda b: int(np.flatnonzero(t[b] == TPV.text_eos)[0])
+  b = next(b for b in np.flatnonzero(ok) if eos_at(b) + 1 < int(r.lengths[b]))   # a blank after its text_eos
+  code_in_delay = a.copy()
+  code_in_delay[b, 0] = TPV.audio_offset
+  text_after_eos = t.copy()
+  text_after_eos[b, eos_at(b) + 1] = TPV.text_eos
+  for tokens in ({"text": t, "audio": code_in_delay}, {"text": text_after_eos, "audio": a}):
+    assert not rollout.well_formed(r._replace(tokens=tokens), con)[b]
   _check_rl_batch_and_logp(params, cfg, prompts, r, TPV.pad)
 
 

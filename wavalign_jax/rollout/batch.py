@@ -139,9 +139,11 @@ def response_contents(rollouts: Rollouts, constraint: Constraint) -> list[tuple[
 
 
 def well_formed(rollouts: Rollouts, constraint: Constraint) -> np.ndarray:
-  """bool [B]: the completion ends with its stop token and follows the architecture's layout exactly
-  (interleaved: the ratio schedule's chunks; parallel: text ends with text_eos). Always true under the
-  constrained default (up to truncation); counted as a metric with `rollout.constrained=False`."""
+  """bool [B]: the completion ends with its stop token and follows the architecture's layout exactly.
+  Interleaved: the ratio schedule's chunks (always true under the constrained default, up to truncation).
+  Parallel: text ids up to a text_eos, then blanks; audio blanks for the delay, then codes up to the stop. The
+  constraint enforces all but one of those rules: the audio may stop before the text said text_eos (a cut-off
+  answer, as in upstream decoding), which this reports."""
   mask = np.asarray(rollouts.mask)
   toks = {s: np.asarray(t) for s, t in rollouts.tokens.items()}
   done = ~np.asarray(rollouts.truncated)
@@ -157,5 +159,9 @@ def well_formed(rollouts: Rollouts, constraint: Constraint) -> np.ndarray:
       got = toks["tokens"][b][mask[b]]
       out[b] = len(got) <= len(want) and np.array_equal(got, want[:len(got)]) and got[-1] == constraint.vocab.eos
     else:
-      out[b] = bool(np.any(toks["text"][b][mask[b]] == constraint.vocab.text_eos))
+      v, delay = constraint.vocab, constraint.delay
+      text, audio = toks["text"][b][mask[b]], toks["audio"][b][mask[b]]
+      eos = np.flatnonzero(text == v.text_eos)
+      out[b] = (len(eos) > 0 and v.is_text(text[:eos[0]]).all() and (text[eos[0] + 1:] == v.text_blank).all()
+                and (audio[:delay] == v.text_blank).all() and v.is_audio(audio[delay:-1]).all())
   return out

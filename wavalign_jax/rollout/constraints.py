@@ -91,7 +91,7 @@ class InterleavedConstraint:
     t_max, codes = self._budgets(state.chunk)
     phase, n = state.phase[:, None], state.count[:, None]
     is_text = _text_ids(v)
-    is_code = (ids >= v.first_audio_code) & (ids < v.first_audio_code + v.num_audio_codes)
+    is_code = v.is_audio(ids)
     text_ok = (is_text & (n < t_max[:, None])) | (ids == v.begin_of_audio) | (
         (ids == v.eos) & (n == 0) & (state.chunk[:, None] > 0))
     eoa_ok = (n >= codes[:, None]) | (state.final[:, None] & (n >= 1))
@@ -117,7 +117,7 @@ class InterleavedConstraint:
     chunk = state.chunk + next_chunk.astype(jnp.int32)
     final = jnp.where(next_chunk, False, final)
     stop = eos
-    is_code = (x >= v.first_audio_code) & (x < v.first_audio_code + v.num_audio_codes)
+    is_code = v.is_audio(x)
     types = jnp.where(is_code, int(TokenType.SPEECH),
                       jnp.where(boa | eoa, int(TokenType.BOUNDARY), int(TokenType.TEXT))).astype(jnp.int32)
     return InterleavedState(phase, chunk, count, final), {"tokens": types}, stop
@@ -141,7 +141,7 @@ class ParallelConstraint:
     v = self.vocab
     ids = _ids(v.vocab_size)
     blank = ids == v.text_blank
-    is_code = (ids >= v.audio_offset) & (ids < v.audio_offset + v.num_audio_codes)
+    is_code = v.is_audio(ids)
     audio = jnp.where(state.step[:, None] < self.delay, blank,
                       is_code | (ids == v.msg_end) | (ids == v.media_end))
     text = jnp.where(state.text_done[:, None], blank, _text_ids(v) | (ids == v.text_eos))
