@@ -214,8 +214,8 @@ def test_generate_is_batch_invariant(tmp_path):
   sampling = generate.eval_sampling(decode.sampling_config(config.rollout, config.layout, builder.vocab),
                                     max_new_tokens=6)
   params, rng = _init(cfg, 3), jax.random.PRNGKey(0)
-  one = generate.generate(params, cfg, sampling, prompts, batch_size=1, pad_id=builder.vocab.pad, rng=rng)
-  two = generate.generate(params, cfg, sampling, prompts, batch_size=2, pad_id=builder.vocab.pad, rng=rng)
+  one = generate.generate(params, cfg, sampling, prompts, batch_size=1, rng=rng)
+  two = generate.generate(params, cfg, sampling, prompts, batch_size=2, rng=rng)
   assert one == two and len(one) == 3 and all(t or c for t, c in one)
 
 

@@ -9,7 +9,7 @@ numpy or jax arrays.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from flax import struct
@@ -36,6 +36,11 @@ class TargetLogprobs:
   the entropy of the distribution it was drawn from, float32 {stream: [B, L]} (0 before the forward's `start`)."""
   logp: Streams
   entropy: Streams
+
+
+# (params, SeqBatch, start: int = 0) -> TargetLogprobs: the model's `target_logprobs` with its config bound, the
+# only way the objectives see a model (`models.logprob_fn`)
+LogprobFn = Callable[..., TargetLogprobs]
 
 
 @struct.dataclass

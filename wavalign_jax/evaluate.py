@@ -49,7 +49,7 @@ def generate_responses(model: LoadedModel, config: mlc.ConfigDict, suite: str, d
                                                                 model.model_cfg.num_mtp_modules),
                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
   contents = generate.generate(model.params, model.model_cfg, sampling, prompts, batch_size=batch_size,
-                               pad_id=model.builder.vocab.pad, rng=jax.random.PRNGKey(seed), mesh=model.mesh)
+                               rng=jax.random.PRNGKey(seed), mesh=model.mesh)
   generate.write_responses(out_path, generate.response_records(
       records, [tokenizer_lib.decode_text(model.tokenizer, t) for t, _ in contents], [c for _, c in contents]))
   return len(records)

@@ -55,7 +55,7 @@ def run(config: mlc.ConfigDict, *, checkpoint: str | None, prompts: Sequence[str
       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
   contents = generate_lib.generate(model.params, model.model_cfg, sampling,
                                    generate_lib.layout_prompts(records, model.builder), batch_size=batch_size,
-                                   pad_id=model.builder.vocab.pad, rng=jax.random.PRNGKey(seed), mesh=model.mesh)
+                                   rng=jax.random.PRNGKey(seed), mesh=model.mesh)
   responses = generate_lib.response_records(
       records, [tokenizer_lib.decode_text(model.tokenizer, t) for t, _ in contents], [c for _, c in contents])
   if out:

@@ -19,13 +19,13 @@ import optax
 from jax.sharding import Mesh
 
 from wavalign_jax import sharding as sharding_lib
-from wavalign_jax.batches import DPOBatch, HybridBatch
+from wavalign_jax.batches import DPOBatch, HybridBatch, LogprobFn
 from wavalign_jax.objectives import gate as gate_lib
 from wavalign_jax.objectives import grpo
 from wavalign_jax.objectives.grpo import GRPOConfig
 from wavalign_jax.objectives.dpo import METRIC_REDUCERS as DPO_METRIC_REDUCERS
 from wavalign_jax.objectives.dpo import DPOConfig, dpo_count, make_dpo_loss
-from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, LogprobFn, hybrid_counts, make_hybrid_loss
+from wavalign_jax.objectives.hybrid import METRIC_REDUCERS, HybridConfig, hybrid_counts, make_hybrid_loss
 from wavalign_jax.objectives.sft import SFTConfig
 from wavalign_jax.train_state import TrainState
 
@@ -36,6 +36,11 @@ class StepConfig:
   hybrid: HybridConfig = dataclasses.field(default_factory=HybridConfig)
   gate: gate_lib.GateConfig = dataclasses.field(default_factory=gate_lib.GateConfig)
   dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+
+
+# step(state, batch, rl_start=0) -> (state, metrics): the train step of either objective (`make_hybrid_step`,
+# `make_dpo_step`), jitted by `jit_step`.
+StepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
 
 
 def step_config(config: Any) -> StepConfig:
@@ -52,7 +57,7 @@ def all_finite(*trees: Any) -> jax.Array:
 
 
 def _apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTransformation,
-                     schedule: optax.Schedule | None, metrics: dict, gate: Any = None,
+                     schedule: optax.Schedule | None, metrics: dict, gate: gate_lib.GateState | None = None,
                      gate_metrics: dict | None = None) -> tuple[TrainState, dict]:
   """AdamW update and the new gate, unless anything about the step is not finite.
 
@@ -135,7 +140,8 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: HybridBatch | DP
 
 
 def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
-                     schedule: optax.Schedule | None = None, *, update_gate: bool = True, microbatches: int = 1):
+                     schedule: optax.Schedule | None = None, *, update_gate: bool = True,
+                     microbatches: int = 1) -> StepFn:
   """`step(state, batch, rl_start=0) -> (state, metrics)` for the hybrid objective.
 
   `rl_start` (static in `jit_step`): the RL rows' prompt length - 1 (`rollout.batch.rl_batch`);
@@ -166,7 +172,7 @@ def make_hybrid_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
 
 def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation, cfg: StepConfig,
-                  schedule: optax.Schedule | None = None, *, microbatches: int = 1):
+                  schedule: optax.Schedule | None = None, *, microbatches: int = 1) -> StepFn:
   """`step(state, batch, rl_start=0) -> (state, metrics)` for DPO pairs. `rl_start` is unused (DPO has no RL
   rows): both steps take the same arguments, so the loop and `jit_step` treat them alike. `microbatches > 1`
   accumulates over pieces of the pairs with the step's global pair count (same gradients, less memory)."""
@@ -181,7 +187,7 @@ def make_dpo_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation
   return step
 
 
-def jit_step(step: Callable, state_sharding: Any, mesh: Mesh) -> Callable:
+def jit_step(step: StepFn, state_sharding: Any, mesh: Mesh) -> StepFn:
   """`step(state, batch, rl_start)` jitted with the state donated and kept in its sharding, activation sharding
   rules on, `rl_start` static; batch shardings follow the inputs."""
   return sharding_lib.jit_with_rules(step, mesh, in_shardings=(state_sharding, None),

@@ -82,7 +82,7 @@ def eval_sampling(sampling: decode.SamplingConfig, *, temperature: float = 0.0, 
 
 
 def generate(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfig,
-             prompts: Sequence[layouts.Example], *, batch_size: int, pad_id: int,
+             prompts: Sequence[layouts.Example], *, batch_size: int,
              rng: jax.Array, mesh: Mesh | None = None) -> list[tuple[list[int], list[int]]]:
   """(text ids, 0-based audio codes) of one response to each of `prompts`, `batch_size` at a time.
 
@@ -97,7 +97,7 @@ def generate(params: Any, model_cfg: ModelConfig, sampling: decode.SamplingConfi
   length = max(len(p) for p in prompts)
   out: list[tuple[list[int], list[int]]] = []
   for start in range(0, len(prompts), batch_size):
-    batch = sampler_lib.left_pad_prompts(prompts[start:start + batch_size], pad_id, length)
+    batch = sampler_lib.left_pad_prompts(prompts[start:start + batch_size], sampling.pad, length)
     out += sample_batch(params, model_cfg, sampling, batch, batch_size=batch_size,
                         rng=jax.random.fold_in(rng, start), mesh=mesh)
   return out

@@ -12,12 +12,13 @@ per stream (Kimi-Audio upstream: a masked mean per stream, weighted 1:1).
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-Streams = Mapping[str, jax.Array]
+from wavalign_jax.batches import Streams
+
 
 # "seq_mean_token_mean": masked mean per sequence, then mean over sequences (the reference).
 # "token_mean": one masked mean over every token of the batch.

@@ -8,13 +8,13 @@ needs no reference model.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
-from wavalign_jax.batches import DPOBatch, TargetLogprobs
+from wavalign_jax.batches import DPOBatch, LogprobFn, Streams
 from wavalign_jax.objectives import aggregation
 
 
@@ -30,7 +30,7 @@ class DPOConfig:
       raise ValueError(f"DPOConfig.beta must be > 0, got {self.beta}")
 
 
-def sequence_logp(logp: aggregation.Streams, types: aggregation.Streams, token_set: str) -> jax.Array:
+def sequence_logp(logp: Streams, types: Streams, token_set: str) -> jax.Array:
   """[B] sum of the log-probs of the tokens in `token_set`, over all streams."""
   aggregation.check_streams("types", types, logp)
   mask = {k: tokens.token_set_mask(t, token_set).astype(jnp.float32) for k, t in types.items()}
@@ -60,14 +60,15 @@ def dpo_count(batch: DPOBatch) -> jax.Array:
 METRIC_REDUCERS = {"loss": "sum"}
 
 
-def make_dpo_loss(logprob_fn: Callable[..., TargetLogprobs], cfg: DPOConfig):
+def make_dpo_loss(logprob_fn: LogprobFn, cfg: DPOConfig) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
   """`dpo_loss_fn(params, batch: DPOBatch, count=None) -> (loss, metrics)`.
 
   Both halves must have the same shapes: they go through the model as one batch of 2B. `count` is the step's
   global pair count when the step is split into micro-batches (`steps.make_dpo_step`): each piece's loss is then
   its share of the step's.
   """
-  def dpo_loss_fn(params, batch: DPOBatch, count: jax.Array | None = None):
+  def dpo_loss_fn(params: Any, batch: DPOBatch,
+                  count: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     concat = lambda a, b: jnp.concatenate([a, b])
     try:
       both = jax.tree.map(concat, batch.chosen, batch.rejected)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
-from wavalign_jax.batches import RLBatch
+from wavalign_jax.batches import RLBatch, Streams
 from wavalign_jax.objectives import aggregation
 from wavalign_jax.objectives.sft import type_weights
 
@@ -135,7 +135,7 @@ def group_weights(rewards: jax.Array, valid: jax.Array | None = None,
   return keep.astype(jnp.float32)
 
 
-def group_fallback(types: aggregation.Streams, token_set: str, group_size: int) -> jax.Array:
+def group_fallback(types: Streams, token_set: str, group_size: int) -> jax.Array:
   """bool [B]: rows whose prompt group (rows p*G .. p*G+G-1) has no token of `token_set` in any completion.
 
   Such a group trains on its whole completions instead (the reference's fallback, decided per group): a
@@ -159,7 +159,7 @@ def with_group_fields(rl: RLBatch, rewards: jax.Array, valid: jax.Array | None, 
                     fallback=group_fallback(rl.types, cfg.token_set, rewards.shape[1]))
 
 
-def rl_token_weights(types: aggregation.Streams, token_set: str,
+def rl_token_weights(types: Streams, token_set: str,
                      fallback: jax.Array | None = None) -> dict[str, jax.Array]:
   """Mask of the token set; rows with `fallback` (see `group_fallback`) use their whole completion."""
   out = {}
@@ -171,7 +171,7 @@ def rl_token_weights(types: aggregation.Streams, token_set: str,
   return out
 
 
-def _completions(types: aggregation.Streams) -> jax.Array:
+def _completions(types: Streams) -> jax.Array:
   """bool [B]: rows that hold a completion (a position with a loss type); they count in sequence means."""
   return jnp.any(aggregation.concat_streams(types) != tokens.TokenType.NONE, axis=1)
 
@@ -195,8 +195,8 @@ def kl_divergence(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.A
   raise ValueError(f"KL estimator {estimator!r}: choose one of {list(KL_ESTIMATORS)}")
 
 
-def grpo_loss(logp: aggregation.Streams, batch: RLBatch, cfg: GRPOConfig, *,
-              entropy: aggregation.Streams | None = None) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
+def grpo_loss(logp: Streams, batch: RLBatch, cfg: GRPOConfig, *,
+              entropy: Streams | None = None) -> tuple[aggregation.LossTerm, dict[str, jax.Array]]:
   """GRPO loss term and metrics for the completions of `batch` whose log-probs are `logp` {stream: [B, L]}.
 
   The batch's `advantages` [B] are required. `old_logp`: π_old of a later PPO iteration (the training forward's

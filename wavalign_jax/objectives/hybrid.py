@@ -7,17 +7,15 @@ before), so both architectures share this code.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from wavalign_jax.batches import HybridBatch, TargetLogprobs
+from wavalign_jax.batches import HybridBatch, LogprobFn
 from wavalign_jax.objectives import aggregation, grpo
 from wavalign_jax.objectives.grpo import GRPOConfig, grpo_count, grpo_loss
 from wavalign_jax.objectives.sft import SFTConfig, sft_count, sft_loss
-
-LogprobFn = Callable[..., TargetLogprobs]   # (params, SeqBatch, start: int = 0) -> TargetLogprobs
 
 # How a step combines the hybrid loss's metrics over micro-batches (`steps.reduce_micro_metrics`): the loss shares
 # (computed with the step's global counts) and the counts add up; a metric not named here is averaged.
@@ -54,7 +52,7 @@ def hybrid_counts(batch: HybridBatch, cfg: HybridConfig) -> dict[str, jax.Array]
   return counts
 
 
-def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
+def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
   """`hybrid_loss(params, batch, lambda_t, counts=None, rl_start=0) -> (loss, metrics)`.
 
   `batch`: a `HybridBatch` whose `rl` part carries `advantages` (and optionally `old_logp`, `ref_logp`,
@@ -63,7 +61,8 @@ def make_hybrid_loss(logprob_fn: LogprobFn, cfg: HybridConfig):
   may carry a loss (the prompt length - 1 of a `rollout.batch.rl_batch`). The metrics' micro-batch reductions
   are `METRIC_REDUCERS`.
   """
-  def hybrid_loss(params, batch: HybridBatch, lambda_t: jax.Array, counts: dict | None = None, rl_start: int = 0):
+  def hybrid_loss(params: Any, batch: HybridBatch, lambda_t: jax.Array, counts: dict[str, jax.Array] | None = None,
+                  rl_start: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
     _check_batch(batch)
     lam = jnp.asarray(lambda_t, jnp.float32)
     counts = counts or {}

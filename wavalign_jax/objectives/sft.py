@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from wavalign_jax import tokens
-from wavalign_jax.batches import SeqBatch
+from wavalign_jax.batches import SeqBatch, Streams
 from wavalign_jax.objectives import aggregation
 
 # Config names -> aggregation modes. "sample_mean" (reference): per-sample weighted masked mean,
@@ -39,7 +39,7 @@ def type_weights(types: jax.Array, text_weight: float, speech_weight: float) -> 
           + speech_weight * tokens.token_set_mask(types, "speech")).astype(jnp.float32)
 
 
-def sft_token_weights(types: aggregation.Streams, cfg: SFTConfig) -> dict[str, jax.Array]:
+def sft_token_weights(types: Streams, cfg: SFTConfig) -> dict[str, jax.Array]:
   return {k: type_weights(t, cfg.text_weight, cfg.speech_weight) * tokens.token_set_mask(t, cfg.token_set)
           for k, t in types.items()}
 
@@ -49,7 +49,7 @@ def sft_count(batch: SeqBatch, cfg: SFTConfig) -> jax.Array:
   return aggregation.aggregate_count(sft_token_weights(batch.types, cfg), SFT_AGGREGATIONS[cfg.aggregation])
 
 
-def sft_loss(logp: aggregation.Streams, batch: SeqBatch, cfg: SFTConfig) -> aggregation.LossTerm:
+def sft_loss(logp: Streams, batch: SeqBatch, cfg: SFTConfig) -> aggregation.LossTerm:
   """Weighted NLL of the batch's targets; `logp` {stream: [B, L]} log-probs of each target."""
   aggregation.check_streams("types", batch.types, logp)
   nll = {k: -v.astype(jnp.float32) for k, v in logp.items()}
