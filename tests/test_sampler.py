@@ -15,6 +15,8 @@ from wavalign_jax import models, rollout
 from wavalign_jax.config_lib import base_config
 from wavalign_jax.batches import RLBatch, SeqBatch
 from wavalign_jax.data import layouts
+from wavalign_jax.rewards.base import RewardResult
+from wavalign_jax.rollout import batch as rollout_batch
 from wavalign_jax.rollout import constraints, decode
 from wavalign_jax.tokens import InterleavedVocab, ParallelVocab, TokenType
 
@@ -467,7 +469,6 @@ def test_interleaved_rollouts_follow_schedule(vita):
                               constraint=con)
   r = rollout.sample(params, cfg, prompts, jax.random.key(5), sc)
   toks, types = np.asarray(r.tokens["tokens"]), np.asarray(r.types["tokens"])
-  np.testing.assert_array_equal(np.asarray(r.group_ids), [0, 0, 0, 0, 1, 1, 1, 1])
   contents = rollout.response_contents(r, con)
   for b in range(8):
     n = int(r.lengths[b])
@@ -486,6 +487,15 @@ def test_interleaved_rollouts_follow_schedule(vita):
   done = ~np.asarray(r.truncated)
   assert forced[done, np.asarray(r.lengths)[done] - 1].all()   # every finished row's <|im_end|> was forced
   assert rollout.well_formed(r, con)[done].all()
+  # The logged shape of the rollouts: forced share over the completion tokens, mean length, and under the constraint
+  # only cut rows are malformed.
+  rewards = np.arange(8, dtype=np.float32).reshape(2, 4)
+  m = rollout_batch.rollout_metrics(r, con, rewards, contents,
+                                    RewardResult(rewards.ravel(), np.zeros(8, bool), [{}] * 8))
+  mask = np.asarray(r.mask)
+  assert m["rollout_forced_fraction"] == pytest.approx(forced[mask].mean())
+  assert m["rollout_length"] == pytest.approx(mask.sum() / 8)
+  assert m["rollout_truncated"] == m["rollout_malformed"] == pytest.approx(np.asarray(r.truncated).mean())
   _check_rl_batch_and_logp(params, cfg, prompts, r, TIV.pad)
   # same key -> same rollouts; another key -> other rollouts
   again = rollout.sample(params, cfg, prompts, jax.random.key(5), sc)

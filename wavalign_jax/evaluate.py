@@ -25,12 +25,12 @@ from ml_collections import config_flags
 
 from wavalign_jax import cli, log_setup
 from wavalign_jax import tokenizer as tokenizer_lib
-from wavalign_jax.evaluation import generate, score, testbed
+from wavalign_jax.evaluation import generate, score
 from wavalign_jax.model_loading import LoadedModel, load_model
 from wavalign_jax.rewards import llm_judge
 from wavalign_jax.rollout import decode
 
-SUITES = ("voicebench", "openaudiobench", "vstyle", "testbed")
+SUITES = score.BENCHMARKS
 
 
 def generate_responses(model: LoadedModel, config: mlc.ConfigDict, suite: str, data: str | None, out_path: str, *,
@@ -72,11 +72,8 @@ def run(config: mlc.ConfigDict, *, checkpoint: str, suite: str, workdir: str, da
                            top_p=top_p, max_new_tokens=max_new_tokens, max_examples=max_examples, seed=seed)
     print(f"{suite}: {n} responses from {checkpoint} -> {responses}", flush=True)
   report_path = os.path.join(workdir, f"report-{suite}.md")
-  if suite == "testbed":
-    lines = testbed.score_file(responses, report_path)
-  else:
-    lines = score.score_file(suite, responses, report_path, judge=judge, judge_model=judge_model, decoder=decoder,
-                             seed=seed)
+  lines = score.score_file(suite, responses, report_path, judge=judge, judge_model=judge_model, decoder=decoder,
+                           seed=seed)
   for line in lines:
     print(line, flush=True)
   return lines

@@ -18,21 +18,23 @@ from wavalign_jax import cli
 from wavalign_jax.evaluation import common
 from wavalign_jax.evaluation import openaudiobench
 from wavalign_jax.evaluation import report
+from wavalign_jax.evaluation import testbed
 from wavalign_jax.evaluation import voicebench
 from wavalign_jax.evaluation import vstyle
 from wavalign_jax.rewards import llm_judge
 
-BENCHMARKS = ("voicebench", "openaudiobench", "vstyle")
+BENCHMARKS = ("voicebench", "openaudiobench", "vstyle", "testbed")
 _JUDGED = {"voicebench": set(voicebench.OPEN_SUBSETS) | {"sd-qa"}, "openaudiobench": set(openaudiobench.SUBSETS),
-           "vstyle": set(vstyle.CATEGORIES)}
-_PROTOCOL = {"voicebench": voicebench.JUDGE, "openaudiobench": {}, "vstyle": vstyle.JUDGE}
+           "vstyle": set(vstyle.CATEGORIES), "testbed": set()}   # the testbed scores by rule, no judge
+_PROTOCOL = {"voicebench": voicebench.JUDGE, "openaudiobench": {}, "vstyle": vstyle.JUDGE, "testbed": {}}
 
 
 
 def score_file(benchmark: str, responses: str, report_path: str, *, judge: llm_judge.JudgeSettings | None,
                judge_model: str | None = None, decoder: llm_judge.AudioDecoder | None = None,
                seed: int = 0) -> list[str]:
-  """Score one responses file with `benchmark`'s rules; writes the report and returns its summary lines.
+  """Score one responses file with `benchmark`'s rules (the one dispatch of `evaluate` and this command); writes
+  the report and returns its summary lines.
 
   `judge` names the server; its model and sampling are replaced by the benchmark protocol's (the
   model by `judge_model` when given). No client is built when no subset needs a judge.
@@ -48,8 +50,10 @@ def score_file(benchmark: str, responses: str, report_path: str, *, judge: llm_j
     result = voicebench.score(records, client, seed)
   elif benchmark == "openaudiobench":
     result = openaudiobench.score(records, client)
-  else:
+  elif benchmark == "vstyle":
     result = vstyle.score(records, client, decoder)
+  else:
+    result = testbed.score(records)
   return report.write_report([result], report_path)
 
 

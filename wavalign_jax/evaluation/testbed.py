@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from wavalign_jax.evaluation import common
-from wavalign_jax.evaluation import report
 from wavalign_jax.rewards.base import RewardItem
 from wavalign_jax.testbed import metrics
 
@@ -24,8 +23,3 @@ def score(records: Sequence[dict[str, Any]]) -> common.BenchmarkScore:
   subsets = [common.SubsetScore(k, 100 * m[k], 100 * m[k], n) for k in ("iq", "eq", "intelligibility", "style")]
   subsets.append(common.SubsetScore("judge_score", m["judge_score"], 20 * m["judge_score"], n, unit="1-5"))
   return common.BenchmarkScore("testbed", subsets, 50 * (m["iq"] + m["eq"]), "mean(iq, eq)")
-
-
-def score_file(responses: str, report_path: str) -> list[str]:
-  """Scores a testbed responses JSONL; writes the Markdown report and returns its summary lines."""
-  return report.write_report([score(common.load_responses(responses))], report_path)

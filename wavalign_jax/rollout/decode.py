@@ -122,13 +122,13 @@ def sampling_config(rollout_cfg: Any, layout_cfg: Any, vocab: Any, num_mtp_modul
 
 
 class Rollouts(NamedTuple):
+  """G rollouts per prompt, [B = P·G] rows in prompt order (rows p·G .. p·G + G − 1 answer prompt p)."""
   tokens: dict[str, Any]   # {stream: int32[B, N]}
   logp: dict[str, Any]     # {stream: float32[B, N]} untempered, unmasked model log-prob of each token
   types: dict[str, Any]    # {stream: int32[B, N]} TokenType; NONE after the stop
   mask: Any                # bool[B, N] completion positions (up to and including the stop token)
   lengths: Any             # int32[B]
   truncated: Any           # bool[B] reached max_new_tokens without a stop token
-  group_ids: Any           # int32[B] prompt index of each row
   forced: dict[str, Any]   # {stream: bool[B, N]} the constraint allowed only this token
   head: Any = None         # int32[B, N] which head made each token: -1 main model, k MCTP module k (mctp only)
 
@@ -206,10 +206,27 @@ def _free_types(streams: Sequence[str], batch: int) -> dict[str, Any]:
 
 
 
-def init_carry(cfg: SamplingConfig, streams: Sequence[str], B: int, N: int) -> dict[str, Any]:
-  """Loop state of a sampler: step, constraint state, stop flags and the [B, N] output buffers."""
-  con = cfg.constraint
-  return dict(
+class Emitted(NamedTuple):
+  """What a decode loop has emitted so far: the state `emit` advances by one token per call, shared by the main
+  sampler (sampler.py) and MCTP decoding (mctp.py), each of which keeps its own model state beside it."""
+  i: jax.Array                  # int32: the next token's index
+  state: Any                    # the constraint's state (() without a constraint)
+  done: jax.Array               # bool[B]: the row emitted its stop token
+  lengths: jax.Array            # int32[B]: tokens emitted (up to and including the stop token)
+  tokens: dict[str, jax.Array]  # {stream: int32[B, N]} (pad after the stop)
+  logp: dict[str, jax.Array]    # {stream: float32[B, N]}
+  types: dict[str, jax.Array]   # {stream: int32[B, N]}
+  forced: dict[str, jax.Array]  # {stream: bool[B, N]}
+
+  def running(self, end: int | jax.Array) -> jax.Array:
+    """The loop condition: tokens before `end` remain and some row has not stopped."""
+    return (self.i < end) & ~jnp.all(self.done)
+
+
+def start(cfg: SamplingConfig, streams: Sequence[str], B: int) -> Emitted:
+  """Nothing emitted yet: [B, max_new_tokens] output buffers, the constraint's initial state."""
+  con, N = cfg.constraint, cfg.max_new_tokens
+  return Emitted(
       i=jnp.zeros((), jnp.int32), state=con.init(B) if con is not None else (),
       done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
       tokens={s: jnp.full((B, N), cfg.pad, jnp.int32) for s in streams},
@@ -218,42 +235,43 @@ def init_carry(cfg: SamplingConfig, streams: Sequence[str], B: int, N: int) -> d
       forced={s: jnp.zeros((B, N), bool) for s in streams})
 
 
-def emit(c: dict[str, Any], logits: dict[str, Any], cfg: SamplingConfig, rng, streams: Sequence[str]):
-  """Samples token i of every row from `logits` {stream: [B, V]} under the constraint and records it.
+def emit(out: Emitted, logits: dict[str, jax.Array], cfg: SamplingConfig, rng: jax.Array,
+         streams: Sequence[str]) -> tuple[Emitted, dict[str, jax.Array]]:
+  """Samples token `out.i` of every row from `logits` {stream: [B, V]} under the constraint and records it.
 
-  Returns the new carry (i + 1) and the emitted tokens {stream: [B]} (pad for rows that have stopped).
+  Returns what is emitted with it (i + 1) and the emitted tokens {stream: [B]} (pad for rows that have stopped).
   Row randomness depends on (rng, i) only, so any decoder that calls this once per token reproduces it."""
   con = cfg.constraint
   masked = con is not None and con.constrained
-  B = c["done"].shape[0]
-  i, active = c["i"], ~c["done"] & (c["i"] < c["tokens"][streams[0]].shape[1])
-  allowed = con.allowed(c["state"]) if masked else {s: None for s in streams}
+  B = out.done.shape[0]
+  i, active = out.i, ~out.done & (out.i < cfg.max_new_tokens)
+  allowed = con.allowed(out.state) if masked else {s: None for s in streams}
   forced = {s: (jnp.sum(allowed[s], axis=-1) == 1) if masked else jnp.zeros((B,), bool) for s in streams}
   keys = jax.random.split(jax.random.fold_in(rng, i), len(streams))
   toks, logp = {}, {}
   for s, key in zip(streams, keys):
     toks[s], logp[s] = sample_token(logits[s], allowed[s], cfg.for_stream(s), key)
   if con is not None:
-    state, types, stop = con.update(c["state"], toks)
+    state, types, stop = con.update(out.state, toks)
   else:
     state, types, stop = (), _free_types(streams, B), jnp.zeros((B,), bool)
   toks = {s: jnp.where(active, t, cfg.pad) for s, t in toks.items()}
   put = lambda buf, col: {s: buf[s].at[:, i].set(col[s], mode="drop") for s in streams}
-  new = dict(
-      c, i=i + 1, state=state, done=c["done"] | stop, lengths=c["lengths"] + active,
-      tokens=put(c["tokens"], toks),
-      logp=put(c["logp"], {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
-      types=put(c["types"], {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}),
-      forced=put(c["forced"], {s: active & f for s, f in forced.items()}))
+  new = Emitted(
+      i=i + 1, state=state, done=out.done | stop, lengths=out.lengths + active,
+      tokens=put(out.tokens, toks),
+      logp=put(out.logp, {s: jnp.where(active, v, 0.0) for s, v in logp.items()}),
+      types=put(out.types, {s: jnp.where(active, v, int(TokenType.NONE)) for s, v in types.items()}),
+      forced=put(out.forced, {s: active & f for s, f in forced.items()}))
   return new, toks
 
 
-def finish(out: dict[str, Any], cfg: SamplingConfig, N: int, G: int, **extra: Any) -> Rollouts:
-  B = out["done"].shape[0]
-  return Rollouts(tokens=out["tokens"], logp=out["logp"], types=out["types"],
-                  mask=jnp.arange(N)[None, :] < out["lengths"][:, None], lengths=out["lengths"],
-                  truncated=~out["done"], group_ids=jnp.arange(B, dtype=jnp.int32) // G, forced=out["forced"],
-                  **extra)
+def finish(out: Emitted, **extra: Any) -> Rollouts:
+  """The rollouts of a finished loop (`extra`: a decoder's own fields, e.g. MCTP's `head`)."""
+  N = out.tokens[next(iter(out.tokens))].shape[1]
+  return Rollouts(tokens=out.tokens, logp=out.logp, types=out.types,
+                  mask=jnp.arange(N)[None, :] < out.lengths[:, None], lengths=out.lengths,
+                  truncated=~out.done, forced=out.forced, **extra)
 
 
 def validate_prompts(model_cfg: ModelConfig, prompts: SamplerPrompts, sampling_cfg: SamplingConfig) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from wavalign_jax import models
 from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.rollout.decode import (Rollouts, SamplingConfig, check_mctp_schedule, emit, finish, init_carry,
+from wavalign_jax.rollout.decode import (Rollouts, SamplingConfig, check_mctp_schedule, emit, finish, start,
                                         validate_prompts)
 
 MAIN = -1
@@ -91,7 +91,8 @@ def periodic_split(steps: list[Step], period: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def _sample_mctp(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, cfg: SamplingConfig) -> Rollouts:
+def _sample_mctp(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, rng: jax.Array,
+                 cfg: SamplingConfig) -> Rollouts:
   G, N, schedule = cfg.group_size, cfg.max_new_tokens, tuple(int(x) for x in cfg.mctp_schedule)
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   rep = lambda a: jnp.repeat(a, G, axis=0)
@@ -106,7 +107,7 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, c
   slot_valid = jnp.concatenate([valid, jnp.ones((B, S - Lp), bool)], axis=1)
   seq = jnp.concatenate([rep(prompts.inputs["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
   d = model_cfg.hidden_size
-  carry = dict(init_carry(cfg, ("tokens",), B, N), seq=seq,
+  carry = dict(out=start(cfg, ("tokens",), B), seq=seq,
                hidden=[jnp.zeros((B, S, d), model_cfg.dtype) for _ in range(max(model_cfg.num_mtp_modules, 1))],
                head=jnp.full((B, N), MAIN, jnp.int32))
   slice_ = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
@@ -130,10 +131,10 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, c
     c["mtp_cache"] = caches
 
   def run(c, step: Step, prefill: bool = False):
-    """Step c["i"] = j with the static `step`: the head's logits for token j, then sample and record it. The
+    """Step c["out"].i = j with the static `step`: the head's logits for token j, then sample and record it. The
     prefill (step 0) runs the main model and the modules' prompt anchors on the P prompts and makes their caches
     prefixes shared by each group."""
-    j = c["i"]
+    j = c["out"].i
     L, T = Lp + j, step.rows
     if prefill:
       start = 0
@@ -161,7 +162,7 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, c
         c["hidden"][k + 1] = put_rows(c["hidden"][k + 1], start, h)
     logits = {"tokens": models.head_logits(params, model_cfg, "tokens", h[:, -1])}
     c["head"] = c["head"].at[:, j].set(step.head, mode="drop")
-    c, toks = emit(c, logits, cfg, rng, ("tokens",))
+    c["out"], toks = emit(c["out"], logits, cfg, rng, ("tokens",))
     c["seq"] = put_rows(c["seq"], L, toks["tokens"][:, None])
     return c
 
@@ -177,11 +178,12 @@ def _sample_mctp(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, c
     return c
 
   if p < N:
-    carry = jax.lax.while_loop(lambda c: (c["i"] < N) & ~jnp.all(c["done"]), body, carry)
-  return finish(carry, cfg, N, G, head=carry["head"])
+    carry = jax.lax.while_loop(lambda c: c["out"].running(N), body, carry)
+  return finish(carry["out"], head=carry["head"])
 
 
-def sample_mctp(params, model_cfg: ModelConfig, prompts, rng, sampling_cfg: SamplingConfig) -> Rollouts:
+def sample_mctp(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, rng: jax.Array,
+                sampling_cfg: SamplingConfig) -> Rollouts:
   """G rollouts per prompt with MCTP decoding on `sampling_cfg.mctp_schedule` (`sampler.sample`'s contract, plus
   `Rollouts.head`)."""
   if model_cfg.arch != "interleaved" or model_cfg.num_mtp_modules < 1:

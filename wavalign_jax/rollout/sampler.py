@@ -24,7 +24,7 @@ from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.data import layouts
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.rollout import mctp
-from wavalign_jax.rollout.decode import Rollouts, SamplingConfig, emit, finish, init_carry, validate_prompts
+from wavalign_jax.rollout.decode import Rollouts, SamplingConfig, emit, finish, start, validate_prompts
 
 
 def windows(n: int, count: int) -> list[int]:
@@ -34,7 +34,7 @@ def windows(n: int, count: int) -> list[int]:
   return sorted(set(ends))
 
 
-def prefill(params, model_cfg: ModelConfig, prompts: SamplerPrompts, cfg: SamplingConfig
+def prefill(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, cfg: SamplingConfig
             ) -> tuple[dict[str, Any], jax.Array]:
   """The decode loops' first carry (the prompts' logits per row, the shared-prefix cache with the first window's
   completion block) and each row's prompt length. `params`, `model_cfg`: as `models.for_decoding` makes them."""
@@ -44,34 +44,35 @@ def prefill(params, model_cfg: ModelConfig, prompts: SamplerPrompts, cfg: Sampli
   logits, cache = models.decode(
       params, model_cfg, prompts.inputs, jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32),
       models.init_cache(model_cfg, P, Lp), valid=valid, features=prompts.features, feature_mask=prompts.feature_mask)
-  carry = dict(init_carry(cfg, model_cfg.streams, P * G, N),
+  carry = dict(out=start(cfg, model_cfg.streams, P * G),
                logits={s: jnp.repeat(v, G, axis=0) for s, v in logits.items()},
                cache=models.share_prefix(cache, G, windows(N, cfg.cache_windows)[0]))
   return carry, jnp.repeat(valid.sum(axis=1).astype(jnp.int32), G)
 
 
-def decode_step(params, model_cfg: ModelConfig, cfg: SamplingConfig, rng, prompt_len: jax.Array,
+def decode_step(params: Any, model_cfg: ModelConfig, cfg: SamplingConfig, rng: jax.Array, prompt_len: jax.Array,
                 c: dict[str, Any]) -> dict[str, Any]:
   """One loop iteration: every row emits token i (decode.emit) and the model reads it into the cache."""
-  c = dict(c)
-  new, toks = emit(c, c.pop("logits"), cfg, rng, model_cfg.streams)
-  new["logits"], new["cache"] = models.decode(
-      params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + c["i"])[:, None], c["cache"])
-  return new
+  out, toks = emit(c["out"], c["logits"], cfg, rng, model_cfg.streams)
+  logits, cache = models.decode(
+      params, model_cfg, {s: t[:, None] for s, t in toks.items()}, (prompt_len + c["out"].i)[:, None], c["cache"])
+  return dict(out=out, logits=logits, cache=cache)
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "cfg"))
-def _sample(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, cfg: SamplingConfig) -> Rollouts:
+def _sample(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, rng: jax.Array,
+            cfg: SamplingConfig) -> Rollouts:
   params, model_cfg = models.for_decoding(params, model_cfg, cfg.unstack_layers)   # once per call, not per token
   carry, prompt_len = prefill(params, model_cfg, prompts, cfg)
   body = functools.partial(decode_step, params, model_cfg, cfg, rng, prompt_len)
   for end in windows(cfg.max_new_tokens, cfg.cache_windows):   # token i writes completion slot i; each loop
     carry = dict(carry, cache=models.extend_cache(carry["cache"], end))   # attends over a cache of `end` slots
-    carry = jax.lax.while_loop(lambda c, end=end: (c["i"] < end) & ~jnp.all(c["done"]), body, carry)
-  return finish(carry, cfg, cfg.max_new_tokens, cfg.group_size)
+    carry = jax.lax.while_loop(lambda c, end=end: c["out"].running(end), body, carry)
+  return finish(carry["out"])
 
 
-def sample(params, model_cfg: ModelConfig, prompts: SamplerPrompts, rng, sampling_cfg: SamplingConfig) -> Rollouts:
+def sample(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, rng: jax.Array,
+           sampling_cfg: SamplingConfig) -> Rollouts:
   """G rollouts per prompt of the left-padded `prompts` (numpy, or global arrays on the mesh: several hosts). Row
   r's random numbers do not depend on the sharding.
   `sampling_cfg.decode == "mctp"` decodes with VITA-Audio's MCTP modules (rollout/mctp.py)."""
