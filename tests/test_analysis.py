@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from wavalign_jax.analysis import gradient_geometry, judge_agreement, rollout_diversity, token_shift
@@ -30,6 +31,8 @@ def test_agreement_hand_values():
   np.testing.assert_allclose(judge_agreement._ranks(np.array([1, 1, 2])), [1.5, 1.5, 3])
   # Kappa: 4 items, 2 bins; agreement on 2 of 4 with marginals (2, 2) / (2, 2): (0.5 - 0.5) / 0.5 = 0.
   assert judge_agreement.cohen_kappa(np.array([1, 1, 5, 5]), np.array([1, 5, 1, 5]), bins=(3,)) == pytest.approx(0.0)
+  # Unequal marginals (3, 1) / (1, 3): p_o 0.5, p_e (3·1 + 1·3) / 16 = 0.375, kappa 0.125 / 0.625 = 0.2.
+  assert judge_agreement.cohen_kappa(np.array([1, 1, 1, 5]), np.array([1, 5, 5, 5]), bins=(3,)) == pytest.approx(0.2)
   # A noisy judge agrees less, and its CI excludes 1.
   rng = np.random.default_rng(0)
   truth = rng.integers(1, 6, 200).astype(float)
@@ -67,6 +70,12 @@ def test_semantic_informativeness_separates_judge_noise_from_real_differences():
   # Equal rewards whose float64 mean rounds (3 x 0.1: variance 2e-34) carry no information.
   assert np.var(np.full(3, 0.1)) > 0
   np.testing.assert_array_equal(rollout_diversity.informative(np.full((2, 3), 0.1)), [0.0, 0.0])
+  # A failed judge call left out of the advantages (its fallback 1 differs from the group's 3s) is left out here too:
+  # the group trains on nothing, so it is not informative, and its reward variance is that of the 3s.
+  stats = rollout_diversity.group_stats(np.array([[3.0, 3.0, 3.0, 1.0], [1.0, 2.0, 3.0, 4.0], [2.0, 5.0, 5.0, 5.0]]),
+                                        valid=np.array([[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool))
+  np.testing.assert_array_equal(stats["informative"], [0.0, 1.0, 0.0])
+  np.testing.assert_allclose(stats["reward_var"], [0.0, 1.25, 0.0])
 
 
 def test_pass_stats_and_true_score_summary_hand_computed():
@@ -154,6 +163,13 @@ def test_snr_hand_case():
   flipped = same.replace(advantages=jnp.asarray([1.0, -1.0]))
   geo = gradient_geometry.geometry(toy_logprob_fn, PARAMS, flipped, GRPOConfig(), num_minibatches=2)
   assert float(geo["snr_all"]) == pytest.approx(0.0, abs=1e-6)
+  # Two different mini-batches with gradients g1, g2: |mean| / sqrt(mean of |g_i - mean|^2) = |g1 + g2| / |g1 - g2|.
+  geo = gradient_geometry.geometry(toy_logprob_fn, PARAMS, rl, GRPOConfig(), num_minibatches=2)
+  g1, g2 = (gradient_geometry.split_gradients(toy_logprob_fn, PARAMS, half, GRPOConfig(), ("all",))["all"]
+            for half in (jax.tree.map(lambda x: x[:1], rl), jax.tree.map(lambda x: x[1:], rl)))
+  norm = lambda f: float(optax.tree.norm(jax.tree.map(f, g1, g2)))
+  assert norm(jnp.subtract) > 0.1 * norm(jnp.add)   # the premise: the two differ
+  assert float(geo["snr_all"]) == pytest.approx(norm(jnp.add) / norm(jnp.subtract), rel=1e-5)
 
 
 def test_geometry_weighs_the_rows_training_weighs():

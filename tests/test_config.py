@@ -242,6 +242,17 @@ def test_prompts_over_data_parallel_shards(shape, prompts, shards):
     assert f"does not divide over the {shards} data shards" in warnings[0]
 
 
+def test_prompts_over_several_hosts(monkeypatch):
+  """On 2 hosts each holds its own rows: the prompts must divide over the hosts, and each host's share over the
+  data shards (the 8 devices' data x fsdp); one host only warns where it would replicate."""
+  monkeypatch.setattr(config_check.jax, "process_count", lambda: 2)
+  with pytest.raises(ConfigError, match="prompts_per_step=3 does not divide over the 2 hosts"):
+    config_check.check_mesh(_tiny(mesh__shape=(2, 1, -1), data__prompts_per_step=3))
+  with pytest.raises(ConfigError, match=r"prompts_per_step=4: each of the 2 hosts needs a multiple of the 8 data"):
+    config_check.check_mesh(_tiny(mesh__shape=(1, -1, 1), data__prompts_per_step=4))
+  assert config_check.check_mesh(_tiny(mesh__shape=(2, 1, -1), data__prompts_per_step=4)) == []   # 2 rows, 2 shards
+
+
 def test_renamed_mesh_axes_take_the_roles_in_order():
   """Other names for the three mesh axes are data, fsdp, tensor in the order given; names must be distinct."""
   c = _tiny(mesh__shape=(2, -1, 1), mesh__axes=("replica", "shard", "model"), data__prompts_per_step=4)

@@ -275,21 +275,35 @@ def test_restore_onto_mesh_shards_each_leaf(converted):
   assert n_split > 10  # the embedding, heads, attention and MLP kernels really are split
 
 
+def test_shard_sizes_and_dtypes():
+  assert [safetensors_io.parse_size(t) for t in ("5GB", "500mb", "2GiB", "1.5KiB", "1024")] == [
+      5 * 10**9, 5 * 10**8, 2 * 2**30, 1536, 1024]
+  with pytest.raises(ValueError, match="--max_shard_size='5 gigs'"):
+    safetensors_io.parse_size("5 gigs")
+  with pytest.raises(ValueError, match="dtype 'U16' is not supported"):
+    safetensors_io.TensorInfo(file="x", shape=(2,), dtype="U16").nbytes
+
+
 def test_export_training_checkpoint(converted, tmp_path, capsys):
   ckpt = converted["vita_audio_mtp"]
   params = jax.tree.map(jnp.asarray, checkpointing.load_host_params(os.path.join(ckpt, "params")))
-  params["lm_head"] = params["lm_head"] + 1.0  # "post-trained"
-  state = train_state.create(params, optax.adamw(1e-3), gate={"lam": jnp.zeros(())}, rng=jax.random.PRNGKey(0))
+  # "post-trained": steps 9 and 10 hold lm_head + 9 and + 10 (the latest is 10, not "9" > "10" as strings)
   workdir = tmp_path / "work"
   ckptr = checkpointing.Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  ckptr.save(7, state)
+  for step in (9, 10):
+    trained = {**params, "lm_head": params["lm_head"] + float(step)}
+    ckptr.save(step, train_state.create(trained, optax.adamw(1e-3), gate={"lam": jnp.zeros(())},
+                                        rng=jax.random.PRNGKey(0)))
   ckptr.close()
   out = tmp_path / "exported"
   assert export.main(["--arch=vita_audio", f"--checkpoint={workdir}", f"--out={out}"]) == 1
   assert "--base" in capsys.readouterr().err
-  assert export.main(["--arch=vita_audio", f"--checkpoint={workdir}", f"--base={ckpt}", f"--out={out}"]) == 0
-  src, dst = _hf_tensors(FIXTURES / "vita_audio_mtp"), _hf_tensors(out)
-  assert sorted(src) == sorted(dst)
-  for k in src:
-    want = src[k] + np.float32(1.0) if k == "lm_head.weight" else src[k]
-    np.testing.assert_array_equal(dst[k], want, err_msg=k)
+  src = _hf_tensors(FIXTURES / "vita_audio_mtp")
+  for step, flags in ((10, []), (9, ["--step=9"])):
+    assert export.main(["--arch=vita_audio", f"--checkpoint={workdir}", f"--base={ckpt}", f"--out={out}",
+                        "--overwrite", *flags]) == 0
+    dst = _hf_tensors(out)
+    assert sorted(src) == sorted(dst)
+    for k in src:
+      want = src[k] + np.float32(step) if k == "lm_head.weight" else src[k]
+      np.testing.assert_array_equal(dst[k], want, err_msg=f"{k} of step {step}")

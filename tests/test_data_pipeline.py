@@ -88,12 +88,12 @@ def test_interleaved_sft_roundtrip(tmp_path):
   # round-robin shards read back in shard order: lines 1, 3, 5 then 2, 4
   assert [source[i].meta["line"] for i in range(5)] == [1, 3, 5, 2, 4]
   assert source.where(4).endswith("data-00001-of-00002.array_record[1]")
-  # the second code path: the same layout called directly
-  direct = L.join(L.interleaved_prompt([L.Turn.make("system", ids("you", "are", "helpful")),
-                                        L.Turn.make("user", audio=[1, 2])], builder.vocab,
-                                       {"system": ids("system"), "user": ids("user"), "assistant": ids("assistant")}),
-                  L.interleaved_response(ids(*["four"] * 5), [3, 4, 5, 6, 7], builder.vocab, (1, 4)))
-  np.testing.assert_array_equal(source[2].examples["example"].tokens["tokens"], direct.tokens["tokens"])
+  # Line 5 (five words, codes 3..7), by hand: chunks of 1 word and 2 codes while both last; the final chunk takes the
+  # remaining 3 words and the last code.
+  c = lambda *codes: [FIRST_CODE + k for k in codes]
+  four = ids("four")[0]
+  response = [four, boa, *c(3, 4), eoa, four, boa, *c(5, 6), eoa, four, four, four, boa, *c(7), eoa, e, n]
+  np.testing.assert_array_equal(source[2].examples["example"].tokens["tokens"], prompt + response)
 
 
 def test_parallel_rl_and_dpo(tmp_path):
@@ -133,6 +133,22 @@ def test_code_files_and_max_length(tmp_path):
   prompts = sorted(src[i].examples["example"].prompt_len for i in range(2))   # the histogram counts both records
   line = next(l for l in report.splitlines() if l.split()[:2] == ["example", "prompt"])
   assert f"min {prompts[0]} mean {np.mean(prompts):.1f} max {prompts[1]}" in line, report
+
+
+def test_unreadable_code_files_name_the_field_the_file_and_the_line(tmp_path):
+  """An empty .npy (EOFError), a directory (OSError) and a word in a .txt (ValueError) are one error naming the
+  record's line, the field and the file; a file of one code is a response of one code."""
+  (tmp_path / "empty.npy").write_bytes(b"")
+  (tmp_path / "dir.npy").mkdir()
+  (tmp_path / "words.txt").write_text("1 2 x")
+  for name, cause in (("empty.npy", "EOFError"), ("dir.npy", "IsADirectoryError"), ("words.txt", "ValueError")):
+    with pytest.raises(ValueError, match=f"in.jsonl:2: field 'sft_target_audio': cannot read audio codes from "
+                                         f".*{name} \\({cause}"):
+      build_dataset(tmp_path, [RECORD, dict(RECORD, sft_target_audio=name)])
+  np.save(tmp_path / "one.npy", np.array([5]))
+  out, _, _ = build_dataset(tmp_path, [dict(RECORD, sft_target_audio="one.npy")], num_shards=1)
+  response = RecordSource(resolve_paths(out)[0])[0].examples["example"].response().tokens["tokens"]
+  assert L.interleaved_split(response, _vocab(tmp_path))[1] == [5]
 
 
 def _vocab(tmp_path):

@@ -4,6 +4,7 @@ Tiny random models (CPU); numbers are checked against direct computations on the
 (testbed.metrics, the VoiceBench per-item rules) and, for the testbed, against the training loop's
 own evaluation path (ArrayRecord loader instead of JSONL prompts, other batch shapes).
 """
+import dataclasses
 import json
 import os
 import re
@@ -110,6 +111,18 @@ def test_testbed_suite_from_training_checkpoint(tmp_path, capsys):
   assert [list(i.audio_codes) for i in seen] == [r["audio_codes"] for r in saved]
   assert [i.text for i in seen] == [" ".join(r["text"].split()) for r in saved]
   assert via_train == pytest.approx(direct, abs=1e-9)
+  # Every row of a set whose size the batch does not divide (7 rows, batches of 5: a partial last batch), in file
+  # order, with the same greedy responses; or the first `num_examples` of them.
+  small_jsonl, small = str(tmp_path / "eval_small.jsonl"), str(tmp_path / "eval_small")
+  with open(small_jsonl, "w") as f:
+    f.writelines(open(eval_id).readlines()[:7])
+  build_lib.build(builder, [small_jsonl], small)
+  setup = dataclasses.replace(setup, eval_data={"eval_small": small}, eval_batch_size=5)
+  for num_examples, n_rows in ((0, 7), (6, 6)):
+    seen.clear()
+    train.evaluate(jax.device_put(trained), setup, num_examples, 0)
+    assert [i.record["id"] for i in seen] == [r["id"] for r in saved[:n_rows]]
+    assert [list(i.audio_codes) for i in seen] == [r["audio_codes"] for r in saved[:n_rows]]
 
   # The run's base model (a converted-format folder inside the run) answers differently.
   base_out = str(tmp_path / "eval_base")

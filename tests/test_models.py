@@ -314,6 +314,19 @@ def test_config_from_hf_dispatch():
   with pytest.raises(ValueError, match="cannot tell the architecture"):
     config_from_hf({k: v for k, v in vita.items() if k != "num_nextn_predict_layers"}
                    | {"architectures": ["LlamaForCausalLM"]})
+  # A config.json without rope_theta means transformers' Qwen2 default, 10000 (the released ones give 1e6).
+  assert config_from_hf(vita).rope_theta == vita["rope_theta"]
+  assert config_from_hf({k: v for k, v in vita.items() if k != "rope_theta"}).rope_theta == 10000.0
+
+
+def test_mesh_axis_names_keep_their_roles_or_take_them_in_order():
+  """The standard names in any order keep their roles; names of their own take data, fsdp, tensor in order; a mix
+  (`data` standing where fsdp would be) is refused rather than silently giving `data` the fsdp role."""
+  assert sharding.rules_for(("tensor", "fsdp", "data")) == sharding.LOGICAL_RULES
+  renamed = dict(sharding.rules_for(("replica", "shard", "model")))
+  assert renamed["embed"] == "shard" and renamed["activation_batch"] == ("replica", "shard")
+  with pytest.raises(ValueError, match="or none of them"):
+    sharding.rules_for(("fsdp", "data", "model"))
 
 
 @pytest.mark.parametrize("vocab,head_spec", [(96, (None, ("fsdp", "tensor"))), (98, ("fsdp", None))])

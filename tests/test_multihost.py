@@ -159,6 +159,23 @@ def _damaged_worker(process_id: int, port: int, damage: str, directory: str, out
   np.savez(out, w=np.asarray(state["w"].addressable_data(0)), next=next(it))
 
 
+def _signal_worker(process_id: int, port: int, out: str) -> None:
+  """Process 1 receives SIGTERM, process 0 nothing: both must learn of it at the same `should_stop`, or one host
+  would save and exit while the other waits in its next collective."""
+  import signal
+  from jax.experimental import multihost_utils
+  from wavalign_jax import preemption
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  with preemption.PreemptionGuard() as guard:
+    before = guard.should_stop()
+    if process_id == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    multihost_utils.sync_global_devices("signalled")
+    after = guard.should_stop()
+    np.savez(out, before=before, after=after, signum=guard.signum or 0)
+
+
 def _spawn(args: list[str], outs: list, timeout: int = 300) -> list[dict]:
   """Runs this file as two worker processes (4 fake CPU devices each) and loads what each wrote to outs[i]."""
   port = _free_port()
@@ -183,6 +200,13 @@ def test_a_checkpoint_damaged_on_one_host_falls_back_on_every_host(tmp_path, dam
   for host in hosts:
     assert host["w"].tolist() == [1.0] * 4 and int(host["next"]) == 1
   assert os.listdir(tmp_path / "ckpt.damaged") == ["2"]
+
+
+def test_a_signal_to_one_host_stops_every_host(tmp_path):
+  import signal
+  hosts = _spawn(["signal"], [tmp_path / f"host{i}.npz" for i in range(2)])
+  for host in hosts:
+    assert not host["before"] and host["after"] and int(host["signum"]) == signal.SIGTERM
 
 
 def test_hosts_agree_on_batch_lengths(tmp_path):
@@ -303,6 +327,8 @@ if __name__ == "__main__":
     _lengths_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
   elif sys.argv[1] == "reward_eval":
     _reward_eval_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  elif sys.argv[1] == "signal":
+    _signal_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
   elif sys.argv[1] == "damaged":
     _damaged_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
   elif sys.argv[1] == "base":

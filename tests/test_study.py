@@ -104,6 +104,14 @@ def test_claims_from_rows():
   # 2 claims (level 97.5%), 4 (at 3 seeds t 6.205 gives 0.90; at 4, t 4.177 gives 0.52).
   assert lowers["comparisons"][0]["seeds_to_decide"] == 3
   assert lowers["comparisons"][0]["seeds_to_decide_family_wise"] == 4
+  # Pairs are items, not positions: runs that evaluated other items (one row broadcast over four, or other ids) are
+  # refused, naming the seed and the methods.
+  rows["sft"][1] = rows["sft"][1][:1]
+  with pytest.raises(ValueError, match="seed 1: sft and base evaluated different items"):
+    claims.evaluate_claims(rows, [0, 1, 2])
+  rows["sft"][1] = [dict(r, id=k) for k, r in enumerate(rows["base"][1])]
+  with pytest.raises(ValueError, match="first difference at row 0"):
+    claims.evaluate_claims(rows, [0, 1, 2])
 
 
 def test_family_wise_verdicts_hold_by_holm_over_the_claims():
@@ -182,6 +190,19 @@ def test_a_claim_naming_k_rivals_is_refuted_only_at_the_bonferroni_level():
                                                                     enumerate((0.3, 0.28, 0.32))}}, [0, 1, 2])
                if c["claim"] == "dynamic > fixed mixes")
   assert claim["p"] == pytest.approx(3 * balance["p"]) and claim["p"] < 0.05   # refuted: k times the refuting p
+
+
+def test_the_best_trade_off_is_compared_with_the_papers_methods_only():
+  """"the dynamic hybrid has the best IQ-EQ trade-off" names every method that ran except the hybrid itself, `base`,
+  the methods not in the paper (the positive control, the batch-std ablation) and second names of one run
+  (`ablate_text_fixed_0.5` is `fixed_plus_vanilla`'s)."""
+  item = lambda v: {"iq": v, "eq": v, "subset": "id", "family": "lookup"}
+  run = lambda v: {s: [item(v + 0.01 * s)] * 2 for s in range(3)}
+  rows = {m: run(0.5) for m in ("hybrid", "base", "rl_text_exact", "ablate_text_dynamic_batch_std", "sft",
+                                "fixed_plus_vanilla", "ablate_text_fixed_0.5")}
+  found = claims.evaluate_claims(rows, [0, 1, 2], same_run={"ablate_text_fixed_0.5": "fixed_plus_vanilla"})
+  best = next(c for c in found if c["claim"] == "the dynamic hybrid has the best IQ-EQ trade-off")
+  assert [c["b"] for c in best["comparisons"]] == ["sft", "fixed_plus_vanilla"]
 
 
 def _study(workdir, *extra):
@@ -436,6 +457,19 @@ class FakeTrain:
     return 0
 
 
+def test_a_failed_run_is_one_line_and_a_bug_keeps_its_traceback(tmp_path):
+  """A run whose train exits non-zero is a RunError naming it (one line at the command line); an exception of another
+  kind inside the study (a bug) reaches the caller as itself, not turned into a RunError's message."""
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  with pytest.raises(RunError, match="seed 0 base: train exited with 3"):
+    study.run_study(spec, config, str(tmp_path / "failed"), ["sft"], [0], runner=lambda cmd, log, env: 3)
+
+  def buggy(cmd, log, env):
+    raise KeyError("iq")
+  with pytest.raises(KeyError, match="iq"):
+    study.run_study(spec, config, str(tmp_path / "bug"), ["sft"], [0], runner=buggy)
+
+
 def test_a_second_study_on_the_same_directory_is_refused_and_starts_no_run(tmp_path):
   """A study relaunched while the first still runs (a scheduler's double start) would start the runs the first is
   training: it is refused at once, naming the holder; reporting alone still works."""
@@ -471,7 +505,8 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
     os.makedirs(work / f"seed_{s}" / "sft" / "checkpoints" / "2")   # interrupted: no summary
     for m in ("base", "rl_text_exact"):
       (work / f"seed_{s}" / m / "run.log").write_text("log\n")
-      (work / f"seed_{s}" / m / "eval" / "step_100.jsonl").write_text('{"iq": 1.0}\n')
+      with open(work / f"seed_{s}" / m / "eval" / "step_100.jsonl", "w") as f:   # the eval set's 400 items
+        f.writelines(json.dumps(_item(1.0)) + "\n" for _ in range(400))
       with open(work / f"seed_{s}" / m / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"split": "train", "step": 3, "lambda": 0.12345678901, "loss": 1.0}) + "\n")
   do_export = lambda: export.export_results(str(work), str(dest))
@@ -488,6 +523,9 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   assert not os.path.exists(f"{dest}.partial")
   with pytest.raises(FileExistsError, match="exported"):
     do_export()
+  # A study directory whose own name looks like a seed's holds runs like any other.
+  shutil.copytree(work, tmp_path / "seed_study")
+  assert export.export_results(str(tmp_path / "seed_study"), str(tmp_path / "seed_copy")) == runs
   rows = report.load_rows(str(work), ["rl_text_exact"], [0, 1])
   assert report.load_rows(str(dest), ["rl_text_exact"], [0, 1]) == rows   # read from the compressed copies
   curve = report.learning_curve(str(work), [0, 1], rows["base"])
@@ -498,6 +536,13 @@ def test_export_leaves_out_weights_and_unfinished_runs_and_a_study_continues_fro
   study.run_study(spec, config, str(dest), ["rl_text_exact", "sft"], [0, 1], report_only=True, runner=None)
   assert json.load(open(dest / "study.json"))["unfinished"] == ["sft"]
   assert "**Incomplete**: `sft` has not finished" in open(dest / "study.md").read()
+  # Its base run unfinished (a continued export retraining it, interrupted): the report says so, nothing is compared.
+  nobase = tmp_path / "nobase"
+  shutil.copytree(dest, nobase, symlinks=True)
+  os.remove(nobase / "seed_0" / "base" / "eval_summary.json")
+  study.run_study(spec, config, str(nobase), ["rl_text_exact"], [0, 1], report_only=True, runner=None)
+  assert json.load(open(nobase / "study.json"))["unfinished"] == ["base"]
+  assert "**No comparison with the base model yet**" in open(nobase / "study.md").read()
 
   other = tmp_path / "other"
   shutil.copytree(dest, other, symlinks=True)

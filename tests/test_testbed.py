@@ -100,6 +100,15 @@ def test_intelligibility_and_style_hand_computed():
   assert unit_tts.style_match(w("big", "plain", "low") + w("forest", "long"), text, "high") == pytest.approx(0.5)
   assert unit_tts.style_match(long_both + [5], text, "high") == pytest.approx(2 / 3)   # trailing codes: a 0-word
   assert unit_tts.style_match([], "", "high") == 0.0
+  # "small" ends with the unit "village" starts with: "small" read as `long` would take village's first code and
+  # misalign it. The words are aligned as a whole: all-plain neutral speech is perfect, plain in high speech is 0.5
+  # (plain's typicality there), and the long reading is taken where it is what was said.
+  assert unit_tts.word_units("small")[-1] == unit_tts.word_units("village")[0]   # the premise
+  pair = "small village"
+  assert unit_tts.style_match(w("small", "plain", "neutral") + w("village", "plain", "neutral"), pair,
+                              "neutral") == 1.0
+  assert unit_tts.style_match(w("small", "plain") + w("village", "plain"), pair, "high") == pytest.approx(0.5)
+  assert unit_tts.style_match(w("small", "long") + w("village", "long"), pair, "high") == 1.0
   # Intelligibility ignores register, pauses and held units, not the duration pattern of the style.
   for codes in (long_both, w("big", "pause", "low") + w("forest", "plain", "neutral")):
     assert unit_tts.intelligibility(codes, text, "high") == 1.0
@@ -372,6 +381,7 @@ def test_iq_eq_hand_computed():
     assert row["intelligibility"] == pytest.approx(i) and row["style"] == pytest.approx(st)
     assert row["eq"] == pytest.approx((i + st) / 2)
   assert [r["iq"] for r in rows] == [1, 1, 0, 1, 0]
+  assert all(r["requested_style"] == "high" for r in rows)   # the style asked for, beside the style score
   summary = metrics.summary(items)
   assert summary["iq"] == pytest.approx(3 / 5)
   assert summary["eq"] == pytest.approx(np.mean([(i + st) / 2 for i, st in zip(want_intel, want_style)]))

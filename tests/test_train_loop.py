@@ -86,7 +86,9 @@ def test_kl_to_the_initial_policy_from_the_loop(tmp_path, tiny_base, monkeypatch
   assert rows[0]["rl/sampler_logp_gap_max"] < 1e-3
 
 
-def test_ppo_iterations_use_the_training_forward_as_pi_old(tmp_path, tiny_base):
+def test_ppo_iterations_run_end_to_end(tmp_path, tiny_base):
+  """rl.num_iterations = 2 through train(): four steps, the second iteration off-policy (where π_old comes from:
+  the stub test below)."""
   config = tiny_config("interleaved", tiny_base("interleaved"))
   config.rl.clip_eps, config.rl.num_iterations = 0.2, 2
   config.train.update(total_steps=4, checkpoint_every=4)
@@ -127,6 +129,14 @@ def test_ppo_iterations_take_pi_old_from_the_training_forward_before_the_update(
                          stop_at=10)
   assert int(out.step) == 3 and forwards == [("θ0", 5)]
   assert reused == [("θ1", {"tokens": "logp of θ0"}, 5), ("θ2", {"tokens": "logp of θ0"}, 5)]
+  # The run's last steps: iterations stop at stop_at (each is a step), so a run never passes train.total_steps.
+  forwards.clear(), reused.clear()
+  out, _ = train._update(run, fns, state(8, "θ8"), Batch(NS(replace=lambda old_logp: NS(old_logp=old_logp))), 5,
+                         stop_at=10)
+  assert int(out.step) == 2 and forwards == [("θ8", 5)] and reused == [("θ1", {"tokens": "logp of θ8"}, 5)]
+  out, _ = train._update(run, fns, state(9, "θ9"), Batch(NS(replace=lambda old_logp: NS(old_logp=old_logp))), 5,
+                         stop_at=10)
+  assert int(out.step) == 1 and forwards == [("θ8", 5)] and len(reused) == 1   # one on-policy update only
 
 
 def test_a_skipped_ppo_iteration_is_reported_though_a_later_one_applies(capsys):

@@ -54,7 +54,7 @@ def _hybrid_batch(cfg, seed=0):
   return HybridBatch(sft=sft, rl=rl, rewards=rewards, reward_valid=np.ones((P, G), bool))
 
 
-def _step_on_mesh(cfg, mesh, microbatches=1, step_cfg=steps.StepConfig()):
+def _step_on_mesh(cfg, mesh, microbatches=1, step_cfg=steps.StepConfig(), update_gate=True):
   """(initial state, jitted step) on `mesh`, with PARITY_OPTIM: the tests that only need some step of a model on a
   mesh then build the very program a parity test compiled (the session's cache hands it over, no new compile)."""
   opt_cfg = PARITY_OPTIM
@@ -65,7 +65,8 @@ def _step_on_mesh(cfg, mesh, microbatches=1, step_cfg=steps.StepConfig()):
                                       rng)
   state, state_sharding = train_state.init_sharded(create, param_sharding, optimizer, mesh)
   step = steps.jit_step(steps.make_hybrid_step(models.logprob_fn(cfg), optimizer, step_cfg,
-                                               optim.learning_rate_schedule(opt_cfg), microbatches=microbatches),
+                                               optim.learning_rate_schedule(opt_cfg), microbatches=microbatches,
+                                               update_gate=update_gate),
                         state_sharding, mesh)
   return state, step
 
@@ -267,6 +268,14 @@ def test_the_loss_applies_the_lambda_the_gate_computes_in_the_same_step():
   assert float(metrics["lambda"]) == pytest.approx(lam, rel=1e-6)
   mixed = (1 - lam) * float(metrics["sft_loss"]) + lam * float(metrics["rl_loss"])
   assert float(metrics["loss"]) == pytest.approx(mixed, rel=1e-5, abs=1e-6)   # float32 sums of three terms
+  # A later PPO iteration on the same rollouts (update_gate=False) keeps the state's λ: the same rewards must not move
+  # the gate's moving average once per iteration.
+  state, reuse = _step_on_mesh(cfg, mesh, step_cfg=step_cfg, update_gate=False)
+  state = state.replace(gate=gate_lib.GateState(lam=jnp.float32(0.6), initialized=jnp.asarray(True)))
+  after, metrics = reuse(state, sharding.device_put_batch(batch, mesh), 0)
+  assert float(after.gate.lam) == float(metrics["lambda"]) == pytest.approx(0.6, rel=1e-7)
+  mixed = 0.4 * float(metrics["sft_loss"]) + 0.6 * float(metrics["rl_loss"])
+  assert float(metrics["loss"]) == pytest.approx(mixed, rel=1e-5, abs=1e-6)
 
 
 def test_micro_batch_metrics_are_the_whole_batch_metrics():

@@ -99,7 +99,7 @@ def analyze(config: mlc.ConfigDict, checkpoint: str, workdir: str, *, compare: s
     on_judge_scale = {"semantic": lambda v: v, "acoustic": lambda v: 1 + 4 * v}   # acoustic quality is in [0, 1]
     out["judge_agreement"] = {d: judge_agreement.agreement(result.scores, f(np.array([i[d] for i in result.info])))
                               for d, f in on_judge_scale.items()}
-  stats = rollout_diversity.content_stats(rewards, batch.contents)
+  stats = rollout_diversity.content_stats(rewards, batch.contents, valid=batch.reward_valid)
   scored = ~result.failed.reshape(rewards.shape)   # a failed judge call's fallback score is no measurement
   out["rollout_diversity"] = {**rollout_diversity.summary(stats),
                               "reward_mean": float(rewards[scored].mean()) if scored.any() else float("nan"),

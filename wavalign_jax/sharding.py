@@ -69,6 +69,9 @@ def rules_for(axis_names: Sequence[str]) -> tuple[tuple[str, Any], ...]:
     return LOGICAL_RULES
   if len(names) != len(MESH_AXES) or len(set(names)) != len(names):
     raise ValueError(f"mesh axes {names}: need {len(MESH_AXES)} distinct names, one for each of {MESH_AXES}")
+  if set(names) & set(MESH_AXES):   # ("fsdp", "data", "model") would give "data" the role of fsdp
+    raise ValueError(f"mesh axes {names}: use the names {MESH_AXES} (in any order) or none of them; names of "
+                     "their own take the roles data, fsdp, tensor in the order given")
   role = dict(zip(MESH_AXES, names))
   rename = lambda e: None if e is None else role[e] if isinstance(e, str) else tuple(role[a] for a in e)
   return tuple((logical, rename(entry)) for logical, entry in LOGICAL_RULES)

@@ -10,13 +10,13 @@ so a sharded 7B model is analysed where it lives.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from wavalign_jax.batches import RLBatch, TargetLogprobs
+from wavalign_jax.batches import LogprobFn, RLBatch
 from wavalign_jax.objectives import aggregation
 from wavalign_jax.objectives.grpo import GRPOConfig, grpo_loss, rl_token_weights
 
@@ -26,7 +26,7 @@ def _dot(a: Any, b: Any) -> jax.Array:
                                                                                    jax.tree.leaves(b)))
 
 
-def split_gradients(logprob_fn: Callable[..., TargetLogprobs], params: Any, rl: RLBatch, cfg: GRPOConfig,
+def split_gradients(logprob_fn: LogprobFn, params: Any, rl: RLBatch, cfg: GRPOConfig,
                     token_sets: tuple[str, ...] = ("text", "speech", "all")) -> dict[str, Any]:
   """{token set: gradient} of the on-policy, token-mean GRPO policy-gradient term (no KL, no clipping, no
   fallback: only `advantages` and `seq_weight` of `rl` count) restricted to each token set, all divided by the
@@ -49,7 +49,7 @@ def _text_speech_all(logprob_fn, params, rl, cfg) -> dict[str, Any]:
   return dict(g, all=jax.tree.map(jnp.add, g["text"], g["speech"]))
 
 
-def geometry(logprob_fn: Callable[..., TargetLogprobs], params: Any, rl: RLBatch, cfg: GRPOConfig,
+def geometry(logprob_fn: LogprobFn, params: Any, rl: RLBatch, cfg: GRPOConfig,
              num_minibatches: int) -> dict[str, jax.Array]:
   """Scalars: energy_{text,speech,all}, cosine_text_speech, snr_{text,speech,all} over `num_minibatches`
   contiguous row blocks (whole prompt groups when the block size is a multiple of G)."""

@@ -17,19 +17,25 @@ def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
   return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def informative(values: np.ndarray) -> np.ndarray:
-  """Per group of values [P, G]: 1.0 where they differ (non-zero advantages under group scaling), else 0.0.
-  Of rewards: the groups that train; of true semantic scores: those whose difference is real, not judge noise."""
-  return (np.ptp(np.asarray(values), axis=1) > 0).astype(np.float64)   # exact (a variance can round above 0)
+def informative(values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+  """Per group of values [P, G]: 1.0 where its valid values differ (non-zero advantages under group scaling,
+  objectives/grpo.group_stats), else 0.0. Of rewards: the groups that train (a failed judge call left out of the
+  advantages, `reward.exclude_failed`, is left out here); of true semantic scores: those whose difference is real,
+  not judge noise. The spread is compared exactly (a variance of equal values can round above 0)."""
+  values = np.asarray(values, np.float64)
+  ok = np.ones(values.shape, bool) if valid is None else np.asarray(valid, bool)
+  return (np.where(ok, values, -np.inf).max(axis=1) > np.where(ok, values, np.inf).min(axis=1)).astype(np.float64)
 
 
 def group_stats(rewards: np.ndarray, parts: Mapping[str, np.ndarray] | None = None,
                 text: Sequence[Sequence[Sequence[int]]] | None = None,
-                audio: Sequence[Sequence[Sequence[int]]] | None = None, n: int = 2) -> dict[str, np.ndarray]:
-  """Per-group statistics: rewards [P, G], optional reward parts {name: [P, G]}, optional per-group lists of
-  G text-id / audio-code sequences. Returns {name: [P]}."""
+                audio: Sequence[Sequence[Sequence[int]]] | None = None, n: int = 2,
+                valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Per-group statistics: rewards [P, G] (of which `valid` count: all by default), optional reward parts
+  {name: [P, G]}, optional per-group lists of G text-id / audio-code sequences. Returns {name: [P]}."""
   rewards = np.asarray(rewards, np.float64)
-  out = {"reward_var": rewards.var(axis=1), "informative": informative(rewards)}
+  counted = np.ma.masked_array(rewards, mask=None if valid is None else ~np.asarray(valid, bool))
+  out = {"reward_var": np.ma.filled(counted.var(axis=1), 0.0), "informative": informative(rewards, valid)}
   for name, values in (parts or {}).items():
     out[f"{name}_var"] = np.asarray(values, np.float64).var(axis=1)
   if text is not None:
@@ -40,11 +46,11 @@ def group_stats(rewards: np.ndarray, parts: Mapping[str, np.ndarray] | None = No
 
 
 def content_stats(rewards: np.ndarray, contents: Sequence[tuple[Sequence[int], Sequence[int]]],
-                  n: int = 2) -> dict[str, np.ndarray]:
+                  n: int = 2, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """`group_stats` of rollouts given as (text ids, audio codes) per row; rows p*G .. p*G+G-1 are prompt p's."""
   P, G = np.shape(rewards)
   grouped = lambda part: [[contents[p * G + g][part] for g in range(G)] for p in range(P)]
-  return group_stats(rewards, text=grouped(0), audio=grouped(1), n=n)
+  return group_stats(rewards, text=grouped(0), audio=grouped(1), n=n, valid=valid)
 
 
 def summary(stats: Mapping[str, np.ndarray]) -> dict[str, float]:

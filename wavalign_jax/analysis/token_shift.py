@@ -5,19 +5,19 @@ base -> hybrid), split by token type and by relative position in the response.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wavalign_jax.batches import SeqBatch, TargetLogprobs
+from wavalign_jax.batches import LogprobFn, SeqBatch
 from wavalign_jax.tokens import TokenType
 
 TYPE_NAMES = {TokenType.TEXT: "text", TokenType.SPEECH: "speech", TokenType.BOUNDARY: "boundary"}
 
 
-def logprob_shift(logprob_fn: Callable[..., TargetLogprobs], params_a: Any, params_b: Any,
+def logprob_shift(logprob_fn: LogprobFn, params_a: Any, params_b: Any,
                   batch: SeqBatch) -> dict[str, jax.Array]:
   """{stream: Δ log p [B, L]} = log p_b − log p_a of the batch's targets (0 where the type is NONE)."""
   a, b = logprob_fn(params_a, batch).logp, logprob_fn(params_b, batch).logp

@@ -38,7 +38,9 @@ class TensorInfo:
 
   @property
   def nbytes(self) -> int:
-    return int(np.prod(self.shape, dtype=np.int64)) * _DTYPE_BYTES.get(self.dtype, 4)
+    if self.dtype not in _DTYPE_BYTES:
+      raise ValueError(f"safetensors dtype {self.dtype!r} is not supported (known: {sorted(_DTYPE_BYTES)})")
+    return int(np.prod(self.shape, dtype=np.int64)) * _DTYPE_BYTES[self.dtype]
 
 
 class CheckpointReader:
@@ -183,9 +185,14 @@ def _write_file(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]], g
 
 
 def parse_size(text: str) -> int:
-  """'5GB' / '500MB' / '1024' -> bytes (decimal units, as transformers' max_shard_size)."""
-  text = text.strip().upper()
-  for unit, mult in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-    if text.endswith(unit):
-      return int(float(text[:-len(unit)]) * mult)
-  return int(text)
+  """'5GB' / '500MB' / '2GiB' / '1024' -> bytes (GB, MB, KB decimal as transformers' max_shard_size; GiB, MiB,
+  KiB binary)."""
+  value = text.strip().upper()
+  units = (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1))
+  try:
+    for unit, mult in units:
+      if value.endswith(unit):
+        return int(float(value[:-len(unit)]) * mult)
+    return int(value)
+  except ValueError:
+    raise ValueError(f"--max_shard_size={text!r}: give a size such as 5GB, 500MB, 2GiB or a number of bytes") from None

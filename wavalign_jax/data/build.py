@@ -57,17 +57,20 @@ def load_codes(value: Any, base_dir: str, field: str) -> list[int]:
         "16384 codes; PyTorch) and point the field at a .npy/.json/.txt file of code ids or inline the list")
   if not os.path.exists(path):
     raise ValueError(f"field {field!r}: audio code file {path} does not exist")
-  if suffix == ".npy":
-    arr = np.load(path)
-  elif suffix == ".json":
-    with open(path) as f:
-      arr = np.asarray(json.load(f))
-  elif suffix == ".txt":
-    with open(path) as f:
-      arr = np.asarray(f.read().replace(",", " ").split(), dtype=np.int64)
-  else:
+  if suffix not in (".npy", ".json", ".txt"):
     raise ValueError(f"field {field!r}: unsupported code file {path}; use .npy, .json or .txt")
-  arr = np.squeeze(arr)
+  try:   # an empty .npy (EOFError), a directory (OSError), a word in a .txt (ValueError): the field and file named
+    if suffix == ".npy":
+      arr = np.load(path)
+    elif suffix == ".json":
+      with open(path) as f:
+        arr = np.asarray(json.load(f))
+    else:
+      with open(path) as f:
+        arr = np.asarray(f.read().replace(",", " ").split(), dtype=np.int64)
+  except (OSError, EOFError, ValueError) as e:
+    raise ValueError(f"field {field!r}: cannot read audio codes from {path} ({type(e).__name__}: {e})") from None
+  arr = arr.reshape(-1) if arr.size == 1 else np.squeeze(arr)   # one code is a list of one, not a scalar
   if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
     raise ValueError(f"field {field!r}: {path} must hold a 1-D list of integer codes, got {arr.dtype}{arr.shape}")
   return arr.tolist()
@@ -224,9 +227,9 @@ def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, str]]:
           yield path, line_no, line
 
 
-def content_hash(shard_names: Sequence[str]) -> Any:
-  """The running `content_sha256` of a dataset (dataset_info.json): its shard names, then `add_record` of each record
-  in the order written (record j in shard j % number of shards)."""
+def content_hasher(shard_names: Sequence[str]) -> Any:
+  """A hashlib object for the `content_sha256` of a dataset (dataset_info.json), fed its shard names; then
+  `add_record` of each record in the order written (record j in shard j % number of shards)."""
   return hashlib.sha256(json.dumps(list(shard_names)).encode())
 
 
@@ -240,7 +243,7 @@ def verify_content(path: str, visit: Callable[[Record], None] | None = None) -> 
   `data_pipeline.inspect` counts: the dataset is read once)."""
   paths, info = loader.resolve_paths(path)
   source = loader.RecordSource(paths)   # read one record at a time, in the order the build wrote them
-  content = content_hash(info["shards"])
+  content = content_hasher(info["shards"])
   for j in range(len(source)):
     shard, index = j % len(paths), j // len(paths)
     data = source.shard_record(shard, index)
@@ -281,7 +284,7 @@ def build(builder: Builder, inputs: Sequence[str], output_dir: str, num_shards: 
     written = longest = too_long = 0
     # Of the records in order and their shards: a run resumed over a dataset rebuilt in place that differs is refused
     # (config_history.input_fingerprints).
-    content = content_hash(names)
+    content = content_hasher(names)
     too_long_first: list[str] = []            # path:line (tokens) of the first skipped records
     unknown, unknown_records = collections.Counter(), 0
     try:

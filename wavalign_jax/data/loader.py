@@ -61,6 +61,9 @@ class RecordSource:
 
   def shard_record(self, shard: int, index: int) -> bytes:
     """The stored bytes of record `index` of shard `shard` (undecoded)."""
+    if not 0 <= index < self._starts[shard + 1] - self._starts[shard]:
+      raise IndexError(f"{self._paths[shard]} has {self._starts[shard + 1] - self._starts[shard]} records, not "
+                       f"record {index}")
     return self._source[self._starts[shard] + index]
 
 

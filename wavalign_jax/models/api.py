@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wavalign_jax.batches import SeqBatch, TargetLogprobs
+from wavalign_jax.batches import LogprobFn, SeqBatch, TargetLogprobs
 from wavalign_jax.models import vocab_parallel
 from wavalign_jax.models.config import ModelConfig
 from wavalign_jax.models.transformer import HEADS, Transformer, causal_mask
@@ -156,7 +156,7 @@ def target_logprobs(params: Params, cfg: ModelConfig, batch: SeqBatch, start: in
   return TargetLogprobs(logp=logp, entropy=entropy)
 
 
-def logprob_fn(cfg: ModelConfig) -> Callable[..., TargetLogprobs]:
+def logprob_fn(cfg: ModelConfig) -> LogprobFn:
   """`target_logprobs` with `cfg` bound: the `logprob_fn(params, batch, start=0)` the objectives take."""
   return lambda params, batch, start=0: target_logprobs(params, cfg, batch, start)
 

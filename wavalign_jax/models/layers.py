@@ -180,8 +180,9 @@ def _attend_prefix(q: Array, k: Array, v: Array, mask: Array, dtype: Any, prefix
 
 def fused_attend(q: Array, k: Array, v: Array, mask: Array, dtype: Any, implementation: str = "cudnn") -> Array:
   """Same contract as `attend` through jax.nn.dot_product_attention (cuDNN flash attention on GPU), which takes
-  k / v [B, S, K, D]. Rows with no allowed key (padding queries) are implementation-defined; their outputs are
-  unused."""
+  k / v [B, S, K, D]. Rows with no allowed key (padding queries) are implementation-defined: they flow on through
+  the layers to the output head with a loss weight of 0, which keeps finite values out of the gradients but not a
+  NaN (0 · NaN); XLA's implementation is finite there (as `attend`, whose masked scores are _MASK_VALUE, not -inf)."""
   k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(dtype)
 

@@ -55,7 +55,7 @@ def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig,
   P, G = len(raw.meta), sampling.group_size
   rewards = result.scores.reshape(P, G)
   valid = (~result.failed if exclude_failed else np.ones_like(result.failed)).reshape(P, G)
-  metrics.update(rollout_metrics(rollouts, sampling.constraint, rewards, contents, result))
+  metrics.update(rollout_metrics(rollouts, sampling.constraint, rewards, contents, result, valid))
   batch = jax.device_get(rl_batch(prompts, rollouts, sampling.pad))
   prompt_len = prompts.valid.shape[1]
   batch = trim_rl_batch(batch, prompt_len, sampling.max_new_tokens, length_buckets)
@@ -64,13 +64,14 @@ def rollout_batch(params: Any, model_cfg: ModelConfig, sampling: SamplingConfig,
 
 
 def rollout_metrics(rollouts: Rollouts, constraint: Constraint, rewards: np.ndarray,
-                    contents: list[tuple[list[int], list[int]]], result: RewardResult) -> dict[str, float]:
-  """Diversity, the testbed judge's agreement with the true scores, and the rollouts' shape (length, truncated,
-  forced and malformed shares)."""
+                    contents: list[tuple[list[int], list[int]]], result: RewardResult,
+                    valid: np.ndarray | None = None) -> dict[str, float]:
+  """Diversity (`valid`: the rewards that count, as in the advantages), the testbed judge's agreement with the
+  true scores, and the rollouts' shape (length, truncated, forced and malformed shares)."""
   P, G = rewards.shape
   mask = np.asarray(rollouts.mask)
   forced = sum(np.asarray(f)[mask].sum() for f in rollouts.forced.values()) / max(mask.sum() * len(rollouts.forced), 1)
-  metrics = rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents))
+  metrics = rollout_diversity.summary(rollout_diversity.content_stats(rewards, contents, valid=valid))
   metrics.update(judge_agreement.true_score_summary(result.scores, result.info))
   if judge_agreement.has_true_scores(result.info):   # the testbed judge: exact answers score semantic 5
     semantic = np.array([i["semantic"] for i in result.info]).reshape(P, G)

@@ -120,7 +120,15 @@ def verdict(lo: float, hi: float, relation: str) -> str:
 
 def paired_items(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int], a: str, b: str,
                  metric: str) -> list[np.ndarray]:
-  """a - b on `metric` per item (same item of the same seed), one array per seed."""
+  """a - b on `metric` per item (same item of the same seed), one array per seed. Both runs must have evaluated the
+  same items in the same order (each row's subset and id): a difference of other items is no pairing."""
+  for s in seeds:
+    key = lambda m: [(r.get("subset"), r.get("id")) for r in rows[m][s]]
+    if key(a) != key(b):
+      raise ValueError(f"seed {s}: {a} and {b} evaluated different items ({len(rows[a][s])} and "
+                       f"{len(rows[b][s])} rows, first difference at row "
+                       f"{next(i for i, (x, y) in enumerate(zip(key(a) + [None], key(b) + [None])) if x != y)}); "
+                       "a study compares runs of one eval set (same train.eval_examples)")
   return [item_values(rows[a][s], metric) - item_values(rows[b][s], metric) for s in seeds]
 
 

@@ -34,8 +34,11 @@ from wavalign_jax.study.report import REPORT_METRICS
 LEFT_OUT = frozenset({"testbed", "jax_cache", workdir_lock.LOCK_FILE})
 
 
-def _is_run_dir(path: str) -> bool:
-  return os.path.basename(os.path.dirname(path)).startswith("seed_")
+def _is_run_dir(path: str, workdir: str) -> bool:
+  """DIR/seed_<s>/<method> (or DIR/<sweep value>/seed_<s>/<method>), judged below the study's own directory: a
+  study directory named seed_... (or inside one) holds runs like any other."""
+  parts = os.path.relpath(path, workdir).split(os.sep)
+  return len(parts) >= 2 and parts[-2].startswith("seed_")
 
 
 def compact(value: Any) -> Any:
@@ -77,7 +80,7 @@ def export_results(workdir: str, dest: str) -> list[str]:
   for root, dirs, names in os.walk(workdir):
     out = os.path.normpath(os.path.join(tmp, os.path.relpath(root, workdir)))
     os.makedirs(out, exist_ok=True)
-    if _is_run_dir(root):
+    if _is_run_dir(root, workdir):
       dirs[:] = []
       if run_summary.finished(root):
         _copy_run(root, out, os.path.basename(root) == POSITIVE_CONTROL)

@@ -112,6 +112,8 @@ def summarize(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> d
 def versus_base(rows: dict[str, dict[int, list[dict]]], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
   """{method: {"iq" | "eq": [method − base, lo, hi]}}, paired by seed and item: what iq_eq.png plots, since a
   method's own interval also holds the base model's spread between seeds (Kimi's base IQ is 24–45%)."""
+  if "base" not in rows:   # (an exported study retraining its base model)
+    return {}
   return {m: {k: list(paired_difference(rows, seeds, m, "base", k)) for k in ("iq", "eq")} for m in rows if m != "base"}
 
 
@@ -123,8 +125,11 @@ def _diff(d: dict[str, Any]) -> str:
   return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
 
 
-def power_line(power: dict[str, Any] | None) -> str:
+def power_line(power: dict[str, Any] | None, unfinished: Sequence[str] = ()) -> str:
   """The sentence study.md opens with: the positive control's IQ gain and what it means for the verdicts."""
+  if power is None and "base" in unfinished:
+    return ("**No comparison with the base model yet**: the `base` run has not finished on every seed (an exported "
+            "study retrains it), so the positive control, the gains over it and its claims wait for it.")
   if power is None:
     return (f"**Verdicts unchecked by a positive control**: `{POSITIVE_CONTROL}` did not run, so an "
             "\"inconclusive\" or \"not reproduced\" verdict may only mean that RL learns nothing at this budget.")
@@ -278,7 +283,7 @@ def markdown(out: dict[str, Any]) -> str:
   """study.md of one study from its report dict (`report`)."""
   table, claims = out["table"], out["claims"]
   intro = f"Seeds: {out['seeds']}. {interval_note(len(out['seeds']))} Trade-off = mean of IQ and EQ."
-  lines = [f"# {out['title']}", "", power_line(out["positive_control"]), ""]
+  lines = [f"# {out['title']}", "", power_line(out["positive_control"], out.get("unfinished", ())), ""]
   if out.get("unfinished"):
     lines += [f"**Incomplete**: {', '.join(f'`{m}`' for m in out['unfinished'])} "
               f"{'has' if len(out['unfinished']) == 1 else 'have'} not finished on every seed yet and "
@@ -364,7 +369,7 @@ def sweep_markdown(sweep: dict[str, Any]) -> str:
     lines.append(f"| {claim} ({metric}) | " + " | ".join(cells) + " |")
   lines += ["", "![each claim's effect against the swept value](sweep.png)", ""]
   for v, st in studies.items():
-    lines += [f"## {field} = {v}", "", power_line(st["positive_control"]), "",
+    lines += [f"## {field} = {v}", "", power_line(st["positive_control"], st.get("unfinished", ())), "",
               f"Every table: [{field}={v}/study.md]({field}={v}/study.md).", "", *claims_markdown(st["claims"]), ""]
   return "\n".join(lines)
 
@@ -384,7 +389,7 @@ def report(study: Study, title: str, methods: Sequence[str], seeds: Sequence[int
          "learning_curve": curve, "time_breakdown": time_breakdown(study.workdir, methods, seeds, same_run),
          "same_run": same_run, "table": table, "versus_base": vs_base,
          "claims": evaluate_claims(rows, seeds, same_run, power),
-         "curves": curves, "unfinished": [m for m in methods if m not in rows]}
+         "curves": curves, "unfinished": [m for m in ["base", *methods] if m not in rows]}
   files.write_json(os.path.join(study.workdir, "study.json"), out, indent=1)
   files.write_text(os.path.join(study.workdir, "study.md"), markdown(out))
   figures.save(figures.iq_eq_figure(vs_base, same_run), os.path.join(study.workdir, "iq_eq.png"))

@@ -272,6 +272,9 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
         _pass_on(signal.SIGINT)
       raise
     failures = [f.exception() for f in futures if f.exception() is not None]
+  bug = next((e for e in failures if not isinstance(e, errors.RunError)), None)
+  if bug is not None:   # a bug keeps its traceback (cli.run prints a RunError as one line)
+    raise bug
   if failures:
     raise errors.RunError("; ".join(str(e) for e in failures))
   if guard.signum is not None and len(done) < len(todo):

@@ -8,9 +8,9 @@ generated audio codes (0-based). Per item:
   eq               their mean: the graded speech quality. Both are measured against the *generated*
                    text, so EQ is independent of correctness (a wrong answer spoken well scores high);
   judge_score      the rule judge's 1-5 semantic score (testbed/answers.py).
-`summary` averages them over all items and per subset (id / ood_style / ood_question), task family
-(arithmetic / lookup) and task, with a Student t interval over items (intervals.t_interval, as every interval the
-project reports).
+`summary` averages them over all items, with a Student t interval over items (intervals.t_interval, as every
+interval the project reports), and per subset (id / ood_style / ood_question), task family (arithmetic / lookup)
+and task (means and counts).
 """
 from __future__ import annotations
 
@@ -49,13 +49,15 @@ def family(task: str) -> str:
 
 
 def per_item(items: Sequence[RewardItem]) -> list[dict[str, Any]]:
-  """item_scores of every item with the keys the strata need (id, subset, task, family, style)."""
+  """item_scores of every item with the keys the strata need (id, subset, task, family) and the style the item asked
+  for (`requested_style`; `style` is the style score)."""
   _check(items)
   out = []
   for item in items:
     rec = item.record
     out.append({"id": rec.get("id"), "subset": rec.get("subset") or "id", "task": rec["task"],
-                "family": family(rec["task"]), "style": rec["style"], **item_scores(rec, item.text, item.audio_codes)})
+                "family": family(rec["task"]), "requested_style": rec["style"],
+                **item_scores(rec, item.text, item.audio_codes)})
   return out
 
 

@@ -2,9 +2,8 @@
 
 Two families: arithmetic (add, sub, count) whose answers follow from the question, and lookups
 (color, home, pet) in a seeded fact table that can only be learnt from the training data. The
-split unit is (question, requested style): every lookup fact stays in training under most styles
-and is asked in eval under another one, while a fraction of arithmetic questions is held out
-entirely.
+split unit is (question, requested style): a lookup fact stays in training under most styles, one of which is held
+out for eval with probability `eval_style_prob`, while a fraction of arithmetic questions is held out entirely.
 
 The splits model the premises of the paper (docs/testbed.md explains each knob of `Spec`):
   base       the corpus the testbed's base model is SFT-trained on (the "released model"): correct

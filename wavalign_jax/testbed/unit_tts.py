@@ -23,6 +23,7 @@ Two scores grade a realisation (testbed/metrics.py averages them into EQ):
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Sequence
 
@@ -122,8 +123,10 @@ def intelligibility(codes: Sequence[int], text: str, style: str) -> float:
 def style_match(codes: Sequence[int], text: str, style: str) -> float:
   """Mean typicality of the variant each word of `text` is realised with in `style` (see module docstring).
 
-  Words are matched left to right; a word whose codes are no variant of it in `style` scores 0 and the
-  match moves on by its plain length. Codes left over after the last word count as one more 0-word.
+  The words are aligned with the codes as a whole, each as one of its variants in `style` or, where none fits, as
+  a 0-word of its plain length; codes left over after the last word count as one more 0-word. Of all alignments the
+  best scoring one counts: a word matched greedily on its own could take the next word's first code (a `long`
+  variant ends with the unit the next word starts with) and misalign every word after it.
   """
   words = text.split()
   if not words:
@@ -131,18 +134,21 @@ def style_match(codes: Sequence[int], text: str, style: str) -> float:
   p = np.asarray(STYLE_PROSODY[check_style(style)])
   typicality = dict(zip(VARIANTS, p / p.max()))
   codes = tuple(int(c) for c in codes)
-  pos, total = 0, 0.0
-  for word in words:
-    variants = sorted(VARIANTS, key=lambda v: -len(realise_word(word, style, v)))   # longest match first
-    for v in variants:
-      r = realise_word(word, style, v)
-      if codes[pos:pos + len(r)] == r:
-        total += typicality[v]
-        pos += len(r)
-        break
-    else:
-      pos += len(realise_word(word, style, "plain"))
-  return total / (len(words) + (pos < len(codes)))
+  options = [[(len(realise_word(w, style, v)), typicality[v], realise_word(w, style, v)) for v in VARIANTS]
+             for w in words]
+
+  @functools.lru_cache(maxsize=None)
+  def best(pos: int, k: int) -> tuple[float, float]:
+    """(best total over words k.. leaving no code over, best total leaving any) from `pos`."""
+    if k == len(words):
+      return (0.0 if pos >= len(codes) else -np.inf), 0.0
+    found = [(t, pos + n) for n, t, r in options[k] if codes[pos:pos + n] == r]
+    found = found or [(0.0, pos + len(realise_word(words[k], style, "plain")))]
+    exact, anywhere = zip(*[(t + best(end, k + 1)[0], t + best(end, k + 1)[1]) for t, end in found])
+    return max(exact), max(anywhere)
+
+  exact, anywhere = best(0, 0)
+  return max(exact / len(words), anywhere / (len(words) + 1))
 
 
 def add_noise(codes: Sequence[int], rate: float, rng: np.random.Generator,
