@@ -437,3 +437,30 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
   # testbed's runs use the hand-built vocab, so the two paths see one vocabulary.
   assert data_vocab.interleaved_vocab(tok, path) == iv
   assert data_vocab.parallel_vocab(tok, path, pv.audio_offset, unit_tts.NUM_AUDIO_CODES) == pv
+
+
+def test_a_dataset_built_with_another_vocabulary_than_the_checkpoint_is_refused(tmp_path):
+  """A converted checkpoint keeps its tokenizer and config.json (DIR/hf): a training set whose ids differ from what
+  those give (audio codes one id later, as VITA-Audio-Plus's tokenizer has them against Boost's; a Kimi build with
+  another --audio_offset) is refused, naming each id; the same vocabulary, or a checkpoint without those files (the
+  testbed's base model), passes."""
+  import dataclasses
+  import ml_collections as mlc
+  from wavalign_jax import checkpointing, errors, run_setup
+  ckpt = tmp_path / "converted"
+  hf = ckpt / checkpointing.HF_FILES_DIR
+  vocab.write_tokenizer(str(hf))
+  (hf / "config.json").write_text(json.dumps(vocab.hf_config_fields()))
+  meta = {"hf_config": vocab.hf_config_fields()}
+  config = mlc.ConfigDict({"init_checkpoint": str(ckpt), "data": {"train": "/data/train"}})
+  iv, pv = vocab.interleaved_vocab(), vocab.parallel_vocab()
+  run_setup._check_checkpoint_vocab(config, iv, "interleaved", meta)
+  run_setup._check_checkpoint_vocab(config, pv, "parallel", meta)
+  shifted = dataclasses.replace(iv, first_audio_code=iv.first_audio_code + 1)
+  with pytest.raises(errors.RunError, match=f"/data/train was built with another vocabulary .*first_audio_code: "
+                                            f"{iv.first_audio_code + 1} != {iv.first_audio_code}"):
+    run_setup._check_checkpoint_vocab(config, shifted, "interleaved", meta)
+  with pytest.raises(errors.RunError, match="audio_offset: .* --audio_offset"):
+    run_setup._check_checkpoint_vocab(config, dataclasses.replace(pv, audio_offset=pv.audio_offset - 2), "parallel",
+                                      meta)
+  run_setup._check_checkpoint_vocab(config, shifted, "interleaved", {})   # no hf_config recorded: not compared

@@ -92,15 +92,41 @@ def setup_run(config: mlc.ConfigDict, workdir: str, guard: PreemptionGuard | Non
 
 def _built_sources(config: mlc.ConfigDict) -> _Sources:
   """A converted checkpoint and datasets from data_pipeline.build: the vocabulary is the train set's."""
-  model_cfg, _ = checkpointing.load_model_config(config.init_checkpoint)
+  model_cfg, meta = checkpointing.load_model_config(config.init_checkpoint)
   model_cfg = model_cfg.with_runtime_fields(config.model)
   _, info = loader.resolve_paths(config.data.train)
   vocab = _vocab_from_info(info, model_cfg.arch)
   if vocab.vocab_size > model_cfg.vocab_size:
     raise RunError(f"{config.data.train}: vocabulary of {vocab.vocab_size} ids does not fit the model's "
                    f"{model_cfg.vocab_size} embedding rows ({config.init_checkpoint})")
+  _check_checkpoint_vocab(config, vocab, model_cfg.arch, meta)
   return _Sources(model_cfg, vocab, info["tokenizer"], config.data.train,
                   {"eval": config.data.eval} if config.data.eval else {}, config.init_checkpoint)
+
+
+def _check_checkpoint_vocab(config: mlc.ConfigDict, vocab: InterleavedVocab | ParallelVocab, arch: str,
+                            meta: dict[str, Any]) -> None:
+  """The training set's vocabulary gives the layout's ids as the converted checkpoint's own tokenizer and config.json
+  do (convert.py keeps them in DIR/hf): a dataset built with another tokenizer (VITA-Audio-Plus's audio codes start
+  one id later than Boost's; a Kimi build with another --audio_offset) would train every code into another row. A
+  checkpoint without those files (the testbed's base model, weights converted without their tokenizer) is not
+  compared."""
+  hf_dir = os.path.join(config.init_checkpoint, checkpointing.HF_FILES_DIR)
+  if "hf_config" not in meta or not os.path.exists(os.path.join(hf_dir, tokenizer_lib.TOKENIZER_FILE)):
+    return
+  read = tokenizer_lib.interleaved_vocab if arch == "interleaved" else tokenizer_lib.parallel_vocab
+  try:
+    model_vocab = read(hf_dir, meta["hf_config"])
+  except (ValueError, KeyError, OSError) as e:
+    raise RunError(f"{config.init_checkpoint}: its tokenizer files in {hf_dir} give no vocabulary to check "
+                   f"{config.data.train} against: {e}") from None
+  diff = tokenizer_lib.differing_ids(vocab, model_vocab)
+  if diff:
+    raise RunError(f"{config.data.train} was built with another vocabulary than {config.init_checkpoint}'s tokenizer "
+                   f"({'; '.join(diff)}): its tokens would train other rows of the model. Rebuild it with "
+                   f"`python -m data_pipeline.build --tokenizer={os.path.join(hf_dir, 'tokenizer.json')} ...`"
+                   + (" and that checkpoint's --audio_offset (config.json kimia_token_offset)"
+                      if arch == "parallel" else ""))
 
 
 def _testbed_sources(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],

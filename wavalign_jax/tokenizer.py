@@ -3,8 +3,10 @@
 Special ids are looked up by token name in `tokenizer.json` (the `tokenizers` package) and, where the
 release ships a non-`tokenizers` tokenizer (Kimi-Audio's tiktoken model), in `tokenizer_config.json`'s
 `added_tokens_decoder`; config.json keys (`speech_token_offset`, `kimia_*`) are cross-checked. When the
-vocabulary is a released one (recognised by its size and token names) every id is also checked
-against the published values (docs/method.md §2), so a mismatched tokenizer / checkpoint pair fails loudly.
+vocabulary is a released one (recognised by its size) every id is also checked against the published values
+(docs/method.md §2), so a mismatched tokenizer / checkpoint pair fails loudly. A run on built datasets compares the
+vocabulary a dataset was built with against the one its converted checkpoint's own files give (`differing_ids`,
+run_setup), so a dataset built with another tokenizer is refused before it trains audio codes into other rows.
 """
 from __future__ import annotations
 
@@ -205,3 +207,14 @@ def parallel_vocab(directory: str, hf_config: dict[str, Any]) -> ParallelVocab:
       _check(field, getattr(vocab, field), want, f"{directory} (released Kimi-Audio vocabulary, docs/method.md §2)")
   return vocab
 
+
+
+# Ids a dataset and its model must agree on (the layout's tokens and the audio codes' rows); the vocabulary's size,
+# its pad and the full list of specials may differ between a build's tokenizer and the checkpoint's config.
+_NOT_COMPARED = ("vocab_size", "tokenizer_size", "pad", "special_ids")
+
+
+def differing_ids(data: InterleavedVocab | ParallelVocab, model: InterleavedVocab | ParallelVocab) -> list[str]:
+  """`field: data id != model id` of every layout id two vocabularies of one kind give differently."""
+  return [f"{f}: {getattr(data, f)} != {getattr(model, f)}" for f in type(data).__dataclass_fields__
+          if f not in _NOT_COMPARED and getattr(data, f) != getattr(model, f)]
