@@ -121,6 +121,27 @@ def test_head_logprob_backward_with_recomputed_or_kept_logits(keep_logits):
   assert dots == (3 if keep_logits else 4)
 
 
+@pytest.mark.parametrize("shift", [0.0, 50.0, -50.0])
+def test_head_entropy_and_logprob_do_not_depend_on_the_logits_level(shift):
+  """Entropy and log p of peaked distributions (vocabulary 4096) against float64, with every logit shifted by
+  `shift`: the statistics are computed from logits minus their peak, so their float32 error is that of log V and
+  a sum of V terms (a few ulps of log 4096 ~ 8.3), whatever the level. (From raw logits, the log-sum-exp and
+  E_p[logit] both carry the level and cancel: errors of 3e-5 and negative entropies at a shift of 50.)"""
+  from wavalign_jax.models import vocab_parallel
+  rng = np.random.default_rng(0)
+  lg = rng.normal(0, 1, (256, 4096)).astype(np.float32)
+  lg[:, 0] += 12                                           # entropies near 0.05: where cancellation shows
+  targets = rng.integers(0, 4096, 256)
+  x = (lg + np.float32(shift)).astype(np.float64)
+  lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+  p = np.exp(x - lse[:, None])
+  logp, entropy, _, _ = vocab_parallel._stats(jnp.asarray(lg + np.float32(shift)), jnp.asarray(targets))
+  bound = 4 * np.log(4096) * np.finfo(np.float32).eps   # 4 ulps of log V: 4e-6
+  np.testing.assert_allclose(entropy, -(p * np.log(p)).sum(-1), rtol=0, atol=bound)
+  np.testing.assert_allclose(logp, x[np.arange(256), targets] - lse, rtol=0, atol=bound)
+  assert float(jnp.min(entropy)) > 0
+
+
 @pytest.mark.parametrize("causal,remat", [(False, False), (True, False), (True, True)])
 def test_query_blocked_attention_matches_all_at_once(causal, remat):
   """Blocks of 4 queries over T = 10 (the last block short) give the same outputs and gradients as one block,

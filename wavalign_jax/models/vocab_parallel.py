@@ -44,16 +44,17 @@ def head_logits(h: Array, kernel: Array, dtype: Any) -> Array:
 def _stats(lg: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
   """(log p(targets), entropy, softmax, is_target) of float32 logits [..., V], with one exp over the vocabulary."""
   peak = jnp.max(lg, axis=-1, keepdims=True)
-  e = jnp.exp(lg - peak)
+  shifted = lg - peak   # <= 0: the log-sum-exp and E_p[logit] would both carry the peak and cancel in float32
+  e = jnp.exp(shifted)
   total = jnp.sum(e, axis=-1, keepdims=True)
-  lse = (peak + jnp.log(total))[..., 0]
+  log_total = jnp.log(total)[..., 0]
   p = e / total
   # A 1-D iota broadcast in the comparison, and the target's logit as a product rather than a select against a
   # constant 0: XLA hoists a full-shape loop-invariant iota or broadcast out of the chunk loop as a materialised
   # [rows, chunk, V] array.
   is_target = jnp.arange(lg.shape[-1], dtype=jnp.int32) == targets[..., None]
-  target_logit = jnp.sum(lg * is_target, axis=-1)
-  return target_logit - lse, lse - jnp.sum(p * lg, axis=-1), p, is_target
+  target_logit = jnp.sum(shifted * is_target, axis=-1)
+  return target_logit - log_total, log_total - jnp.sum(p * shifted, axis=-1), p, is_target
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
