@@ -157,7 +157,8 @@ def _vocab(tmp_path):
 
 @pytest.mark.parametrize("record, kind, match", [
     ({k: v for k, v in RECORD.items() if k != "sft_target_text"}, "sft", "missing field 'sft_target_text'"),
-    (dict(RECORD, sft_target_audio=[3, 99]), "sft", "audio code 99 outside"),
+    (dict(RECORD, sft_target_audio=[3, 99]), "sft", "sft_target: response audio: audio code 99 outside"),
+    (dict(RECORD, rejected_text="no", rejected_audio=[3, 99]), "dpo", "rejected: response audio: audio code 99"),
     (dict(RECORD, sft_target_text="", sft_target_audio=[]), "sft", "empty response"),
     (dict(RECORD, sft_target_audio="x.wav"), "sft", "GLM-4-Voice"),
     (dict(RECORD, sft_target_audio="missing.npy"), "sft", "does not exist"),

@@ -123,8 +123,8 @@ def _layer_owner(group: str, i: int, cfg: ModelConfig) -> tuple[tuple[str, ...],
   if group == "mimo_layers":
     return (("mimo",), i) if cfg.arch == "parallel" and i < cfg.num_mimo_layers else None
   if cfg.arch == "parallel" and i < cfg.num_layers:
-    m = cfg.mimo_from_layer
-    return (("trunk",), i) if i <= m else (("text_trunk",), i - m - 1)
+    trunk = cfg.stack_sizes["trunk"]
+    return (("trunk",), i) if i < trunk else (("text_trunk",), i - trunk)
   if i < cfg.num_layers:
     return ("trunk",), i
   if cfg.arch == "interleaved" and i < cfg.num_layers + cfg.num_mtp_modules:

@@ -174,11 +174,15 @@ class Builder:
     return self._prompt(self._turns(record, base_dir))
 
   def _response(self, text: str, audio: Any, base_dir: str, field: str) -> layouts.Example:
+    """One response laid out; an error names which (`field`: sft_target_audio, the chosen one, or rejected_audio)."""
     codes = load_codes(audio, base_dir, field)
     ids = self._encode(text)
-    if self.arch == "interleaved":
-      return layouts.interleaved_response(ids, codes, self.vocab, self.ratios)
-    return layouts.parallel_response(ids, codes, self.vocab, self.audio_delay)
+    try:
+      if self.arch == "interleaved":
+        return layouts.interleaved_response(ids, codes, self.vocab, self.ratios)
+      return layouts.parallel_response(ids, codes, self.vocab, self.audio_delay)
+    except ValueError as e:
+      raise ValueError(f"{field.removesuffix('_audio')}: {e}") from None
 
   def examples(self, record: dict, base_dir: str) -> tuple[dict[str, layouts.Example], dict[str, Any]]:
     """Laid-out examples and reward metadata of one record (raises ValueError naming the field)."""

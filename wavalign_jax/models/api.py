@@ -172,17 +172,10 @@ def mtp_logits(params: Params, cfg: ModelConfig, tokens: Array, positions: Array
 _KV_AXES = ("activation_batch", "activation_kv_heads", "activation_length", None)
 
 
-def _stack_sizes(cfg: ModelConfig) -> dict[str, int]:
-  if cfg.arch == "parallel":
-    return {"trunk": cfg.mimo_from_layer + 1, "text_trunk": cfg.num_layers - cfg.mimo_from_layer - 1,
-            "mimo": cfg.num_mimo_layers}
-  return {"trunk": cfg.num_layers}
-
-
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> dict[str, Any]:
   """Empty static-shape KV cache (layout in the module docstring)."""
   cache: dict[str, Any] = {"index": jnp.zeros((), jnp.int32), "valid": jnp.zeros((batch_size, max_len), bool)}
-  for name, n in _stack_sizes(cfg).items():
+  for name, n in cfg.stack_sizes.items():
     shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
     cache[name] = [{"k": _cache_buffer(shape, cfg.dtype), "v": _cache_buffer(shape, cfg.dtype)} for _ in range(n)]
   return cache

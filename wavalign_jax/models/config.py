@@ -59,6 +59,16 @@ class ModelConfig:
                            if k in model_section and (in_eval or not evaluation)})
 
   @property
+  def stack_sizes(self) -> dict[str, int]:
+    """The decoder stacks and their layers (the model's modules, its KV cache, the HF layer mapping): a parallel
+    model's trunk is layers 0..mimo_from_layer, shared by both streams; the text trunk the rest; the MIMO branch
+    its own layers."""
+    if self.arch == "parallel":
+      return {"trunk": self.mimo_from_layer + 1, "text_trunk": self.num_layers - self.mimo_from_layer - 1,
+              "mimo": self.num_mimo_layers}
+    return {"trunk": self.num_layers}
+
+  @property
   def streams(self) -> tuple[str, ...]:
     """Names of the id streams (keys of batch['inputs'] / ['targets'] / ['types'])."""
     return ("text", "audio") if self.arch == "parallel" else ("tokens",)

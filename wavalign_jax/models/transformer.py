@@ -86,9 +86,10 @@ class Transformer(nn.Module):
       if not 0 <= c.mimo_from_layer < c.num_layers - 1 or c.num_mimo_layers < 1:
         raise ValueError(f"parallel needs 0 <= mimo_from_layer < num_layers - 1 and num_mimo_layers >= 1, "
                          f"got {c.mimo_from_layer}, {c.num_layers}, {c.num_mimo_layers}")
-      self.trunk = Stack(c, c.mimo_from_layer + 1)
-      self.text_trunk = Stack(c, c.num_layers - c.mimo_from_layer - 1)
-      self.mimo = Stack(c, c.num_mimo_layers)
+      sizes = c.stack_sizes
+      self.trunk = Stack(c, sizes["trunk"])
+      self.text_trunk = Stack(c, sizes["text_trunk"])
+      self.mimo = Stack(c, sizes["mimo"])
       self.mimo_norm = RMSNorm(c)
       self.audio_head = logical_param(self, "audio_head", (d, V), ("table_embed", "vocab"))
       if c.adaptor_input_dim > 0:
