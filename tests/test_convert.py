@@ -55,7 +55,7 @@ def test_parity_with_upstream_logits(converted, name):
   params = checkpointing.load_host_params(os.path.join(converted[name], "params"))
   diffs = verify_lib.verify(params, cfg, str(FIXTURES / name))
   assert HEADS[name] <= set(diffs), diffs
-  assert max(diffs.values()) <= 1e-4, diffs
+  assert max(diffs.values()) <= 1e-4, diffs   # the fixtures' stated tolerance: PyTorch's float32 against ours
 
 
 @pytest.mark.parametrize("name", sorted(ARCH))
