@@ -23,7 +23,6 @@ Two scores grade a realisation (testbed/metrics.py averages them into EQ):
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Sequence
 
@@ -134,21 +133,20 @@ def style_match(codes: Sequence[int], text: str, style: str) -> float:
   p = np.asarray(STYLE_PROSODY[check_style(style)])
   typicality = dict(zip(VARIANTS, p / p.max()))
   codes = tuple(int(c) for c in codes)
-  options = [[(len(realise_word(w, style, v)), typicality[v], realise_word(w, style, v)) for v in VARIANTS]
-             for w in words]
-
-  @functools.lru_cache(maxsize=None)
-  def best(pos: int, k: int) -> tuple[float, float]:
-    """(best total over words k.. leaving no code over, best total leaving any) from `pos`."""
-    if k == len(words):
-      return (0.0 if pos >= len(codes) else -np.inf), 0.0
-    found = [(t, pos + n) for n, t, r in options[k] if codes[pos:pos + n] == r]
-    found = found or [(0.0, pos + len(realise_word(words[k], style, "plain")))]
-    exact, anywhere = zip(*[(t + best(end, k + 1)[0], t + best(end, k + 1)[1]) for t, end in found])
-    return max(exact), max(anywhere)
-
-  exact, anywhere = best(0, 0)
-  return max(exact / len(words), anywhere / (len(words) + 1))
+  # Forward over the words: the best total of every position the words so far can end at (the score adds up over
+  # words, so the best path to a position is all its future needs; no recursion, whatever the length).
+  ends = {0: 0.0}
+  for word in words:
+    realised = [(realise_word(word, style, v), typicality[v]) for v in VARIANTS]
+    plain = len(realise_word(word, style, "plain"))
+    after: dict[int, float] = {}
+    for pos, total in ends.items():
+      fits = [(pos + len(r), total + t) for r, t in realised if codes[pos:pos + len(r)] == r] or [(pos + plain, total)]
+      for end, value in fits:
+        after[end] = max(after.get(end, -np.inf), value)
+    ends = after
+  exact = max((v for end, v in ends.items() if end >= len(codes)), default=-np.inf)   # no code left over
+  return max(exact / len(words), max(ends.values()) / (len(words) + 1))
 
 
 def add_noise(codes: Sequence[int], rate: float, rng: np.random.Generator,
