@@ -464,3 +464,13 @@ def test_a_dataset_built_with_another_vocabulary_than_the_checkpoint_is_refused(
     run_setup._check_checkpoint_vocab(config, dataclasses.replace(pv, audio_offset=pv.audio_offset - 2), "parallel",
                                       meta)
   run_setup._check_checkpoint_vocab(config, shifted, "interleaved", {})   # no hf_config recorded: not compared
+  # Kimi-Audio ships a tiktoken model: its ids come from tokenizer_config.json alone, and are compared the same way.
+  added = json.loads((hf / "tokenizer.json").read_text())["added_tokens"]
+  (hf / "tokenizer_config.json").write_text(json.dumps(
+      {"added_tokens_decoder": {str(t["id"]): {"content": t["content"]} for t in added}}))
+  (hf / "tokenizer.json").unlink()
+  run_setup._check_checkpoint_vocab(config, pv, "parallel", meta)
+  with pytest.raises(errors.RunError, match="audio_offset: .* --audio_offset"):
+    run_setup._check_checkpoint_vocab(config, dataclasses.replace(pv, audio_offset=pv.audio_offset - 2), "parallel",
+                                      meta)
+  run_setup._check_checkpoint_vocab(config, shifted, "interleaved", meta)   # VITA's reader needs tokenizer.json

@@ -381,12 +381,13 @@ def test_a_run_recorded_with_a_retired_field_resumes(tmp_path):
 
 
 def test_a_run_recorded_before_a_field_was_added_resumes_at_its_former_behaviour(tmp_path):
-  """`reward.decoder_command` / `decoder_url` came later: a run recorded without them is the same experiment with
-  them unset (the judge read the transcript only, as it does now), and another with an audio decoder set."""
+  """`reward.decoder_command` / `decoder_url` / `decoder_timeout_s` came later: a run recorded without them is the
+  same experiment at their defaults (the judge read the transcript only, as it does now: no config.<step>.json is
+  written for them), and another with an audio decoder set."""
   config = _config()
   _record(config, str(tmp_path), None)
   saved = json.load(open(tmp_path / "config.json"))
-  for field in ("decoder_command", "decoder_url"):
+  for field in ("decoder_command", "decoder_url", "decoder_timeout_s"):
     del saved["reward"][field]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   _record(config, str(tmp_path), 2)

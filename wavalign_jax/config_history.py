@@ -44,8 +44,8 @@ FREE = (
     "optim.warmup_steps", "mesh.", "rollout.length_buckets",
     "rollout.cache_windows", "rollout.gather_weights",
     "model.remat", "model.logprob_chunk", "model.logprob_keep_logits", "model.attention_impl", "model.attention_block",
-    "reward.timeout_s", "reward.decoder_timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir", "reward.api_key_env",
-    "reward.max_failed_fraction", "testbed.base_checkpoint_every",
+    "reward.timeout_s", "reward.decoder_timeout_s", "reward.max_retries", "reward.max_in_flight", "reward.cache_dir",
+    "reward.api_key_env", "reward.max_failed_fraction", "testbed.base_checkpoint_every",
 )
 # Not free although operational: `data.worker_count` (the data iterator's checkpointed position differs between
 # in-process and worker-process loading, so a checkpoint of one cannot be restored into the other).
@@ -54,7 +54,8 @@ _ABSENT = "<absent>"
 RETIRED = ("layout.kind",)   # it always equalled model.arch
 # Fields added since runs were recorded, with the value that does what the code did before them: a run recorded
 # without such a field resumes when it has that value (any other value is a change like any other).
-ADDED = {"reward.decoder_command": "", "reward.decoder_url": ""}   # the judge read the transcript only
+ADDED = {"reward.decoder_command": "", "reward.decoder_url": "",   # the judge read the transcript only
+         "reward.decoder_timeout_s": 120.0}
 
 
 class ConfigChanged(RunError):

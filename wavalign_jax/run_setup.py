@@ -112,7 +112,10 @@ def _check_checkpoint_vocab(config: mlc.ConfigDict, vocab: InterleavedVocab | Pa
   checkpoint without those files (the testbed's base model, weights converted without their tokenizer) is not
   compared."""
   hf_dir = os.path.join(config.init_checkpoint, checkpointing.HF_FILES_DIR)
-  if "hf_config" not in meta or not os.path.exists(os.path.join(hf_dir, tokenizer_lib.TOKENIZER_FILE)):
+  has = lambda name: os.path.exists(os.path.join(hf_dir, name))
+  # VITA-Audio's reader needs tokenizer.json; Kimi-Audio ships a tiktoken model, its ids in tokenizer_config.json
+  readable = has(tokenizer_lib.TOKENIZER_FILE) or (arch == "parallel" and has(tokenizer_lib.TOKENIZER_CONFIG_FILE))
+  if "hf_config" not in meta or not readable:
     return
   read = tokenizer_lib.interleaved_vocab if arch == "interleaved" else tokenizer_lib.parallel_vocab
   try:
@@ -123,10 +126,9 @@ def _check_checkpoint_vocab(config: mlc.ConfigDict, vocab: InterleavedVocab | Pa
   diff = tokenizer_lib.differing_ids(vocab, model_vocab)
   if diff:
     raise RunError(f"{config.data.train} was built with another vocabulary than {config.init_checkpoint}'s tokenizer "
-                   f"({'; '.join(diff)}): its tokens would train other rows of the model. Rebuild it with "
-                   f"`python -m data_pipeline.build --tokenizer={os.path.join(hf_dir, 'tokenizer.json')} ...`"
-                   + (" and that checkpoint's --audio_offset (config.json kimia_token_offset)"
-                      if arch == "parallel" else ""))
+                   f"({'; '.join(diff)}): its tokens would train other rows of the model. Rebuild it with that "
+                   "checkpoint's tokenizer (`python -m data_pipeline.build --tokenizer=...`"
+                   + (", and its --audio_offset: config.json kimia_token_offset)" if arch == "parallel" else ")"))
 
 
 def _testbed_sources(config: mlc.ConfigDict, workdir: str, buckets: tuple[int, ...],

@@ -49,7 +49,8 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> ModelConfi
       num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
       num_kv_heads=c.get("num_key_value_heads", c["num_attention_heads"]),
       head_dim=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
-      rms_norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=c.get("rope_theta", 10000.0))   # transformers' Qwen2Config default
+      # a missing rope_theta is transformers' Qwen2Config default
+      rms_norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=c.get("rope_theta", 10000.0))
   if any(a in _KIMI_ARCHS for a in archs) or any(k.startswith("kimia_") for k in c):
     kw.update(arch="parallel", mimo_from_layer=c["kimia_mimo_transformer_from_layer_index"],
               num_mimo_layers=c["kimia_mimo_layers"],

@@ -89,7 +89,8 @@ def _bwd(dtype, keep_logits, res, g):
   if g_logp is not None:
     terms.append(g_logp[..., None] * (is_target - p))
   if g_entropy is not None:
-    terms.append(-g_entropy[..., None] * p * (lg - jnp.sum(p * lg, axis=-1, keepdims=True)))
+    shifted = lg - jnp.max(lg, axis=-1, keepdims=True)   # as in _stats: the logits' level cancels in float32
+    terms.append(-g_entropy[..., None] * p * (shifted - jnp.sum(p * shifted, axis=-1, keepdims=True)))
   d_lg = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(lg)
   d_lg = constrain(d_lg.astype(dtype), _rows_axes(d_lg.ndim, "activation_vocab"))
   d_h = jnp.einsum("...v,dv->...d", d_lg[..., :kernel.shape[-1]], kernel.astype(dtype),

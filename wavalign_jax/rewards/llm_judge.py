@@ -333,7 +333,7 @@ class LLMJudge:
 
   def _messages(self, item: base.RewardItem) -> list[dict[str, Any]]:
     text = JUDGE_PROMPT.format(question=item.record[self.question_field], answer=item.text,
-                                 audio_note=AUDIO_NOTE if self.audio_decoder else "")
+                               audio_note=AUDIO_NOTE if self.audio_decoder else "")
     content: Any = text
     if self.audio_decoder is not None:
       content = [{"type": "text", "text": text}, audio_part(self.audio_decoder(item.audio_codes))]

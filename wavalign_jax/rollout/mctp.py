@@ -31,7 +31,8 @@ import jax.numpy as jnp
 from wavalign_jax import models
 from wavalign_jax.batches import SamplerPrompts
 from wavalign_jax.models.config import ModelConfig
-from wavalign_jax.rollout.decode import (Rollouts, SamplingConfig, check_mctp_schedule, emit, finish, start,
+from wavalign_jax.rollout import decode
+from wavalign_jax.rollout.decode import (Rollouts, SamplingConfig, check_mctp_schedule, emit, finish,
                                         validate_prompts)
 
 MAIN = -1
@@ -107,7 +108,7 @@ def _sample_mctp(params: Any, model_cfg: ModelConfig, prompts: SamplerPrompts, r
   slot_valid = jnp.concatenate([valid, jnp.ones((B, S - Lp), bool)], axis=1)
   seq = jnp.concatenate([rep(prompts.inputs["tokens"]), jnp.full((B, S - Lp), cfg.pad, jnp.int32)], axis=1)
   d = model_cfg.hidden_size
-  carry = dict(out=start(cfg, ("tokens",), B), seq=seq,
+  carry = dict(out=decode.start(cfg, ("tokens",), B), seq=seq,
                hidden=[jnp.zeros((B, S, d), model_cfg.dtype) for _ in range(max(model_cfg.num_mtp_modules, 1))],
                head=jnp.full((B, N), MAIN, jnp.int32))
   slice_ = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)

@@ -273,7 +273,10 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
       raise
     failures = [f.exception() for f in futures if f.exception() is not None]
   bug = next((e for e in failures if not isinstance(e, errors.RunError)), None)
-  if bug is not None:   # a bug keeps its traceback (cli.run prints a RunError as one line)
+  if bug is not None:   # a bug keeps its traceback (cli.run prints a RunError as one line); the other failures first
+    for e in failures:
+      if e is not bug:
+        print(f"error: {e}", file=sys.stderr, flush=True)
     raise bug
   if failures:
     raise errors.RunError("; ".join(str(e) for e in failures))
