@@ -317,6 +317,12 @@ def test_the_config_attaches_the_answer_audio(tmp_path):
   config.reward.decoder_url = "http://127.0.0.1:9/decode"
   with pytest.raises(errors.ConfigError, match="decoder_command=.* and --config.reward.decoder_url=.*set one"):
     config_check.check_reward(config)
+  config.reward.update(decoder_command="", kind="testbed")   # only the LLM judge hears audio: said, not refused
+  assert config_check._reward_warnings(config) == [
+      "--config.reward.decoder_url is set but --config.reward.kind=testbed: only the LLM judge hears the answer's "
+      "audio, so the decoder is not used"]
+  config.reward.kind = "llm_judge"
+  assert config_check._reward_warnings(config) == []
 
 
 def test_audio_decoder_wrong_rate_fails_item():

@@ -45,11 +45,20 @@ def check(config: mlc.ConfigDict, workdir: str) -> list[str]:
   _check_choices(config)
   optim.validate(optim.optim_config(config))
   check_finite_knobs(config)
-  warnings = check_mesh(config) + _profile_warnings(config)
+  warnings = check_mesh(config) + _profile_warnings(config) + _reward_warnings(config)
   check_data(config)
   check_reward(config)
   check_writable(workdir)
   return warnings
+
+
+def _reward_warnings(config: mlc.ConfigDict) -> list[str]:
+  r = config.reward
+  decoder = [f for f in ("decoder_command", "decoder_url") if r.get(f)]
+  if decoder and r.kind != "llm_judge":
+    return [f"--config.reward.{decoder[0]} is set but --config.reward.kind={r.kind}: only the LLM judge hears the "
+            "answer's audio, so the decoder is not used"]
+  return []
 
 
 def _profile_warnings(config: mlc.ConfigDict) -> list[str]:
