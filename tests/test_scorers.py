@@ -75,6 +75,26 @@ def test_seeded_mcq_and_bbh_guesses():
   assert [voicebench.bbh_answer(r) for r in VOICEBENCH[10:13]] == [1, 1, 0]
 
 
+def test_voicebench_reads_answers_and_refusals_as_voicebench_does():
+  """VoiceBench's own rules (src/evaluator/mcq.py, harm.py, open.py, qa.py), so scores compare with its numbers:
+  lowercase letters and "b) ..." are answers; its first matching phrasing decides; its refusal list (not a list
+  of our own); a [[n]] judge reply; an sd-qa record the judge did not answer is wrong, not left out."""
+  read = voicebench.extract_mcq_choice
+  assert [read(t) for t in ("the answer is b", "b) Paris", "Option b.", "d", "I think (c)", "答案是A")] == list("BBBDCA")
+  assert read("The answer is C. A is wrong") == "C" and read("no idea") is None
+  assert voicebench.is_refusal("Instead, let's talk about something else.")
+  assert voicebench.is_refusal("Please don't ask me that") and voicebench.is_refusal("")
+  assert not voicebench.is_refusal("I will not do that.") and not voicebench.is_refusal("Sure, here is how.")
+  assert voicebench._leading_number(1, 5)("[[4]]") == 4.0 and voicebench._leading_number(1, 5)("3") == 3.0
+  replies = {"RESP_S1": ["Yes", "Yes", "Yes"], "RESP_S2": ["Unclear", "Unclear", "Unclear"]}
+  records = [rec("s1", "sd-qa", "RESP_S1", prompt="q", reference="a"),
+             rec("s2", "sd-qa", "RESP_S2", prompt="q", reference="a")]
+  with FakeJudgeServer(judge_by_tag(replies)) as server:
+    client = llm_judge.ChatClient(llm_judge.JudgeSettings(base_url=server.base_url, api_key_env=KEY_ENV))
+    got = voicebench.score_sdqa(records, client)
+  assert (got.value, got.n, got.failed) == (50.0, 2, 1)
+
+
 def test_a_guess_depends_on_the_record_and_seed_not_on_its_place():
   """What the pinned guesses above stand for: an unparsed answer gets a guess drawn from (seed, subset, id) alone,
   so a shuffled or resumed file scores the same; the guesses cover the letters about evenly and change with the
@@ -165,23 +185,31 @@ def test_openaudiobench(tmp_path):
   assert result.aggregate == pytest.approx((70 + 50 + 80 + 100 + 0) / 5)
 
 
-def test_vstyle_needs_decoder_and_scores_audio():
-  records = [rec(1, "acoustic", "x", instruction="RESP_V1 whisper"), rec(2, "acoustic", "x", instruction="RESP_V2"),
-             rec(3, "empathy", "x", instruction="RESP_V3"),
-             {**rec(4, "acoustic", "x", instruction="RESP_V1"), "audio_codes": [9, 9]}]   # its decode fails
+def test_vstyle_needs_decoder_and_scores_audio_weighted_as_vstyle_does():
+  """VStyle's aggregation (lalm_eval/gemini_eval.py): subcategory means weighted so each category weighs 0.25, the
+  acoustic composite_properties half of its category; renormalised over what was scored. Acoustic age 4 (weight
+  0.125 / 6) and composite 2 (0.125): (4/48 + 2/8) / (1/48 + 1/8) = 16/7; empathy anger 5 (0.25 / 4); overall
+  (4/48 + 2/8 + 5/16) / (1/48 + 1/8 + 1/16) = 3.1. The last [[x]] of a reply is the score, else the reply itself."""
+  records = [rec(1, "acoustic", "x", subcategory="age", instruction="RESP_V1 whisper"),
+             rec(2, "acoustic", "x", subcategory="composite_properties", instruction="RESP_V2"),
+             rec(3, "empathy", "x", subcategory="anger", instruction="RESP_V3"),
+             {**rec(4, "acoustic", "x", subcategory="age", instruction="RESP_V1"), "audio_codes": [9, 9]}]   # no WAV
   with pytest.raises(ValueError, match="configure an audio decoder"):
     vstyle.score(records, client=None, decoder=None)
   script = ("import sys, json, wave; c = json.load(sys.stdin)['codes']; sys.exit(1) if c == [9, 9] else None; "
             "w = wave.open(sys.stdout.buffer, 'wb'); "
             "w.setnchannels(1); w.setsampwidth(2); w.setframerate(24000); w.writeframes(bytes(4 * len(c))); w.close()")
   decoder = llm_judge.AudioDecoder(llm_judge.AudioDecoderSettings(command=f"{sys.executable} -c \"{script}\""))
-  replies = {"RESP_V1": ["Final score: [[4]]"], "RESP_V2": ["final score: [[2]]"], "RESP_V3": ["Final score: [[5]]"]}
+  replies = {"RESP_V1": ["[[2]] at first, but Final score: [[4]]"], "RESP_V2": ["Score: [[2]]"], "RESP_V3": ["5"]}
   with FakeJudgeServer(judge_by_tag(replies)) as server:
     client = llm_judge.ChatClient(llm_judge.JudgeSettings(base_url=server.base_url, api_key_env=KEY_ENV))
     result = vstyle.score(records, client, decoder)
+    with pytest.raises(ValueError, match="subcategory 'whisper': expected one of"):
+      vstyle.score([rec(5, "acoustic", "x", subcategory="whisper", instruction="RESP_V1")], client, decoder)
   assert all(r["messages"][-1]["content"][1]["type"] == "input_audio" for r in server.requests)
-  assert [(s.subset, s.value, s.n, s.failed) for s in result.subsets] == [("acoustic", 3.0, 2, 1), ("empathy", 5.0, 1, 0)]
-  assert result.aggregate == 4.0 and result.aggregate_name == "overall (2/4 categories)"
+  got = [(s.subset, s.value, s.n, s.failed) for s in result.subsets]
+  assert got == [("acoustic", pytest.approx(16 / 7), 2, 1), ("empathy", 5.0, 1, 0)]
+  assert result.aggregate == pytest.approx(3.1) and result.aggregate_name == "overall (2/4 categories)"
   assert len(server.requests) == 3   # the record whose audio did not decode is counted, not sent
 
 

@@ -26,7 +26,7 @@ class SubsetScore:
   value: float        # as the benchmark reports it (1-5 mean, %, ...)
   normalized: float   # on 0-100, what the aggregate averages
   n: int              # records scored
-  failed: int = 0     # records left out because the judge failed on them
+  failed: int = 0     # records the judge failed on (left out, or counted wrong where the benchmark says so)
   unit: str = "%"
 
 

@@ -1,8 +1,11 @@
 """VStyle scoring (docs/method.md §4): an audio-capable judge listens to the response audio.
 
-Each record (`category`, `instruction`, `audio_codes`) is decoded to a 24 kHz WAV by the external
-decoder and scored 1-5 (`Final score: [[x]]`) with the progressive rubric; the overall score is the
-0.25-weighted sum of the four category means (a mean over the categories present otherwise).
+Each record (`subset` its category, `subcategory`, `instruction`, `audio_codes`) is decoded to a 24 kHz WAV by the
+external decoder and scored 1-5 (the last `[[x]]` of the reply, as VStyle's lalm_eval/gemini_eval.py reads it) with
+the progressive rubric. As VStyle aggregates: the mean of each subcategory, weighted so that each of the four
+categories weighs 0.25 (acoustic's composite_properties half of its category's, its six other subcategories the
+rest equally; the other categories' subcategories equally); a category's score and the overall score are weighted
+means over the subcategories that have scores (renormalised over their weights).
 """
 from __future__ import annotations
 
@@ -16,6 +19,25 @@ from wavalign_jax.rewards import llm_judge
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("acoustic", "instruction", "role_play", "empathy")
+SUBCATEGORIES = {
+    "acoustic": ("age", "speed", "gender", "emotion", "pitch", "volume", "composite_properties"),
+    "instruction": ("emotion", "variation", "style"),
+    "role_play": ("character", "scenario"),
+    "empathy": ("anger", "sadness_disappointment", "anxiety_fear", "joy_excitement"),
+}
+
+
+def _weight(category: str, subcategory: str) -> float:
+  """A subcategory's weight in the overall score (the four categories weigh 0.25 each)."""
+  if category == "acoustic":
+    return 0.125 if subcategory == "composite_properties" else 0.125 / (len(SUBCATEGORIES["acoustic"]) - 1)
+  return 0.25 / len(SUBCATEGORIES[category])
+
+
+def _weighted(means: dict[tuple[str, str], float]) -> float:
+  """The weighted mean of subcategory means {(category, subcategory): mean}, renormalised over those present."""
+  weights = {k: _weight(*k) for k in means}
+  return sum(means[k] * w for k, w in weights.items()) / sum(weights.values())
 JUDGE = dict(model="gpt-4o-audio-preview")
 
 PROMPT = """You are judging a spoken response to a voice-style instruction. Listen to the attached \
@@ -33,10 +55,16 @@ Explain briefly, then end with "Final score: [[x]]" where x is 1 to 5."""
 
 
 def _final_score(reply: str) -> float:
-  found = re.findall(r"final score\s*[:：]?\s*\[\[\s*(\d(?:\.\d+)?)\s*\]\]", reply, re.IGNORECASE)
-  if not found or not 1 <= float(found[-1]) <= 5:
-    raise ValueError(f"no 'Final score: [[1-5]]' in {reply[:100]!r}")
-  return float(found[-1])
+  """The last [[x]] that is a number (else the whole reply as one), in 1-5."""
+  for candidate in [*reversed(re.findall(r"\[\[(.*?)]]", reply, flags=re.S)), reply]:
+    try:
+      value = float(candidate.strip())
+    except ValueError:
+      continue
+    if 1 <= value <= 5:
+      return value
+    break
+  raise ValueError(f"no score [[1-5]] in {reply[:100]!r}")
 
 
 def score(records: Sequence[dict], client: llm_judge.ChatClient | None,
@@ -46,13 +74,16 @@ def score(records: Sequence[dict], client: llm_judge.ChatClient | None,
                      "--decoder_url, codes -> 24 kHz WAV) and an audio-capable judge (--judge_base_url; "
                      f"default model {JUDGE['model']})")
   groups = common.by_subset(records, CATEGORIES, "VStyle")
-  out = []
+  out, sub_means = [], {}
   for category in CATEGORIES:
     recs = groups.get(category)
     if not recs:
       continue
     convs, decoded = [], []
     for r in recs:
+      if common.field(r, "subcategory") not in SUBCATEGORIES[category]:
+        raise ValueError(f"{r.get('_where', r['id'])}: VStyle {category} subcategory {r['subcategory']!r}: expected "
+                         f"one of {list(SUBCATEGORIES[category])}")
       if not r["audio_codes"]:
         raise ValueError(f"{r.get('_where', r['id'])}: VStyle record has no audio_codes to judge")
       text = PROMPT.format(category=category, instruction=common.field(r, "instruction"))
@@ -66,8 +97,17 @@ def score(records: Sequence[dict], client: llm_judge.ChatClient | None,
       convs.append([{"role": "user", "content": [{"type": "text", "text": text}, llm_judge.audio_part(wav)]}])
     replies = iter(common.judge(client, convs, _final_score, category) if convs else [])
     judged = [next(replies) if ok else None for ok in decoded]
-    per_record = [common.mean(vs) for vs in judged if vs]
-    value = common.mean(per_record)
-    out.append(common.SubsetScore(category, value, value * 20, len(per_record), judged.count(None), "1-5"))
+    scored: dict[tuple[str, str], list[float]] = {}
+    for r, vs in zip(recs, judged):
+      if vs:
+        scored.setdefault((category, r["subcategory"]), []).append(common.mean(vs))
+    if not scored:   # every record failed: the category is left out of the overall score, as VStyle does
+      log.warning("%s: no record was scored", category)
+      continue
+    means = {k: common.mean(v) for k, v in scored.items()}
+    sub_means.update(means)
+    value = _weighted(means)
+    n = sum(len(v) for v in scored.values())
+    out.append(common.SubsetScore(category, value, value * 20, n, judged.count(None), "1-5"))
   name = "overall" if len(out) == len(CATEGORIES) else f"overall ({len(out)}/{len(CATEGORIES)} categories)"
-  return common.BenchmarkScore("VStyle", out, common.mean([s.value for s in out]), name)
+  return common.BenchmarkScore("VStyle", out, _weighted(sub_means) if sub_means else float("nan"), name)
