@@ -126,28 +126,27 @@ def test_429_is_retried_and_retry_after_honoured():
   assert not result.failed.any()
 
 
-def test_backoff_grows_exponentially():
+def _backoff_sleeps(max_retries, backoff_s, max_backoff_s):
+  """The sleeps of a client whose every attempt gets a 503, after it gave up (max_retries + 1 requests)."""
   sleeps = []
   with FakeJudgeServer(lambda b, i: Reply(503, b"busy")) as server:
-    client = llm_judge.ChatClient(settings(server, max_retries=3, backoff_s=0.01, max_backoff_s=1.0),
-                                  sleep=sleeps.append)
-    with pytest.raises(llm_judge.JudgeError, match="HTTP 503"):
+    client = llm_judge.ChatClient(settings(server, max_retries=max_retries, backoff_s=backoff_s,
+                                           max_backoff_s=max_backoff_s), sleep=sleeps.append)
+    with pytest.raises(llm_judge.JudgeError, match=f"HTTP 503.*gave up after {max_retries + 1} attempts"):
       client.complete([{"role": "user", "content": "hi"}])
-  assert len(server.requests) == 4 and len(sleeps) == 3
-  for attempt, d in enumerate(sleeps):  # base * 2^k times a jitter factor in [1, 1.5)
+  assert len(server.requests) == max_retries + 1 and len(sleeps) == max_retries
+  return sleeps
+
+
+def test_backoff_grows_exponentially():
+  for attempt, d in enumerate(_backoff_sleeps(3, 0.01, 1.0)):  # base * 2^k times a jitter factor in [1, 1.5)
     assert 0.01 * 2 ** attempt <= d < 0.015 * 2 ** attempt
 
 
 def test_backoff_is_capped_at_max_backoff():
   """Uncapped, the 4th delay would be 0.01 * 2^3 = 0.08 s; capped, each is min(0.02, 0.01 * 2^k) times the jitter
   factor in [1, 1.5), so below 0.03, and the later ones at least 0.02."""
-  sleeps = []
-  with FakeJudgeServer(lambda b, i: Reply(503, b"busy")) as server:
-    client = llm_judge.ChatClient(settings(server, max_retries=4, backoff_s=0.01, max_backoff_s=0.02),
-                                  sleep=sleeps.append)
-    with pytest.raises(llm_judge.JudgeError, match="gave up after 5 attempts"):
-      client.complete([{"role": "user", "content": "hi"}])
-  assert len(server.requests) == 5 and len(sleeps) == 4
+  sleeps = _backoff_sleeps(4, 0.01, 0.02)
   assert max(sleeps) < 0.02 * 1.5
   assert all(0.02 <= d for d in sleeps[1:])
 
