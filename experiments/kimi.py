@@ -8,12 +8,14 @@ Real recipe (default), sized for one TPU v5p-64 slice / 8x H100 (bf16, FSDP over
   2000 steps x 8 prompts x 4 rollouts; about a day on 8x H100 (rollout-bound).
   "Text tokens" are the text-stream positions, "speech tokens" the audio-stream positions.
 
-Built-in testbed (no weights, no data; CPU, about 30-40 minutes on 2 cores):
+Built-in testbed (no weights, no data; CPU, about 9 minutes on 2 cores with nothing else running):
   python -m wavalign_jax.train --config=experiments/kimi.py:tiny --workdir=/tmp/kimi_tiny
   The synthetic spoken-QA task (docs/testbed.md), a tiny base model SFT-trained for 1000 steps, then 1600 hybrid
   steps (the parallel layout's RL learns more slowly than VITA's: docs/testbed.md "The budget"); IQ / EQ (every
-  eval row, 95% CIs) before and after. Expected (the study's hybrid runs, means of seeds 0-2): IQ unchanged
-  (0.342 -> 0.335), EQ 0.797 -> 0.830. `python -m wavalign_jax.study` compares methods.
+  eval row, 95% CIs) before and after. Expected: seed 0, which this command runs, IQ 0.276 -> 0.279, EQ 0.792 ->
+  0.811 (measured at 811ea3f). The study's hybrid runs at a7946fa (means of seeds 0-2; a base model numerically
+  different since 1efb0d6, and the style score before its fix): IQ 0.342 -> 0.335, EQ 0.797 -> 0.830.
+  `python -m wavalign_jax.study` compares methods.
 
 Variants after ':' (comma separated): size `tiny`; a method from wavalign_jax/config_lib.py METHODS.
 """
