@@ -470,6 +470,17 @@ def test_a_failed_run_is_one_line_and_a_bug_keeps_its_traceback(tmp_path):
     study.run_study(spec, config, str(tmp_path / "bug"), ["sft"], [0], runner=buggy)
 
 
+def test_the_base_run_then_the_positive_control_go_first():
+  """Whatever the order of --methods: each seed's base model first (the others start from it), then the positive
+  control (its verdict says whether any other can be read), then the methods as given."""
+  import tempfile
+  spec, config = "experiments/vita.py:tiny", config_lib.load_config_file("experiments/vita.py:tiny")
+  fake = FakeTrain()
+  with tempfile.TemporaryDirectory() as work:
+    study.run_study(spec, config, work, ["sft", "rl_full", "rl_text_exact"], [0], runner=fake)
+  assert [_arg(c, "config").rpartition(",")[2] for c in fake.calls] == ["base", "rl_text_exact", "sft", "rl_full"]
+
+
 def test_a_second_study_on_the_same_directory_is_refused_and_starts_no_run(tmp_path):
   """A study relaunched while the first still runs (a scheduler's double start) would start the runs the first is
   training: it is refused at once, naming the holder; reporting alone still works."""

@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 from wavalign_jax import config_lib, errors, files, preemption, provenance
 from wavalign_jax.evaluation import run_summary
-from wavalign_jax.study.claims import POSITIVE_CONTROL
 from wavalign_jax.testbed import base_model
 
 
@@ -188,9 +187,9 @@ def run_all(config_spec: str, studies: Sequence[Study], methods: Sequence[str], 
             eval_every: int, jobs: int, cache_dir: str,
             runner: Callable[[list[str], str, dict[str, str]], int] = run_train) -> None:
   """Runs every (study, seed, method) not finished yet: the base runs first (the others start from their base
-  model), then the positive control, then the other methods in `methods` order; a method with another's
+  model), then `methods` in their order (run_study puts the positive control first); a method with another's
   config (`same_run`) or linked from another study (`shared_base`) does not run."""
-  order = sorted(["base", *methods], key=lambda m: (m != "base", m != POSITIVE_CONTROL))   # stable otherwise
+  order = ["base", *(m for m in methods if m != "base")]
   todo = [(st, s, m) for m in order for st in studies for s in seeds
           if st.runs_here(m) and not run_summary.finished(run_dir(st.workdir, s, m))]
   retrain = bases_to_retrain(studies, todo)
