@@ -38,12 +38,17 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
   return rejected
 
 
-def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-  """(mean, lo, hi) of the finite `values`; NaN bounds below 2 of them (NaN mean for none)."""
+def t_stats(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+  """(mean, sd, n) of the finite `values`: what an interval and a p value of their mean are made of (NaN sd below 2
+  of them, NaN mean for none)."""
   v = np.asarray(values, np.float64)
   v = v[np.isfinite(v)]
-  if not len(v):
-    return float("nan"), float("nan"), float("nan")
-  mean = float(v.mean())
-  half = t_half_width(float(v.std(ddof=1)), len(v), level) if len(v) > 1 else float("nan")
+  mean = float(v.mean()) if len(v) else float("nan")
+  return mean, float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
+
+
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+  """(mean, lo, hi) of the finite `values`; NaN bounds below 2 of them (NaN mean for none)."""
+  mean, sd, n = t_stats(values)
+  half = t_half_width(sd, n, level)
   return mean, mean - half, mean + half

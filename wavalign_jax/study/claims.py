@@ -82,9 +82,7 @@ def seed_p_value(per_seed: Sequence[np.ndarray]) -> float:
   exactly when p < 0.05)."""
   means, spread = _seed_means(per_seed)
   if len(means) == 1:
-    units = per_seed[0][np.isfinite(per_seed[0])]
-    return intervals.t_p_value(float(units.mean()), float(units.std(ddof=1)) if len(units) > 1 else np.nan,
-                               len(units))
+    return intervals.t_p_value(*intervals.t_stats(per_seed[0]))
   return intervals.t_p_value(float(means.mean()), spread, len(means))
 
 
