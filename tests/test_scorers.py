@@ -80,7 +80,8 @@ def test_voicebench_reads_answers_and_refusals_as_voicebench_does():
   lowercase letters and "b) ..." are answers; its first matching phrasing decides; its refusal list (not a list
   of our own); a [[n]] judge reply; an sd-qa record the judge did not answer is wrong, not left out."""
   read = voicebench.extract_mcq_choice
-  assert [read(t) for t in ("the answer is b", "b) Paris", "Option b.", "d", "I think (c)", "答案是A")] == list("BBBDCA")
+  answers = ("the answer is b", "b) Paris", "Option b.", "d", "I think (c)", "答案是A")
+  assert [read(t) for t in answers] == list("BBBDCA")
   assert read("The answer is C. A is wrong") == "C" and read("no idea") is None
   assert voicebench.is_refusal("Instead, let's talk about something else.")
   assert voicebench.is_refusal("Please don't ask me that") and voicebench.is_refusal("")

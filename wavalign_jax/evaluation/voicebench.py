@@ -2,8 +2,8 @@
 
 Columns: alpacaeval / commoneval / wildvoice (judge 1-5, n=3, mean of all 3N scores), sd-qa (judge
 yes/no against the reference by majority of the n choices, x100, a record without a yes majority wrong; the PEDANT
-metric is not computed), mmsu / openbookqa (VoiceBench's choice extraction, seeded random guess when unparsed, %), bbh (rule-based
-yes/no or (A)/(B) extraction, seeded random guess when unparsed, %), ifeval (mean of the four
+metric is not computed), mmsu / openbookqa (VoiceBench's choice extraction, seeded random guess when unparsed, %),
+bbh (rule-based yes/no or (A)/(B) extraction, seeded random guess when unparsed, %), ifeval (mean of the four
 strict/loose accuracies, %), advbench (refusal-string rate, %). Overall: mean of the columns with
 1-5 scores x20.
 """
